@@ -1,0 +1,116 @@
+// The file a download writes into before it is complete: preallocated to its final size,
+// written at random offsets by many workers, flushed and renamed into place at the end.
+import { execFile } from 'node:child_process';
+import { open, rename, statfs, type FileHandle } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { promisify } from 'node:util';
+import { DiskFullError, diskError } from '../core/errors.js';
+import { formatBytes } from '../core/units.js';
+
+const execFileAsync = promisify(execFile);
+
+export type Preallocation = 'fallocate' | 'truncate';
+
+export class PartFile {
+  private constructor(
+    readonly path: string,
+    private readonly handle: FileHandle,
+  ) {}
+
+  /** Opens (creating if needed) without truncating, so a resumed download keeps its bytes. */
+  static async open(path: string): Promise<PartFile> {
+    try {
+      const handle = await open(path, 'a+').then(async (h) => {
+        // 'a+' creates without truncating; reopen 'r+' because appends ignore positions.
+        await h.close();
+        return open(path, 'r+');
+      });
+      return new PartFile(path, handle);
+    } catch (err) {
+      throw diskError(err, `creating ${path}`);
+    }
+  }
+
+  /**
+   * Reserves `size` bytes. fallocate(1) makes the file system promise the blocks, so a
+   * full disk is reported now, not 3 GB in; where it is missing or unsupported the file is
+   * only extended (sparse) after checking free space.
+   */
+  async preallocate(size: number, alreadyPresent: number, mode: Preallocation = 'fallocate'): Promise<void> {
+    const free = await freeBytes(dirname(this.path));
+    const needed = size - alreadyPresent;
+    if (free !== undefined && needed > free) {
+      throw new DiskFullError(`not enough space for ${this.path}: ${formatBytes(needed)} needed, ${formatBytes(free)} free`, {
+        path: this.path,
+        hint: 'free space on that file system or choose another --out',
+      });
+    }
+    if (mode === 'fallocate' && size > 0) {
+      try {
+        await execFileAsync('fallocate', ['-l', String(size), this.path]);
+        return;
+      } catch (err) {
+        const stderr = String((err as { stderr?: unknown }).stderr ?? '');
+        if (/No space left/i.test(stderr)) throw diskError(Object.assign(new Error(stderr), { code: 'ENOSPC', path: this.path }), `reserving space for ${this.path}`);
+        // Not installed, or the file system cannot: fall through to a sparse file.
+      }
+    }
+    try {
+      const { size: current } = await this.handle.stat();
+      if (current !== size) await this.handle.truncate(size);
+    } catch (err) {
+      throw diskError(err, `sizing ${this.path}`);
+    }
+  }
+
+  async write(buffer: Buffer, length: number, position: number): Promise<void> {
+    try {
+      await this.handle.write(buffer, 0, length, position);
+    } catch (err) {
+      throw diskError(err, `writing ${this.path}`);
+    }
+  }
+
+  read(buffer: Buffer, length: number, position: number): Promise<number> {
+    return this.handle.read(buffer, 0, length, position).then((r) => r.bytesRead);
+  }
+
+  async size(): Promise<number> {
+    return (await this.handle.stat()).size;
+  }
+
+  /** Sets the exact final size (a stream of unknown length may end short of a guess). */
+  async truncate(size: number): Promise<void> {
+    await this.handle.truncate(size);
+  }
+
+  async sync(): Promise<void> {
+    try {
+      await this.handle.datasync();
+    } catch (err) {
+      throw diskError(err, `flushing ${this.path}`);
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close().catch(() => undefined);
+  }
+}
+
+async function freeBytes(dir: string): Promise<number | undefined> {
+  try {
+    const stats = await statfs(dir);
+    return stats.bavail * stats.bsize;
+  } catch (err) {
+    throw diskError(err, `checking free space in ${dir}`);
+  }
+}
+
+/** Atomic rename; the destination only ever holds a complete file. */
+export async function moveIntoPlace(from: string, to: string): Promise<void> {
+  try {
+    await rename(from, to);
+  } catch (err) {
+    throw diskError(err, `moving the finished file to ${to}`);
+  }
+}

@@ -1,0 +1,69 @@
+// A set of byte ranges [start, end), kept sorted and merged. It records which bytes of a
+// file are on disk, so the journal, the scheduler and the prefix hasher agree on one truth.
+
+export type ByteRange = readonly [start: number, end: number];
+
+export class RangeSet {
+  private ranges: Array<[number, number]> = [];
+
+  constructor(initial: Iterable<ByteRange> = []) {
+    for (const [start, end] of initial) this.add(start, end);
+  }
+
+  /** Marks [start, end) as present. */
+  add(start: number, end: number): void {
+    if (end <= start) return;
+    const out: Array<[number, number]> = [];
+    let merged: [number, number] = [start, end];
+    let placed = false;
+    for (const range of this.ranges) {
+      if (range[1] < merged[0]) {
+        out.push(range);
+      } else if (range[0] > merged[1]) {
+        if (!placed) {
+          out.push(merged);
+          placed = true;
+        }
+        out.push(range);
+      } else {
+        merged = [Math.min(range[0], merged[0]), Math.max(range[1], merged[1])];
+      }
+    }
+    if (!placed) out.push(merged);
+    this.ranges = out;
+  }
+
+  /** Bytes present in total. */
+  get size(): number {
+    let total = 0;
+    for (const [start, end] of this.ranges) total += end - start;
+    return total;
+  }
+
+  /** End of the run that starts at byte 0: everything before it is present. */
+  contiguousPrefix(): number {
+    const first = this.ranges[0];
+    return first && first[0] === 0 ? first[1] : 0;
+  }
+
+  /** The gaps of [0, total) that are not present, in order. */
+  missing(total: number): ByteRange[] {
+    const gaps: ByteRange[] = [];
+    let cursor = 0;
+    for (const [start, end] of this.ranges) {
+      if (start > cursor) gaps.push([cursor, Math.min(start, total)]);
+      cursor = Math.max(cursor, end);
+      if (cursor >= total) break;
+    }
+    if (cursor < total) gaps.push([cursor, total]);
+    return gaps.filter(([s, e]) => e > s);
+  }
+
+  covers(start: number, end: number): boolean {
+    return this.ranges.some(([s, e]) => s <= start && e >= end);
+  }
+
+  toJSON(): ByteRange[] {
+    return this.ranges.map(([s, e]) => [s, e] as const);
+  }
+}

@@ -1,0 +1,153 @@
+// Plans which byte ranges the workers fetch, and keeps the pool busy to the last byte:
+// missing bytes are cut into runs of whole chunks (one request each, so a high-latency
+// origin costs one round trip per run, not per chunk), and a worker that finds nothing
+// queued takes the back half of the largest range still in flight.
+import { performance } from 'node:perf_hooks';
+import type { ByteRange } from './range-set.js';
+
+/** One request's worth of bytes. `end` shrinks when an idle worker takes its back half. */
+export class RangeTask {
+  /** Next byte to write; bytes in [start, pos) are on disk. */
+  pos: number;
+  attempts = 0;
+  /** When the current response's first byte arrived, and `pos` at that moment. */
+  private flowStart: { at: number; pos: number } | undefined;
+  /** When the current request was sent; undefined between attempts. */
+  private requestedAt: number | undefined;
+  constructor(
+    readonly start: number,
+    public end: number,
+  ) {
+    this.pos = start;
+  }
+  get remaining(): number {
+    return this.end - this.pos;
+  }
+
+  requested(now: number): void {
+    this.requestedAt = now;
+  }
+
+  /** Marks that bytes are flowing (again) from `pos`; a retry restarts the measurement. */
+  flowing(now: number): void {
+    this.flowStart ??= { at: now, pos: this.pos };
+  }
+
+  stalled(): void {
+    this.flowStart = undefined;
+    this.requestedAt = undefined;
+  }
+
+  /**
+   * Estimated milliseconds to finish. A request still waiting for its first byte counts
+   * as the time it has waited so far; a task between attempts (backoff) as endless.
+   */
+  etaMs(now: number): number {
+    if (!this.flowStart) return this.requestedAt === undefined ? Infinity : now - this.requestedAt;
+    const elapsed = now - this.flowStart.at;
+    const moved = this.pos - this.flowStart.pos;
+    // Too early to measure a rate: count it as the time waited so far.
+    if (elapsed < 20 || moved <= 0) return this.requestedAt === undefined ? 0 : now - this.requestedAt;
+    return (this.remaining * elapsed) / moved;
+  }
+}
+
+export interface SchedulerOptions {
+  chunkSize: number;
+  workers: number;
+  /** A split leaves at least this many bytes on each side. */
+  minSplitSize: number;
+  /**
+   * Only a range expected to take longer than this is split: a new request costs a round
+   * trip, and cutting a fast response wastes what the socket already holds.
+   */
+  minSplitEtaMs?: number;
+  /** Largest request; default: an even share of the file per worker. */
+  maxRequestSize?: number;
+}
+
+const DEFAULT_MIN_SPLIT_ETA_MS = 150;
+
+/** Split points are aligned so writes and reads stay page-friendly. */
+const SPLIT_ALIGNMENT = 64 * 1024;
+
+export class Scheduler {
+  private readonly queue: RangeTask[] = [];
+  private readonly active = new Set<RangeTask>();
+  /** Ranges cut in two so far. */
+  splits = 0;
+  private readonly waiters = new Set<() => void>();
+
+  constructor(
+    private readonly options: SchedulerOptions,
+    missing: readonly ByteRange[],
+  ) {
+    const total = missing.reduce((sum, [s, e]) => sum + e - s, 0);
+    const share = Math.ceil(total / options.workers / options.chunkSize) * options.chunkSize;
+    const runSize = Math.max(options.chunkSize, Math.min(share, options.maxRequestSize ?? Infinity));
+    for (const [start, end] of missing) {
+      for (let at = start; at < end; at += runSize) this.queue.push(new RangeTask(at, Math.min(end, at + runSize)));
+    }
+  }
+
+  /** Adds a task that already has a response (the probe's first range), as in flight. */
+  adopt(task: RangeTask): void {
+    this.active.add(task);
+  }
+
+  /** The next task for an idle worker, or undefined when nothing is left worth splitting. */
+  take(): RangeTask | undefined {
+    const queued = this.queue.shift();
+    if (queued) {
+      this.active.add(queued);
+      return queued;
+    }
+    return this.split();
+  }
+
+  finish(task: RangeTask): void {
+    this.active.delete(task);
+    for (const wake of this.waiters) wake();
+    this.waiters.clear();
+  }
+
+  /**
+   * For a worker that found nothing to take while ranges are still in flight: resolves when
+   * one finishes or after `pollMs`, whichever is first, so it can look for a split again.
+   */
+  async idle(pollMs = 25): Promise<void> {
+    let wake!: () => void;
+    const changed = new Promise<void>((resolve) => (wake = resolve));
+    this.waiters.add(wake);
+    const timer = setTimeout(wake, pollMs);
+    await changed;
+    clearTimeout(timer);
+    this.waiters.delete(wake);
+  }
+
+  get inFlight(): number {
+    return this.active.size;
+  }
+
+  private split(): RangeTask | undefined {
+    const now = performance.now();
+    let largest: RangeTask | undefined;
+    let largestEta = 0;
+    for (const task of this.active) {
+      if (task.remaining < 2 * this.options.minSplitSize) continue;
+      const eta = task.etaMs(now);
+      if (!largest || eta > largestEta || (eta === largestEta && task.remaining > largest.remaining)) {
+        largest = task;
+        largestEta = eta;
+      }
+    }
+    if (!largest || largestEta < (this.options.minSplitEtaMs ?? DEFAULT_MIN_SPLIT_ETA_MS)) return undefined;
+    const half = Math.floor(largest.remaining / 2 / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
+    const mid = largest.end - Math.max(half, this.options.minSplitSize);
+    const stolen = new RangeTask(mid, largest.end);
+    largest.end = mid;
+    this.active.add(stolen);
+    this.splits++;
+    return stolen;
+  }
+}

@@ -1,0 +1,63 @@
+// Shared test fixtures: temporary directories, random content with its digest, and a
+// runner for the built `loom` binary.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, mkdtempSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { after } from 'node:test';
+
+export const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
+export const LOOM_BIN = join(REPO_ROOT, 'bin', 'loom.js');
+
+/** A fresh temporary directory, removed when the test file finishes (call at top level). */
+export function tempDir(prefix = 'loom-test-'): string {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+export function randomContent(size: number): { bytes: Buffer; sha256: string } {
+  const bytes = randomBytes(size);
+  return { bytes, sha256: sha256Of(bytes) };
+}
+
+export function sha256Of(bytes: Buffer): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+export async function sha256OfFile(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Starts `loom ARGS`; the caller may kill it. */
+export function startLoom(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+  return spawn(process.execPath, [LOOM_BIN, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+}
+
+export function collect(child: ChildProcess): Promise<RunResult> {
+  let stdout = '';
+  let stderr = '';
+  child.stdout?.on('data', (d: Buffer) => (stdout += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  return new Promise((resolvePromise) => {
+    child.on('close', (code, signal) => resolvePromise({ code, signal, stdout, stderr }));
+  });
+}
+
+export function runLoom(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
+  return collect(startLoom(args, env));
+}
