@@ -1,6 +1,7 @@
 // Downloads one source into a part file: probe, plan, run the worker pool, retry, journal,
 // hash. It never renames anything; the caller decides where a finished, verified file goes
 // (the output path, or the cache's blob store).
+import { setMaxListeners } from 'node:events';
 import { rm } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import {
@@ -119,6 +120,8 @@ class Download {
     private readonly stats: DownloadStats,
   ) {
     this.journalPath = journalPathFor(partPath);
+    // Every request in flight listens for the abort: hundreds of listeners are expected.
+    setMaxListeners(0, this.controller.signal);
   }
 
   private get signal(): AbortSignal {

@@ -2,21 +2,35 @@
 // (size and validator). Written atomically (temp file + rename) so a kill -9 at any moment
 // leaves either the previous or the next journal, never half of one.
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { z } from 'zod';
+import { isRecord } from '../core/validate.js';
 import type { Validator } from '../sources/source.js';
 import type { ByteRange } from './range-set.js';
 
 const JOURNAL_VERSION = 1;
 
-const journalSchema = z.object({
-  version: z.literal(JOURNAL_VERSION),
-  url: z.string(),
-  size: z.number().int().nonnegative(),
-  validator: z.object({ etag: z.string().optional(), lastModified: z.string().optional() }),
-  ranges: z.array(z.tuple([z.number().int().nonnegative(), z.number().int().nonnegative()])),
-});
+export interface JournalState {
+  version: typeof JOURNAL_VERSION;
+  url: string;
+  size: number;
+  validator: Validator;
+  ranges: Array<[number, number]>;
+}
 
-export type JournalState = z.infer<typeof journalSchema>;
+const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+const isOptionalString = (v: unknown): boolean => v === undefined || typeof v === 'string';
+
+function isJournal(value: unknown): value is JournalState {
+  if (!isRecord(value) || value.version !== JOURNAL_VERSION || typeof value.url !== 'string') return false;
+  if (!isCount(value.size) || !isRecord(value.validator)) return false;
+  if (!isOptionalString(value.validator.etag) || !isOptionalString(value.validator.lastModified)) return false;
+  const size = value.size;
+  return (
+    Array.isArray(value.ranges) &&
+    value.ranges.every(
+      (r: unknown) => Array.isArray(r) && r.length === 2 && isCount(r[0]) && isCount(r[1]) && r[0] < r[1] && r[1] <= size,
+    )
+  );
+}
 
 export function journalPathFor(partPath: string): string {
   return `${partPath}.journal`;
@@ -25,8 +39,8 @@ export function journalPathFor(partPath: string): string {
 /** Reads a journal; a missing, unreadable or foreign one is treated as absent. */
 export async function readJournal(path: string): Promise<JournalState | undefined> {
   try {
-    const parsed = journalSchema.safeParse(JSON.parse(await readFile(path, 'utf8')));
-    return parsed.success ? parsed.data : undefined;
+    const parsed: unknown = JSON.parse(await readFile(path, 'utf8'));
+    return isJournal(parsed) ? parsed : undefined;
   } catch {
     return undefined;
   }

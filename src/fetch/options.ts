@@ -1,9 +1,9 @@
 // The public options of fetchFile, validated once up front (unknown keys are refused, sizes
 // and durations accept human units) and resolved against DEFAULTS.
-import { z } from 'zod';
 import { DEFAULTS } from '../core/defaults.js';
 import { UsageError } from '../core/errors.js';
 import { parseDuration, parseSize } from '../core/units.js';
+import { checkBoolean, checkInteger, checkKnownKeys, checkOneOf, isRecord } from '../core/validate.js';
 import type { DownloadOptions, FetchProgress } from './download.js';
 import type { Preallocation } from './part-file.js';
 
@@ -48,34 +48,43 @@ export interface FetchOptions {
   onProgress?: (progress: FetchProgress) => void;
 }
 
-const size = (what: string) => z.union([z.number(), z.string()]).transform((v) => parseSize(v, what));
-const duration = (what: string) => z.union([z.number(), z.string()]).transform((v) => parseDuration(v, what));
+const KNOWN_KEYS = [
+  'workers', 'chunkSize', 'maxRequestSize', 'sha256', 'headers', 'stallTimeout', 'retryAttempts',
+  'retryBaseDelay', 'retryMaxDelay', 'maxRetryAfter', 'maxRedirects', 'caCertFiles', 'computeSha256',
+  'restartOnChange', 'fsync', 'preallocation', 'journalInterval', 'signal', 'onProgress',
+] as const;
 
-const optionsSchema = z.strictObject({
-  workers: z.number().int().min(DEFAULTS.minWorkers).max(DEFAULTS.maxWorkers).optional(),
-  chunkSize: size('chunk size').pipe(z.number().min(64 * 1024, 'chunk size must be at least 64KiB')).optional(),
-  maxRequestSize: size('request size').pipe(z.number().min(64 * 1024)).optional(),
-  sha256: z
-    .string()
-    .regex(/^[0-9a-fA-F]{64}$/, 'sha256 must be 64 hex digits')
-    .transform((v) => v.toLowerCase())
-    .optional(),
-  headers: z.record(z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not a valid header name'), z.string()).optional(),
-  stallTimeout: duration('stall timeout').pipe(z.number().min(1)).optional(),
-  retryAttempts: z.number().int().min(1).max(100).optional(),
-  retryBaseDelay: duration('retry base delay').optional(),
-  retryMaxDelay: duration('retry max delay').optional(),
-  maxRetryAfter: duration('max Retry-After').optional(),
-  maxRedirects: z.number().int().min(0).max(50).optional(),
-  caCertFiles: z.array(z.string()).optional(),
-  computeSha256: z.boolean().optional(),
-  restartOnChange: z.boolean().optional(),
-  fsync: z.boolean().optional(),
-  preallocation: z.enum(['fallocate', 'truncate']).optional(),
-  journalInterval: duration('journal interval').optional(),
-  signal: z.instanceof(AbortSignal).optional(),
-  onProgress: z.custom<(progress: FetchProgress) => void>((v) => typeof v === 'function').optional(),
-});
+const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
+const MIN_CHUNK = 64 * 1024;
+
+function sizeOption(value: number | string | undefined, field: string, min: number): number | undefined {
+  if (value === undefined) return undefined;
+  const bytes = parseSize(value, field);
+  if (bytes < min) throw new UsageError(`invalid option ${field}: must be at least ${min} bytes`);
+  return bytes;
+}
+
+function durationOption(value: number | string | undefined, field: string): number | undefined {
+  return value === undefined ? undefined : parseDuration(value, field);
+}
+
+function sha256Option(value: unknown): string | undefined {
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || !/^[0-9a-fA-F]{64}$/.test(value)) {
+    throw new UsageError('invalid option sha256: must be 64 hex digits');
+  }
+  return value.toLowerCase();
+}
+
+function headersOption(value: unknown): Record<string, string> {
+  if (value === undefined) return {};
+  if (!isRecord(value)) throw new UsageError('invalid option headers: must be an object of name: value');
+  for (const [name, v] of Object.entries(value)) {
+    if (!HEADER_NAME.test(name)) throw new UsageError(`invalid header name "${name}"`);
+    if (typeof v !== 'string' || /[\r\n]/.test(v)) throw new UsageError(`invalid value for header ${name}`);
+  }
+  return value as Record<string, string>;
+}
 
 export interface ResolvedFetchOptions extends DownloadOptions {
   headers: Record<string, string>;
@@ -85,38 +94,44 @@ export interface ResolvedFetchOptions extends DownloadOptions {
 }
 
 export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOptions {
-  const parsed = optionsSchema.safeParse(input);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const field = issue.path.join('.') || 'options';
-    throw new UsageError(`invalid option ${field}: ${issue.message}`);
+  if (!isRecord(input as unknown)) throw new UsageError('fetch options must be an object');
+  checkKnownKeys(input, KNOWN_KEYS, 'fetch option');
+  const chunkSize = sizeOption(input.chunkSize, 'chunkSize', MIN_CHUNK) ?? DEFAULTS.chunkSize;
+  if (input.signal !== undefined && !(input.signal instanceof AbortSignal)) {
+    throw new UsageError('invalid option signal: must be an AbortSignal');
   }
-  const o = parsed.data;
-  const chunkSize = o.chunkSize ?? DEFAULTS.chunkSize;
+  if (input.onProgress !== undefined && typeof input.onProgress !== 'function') {
+    throw new UsageError('invalid option onProgress: must be a function');
+  }
+  if (input.caCertFiles !== undefined && !(Array.isArray(input.caCertFiles) && input.caCertFiles.every((f) => typeof f === 'string'))) {
+    throw new UsageError('invalid option caCertFiles: must be a list of file paths');
+  }
+  const stallTimeoutMs = durationOption(input.stallTimeout, 'stallTimeout') ?? DEFAULTS.stallTimeoutMs;
+  if (stallTimeoutMs < 1) throw new UsageError('invalid option stallTimeout: must be positive');
   return {
-    workers: o.workers ?? DEFAULTS.workers,
+    workers: checkInteger(input.workers, 'workers', DEFAULTS.minWorkers, DEFAULTS.maxWorkers) ?? DEFAULTS.workers,
     chunkSize,
-    maxRequestSize: o.maxRequestSize,
+    maxRequestSize: sizeOption(input.maxRequestSize, 'maxRequestSize', MIN_CHUNK),
     // A quarter chunk, within [64 KiB, 1 MiB]: smaller pieces cost more in requests than they save.
-    minSplitSize: Math.min(DEFAULTS.minSplitSize, Math.max(64 * 1024, Math.floor(chunkSize / 4))),
+    minSplitSize: Math.min(DEFAULTS.minSplitSize, Math.max(MIN_CHUNK, Math.floor(chunkSize / 4))),
     retry: {
-      attempts: o.retryAttempts ?? DEFAULTS.retry.attempts,
-      baseDelayMs: o.retryBaseDelay ?? DEFAULTS.retry.baseDelayMs,
+      attempts: checkInteger(input.retryAttempts, 'retryAttempts', 1, 100) ?? DEFAULTS.retry.attempts,
+      baseDelayMs: durationOption(input.retryBaseDelay, 'retryBaseDelay') ?? DEFAULTS.retry.baseDelayMs,
       factor: DEFAULTS.retry.factor,
-      maxDelayMs: o.retryMaxDelay ?? DEFAULTS.retry.maxDelayMs,
-      maxRetryAfterMs: o.maxRetryAfter ?? DEFAULTS.retry.maxRetryAfterMs,
+      maxDelayMs: durationOption(input.retryMaxDelay, 'retryMaxDelay') ?? DEFAULTS.retry.maxDelayMs,
+      maxRetryAfterMs: durationOption(input.maxRetryAfter, 'maxRetryAfter') ?? DEFAULTS.retry.maxRetryAfterMs,
     },
-    expectedSha256: o.sha256,
-    computeSha256: o.computeSha256 ?? false,
-    journalIntervalMs: o.journalInterval ?? DEFAULTS.journalIntervalMs,
-    preallocation: o.preallocation ?? 'fallocate',
-    restartOnChange: o.restartOnChange ?? true,
-    fsync: o.fsync ?? true,
-    signal: o.signal,
-    onProgress: o.onProgress,
-    headers: o.headers ?? {},
-    stallTimeoutMs: o.stallTimeout ?? DEFAULTS.stallTimeoutMs,
-    maxRedirects: o.maxRedirects ?? DEFAULTS.maxRedirects,
-    caCertFiles: o.caCertFiles ?? [],
+    expectedSha256: sha256Option(input.sha256),
+    computeSha256: checkBoolean(input.computeSha256, 'computeSha256') ?? false,
+    journalIntervalMs: durationOption(input.journalInterval, 'journalInterval') ?? DEFAULTS.journalIntervalMs,
+    preallocation: checkOneOf(input.preallocation, 'preallocation', ['fallocate', 'truncate'] as const) ?? 'fallocate',
+    restartOnChange: checkBoolean(input.restartOnChange, 'restartOnChange') ?? true,
+    fsync: checkBoolean(input.fsync, 'fsync') ?? true,
+    signal: input.signal,
+    onProgress: input.onProgress,
+    headers: headersOption(input.headers),
+    stallTimeoutMs,
+    maxRedirects: checkInteger(input.maxRedirects, 'maxRedirects', 0, 50) ?? DEFAULTS.maxRedirects,
+    caCertFiles: input.caCertFiles ?? [],
   };
 }

@@ -1,0 +1,173 @@
+// `loom fetch`: one URL to one file, a thin layer over fetchFile. It also accepts the
+// original tool's spelling (`--url URL --out PATH`), with --out defaulting to the URL's
+// file name.
+import { basename } from 'node:path';
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULTS } from '../core/defaults.js';
+import { EXIT, UsageError } from '../core/errors.js';
+import { formatBytes, parseDuration, parseSize } from '../core/units.js';
+import { fetchFile, type FetchOptions, type FetchResult } from '../index.js';
+import { printJson, reportError, say, type OutputFlags } from './output.js';
+import { createProgressView, wantsProgressBar } from './progress.js';
+import { onInterrupt } from './signals.js';
+
+interface FetchFlags extends OutputFlags {
+  url?: string;
+  out?: string;
+  workers: number;
+  chunkSize?: number;
+  maxRequestSize?: number;
+  sha256?: string;
+  header: string[];
+  caCert: string[];
+  stallTimeout?: number;
+  retries?: number;
+  retryBaseDelay?: number;
+  maxRetryAfter?: number;
+  fsync: boolean;
+}
+
+function integerIn(min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^-?\d+$/.test(value.trim()) || n < min || n > max) {
+      throw new InvalidArgumentError(`must be a whole number from ${min} to ${max}`);
+    }
+    return n;
+  };
+}
+
+function sizeArg(value: string): number {
+  try {
+    return parseSize(value);
+  } catch {
+    throw new InvalidArgumentError('must be a size such as 10MiB, 64M or 1048576');
+  }
+}
+
+function durationArg(value: string): number {
+  try {
+    return parseDuration(value);
+  } catch {
+    throw new InvalidArgumentError('must be a duration such as 500ms, 30s or 2m');
+  }
+}
+
+function collectArg(value: string, previous: string[]): string[] {
+  return [...previous, value];
+}
+
+/** `Key: Value` -> [key, value]. */
+export function parseHeader(line: string): [string, string] {
+  const at = line.indexOf(':');
+  if (at <= 0) throw new UsageError(`header "${line}" is not of the form "Name: value"`);
+  return [line.slice(0, at).trim(), line.slice(at + 1).trim()];
+}
+
+/** The output file name the original tool derived from a URL. */
+export function defaultOutFor(url: string): string {
+  let name = '';
+  try {
+    name = decodeURIComponent(basename(new URL(url).pathname));
+  } catch {
+    /* the URL is checked, with a better message, by fetchFile */
+  }
+  if (!name || name === '/' || name === '.' || name === '..') {
+    throw new UsageError(`cannot take a file name from ${url}`, { hint: 'give the output path with -o PATH' });
+  }
+  return name;
+}
+
+export function addFetchOptions(command: Command): Command {
+  return command
+    .option('-o, --out <path>', 'output file (default: the file name in the URL)')
+    .option('--url <url>', 'the URL (the original tool spelled it so; same as the argument)')
+    .option('-w, --workers <n>', `requests in flight, 1-${DEFAULTS.maxWorkers}`, integerIn(1, DEFAULTS.maxWorkers), DEFAULTS.workers)
+    .option('--chunk-size <size>', 'planning and split unit (default 10MiB)', sizeArg)
+    .option('--max-request-size <size>', 'largest single request (default: the file split evenly over the workers)', sizeArg)
+    .option('--sha256 <hex>', 'expected sha256 of the file; a mismatch keeps nothing')
+    .option('-H, --header <line>', "extra request header 'Name: value' (repeatable)", collectArg, [])
+    .option('--ca-cert <file>', 'also trust this PEM CA certificate (repeatable)', collectArg, [])
+    .option('--stall-timeout <duration>', 'abort a request that sends nothing this long (default 30s)', durationArg)
+    .option('--retries <n>', 'attempts per chunk, the first included (default 6)', integerIn(1, 100))
+    .option('--retry-base-delay <duration>', 'first backoff ceiling, doubling per attempt (default 1s)', durationArg)
+    .option('--max-retry-after <duration>', 'fail rather than wait a longer Retry-After (default 2m)', durationArg)
+    .addOption(new Option('--no-fsync', 'skip the flush to disk before the rename (faster, not crash-safe)'))
+    .option('-q, --quiet', 'print nothing but errors')
+    .option('--json', 'print one JSON summary on stdout');
+}
+
+export function fetchOptionsFrom(flags: FetchFlags, signal: AbortSignal): FetchOptions {
+  return {
+    workers: flags.workers,
+    chunkSize: flags.chunkSize,
+    maxRequestSize: flags.maxRequestSize,
+    sha256: flags.sha256,
+    headers: Object.fromEntries(flags.header.map(parseHeader)),
+    caCertFiles: flags.caCert,
+    stallTimeout: flags.stallTimeout,
+    retryAttempts: flags.retries,
+    retryBaseDelay: flags.retryBaseDelay,
+    maxRetryAfter: flags.maxRetryAfter,
+    fsync: flags.fsync,
+    signal,
+  };
+}
+
+export function summaryOf(result: FetchResult): Record<string, unknown> {
+  return {
+    ok: true,
+    url: result.url,
+    path: result.path,
+    bytes: result.size,
+    seconds: Number(result.seconds.toFixed(3)),
+    mbPerSecond: Number((result.stats.transferredBytes / 1e6 / Math.max(result.seconds, 1e-6)).toFixed(1)),
+    sha256: result.sha256 ?? null,
+    requests: result.stats.requests,
+    retries: result.stats.retries,
+    splits: result.stats.splits,
+    restarts: result.stats.restarts,
+    transferredBytes: result.stats.transferredBytes,
+    resumedBytes: result.stats.resumedBytes,
+  };
+}
+
+export function fetchCommand(): Command {
+  const command = new Command('fetch')
+    .description('download one URL to a file with parallel ranged requests')
+    .argument('[url]', 'http(s) URL to fetch');
+  addFetchOptions(command);
+  command.action(async (urlArg: string | undefined, flags: FetchFlags) => {
+    process.exitCode = await runFetch(urlArg, flags);
+  });
+  return command;
+}
+
+async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<number> {
+  const interrupt = onInterrupt();
+  try {
+    const url = urlArg ?? flags.url;
+    if (!url) throw new UsageError('no URL given', { hint: 'run loom fetch <url> -o <path>' });
+    if (urlArg && flags.url && urlArg !== flags.url) throw new UsageError('two different URLs given (argument and --url)');
+    const out = flags.out ?? defaultOutFor(url);
+    const view = createProgressView(basename(out), wantsProgressBar(flags));
+    const options = fetchOptionsFrom(flags, interrupt.signal);
+    options.onProgress = (p) => view.update(p);
+    let result: FetchResult;
+    try {
+      result = await fetchFile(url, out, options);
+    } finally {
+      view.stop();
+    }
+    if (flags.json) printJson(summaryOf(result));
+    else {
+      const rate = result.stats.transferredBytes / 1e6 / Math.max(result.seconds, 1e-6);
+      say(flags, `loom: ${out}: ${formatBytes(result.size)} in ${result.seconds.toFixed(2)} s (${rate.toFixed(0)} MB/s)`);
+    }
+    return EXIT.ok;
+  } catch (err) {
+    return reportError(err, flags);
+  } finally {
+    interrupt.dispose();
+  }
+}

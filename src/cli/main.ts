@@ -1,0 +1,35 @@
+// The `loom` command line: parses argv into one subcommand and returns its exit code.
+import { Command, CommanderError } from 'commander';
+import { EXIT } from '../core/errors.js';
+import { fetchCommand } from './fetch-command.js';
+
+export function buildProgram(): Command {
+  const program = new Command('loom')
+    .description('Get multi-gigabyte model weights onto a node fast.')
+    .version('0.1.0')
+    .showHelpAfterError('(run with --help for usage)')
+    .exitOverride();
+  program.addCommand(fetchCommand());
+  const output = {
+    outputError: (text: string, write: (s: string) => void) => write(`loom: ${text.replace(/^error: /, 'error: ')}`),
+  };
+  program.configureOutput(output);
+  for (const sub of program.commands) {
+    sub.exitOverride().configureOutput(output).showHelpAfterError(`(run loom ${sub.name()} --help for usage)`);
+  }
+  return program;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version exit 0; every parse error is a usage error (exit 2).
+      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+    }
+    throw err;
+  }
+}
