@@ -172,7 +172,8 @@ class Download {
     } else if (journal) {
       await removeJournal(this.journalPath);
     }
-    await this.part.preallocate(size, this.ranges.size, this.options.preallocation);
+    await this.part.preallocate(size, this.options.preallocation);
+    this.saveJournal();
     if (this.options.computeSha256 || this.options.expectedSha256) this.hasher = new PrefixHasher(this.part);
     this.hasher?.advance(this.ranges.contiguousPrefix());
 
@@ -335,7 +336,7 @@ class Download {
         await this.part?.close();
         await rm(this.partPath, { force: true });
         this.part = await PartFile.open(this.partPath);
-        if (body.end !== undefined) await this.part.preallocate(body.end, 0, this.options.preallocation);
+        if (body.end !== undefined) await this.part.preallocate(body.end, this.options.preallocation);
         const hashing = this.options.computeSha256 || this.options.expectedSha256;
         this.hasher = hashing ? new PrefixHasher(this.part) : undefined;
         const task = new RangeTask(0, body.end ?? Infinity);

@@ -52,8 +52,16 @@ export async function writeJournal(
 ): Promise<void> {
   const body: JournalState = { version: JOURNAL_VERSION, ...state, ranges: state.ranges.map(([s, e]) => [s, e]) };
   const temp = `${path}.tmp`;
-  await writeFile(temp, JSON.stringify(body));
-  await rename(temp, path);
+  const text = JSON.stringify(body);
+  try {
+    await writeFile(temp, text);
+    await rename(temp, path);
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'ENOSPC') throw err;
+    // A full disk has no block for a second file; the journal's own block is still there.
+    await rm(temp, { force: true });
+    await writeFile(path, text);
+  }
 }
 
 export async function removeJournal(path: string): Promise<void> {

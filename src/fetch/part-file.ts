@@ -36,9 +36,11 @@ export class PartFile {
    * full disk is reported now, not 3 GB in; where it is missing or unsupported the file is
    * only extended (sparse) after checking free space.
    */
-  async preallocate(size: number, alreadyPresent: number, mode: Preallocation = 'fallocate'): Promise<void> {
+  async preallocate(size: number, mode: Preallocation = 'fallocate'): Promise<void> {
     const free = await freeBytes(dirname(this.path));
-    const needed = size - alreadyPresent;
+    // Blocks the part already holds are overwritten in place, not allocated again.
+    const { blocks } = await this.handle.stat();
+    const needed = size - Math.min(size, blocks * 512);
     if (free !== undefined && needed > free) {
       throw new DiskFullError(`not enough space for ${this.path}: ${formatBytes(needed)} needed, ${formatBytes(free)} free`, {
         path: this.path,
@@ -63,9 +65,15 @@ export class PartFile {
     }
   }
 
+  /** Writes all of buffer[0, length) at `position`; a short write is continued, never trusted. */
   async write(buffer: Buffer, length: number, position: number): Promise<void> {
+    let written = 0;
     try {
-      await this.handle.write(buffer, 0, length, position);
+      while (written < length) {
+        const { bytesWritten } = await this.handle.write(buffer, written, length - written, position + written);
+        if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC', path: this.path });
+        written += bytesWritten;
+      }
     } catch (err) {
       throw diskError(err, `writing ${this.path}`);
     }

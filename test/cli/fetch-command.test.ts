@@ -1,0 +1,189 @@
+// `loom fetch` as a user runs it: the built binary in a child process, its exit code,
+// its output, and what it leaves on disk (including after kill -9 and Ctrl-C).
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, it } from 'node:test';
+import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { DiskFullError, fetchFile } from '../../src/index.js';
+import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir } from '../helpers/fixtures.js';
+import { mountTmpfs } from '../helpers/tmpfs.js';
+
+const dir = tempDir();
+const SIZE = 8 * 1024 * 1024;
+const content = randomContent(SIZE);
+const servers: OriginServer[] = [];
+async function origin(options: OriginOptions = {}): Promise<OriginServer> {
+  const server = await new OriginServer(options).listen();
+  server.setFile('/model.bin', content.bytes);
+  servers.push(server);
+  return server;
+}
+after(() => Promise.all(servers.map((s) => s.close())));
+
+async function waitFor(check: () => boolean, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error('timed out waiting');
+    await sleep(20);
+  }
+}
+
+describe('loom fetch', () => {
+  it('downloads and prints one JSON summary with --json', async () => {
+    const server = await origin();
+    const out = join(dir, 'json.bin');
+    const run = await runLoom(['fetch', server.url('/model.bin'), '-o', out, '--json', '--sha256', content.sha256]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stderr, '');
+    const summary = JSON.parse(run.stdout) as Record<string, unknown>;
+    assert.equal(summary.ok, true);
+    assert.equal(summary.bytes, SIZE);
+    assert.equal(summary.sha256, content.sha256);
+    assert.equal(summary.resumedBytes, 0);
+    assert.equal(typeof summary.mbPerSecond, 'number');
+    assert.ok((summary.requests as number) >= 1);
+    assert.equal(await sha256OfFile(out), content.sha256);
+  });
+
+  it("accepts the original tool's --url/--out/--workers and derives --out from the URL", async () => {
+    const server = await origin();
+    const out = join(dir, 'orig.bin');
+    const run = await runLoom(['fetch', '--url', server.url('/model.bin'), '--out', out, '--workers', '4', '-q']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, '');
+    assert.equal(await sha256OfFile(out), content.sha256);
+
+    const cwd = tempDir();
+    const child = startLoom(['fetch', '--url', server.url('/model.bin'), '-q']);
+    child.kill(0);
+    await collect(child);
+    const derived = await runLoomIn(cwd, ['fetch', '--url', server.url('/model.bin'), '-q']);
+    assert.equal(derived.code, 0, derived.stderr);
+    assert.equal(await sha256OfFile(join(cwd, 'model.bin')), content.sha256);
+  });
+
+  it('exits 2 with one line for an invalid URL, an unknown flag or a bad worker count', async () => {
+    const cases: Array<[string[], RegExp]> = [
+      [['fetch', 'not-a-url', '-o', join(dir, 'x')], /not a valid URL/],
+      [['fetch', 'ftp://host/file', '-o', join(dir, 'x')], /unsupported URL scheme/],
+      [['fetch', 'http://127.0.0.1:1/x', '--bogus'], /unknown option '--bogus'/],
+      [['fetch', 'http://127.0.0.1:1/x', '--workers', '-3'], /whole number from 1 to 256/],
+      [['fetch', 'http://127.0.0.1:1/x', '--workers', '0'], /whole number from 1 to 256/],
+      [['fetch', 'http://127.0.0.1:1/x', '--chunk-size', 'huge'], /size such as/],
+      [['fetch', 'http://127.0.0.1:1/x', '-o', join(dir, 'x'), '--sha256', 'abc'], /64 hex digits/],
+    ];
+    for (const [args, message] of cases) {
+      const run = await runLoom(args);
+      assert.equal(run.code, 2, `${args.join(' ')}: ${run.stderr}`);
+      assert.match(run.stderr, message);
+      assert.match(run.stderr.split('\n')[0]!, /^loom: error: /);
+    }
+    assert.equal(existsSync(join(dir, 'x')), false);
+  });
+
+  it('exits 3 on a 404 and 4 on a sha256 mismatch, leaving nothing at --out', async () => {
+    const server = await origin();
+    const missing = await runLoom(['fetch', server.url('/nope.bin'), '-o', join(dir, 'nope.bin')]);
+    assert.equal(missing.code, 3);
+    assert.match(missing.stderr, /HTTP 404.*nope\.bin/);
+    const out = join(dir, 'bad.bin');
+    const bad = await runLoom(['fetch', server.url('/model.bin'), '-o', out, '--sha256', 'f'.repeat(64), '--json']);
+    assert.equal(bad.code, 4);
+    assert.match(bad.stderr, new RegExp(`expected f{64}, got ${content.sha256}`));
+    assert.equal((JSON.parse(bad.stdout) as { error: { code: string } }).error.code, 'LOOM_ERR_DIGEST_MISMATCH');
+    assert.equal(existsSync(out), false);
+    assert.equal(existsSync(`${out}.part`), false);
+  });
+
+  it('exits 5 with a clear message for a missing or read-only directory', async () => {
+    const server = await origin();
+    const missing = await runLoom(['fetch', server.url('/model.bin'), '-o', join(dir, 'no', 'such', 'dir', 'f.bin')]);
+    assert.equal(missing.code, 5);
+    assert.match(missing.stderr, /directory does not exist/);
+    const readOnly = mountTmpfs(1024 * 1024, { readOnly: true });
+    const ro = await runLoom(['fetch', server.url('/model.bin'), '-o', join(readOnly, 'f.bin')]);
+    assert.equal(ro.code, 5);
+    assert.match(ro.stderr, /read-only file system/);
+  });
+
+  it('exits 5 up front when the disk cannot hold the file', async () => {
+    const server = await origin();
+    const small = mountTmpfs(4 * 1024 * 1024);
+    const out = join(small, 'f.bin');
+    const run = await runLoom(['fetch', server.url('/model.bin'), '-o', out]);
+    assert.equal(run.code, 5);
+    assert.match(run.stderr, /not enough space/);
+    assert.equal(existsSync(out), false);
+    assert.ok(server.bytesServed <= 10 * 1024 * 1024, 'stopped before downloading the file');
+  });
+
+  it('reports ENOSPC mid-download, keeps the partial, and resumes once space is back', async () => {
+    const disk = mountTmpfs(12 * 1024 * 1024);
+    const filler = join(disk, 'filler');
+    const server = await origin({
+      fault: (ctx) => {
+        // Another process fills the disk while the download runs.
+        if (ctx.index === 3) writeFileSync(filler, Buffer.alloc(7 * 1024 * 1024));
+        return undefined;
+      },
+    });
+    const out = join(disk, 'f.bin');
+    await assert.rejects(
+      fetchFile(server.url('/model.bin'), out, { workers: 2, chunkSize: '1MiB', maxRequestSize: '1MiB', preallocation: 'truncate' }),
+      (err: unknown) => err instanceof DiskFullError && /no space left/.test(err.message) && /resume/.test(err.message),
+    );
+    assert.equal(existsSync(out), false);
+    assert.equal(existsSync(`${out}.part`), true);
+    const { rmSync } = await import('node:fs');
+    rmSync(filler);
+    const result = await fetchFile(server.url('/model.bin'), out, { workers: 2, chunkSize: '1MiB' });
+    assert.equal(await sha256OfFile(out), content.sha256);
+    assert.ok(result.stats.resumedBytes > 0);
+  });
+
+  it('after kill -9, a rerun completes and transfers less than the whole file', async () => {
+    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    const out = join(dir, 'killed.bin');
+    const journal = `${out}.part.journal`;
+    const args = ['fetch', server.url('/model.bin'), '-o', out, '-w', '4', '--chunk-size', '1MiB', '-q'];
+    const child = startLoom(args);
+    const done = collect(child);
+    await waitFor(() => existsSync(journal) && (JSON.parse(readFileSync(journal, 'utf8')) as { ranges: unknown[] }).ranges.length > 0);
+    await sleep(300);
+    child.kill('SIGKILL');
+    const killed = await done;
+    assert.equal(killed.signal, 'SIGKILL');
+    assert.equal(existsSync(out), false, 'nothing at --out after the kill');
+    server.resetStats();
+    const rerun = await runLoom([...args.slice(0, -1), '--json']);
+    assert.equal(rerun.code, 0, rerun.stderr);
+    const summary = JSON.parse(rerun.stdout) as { resumedBytes: number; transferredBytes: number };
+    assert.ok(summary.resumedBytes > 0, 'resumed from the journal');
+    assert.ok(server.bytesServed < SIZE, `rerun served ${server.bytesServed} of ${SIZE} bytes`);
+    assert.equal(await sha256OfFile(out), content.sha256);
+    assert.equal(existsSync(journal), false);
+  });
+
+  it('stops cleanly on Ctrl-C with exit 130 and the journal saved', async () => {
+    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    const out = join(dir, 'interrupted.bin');
+    const child = startLoom(['fetch', server.url('/model.bin'), '-o', out, '-w', '2', '--chunk-size', '1MiB']);
+    const done = collect(child);
+    await waitFor(() => existsSync(`${out}.part`));
+    await sleep(400);
+    child.kill('SIGINT');
+    const run = await done;
+    assert.equal(run.code, 130, run.stderr);
+    assert.match(run.stderr, /rerun to resume/);
+    assert.equal(existsSync(out), false);
+    assert.equal(existsSync(`${out}.part.journal`), true);
+  });
+});
+
+async function runLoomIn(cwd: string, args: string[]) {
+  const { spawn } = await import('node:child_process');
+  const { LOOM_BIN } = await import('../helpers/fixtures.js');
+  return collect(spawn(process.execPath, [LOOM_BIN, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] }));
+}
