@@ -162,7 +162,8 @@ export class OriginServer {
 
     if (this.options.firstByteLatencyMs) await sleep(this.options.firstByteLatencyMs);
 
-    const redirect = fault?.kind === 'redirect' ? { location: fault.location, status: fault.status ?? 302 } : this.redirects.get(path);
+    const redirect =
+      fault?.kind === 'redirect' ? { location: fault.location, status: fault.status ?? 302 } : this.redirects.get(path);
     if (redirect) {
       record.status = redirect.status;
       res.writeHead(redirect.status, { location: redirect.location, 'content-length': 0 }).end();

@@ -82,9 +82,18 @@ export function addFetchOptions(command: Command): Command {
   return command
     .option('-o, --out <path>', 'output file (default: the file name in the URL)')
     .option('--url <url>', 'the URL (the original tool spelled it so; same as the argument)')
-    .option('-w, --workers <n>', `requests in flight, 1-${DEFAULTS.maxWorkers}`, integerIn(1, DEFAULTS.maxWorkers), DEFAULTS.workers)
+    .option(
+      '-w, --workers <n>',
+      `requests in flight, 1-${DEFAULTS.maxWorkers}`,
+      integerIn(1, DEFAULTS.maxWorkers),
+      DEFAULTS.workers,
+    )
     .option('--chunk-size <size>', 'planning and split unit (default 10MiB)', sizeArg)
-    .option('--max-request-size <size>', 'largest single request (default: the file split evenly over the workers)', sizeArg)
+    .option(
+      '--max-request-size <size>',
+      'largest single request (default: the file split evenly over the workers)',
+      sizeArg,
+    )
     .option('--sha256 <hex>', 'expected sha256 of the file; a mismatch keeps nothing')
     .option('-H, --header <line>', "extra request header 'Name: value' (repeatable)", collectArg, [])
     .option('--ca-cert <file>', 'also trust this PEM CA certificate (repeatable)', collectArg, [])
@@ -148,7 +157,8 @@ async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<
   try {
     const url = urlArg ?? flags.url;
     if (!url) throw new UsageError('no URL given', { hint: 'run loom fetch <url> -o <path>' });
-    if (urlArg && flags.url && urlArg !== flags.url) throw new UsageError('two different URLs given (argument and --url)');
+    if (urlArg && flags.url && urlArg !== flags.url)
+      throw new UsageError('two different URLs given (argument and --url)');
     const out = flags.out ?? defaultOutFor(url);
     const view = createProgressView(basename(out), wantsProgressBar(flags));
     const options = fetchOptionsFrom(flags, interrupt.signal);
@@ -162,7 +172,10 @@ async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<
     if (flags.json) printJson(summaryOf(result));
     else {
       const rate = result.stats.transferredBytes / 1e6 / Math.max(result.seconds, 1e-6);
-      say(flags, `loom: ${out}: ${formatBytes(result.size)} in ${result.seconds.toFixed(2)} s (${rate.toFixed(0)} MB/s)`);
+      say(
+        flags,
+        `loom: ${out}: ${formatBytes(result.size)} in ${result.seconds.toFixed(2)} s (${rate.toFixed(0)} MB/s)`,
+      );
     }
     return EXIT.ok;
   } catch (err) {

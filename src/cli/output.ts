@@ -21,10 +21,7 @@ export function warn(line: string): void {
 
 /** Prints an error the way the user asked for, and returns the exit code for it. */
 export function reportError(err: unknown, flags: OutputFlags): number {
-  const error =
-    err instanceof LoomError
-      ? err
-      : undefined;
+  const error = err instanceof LoomError ? err : undefined;
   const message = error ? error.message : err instanceof Error ? err.message : String(err);
   process.stderr.write(`loom: error: ${message}\n`);
   if (!error && process.env.LOOM_DEBUG) process.stderr.write(`${(err as Error).stack ?? ''}\n`);

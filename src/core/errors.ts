@@ -85,10 +85,7 @@ export class HttpStatusError extends LoomError {
   /** Seconds the server asked us to wait (Retry-After), when it said. */
   readonly retryAfterMs: number | undefined;
   readonly retryable: boolean;
-  constructor(
-    message: string,
-    details: LoomErrorDetails & { retryAfterMs?: number; retryable?: boolean },
-  ) {
+  constructor(message: string, details: LoomErrorDetails & { retryAfterMs?: number; retryable?: boolean }) {
     super(message, details);
     this.retryAfterMs = details.retryAfterMs;
     this.retryable = details.retryable ?? false;

@@ -25,7 +25,8 @@ const SIZE_UNITS: Record<string, number> = {
  */
 export function parseSize(input: string | number, what = 'size'): number {
   if (typeof input === 'number') {
-    if (!Number.isSafeInteger(input) || input < 0) throw new UsageError(`${what} must be a whole number of bytes, got ${input}`);
+    if (!Number.isSafeInteger(input) || input < 0)
+      throw new UsageError(`${what} must be a whole number of bytes, got ${input}`);
     return input;
   }
   const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(input);
@@ -41,7 +42,8 @@ const DURATION_UNITS: Record<string, number> = { '': 1, ms: 1, s: 1000, m: 60_00
 /** Milliseconds in a duration such as `30s`, `500ms`, `2m` or `1500`. */
 export function parseDuration(input: string | number, what = 'duration'): number {
   if (typeof input === 'number') {
-    if (!Number.isFinite(input) || input < 0) throw new UsageError(`${what} must be a non-negative number of milliseconds`);
+    if (!Number.isFinite(input) || input < 0)
+      throw new UsageError(`${what} must be a non-negative number of milliseconds`);
     return input;
   }
   const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(input);

@@ -21,6 +21,8 @@ import { PrefixHasher } from './prefix-hasher.js';
 import { RangeSet, type ByteRange } from './range-set.js';
 import { backoffDelay, isRetryable, waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { RangeTask, Scheduler } from './scheduler.js';
+import { slabPoolFor, type SlabPool } from './slab-pool.js';
+import { SlabWriter } from './slab-writer.js';
 
 /** A snapshot of a running download, for progress bars and logs. */
 export interface FetchProgress {
@@ -80,8 +82,19 @@ export interface DownloadOptions {
 
 const PROGRESS_INTERVAL_MS = 100;
 
-export async function downloadToPart(source: Source, partPath: string, options: DownloadOptions): Promise<DownloadResult> {
-  const stats: DownloadStats = { transferredBytes: 0, resumedBytes: 0, requests: 0, retries: 0, restarts: 0, splits: 0 };
+export async function downloadToPart(
+  source: Source,
+  partPath: string,
+  options: DownloadOptions,
+): Promise<DownloadResult> {
+  const stats: DownloadStats = {
+    transferredBytes: 0,
+    resumedBytes: 0,
+    requests: 0,
+    retries: 0,
+    restarts: 0,
+    splits: 0,
+  };
   for (;;) {
     try {
       return await new Download(source, partPath, options, stats).run();
@@ -110,6 +123,7 @@ class Download {
   private failure: unknown;
   private lastJournalAt = 0;
   private journalWrite: Promise<void> = Promise.resolve();
+  private readonly slabs: SlabPool;
   /** False for a server that ignores Range: its bytes cannot be resumed. */
   private resumable = true;
 
@@ -120,6 +134,7 @@ class Download {
     private readonly stats: DownloadStats,
   ) {
     this.journalPath = journalPathFor(partPath);
+    this.slabs = slabPoolFor(options.workers);
     // Every request in flight listens for the abort: hundreds of listeners are expected.
     setMaxListeners(0, this.controller.signal);
   }
@@ -157,7 +172,10 @@ class Download {
 
   private async transfer(): Promise<DownloadResult> {
     const journal = await readJournal(this.journalPath);
-    const firstRange = this.firstRange(journal ? new RangeSet(journal.ranges).missing(journal.size) : [], journal?.size);
+    const firstRange = this.firstRange(
+      journal ? new RangeSet(journal.ranges).missing(journal.size) : [],
+      journal?.size,
+    );
     const probe = await this.withRetry(firstRange, () => this.source.probe(firstRange, this.signal));
     this.validator = probe.validator;
     if (!probe.acceptsRanges || probe.size === undefined) return this.transferWhole(probe);
@@ -206,7 +224,12 @@ class Download {
     return [first[0], Math.min(first[1], first[0] + this.options.chunkSize)];
   }
 
-  private async worker(scheduler: Scheduler, expect: ProbeExpectation, first?: RangeTask, firstBody?: RangeBody): Promise<void> {
+  private async worker(
+    scheduler: Scheduler,
+    expect: ProbeExpectation,
+    first?: RangeTask,
+    firstBody?: RangeBody,
+  ): Promise<void> {
     let task = first;
     let body = firstBody;
     while (!this.signal.aborted) {
@@ -276,10 +299,14 @@ class Download {
     }
   }
 
-  /** Writes a response body at its offsets until the task's end; validates its length. */
+  /**
+   * Writes a response body at its offsets until the task's end; validates its length.
+   * `task.pos` runs ahead of the disk by what is queued; after a failure it falls back to
+   * the last byte written, where the retry resumes.
+   */
   private async pump(body: RangeBody, task: RangeTask): Promise<void> {
-    const part = this.part!;
     const declaredEnd = body.end ?? Infinity;
+    const writer = new SlabWriter(this.part!, this.slabs, task.pos, (at, length) => this.record(at, length));
     this.activeRequests++;
     try {
       for await (const buffer of body.stream as AsyncIterable<Buffer>) {
@@ -287,24 +314,30 @@ class Download {
         const take = Math.min(buffer.length, limit - task.pos);
         if (take > 0) {
           task.flowing(performance.now());
-          const at = task.pos;
-          await part.write(buffer, take, at);
-          this.record(at, take);
-          task.pos = at + take;
+          task.pos += take;
+          await writer.push(take === buffer.length ? buffer : buffer.subarray(0, take));
         }
         if (take < buffer.length) {
-          if (task.end < declaredEnd) return; // the back half went to another worker
-          throw new BadResponseError(`${this.source.label} sent more bytes than the ${declaredEnd - body.start} it declared`);
+          if (task.end < declaredEnd) break; // the back half went to another worker
+          throw new BadResponseError(
+            `${this.source.label} sent more bytes than the ${declaredEnd - body.start} it declared`,
+          );
         }
-        if (task.pos >= task.end && task.end < declaredEnd) return;
+        if (task.pos >= task.end && task.end < declaredEnd) break;
       }
+      await writer.flush();
+    } catch (err) {
+      task.pos = await writer.settle();
+      throw err;
     } finally {
       this.activeRequests--;
       task.stalled();
     }
     const expectedEnd = Math.min(task.end, declaredEnd);
     if (expectedEnd !== Infinity && task.pos < expectedEnd) {
-      throw new BadResponseError(`${this.source.label} closed the response at byte ${task.pos}, before byte ${expectedEnd}`);
+      throw new BadResponseError(
+        `${this.source.label} closed the response at byte ${task.pos}, before byte ${expectedEnd}`,
+      );
     }
   }
 

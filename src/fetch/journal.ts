@@ -27,7 +27,8 @@ function isJournal(value: unknown): value is JournalState {
   return (
     Array.isArray(value.ranges) &&
     value.ranges.every(
-      (r: unknown) => Array.isArray(r) && r.length === 2 && isCount(r[0]) && isCount(r[1]) && r[0] < r[1] && r[1] <= size,
+      (r: unknown) =>
+        Array.isArray(r) && r.length === 2 && isCount(r[0]) && isCount(r[1]) && r[0] < r[1] && r[1] <= size,
     )
   );
 }

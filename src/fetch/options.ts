@@ -49,9 +49,25 @@ export interface FetchOptions {
 }
 
 const KNOWN_KEYS = [
-  'workers', 'chunkSize', 'maxRequestSize', 'sha256', 'headers', 'stallTimeout', 'retryAttempts',
-  'retryBaseDelay', 'retryMaxDelay', 'maxRetryAfter', 'maxRedirects', 'caCertFiles', 'computeSha256',
-  'restartOnChange', 'fsync', 'preallocation', 'journalInterval', 'signal', 'onProgress',
+  'workers',
+  'chunkSize',
+  'maxRequestSize',
+  'sha256',
+  'headers',
+  'stallTimeout',
+  'retryAttempts',
+  'retryBaseDelay',
+  'retryMaxDelay',
+  'maxRetryAfter',
+  'maxRedirects',
+  'caCertFiles',
+  'computeSha256',
+  'restartOnChange',
+  'fsync',
+  'preallocation',
+  'journalInterval',
+  'signal',
+  'onProgress',
 ] as const;
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -103,7 +119,10 @@ export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOpti
   if (input.onProgress !== undefined && typeof input.onProgress !== 'function') {
     throw new UsageError('invalid option onProgress: must be a function');
   }
-  if (input.caCertFiles !== undefined && !(Array.isArray(input.caCertFiles) && input.caCertFiles.every((f) => typeof f === 'string'))) {
+  if (
+    input.caCertFiles !== undefined &&
+    !(Array.isArray(input.caCertFiles) && input.caCertFiles.every((f) => typeof f === 'string'))
+  ) {
     throw new UsageError('invalid option caCertFiles: must be a list of file paths');
   }
   const stallTimeoutMs = durationOption(input.stallTimeout, 'stallTimeout') ?? DEFAULTS.stallTimeoutMs;

@@ -42,10 +42,13 @@ export class PartFile {
     const { blocks } = await this.handle.stat();
     const needed = size - Math.min(size, blocks * 512);
     if (free !== undefined && needed > free) {
-      throw new DiskFullError(`not enough space for ${this.path}: ${formatBytes(needed)} needed, ${formatBytes(free)} free`, {
-        path: this.path,
-        hint: 'free space on that file system or choose another --out',
-      });
+      throw new DiskFullError(
+        `not enough space for ${this.path}: ${formatBytes(needed)} needed, ${formatBytes(free)} free`,
+        {
+          path: this.path,
+          hint: 'free space on that file system or choose another --out',
+        },
+      );
     }
     if (mode === 'fallocate' && size > 0) {
       try {
@@ -53,7 +56,11 @@ export class PartFile {
         return;
       } catch (err) {
         const stderr = String((err as { stderr?: unknown }).stderr ?? '');
-        if (/No space left/i.test(stderr)) throw diskError(Object.assign(new Error(stderr), { code: 'ENOSPC', path: this.path }), `reserving space for ${this.path}`);
+        if (/No space left/i.test(stderr))
+          throw diskError(
+            Object.assign(new Error(stderr), { code: 'ENOSPC', path: this.path }),
+            `reserving space for ${this.path}`,
+          );
         // Not installed, or the file system cannot: fall through to a sparse file.
       }
     }
@@ -71,8 +78,27 @@ export class PartFile {
     try {
       while (written < length) {
         const { bytesWritten } = await this.handle.write(buffer, written, length - written, position + written);
-        if (bytesWritten <= 0) throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC', path: this.path });
+        if (bytesWritten <= 0)
+          throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC', path: this.path });
         written += bytesWritten;
+      }
+    } catch (err) {
+      throw diskError(err, `writing ${this.path}`);
+    }
+  }
+
+  /** Writes the buffers back to back from `position`, continuing after short writes. */
+  async writev(buffers: Buffer[], length: number, position: number): Promise<void> {
+    if (buffers.length === 1) return this.write(buffers[0]!, length, position);
+    let pending = buffers;
+    let written = 0;
+    try {
+      while (written < length) {
+        const { bytesWritten } = await this.handle.writev(pending, position + written);
+        if (bytesWritten <= 0)
+          throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC', path: this.path });
+        written += bytesWritten;
+        pending = dropBytes(pending, bytesWritten);
       }
     } catch (err) {
       throw diskError(err, `writing ${this.path}`);
@@ -103,6 +129,21 @@ export class PartFile {
   async close(): Promise<void> {
     await this.handle.close().catch(() => undefined);
   }
+}
+
+/** The buffers left after the first `count` bytes were written. */
+function dropBytes(buffers: Buffer[], count: number): Buffer[] {
+  let skip = count;
+  const rest: Buffer[] = [];
+  for (const buffer of buffers) {
+    if (skip >= buffer.length) {
+      skip -= buffer.length;
+      continue;
+    }
+    rest.push(skip > 0 ? buffer.subarray(skip) : buffer);
+    skip = 0;
+  }
+  return rest;
 }
 
 async function freeBytes(dir: string): Promise<number | undefined> {

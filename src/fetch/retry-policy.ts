@@ -49,7 +49,12 @@ export function parseRetryAfter(value: string | undefined, now = Date.now()): nu
 }
 
 /** The wait before attempt number `attempt + 1` (attempt counts from 1). */
-export function backoffDelay(policy: RetryOptions, attempt: number, retryAfterMs?: number, random = Math.random): number {
+export function backoffDelay(
+  policy: RetryOptions,
+  attempt: number,
+  retryAfterMs?: number,
+  random = Math.random,
+): number {
   const ceiling = Math.min(policy.maxDelayMs, policy.baseDelayMs * policy.factor ** (attempt - 1));
   const jittered = random() * ceiling;
   return retryAfterMs === undefined ? jittered : Math.max(retryAfterMs, jittered);

@@ -146,7 +146,8 @@ export class HttpSource implements Source {
       if (!REDIRECTS.has(status)) return { res, url, headers };
       res.resume();
       const location = res.headers.location;
-      if (!location) throw new RedirectError(`HTTP ${status} from ${url.href} without a Location header`, { url: url.href });
+      if (!location)
+        throw new RedirectError(`HTTP ${status} from ${url.href} without a Location header`, { url: url.href });
       if (hop >= this.options.maxRedirects) {
         throw new RedirectError(`more than ${this.options.maxRedirects} redirects starting at ${this.url}`, {
           url: this.url,
@@ -197,7 +198,13 @@ export class HttpSource implements Source {
       const range = /\*\/(\d+)/.exec(String(res.headers['content-range'] ?? ''));
       if (range && Number(range[1]) === 0 && start === 0) {
         res.resume();
-        return { size: 0, acceptsRanges: true, validator, body: { start: 0, end: 0, stream: Readable.from([]) }, finalUrl: url.href };
+        return {
+          size: 0,
+          acceptsRanges: true,
+          validator,
+          body: { start: 0, end: 0, stream: Readable.from([]) },
+          finalUrl: url.href,
+        };
       }
     }
     throw statusError(res, url);
@@ -221,7 +228,12 @@ export class HttpSource implements Source {
         throw changed(url, expect.validator, actual, `size ${expect.size} became ${range.total}`);
       }
       const length = res.headers['content-length'];
-      if (!range || range.start !== start || range.end !== end || (length !== undefined && Number(length) !== end - start)) {
+      if (
+        !range ||
+        range.start !== start ||
+        range.end !== end ||
+        (length !== undefined && Number(length) !== end - start)
+      ) {
         res.destroy();
         throw new BadResponseError(
           `${url.host} answered bytes=${start}-${end - 1} with Content-Range "${res.headers['content-range'] ?? '(none)'}" and Content-Length ${length ?? '(none)'}`,
@@ -236,7 +248,9 @@ export class HttpSource implements Source {
       if (validatorChanged(expect.validator, actual) || (!actual.etag && !actual.lastModified)) {
         throw changed(url, expect.validator, actual);
       }
-      throw new BadResponseError(`${url.host} ignored the Range header of a chunk request (HTTP 200)`, { url: url.href });
+      throw new BadResponseError(`${url.host} ignored the Range header of a chunk request (HTTP 200)`, {
+        url: url.href,
+      });
     }
     if (status === 416) {
       res.resume();
@@ -245,11 +259,20 @@ export class HttpSource implements Source {
     throw statusError(res, url);
   }
 
-  private async requestRange(start: number, end: number, expect: ProbeExpectation, signal: AbortSignal): Promise<IncomingMessage> {
+  private async requestRange(
+    start: number,
+    end: number,
+    expect: ProbeExpectation,
+    signal: AbortSignal,
+  ): Promise<IncomingMessage> {
     const ifRange = ifRangeValue(expect.validator);
     const send = (): Promise<IncomingMessage> =>
       this.client.request(this.target.url, {
-        headers: { ...this.target.headers, range: `bytes=${start}-${end - 1}`, ...(ifRange && { 'if-range': ifRange }) },
+        headers: {
+          ...this.target.headers,
+          range: `bytes=${start}-${end - 1}`,
+          ...(ifRange && { 'if-range': ifRange }),
+        },
         signal,
         stallTimeoutMs: this.options.stallTimeoutMs,
       });
@@ -280,7 +303,9 @@ export class HttpSource implements Source {
 }
 
 function changed(url: URL, expected: Validator, actual: Validator, detail?: string): SourceChangedError {
-  const what = detail ?? `validator ${expected.etag ?? expected.lastModified ?? '(none)'} became ${actual.etag ?? actual.lastModified ?? '(none)'}`;
+  const what =
+    detail ??
+    `validator ${expected.etag ?? expected.lastModified ?? '(none)'} became ${actual.etag ?? actual.lastModified ?? '(none)'}`;
   return new SourceChangedError(`${url.href} changed during the download (${what})`, {
     url: url.href,
     expected: expected.etag ?? expected.lastModified,

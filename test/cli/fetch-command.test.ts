@@ -131,7 +131,12 @@ describe('loom fetch', () => {
     });
     const out = join(disk, 'f.bin');
     await assert.rejects(
-      fetchFile(server.url('/model.bin'), out, { workers: 2, chunkSize: '1MiB', maxRequestSize: '1MiB', preallocation: 'truncate' }),
+      fetchFile(server.url('/model.bin'), out, {
+        workers: 2,
+        chunkSize: '1MiB',
+        maxRequestSize: '1MiB',
+        preallocation: 'truncate',
+      }),
       (err: unknown) => err instanceof DiskFullError && /no space left/.test(err.message) && /resume/.test(err.message),
     );
     assert.equal(existsSync(out), false);
@@ -150,7 +155,10 @@ describe('loom fetch', () => {
     const args = ['fetch', server.url('/model.bin'), '-o', out, '-w', '4', '--chunk-size', '1MiB', '-q'];
     const child = startLoom(args);
     const done = collect(child);
-    await waitFor(() => existsSync(journal) && (JSON.parse(readFileSync(journal, 'utf8')) as { ranges: unknown[] }).ranges.length > 0);
+    await waitFor(
+      () =>
+        existsSync(journal) && (JSON.parse(readFileSync(journal, 'utf8')) as { ranges: unknown[] }).ranges.length > 0,
+    );
     await sleep(300);
     child.kill('SIGKILL');
     const killed = await done;

@@ -23,7 +23,13 @@ import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 const SIZE = 4 * 1024 * 1024 + 12345;
 const CHUNK = 256 * 1024;
 /** Small chunks, fast retries: many requests, so every fault path is hit quickly. */
-const FAST: FetchOptions = { workers: 8, chunkSize: CHUNK, maxRequestSize: CHUNK, retryBaseDelay: 5, retryMaxDelay: 50 };
+const FAST: FetchOptions = {
+  workers: 8,
+  chunkSize: CHUNK,
+  maxRequestSize: CHUNK,
+  retryBaseDelay: 5,
+  retryMaxDelay: 50,
+};
 
 const servers: OriginServer[] = [];
 async function origin(options: OriginOptions = {}): Promise<OriginServer> {
@@ -61,7 +67,10 @@ describe('fetchFile', () => {
     assert.equal(result.sha256, content.sha256);
     assert.equal(server.bytesServed, SIZE, 'every byte served exactly once');
     assert.ok(server.requests.length >= SIZE / CHUNK, 'one request per chunk');
-    assert.ok(server.requests.every((r) => r.range?.startsWith('bytes=')), 'every request is ranged');
+    assert.ok(
+      server.requests.every((r) => r.range?.startsWith('bytes=')),
+      'every request is ranged',
+    );
   });
 
   it('uses one request per worker share when no request size is set', async () => {
@@ -86,7 +95,8 @@ describe('fetchFile', () => {
 
   it('retries through a burst of 500 and 503 answers', async () => {
     const server = await origin({
-      fault: (ctx) => (ctx.index >= 2 && ctx.index <= 9 ? { kind: 'status', status: ctx.index % 2 ? 500 : 503 } : undefined),
+      fault: (ctx) =>
+        ctx.index >= 2 && ctx.index <= 9 ? { kind: 'status', status: ctx.index % 2 ? 500 : 503 } : undefined,
     });
     const result = await fetchOk(server, 'burst.bin');
     assert.ok(result.stats.retries >= 8);
@@ -158,8 +168,7 @@ describe('fetchFile', () => {
 
   it('starts over once when the ETag changes mid-download, never mixing versions', async () => {
     const next = randomContent(SIZE);
-    let server!: OriginServer;
-    server = await origin({
+    const server: OriginServer = await origin({
       fault: (ctx) => {
         if (ctx.index === 4) server.setFile('/moving.bin', next.bytes);
         return undefined;
@@ -173,8 +182,7 @@ describe('fetchFile', () => {
   });
 
   it('fails with SOURCE_CHANGED when the file keeps changing and restarts are off', async () => {
-    let server!: OriginServer;
-    server = await origin({
+    const server: OriginServer = await origin({
       fault: (ctx) => {
         if (ctx.index === 3) server.setFile('/moving2.bin', randomContent(SIZE).bytes);
         return undefined;
@@ -182,7 +190,10 @@ describe('fetchFile', () => {
     });
     server.setFile('/moving2.bin', content.bytes);
     const out = join(dir, 'moving2.bin');
-    await assert.rejects(fetchFile(server.url('/moving2.bin'), out, { ...FAST, restartOnChange: false }), SourceChangedError);
+    await assert.rejects(
+      fetchFile(server.url('/moving2.bin'), out, { ...FAST, restartOnChange: false }),
+      SourceChangedError,
+    );
     assert.equal(existsSync(out), false);
   });
 
@@ -192,11 +203,17 @@ describe('fetchFile', () => {
     const hub = await origin();
     hub.redirect('/weights.bin', cdn.url('/signed/weights.bin?sig=abc'));
     const out = join(dir, 'redirected.bin');
-    const result = await fetchFile(hub.url('/weights.bin'), out, { ...FAST, headers: { Authorization: 'Bearer secret' } });
+    const result = await fetchFile(hub.url('/weights.bin'), out, {
+      ...FAST,
+      headers: { Authorization: 'Bearer secret' },
+    });
     assert.equal(await sha256OfFile(out), content.sha256);
     assert.equal(hub.requests[0]!.headers.authorization, 'Bearer secret');
     assert.ok(cdn.requests.length > 1, 'chunk requests went to the final URL');
-    assert.ok(cdn.requests.every((r) => r.headers.authorization === undefined), 'no credentials sent to the CDN');
+    assert.ok(
+      cdn.requests.every((r) => r.headers.authorization === undefined),
+      'no credentials sent to the CDN',
+    );
     assert.equal(hub.requests.length, 1, 'chunks did not go back through the redirect');
     assert.equal(result.finalUrl, cdn.url('/signed/weights.bin?sig=abc'));
   });
@@ -286,7 +303,12 @@ describe('fetchFile', () => {
     const controller = new AbortController();
     setTimeout(() => controller.abort(), 500);
     await assert.rejects(
-      fetchFile(server.url('/changed.bin'), out, { ...FAST, workers: 2, signal: controller.signal, journalInterval: 50 }),
+      fetchFile(server.url('/changed.bin'), out, {
+        ...FAST,
+        workers: 2,
+        signal: controller.signal,
+        journalInterval: 50,
+      }),
       AbortedError,
     );
     const next = randomContent(SIZE);

@@ -1,0 +1,182 @@
+// Issue 2's scenarios: loom fetch against the sequential baseline and aria2c on an
+// object-store-like origin, against curl on plain loopback (HTTP and HTTPS), and peak RSS
+// across worker counts and file sizes.
+import { rmSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { OriginServer } from './origin/origin-server.js';
+import { startNginx } from './origin/nginx.js';
+import { makeTestCa } from './origin/test-ca.js';
+import {
+  DATA_DIR,
+  GiB,
+  LOOM_BIN,
+  MiB,
+  dataFile,
+  hasCommand,
+  mbps,
+  median,
+  printTable,
+  ratio,
+  runChecked,
+  type CommandRun,
+} from './lib.js';
+
+const OUT_DIR = join(DATA_DIR, 'out');
+
+function loom(url: string, extra: string[] = []): Promise<CommandRun> {
+  const out = join(OUT_DIR, 'loom.bin');
+  rmSync(out, { force: true });
+  return runChecked(LOOM_BIN, ['fetch', url, '-o', out, '--json', ...extra]).finally(() =>
+    rmSync(out, { force: true }),
+  );
+}
+
+function curl(url: string, extra: string[] = []): Promise<CommandRun> {
+  const out = join(OUT_DIR, 'curl.bin');
+  return runChecked('curl', ['-sS', '-f', '-o', out, ...extra, url]).finally(() => rmSync(out, { force: true }));
+}
+
+function aria2(url: string): Promise<CommandRun> {
+  const out = 'aria2.bin';
+  return runChecked('aria2c', [
+    '-x16',
+    '-s16',
+    '-k10M',
+    '-d',
+    OUT_DIR,
+    '-o',
+    out,
+    '--allow-overwrite=true',
+    '--auto-file-renaming=false',
+    '--console-log-level=error',
+    '--summary-interval=0',
+    '--download-result=hide',
+    url,
+  ]).finally(() => {
+    rmSync(join(OUT_DIR, out), { force: true });
+    rmSync(join(OUT_DIR, `${out}.aria2`), { force: true });
+  });
+}
+
+/** Runs the contenders in turn, `rounds` times, so machine noise hits each alike. */
+async function interleave(
+  rounds: number,
+  contenders: Record<string, () => Promise<CommandRun>>,
+): Promise<Record<string, CommandRun[]>> {
+  const runs: Record<string, CommandRun[]> = Object.fromEntries(Object.keys(contenders).map((k) => [k, []]));
+  for (let i = 0; i < rounds; i++) {
+    for (const [name, run] of Object.entries(contenders)) runs[name]!.push(await run());
+  }
+  return runs;
+}
+
+export async function objectStoreScenario(size = GiB): Promise<Record<string, unknown>> {
+  mkdirSync(OUT_DIR, { recursive: true });
+  const file = dataFile(`object-${size}.bin`, size);
+  const origin = await new OriginServer({ firstByteLatencyMs: 100, rateLimitBytesPerSecond: 50 * 1e6 }).listen();
+  origin.setFile('/weights.bin', { file, size });
+  const url = origin.url('/weights.bin');
+  try {
+    const contenders: Record<string, () => Promise<CommandRun>> = { loom: () => loom(url) };
+    if (hasCommand('aria2c')) contenders['aria2c -x16 -s16 -k10M'] = () => aria2(url);
+    const runs = await interleave(3, contenders);
+    const sequential = await loom(url, ['--workers', '1']);
+    const loomSeconds = median(runs.loom!.map((r) => r.seconds));
+    const rows = [
+      {
+        client: 'loom (defaults: 16 workers, 10 MiB chunks)',
+        seconds: loomSeconds.toFixed(2),
+        'MB/s': mbps(size, loomSeconds),
+        'loom is': '1.00x',
+      },
+      {
+        client: 'loom --workers 1 (sequential baseline)',
+        seconds: sequential.seconds.toFixed(2),
+        'MB/s': mbps(size, sequential.seconds),
+        'loom is': ratio(sequential.seconds, loomSeconds),
+      },
+    ];
+    const aria = runs['aria2c -x16 -s16 -k10M'];
+    if (aria) {
+      const s = median(aria.map((r) => r.seconds));
+      rows.push({
+        client: 'aria2c -x16 -s16 -k10M',
+        seconds: s.toFixed(2),
+        'MB/s': mbps(size, s),
+        'loom is': ratio(s, loomSeconds),
+      });
+    }
+    printTable(`Object-store origin: ${size / GiB} GiB, 100 ms first byte, 50 MB/s per connection (median of 3)`, rows);
+    return { size, rows };
+  } finally {
+    await origin.close();
+  }
+}
+
+export async function loopbackScenario(size = GiB): Promise<Record<string, unknown>> {
+  mkdirSync(OUT_DIR, { recursive: true });
+  if (!hasCommand('nginx')) throw new Error('the loopback scenario needs nginx (apt-get install nginx-light)');
+  const file = dataFile(`plain-${size}.bin`, size);
+  const ca = makeTestCa();
+  const nginx = await startNginx(DATA_DIR, { cert: ca.serverCert, key: ca.serverKey });
+  const name = file.split('/').pop()!;
+  try {
+    const http = nginx.httpUrl(name);
+    const https = nginx.httpsUrl(name);
+    const runs = await interleave(3, {
+      'loom http': () => loom(http),
+      'loom --no-fsync http': () => loom(http, ['--no-fsync']),
+      'curl http': () => curl(http),
+      'loom https': () => loom(https, ['--ca-cert', ca.caCertFile]),
+      'curl https': () => curl(https, ['--cacert', ca.caCertFile]),
+    });
+    const secs = (k: string): number => median(runs[k]!.map((r) => r.seconds));
+    const rows = Object.keys(runs).map((k) => {
+      const scheme = k.endsWith('https') ? 'https' : 'http';
+      return {
+        client: k,
+        seconds: secs(k).toFixed(2),
+        'MB/s': mbps(size, secs(k)),
+        'vs curl same scheme': ratio(secs(`curl ${scheme}`), secs(k)),
+      };
+    });
+    printTable(`Plain loopback nginx: ${size / GiB} GiB (median of 3; ratio > 1 means faster than curl)`, rows);
+    return { size, rows };
+  } finally {
+    nginx.stop();
+  }
+}
+
+export async function memoryScenario(): Promise<Record<string, unknown>> {
+  mkdirSync(OUT_DIR, { recursive: true });
+  const ca = makeTestCa();
+  const nginx = await startNginx(DATA_DIR, { cert: ca.serverCert, key: ca.serverKey });
+  const rows: Array<Record<string, string | number>> = [];
+  try {
+    for (const size of [GiB, 4 * GiB]) {
+      const file = dataFile(`plain-${size}.bin`, size);
+      const name = file.split('/').pop()!;
+      for (const workers of [16, 64]) {
+        const run = await loom(nginx.httpUrl(name), ['--workers', String(workers)]);
+        rows.push({
+          file: `${size / GiB} GiB`,
+          workers,
+          'peak RSS (MiB)': (run.peakRssKiB / 1024).toFixed(1),
+          seconds: run.seconds.toFixed(2),
+        });
+      }
+    }
+    printTable('Peak RSS of loom fetch (VmHWM), nginx on loopback', rows);
+    return { rows };
+  } finally {
+    nginx.stop();
+  }
+}
+
+export const fetchScenarios = {
+  'fetch-object-store': () => objectStoreScenario(),
+  'fetch-loopback': () => loopbackScenario(),
+  'fetch-memory': () => memoryScenario(),
+};
+
+export { MiB };

@@ -1,0 +1,107 @@
+// Benchmark plumbing: data files, timing whole commands, peak RSS, medians and tables.
+// Every figure a scenario prints is a ratio against a baseline timed in the same run.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, closeSync, writeSync, statSync, readFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { join, resolve } from 'node:path';
+import { performance } from 'node:perf_hooks';
+
+export const ROOT = resolve(import.meta.dirname, '..');
+export const DATA_DIR = process.env.LOOM_BENCH_DIR ?? join(ROOT, '.bench-data');
+export const LOOM_BIN = join(ROOT, 'bin', 'loom.js');
+export const GiB = 1024 ** 3;
+export const MiB = 1024 ** 2;
+
+/** A file of `size` random-looking bytes, made once and reused between runs. */
+export function dataFile(name: string, size: number): string {
+  mkdirSync(DATA_DIR, { recursive: true });
+  const path = join(DATA_DIR, name);
+  if (existsSync(path) && statSync(path).size === size) return path;
+  const block = randomBytes(16 * MiB);
+  const fd = openSync(path, 'w');
+  try {
+    for (let at = 0; at < size; at += block.length) {
+      // A counter in each block keeps blocks distinct without generating gigabytes of entropy.
+      block.writeBigUInt64BE(BigInt(at), 0);
+      writeSync(fd, block, 0, Math.min(block.length, size - at), at);
+    }
+  } finally {
+    closeSync(fd);
+  }
+  return path;
+}
+
+export function hasCommand(name: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
+}
+
+export interface CommandRun {
+  seconds: number;
+  /** Peak resident set size in KiB, from the kernel's VmHWM. */
+  peakRssKiB: number;
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs a command to completion, timing it and sampling its peak RSS. */
+export function runCommand(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CommandRun> {
+  return new Promise((resolvePromise, reject) => {
+    const started = performance.now();
+    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let peak = 0;
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const sample = (): void => {
+      try {
+        const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+        const hwm = /VmHWM:\s+(\d+)/.exec(status);
+        if (hwm) peak = Math.max(peak, Number(hwm[1]));
+      } catch {
+        /* exited */
+      }
+    };
+    const timer = setInterval(sample, 20);
+    child.on('error', reject);
+    child.on('exit', () => sample());
+    child.on('close', (code) => {
+      clearInterval(timer);
+      resolvePromise({ seconds: (performance.now() - started) / 1000, peakRssKiB: peak, code, stdout, stderr });
+    });
+  });
+}
+
+export async function runChecked(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CommandRun> {
+  const run = await runCommand(command, args, env);
+  if (run.code !== 0) throw new Error(`${command} ${args.join(' ')} exited ${run.code}: ${run.stderr.slice(0, 500)}`);
+  return run;
+}
+
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = Math.floor(sorted.length / 2);
+  return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
+}
+
+/** Runs `measure` `times` times, alternating with the others by the caller, and keeps every sample. */
+export async function repeat<T>(times: number, measure: () => Promise<T>): Promise<T[]> {
+  const out: T[] = [];
+  for (let i = 0; i < times; i++) out.push(await measure());
+  return out;
+}
+
+export function printTable(title: string, rows: Array<Record<string, string | number>>): void {
+  if (rows.length === 0) return;
+  const headers = Object.keys(rows[0]!);
+  const widths = headers.map((h) => Math.max(h.length, ...rows.map((r) => String(r[h]).length)));
+  const line = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
+  console.log(`\n### ${title}\n`);
+  console.log(line(headers));
+  console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
+  for (const row of rows) console.log(line(headers.map((h) => String(row[h]))));
+}
+
+export const mbps = (bytes: number, seconds: number): number => Math.round(bytes / 1e6 / seconds);
+export const ratio = (a: number, b: number): string => `${(a / b).toFixed(2)}x`;
