@@ -81,6 +81,7 @@ export interface DownloadOptions {
 }
 
 const PROGRESS_INTERVAL_MS = 100;
+const BACKGROUND_SYNC_BYTES = 128 * 1024 * 1024;
 
 export async function downloadToPart(
   source: Source,
@@ -124,6 +125,8 @@ class Download {
   private lastJournalAt = 0;
   private journalWrite: Promise<void> = Promise.resolve();
   private readonly slabs: SlabPool;
+  private unsyncedBytes = 0;
+  private backgroundSync: Promise<void> | undefined;
   /** False for a server that ignores Range: its bytes cannot be resumed. */
   private resumable = true;
 
@@ -160,6 +163,7 @@ class Download {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);
       await this.journalWrite;
+      await this.backgroundSync;
       if (this.part) await this.part.close();
     }
   }
@@ -345,6 +349,17 @@ class Download {
     this.ranges.add(at, at + length);
     this.stats.transferredBytes += length;
     this.hasher?.advance(this.ranges.contiguousPrefix());
+    this.unsyncedBytes += length;
+    if (this.options.fsync && this.unsyncedBytes >= BACKGROUND_SYNC_BYTES && !this.backgroundSync) {
+      this.unsyncedBytes = 0;
+      // Flushing as we go overlaps the disk's work with the network's, so the final flush
+      // before the rename has little left to write.
+      this.backgroundSync = this.part!.sync()
+        .catch(() => undefined)
+        .finally(() => {
+          this.backgroundSync = undefined;
+        });
+    }
   }
 
   /** A server that ignores Range: one stream from byte 0, retried from the start. */
@@ -400,7 +415,10 @@ class Download {
         hint: 'the origin served other bytes than the digest describes; nothing was kept',
       });
     }
-    if (this.options.fsync) await part.sync();
+    if (this.options.fsync) {
+      await this.backgroundSync;
+      await part.sync();
+    }
     return { size, sha256, validator: this.validator, finalUrl, stats: this.stats };
   }
 

@@ -39,7 +39,10 @@ export interface FetchOptions {
   restartOnChange?: boolean;
   /** fdatasync the file before it is renamed into place. Default true. */
   fsync?: boolean;
-  /** How space is reserved: `fallocate` (default) or a sparse `truncate`. */
+  /**
+   * How space is reserved: `truncate` (default: a sparse file after a free-space check) or
+   * `fallocate` (blocks reserved up front; writing into them measured ~0.5 s/GiB slower on ext4).
+   */
   preallocation?: Preallocation;
   /** How often the resume journal is saved (ms). Default 500. */
   journalInterval?: number | string;
@@ -143,7 +146,7 @@ export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOpti
     expectedSha256: sha256Option(input.sha256),
     computeSha256: checkBoolean(input.computeSha256, 'computeSha256') ?? false,
     journalIntervalMs: durationOption(input.journalInterval, 'journalInterval') ?? DEFAULTS.journalIntervalMs,
-    preallocation: checkOneOf(input.preallocation, 'preallocation', ['fallocate', 'truncate'] as const) ?? 'fallocate',
+    preallocation: checkOneOf(input.preallocation, 'preallocation', ['fallocate', 'truncate'] as const) ?? 'truncate',
     restartOnChange: checkBoolean(input.restartOnChange, 'restartOnChange') ?? true,
     fsync: checkBoolean(input.fsync, 'fsync') ?? true,
     signal: input.signal,
