@@ -5,6 +5,17 @@
 import { performance } from 'node:perf_hooks';
 import type { ByteRange } from './range-set.js';
 
+/** Smoothed time from sending a request to its first byte, shared by a download's tasks. */
+export class FirstByteLatency {
+  private estimate: number | undefined;
+  observe(ms: number): void {
+    this.estimate = this.estimate === undefined ? ms : this.estimate * 0.8 + ms * 0.2;
+  }
+  get ms(): number {
+    return this.estimate ?? 0;
+  }
+}
+
 /** One request's worth of bytes. `end` shrinks when an idle worker takes its back half. */
 export class RangeTask {
   /** Next byte to write; bytes in [start, pos) are on disk. */
@@ -17,6 +28,7 @@ export class RangeTask {
   constructor(
     readonly start: number,
     public end: number,
+    private readonly latency?: FirstByteLatency,
   ) {
     this.pos = start;
   }
@@ -30,7 +42,9 @@ export class RangeTask {
 
   /** Marks that bytes are flowing (again) from `pos`; a retry restarts the measurement. */
   flowing(now: number): void {
-    this.flowStart ??= { at: now, pos: this.pos };
+    if (this.flowStart) return;
+    this.flowStart = { at: now, pos: this.pos };
+    if (this.requestedAt !== undefined) this.latency?.observe(now - this.requestedAt);
   }
 
   stalled(): void {
@@ -58,8 +72,9 @@ export interface SchedulerOptions {
   /** A split leaves at least this many bytes on each side. */
   minSplitSize: number;
   /**
-   * Only a range expected to take longer than this is split: a new request costs a round
-   * trip, and cutting a fast response wastes what the socket already holds.
+   * Only a range expected to take longer than this (and than 3 first-byte latencies) is
+   * split: a new request costs a round trip, and cutting a response wastes what the
+   * sockets already hold. Default 150 ms.
    */
   minSplitEtaMs?: number;
   /** Largest request; default: an even share of the file per worker. */
@@ -77,6 +92,7 @@ export class Scheduler {
   /** Ranges cut in two so far. */
   splits = 0;
   private readonly waiters = new Set<() => void>();
+  readonly latency = new FirstByteLatency();
 
   constructor(
     private readonly options: SchedulerOptions,
@@ -86,7 +102,9 @@ export class Scheduler {
     const share = Math.ceil(total / options.workers / options.chunkSize) * options.chunkSize;
     const runSize = Math.max(options.chunkSize, Math.min(share, options.maxRequestSize ?? Infinity));
     for (const [start, end] of missing) {
-      for (let at = start; at < end; at += runSize) this.queue.push(new RangeTask(at, Math.min(end, at + runSize)));
+      for (let at = start; at < end; at += runSize) {
+        this.queue.push(new RangeTask(at, Math.min(end, at + runSize), this.latency));
+      }
     }
   }
 
@@ -141,10 +159,11 @@ export class Scheduler {
         largestEta = eta;
       }
     }
-    if (!largest || largestEta < (this.options.minSplitEtaMs ?? DEFAULT_MIN_SPLIT_ETA_MS)) return undefined;
+    const threshold = Math.max(this.options.minSplitEtaMs ?? DEFAULT_MIN_SPLIT_ETA_MS, 3 * this.latency.ms);
+    if (!largest || largestEta < threshold) return undefined;
     const half = Math.floor(largest.remaining / 2 / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
     const mid = largest.end - Math.max(half, this.options.minSplitSize);
-    const stolen = new RangeTask(mid, largest.end);
+    const stolen = new RangeTask(mid, largest.end, this.latency);
     largest.end = mid;
     this.active.add(stolen);
     this.splits++;
