@@ -5,3 +5,7 @@ export type { FetchProgress, DownloadStats } from './fetch/download.js';
 export * from './core/errors.js';
 export { DEFAULTS } from './core/defaults.js';
 export { parseSize, parseDuration, formatBytes } from './core/units.js';
+export { fetchCached, type CachedFetchResult, type CacheOptions, type CacheOutcome } from './cache/cached-fetch.js';
+export { sourceKey } from './cache/source-key.js';
+export { resolveCacheRoot } from './cache/cache-root.js';
+export { openCache, listCache, verifyCache, gcCache, removeFromCache } from './cache/cache-admin.js';

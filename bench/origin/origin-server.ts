@@ -187,6 +187,18 @@ export class OriginServer {
     if (etag) headers.etag = etag;
     if (lastModified) headers['last-modified'] = lastModified;
 
+    const ifNoneMatch = req.headers['if-none-match'];
+    const ifModifiedSince = req.headers['if-modified-since'];
+    const notModified =
+      ifNoneMatch !== undefined
+        ? ifNoneMatch === etag
+        : ifModifiedSince !== undefined && ifModifiedSince === lastModified;
+    if (notModified) {
+      record.status = 304;
+      res.writeHead(304, headers).end();
+      return;
+    }
+
     const ifRange = req.headers['if-range'];
     const ifRangeHolds = ifRange === undefined || ifRange === etag || ifRange === lastModified;
     const useRange =

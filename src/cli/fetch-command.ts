@@ -6,7 +6,7 @@ import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULTS } from '../core/defaults.js';
 import { EXIT, UsageError } from '../core/errors.js';
 import { formatBytes, parseDuration, parseSize } from '../core/units.js';
-import { fetchFile, type FetchOptions, type FetchResult } from '../index.js';
+import { fetchCached, fetchFile, type CachedFetchResult, type FetchOptions, type FetchResult } from '../index.js';
 import { printJson, reportError, say, type OutputFlags } from './output.js';
 import { createProgressView, wantsProgressBar } from './progress.js';
 import { onInterrupt } from './signals.js';
@@ -25,6 +25,9 @@ interface FetchFlags extends OutputFlags {
   retryBaseDelay?: number;
   maxRetryAfter?: number;
   fsync: boolean;
+  cache: boolean;
+  cacheDir?: string;
+  offline?: boolean;
 }
 
 function integerIn(min: number, max: number) {
@@ -102,6 +105,9 @@ export function addFetchOptions(command: Command): Command {
     .option('--retry-base-delay <duration>', 'first backoff ceiling, doubling per attempt (default 1s)', durationArg)
     .option('--max-retry-after <duration>', 'fail rather than wait a longer Retry-After (default 2m)', durationArg)
     .addOption(new Option('--no-fsync', 'skip the flush to disk before the rename (faster, not crash-safe)'))
+    .option('--no-cache', 'download straight to --out, bypassing the node cache')
+    .option('--cache-dir <dir>', 'cache root (default: $LOOM_CACHE_DIR, $XDG_CACHE_HOME/loom, ~/.cache/loom)')
+    .option('--offline', 'use a cached copy without asking the origin whether it changed (also LOOM_OFFLINE=1)')
     .option('-q, --quiet', 'print nothing but errors')
     .option('--json', 'print one JSON summary on stdout');
 }
@@ -123,9 +129,13 @@ export function fetchOptionsFrom(flags: FetchFlags, signal: AbortSignal): FetchO
   };
 }
 
-export function summaryOf(result: FetchResult): Record<string, unknown> {
+export function summaryOf(result: FetchResult | CachedFetchResult): Record<string, unknown> {
+  const cache = 'cache' in result ? result : undefined;
   return {
     ok: true,
+    cache: cache?.cache ?? 'off',
+    materialization: cache?.materialization ?? null,
+    waitedForOtherProcess: cache?.waited ?? false,
     url: result.url,
     path: result.path,
     bytes: result.size,
@@ -163,9 +173,16 @@ async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<
     const view = createProgressView(basename(out), wantsProgressBar(flags));
     const options = fetchOptionsFrom(flags, interrupt.signal);
     options.onProgress = (p) => view.update(p);
-    let result: FetchResult;
+    let result: FetchResult | CachedFetchResult;
     try {
-      result = await fetchFile(url, out, options);
+      result = flags.cache
+        ? await fetchCached(url, out, {
+            ...options,
+            cacheDir: flags.cacheDir,
+            offline: flags.offline,
+            onStatus: (message) => (wantsProgressBar(flags) ? view.status(message) : say(flags, `loom: ${message}`)),
+          })
+        : await fetchFile(url, out, options);
     } finally {
       view.stop();
     }

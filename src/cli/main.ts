@@ -1,6 +1,7 @@
 // The `loom` command line: parses argv into one subcommand and returns its exit code.
 import { Command, CommanderError } from 'commander';
 import { EXIT } from '../core/errors.js';
+import { cacheCommand } from './cache-command.js';
 import { fetchCommand } from './fetch-command.js';
 
 export function buildProgram(): Command {
@@ -10,13 +11,16 @@ export function buildProgram(): Command {
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
   program.addCommand(fetchCommand());
+  program.addCommand(cacheCommand());
   const output = {
     outputError: (text: string, write: (s: string) => void) => write(`loom: ${text.replace(/^error: /, 'error: ')}`),
   };
   program.configureOutput(output);
-  for (const sub of program.commands) {
-    sub.exitOverride().configureOutput(output).showHelpAfterError(`(run loom ${sub.name()} --help for usage)`);
-  }
+  const configure = (command: Command, path: string): void => {
+    command.exitOverride().configureOutput(output).showHelpAfterError(`(run loom ${path} --help for usage)`);
+    for (const sub of command.commands) configure(sub, `${path} ${sub.name()}`);
+  };
+  for (const sub of program.commands) configure(sub, sub.name());
   return program;
 }
 

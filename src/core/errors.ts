@@ -235,10 +235,10 @@ interface SystemError {
 }
 
 /** Turns an fs error into a LoomError that says what to do. */
-export function diskError(err: unknown, what: string): LoomError {
+export function diskError(err: unknown, what: string, file?: string): LoomError {
   if (err instanceof LoomError) return err;
   const sys = (err ?? {}) as SystemError;
-  const path = sys.path;
+  const path = sys.path ?? file;
   switch (sys.code) {
     case 'ENOSPC':
     case 'EDQUOT':

@@ -81,6 +81,7 @@ export interface DownloadOptions {
 }
 
 const PROGRESS_INTERVAL_MS = 100;
+const PROBE_SIZE = 1024 * 1024;
 const BACKGROUND_SYNC_BYTES = 128 * 1024 * 1024;
 
 export async function downloadToPart(
@@ -221,11 +222,16 @@ class Download {
     return this.finish(size, probe.finalUrl);
   }
 
-  /** The probe asks for the first missing chunk: on a resume that is where work starts. */
+  /**
+   * The probe asks for the first missing bytes (on a resume that is where work starts), at
+   * most one chunk and at most 1 MiB: small enough that a small file is still shared out
+   * evenly once its size is known.
+   */
   private firstRange(missing: readonly ByteRange[], size: number | undefined): readonly [number, number] {
+    const length = Math.min(this.options.chunkSize, PROBE_SIZE);
     const first = missing[0];
-    if (!first || size === undefined) return [0, this.options.chunkSize];
-    return [first[0], Math.min(first[1], first[0] + this.options.chunkSize)];
+    if (!first || size === undefined) return [0, length];
+    return [first[0], Math.min(first[1], first[0] + length)];
   }
 
   private async worker(

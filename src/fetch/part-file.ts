@@ -27,7 +27,7 @@ export class PartFile {
       });
       return new PartFile(path, handle);
     } catch (err) {
-      throw diskError(err, `creating ${path}`);
+      throw diskError(err, `creating ${path}`, path);
     }
   }
 
@@ -68,7 +68,7 @@ export class PartFile {
       const { size: current } = await this.handle.stat();
       if (current !== size) await this.handle.truncate(size);
     } catch (err) {
-      throw diskError(err, `sizing ${this.path}`);
+      throw diskError(err, `sizing ${this.path}`, this.path);
     }
   }
 
@@ -83,7 +83,7 @@ export class PartFile {
         written += bytesWritten;
       }
     } catch (err) {
-      throw diskError(err, `writing ${this.path}`);
+      throw diskError(err, `writing ${this.path}`, this.path);
     }
   }
 
@@ -101,7 +101,7 @@ export class PartFile {
         pending = dropBytes(pending, bytesWritten);
       }
     } catch (err) {
-      throw diskError(err, `writing ${this.path}`);
+      throw diskError(err, `writing ${this.path}`, this.path);
     }
   }
 
@@ -122,7 +122,7 @@ export class PartFile {
     try {
       await this.handle.datasync();
     } catch (err) {
-      throw diskError(err, `flushing ${this.path}`);
+      throw diskError(err, `flushing ${this.path}`, this.path);
     }
   }
 
@@ -151,7 +151,7 @@ async function freeBytes(dir: string): Promise<number | undefined> {
     const stats = await statfs(dir);
     return stats.bavail * stats.bsize;
   } catch (err) {
-    throw diskError(err, `checking free space in ${dir}`);
+    throw diskError(err, `checking free space in ${dir}`, dir);
   }
 }
 

@@ -83,6 +83,23 @@ export interface SchedulerOptions {
 
 const DEFAULT_MIN_SPLIT_ETA_MS = 150;
 
+/**
+ * The size of the requests a download starts with. A file of many chunks is cut into runs
+ * of whole chunks, an even share per worker; a file of fewer chunks than workers is shared
+ * evenly too, in pieces smaller than a chunk, so every worker has work from the start
+ * instead of splitting (and wasting the bytes in flight) at the tail.
+ */
+export function planRunSize(missing: readonly ByteRange[], options: SchedulerOptions): number {
+  const total = missing.reduce((sum, [s, e]) => sum + e - s, 0);
+  const share = Math.ceil(total / options.workers);
+  const limit = options.maxRequestSize ?? Infinity;
+  if (share >= options.chunkSize) {
+    return Math.min(Math.ceil(share / options.chunkSize) * options.chunkSize, Math.max(limit, options.chunkSize));
+  }
+  const aligned = Math.ceil(share / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
+  return Math.min(Math.max(aligned, options.minSplitSize), Math.max(limit, options.minSplitSize));
+}
+
 /** Split points are aligned so writes and reads stay page-friendly. */
 const SPLIT_ALIGNMENT = 64 * 1024;
 
@@ -98,9 +115,7 @@ export class Scheduler {
     private readonly options: SchedulerOptions,
     missing: readonly ByteRange[],
   ) {
-    const total = missing.reduce((sum, [s, e]) => sum + e - s, 0);
-    const share = Math.ceil(total / options.workers / options.chunkSize) * options.chunkSize;
-    const runSize = Math.max(options.chunkSize, Math.min(share, options.maxRequestSize ?? Infinity));
+    const runSize = planRunSize(missing, options);
     for (const [start, end] of missing) {
       for (let at = start; at < end; at += runSize) {
         this.queue.push(new RangeTask(at, Math.min(end, at + runSize), this.latency));

@@ -133,6 +133,7 @@ export class HttpSource implements Source {
     range: string | undefined,
     extra: OutgoingHttpHeaders,
     signal: AbortSignal,
+    stallTimeoutMs = this.options.stallTimeoutMs,
   ): Promise<{ res: IncomingMessage; url: URL; headers: OutgoingHttpHeaders }> {
     let url = this.origin;
     let headers = { ...this.baseHeaders };
@@ -140,7 +141,7 @@ export class HttpSource implements Source {
       const res = await this.client.request(url, {
         headers: { ...headers, ...extra, ...(range && { range }) },
         signal,
-        stallTimeoutMs: this.options.stallTimeoutMs,
+        stallTimeoutMs,
       });
       const status = res.statusCode ?? 0;
       if (!REDIRECTS.has(status)) return { res, url, headers };
@@ -295,6 +296,27 @@ export class HttpSource implements Source {
         this.refreshing = undefined;
       });
     return this.refreshing;
+  }
+
+  async revalidate(validator: Validator, signal: AbortSignal, timeoutMs: number): Promise<'fresh' | 'changed'> {
+    const conditions: OutgoingHttpHeaders = {};
+    if (validator.etag) conditions['if-none-match'] = validator.etag;
+    if (validator.lastModified) conditions['if-modified-since'] = validator.lastModified;
+    if (!validator.etag && !validator.lastModified) return 'changed';
+    const { res, url } = await this.follow('bytes=0-0', conditions, signal, timeoutMs);
+    const status = res.statusCode ?? 0;
+    if (status === 304) {
+      res.resume();
+      return 'fresh';
+    }
+    if (status === 200 || status === 206) {
+      res.destroy();
+      // A server that ignores conditions still tells the version in its validators.
+      const actual = validatorOf(res);
+      const same = (actual.etag ?? actual.lastModified) !== undefined && !validatorChanged(validator, actual);
+      return same ? 'fresh' : 'changed';
+    }
+    throw statusError(res, url);
   }
 
   close(): void {

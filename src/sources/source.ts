@@ -45,6 +45,11 @@ export interface Source {
    * the range contract, HttpStatusError for an error status.
    */
   openRange(start: number, end: number, expect: ProbeExpectation, signal: AbortSignal): Promise<RangeBody>;
+  /**
+   * Asks whether the version described by `validator` is still current, with one
+   * conditional request. Rejects when the origin cannot be asked.
+   */
+  revalidate?(validator: Validator, signal: AbortSignal, timeoutMs: number): Promise<'fresh' | 'changed'>;
   /** Releases sockets. */
   close(): void;
 }

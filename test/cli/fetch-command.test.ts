@@ -56,10 +56,7 @@ describe('loom fetch', () => {
     assert.equal(await sha256OfFile(out), content.sha256);
 
     const cwd = tempDir();
-    const child = startLoom(['fetch', '--url', server.url('/model.bin'), '-q']);
-    child.kill(0);
-    await collect(child);
-    const derived = await runLoomIn(cwd, ['fetch', '--url', server.url('/model.bin'), '-q']);
+    const derived = await runLoom(['fetch', '--url', server.url('/model.bin'), '-q'], {}, cwd);
     assert.equal(derived.code, 0, derived.stderr);
     assert.equal(await sha256OfFile(join(cwd, 'model.bin')), content.sha256);
   });
@@ -99,11 +96,17 @@ describe('loom fetch', () => {
 
   it('exits 5 with a clear message for a missing or read-only directory', async () => {
     const server = await origin();
-    const missing = await runLoom(['fetch', server.url('/model.bin'), '-o', join(dir, 'no', 'such', 'dir', 'f.bin')]);
+    const missing = await runLoom([
+      'fetch',
+      server.url('/model.bin'),
+      '--no-cache',
+      '-o',
+      join(dir, 'no', 'such', 'dir', 'f.bin'),
+    ]);
     assert.equal(missing.code, 5);
     assert.match(missing.stderr, /directory does not exist/);
     const readOnly = mountTmpfs(1024 * 1024, { readOnly: true });
-    const ro = await runLoom(['fetch', server.url('/model.bin'), '-o', join(readOnly, 'f.bin')]);
+    const ro = await runLoom(['fetch', server.url('/model.bin'), '--no-cache', '-o', join(readOnly, 'f.bin')]);
     assert.equal(ro.code, 5);
     assert.match(ro.stderr, /read-only file system/);
   });
@@ -112,7 +115,7 @@ describe('loom fetch', () => {
     const server = await origin();
     const small = mountTmpfs(4 * 1024 * 1024);
     const out = join(small, 'f.bin');
-    const run = await runLoom(['fetch', server.url('/model.bin'), '-o', out]);
+    const run = await runLoom(['fetch', server.url('/model.bin'), '--no-cache', '-o', out]);
     assert.equal(run.code, 5);
     assert.match(run.stderr, /not enough space/);
     assert.equal(existsSync(out), false);
@@ -152,7 +155,7 @@ describe('loom fetch', () => {
     const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
     const out = join(dir, 'killed.bin');
     const journal = `${out}.part.journal`;
-    const args = ['fetch', server.url('/model.bin'), '-o', out, '-w', '4', '--chunk-size', '1MiB', '-q'];
+    const args = ['fetch', server.url('/model.bin'), '--no-cache', '-o', out, '-w', '4', '--chunk-size', '1MiB', '-q'];
     const child = startLoom(args);
     const done = collect(child);
     await waitFor(
@@ -177,7 +180,17 @@ describe('loom fetch', () => {
   it('stops cleanly on Ctrl-C with exit 130 and the journal saved', async () => {
     const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
     const out = join(dir, 'interrupted.bin');
-    const child = startLoom(['fetch', server.url('/model.bin'), '-o', out, '-w', '2', '--chunk-size', '1MiB']);
+    const child = startLoom([
+      'fetch',
+      server.url('/model.bin'),
+      '--no-cache',
+      '-o',
+      out,
+      '-w',
+      '2',
+      '--chunk-size',
+      '1MiB',
+    ]);
     const done = collect(child);
     await waitFor(() => existsSync(`${out}.part`));
     await sleep(400);
@@ -189,9 +202,3 @@ describe('loom fetch', () => {
     assert.equal(existsSync(`${out}.part.journal`), true);
   });
 });
-
-async function runLoomIn(cwd: string, args: string[]) {
-  const { spawn } = await import('node:child_process');
-  const { LOOM_BIN } = await import('../helpers/fixtures.js');
-  return collect(spawn(process.execPath, [LOOM_BIN, ...args], { cwd, stdio: ['ignore', 'pipe', 'pipe'] }));
-}

@@ -40,11 +40,19 @@ export interface RunResult {
   stderr: string;
 }
 
+/** The cache the spawned `loom` processes of this test file use unless told otherwise. */
+let defaultCacheDir: string | undefined;
+function testCacheDir(): string {
+  defaultCacheDir ??= tempDir('loom-cache-');
+  return defaultCacheDir;
+}
+
 /** Starts `loom ARGS`; the caller may kill it. */
-export function startLoom(args: string[], env: NodeJS.ProcessEnv = {}): ChildProcess {
+export function startLoom(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string): ChildProcess {
   return spawn(process.execPath, [LOOM_BIN, ...args], {
-    env: { ...process.env, ...env },
+    env: { ...process.env, LOOM_CACHE_DIR: testCacheDir(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
+    cwd,
   });
 }
 
@@ -58,6 +66,6 @@ export function collect(child: ChildProcess): Promise<RunResult> {
   });
 }
 
-export function runLoom(args: string[], env: NodeJS.ProcessEnv = {}): Promise<RunResult> {
-  return collect(startLoom(args, env));
+export function runLoom(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string): Promise<RunResult> {
+  return collect(startLoom(args, env, cwd));
 }

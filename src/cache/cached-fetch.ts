@@ -1,0 +1,216 @@
+// fetchFile through the node's content-addressable cache: a fresh hit is a hard link
+// (milliseconds, whatever the size); a miss downloads once per node (single flight), hashes
+// while writing, and stores the blob by its sha256 before linking it to the output path.
+// When the cache itself cannot be used, the download goes straight to the output path.
+import { performance } from 'node:perf_hooks';
+import { CacheError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
+import { downloadToPart, type DownloadStats } from '../fetch/download.js';
+import { fetchFile, httpSourceFor, type FetchResult } from '../fetch/fetch-file.js';
+import { journalPathFor, removeJournal } from '../fetch/journal.js';
+import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
+import type { Source, Validator } from '../sources/source.js';
+import { adoptBlob, ensureLayout, hasBlob, materialize, withBlobInUse, type Materialization } from './blob-store.js';
+import { CacheIndex, type SourceEntry } from './cache-index.js';
+import { cacheLayout, resolveCacheRoot, type CacheLayout } from './cache-root.js';
+import { acquireSourceLock, keyHash } from './single-flight.js';
+import { sourceKey } from './source-key.js';
+
+export interface CacheOptions {
+  /** Cache root. Default: LOOM_CACHE_DIR, else $XDG_CACHE_HOME/loom, else ~/.cache/loom. */
+  cacheDir?: string;
+  /** Serve a cached copy without asking the origin. Default: LOOM_OFFLINE=1. */
+  offline?: boolean;
+  /** How long the freshness check may take before the cached copy is served. Default 5 s. */
+  revalidateTimeoutMs?: number;
+  /** Human status lines (waiting for another process, cache unusable, stale copy served). */
+  onStatus?: (message: string) => void;
+}
+
+export type CacheOutcome = 'hit' | 'miss' | 'bypass';
+
+export interface CachedFetchResult extends FetchResult {
+  cache: CacheOutcome;
+  /** How the blob reached the output path (hits and misses). */
+  materialization: Materialization | undefined;
+  /** True when another process on this node downloaded it while this one waited. */
+  waited: boolean;
+}
+
+const ZERO_STATS: DownloadStats = {
+  transferredBytes: 0,
+  resumedBytes: 0,
+  requests: 0,
+  retries: 0,
+  restarts: 0,
+  splits: 0,
+};
+
+export async function fetchCached(
+  url: string,
+  out: string,
+  options: FetchOptions & CacheOptions = {},
+): Promise<CachedFetchResult> {
+  const { cacheDir, offline, revalidateTimeoutMs, onStatus, ...fetchOptions } = options;
+  const resolved = resolveFetchOptions(fetchOptions);
+  const started = performance.now();
+  const layout = cacheLayout(resolveCacheRoot(cacheDir));
+  const key = sourceKey(url);
+  const status = onStatus ?? (() => undefined);
+
+  let index: CacheIndex;
+  try {
+    await ensureLayout(layout);
+    index = new CacheIndex(layout.index);
+  } catch (err) {
+    status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
+    return bypass(url, out, fetchOptions);
+  }
+
+  const source = httpSourceFor(url, resolved);
+  const result = (
+    fields: Omit<CachedFetchResult, 'path' | 'url' | 'seconds' | 'finalUrl' | 'stats'> & {
+      stats?: DownloadStats;
+      finalUrl?: string;
+    },
+  ): CachedFetchResult => ({
+    path: out,
+    url: source.url,
+    finalUrl: fields.finalUrl ?? source.url,
+    seconds: (performance.now() - started) / 1000,
+    stats: fields.stats ?? ZERO_STATS,
+    ...fields,
+  });
+  const serve = async (entry: { digest: string; size: number; validator: Validator }, waited: boolean) => {
+    const materialization = await withBlobInUse(layout, entry.digest, () => materialize(layout, entry.digest, out));
+    index.touch(entry.digest, key);
+    return result({
+      cache: 'hit',
+      materialization,
+      waited,
+      size: entry.size,
+      sha256: entry.digest,
+      validator: entry.validator,
+    });
+  };
+
+  try {
+    const expected = resolved.expectedSha256;
+    if (expected && (await hasBlob(layout, expected))) {
+      const blob = index.blob(expected);
+      if (blob) return await serve({ digest: expected, size: blob.size, validator: {} }, false);
+    }
+
+    const cached = await usableEntry(index, layout, key);
+    if (
+      cached &&
+      (await isFresh(
+        cached,
+        source,
+        offline ?? process.env.LOOM_OFFLINE === '1',
+        revalidateTimeoutMs ?? 5_000,
+        status,
+        resolved.signal,
+      ))
+    ) {
+      return await serve(cached, false);
+    }
+
+    const waitStarted = Date.now();
+    const lock = await acquireSourceLock(layout, key, {
+      signal: resolved.signal,
+      onWait: () => status('waiting for another process on this node that is downloading it'),
+      isDone: async () => {
+        const entry = await usableEntry(index, layout, key);
+        return entry !== undefined && entry.fetchedAt >= waitStarted;
+      },
+    });
+    if (lock === 'done') return await serve((await usableEntry(index, layout, key))!, true);
+
+    let entry: SourceEntry | undefined;
+    let stats: DownloadStats;
+    let finalUrl: string;
+    try {
+      // The lock may have been released by a process that finished just now.
+      const justFetched = await usableEntry(index, layout, key);
+      if (justFetched && justFetched.fetchedAt >= waitStarted) return await serve(justFetched, true);
+
+      const part = `${layout.tmp}/${keyHash(key)}.part`;
+      const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
+      const download = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
+      const digest = download.sha256!;
+      await adoptBlob(layout, part, digest);
+      await removeJournal(journalPathFor(part));
+      index.recordFetch(key, digest, download.size, download.validator);
+      entry = index.source(key)!;
+      stats = download.stats;
+      finalUrl = download.finalUrl;
+    } finally {
+      await lock.release();
+    }
+    const materialization = await withBlobInUse(layout, entry.digest, () => materialize(layout, entry.digest, out));
+    return result({
+      cache: 'miss',
+      materialization,
+      waited: false,
+      size: entry.size,
+      sha256: entry.digest,
+      validator: entry.validator,
+      stats,
+      finalUrl,
+    });
+  } catch (err) {
+    if (isCacheSideFailure(err, layout)) {
+      status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
+      return bypass(url, out, fetchOptions);
+    }
+    throw err;
+  } finally {
+    source.close();
+    index.close();
+  }
+}
+
+async function bypass(url: string, out: string, options: FetchOptions): Promise<CachedFetchResult> {
+  const direct = await fetchFile(url, out, options);
+  return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
+}
+
+/** The index entry for `key` when its blob is really on disk. */
+async function usableEntry(index: CacheIndex, layout: CacheLayout, key: string): Promise<SourceEntry | undefined> {
+  const entry = index.source(key);
+  return entry && (await hasBlob(layout, entry.digest)) ? entry : undefined;
+}
+
+async function isFresh(
+  entry: SourceEntry,
+  source: Source,
+  offline: boolean,
+  timeoutMs: number,
+  status: (message: string) => void,
+  signal: AbortSignal | undefined,
+): Promise<boolean> {
+  if (offline || !source.revalidate) return true;
+  try {
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    const combined = signal ? AbortSignal.any([signal, controller.signal]) : controller.signal;
+    try {
+      return (await source.revalidate(entry.validator, combined, timeoutMs)) === 'fresh';
+    } finally {
+      clearTimeout(timer);
+    }
+  } catch (err) {
+    if (signal?.aborted) throw err;
+    status(`could not check ${source.url} for a newer version (${(err as Error).message}); using the cached copy`);
+    return true;
+  }
+}
+
+/** Failures of the cache's own disk or locks, after which a direct download can still work. */
+function isCacheSideFailure(err: unknown, layout: CacheLayout): boolean {
+  if (err instanceof CacheError) return true;
+  if (err instanceof DiskFullError || err instanceof DiskAccessError) {
+    return (err as LoomError).path?.startsWith(layout.root) ?? false;
+  }
+  return false;
+}

@@ -1,0 +1,287 @@
+// The node cache end to end: hits by hard link, freshness, presigned URLs, single flight
+// across processes, takeover after a kill, and what happens when the cache is unusable.
+import assert from 'node:assert/strict';
+import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, it } from 'node:test';
+import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { withBlobInUse } from '../../src/cache/blob-store.js';
+import { cacheLayout } from '../../src/cache/cache-root.js';
+import { fetchCached, gcCache, openCache, sourceKey } from '../../src/index.js';
+import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir } from '../helpers/fixtures.js';
+import { mountTmpfs } from '../helpers/tmpfs.js';
+
+const SIZE = 6 * 1024 * 1024 + 7;
+const content = randomContent(SIZE);
+const dir = tempDir();
+const servers: OriginServer[] = [];
+async function origin(options: OriginOptions = {}, path = '/model.bin'): Promise<OriginServer> {
+  const server = await new OriginServer(options).listen();
+  server.setFile(path, content.bytes);
+  servers.push(server);
+  return server;
+}
+after(() => Promise.all(servers.map((s) => s.close())));
+
+let counter = 0;
+function freshCache(): string {
+  const cacheDir = join(dir, `cache-${++counter}`);
+  mkdirSync(cacheDir);
+  return cacheDir;
+}
+
+const FAST = { workers: 4, chunkSize: '1MiB', retryBaseDelay: 5 } as const;
+
+describe('fetchCached', () => {
+  it('serves a second fetch from the cache: zero origin bytes, same inode, read-only', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    const first = await fetchCached(server.url('/model.bin'), join(dir, 'a1.bin'), { ...FAST, cacheDir });
+    assert.equal(first.cache, 'miss');
+    assert.equal(first.sha256, content.sha256);
+    assert.equal(server.bytesServed, SIZE);
+    server.resetStats();
+    const second = await fetchCached(server.url('/model.bin'), join(dir, 'a2.bin'), { ...FAST, cacheDir });
+    assert.equal(second.cache, 'hit');
+    assert.equal(second.materialization, 'hardlink');
+    assert.equal(server.bytesServed, 0, 'no body bytes for a fresh hit');
+    assert.equal(server.requests.length, 1, 'one conditional request');
+    assert.equal(server.requests[0]!.status, 304);
+    const blob = join(cacheDir, 'blobs', 'sha256', content.sha256);
+    assert.equal(statSync(join(dir, 'a2.bin')).ino, statSync(blob).ino);
+    assert.equal(statSync(join(dir, 'a1.bin')).ino, statSync(blob).ino);
+    assert.equal(statSync(blob).mode & 0o222, 0, 'blob and its links are read-only');
+    assert.equal(await sha256OfFile(join(dir, 'a2.bin')), content.sha256);
+  });
+
+  it('copies, verified, when the output is on another file system', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    await fetchCached(server.url('/model.bin'), join(dir, 'b1.bin'), { ...FAST, cacheDir });
+    const other = mountTmpfs(32 * 1024 * 1024);
+    const result = await fetchCached(server.url('/model.bin'), join(other, 'b2.bin'), { ...FAST, cacheDir });
+    assert.equal(result.cache, 'hit');
+    assert.ok(result.materialization === 'copy' || result.materialization === 'reflink');
+    assert.equal(await sha256OfFile(join(other, 'b2.bin')), content.sha256);
+  });
+
+  it('gives two presigned URLs of one object one entry', async () => {
+    const a =
+      'https://bucket.s3.amazonaws.com/m.bin?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20260101T000000Z&X-Amz-Signature=aa&versionId=3';
+    const b =
+      'https://bucket.s3.amazonaws.com/m.bin?versionId=3&X-Amz-Signature=bb&X-Amz-Date=20260102T000000Z&X-Amz-Expires=60';
+    assert.equal(sourceKey(a), sourceKey(b));
+    assert.equal(sourceKey(a), 'https://bucket.s3.amazonaws.com/m.bin?versionId=3');
+    assert.notEqual(sourceKey(a), sourceKey(a.replace('versionId=3', 'versionId=4')));
+    assert.equal(
+      sourceKey('https://cdn.example/x?Expires=1&Signature=s&Key-Pair-Id=k&Policy=p'),
+      'https://cdn.example/x',
+    );
+    assert.equal(sourceKey('https://g.example/x?X-Goog-Signature=s&X-Goog-Date=d'), 'https://g.example/x');
+
+    const server = await origin();
+    const cacheDir = freshCache();
+    await fetchCached(server.url('/model.bin?X-Amz-Signature=one&X-Amz-Date=1'), join(dir, 'p1.bin'), {
+      ...FAST,
+      cacheDir,
+    });
+    server.resetStats();
+    const second = await fetchCached(server.url('/model.bin?X-Amz-Signature=two&X-Amz-Date=2'), join(dir, 'p2.bin'), {
+      ...FAST,
+      cacheDir,
+    });
+    assert.equal(second.cache, 'hit');
+    assert.equal(server.bytesServed, 0);
+    const cache = await openCache(cacheDir);
+    assert.equal(cache.index.blobs().length, 1);
+    cache.close();
+  });
+
+  it('misses when the ETag changed, and keeps serving hits of the new version', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    await fetchCached(server.url('/model.bin'), join(dir, 'e1.bin'), { ...FAST, cacheDir });
+    const next = randomContent(SIZE);
+    server.setFile('/model.bin', next.bytes);
+    server.resetStats();
+    const changed = await fetchCached(server.url('/model.bin'), join(dir, 'e2.bin'), { ...FAST, cacheDir });
+    assert.equal(changed.cache, 'miss');
+    // The whole new file, plus the one byte of the freshness check that found it changed.
+    assert.equal(server.bytesServed, SIZE + 1);
+    assert.equal(await sha256OfFile(join(dir, 'e2.bin')), next.sha256);
+    assert.equal(await sha256OfFile(join(dir, 'e1.bin')), content.sha256, 'the earlier output is untouched');
+  });
+
+  it('serves the cached copy offline, or with a warning when the origin is down', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    const url = server.url('/model.bin');
+    await fetchCached(url, join(dir, 'o1.bin'), { ...FAST, cacheDir });
+    await server.close();
+    const offline = await fetchCached(url, join(dir, 'o2.bin'), { ...FAST, cacheDir, offline: true });
+    assert.equal(offline.cache, 'hit');
+    const messages: string[] = [];
+    const down = await fetchCached(url, join(dir, 'o3.bin'), { ...FAST, cacheDir, onStatus: (m) => messages.push(m) });
+    assert.equal(down.cache, 'hit');
+    assert.match(messages.join('\n'), /could not check .* using the cached copy/);
+    assert.equal(await sha256OfFile(join(dir, 'o3.bin')), content.sha256);
+  });
+
+  it('takes a blob by its digest without asking any origin', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    await fetchCached(server.url('/model.bin'), join(dir, 'd1.bin'), { ...FAST, cacheDir });
+    const result = await fetchCached('http://127.0.0.1:9/elsewhere.bin', join(dir, 'd2.bin'), {
+      ...FAST,
+      cacheDir,
+      sha256: content.sha256,
+    });
+    assert.equal(result.cache, 'hit');
+    assert.equal(await sha256OfFile(join(dir, 'd2.bin')), content.sha256);
+  });
+
+  it('downloads straight to the output when the cache directory is read-only or full', async () => {
+    const server = await origin();
+    const readOnly = mountTmpfs(1024 * 1024, { readOnly: true });
+    const messages: string[] = [];
+    const ro = await fetchCached(server.url('/model.bin'), join(dir, 'ro.bin'), {
+      ...FAST,
+      cacheDir: join(readOnly, 'cache'),
+      onStatus: (m) => messages.push(m),
+    });
+    assert.equal(ro.cache, 'bypass');
+    assert.match(messages[0]!, /cache unusable .*read-only file system/);
+    assert.equal(await sha256OfFile(join(dir, 'ro.bin')), content.sha256);
+
+    const full = mountTmpfs(2 * 1024 * 1024);
+    messages.length = 0;
+    const small = await fetchCached(server.url('/model.bin'), join(dir, 'full.bin'), {
+      ...FAST,
+      cacheDir: full,
+      onStatus: (m) => messages.push(m),
+    });
+    assert.equal(small.cache, 'bypass');
+    assert.match(messages[0]!, /cache unusable .*not enough space/);
+    assert.equal(await sha256OfFile(join(dir, 'full.bin')), content.sha256);
+  });
+
+  it('gc evicts least recently used first and leaves a blob in use', async () => {
+    const cacheDir = freshCache();
+    const files = [randomContent(1024 * 1024), randomContent(1024 * 1024), randomContent(1024 * 1024)];
+    const server = await origin();
+    files.forEach((f, i) => server.setFile(`/f${i}`, f.bytes));
+    for (let i = 0; i < files.length; i++) {
+      await fetchCached(server.url(`/f${i}`), join(dir, `gc${i}.bin`), { ...FAST, cacheDir });
+      await sleep(5);
+    }
+    // Use f0 again: now f1 is the least recently used, then f2, then f0.
+    await fetchCached(server.url('/f0'), join(dir, 'gc0-again.bin'), { ...FAST, cacheDir, offline: true });
+    const cache = await openCache(cacheDir);
+    try {
+      const dry = await gcCache(cache, 1024 * 1024, true);
+      assert.deepEqual(
+        dry.evicted.map((b) => b.digest),
+        [files[1]!.sha256, files[2]!.sha256],
+      );
+      assert.equal(cache.index.blobs().length, 3, 'dry run removes nothing');
+      const layout = cacheLayout(cacheDir);
+      const report = await withBlobInUse(layout, files[1]!.sha256, () => gcCache(cache, 1024 * 1024));
+      assert.deepEqual(report.skippedInUse, [files[1]!.sha256]);
+      assert.deepEqual(
+        report.evicted.map((b) => b.digest),
+        [files[2]!.sha256, files[0]!.sha256],
+      );
+      assert.deepEqual(readdirSync(layout.blobs), [files[1]!.sha256]);
+    } finally {
+      cache.close();
+    }
+  });
+});
+
+describe('loom fetch and loom cache, several processes', () => {
+  it('four concurrent processes make the origin serve the file once', async () => {
+    const server = await origin({ rateLimitBytesPerSecond: 8 * 1024 * 1024 });
+    const cacheDir = freshCache();
+    const outs = [0, 1, 2, 3].map((i) => join(dir, `multi${i}.bin`));
+    const runs = await Promise.all(
+      outs.map((out) =>
+        runLoom(['fetch', server.url('/model.bin'), '-o', out, '--json', '-w', '4'], { LOOM_CACHE_DIR: cacheDir }),
+      ),
+    );
+    for (const run of runs) assert.equal(run.code, 0, run.stderr);
+    for (const out of outs) assert.equal(await sha256OfFile(out), content.sha256);
+    assert.ok(server.bytesServed <= SIZE + 4, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
+    const summaries = runs.map((r) => JSON.parse(r.stdout) as { cache: string; waitedForOtherProcess: boolean });
+    assert.equal(summaries.filter((s) => s.cache === 'miss').length, 1);
+    assert.equal(summaries.filter((s) => s.waitedForOtherProcess).length, 3);
+  });
+
+  it('a waiter takes over when the downloading process is killed, resuming its partial', async () => {
+    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    const cacheDir = freshCache();
+    const args = (out: string) => [
+      'fetch',
+      server.url('/model.bin'),
+      '-o',
+      out,
+      '--json',
+      '-w',
+      '2',
+      '--chunk-size',
+      '1MiB',
+    ];
+    const downloader = startLoom(args(join(dir, 'k1.bin')), { LOOM_CACHE_DIR: cacheDir });
+    const downloaded = collect(downloader);
+    await sleep(700);
+    const waiter = collect(startLoom(args(join(dir, 'k2.bin')), { LOOM_CACHE_DIR: cacheDir }));
+    await sleep(800);
+    downloader.kill('SIGKILL');
+    await downloaded;
+    const servedBeforeKill = server.bytesServed;
+    const run = await waiter;
+    assert.equal(run.code, 0, run.stderr);
+    const summary = JSON.parse(run.stdout) as { cache: string; resumedBytes: number };
+    assert.equal(summary.cache, 'miss');
+    assert.ok(summary.resumedBytes > 0, 'resumed the dead process partial');
+    assert.ok(server.bytesServed - servedBeforeKill < SIZE, 'the waiter fetched less than the whole file');
+    assert.equal(await sha256OfFile(join(dir, 'k2.bin')), content.sha256);
+  });
+
+  it('cache verify finds and removes a blob corrupted on purpose; ls and rm work', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    const env = { LOOM_CACHE_DIR: cacheDir };
+    assert.equal((await runLoom(['fetch', server.url('/model.bin'), '-o', join(dir, 'v.bin'), '-q'], env)).code, 0);
+    const ls = await runLoom(['cache', 'ls', '--json'], env);
+    const listing = JSON.parse(ls.stdout) as {
+      blobs: Array<{ digest: string; sources: string[] }>;
+      totalBytes: number;
+    };
+    assert.equal(listing.totalBytes, SIZE);
+    assert.deepEqual(listing.blobs[0]!.sources, [server.url('/model.bin')]);
+
+    const clean = await runLoom(['cache', 'verify'], env);
+    assert.equal(clean.code, 0, clean.stderr);
+    const blob = join(cacheDir, 'blobs', 'sha256', content.sha256);
+    chmodSync(blob, 0o644);
+    const fd = openSync(blob, 'r+');
+    writeSync(fd, Buffer.from([0x42]), 0, 1, 1000);
+    closeSync(fd);
+    const bad = await runLoom(['cache', 'verify', '--json'], env);
+    assert.equal(bad.code, 4);
+    assert.deepEqual((JSON.parse(bad.stdout) as { corrupt: string[] }).corrupt, [content.sha256]);
+    assert.equal(existsSync(blob), false);
+
+    assert.equal((await runLoom(['fetch', server.url('/model.bin'), '-o', join(dir, 'v2.bin'), '-q'], env)).code, 0);
+    const rm = await runLoom(['cache', 'rm', server.url('/model.bin'), '--json'], env);
+    assert.equal(rm.code, 0, rm.stderr);
+    assert.deepEqual((JSON.parse(rm.stdout) as { removed: string[] }).removed, [
+      server.url('/model.bin'),
+      content.sha256,
+    ]);
+    const missing = await runLoom(['cache', 'rm', 'f'.repeat(64)], env);
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /no blob/);
+  });
+});
