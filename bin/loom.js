@@ -2,7 +2,7 @@
 // The `loom` command: runs the built CLI (npm run build makes dist/).
 // The small young generation keeps socket buffers from piling up between collections:
 // it cut peak RSS of a 16-worker download from ~100 MB to ~87 MB at the same speed.
-import { main } from '../dist/cli/main.js';
+import { main } from '../dist/bin/loom.js';
 
 main(process.argv).then(
   (code) => {

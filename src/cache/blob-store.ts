@@ -3,10 +3,7 @@
 // Blobs are read-only: a hard-linked output shares the blob's inode, so writing to it
 // would change the cached bytes for every later user.
 import { constants, createReadStream } from 'node:fs';
-import { chmod, copyFile, link, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
-import { createHash } from 'node:crypto';
-import { dirname } from 'node:path';
-import lockfile from 'proper-lockfile';
+import { chmod, copyFile, link, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { CacheError, diskError } from '../core/errors.js';
 import { blobPath, type CacheLayout } from './cache-root.js';
 
@@ -87,43 +84,50 @@ async function cloneOrCopy(source: string, target: string): Promise<Materializat
 }
 
 export async function sha256OfFile(path: string): Promise<string> {
+  const { createHash } = await import('node:crypto');
   const hash = createHash('sha256');
   for await (const chunk of createReadStream(path, { highWaterMark: 4 * 1024 * 1024 })) hash.update(chunk as Buffer);
   return hash.digest('hex');
 }
 
-function blobLockPath(layout: CacheLayout, digest: string): string {
-  return `${layout.locks}/blob-${digest}.lock`;
+function inUsePrefix(digest: string): string {
+  return `blob-${digest}.in-use.`;
 }
 
 /**
- * Marks a blob in use while `fn` runs (being linked, copied or served), so that gc leaves it
- * alone. Readers do not exclude each other: each takes its own marker.
+ * Marks a blob in use while `fn` runs (being linked, copied or served), so that gc and rm
+ * leave it alone: a marker file named with this process's pid, which gc disregards once
+ * that process is gone (so a kill -9 cannot pin a blob forever).
  */
 export async function withBlobInUse<T>(layout: CacheLayout, digest: string, fn: () => Promise<T>): Promise<T> {
-  const marker = `${blobLockPath(layout, digest)}.${process.pid}.${Math.random().toString(36).slice(2)}`;
-  await mkdir(dirname(marker), { recursive: true });
-  const release = await lockfile.lock(marker, {
-    realpath: false,
-    stale: 10_000,
-    update: 2_000,
-    onCompromised: () => undefined,
-  });
+  const marker = `${layout.locks}/${inUsePrefix(digest)}${process.pid}.${Math.random().toString(36).slice(2)}`;
+  await writeFile(marker, '');
   try {
     return await fn();
   } finally {
-    await release().catch(() => undefined);
+    await rm(marker, { force: true });
   }
 }
 
-/** True when some process holds an in-use marker for the blob that is not stale. */
+/** True when a live process holds an in-use marker for the blob. */
 export async function blobInUse(layout: CacheLayout, digest: string): Promise<boolean> {
-  const prefix = `blob-${digest}.lock.`;
+  const prefix = inUsePrefix(digest);
   const entries = await readdir(layout.locks).catch(() => [] as string[]);
   for (const entry of entries) {
-    if (!entry.startsWith(prefix) || !entry.endsWith('.lock')) continue;
-    const markerFile = `${layout.locks}/${entry.slice(0, -'.lock'.length)}`;
-    if (await lockfile.check(markerFile, { realpath: false, stale: 10_000 }).catch(() => false)) return true;
+    if (!entry.startsWith(prefix)) continue;
+    const pid = Number(entry.slice(prefix.length).split('.')[0]);
+    if (isAlive(pid)) return true;
+    await rm(`${layout.locks}/${entry}`, { force: true });
   }
   return false;
+}
+
+function isAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as { code?: string }).code === 'EPERM';
+  }
 }

@@ -4,15 +4,14 @@
 // When the cache itself cannot be used, the download goes straight to the output path.
 import { performance } from 'node:perf_hooks';
 import { CacheError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
-import { downloadToPart, type DownloadStats } from '../fetch/download.js';
-import { fetchFile, httpSourceFor, type FetchResult } from '../fetch/fetch-file.js';
-import { journalPathFor, removeJournal } from '../fetch/journal.js';
+import type { DownloadStats } from '../fetch/download.js';
+import { fetchFile, type FetchResult } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
+import { httpSourceFor } from '../sources/http.js';
 import type { Source, Validator } from '../sources/source.js';
 import { adoptBlob, ensureLayout, hasBlob, materialize, withBlobInUse, type Materialization } from './blob-store.js';
 import { CacheIndex, type SourceEntry } from './cache-index.js';
 import { cacheLayout, resolveCacheRoot, type CacheLayout } from './cache-root.js';
-import { acquireSourceLock, keyHash } from './single-flight.js';
 import { sourceKey } from './source-key.js';
 
 export interface CacheOptions {
@@ -115,6 +114,12 @@ export async function fetchCached(
       return await serve(cached, false);
     }
 
+    // A miss: load the download engine and the lock (a hit never pays for them).
+    const [{ acquireSourceLock, keyHash }, { downloadToPart }, { journalPathFor, removeJournal }] = await Promise.all([
+      import('./single-flight.js'),
+      import('../fetch/download.js'),
+      import('../fetch/journal.js'),
+    ]);
     const waitStarted = Date.now();
     const lock = await acquireSourceLock(layout, key, {
       signal: resolved.signal,

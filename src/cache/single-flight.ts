@@ -4,7 +4,6 @@
 // the new owner resumes the dead one's partial file (same path, same journal).
 import { createHash } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
-import lockfile from 'proper-lockfile';
 import { AbortedError, CacheError } from '../core/errors.js';
 import type { CacheLayout } from './cache-root.js';
 
@@ -37,6 +36,8 @@ export async function acquireSourceLock(
   key: string,
   options: WaitOptions,
 ): Promise<HeldLock | 'done'> {
+  // Loaded here, on the miss path only: a cache hit does not pay for it.
+  const { default: lockfile } = await import('proper-lockfile');
   const lockTarget = `${layout.locks}/source-${keyHash(key)}`;
   let announced = false;
   for (;;) {

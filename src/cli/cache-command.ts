@@ -2,24 +2,28 @@
 import { Command } from 'commander';
 import { EXIT } from '../core/errors.js';
 import { formatBytes, parseSize } from '../core/units.js';
-import { gcCache, listCache, openCache, removeFromCache, resolveCacheRoot, verifyCache } from '../index.js';
+import type { CacheHandle } from '../cache/cache-admin.js';
+import { resolveCacheRoot } from '../cache/cache-root.js';
 import { printJson, reportError, say, type OutputFlags } from './output.js';
 
 interface CacheFlags extends OutputFlags {
   cacheDir?: string;
 }
 
+type Admin = typeof import('../cache/cache-admin.js');
+
 function withCache(
-  action: (cache: Awaited<ReturnType<typeof openCache>>, flags: CacheFlags, ...args: string[]) => Promise<number>,
+  action: (cache: CacheHandle, flags: CacheFlags, admin: Admin, ...args: string[]) => Promise<number>,
 ) {
   return async (...args: unknown[]): Promise<void> => {
     const command = args[args.length - 1] as Command;
     const flags = command.optsWithGlobals<CacheFlags>();
     const positional = args.slice(0, -2).filter((a): a is string => typeof a === 'string');
     try {
-      const cache = await openCache(resolveCacheRoot(flags.cacheDir));
+      const admin = await import('../cache/cache-admin.js');
+      const cache = await admin.openCache(resolveCacheRoot(flags.cacheDir));
       try {
-        process.exitCode = await action(cache, flags, ...positional);
+        process.exitCode = await action(cache, flags, admin, ...positional);
       } finally {
         cache.close();
       }
@@ -42,7 +46,7 @@ export function cacheCommand(): Command {
     .command('ls')
     .description('list cached blobs: digest, size, sources, last use; and the total')
     .action(
-      withCache(async (handle, flags) => {
+      withCache(async (handle, flags, { listCache }) => {
         const listing = listCache(handle);
         if (flags.json) {
           printJson({ ok: true, ...listing });
@@ -63,7 +67,7 @@ export function cacheCommand(): Command {
     .command('verify')
     .description('rehash every blob; remove the corrupt ones (exit 4 when any was found)')
     .action(
-      withCache(async (handle, flags) => {
+      withCache(async (handle, flags, { verifyCache }) => {
         const report = await verifyCache(handle);
         if (flags.json) printJson({ ok: report.corrupt.length === 0, ...report });
         else {
@@ -80,7 +84,7 @@ export function cacheCommand(): Command {
     .requiredOption('--max-size <size>', 'size to shrink to, e.g. 200GiB')
     .option('--dry-run', 'say what would be evicted, evict nothing')
     .action(
-      withCache(async (handle, flags) => {
+      withCache(async (handle, flags, { gcCache }) => {
         const opts = flags as CacheFlags & { maxSize: string; dryRun?: boolean };
         const report = await gcCache(handle, parseSize(opts.maxSize, '--max-size'), opts.dryRun ?? false);
         if (flags.json) printJson({ ok: true, ...report });
@@ -102,7 +106,7 @@ export function cacheCommand(): Command {
     .description('remove a blob by digest, or a source (URL) and its blob if nothing else uses it')
     .argument('<digest-or-source>')
     .action(
-      withCache(async (handle, flags, target) => {
+      withCache(async (handle, flags, { removeFromCache }, target) => {
         const { removed } = await removeFromCache(handle, target!);
         if (flags.json) printJson({ ok: true, removed });
         else for (const item of removed) say(flags, `loom: removed ${item}`);

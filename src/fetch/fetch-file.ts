@@ -1,11 +1,9 @@
 // fetchFile: one URL to one path. The output path only ever holds a complete file that
 // passed every check: bytes land in `<out>.part` and are renamed into place at the end.
 import { performance } from 'node:perf_hooks';
-import { HttpSource } from '../sources/http.js';
-import { downloadToPart, type DownloadResult } from './download.js';
-import { journalPathFor, removeJournal } from './journal.js';
-import { moveIntoPlace } from './part-file.js';
-import { resolveFetchOptions, type FetchOptions, type ResolvedFetchOptions } from './options.js';
+import { httpSourceFor } from '../sources/http.js';
+import type { DownloadResult } from './download.js';
+import { resolveFetchOptions, type FetchOptions } from './options.js';
 
 export interface FetchResult extends DownloadResult {
   path: string;
@@ -20,6 +18,12 @@ export function partPathFor(out: string): string {
 export async function fetchFile(url: string, out: string, options: FetchOptions = {}): Promise<FetchResult> {
   const resolved = resolveFetchOptions(options);
   const source = httpSourceFor(url, resolved);
+  // The engine is loaded when a download really starts; a cache hit never needs it.
+  const [{ downloadToPart }, { journalPathFor, removeJournal }, { moveIntoPlace }] = await Promise.all([
+    import('./download.js'),
+    import('./journal.js'),
+    import('./part-file.js'),
+  ]);
   const started = performance.now();
   const part = partPathFor(out);
   try {
@@ -30,14 +34,4 @@ export async function fetchFile(url: string, out: string, options: FetchOptions 
   } finally {
     source.close();
   }
-}
-
-export function httpSourceFor(url: string, options: ResolvedFetchOptions): HttpSource {
-  return new HttpSource(url, {
-    headers: options.headers,
-    maxRedirects: options.maxRedirects,
-    stallTimeoutMs: options.stallTimeoutMs,
-    maxSockets: options.workers,
-    caCertFiles: options.caCertFiles,
-  });
 }

@@ -1,13 +1,17 @@
 // The file a download writes into before it is complete: preallocated to its final size,
 // written at random offsets by many workers, flushed and renamed into place at the end.
-import { execFile } from 'node:child_process';
+import { createRequire } from 'node:module';
 import { open, rename, statfs, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { promisify } from 'node:util';
 import { DiskFullError, diskError } from '../core/errors.js';
 import { formatBytes } from '../core/units.js';
 
-const execFileAsync = promisify(execFile);
+/** child_process is loaded only when fallocate is asked for. */
+function execFileAsync(file: string, args: string[]): Promise<unknown> {
+  const { execFile } = createRequire(import.meta.url)('node:child_process') as typeof import('node:child_process');
+  return promisify(execFile)(file, args);
+}
 
 export type Preallocation = 'fallocate' | 'truncate';
 

@@ -5,8 +5,9 @@
 // undici's ~500 MB/s (see README, "Why node:http").
 import { existsSync, readFileSync } from 'node:fs';
 import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http';
-import https from 'node:https';
-import tls from 'node:tls';
+import type https from 'node:https';
+import { createRequire } from 'node:module';
+import type tls from 'node:tls';
 import { AbortedError, StallError, UsageError } from '../core/errors.js';
 
 export interface HttpClientOptions {
@@ -22,9 +23,14 @@ const SYSTEM_CA_BUNDLES = [
   '/etc/ssl/cert.pem',
 ];
 
+// TLS is loaded on the first https URL only: a cache hit over http is mostly start-up time.
+const lazyRequire = createRequire(import.meta.url);
+const loadTls = (): typeof tls => lazyRequire('node:tls') as typeof tls;
+const loadHttps = (): typeof https => lazyRequire('node:https') as typeof https;
+
 /** Roots to trust: Node's bundled Mozilla list, the OS bundle, NODE_EXTRA_CA_CERTS and extras. */
 export function trustedRoots(extraFiles: readonly string[] = []): string[] {
-  const roots: string[] = [...tls.rootCertificates];
+  const roots: string[] = [...loadTls().rootCertificates];
   const system = SYSTEM_CA_BUNDLES.find((file) => existsSync(file));
   if (system) roots.push(readFileSync(system, 'utf8'));
   // Passing `ca` replaces Node's store, which is where NODE_EXTRA_CA_CERTS went: add it back.
@@ -63,11 +69,11 @@ export class HttpClient {
     if (url.protocol === 'http:') return this.httpAgent;
     // One secure context for every connection: passing `ca` alone makes Node parse the
     // ~300 root certificates again for each new socket (measured: 4x slower downloads).
-    this.httpsAgent ??= new https.Agent({
+    this.httpsAgent ??= new (loadHttps().Agent)({
       keepAlive: true,
       maxSockets: this.options.maxSockets,
       scheduling: 'lifo',
-      secureContext: tls.createSecureContext({ ca: trustedRoots(this.options.caCertFiles) }),
+      secureContext: loadTls().createSecureContext({ ca: trustedRoots(this.options.caCertFiles) }),
     });
     return this.httpsAgent;
   }
@@ -76,7 +82,7 @@ export class HttpClient {
   request(url: URL, opts: RequestOptions): Promise<IncomingMessage> {
     const { signal } = opts;
     if (signal?.aborted) return Promise.reject(new AbortedError('download cancelled'));
-    const transport = url.protocol === 'https:' ? https : http;
+    const transport = url.protocol === 'https:' ? loadHttps() : http;
     return new Promise((resolve, reject) => {
       const req = transport.request(url, {
         method: opts.method ?? 'GET',

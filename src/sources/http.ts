@@ -11,6 +11,7 @@ import {
   SourceChangedError,
 } from '../core/errors.js';
 import { isRetryableStatus, parseRetryAfter } from '../fetch/retry-policy.js';
+import type { ResolvedFetchOptions } from '../fetch/options.js';
 import { HttpClient } from './http-client.js';
 import type { ProbeExpectation, ProbeResult, RangeBody, Source, Validator } from './source.js';
 
@@ -352,4 +353,15 @@ function lowerCaseKeys(headers: Record<string, string>): OutgoingHttpHeaders {
 
 function withoutCredentials(headers: OutgoingHttpHeaders): OutgoingHttpHeaders {
   return Object.fromEntries(Object.entries(headers).filter(([k]) => !CREDENTIAL_HEADERS.includes(k)));
+}
+
+/** The HTTP source for a URL, configured from resolved fetch options. */
+export function httpSourceFor(url: string, options: ResolvedFetchOptions): HttpSource {
+  return new HttpSource(url, {
+    headers: options.headers,
+    maxRedirects: options.maxRedirects,
+    stallTimeoutMs: options.stallTimeoutMs,
+    maxSockets: options.workers,
+    caCertFiles: options.caCertFiles,
+  });
 }
