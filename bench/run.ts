@@ -2,11 +2,13 @@
 // table per scenario and writes the raw figures to bench/results/<timestamp>.json.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { cacheScenarios } from './cache.bench.js';
 import { fetchScenarios } from './fetch.bench.js';
 import { ROOT } from './lib.js';
 
 const scenarios: Record<string, () => Promise<Record<string, unknown>>> = {
   ...fetchScenarios,
+  ...cacheScenarios,
 };
 
 const wanted = process.argv.slice(2);
