@@ -41,7 +41,11 @@ export async function cacheHitScenario(): Promise<Record<string, unknown>> {
     const base = median(samples['node -e 0']!);
     for (const [label, values] of Object.entries(samples)) {
       const ms = median(values) * 1000;
-      rows.push({ run: label === 'node -e 0' ? label : `loom fetch, cache hit, ${label}`, 'median ms': ms.toFixed(1), 'vs node -e 0': ratio(ms / 1000, base) });
+      rows.push({
+        run: label === 'node -e 0' ? label : `loom fetch, cache hit, ${label}`,
+        'median ms': ms.toFixed(1),
+        'vs node -e 0': ratio(ms / 1000, base),
+      });
     }
     printTable('Cache hit, whole process (median of 15, revalidated with one conditional request)', rows);
     return { rows };
@@ -60,14 +64,23 @@ export async function singleFlightScenario(processes = 8, size = GiB): Promise<R
   origin.setFile('/weights.bin', { file, size });
   try {
     // Baseline: what one process alone makes the origin serve (tail splitting costs a little).
-    await runChecked(LOOM_BIN, ['fetch', origin.url('/weights.bin'), '-o', join(OUT_DIR, 'flight-solo.bin'), '-q', '--no-cache']);
+    await runChecked(LOOM_BIN, [
+      'fetch',
+      origin.url('/weights.bin'),
+      '-o',
+      join(OUT_DIR, 'flight-solo.bin'),
+      '-q',
+      '--no-cache',
+    ]);
     rmSync(join(OUT_DIR, 'flight-solo.bin'), { force: true });
     const solo = origin.bytesServed;
     origin.resetStats();
     const outs = Array.from({ length: processes }, (_, i) => join(OUT_DIR, `flight-${i}.bin`));
     const started = performance.now();
     const runs = await Promise.all(
-      outs.map((out) => runCommand(LOOM_BIN, ['fetch', origin.url('/weights.bin'), '-o', out, '--json'], { LOOM_CACHE_DIR: cacheDir })),
+      outs.map((out) =>
+        runCommand(LOOM_BIN, ['fetch', origin.url('/weights.bin'), '-o', out, '--json'], { LOOM_CACHE_DIR: cacheDir }),
+      ),
     );
     const seconds = (performance.now() - started) / 1000;
     const failed = runs.filter((r) => r.code !== 0);

@@ -9,3 +9,7 @@ export { fetchCached, type CachedFetchResult, type CacheOptions, type CacheOutco
 export { sourceKey } from './cache/source-key.js';
 export { resolveCacheRoot } from './cache/cache-root.js';
 export { openCache, listCache, verifyCache, gcCache, removeFromCache } from './cache/cache-admin.js';
+export { buildControlPlane, CONTROL_PLANE_DEFAULTS, type ControlPlaneOptions } from './control-plane/server.js';
+export { openStore } from './control-plane/open-store.js';
+export { ControlPlaneClient, type PeerInfo } from './control-plane/client.js';
+export type { RegistryStore, NodeRecord, Manifest, Replica } from './control-plane/model.js';

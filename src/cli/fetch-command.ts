@@ -30,6 +30,8 @@ interface FetchFlags extends OutputFlags {
   cache: boolean;
   cacheDir?: string;
   offline?: boolean;
+  serve?: boolean;
+  listen: string;
 }
 
 function integerIn(min: number, max: number) {
@@ -111,7 +113,12 @@ export function addFetchOptions(command: Command): Command {
     .option('--cache-dir <dir>', 'cache root (default: $LOOM_CACHE_DIR, $XDG_CACHE_HOME/loom, ~/.cache/loom)')
     .option('--offline', 'use a cached copy without asking the origin whether it changed (also LOOM_OFFLINE=1)')
     .option('-q, --quiet', 'print nothing but errors')
-    .option('--json', 'print one JSON summary on stdout');
+    .option('--json', 'print one JSON summary on stdout')
+    .option(
+      '--serve',
+      "after the download, keep running and serve the registry in this process (the original tool's mode; prefer loom control-plane)",
+    )
+    .option('--listen <host:port>', 'address for --serve', '127.0.0.1:7070');
 }
 
 export function fetchOptionsFrom(flags: FetchFlags, signal: AbortSignal): FetchOptions {
@@ -191,15 +198,39 @@ async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<
     if (flags.json) printJson(summaryOf(result));
     else {
       const rate = result.stats.transferredBytes / 1e6 / Math.max(result.seconds, 1e-6);
-      say(
-        flags,
-        `loom: ${out}: ${formatBytes(result.size)} in ${result.seconds.toFixed(2)} s (${rate.toFixed(0)} MB/s)`,
-      );
+      const cached = 'cache' in result ? (result as CachedFetchResult) : undefined;
+      const how = cached?.cache === 'hit' ? `cache hit, ${cached.materialization}` : `${rate.toFixed(0)} MB/s`;
+      say(flags, `loom: ${out}: ${formatBytes(result.size)} in ${result.seconds.toFixed(2)} s (${how})`);
     }
+    if (flags.serve) await serveRegistry(flags, out, interrupt.signal);
     return EXIT.ok;
   } catch (err) {
     return reportError(err, flags);
   } finally {
     interrupt.dispose();
   }
+}
+
+/**
+ * The original tool's --serve: the registry runs inside this process (in memory, gone when
+ * it exits) with this node registered as holding the file, until Ctrl-C or SIGTERM.
+ */
+async function serveRegistry(flags: FetchFlags, out: string, signal: AbortSignal): Promise<void> {
+  const [{ parseListen }, { SqliteStore }, { buildControlPlane }] = await Promise.all([
+    import('./control-plane-command.js'),
+    import('../control-plane/sqlite-store.js'),
+    import('../control-plane/server.js'),
+  ]);
+  const { host, port } = parseListen(flags.listen);
+  const store = new SqliteStore(':memory:');
+  const app = await buildControlPlane({ store, nodeTtlMs: 365 * 24 * 3600_000 });
+  const address = await app.listen({ host, port });
+  await app.inject({ method: 'POST', url: '/register', payload: { node: address, model: basename(out) } });
+  say(flags, `loom: serving the registry on ${address} (in-process; loom control-plane is the durable service)`);
+  await new Promise<void>((resolve) => {
+    if (signal.aborted) resolve();
+    signal.addEventListener('abort', () => resolve(), { once: true });
+  });
+  await app.close();
+  await store.close();
 }

@@ -2,6 +2,7 @@
 import { Command, CommanderError } from 'commander';
 import { EXIT } from '../core/errors.js';
 import { cacheCommand } from './cache-command.js';
+import { controlPlaneCommand } from './control-plane-command.js';
 import { fetchCommand } from './fetch-command.js';
 
 export function buildProgram(): Command {
@@ -12,6 +13,7 @@ export function buildProgram(): Command {
     .exitOverride();
   program.addCommand(fetchCommand());
   program.addCommand(cacheCommand());
+  program.addCommand(controlPlaneCommand());
   const output = {
     outputError: (text: string, write: (s: string) => void) => write(`loom: ${text.replace(/^error: /, 'error: ')}`),
   };

@@ -9,7 +9,7 @@ export function onInterrupt(): Interrupt {
   const controller = new AbortController();
   const handler = (sig: NodeJS.Signals): void => {
     if (controller.signal.aborted) process.exit(130);
-    process.stderr.write(`\nloom: ${sig}: stopping (partial download kept; rerun to resume)\n`);
+    process.stderr.write(`\nloom: ${sig}: stopping\n`);
     controller.abort();
   };
   process.on('SIGINT', handler);

@@ -150,7 +150,12 @@ class Download {
   async run(): Promise<DownloadResult> {
     const { signal: userSignal } = this.options;
     if (userSignal?.aborted) throw new AbortedError('download cancelled');
-    const onUserAbort = (): void => this.fail(new AbortedError('download cancelled'));
+    const onUserAbort = (): void =>
+      this.fail(
+        new AbortedError('download cancelled', {
+          hint: 'the partial download is kept; rerun the same command to resume',
+        }),
+      );
     userSignal?.addEventListener('abort', onUserAbort, { once: true });
     const ticker = setInterval(() => this.tick(), PROGRESS_INTERVAL_MS);
     try {
@@ -176,12 +181,24 @@ class Download {
   }
 
   private async transfer(): Promise<DownloadResult> {
-    const journal = await readJournal(this.journalPath);
-    const firstRange = this.firstRange(
-      journal ? new RangeSet(journal.ranges).missing(journal.size) : [],
-      journal?.size,
-    );
-    const probe = await this.withRetry(firstRange, () => this.source.probe(firstRange, this.signal));
+    let journal = await readJournal(this.journalPath);
+    // A journal of another URL (the output path was reused) says nothing about this one.
+    if (journal && journal.url !== this.source.url) {
+      await removeJournal(this.journalPath);
+      journal = undefined;
+    }
+    let firstRange = this.firstRange(journal ? new RangeSet(journal.ranges).missing(journal.size) : [], journal?.size);
+    let probe: ProbeResult;
+    try {
+      probe = await this.withRetry(firstRange, () => this.source.probe(firstRange, this.signal));
+    } catch (err) {
+      // The file shrank since the journal was written: start over from byte 0.
+      if (!(err instanceof HttpStatusError && err.status === 416 && firstRange[0] > 0)) throw err;
+      await removeJournal(this.journalPath);
+      journal = undefined;
+      firstRange = this.firstRange([], undefined);
+      probe = await this.withRetry(firstRange, () => this.source.probe(firstRange, this.signal));
+    }
     this.validator = probe.validator;
     if (!probe.acceptsRanges || probe.size === undefined) return this.transferWhole(probe);
 

@@ -197,7 +197,7 @@ describe('loom fetch', () => {
     child.kill('SIGINT');
     const run = await done;
     assert.equal(run.code, 130, run.stderr);
-    assert.match(run.stderr, /rerun to resume/);
+    assert.match(run.stderr, /rerun the same command to resume/);
     assert.equal(existsSync(out), false);
     assert.equal(existsSync(`${out}.part.journal`), true);
   });

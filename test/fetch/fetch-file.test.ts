@@ -340,3 +340,43 @@ describe('fetchFile', () => {
     assert.ok(!left.includes('x'));
   });
 });
+
+describe('fetchFile with a leftover journal', () => {
+  it('ignores a journal left by another URL at the same output path', async () => {
+    const server = await origin();
+    const big = randomContent(SIZE);
+    const small = randomContent(300 * 1024);
+    server.setFile('/big.bin', big.bytes);
+    server.setFile('/small.bin', small.bytes);
+    const out = join(dir, 'reused.bin');
+    const controller = new AbortController();
+    const slow = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    slow.setFile('/big.bin', big.bytes);
+    setTimeout(() => controller.abort(), 600);
+    await assert.rejects(
+      fetchFile(slow.url('/big.bin'), out, { ...FAST, workers: 2, signal: controller.signal, journalInterval: 50 }),
+      AbortedError,
+    );
+    assert.equal(existsSync(`${out}.part.journal`), true);
+    await fetchFile(server.url('/small.bin'), out, FAST);
+    assert.equal(await sha256OfFile(out), small.sha256);
+  });
+
+  it('starts over when the file shrank below where the journal left off', async () => {
+    const slow = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    const big = randomContent(SIZE);
+    slow.setFile('/shrinks.bin', big.bytes);
+    const out = join(dir, 'shrinks.bin');
+    const controller = new AbortController();
+    setTimeout(() => controller.abort(), 1200);
+    await assert.rejects(
+      fetchFile(slow.url('/shrinks.bin'), out, { ...FAST, workers: 1, signal: controller.signal, journalInterval: 50 }),
+      AbortedError,
+    );
+    const small = randomContent(200 * 1024);
+    slow.setFile('/shrinks.bin', small.bytes);
+    const result = await fetchFile(slow.url('/shrinks.bin'), out, FAST);
+    assert.equal(result.stats.resumedBytes, 0);
+    assert.equal(await sha256OfFile(out), small.sha256);
+  });
+});

@@ -1,0 +1,55 @@
+// Prometheus metrics of the control plane (prom-client): requests by route and status, a
+// latency histogram, and the live nodes, blobs and replicas the store holds.
+import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { RegistryStore } from './model.js';
+
+export class ControlPlaneMetrics {
+  readonly registry = new Registry();
+  readonly requests: Counter<'route' | 'method' | 'status'>;
+  readonly latency: Histogram<'route' | 'method'>;
+
+  constructor(store: RegistryStore) {
+    this.requests = new Counter({
+      name: 'loom_cp_http_requests_total',
+      help: 'HTTP requests by route, method and status',
+      labelNames: ['route', 'method', 'status'],
+      registers: [this.registry],
+    });
+    this.latency = new Histogram({
+      name: 'loom_cp_http_request_duration_seconds',
+      help: 'HTTP request latency by route',
+      labelNames: ['route', 'method'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+      registers: [this.registry],
+    });
+    const counts = async (): Promise<{ liveNodes: number; blobs: number; replicas: number } | undefined> =>
+      store.counts(Date.now()).catch(() => undefined);
+    new Gauge({
+      name: 'loom_cp_live_nodes',
+      help: 'Nodes whose heartbeat has not lapsed',
+      registers: [this.registry],
+      async collect() {
+        const c = await counts();
+        if (c) this.set(c.liveNodes);
+      },
+    });
+    new Gauge({
+      name: 'loom_cp_blobs',
+      help: 'Blobs with a recorded manifest',
+      registers: [this.registry],
+      async collect() {
+        const c = await counts();
+        if (c) this.set(c.blobs);
+      },
+    });
+    new Gauge({
+      name: 'loom_cp_replicas',
+      help: 'Replicas recorded (SQLite: of live nodes)',
+      registers: [this.registry],
+      async collect() {
+        const c = await counts();
+        if (c) this.set(c.replicas);
+      },
+    });
+  }
+}

@@ -1,0 +1,31 @@
+// Picks the store from --store: `sqlite:PATH`, `redis://HOST:PORT/DB` (or rediss://), or by
+// default a SQLite file under the cache root.
+import { join } from 'node:path';
+import { UsageError } from '../core/errors.js';
+import type { RegistryStore } from './model.js';
+
+export interface StoreSpec {
+  /** `sqlite:PATH` or `redis://…`; default sqlite under `defaultDir`. */
+  store?: string;
+  defaultDir: string;
+  /** Key prefix for Redis. Default `loom`. */
+  redisPrefix?: string;
+}
+
+export async function openStore(spec: StoreSpec): Promise<RegistryStore> {
+  const value = spec.store ?? `sqlite:${join(spec.defaultDir, 'control-plane.db')}`;
+  if (value.startsWith('sqlite:')) {
+    const path = value.slice('sqlite:'.length);
+    if (!path) throw new UsageError('--store sqlite: needs a path, e.g. sqlite:/var/lib/loom/cp.db');
+    const { mkdirSync } = await import('node:fs');
+    const { dirname } = await import('node:path');
+    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    const { SqliteStore } = await import('./sqlite-store.js');
+    return new SqliteStore(path);
+  }
+  if (value.startsWith('redis://') || value.startsWith('rediss://')) {
+    const { RedisStore } = await import('./redis-store.js');
+    return new RedisStore({ url: value, prefix: spec.redisPrefix });
+  }
+  throw new UsageError(`unknown store "${value}"`, { hint: 'use sqlite:PATH or redis://HOST:PORT/DB' });
+}

@@ -1,0 +1,163 @@
+// What happens around the control plane when things go away: Redis stopping and coming
+// back, a control plane that does not answer, and the `loom control-plane` command itself.
+import assert from 'node:assert/strict';
+import { writeFileSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, it } from 'node:test';
+import { RedisStore } from '../../src/control-plane/redis-store.js';
+import { buildControlPlane, ControlPlaneClient } from '../../src/index.js';
+import { collect, startLoom, tempDir } from '../helpers/fixtures.js';
+import { freePort, startRedisServer, stopRedisServer } from '../helpers/redis.js';
+
+const dir = tempDir();
+const D1 = 'c'.repeat(64);
+
+async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await fn().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(100);
+  }
+}
+
+describe('control plane availability', () => {
+  it('answers 503 while Redis is down and recovers by itself when it returns', async () => {
+    const port = await freePort();
+    let redis = await startRedisServer(port);
+    const store = new RedisStore({ url: `redis://127.0.0.1:${port}`, prefix: 'loom-down-test' });
+    const app = await buildControlPlane({ store });
+    const url = await app.listen({ host: '127.0.0.1', port: 0 });
+    after(async () => {
+      await app.close();
+      await store.close();
+      await stopRedisServer(redis);
+    });
+    const beat = () =>
+      fetch(`${url}/v1/nodes/n1`, {
+        method: 'PUT',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ url: 'http://n1:1' }),
+      });
+    await until('redis ready', async () => ((await beat()).status === 200 ? true : undefined));
+
+    await stopRedisServer(redis);
+    await until('store down', async () => ((await fetch(`${url}/readyz`)).status === 503 ? true : undefined));
+    const write = await beat();
+    assert.equal(write.status, 503);
+    const body = (await write.json()) as { error: { code: string; message: string } };
+    assert.equal(body.error.code, 'LOOM_ERR_STORE_UNAVAILABLE');
+    assert.match(body.error.message, /Redis at redis:\/\/127\.0\.0\.1:\d+ is unavailable/);
+    assert.equal((await fetch(`${url}/v1/blobs/${D1}/peers`)).status, 503);
+    assert.equal((await fetch(`${url}/v1/nodes`)).status, 503);
+    assert.equal((await fetch(`${url}/healthz`)).status, 200, 'the process itself is healthy');
+
+    redis = await startRedisServer(port);
+    await until('recovery', async () => ((await beat()).status === 200 ? true : undefined));
+    assert.equal((await fetch(`${url}/readyz`)).status, 200);
+    const nodes = (await (await fetch(`${url}/v1/nodes`)).json()) as { nodes: Array<{ id: string }> };
+    assert.deepEqual(
+      nodes.nodes.map((n) => n.id),
+      ['n1'],
+    );
+  });
+
+  it('a client treats a control plane that does not answer as "no peers", quickly', async () => {
+    const sockets: Socket[] = [];
+    const silent = createServer((socket) => sockets.push(socket)); // accepts, never answers
+    await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve));
+    const { port } = silent.address() as { port: number };
+    after(() => {
+      sockets.forEach((s) => s.destroy());
+      silent.close();
+    });
+    const client = new ControlPlaneClient({ baseUrl: `http://127.0.0.1:${port}`, timeoutMs: 300 });
+    const started = performance.now();
+    assert.deepEqual(await client.locate(D1), []);
+    const elapsed = performance.now() - started;
+    assert.ok(elapsed < 2_000, `gave up after ${Math.round(elapsed)} ms`);
+    const refused = new ControlPlaneClient({ baseUrl: `http://127.0.0.1:${await freePort()}` });
+    assert.deepEqual(await refused.locate(D1), []);
+    assert.equal(await refused.heartbeat('n1', { url: 'http://n1:1' }), undefined);
+  });
+
+  it('loom control-plane serves the API with its SQLite store and a token', async () => {
+    const port = await freePort();
+    const tokenFile = join(dir, 'token');
+    writeFileSync(tokenFile, `${'t'.repeat(32)}\n`);
+    const child = startLoom([
+      'control-plane',
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--store',
+      `sqlite:${join(dir, 'cp', 'registry.db')}`,
+      '--token-file',
+      tokenFile,
+      '--open-reads',
+    ]);
+    const done = collect(child);
+    const base = `http://127.0.0.1:${port}`;
+    await until('listening', async () => ((await fetch(`${base}/healthz`)).ok ? true : undefined));
+    const client = new ControlPlaneClient({ baseUrl: base, token: 't'.repeat(32) });
+    assert.equal(await client.heartbeat('cli-node', { url: 'http://cli-node:7071' }), 10);
+    const anonymous = await fetch(`${base}/v1/nodes/x`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ url: 'http://x:1' }),
+    });
+    assert.equal(anonymous.status, 401);
+    const nodes = (await (await fetch(`${base}/v1/nodes`)).json()) as { nodes: Array<{ id: string }> };
+    assert.deepEqual(
+      nodes.nodes.map((n) => n.id),
+      ['cli-node'],
+    );
+    child.kill('SIGTERM');
+    const run = await done;
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stderr, /control plane on http:\/\/127\.0\.0\.1:\d+ \(store: sqlite, token required for writes\)/);
+  });
+
+  it('loom control-plane refuses a bad --listen or store with exit 2', async () => {
+    const bad = await collect(startLoom(['control-plane', '--listen', 'nowhere']));
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--listen "nowhere" is not HOST:PORT/);
+    const store = await collect(startLoom(['control-plane', '--listen', '127.0.0.1:0', '--store', 'mysql://x']));
+    assert.equal(store.code, 2);
+    assert.match(store.stderr, /unknown store "mysql:\/\/x"/);
+  });
+});
+
+describe('loom fetch --serve', () => {
+  it("keeps running after the download and serves the original tool's registry in-process", async () => {
+    const { OriginServer } = await import('../../bench/origin/origin-server.js');
+    const origin = await new OriginServer().listen();
+    after(() => origin.close());
+    origin.setFile('/model.bin', Buffer.alloc(1024 * 1024, 7));
+    const port = await freePort();
+    const out = join(dir, 'served.bin');
+    const child = startLoom([
+      'fetch',
+      '--url',
+      origin.url('/model.bin'),
+      '--out',
+      out,
+      '--serve',
+      '--listen',
+      `127.0.0.1:${port}`,
+    ]);
+    const done = collect(child);
+    const base = `http://127.0.0.1:${port}`;
+    const located = await until('registry up', async () => {
+      const res = await fetch(`${base}/locate/served.bin`);
+      return res.ok ? ((await res.json()) as { nodes: string[] }) : undefined;
+    });
+    assert.deepEqual(located.nodes, [base]);
+    child.kill('SIGTERM');
+    const run = await done;
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stderr, /serving the registry on http:\/\/127\.0\.0\.1:\d+/);
+  });
+});

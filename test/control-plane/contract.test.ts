@@ -1,0 +1,390 @@
+// One contract, two stores: every behaviour of the control plane's API is checked against
+// SQLite and against a real Redis server, through real HTTP on a loopback port.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, describe, it } from 'node:test';
+import type { FastifyInstance } from 'fastify';
+import { RedisStore } from '../../src/control-plane/redis-store.js';
+import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
+import { buildControlPlane, type ControlPlaneOptions, type RegistryStore } from '../../src/index.js';
+import { tempDir } from '../helpers/fixtures.js';
+import { REDIS_URL } from '../helpers/redis.js';
+
+const dir = tempDir();
+const D1 = 'a'.repeat(64);
+const D2 = 'b'.repeat(64);
+
+export interface Service {
+  url: string;
+  app: FastifyInstance;
+  store: RegistryStore;
+  call(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; body: unknown }>;
+}
+
+const services: Service[] = [];
+after(async () => {
+  for (const s of services) {
+    await s.app.close();
+    if (s.store instanceof RedisStore) await s.store.dropAll().catch(() => undefined);
+    await s.store.close();
+  }
+});
+
+export async function startService(store: RegistryStore, options: Partial<ControlPlaneOptions> = {}): Promise<Service> {
+  const app = await buildControlPlane({ store, ...options });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  const service: Service = {
+    url,
+    app,
+    store,
+    async call(method, path, body, headers = {}) {
+      const res = await fetch(`${url}${path}`, {
+        method,
+        headers: { ...(body !== undefined && { 'content-type': 'application/json' }), ...headers },
+        body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+      });
+      const text = await res.text();
+      return { status: res.status, body: text ? (JSON.parse(text) as unknown) : undefined };
+    },
+  };
+  services.push(service);
+  return service;
+}
+
+type StoreFactory = { name: string; make: (tag: string) => RegistryStore };
+const prefix = `loomtest-${randomBytes(4).toString('hex')}`;
+const factories: StoreFactory[] = [
+  { name: 'sqlite', make: (tag) => new SqliteStore(join(dir, `${tag}.db`)) },
+  { name: 'redis', make: (tag) => new RedisStore({ url: REDIS_URL, prefix: `${prefix}-${tag}` }) },
+];
+
+async function ready(store: RegistryStore): Promise<void> {
+  for (let i = 0; i < 50; i++) {
+    try {
+      await store.ping();
+      return;
+    } catch {
+      await sleep(50);
+    }
+  }
+  throw new Error(`${store.kind} store never became ready`);
+}
+
+let counter = 0;
+async function service(factory: StoreFactory, options: Partial<ControlPlaneOptions> = {}): Promise<Service> {
+  const store = factory.make(`t${++counter}`);
+  await ready(store);
+  return startService(store, options);
+}
+
+const beat = (s: Service, id: string, body: Record<string, unknown> = {}) =>
+  s.call('PUT', `/v1/nodes/${id}`, { url: `http://${id}.test:7071`, ...body });
+
+for (const factory of factories) {
+  describe(`control plane contract (${factory.name})`, () => {
+    it('registers nodes by heartbeat and tells the TTL and interval', async () => {
+      const s = await service(factory);
+      const res = await beat(s, 'node-1', { zone: 'z1', freeUploadSlots: 4 });
+      assert.equal(res.status, 200);
+      const body = res.body as { ttlSeconds: number; heartbeatIntervalSeconds: number };
+      assert.equal(body.ttlSeconds, 30);
+      assert.equal(body.heartbeatIntervalSeconds, 10);
+      const nodes = (await s.call('GET', '/v1/nodes')).body as {
+        nodes: Array<{ id: string; zone: string; freeUploadSlots: number }>;
+      };
+      assert.deepEqual(
+        nodes.nodes.map((n) => [n.id, n.zone, n.freeUploadSlots]),
+        [['node-1', 'z1', 4]],
+      );
+      assert.equal((await s.call('DELETE', '/v1/nodes/node-1')).status, 204);
+      assert.deepEqual(((await s.call('GET', '/v1/nodes')).body as { nodes: unknown[] }).nodes, []);
+      assert.equal((await s.call('DELETE', '/v1/nodes/node-1')).status, 404);
+    });
+
+    it('forgets a node that misses its heartbeats, in every answer', async () => {
+      const s = await service(factory, { nodeTtlMs: 400 });
+      await beat(s, 'short');
+      await beat(s, 'kept');
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}/replicas/short`, { complete: true })).status, 200);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}/replicas/kept`, { complete: true })).status, 200);
+      await sleep(250);
+      await beat(s, 'kept');
+      await sleep(250);
+      const nodes = ((await s.call('GET', '/v1/nodes')).body as { nodes: Array<{ id: string }> }).nodes.map(
+        (n) => n.id,
+      );
+      assert.deepEqual(nodes, ['kept']);
+      const peers = ((await s.call('GET', `/v1/blobs/${D1}/peers`)).body as { peers: Array<{ id: string }> }).peers;
+      assert.deepEqual(
+        peers.map((p) => p.id),
+        ['kept'],
+      );
+    });
+
+    it('locates complete before partial, same zone first but not only, least loaded first, never the asker', async () => {
+      const s = await service(factory);
+      const nodes: Array<[string, string, number, boolean]> = [
+        ['z1-complete-busy', 'z1', 1, true],
+        ['z1-complete-idle', 'z1', 9, true],
+        ['z1-partial', 'z1', 20, false],
+        ['z2-complete', 'z2', 50, true],
+        ['z2-partial', 'z2', 50, false],
+        ['asker', 'z1', 99, true],
+      ];
+      for (const [id, zone, slots, complete] of nodes) {
+        await beat(s, id, { zone, freeUploadSlots: slots });
+        const res = await s.call(
+          'PUT',
+          `/v1/blobs/${D1}/replicas/${id}`,
+          complete ? { complete } : { complete, pieces: [0, 2] },
+        );
+        assert.equal(res.status, 200);
+      }
+      const res = await s.call('GET', `/v1/blobs/${D1}/peers?node=asker&zone=z1`);
+      assert.equal(res.status, 200);
+      const peers = (res.body as { peers: Array<{ id: string; pieces: number[] | null; url: string }> }).peers;
+      assert.deepEqual(
+        peers.map((p) => p.id),
+        ['z1-complete-idle', 'z1-complete-busy', 'z2-complete', 'z1-partial', 'z2-partial'],
+      );
+      assert.deepEqual(peers[3]!.pieces, [0, 2]);
+      assert.equal(peers[0]!.url, 'http://z1-complete-idle.test:7071');
+      const limited = (await s.call('GET', `/v1/blobs/${D1}/peers?node=asker&zone=z1&limit=2`)).body as {
+        peers: unknown[];
+      };
+      assert.equal(limited.peers.length, 2);
+      assert.deepEqual(((await s.call('GET', `/v1/blobs/${D2}/peers`)).body as { peers: unknown[] }).peers, []);
+    });
+
+    it('shuffles holders that rank equal, so a fleet spreads over them', async () => {
+      const s = await service(factory);
+      for (let i = 0; i < 6; i++) {
+        await beat(s, `eq-${i}`, { freeUploadSlots: 3 });
+        await s.call('PUT', `/v1/blobs/${D1}/replicas/eq-${i}`, { complete: true });
+      }
+      const firsts = new Set<string>();
+      for (let i = 0; i < 30; i++) {
+        const peers = ((await s.call('GET', `/v1/blobs/${D1}/peers`)).body as { peers: Array<{ id: string }> }).peers;
+        assert.equal(peers.length, 6);
+        firsts.add(peers[0]!.id);
+      }
+      assert.ok(firsts.size >= 3, `first peer varied over ${firsts.size} nodes`);
+    });
+
+    it('keeps the first manifest and refuses a conflicting one', async () => {
+      const s = await service(factory);
+      const manifest = { size: 10, pieceSize: 4, pieces: [D1, D2, D1] };
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, manifest)).status, 201);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, manifest)).status, 200);
+      const conflict = await s.call('PUT', `/v1/blobs/${D1}`, { ...manifest, pieces: [D2, D2, D2] });
+      assert.equal(conflict.status, 409);
+      assert.equal((conflict.body as { error: { code: string } }).error.code, 'LOOM_ERR_CONFLICT');
+      assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...manifest });
+      assert.equal((await s.call('GET', `/v1/blobs/${D2}`)).status, 404);
+    });
+
+    it('withdraws a replica', async () => {
+      const s = await service(factory);
+      await beat(s, 'holder');
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/holder`, { complete: true });
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}/replicas/holder`)).status, 204);
+      assert.deepEqual(((await s.call('GET', `/v1/blobs/${D1}/peers`)).body as { peers: unknown[] }).peers, []);
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}/replicas/holder`)).status, 404);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}/replicas/ghost`, { complete: true })).status, 404);
+    });
+
+    it('maps source keys to digests, presigned variants to one key', async () => {
+      const s = await service(factory);
+      const signed = 'https://bucket.example/m.bin?X-Amz-Signature=abc&X-Amz-Date=1';
+      assert.equal((await s.call('PUT', '/v1/sources', { key: signed, digest: D1 })).status, 200);
+      const other = encodeURIComponent('https://bucket.example/m.bin?X-Amz-Signature=zzz');
+      assert.deepEqual((await s.call('GET', `/v1/sources?key=${other}`)).body, {
+        key: 'https://bucket.example/m.bin',
+        digest: D1,
+      });
+      assert.equal(
+        (await s.call('PUT', '/v1/sources', { key: 'hf://org/model/weights.safetensors', digest: D2 })).status,
+        200,
+      );
+      assert.equal(
+        (
+          (await s.call('GET', `/v1/sources?key=${encodeURIComponent('hf://org/model/weights.safetensors')}`)).body as {
+            digest: string;
+          }
+        ).digest,
+        D2,
+      );
+      assert.equal((await s.call('GET', `/v1/sources?key=${encodeURIComponent('s3://b/none')}`)).status, 404);
+    });
+
+    it('keeps a repeatedly reported replica out of locate answers for a while', async () => {
+      const s = await service(factory, { reportWindowMs: 600 });
+      for (const id of ['bad', 'good']) {
+        await beat(s, id);
+        await s.call('PUT', `/v1/blobs/${D1}/replicas/${id}`, { complete: true });
+      }
+      for (const reporter of ['r1', 'r2', 'r3']) {
+        const res = await s.call('POST', '/v1/reports', {
+          digest: D1,
+          node: 'bad',
+          reporter,
+          reason: 'piece digest mismatch',
+        });
+        assert.equal(res.status, 202);
+      }
+      const ids = async () =>
+        ((await s.call('GET', `/v1/blobs/${D1}/peers`)).body as { peers: Array<{ id: string }> }).peers.map(
+          (p) => p.id,
+        );
+      assert.deepEqual(await ids(), ['good']);
+      await sleep(700);
+      assert.deepEqual((await ids()).sort(), ['bad', 'good']);
+    });
+
+    it("keeps the original tool's /register and /locate working", async () => {
+      const s = await service(factory);
+      const res = await s.call('POST', '/register', { node: 'http://10.0.0.5:8080', model: 'llama-3-8b' });
+      assert.equal(res.status, 200);
+      await s.call('POST', '/register', { node: '10.0.0.6:8080', model: 'llama-3-8b' });
+      const located = (await s.call('GET', '/locate/llama-3-8b')).body as { nodes: string[] };
+      assert.deepEqual(located.nodes.sort(), ['http://10.0.0.5:8080', 'http://10.0.0.6:8080']);
+      assert.deepEqual(((await s.call('GET', '/locate/other')).body as { nodes: string[] }).nodes, []);
+    });
+
+    it('answers every invalid input with 400 naming the field, and changes nothing', async () => {
+      const s = await service(factory);
+      const cases: Array<[string, string, unknown, RegExp]> = [
+        ['PUT', '/v1/nodes/bad%20id', { url: 'http://x:1' }, /invalid id/],
+        ['PUT', `/v1/nodes/${'n'.repeat(129)}`, { url: 'http://x:1' }, /invalid id: must be at most 128/],
+        ['PUT', '/v1/nodes/ok', { url: 'ftp://x' }, /invalid body\.url/],
+        ['PUT', '/v1/nodes/ok', { url: 'http://x:1', freeUploadSlots: -1 }, /invalid body\.freeUploadSlots/],
+        ['PUT', '/v1/nodes/ok', { url: 'http://x:1', extra: 1 }, /invalid body/],
+        ['PUT', '/v1/nodes/ok', '{not json', /JSON|json/],
+        ['PUT', '/v1/blobs/xyz', { size: 1, pieceSize: 1, pieces: [D1] }, /invalid digest/],
+        ['PUT', `/v1/blobs/${D1}`, { size: 10, pieceSize: 4, pieces: [D1] }, /invalid body\.pieces/],
+        ['PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: ['zz'] }, /invalid body\.pieces\.0/],
+        ['PUT', `/v1/blobs/${D1}/replicas/ok`, { complete: 'yes' }, /invalid body\.complete/],
+        ['PUT', '/v1/sources', { key: 'file:///etc/passwd', digest: D1 }, /invalid body\.key/],
+        ['PUT', '/v1/sources', { key: 'https://x/y', digest: 'ABC' }, /invalid body\.digest/],
+        ['GET', `/v1/blobs/${D1}/peers?limit=0`, undefined, /invalid query\.limit/],
+        ['GET', `/v1/blobs/${D1}/peers?limit=abc`, undefined, /invalid query\.limit/],
+        ['GET', `/v1/blobs/${D1}/peers?node=a%20b`, undefined, /invalid query\.node/],
+        ['GET', '/v1/sources', undefined, /invalid query\.key/],
+        ['POST', '/v1/reports', { digest: D1, node: 'x' }, /invalid body\.reporter/],
+        ['POST', '/register', { node: 'x' }, /invalid body\.model/],
+        ['PUT', '/v1/nodes/ok', { url: `http://x:1/${'p'.repeat(70 * 1024)}` }, /larger than 65536 bytes/],
+      ];
+      for (const [method, path, body, message] of cases) {
+        const res = await s.call(method, path, body);
+        assert.equal(res.status, 400, `${method} ${path}: ${JSON.stringify(res.body)}`);
+        const error = (res.body as { error: { code: string; message: string } }).error;
+        assert.equal(error.code, 'LOOM_ERR_VALIDATION');
+        assert.match(error.message, message, `${method} ${path}`);
+      }
+      assert.deepEqual(((await s.call('GET', '/v1/nodes')).body as { nodes: unknown[] }).nodes, []);
+      assert.equal((await s.call('GET', `/v1/blobs/${D1}`)).status, 404);
+    });
+
+    it('serves health, readiness and Prometheus metrics', async () => {
+      const s = await service(factory);
+      await beat(s, 'm1');
+      await s.call('PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D1] });
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/m1`, { complete: true });
+      await s.call('GET', `/v1/blobs/${D1}/peers`);
+      assert.deepEqual((await s.call('GET', '/healthz')).body, { ok: true });
+      assert.deepEqual((await s.call('GET', '/readyz')).body, { ok: true, store: factory.name });
+      const res = await fetch(`${s.url}/metrics`);
+      const text = await res.text();
+      assert.equal(res.status, 200);
+      assert.match(
+        text,
+        /loom_cp_http_requests_total\{route="\/v1\/blobs\/:digest\/peers",method="GET",status="200"\} 1/,
+      );
+      assert.match(
+        text,
+        /loom_cp_http_request_duration_seconds_bucket\{le="0.01",route="\/v1\/nodes\/:id",method="PUT"\} 1/,
+      );
+      assert.match(text, /loom_cp_live_nodes 1/);
+      assert.match(text, /loom_cp_blobs 1/);
+      assert.match(text, /loom_cp_replicas 1/);
+    });
+
+    it('requires the bearer token for writes, and for reads unless they are open', async () => {
+      const token = 'x'.repeat(40);
+      const closed = await service(factory, { token });
+      const auth = { authorization: `Bearer ${token}` };
+      assert.equal((await beat(closed, 'n1')).status, 401);
+      assert.equal(
+        (await closed.call('PUT', '/v1/nodes/n1', { url: 'http://n1:1' }, { authorization: 'Bearer wrong' })).status,
+        401,
+      );
+      assert.equal((await closed.call('PUT', '/v1/nodes/n1', { url: 'http://n1:1' }, auth)).status, 200);
+      assert.equal((await closed.call('GET', '/v1/nodes')).status, 401);
+      assert.equal((await closed.call('GET', '/v1/nodes', undefined, auth)).status, 200);
+      assert.equal((await closed.call('GET', '/healthz')).status, 200);
+      const open = await service(factory, { token, openReads: true });
+      assert.equal((await open.call('GET', '/v1/nodes')).status, 200);
+      assert.equal((await beat(open, 'n2')).status, 401);
+      const unauthorized = await open.call('POST', '/register', { node: 'a', model: 'b' });
+      assert.equal(unauthorized.status, 401);
+      assert.equal((unauthorized.body as { error: { code: string } }).error.code, 'LOOM_ERR_UNAUTHORIZED');
+    });
+  });
+}
+
+describe('control plane persistence and replicas', () => {
+  it('keeps its data across a restart of the SQLite service', async () => {
+    const path = join(dir, 'restart.db');
+    const first = await startService(new SqliteStore(path), { nodeTtlMs: 60_000 });
+    await beat(first, 'survivor');
+    await first.call('PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D1] });
+    await first.call('PUT', `/v1/blobs/${D1}/replicas/survivor`, { complete: true });
+    await first.call('PUT', '/v1/sources', { key: 'https://o/x', digest: D1 });
+    await first.app.close();
+    await first.store.close();
+    services.splice(services.indexOf(first), 1);
+
+    const second = await startService(new SqliteStore(path), { nodeTtlMs: 60_000 });
+    assert.deepEqual(
+      ((await second.call('GET', `/v1/blobs/${D1}/peers`)).body as { peers: Array<{ id: string }> }).peers.map(
+        (p) => p.id,
+      ),
+      ['survivor'],
+    );
+    assert.equal(
+      ((await second.call('GET', `/v1/sources?key=${encodeURIComponent('https://o/x')}`)).body as { digest: string })
+        .digest,
+      D1,
+    );
+    assert.equal((await second.call('GET', `/v1/blobs/${D1}`)).status, 200);
+  });
+
+  it('gives the same answers from two services on one Redis', async () => {
+    const shared = `${prefix}-shared`;
+    const a = await startService(new RedisStore({ url: REDIS_URL, prefix: shared }));
+    const b = await startService(new RedisStore({ url: REDIS_URL, prefix: shared }));
+    await ready(a.store);
+    await ready(b.store);
+    await beat(a, 'via-a', { zone: 'z1' });
+    await beat(b, 'via-b', { zone: 'z2' });
+    await a.call('PUT', `/v1/blobs/${D1}/replicas/via-a`, { complete: true });
+    await b.call('PUT', `/v1/blobs/${D1}/replicas/via-b`, { complete: true });
+    assert.equal((await a.call('PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D1] })).status, 201);
+    assert.equal((await b.call('PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D2] })).status, 409);
+    const fromA = (await a.call('GET', `/v1/blobs/${D1}/peers?zone=z2`)).body;
+    const fromB = (await b.call('GET', `/v1/blobs/${D1}/peers?zone=z2`)).body;
+    assert.deepEqual(fromA, fromB);
+    assert.deepEqual(
+      (fromA as { peers: Array<{ id: string }> }).peers.map((p) => p.id),
+      ['via-b', 'via-a'],
+    );
+    assert.deepEqual((await a.call('GET', '/v1/nodes')).body, (await b.call('GET', '/v1/nodes')).body);
+  });
+});
