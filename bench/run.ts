@@ -3,12 +3,14 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { cacheScenarios } from './cache.bench.js';
+import { controlPlaneScenarios } from './control-plane.bench.js';
 import { fetchScenarios } from './fetch.bench.js';
 import { ROOT } from './lib.js';
 
 const scenarios: Record<string, () => Promise<Record<string, unknown>>> = {
   ...fetchScenarios,
   ...cacheScenarios,
+  ...controlPlaneScenarios,
 };
 
 const wanted = process.argv.slice(2);
