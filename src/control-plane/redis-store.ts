@@ -85,12 +85,18 @@ export class RedisStore implements RegistryStore {
         },
       );
     }
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${OPERATION_TIMEOUT_MS} ms`)), OPERATION_TIMEOUT_MS);
+    });
     try {
-      return await fn();
+      return await Promise.race([fn(), deadline]);
     } catch (err) {
       throw new StoreUnavailableError(`Redis at ${redact(this.options.url)} failed: ${(err as Error).message}`, {
         cause: err,
       });
+    } finally {
+      clearTimeout(timer);
     }
   }
 
