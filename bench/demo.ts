@@ -35,7 +35,9 @@ try {
   console.log(`Origin: ${url}\n  (object-store-like: 50 ms to first byte, 25 MB/s per connection; file: 128 MiB)\n`);
 
   const single = await loom(['-o', join(work, 'one-connection.bin'), '--workers', '1', '--no-cache']);
-  console.log(`1. One connection, like a plain download:   ${single.seconds.toFixed(2)} s  (${single.mbPerSecond} MB/s)`);
+  console.log(
+    `1. One connection, like a plain download:   ${single.seconds.toFixed(2)} s  (${single.mbPerSecond} MB/s)`,
+  );
 
   const parallel = await loom(['-o', join(work, 'model.safetensors')]);
   console.log(
@@ -53,7 +55,11 @@ try {
   const cp = await buildControlPlane({ store });
   const cpUrl = await cp.listen({ host: '127.0.0.1', port: 0 });
   const put = (path: string, body: unknown) =>
-    fetch(`${cpUrl}${path}`, { method: 'PUT', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body) });
+    fetch(`${cpUrl}${path}`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(body),
+    });
   for (const [id, zone] of [
     ['gpu-node-1', 'us-east-1a'],
     ['gpu-node-2', 'us-east-1b'],
@@ -62,7 +68,9 @@ try {
     await put(`/v1/blobs/${parallel.sha256}/replicas/${id}`, { complete: true });
   }
   await put('/v1/sources', { key: url, digest: parallel.sha256 });
-  const located = (await (await fetch(`${cpUrl}/v1/blobs/${parallel.sha256}/peers?node=gpu-node-3&zone=us-east-1b`)).json()) as {
+  const located = (await (
+    await fetch(`${cpUrl}/v1/blobs/${parallel.sha256}/peers?node=gpu-node-3&zone=us-east-1b`)
+  ).json()) as {
     peers: Array<{ id: string; zone: string }>;
   };
   console.log(

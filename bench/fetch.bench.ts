@@ -23,11 +23,20 @@ import {
 
 const OUT_DIR = join(DATA_DIR, 'out');
 
+/**
+ * loom fetch at its defaults, cache included, but with an empty cache every run: each run is
+ * a real download (into the cache, hashed, then linked), never a hit.
+ */
 function loom(url: string, extra: string[] = []): Promise<CommandRun> {
   const out = join(OUT_DIR, 'loom.bin');
+  const cacheDir = join(OUT_DIR, 'loom-cache');
   rmSync(out, { force: true });
-  return runChecked(LOOM_BIN, ['fetch', url, '-o', out, '--json', ...extra]).finally(() =>
-    rmSync(out, { force: true }),
+  rmSync(cacheDir, { recursive: true, force: true });
+  return runChecked(LOOM_BIN, ['fetch', url, '-o', out, '--json', ...extra], { LOOM_CACHE_DIR: cacheDir }).finally(
+    () => {
+      rmSync(out, { force: true });
+      rmSync(cacheDir, { recursive: true, force: true });
+    },
   );
 }
 

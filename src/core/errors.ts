@@ -225,6 +225,31 @@ export const ERROR_CODES = [
   'LOOM_ERR_NOT_FOUND',
   'LOOM_ERR_CONFLICT',
   'LOOM_ERR_STORE_UNAVAILABLE',
+  // Not a class: what the CLI and the services report for an unexpected failure (a bug).
+  'LOOM_ERR_INTERNAL',
+] as const;
+
+/** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
+export const ERROR_CLASSES = [
+  UsageError,
+  InvalidUrlError,
+  HttpStatusError,
+  NetworkError,
+  StallError,
+  BadResponseError,
+  RedirectError,
+  SourceChangedError,
+  DigestMismatchError,
+  DiskFullError,
+  DiskAccessError,
+  CacheError,
+  CorruptBlobError,
+  AbortedError,
+  ValidationError,
+  UnauthorizedError,
+  NotFoundError,
+  ConflictError,
+  StoreUnavailableError,
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];

@@ -217,9 +217,9 @@ class Download {
     if (this.options.computeSha256 || this.options.expectedSha256) this.hasher = new PrefixHasher(this.part);
     this.hasher?.advance(this.ranges.contiguousPrefix());
 
-    const probeTask = new RangeTask(probe.body.start, probe.body.end ?? probe.body.start);
+    const probeEnd = probe.body.end ?? probe.body.start;
     const planned = new RangeSet(this.ranges.toJSON());
-    planned.add(probeTask.start, probeTask.end);
+    planned.add(probe.body.start, probeEnd);
     const scheduler = new Scheduler(
       {
         chunkSize: this.options.chunkSize,
@@ -230,6 +230,7 @@ class Download {
       planned.missing(size),
     );
     const expect: ProbeExpectation = { size, validator: probe.validator };
+    const probeTask = new RangeTask(probe.body.start, probeEnd, scheduler.latency);
     scheduler.adopt(probeTask);
     const workers: Array<Promise<void>> = [this.worker(scheduler, expect, probeTask, probe.body)];
     for (let i = 1; i < this.options.workers; i++) workers.push(this.worker(scheduler, expect));

@@ -17,6 +17,7 @@ import {
   UsageError,
   fetchFile,
   type FetchOptions,
+  type FetchProgress,
 } from '../../src/index.js';
 import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 
@@ -63,7 +64,14 @@ async function fetchOk(server: OriginServer, name: string, options: FetchOptions
 describe('fetchFile', () => {
   it('downloads a file in parallel ranges and renames it into place', async () => {
     const server = await origin();
-    const result = await fetchOk(server, 'plain.bin', { sha256: content.sha256 });
+    const progress: FetchProgress[] = [];
+    const result = await fetchOk(server, 'plain.bin', { sha256: content.sha256, onProgress: (p) => progress.push(p) });
+    assert.ok(progress.length >= 1, 'progress was reported');
+    assert.deepEqual(
+      { done: progress.at(-1)!.doneBytes, total: progress.at(-1)!.totalBytes },
+      { done: SIZE, total: SIZE },
+      'the last progress event is the finished file',
+    );
     assert.equal(result.sha256, content.sha256);
     assert.equal(server.bytesServed, SIZE, 'every byte served exactly once');
     assert.ok(server.requests.length >= SIZE / CHUNK, 'one request per chunk');

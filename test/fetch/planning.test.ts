@@ -1,0 +1,95 @@
+// The pure parts of the engine: the set of finished ranges, the run plan and tail splits,
+// backoff, and the journal's shape.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { RangeSet } from '../../src/fetch/range-set.js';
+import { backoffDelay, parseRetryAfter } from '../../src/fetch/retry-policy.js';
+import { planRunSize, Scheduler } from '../../src/fetch/scheduler.js';
+
+const MiB = 1024 * 1024;
+
+describe('RangeSet', () => {
+  it('merges, measures and finds the gaps', () => {
+    const set = new RangeSet();
+    set.add(10, 20);
+    set.add(0, 5);
+    set.add(5, 10);
+    set.add(30, 40);
+    assert.deepEqual(set.toJSON(), [
+      [0, 20],
+      [30, 40],
+    ]);
+    assert.equal(set.size, 30);
+    assert.equal(set.contiguousPrefix(), 20);
+    assert.deepEqual(set.missing(50), [
+      [20, 30],
+      [40, 50],
+    ]);
+    assert.equal(set.covers(31, 39), true);
+    assert.equal(set.covers(15, 35), false);
+  });
+});
+
+describe('planning', () => {
+  const options = { chunkSize: 10 * MiB, workers: 16, minSplitSize: MiB };
+
+  it('gives each worker an even share of whole chunks for a big file', () => {
+    assert.equal(planRunSize([[0, 1024 * MiB]], options), 70 * MiB);
+    assert.equal(planRunSize([[0, 1024 * MiB]], { ...options, maxRequestSize: 10 * MiB }), 10 * MiB);
+  });
+
+  it('shares a small file evenly in pieces smaller than a chunk', () => {
+    assert.equal(planRunSize([[0, 6 * MiB]], { ...options, workers: 4 }), 1.5 * MiB);
+    assert.equal(planRunSize([[0, 2 * MiB]], options), MiB, 'never below the split minimum');
+  });
+
+  it('splits the slowest range in flight for an idle worker, at an aligned point', () => {
+    const scheduler = new Scheduler({ ...options, workers: 2, minSplitEtaMs: 0 }, [[0, 20 * MiB]]);
+    const first = scheduler.take()!;
+    assert.deepEqual([first.start, first.end], [0, 10 * MiB]);
+    const second = scheduler.take()!;
+    assert.deepEqual([second.start, second.end], [10 * MiB, 20 * MiB]);
+    scheduler.finish(second);
+    first.stalled(); // between attempts: counts as endlessly slow
+    const stolen = scheduler.take()!;
+    assert.deepEqual([stolen.start, stolen.end], [5 * MiB, 10 * MiB]);
+    assert.equal(first.end, 5 * MiB);
+    assert.equal(scheduler.splits, 1);
+  });
+
+  it('does not split a range that will finish soon', () => {
+    const scheduler = new Scheduler({ ...options, workers: 1 }, [[0, 4 * MiB]]);
+    const task = scheduler.take()!;
+    task.requested(performance.now());
+    assert.equal(scheduler.take(), undefined, 'just requested: not worth a new request');
+  });
+});
+
+describe('retry policy', () => {
+  const policy = { attempts: 6, baseDelayMs: 1000, factor: 2, maxDelayMs: 30_000, maxRetryAfterMs: 120_000 };
+
+  it('backs off exponentially with full jitter, capped', () => {
+    assert.equal(
+      backoffDelay(policy, 1, undefined, () => 0.5),
+      500,
+    );
+    assert.equal(
+      backoffDelay(policy, 3, undefined, () => 0.999),
+      3996,
+    );
+    assert.equal(
+      backoffDelay(policy, 10, undefined, () => 1),
+      30_000,
+    );
+  });
+
+  it('waits at least as long as Retry-After says', () => {
+    assert.equal(
+      backoffDelay(policy, 1, 5000, () => 0.1),
+      5000,
+    );
+    assert.equal(parseRetryAfter('7'), 7000);
+    assert.equal(parseRetryAfter(new Date(Date.now() + 10_000).toUTCString())! > 8000, true);
+    assert.equal(parseRetryAfter('soon'), undefined);
+  });
+});
