@@ -86,7 +86,10 @@ export async function objectStoreScenario(size = GiB): Promise<Record<string, un
   origin.setFile('/weights.bin', { file, size });
   const url = origin.url('/weights.bin');
   try {
-    const contenders: Record<string, () => Promise<CommandRun>> = { loom: () => loom(url) };
+    const contenders: Record<string, () => Promise<CommandRun>> = {
+      loom: () => loom(url),
+      'loom --no-cache': () => loom(url, ['--no-cache']),
+    };
     if (hasCommand('aria2c')) contenders['aria2c -x16 -s16 -k10M'] = () => aria2(url);
     const runs = await interleave(3, contenders);
     const sequential = await loom(url, ['--workers', '1']);
@@ -105,6 +108,13 @@ export async function objectStoreScenario(size = GiB): Promise<Record<string, un
         'loom is': ratio(sequential.seconds, loomSeconds),
       },
     ];
+    const plain = median(runs['loom --no-cache']!.map((r) => r.seconds));
+    rows.push({
+      client: 'loom --no-cache (no sha256, no cache)',
+      seconds: plain.toFixed(2),
+      'MB/s': mbps(size, plain),
+      'loom is': ratio(plain, loomSeconds),
+    });
     const aria = runs['aria2c -x16 -s16 -k10M'];
     if (aria) {
       const s = median(aria.map((r) => r.seconds));
@@ -134,9 +144,11 @@ export async function loopbackScenario(size = GiB): Promise<Record<string, unkno
     const https = nginx.httpsUrl(name);
     const runs = await interleave(3, {
       'loom http': () => loom(http),
-      'loom --no-fsync http': () => loom(http, ['--no-fsync']),
+      'loom --no-cache http': () => loom(http, ['--no-cache']),
+      'loom --no-cache --no-fsync http': () => loom(http, ['--no-cache', '--no-fsync']),
       'curl http': () => curl(http),
       'loom https': () => loom(https, ['--ca-cert', ca.caCertFile]),
+      'loom --no-cache https': () => loom(https, ['--no-cache', '--ca-cert', ca.caCertFile]),
       'curl https': () => curl(https, ['--cacert', ca.caCertFile]),
     });
     const secs = (k: string): number => median(runs[k]!.map((r) => r.seconds));
