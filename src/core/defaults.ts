@@ -26,5 +26,5 @@ export const DEFAULTS = {
   /** How often the resume journal is written while bytes arrive. */
   journalIntervalMs: 500,
   /** Size of the reads that hash the finished prefix of the file. */
-  hashReadSize: 4 * 1024 * 1024,
+  hashReadSize: 1024 * 1024,
 } as const;

@@ -215,7 +215,7 @@ class Download {
     }
     await this.part.preallocate(size, this.options.preallocation);
     this.saveJournal();
-    if (this.options.computeSha256 || this.options.expectedSha256) this.hasher = createPrefixHasher(this.part, size);
+    if (this.options.computeSha256 || this.options.expectedSha256) this.hasher = createPrefixHasher(this.part);
     this.hasher?.advance(this.ranges.contiguousPrefix());
 
     const probeEnd = probe.body.end ?? probe.body.start;
@@ -412,7 +412,7 @@ class Download {
         if (body.end !== undefined) await this.part.preallocate(body.end, this.options.preallocation);
         const hashing = this.options.computeSha256 || this.options.expectedSha256;
         this.hasher?.dispose();
-        this.hasher = hashing ? createPrefixHasher(this.part, body.end) : undefined;
+        this.hasher = hashing ? createPrefixHasher(this.part) : undefined;
         const task = new RangeTask(0, body.end ?? Infinity);
         await this.pump(body, task);
         if (body.end === undefined) await this.part.truncate(task.pos);
