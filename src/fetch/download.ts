@@ -17,7 +17,7 @@ import {
 import type { ProbeExpectation, ProbeResult, RangeBody, Source, Validator } from '../sources/source.js';
 import { journalMatches, journalPathFor, readJournal, removeJournal, writeJournal } from './journal.js';
 import { PartFile, type Preallocation } from './part-file.js';
-import { createPrefixHasher, type PrefixHasher } from './prefix-hasher.js';
+import { PrefixHasher } from './prefix-hasher.js';
 import { RangeSet, type ByteRange } from './range-set.js';
 import { backoffDelay, isRetryable, waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { RangeTask, Scheduler } from './scheduler.js';
@@ -168,7 +168,6 @@ class Download {
     } finally {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);
-      this.hasher?.dispose();
       await this.journalWrite;
       await this.backgroundSync;
       if (this.part) await this.part.close();
@@ -215,7 +214,7 @@ class Download {
     }
     await this.part.preallocate(size, this.options.preallocation);
     this.saveJournal();
-    if (this.options.computeSha256 || this.options.expectedSha256) this.hasher = createPrefixHasher(this.part);
+    if (this.options.computeSha256 || this.options.expectedSha256) this.hasher = new PrefixHasher(this.part);
     this.hasher?.advance(this.ranges.contiguousPrefix());
 
     const probeEnd = probe.body.end ?? probe.body.start;
@@ -411,8 +410,7 @@ class Download {
         this.part = await PartFile.open(this.partPath);
         if (body.end !== undefined) await this.part.preallocate(body.end, this.options.preallocation);
         const hashing = this.options.computeSha256 || this.options.expectedSha256;
-        this.hasher?.dispose();
-        this.hasher = hashing ? createPrefixHasher(this.part) : undefined;
+        this.hasher = hashing ? new PrefixHasher(this.part) : undefined;
         const task = new RangeTask(0, body.end ?? Infinity);
         await this.pump(body, task);
         if (body.end === undefined) await this.part.truncate(task.pos);

@@ -9,26 +9,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { DEFAULTS } from '../core/defaults.js';
 import type { PartFile } from './part-file.js';
 
-export interface PrefixHasher {
-  /** Tells the hasher that [0, prefixEnd) is on disk; hashing continues in the background. */
-  advance(prefixEnd: number): void;
-  /** Hashes up to `size` and returns the hex digest. */
-  digest(size: number): Promise<string>;
-  /** Stops early (the download failed). */
-  dispose(): void;
-}
-
-/** Files at least this big are hashed on a worker thread (starting one costs ~30 ms). */
-const WORKER_THRESHOLD = Number(process.env.LOOM_HASH_WORKER_MIN ?? 64 * 1024 * 1024);
-
-export function createPrefixHasher(file: PartFile, size: number | undefined): PrefixHasher {
-  return size !== undefined && size >= WORKER_THRESHOLD
-    ? new ThreadedPrefixHasher(file.path)
-    : new InlinePrefixHasher(file);
-}
-
-/** Hashes on the main thread, between socket reads. */
-export class InlinePrefixHasher implements PrefixHasher {
+export class PrefixHasher {
   private readonly hash: Hash = createHash('sha256');
   private hashed = 0;
   private target = 0;
@@ -43,6 +24,7 @@ export class InlinePrefixHasher implements PrefixHasher {
     this.buffer = Buffer.allocUnsafe(readSize);
   }
 
+  /** Tells the hasher that [0, prefixEnd) is on disk; hashing continues in the background. */
   advance(prefixEnd: number): void {
     if (prefixEnd <= this.target) return;
     this.target = prefixEnd;
@@ -65,12 +47,11 @@ export class InlinePrefixHasher implements PrefixHasher {
     }
   }
 
+  /** Hashes up to `size` and returns the hex digest. */
   async digest(size: number): Promise<string> {
     this.advance(size);
     while (this.running) await this.running;
     if (this.failure) throw this.failure;
     return this.hash.digest('hex');
   }
-
-  dispose(): void {}
 }
