@@ -1,5 +1,5 @@
-// Which peers a node should fetch a blob from: live holders only, never the asker, none
-// under quarantine; complete replicas before partial, the asker's zone before others (but
+// Which peers a node should fetch a blob from (the store has already left out dead and
+// quarantined holders): never the asker; complete replicas before partial, the asker's zone before others (but
 // others too), least loaded first, shuffled among equals so that a fleet starting at once
 // spreads over the holders instead of piling on the first.
 import type { Candidate } from './model.js';
@@ -12,13 +12,10 @@ export interface LocateQuery {
 
 export function rankCandidates(
   candidates: Candidate[],
-  quarantined: Set<string>,
   query: LocateQuery,
   random: () => number = Math.random,
 ): Candidate[] {
-  const eligible = candidates
-    .filter((c) => c.node.id !== query.asker && !quarantined.has(c.node.id))
-    .map((c) => ({ c, tiebreak: random() }));
+  const eligible = candidates.filter((c) => c.node.id !== query.asker).map((c) => ({ c, tiebreak: random() }));
   const zoneRank = (c: Candidate): number => (query.zone !== undefined && c.node.zone === query.zone ? 0 : 1);
   eligible.sort(
     (a, b) =>

@@ -38,6 +38,12 @@ export interface Candidate {
   replica: Replica;
 }
 
+/** Reports that keep a replica out of locate answers. */
+export interface Quarantine {
+  windowMs: number;
+  threshold: number;
+}
+
 export type ManifestWrite = 'created' | 'unchanged' | 'conflict';
 
 export interface StoreCounts {
@@ -58,14 +64,15 @@ export interface RegistryStore {
   getManifest(digest: string): Promise<Manifest | undefined>;
   putReplica(replica: Replica): Promise<void>;
   removeReplica(digest: string, nodeId: string): Promise<boolean>;
-  /** Replicas of `digest` whose node is live at `now`. */
-  candidates(digest: string, now: number): Promise<Candidate[]>;
+  /**
+   * Replicas of `digest` whose node is live at `now`; with `quarantine`, without those
+   * reported at least `threshold` times within the window.
+   */
+  candidates(digest: string, now: number, quarantine?: Quarantine): Promise<Candidate[]>;
   putSource(key: string, digest: string): Promise<void>;
   getSource(key: string): Promise<string | undefined>;
   /** Records a report against a replica; returns how many distinct reporters it has in the window. */
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number>;
-  /** Nodes reported at least `threshold` times for `digest` within the window. */
-  quarantined(digest: string, now: number, windowMs: number, threshold: number): Promise<Set<string>>;
   counts(now: number): Promise<StoreCounts>;
   /** Throws StoreUnavailableError when the store cannot be reached. */
   ping(): Promise<void>;

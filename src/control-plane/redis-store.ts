@@ -6,7 +6,16 @@
 import { createHash } from 'node:crypto';
 import { createClient, type RedisClientType } from 'redis';
 import { StoreUnavailableError } from '../core/errors.js';
-import type { Candidate, Manifest, ManifestWrite, NodeRecord, RegistryStore, Replica, StoreCounts } from './model.js';
+import type {
+  Candidate,
+  Manifest,
+  ManifestWrite,
+  NodeRecord,
+  Quarantine,
+  RegistryStore,
+  Replica,
+  StoreCounts,
+} from './model.js';
 import { sameManifest } from './sqlite-store.js';
 
 export interface RedisStoreOptions {
@@ -186,10 +195,13 @@ export class RedisStore implements RegistryStore {
     return this.run(async () => Number(await this.client.hDel(this.blobKey(digest, 'replicas'), nodeId)) > 0);
   }
 
-  candidates(digest: string, now: number): Promise<Candidate[]> {
+  candidates(digest: string, now: number, quarantine?: Quarantine): Promise<Candidate[]> {
     return this.run(async () => {
-      const replicas = (await this.client.hGetAll(this.blobKey(digest, 'replicas'))) as Record<string, string>;
-      const ids = Object.keys(replicas);
+      const [replicas, excluded] = await Promise.all([
+        this.client.hGetAll(this.blobKey(digest, 'replicas')) as Promise<Record<string, string>>,
+        quarantine ? this.quarantined(digest, now, quarantine) : Promise.resolve(new Set<string>()),
+      ]);
+      const ids = Object.keys(replicas).filter((id) => !excluded.has(id));
       const live = await this.liveRecords(ids, now);
       const out: Candidate[] = [];
       for (const id of ids) {
@@ -203,6 +215,17 @@ export class RedisStore implements RegistryStore {
       }
       return out;
     });
+  }
+
+  /** Nodes reported at least `threshold` times for `digest` within the window. */
+  private async quarantined(digest: string, now: number, { windowMs, threshold }: Quarantine): Promise<Set<string>> {
+    const members = await this.client.zRangeByScore(this.blobKey(digest, 'reports'), `(${now - windowMs}`, '+inf');
+    const counts = new Map<string, number>();
+    for (const member of members) {
+      const node = member.split('\n')[0]!;
+      counts.set(node, (counts.get(node) ?? 0) + 1);
+    }
+    return new Set([...counts].filter(([, n]) => n >= threshold).map(([node]) => node));
   }
 
   putSource(key: string, digest: string): Promise<void> {
@@ -226,18 +249,6 @@ export class RedisStore implements RegistryStore {
       await this.client.pExpire(key, windowMs);
       const members = await this.client.zRangeByScore(key, now - windowMs, '+inf');
       return members.filter((m) => m.split('\n')[0] === nodeId).length;
-    });
-  }
-
-  quarantined(digest: string, now: number, windowMs: number, threshold: number): Promise<Set<string>> {
-    return this.run(async () => {
-      const members = await this.client.zRangeByScore(this.blobKey(digest, 'reports'), `(${now - windowMs}`, '+inf');
-      const counts = new Map<string, number>();
-      for (const member of members) {
-        const node = member.split('\n')[0]!;
-        counts.set(node, (counts.get(node) ?? 0) + 1);
-      }
-      return new Set([...counts].filter(([, n]) => n >= threshold).map(([node]) => node));
     });
   }
 

@@ -231,12 +231,11 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     async (request: FastifyRequest<{ Params: { digest: string } }>) => {
       const digest = parse(digestSchema, request.params.digest, 'digest');
       const query = parse(peersQuery, request.query, 'query');
-      const now = Date.now();
-      const [candidates, quarantined] = await Promise.all([
-        store.candidates(digest, now),
-        store.quarantined(digest, now, reportWindowMs, reportThreshold),
-      ]);
-      const ranked = rankCandidates(candidates, quarantined, {
+      const candidates = await store.candidates(digest, Date.now(), {
+        windowMs: reportWindowMs,
+        threshold: reportThreshold,
+      });
+      const ranked = rankCandidates(candidates, {
         asker: query.node,
         zone: query.zone,
         limit: query.limit,

@@ -3,7 +3,16 @@
 // from answers the moment its TTL lapses; a sweep deletes the leftovers.
 import Database from 'better-sqlite3';
 import { StoreUnavailableError } from '../core/errors.js';
-import type { Candidate, Manifest, ManifestWrite, NodeRecord, RegistryStore, Replica, StoreCounts } from './model.js';
+import type {
+  Candidate,
+  Manifest,
+  ManifestWrite,
+  NodeRecord,
+  Quarantine,
+  RegistryStore,
+  Replica,
+  StoreCounts,
+} from './model.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS nodes (
@@ -75,8 +84,11 @@ export class SqliteStore implements RegistryStore {
          FROM replicas r JOIN nodes n ON n.id = r.node_id
          WHERE r.digest = ? AND n.expires_at > ?`,
       ),
-      quarantined: this.db.prepare(
-        `SELECT node_id FROM reports WHERE digest = ? AND at > ? GROUP BY node_id HAVING count(*) >= ?`,
+      candidatesTrusted: this.db.prepare(
+        `SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, r.digest, r.complete, r.pieces, r.updated_at
+         FROM replicas r JOIN nodes n ON n.id = r.node_id
+         WHERE r.digest = ? AND n.expires_at > ?
+           AND (SELECT count(*) FROM reports p WHERE p.digest = r.digest AND p.node_id = r.node_id AND p.at > ?) < ?`,
       ),
     };
   }
@@ -175,9 +187,13 @@ export class SqliteStore implements RegistryStore {
     );
   }
 
-  candidates(digest: string, now: number): Promise<Candidate[]> {
+  candidates(digest: string, now: number, quarantine?: Quarantine): Promise<Candidate[]> {
     return this.run(() =>
-      (this.statements.candidates.all(digest, now) as CandidateRow[]).map((r) => ({
+      (
+        (quarantine
+          ? this.statements.candidatesTrusted.all(digest, now, now - quarantine.windowMs, quarantine.threshold)
+          : this.statements.candidates.all(digest, now)) as CandidateRow[]
+      ).map((r) => ({
         node: {
           id: r.id,
           url: r.url,
@@ -228,17 +244,6 @@ export class SqliteStore implements RegistryStore {
         .get(digest, nodeId, now - windowMs) as { n: number };
       return row.n;
     });
-  }
-
-  quarantined(digest: string, now: number, windowMs: number, threshold: number): Promise<Set<string>> {
-    return this.run(
-      () =>
-        new Set(
-          (this.statements.quarantined.all(digest, now - windowMs, threshold) as Array<{ node_id: string }>).map(
-            (r) => r.node_id,
-          ),
-        ),
-    );
   }
 
   counts(now: number): Promise<StoreCounts> {
