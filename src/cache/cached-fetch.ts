@@ -4,7 +4,7 @@
 // When the cache itself cannot be used, the download goes straight to the output path.
 import { performance } from 'node:perf_hooks';
 import { CacheError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
-import type { DownloadStats } from '../fetch/download.js';
+import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import { fetchFile, type FetchResult } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { httpSourceFor } from '../sources/http.js';
@@ -34,15 +34,6 @@ export interface CachedFetchResult extends FetchResult {
   /** True when another process on this node downloaded it while this one waited. */
   waited: boolean;
 }
-
-const ZERO_STATS: DownloadStats = {
-  transferredBytes: 0,
-  resumedBytes: 0,
-  requests: 0,
-  retries: 0,
-  restarts: 0,
-  splits: 0,
-};
 
 export async function fetchCached(
   url: string,
@@ -76,7 +67,7 @@ export async function fetchCached(
     url: source.url,
     finalUrl: fields.finalUrl ?? source.url,
     seconds: (performance.now() - started) / 1000,
-    stats: fields.stats ?? ZERO_STATS,
+    stats: fields.stats ?? emptyStats(),
     ...fields,
   });
   const serve = async (entry: { digest: string; size: number; validator: Validator }, waited: boolean) => {

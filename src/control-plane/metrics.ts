@@ -1,7 +1,7 @@
 // Prometheus metrics of the control plane (prom-client): requests by route and status, a
 // latency histogram, and the live nodes, blobs and replicas the store holds.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { RegistryStore } from './model.js';
+import type { RegistryStore, StoreCounts } from './model.js';
 
 export class ControlPlaneMetrics {
   readonly registry = new Registry();
@@ -22,34 +22,22 @@ export class ControlPlaneMetrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers: [this.registry],
     });
-    const counts = async (): Promise<{ liveNodes: number; blobs: number; replicas: number } | undefined> =>
-      store.counts(Date.now()).catch(() => undefined);
-    new Gauge({
-      name: 'loom_cp_live_nodes',
-      help: 'Nodes whose heartbeat has not lapsed',
-      registers: [this.registry],
-      async collect() {
-        const c = await counts();
-        if (c) this.set(c.liveNodes);
-      },
-    });
-    new Gauge({
-      name: 'loom_cp_blobs',
-      help: 'Blobs with a recorded manifest',
-      registers: [this.registry],
-      async collect() {
-        const c = await counts();
-        if (c) this.set(c.blobs);
-      },
-    });
-    new Gauge({
-      name: 'loom_cp_replicas',
-      help: 'Replicas recorded (SQLite: of live nodes)',
-      registers: [this.registry],
-      async collect() {
-        const c = await counts();
-        if (c) this.set(c.replicas);
-      },
-    });
+    const counts = async (): Promise<StoreCounts | undefined> => store.counts(Date.now()).catch(() => undefined);
+    const gauges: Array<[name: string, help: string, field: keyof StoreCounts]> = [
+      ['loom_cp_live_nodes', 'Nodes whose heartbeat has not lapsed', 'liveNodes'],
+      ['loom_cp_blobs', 'Blobs with a recorded manifest', 'blobs'],
+      ['loom_cp_replicas', 'Replicas recorded (SQLite: of live nodes)', 'replicas'],
+    ];
+    for (const [name, help, field] of gauges) {
+      new Gauge({
+        name,
+        help,
+        registers: [this.registry],
+        async collect() {
+          const c = await counts();
+          if (c) this.set(c[field]);
+        },
+      });
+    }
   }
 }

@@ -19,6 +19,7 @@ import { journalMatches, journalPathFor, readJournal, removeJournal, writeJourna
 import { PartFile, type Preallocation } from './part-file.js';
 import { PrefixHasher } from './prefix-hasher.js';
 import { RangeSet, type ByteRange } from './range-set.js';
+import { emptyStats, type DownloadStats } from './stats.js';
 import { backoffDelay, isRetryable, waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { RangeTask, Scheduler } from './scheduler.js';
 import { slabPoolFor, type SlabPool } from './slab-pool.js';
@@ -35,19 +36,6 @@ export interface FetchProgress {
   /** Requests with a response open right now. */
   activeRequests: number;
   retries: number;
-}
-
-export interface DownloadStats {
-  /** Bytes received over the network in this run (retried bytes count twice). */
-  transferredBytes: number;
-  /** Bytes found on disk from an earlier, interrupted run. */
-  resumedBytes: number;
-  requests: number;
-  retries: number;
-  /** Times the download started over because the file changed under it. */
-  restarts: number;
-  /** Ranges split to keep idle workers busy at the tail. */
-  splits: number;
 }
 
 export interface DownloadResult {
@@ -89,14 +77,7 @@ export async function downloadToPart(
   partPath: string,
   options: DownloadOptions,
 ): Promise<DownloadResult> {
-  const stats: DownloadStats = {
-    transferredBytes: 0,
-    resumedBytes: 0,
-    requests: 0,
-    retries: 0,
-    restarts: 0,
-    splits: 0,
-  };
+  const stats = emptyStats();
   for (;;) {
     try {
       return await new Download(source, partPath, options, stats).run();

@@ -1,0 +1,19 @@
+// The counters a download reports (in --json and to library callers). Kept apart from the
+// engine so that a cache hit can report zeros without loading the engine.
+
+export interface DownloadStats {
+  /** Bytes received over the network in this run (retried bytes count twice). */
+  transferredBytes: number;
+  /** Bytes found on disk from an earlier, interrupted run. */
+  resumedBytes: number;
+  requests: number;
+  retries: number;
+  /** Times the download started over because the file changed under it. */
+  restarts: number;
+  /** Ranges split to keep idle workers busy at the tail. */
+  splits: number;
+}
+
+export function emptyStats(): DownloadStats {
+  return { transferredBytes: 0, resumedBytes: 0, requests: 0, retries: 0, restarts: 0, splits: 0 };
+}
