@@ -91,8 +91,10 @@ export async function fetchCached(
     }
 
     const cached = await usableEntry(index, layout, key);
+    // A cached copy of other bytes than the digest asked for is not an answer: download and verify.
     if (
       cached &&
+      (expected === undefined || cached.digest === expected) &&
       (await isFresh(
         cached,
         source,

@@ -128,6 +128,18 @@ describe('fetchCached', () => {
     assert.equal(await sha256OfFile(join(dir, 'o3.bin')), content.sha256);
   });
 
+  it('does not serve a cached copy whose digest differs from --sha256', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    await fetchCached(server.url('/model.bin'), join(dir, 's1.bin'), { ...FAST, cacheDir });
+    const wrong = 'e'.repeat(64);
+    await assert.rejects(
+      fetchCached(server.url('/model.bin'), join(dir, 's2.bin'), { ...FAST, cacheDir, sha256: wrong }),
+      /sha256 mismatch/,
+    );
+    assert.equal(existsSync(join(dir, 's2.bin')), false);
+  });
+
   it('takes a blob by its digest without asking any origin', async () => {
     const server = await origin();
     const cacheDir = freshCache();
