@@ -1,7 +1,8 @@
 // `loom fetch`: one URL to one file, a thin layer over fetchFile. It also accepts the
 // original tool's spelling (`--url URL --out PATH`), with --out defaulting to the URL's
 // file name.
-import { basename } from 'node:path';
+import { existsSync, statSync } from 'node:fs';
+import { basename, join } from 'node:path';
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULTS } from '../core/defaults.js';
 import { EXIT, UsageError } from '../core/errors.js';
@@ -83,6 +84,13 @@ export function defaultOutFor(url: string): string {
     throw new UsageError(`cannot take a file name from ${url}`, { hint: 'give the output path with -o PATH' });
   }
   return name;
+}
+
+/** --out as given; a directory (existing, or written with a trailing slash) gets the URL's file name. */
+export function resolveOut(out: string | undefined, url: string): string {
+  if (out === undefined) return defaultOutFor(url);
+  const isDirectory = out.endsWith('/') || (existsSync(out) && statSync(out).isDirectory());
+  return isDirectory ? join(out, defaultOutFor(url)) : out;
 }
 
 export function addFetchOptions(command: Command): Command {
@@ -178,7 +186,7 @@ async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<
     if (!url) throw new UsageError('no URL given', { hint: 'run loom fetch <url> -o <path>' });
     if (urlArg && flags.url && urlArg !== flags.url)
       throw new UsageError('two different URLs given (argument and --url)');
-    const out = flags.out ?? defaultOutFor(url);
+    const out = resolveOut(flags.out, url);
     const view = createProgressView(basename(out), wantsProgressBar(flags));
     const options = fetchOptionsFrom(flags, interrupt.signal);
     options.onProgress = (p) => view.update(p);

@@ -59,6 +59,10 @@ describe('loom fetch', () => {
     const derived = await runLoom(['fetch', '--url', server.url('/model.bin'), '-q'], {}, cwd);
     assert.equal(derived.code, 0, derived.stderr);
     assert.equal(await sha256OfFile(join(cwd, 'model.bin')), content.sha256);
+
+    const intoDirectory = await runLoom(['fetch', server.url('/model.bin'), '-o', `${dir}/`, '-q']);
+    assert.equal(intoDirectory.code, 0, intoDirectory.stderr);
+    assert.equal(await sha256OfFile(join(dir, 'model.bin')), content.sha256);
   });
 
   it('exits 2 with one line for an invalid URL, an unknown flag or a bad worker count', async () => {
