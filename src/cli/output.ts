@@ -1,6 +1,6 @@
 // How the CLI speaks: short human lines on stderr, one JSON document on stdout with --json,
 // and an exit code a script can switch on (see the README's table).
-import { EXIT, LoomError, UsageError } from '../core/errors.js';
+import { EXIT, LoomError } from '../core/errors.js';
 
 export interface OutputFlags {
   json?: boolean;
@@ -15,10 +15,6 @@ export function say(flags: OutputFlags, line: string): void {
   if (!flags.quiet && !flags.json) process.stderr.write(`${line}\n`);
 }
 
-export function warn(line: string): void {
-  process.stderr.write(`loom: warning: ${line}\n`);
-}
-
 /** Prints an error the way the user asked for, and returns the exit code for it. */
 export function reportError(err: unknown, flags: OutputFlags): number {
   const error = err instanceof LoomError ? err : undefined;
@@ -28,8 +24,4 @@ export function reportError(err: unknown, flags: OutputFlags): number {
   if (flags.json) printJson({ ok: false, error: error ? error.toJSON() : { code: 'LOOM_ERR_INTERNAL', message } });
   if (error) return error.exitCode;
   return EXIT.internal;
-}
-
-export function usage(message: string, hint?: string): UsageError {
-  return new UsageError(message, { hint });
 }

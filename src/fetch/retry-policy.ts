@@ -1,7 +1,6 @@
 // When to try a failed request again and how long to wait first: exponential backoff with
 // full jitter (spreads a fleet's retries apart), floored by the server's Retry-After.
 import { setTimeout as sleep } from 'node:timers/promises';
-import { DEFAULTS } from '../core/defaults.js';
 import {
   AbortedError,
   BadResponseError,
@@ -23,8 +22,6 @@ export interface RetryOptions {
   /** A longer Retry-After fails at once. Default 120 s. */
   maxRetryAfterMs: number;
 }
-
-export const DEFAULT_RETRY: RetryOptions = { ...DEFAULTS.retry };
 
 /** True when another attempt may succeed: network faults, stalls, lies, 5xx, 408, 429. */
 export function isRetryable(err: unknown): boolean {
