@@ -44,8 +44,10 @@ export function createProgressView(label: string, enabled: boolean): ProgressVie
         lastBytes = progress.transferredBytes;
         lastAt = now;
       }
+      // Every byte is on disk: what is left is the hash's tail and the flush before the rename.
+      const finishing = progress.totalBytes !== undefined && progress.doneBytes >= progress.totalBytes;
       const payload = {
-        label: currentLabel,
+        label: finishing ? `${currentLabel} (verifying, flushing)` : currentLabel,
         done: formatBytes(progress.doneBytes),
         totalText: progress.totalBytes === undefined ? '?' : formatBytes(total),
         rate: formatBytes(Math.round(rate)),
