@@ -2,24 +2,14 @@
 // HTTP and HTTPS, with its own config and pid file in a temporary directory.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from './ports.js';
 
 export interface NginxOrigin {
   httpUrl: (file: string) => string;
   httpsUrl: (file: string) => string;
   stop: () => void;
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 export async function startNginx(root: string, tls: { cert: string; key: string }): Promise<NginxOrigin> {

@@ -7,7 +7,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
 import { DiskFullError, fetchFile } from '../../src/index.js';
-import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir } from '../helpers/fixtures.js';
+import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
 
 const dir = tempDir();
@@ -21,14 +21,6 @@ async function origin(options: OriginOptions = {}): Promise<OriginServer> {
   return server;
 }
 after(() => Promise.all(servers.map((s) => s.close())));
-
-async function waitFor(check: () => boolean, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) throw new Error('timed out waiting');
-    await sleep(20);
-  }
-}
 
 describe('loom fetch', () => {
   it('downloads and prints one JSON summary with --json', async () => {
@@ -163,6 +155,7 @@ describe('loom fetch', () => {
     const child = startLoom(args);
     const done = collect(child);
     await waitFor(
+      'bytes in the journal',
       () =>
         existsSync(journal) && (JSON.parse(readFileSync(journal, 'utf8')) as { ranges: unknown[] }).ranges.length > 0,
     );
@@ -196,7 +189,7 @@ describe('loom fetch', () => {
       '1MiB',
     ]);
     const done = collect(child);
-    await waitFor(() => existsSync(`${out}.part`));
+    await waitFor('the download to start', () => existsSync(`${out}.part`));
     await sleep(400);
     child.kill('SIGINT');
     const run = await done;

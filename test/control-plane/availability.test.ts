@@ -4,25 +4,14 @@ import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
 import { RedisStore } from '../../src/control-plane/redis-store.js';
 import { buildControlPlane, ControlPlaneClient } from '../../src/index.js';
-import { collect, startLoom, tempDir } from '../helpers/fixtures.js';
+import { collect, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { freePort, startRedisServer, stopRedisServer } from '../helpers/redis.js';
 
 const dir = tempDir();
 const D1 = 'c'.repeat(64);
-
-async function until<T>(what: string, fn: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const value = await fn().catch(() => undefined);
-    if (value !== undefined) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(100);
-  }
-}
 
 describe('control plane availability', () => {
   it('answers 503 while Redis is down and recovers by itself when it returns', async () => {
@@ -42,10 +31,10 @@ describe('control plane availability', () => {
         headers: { 'content-type': 'application/json' },
         body: JSON.stringify({ url: 'http://n1:1' }),
       });
-    await until('redis ready', async () => ((await beat()).status === 200 ? true : undefined));
+    await waitFor('redis ready', async () => ((await beat()).status === 200 ? true : undefined));
 
     await stopRedisServer(redis);
-    await until('store down', async () => ((await fetch(`${url}/readyz`)).status === 503 ? true : undefined));
+    await waitFor('store down', async () => ((await fetch(`${url}/readyz`)).status === 503 ? true : undefined));
     const write = await beat();
     assert.equal(write.status, 503);
     const body = (await write.json()) as { error: { code: string; message: string } };
@@ -56,7 +45,7 @@ describe('control plane availability', () => {
     assert.equal((await fetch(`${url}/healthz`)).status, 200, 'the process itself is healthy');
 
     redis = await startRedisServer(port);
-    await until('recovery', async () => ((await beat()).status === 200 ? true : undefined));
+    await waitFor('recovery', async () => ((await beat()).status === 200 ? true : undefined));
     assert.equal((await fetch(`${url}/readyz`)).status, 200);
     const nodes = (await (await fetch(`${url}/v1/nodes`)).json()) as { nodes: Array<{ id: string }> };
     assert.deepEqual(
@@ -100,7 +89,7 @@ describe('control plane availability', () => {
     ]);
     const done = collect(child);
     const base = `http://127.0.0.1:${port}`;
-    await until('listening', async () => ((await fetch(`${base}/healthz`)).ok ? true : undefined));
+    await waitFor('listening', async () => ((await fetch(`${base}/healthz`)).ok ? true : undefined));
     const client = new ControlPlaneClient({ baseUrl: base, token: 't'.repeat(32) });
     assert.equal(await client.heartbeat('cli-node', { url: 'http://cli-node:7071' }), 10);
     const anonymous = await fetch(`${base}/v1/nodes/x`, {
@@ -150,7 +139,7 @@ describe('loom fetch --serve', () => {
     ]);
     const done = collect(child);
     const base = `http://127.0.0.1:${port}`;
-    const located = await until('registry up', async () => {
+    const located = await waitFor('registry up', async () => {
       const res = await fetch(`${base}/locate/served.bin`);
       return res.ok ? ((await res.json()) as { nodes: string[] }) : undefined;
     });

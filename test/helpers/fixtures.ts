@@ -2,7 +2,7 @@
 // runner for the built `loom` binary.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, mkdtempSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -27,11 +27,7 @@ export function sha256Of(bytes: Buffer): string {
   return createHash('sha256').update(bytes).digest('hex');
 }
 
-export async function sha256OfFile(path: string): Promise<string> {
-  const hash = createHash('sha256');
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
-  return hash.digest('hex');
-}
+export { sha256OfFile } from '../../src/cache/blob-store.js';
 
 export interface RunResult {
   code: number | null;
@@ -68,4 +64,21 @@ export function collect(child: ChildProcess): Promise<RunResult> {
 
 export function runLoom(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string): Promise<RunResult> {
   return collect(startLoom(args, env, cwd));
+}
+
+/** Polls `check` every 50 ms until it yields a value (not undefined, not false) or `timeoutMs` passes. */
+export async function waitFor<T>(
+  what: string,
+  check: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 10_000,
+): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await Promise.resolve()
+      .then(check)
+      .catch(() => undefined);
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
 }

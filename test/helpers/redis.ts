@@ -1,20 +1,11 @@
 // The Redis server the tests use: the machine's own on 127.0.0.1:6379 (CI starts one if it
 // is missing), or LOOM_TEST_REDIS_URL. Tests use a key prefix of their own and drop it.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createServer } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 export const REDIS_URL = process.env.LOOM_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
-export async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer();
-    server.listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
+export { freePort } from '../../bench/origin/ports.js';
 
 /** A private redis-server on `port`, for tests that stop and restart Redis. */
 export async function startRedisServer(port: number): Promise<ChildProcess> {
