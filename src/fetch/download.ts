@@ -322,7 +322,7 @@ class Download {
         const limit = Math.min(task.end, declaredEnd);
         const take = Math.min(buffer.length, limit - task.pos);
         if (take > 0) {
-          task.flowing(performance.now());
+          task.flowing();
           task.pos += take;
           await writer.push(take === buffer.length ? buffer : buffer.subarray(0, take));
         }

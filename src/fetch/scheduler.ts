@@ -41,8 +41,9 @@ export class RangeTask {
   }
 
   /** Marks that bytes are flowing (again) from `pos`; a retry restarts the measurement. */
-  flowing(now: number): void {
+  flowing(): void {
     if (this.flowStart) return;
+    const now = performance.now();
     this.flowStart = { at: now, pos: this.pos };
     if (this.requestedAt !== undefined) this.latency?.observe(now - this.requestedAt);
   }
