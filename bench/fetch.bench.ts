@@ -195,9 +195,43 @@ export async function memoryScenario(): Promise<Record<string, unknown>> {
 }
 
 export const fetchScenarios = {
+  'fetch-clients': () => clientScenario(),
   'fetch-object-store': () => objectStoreScenario(),
   'fetch-loopback': () => loopbackScenario(),
   'fetch-memory': () => memoryScenario(),
 };
 
 export { MiB };
+
+/** node:http against undici 7, same 16 ranged requests, bytes discarded; curl as the yardstick. */
+export async function clientScenario(size = GiB): Promise<Record<string, unknown>> {
+  const file = dataFile(`plain-${size}.bin`, size);
+  const ca = makeTestCa();
+  const nginx = await startNginx(DATA_DIR, { cert: ca.serverCert, key: ca.serverKey });
+  const url = nginx.httpUrl(file.split('/').pop()!);
+  const script = join(import.meta.dirname, 'clients', 'ranged-download.ts');
+  // Each run reports the transfer time itself (curl through -w), without process start-up.
+  const seconds = async (run: Promise<CommandRun>): Promise<CommandRun> => {
+    const done = await run;
+    return { ...done, seconds: Number(done.stdout.trim()) };
+  };
+  const viaClient = (client: string) => () =>
+    seconds(runChecked(process.execPath, ['--import', 'tsx', script, client, url, String(size), '16']));
+  try {
+    const runs = await interleave(3, {
+      'node:http (16 keep-alive sockets)': viaClient('node-http'),
+      'undici 7 Pool (16 connections)': viaClient('undici'),
+      'curl -o /dev/null (one connection)': () =>
+        seconds(runChecked('curl', ['-sS', '-f', '-o', '/dev/null', '-w', '%{time_total}', url])),
+    });
+    const base = median(runs['node:http (16 keep-alive sockets)']!.map((r) => r.seconds));
+    const rows = Object.entries(runs).map(([client, samples]) => {
+      const s = median(samples.map((r) => r.seconds));
+      return { client, seconds: s.toFixed(2), 'MB/s': mbps(size, s), 'node:http is': ratio(s, base) };
+    });
+    printTable(`HTTP clients, 1 GiB from nginx on loopback, bytes discarded, transfer time only (median of 3)`, rows);
+    return { rows };
+  } finally {
+    nginx.stop();
+  }
+}
