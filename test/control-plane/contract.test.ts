@@ -109,14 +109,14 @@ for (const factory of factories) {
     });
 
     it('forgets a node that misses its heartbeats, in every answer', async () => {
-      const s = await service(factory, { nodeTtlMs: 400 });
+      const s = await service(factory, { nodeTtlMs: 800 });
       await beat(s, 'short');
       await beat(s, 'kept');
       assert.equal((await s.call('PUT', `/v1/blobs/${D1}/replicas/short`, { complete: true })).status, 200);
       assert.equal((await s.call('PUT', `/v1/blobs/${D1}/replicas/kept`, { complete: true })).status, 200);
-      await sleep(250);
+      await sleep(450);
       await beat(s, 'kept');
-      await sleep(250);
+      await sleep(450);
       const nodes = ((await s.call('GET', '/v1/nodes')).body as { nodes: Array<{ id: string }> }).nodes.map(
         (n) => n.id,
       );
