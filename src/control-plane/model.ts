@@ -59,6 +59,8 @@ export interface RegistryStore {
   removeNode(id: string): Promise<boolean>;
   /** Live nodes only. */
   liveNodes(now: number): Promise<NodeRecord[]>;
+  /** Whether one node's heartbeat has not lapsed at `now`. */
+  isLive(id: string, now: number): Promise<boolean>;
   /** First writer wins: a different manifest for a known digest is a conflict. */
   putManifest(manifest: Manifest): Promise<ManifestWrite>;
   getManifest(digest: string): Promise<Manifest | undefined>;

@@ -157,6 +157,10 @@ export class RedisStore implements RegistryStore {
     });
   }
 
+  isLive(id: string, now: number): Promise<boolean> {
+    return this.run(async () => (await this.liveRecords([id], now)).has(id));
+  }
+
   putManifest(manifest: Manifest): Promise<ManifestWrite> {
     return this.run(async () => {
       const set = await this.client.set(this.blobKey(manifest.digest, 'manifest'), JSON.stringify(manifest), {

@@ -198,8 +198,7 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       const digest = parse(digestSchema, request.params.digest, 'digest');
       const node = parse(nodeIdSchema, request.params.node, 'node');
       const body = parse(replicaBody, request.body, 'body');
-      const live = (await store.liveNodes(Date.now())).some((n) => n.id === node);
-      if (!live)
+      if (!(await store.isLive(node, Date.now())))
         throw new NotFoundError(`node ${node} is not live`, { hint: 'send its heartbeat (PUT /v1/nodes/:id) first' });
       await store.putReplica({
         digest,

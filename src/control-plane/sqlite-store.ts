@@ -137,6 +137,12 @@ export class SqliteStore implements RegistryStore {
     });
   }
 
+  isLive(id: string, now: number): Promise<boolean> {
+    return this.run(
+      () => this.db.prepare('SELECT 1 FROM nodes WHERE id = ? AND expires_at > ?').get(id, now) !== undefined,
+    );
+  }
+
   putManifest(manifest: Manifest): Promise<ManifestWrite> {
     return this.run(() =>
       this.db.transaction((): ManifestWrite => {
