@@ -4,6 +4,7 @@
 // When the cache itself cannot be used, the download goes straight to the output path.
 import { performance } from 'node:perf_hooks';
 import { CacheError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
+import type { DownloadResult } from '../fetch/download.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import { fetchFile, type FetchResult } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
@@ -124,9 +125,7 @@ export async function fetchCached(
     });
     if (lock === 'done') return await serve((await usableEntry(index, layout, key))!, true);
 
-    let entry: SourceEntry | undefined;
-    let stats: DownloadStats;
-    let finalUrl: string;
+    let download: DownloadResult;
     try {
       // The lock may have been released by a process that finished just now.
       const justFetched = await usableEntry(index, layout, key);
@@ -134,28 +133,16 @@ export async function fetchCached(
 
       const part = `${layout.tmp}/${keyHash(key)}.part`;
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
-      const download = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
-      const digest = download.sha256!;
-      await adoptBlob(layout, part, digest);
+      download = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
+      await adoptBlob(layout, part, download.sha256!);
       await removeJournal(journalPathFor(part));
-      index.recordFetch(key, digest, download.size, download.validator);
-      entry = index.source(key)!;
-      stats = download.stats;
-      finalUrl = download.finalUrl;
+      index.recordFetch(key, download.sha256!, download.size, download.validator);
     } finally {
       await lock.release();
     }
-    const materialization = await withBlobInUse(layout, entry.digest, () => materialize(layout, entry.digest, out));
-    return result({
-      cache: 'miss',
-      materialization,
-      waited: false,
-      size: entry.size,
-      sha256: entry.digest,
-      validator: entry.validator,
-      stats,
-      finalUrl,
-    });
+    const digest = download.sha256!;
+    const materialization = await withBlobInUse(layout, digest, () => materialize(layout, digest, out));
+    return result({ ...download, cache: 'miss', materialization, waited: false });
   } catch (err) {
     if (isCacheSideFailure(err, layout)) {
       status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);

@@ -1,6 +1,6 @@
 // How the CLI speaks: short human lines on stderr, one JSON document on stdout with --json,
 // and an exit code a script can switch on (see the README's table).
-import { EXIT, LoomError } from '../core/errors.js';
+import { EXIT, INTERNAL_ERROR_CODE, LoomError } from '../core/errors.js';
 
 export interface OutputFlags {
   json?: boolean;
@@ -21,7 +21,7 @@ export function reportError(err: unknown, flags: OutputFlags): number {
   const message = error ? error.message : err instanceof Error ? err.message : String(err);
   process.stderr.write(`loom: error: ${message}\n`);
   if (!error && process.env.LOOM_DEBUG) process.stderr.write(`${(err as Error).stack ?? ''}\n`);
-  if (flags.json) printJson({ ok: false, error: error ? error.toJSON() : { code: 'LOOM_ERR_INTERNAL', message } });
+  if (flags.json) printJson({ ok: false, error: error ? error.toJSON() : { code: INTERNAL_ERROR_CODE, message } });
   if (error) return error.exitCode;
   return EXIT.internal;
 }

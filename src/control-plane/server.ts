@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import type { ZodType } from 'zod';
 import { sourceKey } from '../cache/source-key.js';
-import { ConflictError, LoomError, NotFoundError, ValidationError } from '../core/errors.js';
+import { ConflictError, INTERNAL_ERROR_CODE, LoomError, NotFoundError, ValidationError } from '../core/errors.js';
 import { TokenCheck } from './auth.js';
 import { rankCandidates } from './locate.js';
 import { ControlPlaneMetrics } from './metrics.js';
@@ -136,7 +136,7 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       return reply.status(400).send({ error: { code: 'LOOM_ERR_VALIDATION', message } });
     }
     request.log.error({ err: error }, 'unexpected error');
-    return reply.status(500).send({ error: { code: 'LOOM_ERR_INTERNAL', message: 'internal error' } });
+    return reply.status(500).send({ error: { code: INTERNAL_ERROR_CODE, message: 'internal error' } });
   });
 
   app.setNotFoundHandler((request, reply) =>

@@ -204,31 +204,6 @@ export class StoreUnavailableError extends LoomError {
   override readonly httpStatus = 503;
 }
 
-/** Every code, for the README table test and for clients that switch on codes. */
-export const ERROR_CODES = [
-  'LOOM_ERR_USAGE',
-  'LOOM_ERR_INVALID_URL',
-  'LOOM_ERR_HTTP_STATUS',
-  'LOOM_ERR_NETWORK',
-  'LOOM_ERR_STALLED',
-  'LOOM_ERR_BAD_RESPONSE',
-  'LOOM_ERR_REDIRECT',
-  'LOOM_ERR_SOURCE_CHANGED',
-  'LOOM_ERR_DIGEST_MISMATCH',
-  'LOOM_ERR_DISK_FULL',
-  'LOOM_ERR_DISK_ACCESS',
-  'LOOM_ERR_CACHE',
-  'LOOM_ERR_CORRUPT_BLOB',
-  'LOOM_ERR_ABORTED',
-  'LOOM_ERR_VALIDATION',
-  'LOOM_ERR_UNAUTHORIZED',
-  'LOOM_ERR_NOT_FOUND',
-  'LOOM_ERR_CONFLICT',
-  'LOOM_ERR_STORE_UNAVAILABLE',
-  // Not a class: what the CLI and the services report for an unexpected failure (a bug).
-  'LOOM_ERR_INTERNAL',
-] as const;
-
 /** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
 export const ERROR_CLASSES = [
   UsageError,
@@ -252,7 +227,23 @@ export const ERROR_CLASSES = [
   StoreUnavailableError,
 ] as const;
 
-export type ErrorCode = (typeof ERROR_CODES)[number];
+/** What the CLI and the services report for an unexpected failure (a bug); not a class. */
+export const INTERNAL_ERROR_CODE = 'LOOM_ERR_INTERNAL';
+
+export type ErrorCode = InstanceType<(typeof ERROR_CLASSES)[number]>['code'] | typeof INTERNAL_ERROR_CODE;
+
+/** Every code, derived from the classes: the README's table is checked against this list. */
+export const ERROR_CODES: readonly ErrorCode[] = [
+  ...ERROR_CLASSES.map((ErrorClass) => new ErrorClass('', {}).code),
+  INTERNAL_ERROR_CODE,
+];
+
+/** The error every cancelled operation ends with (AbortSignal, Ctrl-C). */
+export function cancelled(): AbortedError {
+  return new AbortedError('download cancelled', {
+    hint: 'the partial download is kept; rerun the same command to resume',
+  });
+}
 
 interface SystemError {
   code?: string;

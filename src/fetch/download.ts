@@ -5,7 +5,7 @@ import { setMaxListeners } from 'node:events';
 import { rm } from 'node:fs/promises';
 import { performance } from 'node:perf_hooks';
 import {
-  AbortedError,
+  cancelled,
   BadResponseError,
   DigestMismatchError,
   HttpStatusError,
@@ -130,13 +130,8 @@ class Download {
 
   async run(): Promise<DownloadResult> {
     const { signal: userSignal } = this.options;
-    if (userSignal?.aborted) throw new AbortedError('download cancelled');
-    const onUserAbort = (): void =>
-      this.fail(
-        new AbortedError('download cancelled', {
-          hint: 'the partial download is kept; rerun the same command to resume',
-        }),
-      );
+    if (userSignal?.aborted) throw cancelled();
+    const onUserAbort = (): void => this.fail(cancelled());
     userSignal?.addEventListener('abort', onUserAbort, { once: true });
     const ticker = setInterval(() => this.tick(), PROGRESS_INTERVAL_MS);
     try {
@@ -277,7 +272,7 @@ class Download {
 
   /** Decides whether a failed attempt is retried, and waits the backoff if so. */
   private async afterFailure(task: { attempts: number }, err: unknown, what = 'a range'): Promise<void> {
-    if (this.signal.aborted) throw this.failure ?? new AbortedError('download cancelled');
+    if (this.signal.aborted) throw this.failure ?? cancelled();
     if (isAbortError(err)) throw err;
     if (!isRetryable(err)) throw err;
     task.attempts++;

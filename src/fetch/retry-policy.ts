@@ -1,14 +1,7 @@
 // When to try a failed request again and how long to wait first: exponential backoff with
 // full jitter (spreads a fleet's retries apart), floored by the server's Retry-After.
 import { setTimeout as sleep } from 'node:timers/promises';
-import {
-  AbortedError,
-  BadResponseError,
-  HttpStatusError,
-  LoomError,
-  NetworkError,
-  StallError,
-} from '../core/errors.js';
+import { cancelled, BadResponseError, HttpStatusError, LoomError, NetworkError, StallError } from '../core/errors.js';
 
 export interface RetryOptions {
   /** Attempts per chunk, the first included. Default DEFAULTS.retry.attempts (6). */
@@ -61,6 +54,6 @@ export async function waitBeforeRetry(delayMs: number, signal: AbortSignal | und
   try {
     await sleep(delayMs, undefined, { signal });
   } catch {
-    throw new AbortedError('download cancelled');
+    throw cancelled();
   }
 }

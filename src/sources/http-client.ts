@@ -8,7 +8,7 @@ import http, { type IncomingMessage, type OutgoingHttpHeaders } from 'node:http'
 import type https from 'node:https';
 import { createRequire } from 'node:module';
 import type tls from 'node:tls';
-import { AbortedError, StallError, UsageError } from '../core/errors.js';
+import { cancelled, StallError, UsageError } from '../core/errors.js';
 
 export interface HttpClientOptions {
   /** Sockets per host; the worker count. */
@@ -81,7 +81,7 @@ export class HttpClient {
   /** Sends a request; resolves with the response head, its body unread. */
   request(url: URL, opts: RequestOptions): Promise<IncomingMessage> {
     const { signal } = opts;
-    if (signal?.aborted) return Promise.reject(new AbortedError('download cancelled'));
+    if (signal?.aborted) return Promise.reject(cancelled());
     const transport = url.protocol === 'https:' ? loadHttps() : http;
     return new Promise((resolve, reject) => {
       const req = transport.request(url, {
@@ -90,7 +90,7 @@ export class HttpClient {
         agent: this.agentFor(url),
       });
       const onAbort = (): void => {
-        req.destroy(new AbortedError('download cancelled'));
+        req.destroy(cancelled());
       };
       signal?.addEventListener('abort', onAbort, { once: true });
       req.setTimeout(opts.stallTimeoutMs, () => {
