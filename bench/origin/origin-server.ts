@@ -124,6 +124,12 @@ export class OriginServer {
     this.files.set(path, { ...spec, version });
   }
 
+  /** The ETag the server currently sends for `path`. */
+  currentEtag(path: string): string | undefined {
+    const file = this.files.get(path);
+    return file && this.etagOf(path, file);
+  }
+
   redirect(path: string, location: string, status = 302): void {
     this.redirects.set(path, { location, status });
   }

@@ -260,6 +260,22 @@ describe('loom fetch and loom cache, several processes', () => {
     assert.equal(await sha256OfFile(join(dir, 'k2.bin')), content.sha256);
   });
 
+  it('LOOM_OFFLINE=1 serves the cached copy without asking the origin', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    const env = { LOOM_CACHE_DIR: cacheDir };
+    assert.equal((await runLoom(['fetch', server.url('/model.bin'), '-o', join(dir, 'off1.bin'), '-q'], env)).code, 0);
+    server.resetStats();
+    const run = await runLoom(['fetch', server.url('/model.bin'), '-o', join(dir, 'off2.bin'), '--json'], {
+      ...env,
+      LOOM_OFFLINE: '1',
+    });
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal((JSON.parse(run.stdout) as { cache: string }).cache, 'hit');
+    assert.equal(server.requests.length, 0, 'no request at all');
+    assert.equal(await sha256OfFile(join(dir, 'off2.bin')), content.sha256);
+  });
+
   it('cache verify finds and removes a blob corrupted on purpose; ls and rm work', async () => {
     const server = await origin();
     const cacheDir = freshCache();

@@ -57,6 +57,21 @@ describe('loom fetch', () => {
     assert.equal(await sha256OfFile(join(dir, 'model.bin')), content.sha256);
   });
 
+  it('trusts a private CA named by NODE_EXTRA_CA_CERTS, and refuses the origin without it', async () => {
+    const { makeTestCa } = await import('../../bench/origin/test-ca.js');
+    const ca = makeTestCa();
+    const server = await origin({ tls: { key: ca.serverKey, cert: ca.serverCert } });
+    const out = join(dir, 'extra-ca.bin');
+    const args = ['fetch', server.url('/model.bin'), '-o', out, '--no-cache', '--retries', '1', '-q'];
+    const refused = await runLoom(args);
+    assert.equal(refused.code, 3);
+    assert.match(refused.stderr, /certificate/i);
+    assert.equal(existsSync(out), false);
+    const trusted = await runLoom(args, { NODE_EXTRA_CA_CERTS: ca.caCertFile });
+    assert.equal(trusted.code, 0, trusted.stderr);
+    assert.equal(await sha256OfFile(out), content.sha256);
+  });
+
   it('exits 2 with one line for an invalid URL, an unknown flag or a bad worker count', async () => {
     const cases: Array<[string[], RegExp]> = [
       [['fetch', 'not-a-url', '-o', join(dir, 'x')], /not a valid URL/],

@@ -6,6 +6,7 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
 import type { FastifyInstance } from 'fastify';
+import { createClient } from 'redis';
 import { RedisStore } from '../../src/control-plane/redis-store.js';
 import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
 import { buildControlPlane, type ControlPlaneOptions, type RegistryStore } from '../../src/index.js';
@@ -364,6 +365,28 @@ describe('control plane persistence and replicas', () => {
       D1,
     );
     assert.equal((await second.call('GET', `/v1/blobs/${D1}`)).status, 200);
+  });
+
+  it('keeps Redis keys under its prefix with hash tags, node records expiring by Redis TTL', async () => {
+    const tagged = `${prefix}-layout`;
+    const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), { nodeTtlMs: 5_000 });
+    await ready(s.store);
+    await beat(s, 'ttl-node');
+    await s.call('PUT', `/v1/blobs/${D1}/replicas/ttl-node`, { complete: true });
+    const client = createClient({ url: REDIS_URL });
+    await client.connect();
+    try {
+      const keys = [];
+      for await (const batch of client.scanIterator({ MATCH: `${tagged}:*` })) keys.push(...(batch as string[]));
+      assert.deepEqual(
+        keys.sort(),
+        [`${tagged}:{${D1}}:replicas`, `${tagged}:{nodes}:index`, `${tagged}:{nodes}:node:ttl-node`].sort(),
+      );
+      const ttl = await client.pTTL(`${tagged}:{nodes}:node:ttl-node`);
+      assert.ok(ttl > 0 && ttl <= 5_000, `node key TTL ${ttl} ms`);
+    } finally {
+      await client.close();
+    }
   });
 
   it('gives the same answers from two services on one Redis', async () => {

@@ -12,6 +12,7 @@ import {
   AbortedError,
   DigestMismatchError,
   HttpStatusError,
+  LoomError,
   NetworkError,
   SourceChangedError,
   UsageError,
@@ -50,6 +51,16 @@ function on(indexes: number[], fault: Fault): (ctx: FaultContext) => Fault | und
 const dir = tempDir();
 const content = randomContent(SIZE);
 
+/** Starts a download, cancels it after `afterMs`, and checks it ended with AbortedError. */
+async function interruptedFetch(url: string, out: string, afterMs: number, options: FetchOptions = {}): Promise<void> {
+  const controller = new AbortController();
+  setTimeout(() => controller.abort(), afterMs);
+  await assert.rejects(
+    fetchFile(url, out, { ...FAST, workers: 2, journalInterval: 50, ...options, signal: controller.signal }),
+    AbortedError,
+  );
+}
+
 async function fetchOk(server: OriginServer, name: string, options: FetchOptions = {}) {
   server.setFile(`/${name}`, content.bytes);
   const out = join(dir, name);
@@ -78,6 +89,13 @@ describe('fetchFile', () => {
     assert.ok(
       server.requests.every((r) => r.range?.startsWith('bytes=')),
       'every request is ranged',
+    );
+    assert.equal(server.requests[0]!.headers['if-range'], undefined, 'the probe asks for any version');
+    const etag = server.currentEtag('/plain.bin');
+    assert.ok(etag);
+    assert.ok(
+      server.requests.slice(1).every((r) => r.headers['if-range'] === etag),
+      'every chunk request carries If-Range with the probed ETag',
     );
   });
 
@@ -226,6 +244,22 @@ describe('fetchFile', () => {
     assert.equal(result.finalUrl, cdn.url('/signed/weights.bin?sig=abc'));
   });
 
+  it('gives up after 10 redirects with LOOM_ERR_REDIRECT and writes nothing', async () => {
+    const server = await origin();
+    server.redirect('/loop-a', server.url('/loop-b'));
+    server.redirect('/loop-b', server.url('/loop-a'));
+    const out = join(dir, 'loop.bin');
+    await assert.rejects(fetchFile(server.url('/loop-a'), out, FAST), (err: unknown) => {
+      assert.ok(err instanceof LoomError);
+      assert.equal(err.code, 'LOOM_ERR_REDIRECT');
+      assert.match(err.message, /more than 10 redirects/);
+      return true;
+    });
+    assert.equal(server.requests.length, 11, 'the first request and 10 redirects followed');
+    assert.equal(existsSync(out), false);
+    assert.equal(existsSync(`${out}.part`), false);
+  });
+
   it('asks the origin for a fresh URL when a signed redirect target expires', async () => {
     let expired = false;
     const cdn = await origin({
@@ -287,12 +321,7 @@ describe('fetchFile', () => {
     const server = await origin({ rateLimitBytesPerSecond: 2 * 1024 * 1024 });
     server.setFile('/abort.bin', content.bytes);
     const out = join(dir, 'abort.bin');
-    const controller = new AbortController();
-    setTimeout(() => controller.abort(), 700);
-    await assert.rejects(
-      fetchFile(server.url('/abort.bin'), out, { ...FAST, workers: 2, signal: controller.signal, journalInterval: 50 }),
-      AbortedError,
-    );
+    await interruptedFetch(server.url('/abort.bin'), out, 700);
     assert.equal(existsSync(out), false);
     assert.equal(existsSync(`${out}.part.journal`), true);
     const firstRun = server.bytesServed;
@@ -308,17 +337,7 @@ describe('fetchFile', () => {
     const server = await origin({ rateLimitBytesPerSecond: 2 * 1024 * 1024 });
     server.setFile('/changed.bin', content.bytes);
     const out = join(dir, 'changed.bin');
-    const controller = new AbortController();
-    setTimeout(() => controller.abort(), 500);
-    await assert.rejects(
-      fetchFile(server.url('/changed.bin'), out, {
-        ...FAST,
-        workers: 2,
-        signal: controller.signal,
-        journalInterval: 50,
-      }),
-      AbortedError,
-    );
+    await interruptedFetch(server.url('/changed.bin'), out, 500);
     const next = randomContent(SIZE);
     server.setFile('/changed.bin', next.bytes);
     const result = await fetchFile(server.url('/changed.bin'), out, { ...FAST, workers: 8 });
@@ -357,14 +376,9 @@ describe('fetchFile with a leftover journal', () => {
     server.setFile('/big.bin', big.bytes);
     server.setFile('/small.bin', small.bytes);
     const out = join(dir, 'reused.bin');
-    const controller = new AbortController();
     const slow = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
     slow.setFile('/big.bin', big.bytes);
-    setTimeout(() => controller.abort(), 600);
-    await assert.rejects(
-      fetchFile(slow.url('/big.bin'), out, { ...FAST, workers: 2, signal: controller.signal, journalInterval: 50 }),
-      AbortedError,
-    );
+    await interruptedFetch(slow.url('/big.bin'), out, 600);
     assert.equal(existsSync(`${out}.part.journal`), true);
     await fetchFile(server.url('/small.bin'), out, FAST);
     assert.equal(await sha256OfFile(out), small.sha256);
@@ -375,12 +389,7 @@ describe('fetchFile with a leftover journal', () => {
     const big = randomContent(SIZE);
     slow.setFile('/shrinks.bin', big.bytes);
     const out = join(dir, 'shrinks.bin');
-    const controller = new AbortController();
-    setTimeout(() => controller.abort(), 1200);
-    await assert.rejects(
-      fetchFile(slow.url('/shrinks.bin'), out, { ...FAST, workers: 1, signal: controller.signal, journalInterval: 50 }),
-      AbortedError,
-    );
+    await interruptedFetch(slow.url('/shrinks.bin'), out, 1200, { workers: 1 });
     const small = randomContent(200 * 1024);
     slow.setFile('/shrinks.bin', small.bytes);
     const result = await fetchFile(slow.url('/shrinks.bin'), out, FAST);
