@@ -157,12 +157,7 @@ class Download {
   }
 
   private async transfer(): Promise<DownloadResult> {
-    let journal = await readJournal(this.journalPath);
-    // A journal of another URL (the output path was reused) says nothing about this one.
-    if (journal && journal.url !== this.source.url) {
-      await removeJournal(this.journalPath);
-      journal = undefined;
-    }
+    let journal = await readJournal(this.journalPath, this.source.url);
     let firstRange = this.firstRange(journal ? new RangeSet(journal.ranges).missing(journal.size) : [], journal?.size);
     let probe: ProbeResult;
     try {
@@ -182,7 +177,7 @@ class Download {
     this.size = size;
     this.part = await PartFile.open(this.partPath);
     const partSize = await this.part.size();
-    if (journal && partSize === size && journalMatches(journal, this.source.url, size, probe.validator)) {
+    if (journal && partSize === size && journalMatches(journal, size, probe.validator)) {
       this.ranges = new RangeSet(journal.ranges);
       this.stats.resumedBytes = this.ranges.size;
     } else if (journal) {

@@ -37,14 +37,20 @@ export function journalPathFor(partPath: string): string {
   return `${partPath}.journal`;
 }
 
-/** Reads a journal; a missing, unreadable or foreign one is treated as absent. */
-export async function readJournal(path: string): Promise<JournalState | undefined> {
+/**
+ * Reads the journal of `url`. A missing or unreadable one is absent; so is one left by
+ * another URL at the same path, which is deleted (it says nothing about this file).
+ */
+export async function readJournal(path: string, url: string): Promise<JournalState | undefined> {
+  let parsed: unknown;
   try {
-    const parsed: unknown = JSON.parse(await readFile(path, 'utf8'));
-    return isJournal(parsed) ? parsed : undefined;
+    parsed = JSON.parse(await readFile(path, 'utf8'));
   } catch {
     return undefined;
   }
+  if (isJournal(parsed) && parsed.url === url) return parsed;
+  await removeJournal(path);
+  return undefined;
 }
 
 export async function writeJournal(
@@ -70,9 +76,9 @@ export async function removeJournal(path: string): Promise<void> {
   await rm(`${path}.tmp`, { force: true });
 }
 
-/** True when a journal describes the same version of the same file. */
-export function journalMatches(journal: JournalState, url: string, size: number, validator: Validator): boolean {
-  if (journal.url !== url || journal.size !== size) return false;
+/** True when a journal (of this URL) describes the version the probe found. */
+export function journalMatches(journal: JournalState, size: number, validator: Validator): boolean {
+  if (journal.size !== size) return false;
   // Without a validator there is no way to know the bytes on disk are of this version.
   if (!validator.etag && !validator.lastModified) return false;
   return journal.validator.etag === validator.etag && journal.validator.lastModified === validator.lastModified;
