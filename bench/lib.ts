@@ -8,7 +8,7 @@ import { performance } from 'node:perf_hooks';
 
 export const ROOT = resolve(import.meta.dirname, '..');
 export const DATA_DIR = process.env.LOOM_BENCH_DIR ?? join(ROOT, '.bench-data');
-export const LOOM_BIN = join(ROOT, 'bin', 'loom.js');
+export const LOOM_BIN = join(ROOT, 'bin', 'loom.cjs');
 export const GiB = 1024 ** 3;
 export const MiB = 1024 ** 2;
 

@@ -1,41 +1,14 @@
-// The `loom` command line: parses argv into one subcommand and returns its exit code.
-import { Command, CommanderError } from 'commander';
-import { EXIT } from '../core/errors.js';
-import { cacheCommand } from './cache-command.js';
-import { controlPlaneCommand } from './control-plane-command.js';
-import { fetchCommand } from './fetch-command.js';
-
-export function buildProgram(): Command {
-  const program = new Command('loom')
-    .description('Get multi-gigabyte model weights onto a node fast.')
-    .version('0.1.0')
-    .showHelpAfterError('(run with --help for usage)')
-    .exitOverride();
-  program.addCommand(fetchCommand());
-  program.addCommand(cacheCommand());
-  program.addCommand(controlPlaneCommand());
-  const output = {
-    outputError: (text: string, write: (s: string) => void) => write(`loom: ${text.replace(/^error: /, 'error: ')}`),
-  };
-  program.configureOutput(output);
-  const configure = (command: Command, path: string): void => {
-    command.exitOverride().configureOutput(output).showHelpAfterError(`(run loom ${path} --help for usage)`);
-    for (const sub of command.commands) configure(sub, `${path} ${sub.name()}`);
-  };
-  for (const sub of program.commands) configure(sub, sub.name());
-  return program;
-}
+// The `loom` command line: runs one subcommand and returns its exit code. `loom fetch` with
+// flags that parse cleanly starts without commander (see fetch-argv.ts); everything else,
+// help and usage errors included, goes through the commander program.
+import { parseFetchArgv } from './fetch-argv.js';
+import { runFetch } from './run-fetch.js';
 
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
-  try {
-    await program.parseAsync(argv);
-    return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
-  } catch (err) {
-    if (err instanceof CommanderError) {
-      // Help and version exit 0; every parse error is a usage error (exit 2).
-      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
-    }
-    throw err;
+  if (argv[2] === 'fetch') {
+    const parsed = parseFetchArgv(argv.slice(3));
+    if (parsed) return runFetch(parsed.url, parsed.flags);
   }
+  const { runProgram } = await import('./program.js');
+  return runProgram(argv);
 }

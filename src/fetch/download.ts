@@ -3,7 +3,6 @@
 // (the output path, or the cache's blob store).
 import { setMaxListeners } from 'node:events';
 import { rm } from 'node:fs/promises';
-import { performance } from 'node:perf_hooks';
 import {
   cancelled,
   BadResponseError,

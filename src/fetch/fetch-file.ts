@@ -1,6 +1,5 @@
 // fetchFile: one URL to one path. The output path only ever holds a complete file that
 // passed every check: bytes land in `<out>.part` and are renamed into place at the end.
-import { performance } from 'node:perf_hooks';
 import { httpSourceFor } from '../sources/http.js';
 import type { DownloadResult } from './download.js';
 import { resolveFetchOptions, type FetchOptions } from './options.js';

@@ -2,7 +2,6 @@
 // missing bytes are cut into runs of whole chunks (one request each, so a high-latency
 // origin costs one round trip per run, not per chunk), and a worker that finds nothing
 // queued takes the back half of the largest range still in flight.
-import { performance } from 'node:perf_hooks';
 import type { ByteRange } from './range-set.js';
 
 /** Smoothed time from sending a request to its first byte, shared by a download's tasks. */

@@ -9,7 +9,7 @@ import { join, resolve } from 'node:path';
 import { after } from 'node:test';
 
 export const REPO_ROOT = resolve(import.meta.dirname, '..', '..');
-export const LOOM_BIN = join(REPO_ROOT, 'bin', 'loom.js');
+export const LOOM_BIN = join(REPO_ROOT, 'bin', 'loom.cjs');
 
 /** A fresh temporary directory, removed when the test file finishes (call at top level). */
 export function tempDir(prefix = 'loom-test-'): string {
