@@ -2,8 +2,19 @@
 // hard link (instant, whatever the size), else a copy-on-write clone, else a plain copy.
 // Blobs are read-only: a hard-linked output shares the blob's inode, so writing to it
 // would change the cached bytes for every later user.
-import { constants, createReadStream } from 'node:fs';
-import { chmod, copyFile, link, mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+// Placing a blob by link uses synchronous calls: a handful of metadata syscalls that take
+// microseconds, where a trip through the thread pool each (and loading fs/promises) added
+// milliseconds to a cache hit.
+import {
+  constants,
+  createReadStream,
+  linkSync,
+  promises as fsp,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { CacheError, diskError } from '../core/errors.js';
 import { blobPath, type CacheLayout } from './cache-root.js';
 
@@ -13,12 +24,12 @@ export type Materialization = 'hardlink' | 'reflink' | 'copy';
 export async function ensureLayout(layout: CacheLayout): Promise<void> {
   try {
     // The root first, on its own: a recursive mkdir reports a read-only parent as ENOENT.
-    await mkdir(layout.root).catch((err: { code?: string }) => {
-      if (err.code === 'ENOENT') return mkdir(layout.root, { recursive: true });
+    await fsp.mkdir(layout.root).catch((err: { code?: string }) => {
+      if (err.code === 'ENOENT') return fsp.mkdir(layout.root, { recursive: true });
       if (err.code !== 'EEXIST') throw err;
       return undefined;
     });
-    for (const dir of [layout.blobs, layout.tmp, layout.locks]) await mkdir(dir, { recursive: true });
+    for (const dir of [layout.blobs, layout.tmp, layout.locks, layout.hints]) await fsp.mkdir(dir, { recursive: true });
   } catch (err) {
     const cause = diskError(err, `creating the cache in ${layout.root}`);
     throw new CacheError(`cache ${layout.root} is not usable: ${cause.message}`, { path: layout.root, cause: err });
@@ -27,7 +38,7 @@ export async function ensureLayout(layout: CacheLayout): Promise<void> {
 
 export async function hasBlob(layout: CacheLayout, digest: string): Promise<boolean> {
   try {
-    return (await stat(blobPath(layout, digest))).isFile();
+    return (await fsp.stat(blobPath(layout, digest))).isFile();
   } catch {
     return false;
   }
@@ -37,9 +48,9 @@ export async function hasBlob(layout: CacheLayout, digest: string): Promise<bool
 export async function adoptBlob(layout: CacheLayout, partPath: string, digest: string): Promise<string> {
   const target = blobPath(layout, digest);
   try {
-    await chmod(partPath, 0o444);
-    if (await hasBlob(layout, digest)) await rm(partPath, { force: true });
-    else await rename(partPath, target);
+    await fsp.chmod(partPath, 0o444);
+    if (await hasBlob(layout, digest)) await fsp.rm(partPath, { force: true });
+    else await fsp.rename(partPath, target);
     return target;
   } catch (err) {
     throw diskError(err, `storing blob ${digest}`);
@@ -51,34 +62,34 @@ export async function materialize(layout: CacheLayout, digest: string, out: stri
   const source = blobPath(layout, digest);
   const temp = `${out}.loom-${process.pid}-${Date.now()}`;
   try {
-    const existing = await stat(out).catch(() => undefined);
-    const blob = await stat(source);
+    const existing = statSync(out, { throwIfNoEntry: false });
+    const blob = statSync(source);
     if (existing && existing.ino === blob.ino && existing.dev === blob.dev) return 'hardlink';
     let method: Materialization;
     try {
-      await link(source, temp);
+      linkSync(source, temp);
       method = 'hardlink';
     } catch (err) {
       const code = (err as { code?: string }).code;
       if (code !== 'EXDEV' && code !== 'EPERM' && code !== 'EMLINK') throw err;
       method = await cloneOrCopy(source, temp);
     }
-    await rename(temp, out);
+    renameSync(temp, out);
     return method;
   } catch (err) {
-    await rm(temp, { force: true });
+    rmSync(temp, { force: true });
     throw diskError(err, `placing the cached file at ${out}`);
   }
 }
 
 async function cloneOrCopy(source: string, target: string): Promise<Materialization> {
   try {
-    await copyFile(source, target, constants.COPYFILE_FICLONE_FORCE);
+    await fsp.copyFile(source, target, constants.COPYFILE_FICLONE_FORCE);
     return 'reflink';
   } catch {
-    await copyFile(source, target);
+    await fsp.copyFile(source, target);
     // A copy is a file of its own: it may be writable like any download.
-    await chmod(target, 0o644);
+    await fsp.chmod(target, 0o644);
     return 'copy';
   }
 }
@@ -101,23 +112,23 @@ function inUsePrefix(digest: string): string {
  */
 export async function withBlobInUse<T>(layout: CacheLayout, digest: string, fn: () => Promise<T>): Promise<T> {
   const marker = `${layout.locks}/${inUsePrefix(digest)}${process.pid}.${Math.random().toString(36).slice(2)}`;
-  await writeFile(marker, '');
+  writeFileSync(marker, '');
   try {
     return await fn();
   } finally {
-    await rm(marker, { force: true });
+    rmSync(marker, { force: true });
   }
 }
 
 /** True when a live process holds an in-use marker for the blob. */
 export async function blobInUse(layout: CacheLayout, digest: string): Promise<boolean> {
   const prefix = inUsePrefix(digest);
-  const entries = await readdir(layout.locks).catch(() => [] as string[]);
+  const entries = await fsp.readdir(layout.locks).catch(() => [] as string[]);
   for (const entry of entries) {
     if (!entry.startsWith(prefix)) continue;
     const pid = Number(entry.slice(prefix.length).split('.')[0]);
     if (isAlive(pid)) return true;
-    await rm(`${layout.locks}/${entry}`, { force: true });
+    await fsp.rm(`${layout.locks}/${entry}`, { force: true });
   }
   return false;
 }

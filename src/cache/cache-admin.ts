@@ -1,9 +1,12 @@
-// `loom cache` operations on a cache root: list, verify, garbage-collect and remove.
+// `loom cache` operations on a cache root: list, verify, garbage-collect and remove. Opening
+// the cache folds the uses recorded in hit hints into the index first, so that LRU order
+// counts hits served without SQLite.
 import { rm } from 'node:fs/promises';
 import { CacheError, NotFoundError } from '../core/errors.js';
 import { blobInUse, ensureLayout, sha256OfFile } from './blob-store.js';
 import { CacheIndex, type BlobEntry } from './cache-index.js';
 import { blobPath, cacheLayout, type CacheLayout } from './cache-root.js';
+import { listHintUses, removeHints } from './hit-hints.js';
 import { sourceKey } from './source-key.js';
 
 export interface CacheHandle {
@@ -16,7 +19,20 @@ export async function openCache(root: string): Promise<CacheHandle> {
   const layout = cacheLayout(root);
   await ensureLayout(layout);
   const index = new CacheIndex(layout.index);
+  try {
+    index.touchAll(listHintUses(layout).map((use) => ({ digest: use.digest, key: use.key, at: use.usedAt })));
+  } catch (err) {
+    index.close();
+    throw err;
+  }
   return { layout, index, close: () => index.close() };
+}
+
+/** Deletes a blob's file, its index rows and the hints of every source that mapped to it. */
+async function dropBlob(cache: CacheHandle, blob: BlobEntry): Promise<void> {
+  await rm(blobPath(cache.layout, blob.digest), { force: true });
+  cache.index.removeBlob(blob.digest);
+  removeHints(cache.layout, blob.sources);
 }
 
 export interface CacheListing {
@@ -46,8 +62,7 @@ export async function verifyCache(cache: CacheHandle, onBlob?: (digest: string) 
     const actual = await sha256OfFile(path).catch(() => undefined);
     if (actual !== blob.digest) {
       report.corrupt.push(blob.digest);
-      await rm(path, { force: true });
-      cache.index.removeBlob(blob.digest);
+      await dropBlob(cache, blob);
     }
   }
   return report;
@@ -73,10 +88,7 @@ export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = fal
       report.skippedInUse.push(blob.digest);
       continue;
     }
-    if (!dryRun) {
-      await rm(blobPath(cache.layout, blob.digest), { force: true });
-      cache.index.removeBlob(blob.digest);
-    }
+    if (!dryRun) await dropBlob(cache, blob);
     report.evicted.push(blob);
     report.freedBytes += blob.size;
     total -= blob.size;
@@ -89,21 +101,21 @@ export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = fal
 export async function removeFromCache(cache: CacheHandle, target: string): Promise<{ removed: string[] }> {
   if (/^[0-9a-f]{64}$/i.test(target)) {
     const digest = target.toLowerCase();
-    if (!cache.index.blob(digest)) throw new NotFoundError(`no blob ${digest} in the cache`);
+    const blob = cache.index.blob(digest);
+    if (!blob) throw new NotFoundError(`no blob ${digest} in the cache`);
     if (await blobInUse(cache.layout, digest)) throw new CacheError(`blob ${digest} is in use by a running process`);
-    await rm(blobPath(cache.layout, digest), { force: true });
-    cache.index.removeBlob(digest);
+    await dropBlob(cache, blob);
     return { removed: [digest] };
   }
   const key = sourceKey(target);
   const entry = cache.index.source(key);
   if (!entry) throw new NotFoundError(`no cache entry for ${key}`, { hint: 'see loom cache ls' });
   cache.index.removeSource(key);
+  removeHints(cache.layout, [key]);
   const removed = [key];
   const blob = cache.index.blob(entry.digest);
   if (blob && blob.sources.length === 0 && !(await blobInUse(cache.layout, entry.digest))) {
-    await rm(blobPath(cache.layout, entry.digest), { force: true });
-    cache.index.removeBlob(entry.digest);
+    await dropBlob(cache, blob);
     removed.push(entry.digest);
   }
   return { removed };

@@ -129,9 +129,17 @@ export class CacheIndex {
       .run(digest, size, now, now);
   }
 
-  touch(digest: string, key: string | undefined, now = Date.now()): void {
-    this.db.prepare('UPDATE blobs SET last_used_at = ? WHERE digest = ?').run(now, digest);
-    if (key) this.db.prepare('UPDATE sources SET last_used_at = ? WHERE key = ?').run(now, key);
+  /** Records a use at `at`; an older time than the one recorded changes nothing. */
+  touch(digest: string, key: string | undefined, at = Date.now()): void {
+    this.db.prepare('UPDATE blobs SET last_used_at = MAX(last_used_at, ?) WHERE digest = ?').run(at, digest);
+    if (key) this.db.prepare('UPDATE sources SET last_used_at = MAX(last_used_at, ?) WHERE key = ?').run(at, key);
+  }
+
+  /** Records many uses in one transaction. */
+  touchAll(uses: ReadonlyArray<{ digest: string; key: string; at: number }>): void {
+    this.db.transaction(() => {
+      for (const use of uses) this.touch(use.digest, use.key, use.at);
+    })();
   }
 
   removeSource(key: string): boolean {

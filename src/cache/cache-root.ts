@@ -4,6 +4,7 @@
 //   tmp/                 downloads in progress (same file system, so finishing is a rename)
 //   locks/               one lock per source being downloaded
 //   index.db             SQLite: source key -> digest, sizes, validators, use times
+//   hints/               a copy of each index row as a small file, read by the hit fast path
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -20,6 +21,7 @@ export interface CacheLayout {
   tmp: string;
   locks: string;
   index: string;
+  hints: string;
 }
 
 export function cacheLayout(root: string): CacheLayout {
@@ -29,6 +31,7 @@ export function cacheLayout(root: string): CacheLayout {
     tmp: join(root, 'tmp'),
     locks: join(root, 'locks'),
     index: join(root, 'index.db'),
+    hints: join(root, 'hints'),
   };
 }
 

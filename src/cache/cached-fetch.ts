@@ -2,17 +2,21 @@
 // (milliseconds, whatever the size); a miss downloads once per node (single flight), hashes
 // while writing, and stores the blob by its sha256 before linking it to the output path.
 // When the cache itself cannot be used, the download goes straight to the output path.
-import { performance } from 'node:perf_hooks';
+// A hit is served from its hint file when it can be; SQLite and the engine load only when
+// the hint cannot answer.
+import { statSync } from 'node:fs';
 import { CacheError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
 import type { DownloadResult } from '../fetch/download.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
-import { fetchFile, type FetchResult } from '../fetch/fetch-file.js';
+import type { FetchResult } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { httpSourceFor } from '../sources/http.js';
-import type { Source, Validator } from '../sources/source.js';
+import type { Validator } from '../sources/source.js';
 import { adoptBlob, ensureLayout, hasBlob, materialize, withBlobInUse, type Materialization } from './blob-store.js';
-import { CacheIndex, type SourceEntry } from './cache-index.js';
-import { cacheLayout, resolveCacheRoot, type CacheLayout } from './cache-root.js';
+import type { CacheIndex, SourceEntry } from './cache-index.js';
+import { blobPath, cacheLayout, resolveCacheRoot, type CacheLayout } from './cache-root.js';
+import { isFresh, type FreshnessCheck } from './freshness.js';
+import { readHint, recordHintUse, writeHint, type HitHint } from './hit-hints.js';
 import { sourceKey } from './source-key.js';
 
 export interface CacheOptions {
@@ -47,17 +51,13 @@ export async function fetchCached(
   const layout = cacheLayout(resolveCacheRoot(cacheDir));
   const key = sourceKey(url);
   const status = onStatus ?? (() => undefined);
-
-  let index: CacheIndex;
-  try {
-    await ensureLayout(layout);
-    index = new CacheIndex(layout.index);
-  } catch (err) {
-    status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
-    return bypass(url, out, fetchOptions);
-  }
-
   const source = httpSourceFor(url, resolved);
+  const freshness: FreshnessCheck = {
+    offline: offline ?? process.env.LOOM_OFFLINE === '1',
+    timeoutMs: revalidateTimeoutMs ?? 5_000,
+    status,
+    signal: resolved.signal,
+  };
   const result = (
     fields: Omit<CachedFetchResult, 'path' | 'url' | 'seconds' | 'finalUrl' | 'stats'> & {
       stats?: DownloadStats;
@@ -71,10 +71,12 @@ export async function fetchCached(
     stats: fields.stats ?? emptyStats(),
     ...fields,
   });
-  const serve = async (entry: { digest: string; size: number; validator: Validator }, waited: boolean) => {
-    const materialization = await withBlobInUse(layout, entry.digest, () => materialize(layout, entry.digest, out));
-    index.touch(entry.digest, key);
-    return result({
+  const hit = (
+    entry: { digest: string; size: number; validator: Validator },
+    materialization: Materialization,
+    waited: boolean,
+  ) =>
+    result({
       cache: 'hit',
       materialization,
       waited,
@@ -82,6 +84,49 @@ export async function fetchCached(
       sha256: entry.digest,
       validator: entry.validator,
     });
+
+  // The validator the origin has just said is out of date: not asked about a second time.
+  let staleValidator: Validator | undefined;
+  try {
+    // The common case first, without SQLite: a hint names the blob and the origin confirms it.
+    const hinted = hintedEntry(layout, key, resolved.expectedSha256);
+    if (hinted) {
+      if (resolved.expectedSha256 !== undefined || (await isFresh(hinted.validator, source, freshness))) {
+        const materialization = await withBlobInUse(layout, hinted.digest, () =>
+          materialize(layout, hinted.digest, out),
+        );
+        recordHintUse(layout, key);
+        return hit(hinted, materialization, false);
+      }
+      staleValidator = hinted.validator;
+    }
+  } catch (err) {
+    if (resolved.signal?.aborted) {
+      source.close();
+      throw err;
+    }
+    // Anything amiss with the hint: the index below decides.
+  }
+
+  let index: CacheIndex;
+  try {
+    await ensureLayout(layout);
+    const { CacheIndex } = await import('./cache-index.js');
+    index = new CacheIndex(layout.index);
+  } catch (err) {
+    source.close();
+    status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
+    return bypass(url, out, fetchOptions);
+  }
+
+  const serve = async (
+    entry: SourceEntry | { digest: string; size: number; validator: Validator },
+    waited: boolean,
+  ) => {
+    const materialization = await withBlobInUse(layout, entry.digest, () => materialize(layout, entry.digest, out));
+    index.touch(entry.digest, key);
+    if ('key' in entry) writeHint(layout, entry);
+    return hit(entry, materialization, waited);
   };
 
   try {
@@ -96,14 +141,8 @@ export async function fetchCached(
     if (
       cached &&
       (expected === undefined || cached.digest === expected) &&
-      (await isFresh(
-        cached,
-        source,
-        offline ?? process.env.LOOM_OFFLINE === '1',
-        revalidateTimeoutMs ?? 5_000,
-        status,
-        resolved.signal,
-      ))
+      !sameValidator(cached.validator, staleValidator) &&
+      (await isFresh(cached.validator, source, freshness))
     ) {
       return await serve(cached, false);
     }
@@ -136,7 +175,15 @@ export async function fetchCached(
       download = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
       await adoptBlob(layout, part, download.sha256!);
       await removeJournal(journalPathFor(part));
-      index.recordFetch(key, download.sha256!, download.size, download.validator);
+      const now = Date.now();
+      index.recordFetch(key, download.sha256!, download.size, download.validator, now);
+      writeHint(layout, {
+        key,
+        digest: download.sha256!,
+        size: download.size,
+        validator: download.validator,
+        fetchedAt: now,
+      });
     } finally {
       await lock.release();
     }
@@ -155,7 +202,23 @@ export async function fetchCached(
   }
 }
 
+function sameValidator(a: Validator, b: Validator | undefined): boolean {
+  return b !== undefined && a.etag === b.etag && a.lastModified === b.lastModified;
+}
+
+/**
+ * The hinted entry for `key` when its blob is on disk at the hinted size (and is the digest
+ * asked for, if one was).
+ */
+function hintedEntry(layout: CacheLayout, key: string, expected: string | undefined): HitHint | undefined {
+  const hint = readHint(layout, key);
+  if (!hint || (expected !== undefined && hint.digest !== expected)) return undefined;
+  const blob = statSync(blobPath(layout, hint.digest), { throwIfNoEntry: false });
+  return blob?.isFile() && blob.size === hint.size ? hint : undefined;
+}
+
 async function bypass(url: string, out: string, options: FetchOptions): Promise<CachedFetchResult> {
+  const { fetchFile } = await import('../fetch/fetch-file.js');
   const direct = await fetchFile(url, out, options);
   return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
 }
@@ -164,31 +227,6 @@ async function bypass(url: string, out: string, options: FetchOptions): Promise<
 async function usableEntry(index: CacheIndex, layout: CacheLayout, key: string): Promise<SourceEntry | undefined> {
   const entry = index.source(key);
   return entry && (await hasBlob(layout, entry.digest)) ? entry : undefined;
-}
-
-async function isFresh(
-  entry: SourceEntry,
-  source: Source,
-  offline: boolean,
-  timeoutMs: number,
-  status: (message: string) => void,
-  signal: AbortSignal | undefined,
-): Promise<boolean> {
-  if (offline || !source.revalidate) return true;
-  try {
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), timeoutMs);
-    const combined = signal ? AbortSignal.any([signal, controller.signal]) : controller.signal;
-    try {
-      return (await source.revalidate(entry.validator, combined, timeoutMs)) === 'fresh';
-    } finally {
-      clearTimeout(timer);
-    }
-  } catch (err) {
-    if (signal?.aborted) throw err;
-    status(`could not check ${source.url} for a newer version (${(err as Error).message}); using the cached copy`);
-    return true;
-  }
 }
 
 /** Failures of the cache's own disk or locks, after which a direct download can still work. */

@@ -187,7 +187,8 @@ describe('fetchCached', () => {
       await fetchCached(server.url(`/f${i}`), join(dir, `gc${i}.bin`), { ...FAST, cacheDir });
       await sleep(5);
     }
-    // Use f0 again: now f1 is the least recently used, then f2, then f0.
+    // Use f0 again (a hit served from its hint; openCache folds that use into the index):
+    // now f1 is the least recently used, then f2, then f0.
     await fetchCached(server.url('/f0'), join(dir, 'gc0-again.bin'), { ...FAST, cacheDir, offline: true });
     const cache = await openCache(cacheDir);
     try {
