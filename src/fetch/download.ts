@@ -20,7 +20,7 @@ import { PrefixHasher } from './prefix-hasher.js';
 import { RangeSet, type ByteRange } from './range-set.js';
 import { emptyStats, type DownloadStats } from './stats.js';
 import { backoffDelay, isRetryable, waitBeforeRetry, type RetryOptions } from './retry-policy.js';
-import { RangeTask, Scheduler } from './scheduler.js';
+import { clientLoadMonitor, RangeTask, Scheduler } from './scheduler.js';
 import { slabPoolFor, type SlabPool } from './slab-pool.js';
 import { SlabWriter } from './slab-writer.js';
 
@@ -196,6 +196,7 @@ class Download {
         workers: this.options.workers,
         minSplitSize: this.options.minSplitSize,
         maxRequestSize: this.options.maxRequestSize,
+        clientLoad: clientLoadMonitor(() => this.slabs.starvedAcquires),
       },
       planned.missing(size),
     );

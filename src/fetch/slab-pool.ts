@@ -6,6 +6,8 @@
 export class SlabPool {
   private readonly free: Buffer[] = [];
   private readonly waiting: Array<(slab: Buffer) => void> = [];
+  /** Acquires that found no free slab: the disk is behind the network. */
+  starvedAcquires = 0;
 
   constructor(
     readonly slabSize: number,
@@ -18,6 +20,7 @@ export class SlabPool {
   acquire(): Buffer | Promise<Buffer> {
     const slab = this.free.pop();
     if (slab) return slab;
+    this.starvedAcquires++;
     return new Promise((resolve) => this.waiting.push(resolve));
   }
 

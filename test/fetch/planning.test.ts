@@ -1,10 +1,11 @@
 // The pure parts of the engine: the set of finished ranges, the run plan and tail splits,
 // backoff, and the journal's shape.
 import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { RangeSet } from '../../src/fetch/range-set.js';
 import { backoffDelay, parseRetryAfter } from '../../src/fetch/retry-policy.js';
-import { planRunSize, Scheduler } from '../../src/fetch/scheduler.js';
+import { clientLoadMonitor, MAX_LOAD_TO_SPLIT, planRunSize, Scheduler } from '../../src/fetch/scheduler.js';
 
 const MiB = 1024 * 1024;
 
@@ -44,7 +45,9 @@ describe('planning', () => {
   });
 
   it('splits the slowest range in flight for an idle worker, at an aligned point', () => {
-    const scheduler = new Scheduler({ ...options, workers: 2, minSplitEtaMs: 0 }, [[0, 20 * MiB]]);
+    const scheduler = new Scheduler({ ...options, workers: 2, minSplitEtaMs: 0, clientLoad: () => 0.3 }, [
+      [0, 20 * MiB],
+    ]);
     const first = scheduler.take()!;
     assert.deepEqual([first.start, first.end], [0, 10 * MiB]);
     const second = scheduler.take()!;
@@ -55,6 +58,30 @@ describe('planning', () => {
     assert.deepEqual([stolen.start, stolen.end], [5 * MiB, 10 * MiB]);
     assert.equal(first.end, 5 * MiB);
     assert.equal(scheduler.splits, 1);
+  });
+
+  it('does not split while this process is the bottleneck', () => {
+    let load = 0.95;
+    const scheduler = new Scheduler({ ...options, workers: 2, minSplitEtaMs: 0, clientLoad: () => load }, [
+      [0, 20 * MiB],
+    ]);
+    const first = scheduler.take()!;
+    scheduler.finish(scheduler.take()!);
+    first.stalled();
+    assert.equal(scheduler.take(), undefined, 'a saturated client gains nothing from a split');
+    load = 0.5;
+    assert.deepEqual([scheduler.take()?.start, first.end], [5 * MiB, 5 * MiB], 'with time to spare it splits');
+  });
+
+  it('reads the process as loaded until measured, and whenever writes waited for the disk', async () => {
+    let starved = 0;
+    const load = clientLoadMonitor(() => starved);
+    assert.equal(load(), 1, 'nothing measured yet');
+    await sleep(300);
+    assert.ok(load() < MAX_LOAD_TO_SPLIT, 'an idle event loop and no waiting writes');
+    starved++;
+    await sleep(300);
+    assert.equal(load(), 1, 'a writer waited for a free slab');
   });
 
   it('does not split a range that will finish soon', () => {
