@@ -13,6 +13,7 @@ import {
   SourceChangedError,
   isAbortError,
 } from '../core/errors.js';
+import { DEFAULTS } from '../core/defaults.js';
 import type { ProbeExpectation, ProbeResult, RangeBody, Source, Validator } from '../sources/source.js';
 import { journalMatches, journalPathFor, readJournal, removeJournal, writeJournal } from './journal.js';
 import { PartFile, type Preallocation } from './part-file.js';
@@ -23,6 +24,7 @@ import { backoffDelay, isRetryable, waitBeforeRetry, type RetryOptions } from '.
 import { clientLoadMonitor, RangeTask, Scheduler } from './scheduler.js';
 import { slabPoolFor, type SlabPool } from './slab-pool.js';
 import { SlabWriter } from './slab-writer.js';
+import { YoungGenerationSweeper } from './young-gc.js';
 
 /** A snapshot of a running download, for progress bars and logs. */
 export interface FetchProgress {
@@ -106,6 +108,7 @@ class Download {
   private lastJournalAt = 0;
   private journalWrite: Promise<void> = Promise.resolve();
   private readonly slabs: SlabPool;
+  private readonly sweeper = new YoungGenerationSweeper(DEFAULTS.youngGcEveryBytes);
   private unsyncedBytes = 0;
   private backgroundSync: Promise<void> | undefined;
   /** False for a server that ignores Range: its bytes cannot be resumed. */
@@ -343,6 +346,7 @@ class Download {
   private record(at: number, length: number): void {
     this.ranges.add(at, at + length);
     this.stats.transferredBytes += length;
+    this.sweeper.received(length);
     this.hasher?.advance(this.ranges.contiguousPrefix());
     this.unsyncedBytes += length;
     if (this.options.fsync && this.unsyncedBytes >= BACKGROUND_SYNC_BYTES && !this.backgroundSync) {
