@@ -50,6 +50,8 @@ describe('loom fetch argument parsing', () => {
       '--listen',
       '0.0.0.0:1',
     ],
+    ['http://h/a', '-w8', '-w', '9'],
+    ['-qo', 'x', '--', 'http://h/a'],
     [],
   ];
   for (const args of valid) {
