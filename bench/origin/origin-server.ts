@@ -108,6 +108,11 @@ export class OriginServer {
   }
 
   /** Base URL, e.g. http://127.0.0.1:41234 */
+  /** Client connections open now (a client that closes its keep-alive sockets leaves none). */
+  get openConnections(): number {
+    return this.sockets.size;
+  }
+
   get origin(): string {
     const scheme = this.options.tls ? 'https' : 'http';
     return `${scheme}://${this.options.hostname ?? '127.0.0.1'}:${this.port}`;

@@ -96,6 +96,7 @@ export async function fetchCached(
           materialize(layout, hinted.digest, out),
         );
         recordHintUse(layout, key);
+        source.close();
         return hit(hinted, materialization, false);
       }
       staleValidator = hinted.validator;

@@ -8,7 +8,7 @@ import { OriginServer } from '../../bench/origin/origin-server.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { hintPath, readHint, writeHint } from '../../src/cache/hit-hints.js';
 import { fetchCached, gcCache, openCache, removeFromCache, sourceKey, verifyCache } from '../../src/index.js';
-import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
+import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 
 const SIZE = 2 * 1024 * 1024 + 3;
 const content = randomContent(SIZE);
@@ -46,6 +46,7 @@ describe('hit hints', () => {
     assert.equal(server.bytesServed, 0);
     assert.equal(server.requests.length, 1, 'one conditional request');
     assert.equal(await sha256OfFile(out), content.sha256);
+    await waitFor('the hit to close its connection', () => server.openConnections === 0);
     // Without the hint the index is needed; it is unusable, so the download goes straight to --out.
     rmSync(hintPath(layout, key));
     const messages: string[] = [];
