@@ -280,6 +280,8 @@ export class OriginServer {
         bucket.nextFreeAt = Math.max(bucket.nextFreeAt, now) + (chunk.length / rate) * 1000;
         const wait = bucket.nextFreeAt - now - (chunk.length / rate) * 1000;
         if (wait > 1) await sleep(wait);
+        // The client may have gone while this response waited its turn.
+        if (res.destroyed) return;
       }
       this.bytesServed += chunk.length;
       if (!res.write(chunk)) await waitForDrain(res);
