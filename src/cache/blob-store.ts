@@ -16,6 +16,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { CacheError, diskError } from '../core/errors.js';
+import { isProcessAlive } from '../core/processes.js';
 import { blobPath, type CacheLayout } from './cache-root.js';
 
 /** How a blob reached the output path. */
@@ -127,18 +128,8 @@ export async function blobInUse(layout: CacheLayout, digest: string): Promise<bo
   for (const entry of entries) {
     if (!entry.startsWith(prefix)) continue;
     const pid = Number(entry.slice(prefix.length).split('.')[0]);
-    if (isAlive(pid)) return true;
+    if (isProcessAlive(pid)) return true;
     await fsp.rm(`${layout.locks}/${entry}`, { force: true });
   }
   return false;
-}
-
-function isAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as { code?: string }).code === 'EPERM';
-  }
 }

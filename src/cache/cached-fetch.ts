@@ -158,6 +158,7 @@ export async function fetchCached(
     const lock = await acquireSourceLock(layout, key, {
       signal: resolved.signal,
       onWait: () => status('waiting for another process on this node that is downloading it'),
+      onOwnerGone: (pid) => status(`the process that was downloading it (pid ${pid}) is gone; taking over its partial`),
       isDone: async () => {
         const entry = await usableEntry(index, layout, key);
         return entry !== undefined && entry.fetchedAt >= waitStarted;

@@ -9,7 +9,7 @@ import { OriginServer, type OriginOptions } from '../../bench/origin/origin-serv
 import { withBlobInUse } from '../../src/cache/blob-store.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { fetchCached, gcCache, openCache, sourceKey } from '../../src/index.js';
-import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir } from '../helpers/fixtures.js';
+import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
 
 const SIZE = 6 * 1024 * 1024 + 7;
@@ -228,6 +228,41 @@ describe('loom fetch and loom cache, several processes', () => {
     const summaries = runs.map((r) => JSON.parse(r.stdout) as { cache: string; waitedForOtherProcess: boolean });
     assert.equal(summaries.filter((s) => s.cache === 'miss').length, 1);
     assert.equal(summaries.filter((s) => s.waitedForOtherProcess).length, 3);
+  });
+
+  it("a waiter sees that the downloader's pid is gone and says so as it takes over", async () => {
+    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    const cacheDir = freshCache();
+    const args = (out: string, ...more: string[]) => [
+      'fetch',
+      server.url('/model.bin'),
+      '-o',
+      out,
+      '-w',
+      '2',
+      '--chunk-size',
+      '1MiB',
+      ...more,
+    ];
+    const downloader = startLoom(args(join(dir, 'p1.bin'), '-q'), { LOOM_CACHE_DIR: cacheDir });
+    const downloaded = collect(downloader);
+    await waitFor('the downloader to record itself as the lock owner', () =>
+      readdirSync(join(cacheDir, 'locks')).some((f) => f.endsWith('.owner')),
+    );
+    const waiter = collect(startLoom(args(join(dir, 'p2.bin')), { LOOM_CACHE_DIR: cacheDir }));
+    await sleep(800);
+    downloader.kill('SIGKILL');
+    await downloaded;
+    const run = await waiter;
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stderr, /waiting for another process/);
+    assert.match(run.stderr, new RegExp(`\\(pid ${downloader.pid}\\) is gone; taking over its partial`));
+    assert.equal(await sha256OfFile(join(dir, 'p2.bin')), content.sha256);
+    assert.deepEqual(
+      readdirSync(join(cacheDir, 'locks')).filter((f) => f.startsWith('source-')),
+      [],
+      'no lock or owner record left behind',
+    );
   });
 
   it('a waiter takes over when the downloading process is killed, resuming its partial', async () => {
