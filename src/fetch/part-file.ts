@@ -36,11 +36,11 @@ export class PartFile {
   }
 
   /**
-   * Reserves `size` bytes. fallocate(1) makes the file system promise the blocks, so a
-   * full disk is reported now, not 3 GB in; where it is missing or unsupported the file is
-   * only extended (sparse) after checking free space.
+   * Reserves `size` bytes after checking free space. `truncate` (the default of the fetch
+   * options) extends the file sparsely; `fallocate` makes the file system promise the blocks
+   * too, and falls back to `truncate` where fallocate(1) is missing or unsupported.
    */
-  async preallocate(size: number, mode: Preallocation = 'fallocate'): Promise<void> {
+  async preallocate(size: number, mode: Preallocation): Promise<void> {
     const free = await freeBytes(dirname(this.path));
     // Blocks the part already holds are overwritten in place, not allocated again.
     const { blocks } = await this.handle.stat();
@@ -91,24 +91,6 @@ export class PartFile {
     }
   }
 
-  /** Writes the buffers back to back from `position`, continuing after short writes. */
-  async writev(buffers: Buffer[], length: number, position: number): Promise<void> {
-    if (buffers.length === 1) return this.write(buffers[0]!, length, position);
-    let pending = buffers;
-    let written = 0;
-    try {
-      while (written < length) {
-        const { bytesWritten } = await this.handle.writev(pending, position + written);
-        if (bytesWritten <= 0)
-          throw Object.assign(new Error('write made no progress'), { code: 'ENOSPC', path: this.path });
-        written += bytesWritten;
-        pending = dropBytes(pending, bytesWritten);
-      }
-    } catch (err) {
-      throw diskError(err, `writing ${this.path}`, this.path);
-    }
-  }
-
   read(buffer: Buffer, length: number, position: number): Promise<number> {
     return this.handle.read(buffer, 0, length, position).then((r) => r.bytesRead);
   }
@@ -133,21 +115,6 @@ export class PartFile {
   async close(): Promise<void> {
     await this.handle.close().catch(() => undefined);
   }
-}
-
-/** The buffers left after the first `count` bytes were written. */
-function dropBytes(buffers: Buffer[], count: number): Buffer[] {
-  let skip = count;
-  const rest: Buffer[] = [];
-  for (const buffer of buffers) {
-    if (skip >= buffer.length) {
-      skip -= buffer.length;
-      continue;
-    }
-    rest.push(skip > 0 ? buffer.subarray(skip) : buffer);
-    skip = 0;
-  }
-  return rest;
 }
 
 async function freeBytes(dir: string): Promise<number | undefined> {
