@@ -6,7 +6,6 @@ import { CacheError, NotFoundError } from '../core/errors.js';
 import { blobInUse, ensureLayout, sha256OfFile } from './blob-store.js';
 import { CacheIndex, type BlobEntry } from './cache-index.js';
 import { blobPath, cacheLayout, type CacheLayout } from './cache-root.js';
-import { listHintUses, removeHints } from './hit-hints.js';
 import { sourceKey } from './source-key.js';
 
 export interface CacheHandle {
@@ -18,9 +17,9 @@ export interface CacheHandle {
 export async function openCache(root: string): Promise<CacheHandle> {
   const layout = cacheLayout(root);
   await ensureLayout(layout);
-  const index = new CacheIndex(layout.index);
+  const index = new CacheIndex(layout);
   try {
-    index.touchAll(listHintUses(layout).map((use) => ({ digest: use.digest, key: use.key, at: use.usedAt })));
+    index.foldHintUses();
   } catch (err) {
     index.close();
     throw err;
@@ -28,11 +27,10 @@ export async function openCache(root: string): Promise<CacheHandle> {
   return { layout, index, close: () => index.close() };
 }
 
-/** Deletes a blob's file, its index rows and the hints of every source that mapped to it. */
+/** Deletes a blob's file and its index rows (with their hints). */
 async function dropBlob(cache: CacheHandle, blob: BlobEntry): Promise<void> {
   await rm(blobPath(cache.layout, blob.digest), { force: true });
   cache.index.removeBlob(blob.digest);
-  removeHints(cache.layout, blob.sources);
 }
 
 export interface CacheListing {
@@ -111,7 +109,6 @@ export async function removeFromCache(cache: CacheHandle, target: string): Promi
   const entry = cache.index.source(key);
   if (!entry) throw new NotFoundError(`no cache entry for ${key}`, { hint: 'see loom cache ls' });
   cache.index.removeSource(key);
-  removeHints(cache.layout, [key]);
   const removed = [key];
   const blob = cache.index.blob(entry.digest);
   if (blob && blob.sources.length === 0 && !(await blobInUse(cache.layout, entry.digest))) {

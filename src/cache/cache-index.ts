@@ -1,9 +1,13 @@
 // The cache's index in SQLite (better-sqlite3, WAL, so several loom processes on a node
 // read while one writes): which source key maps to which blob, with the validator seen
-// when it was fetched, and when each blob was last used (for LRU eviction).
+// when it was fetched, and when each blob was last used (for LRU eviction). Each source
+// row is mirrored by a hit hint (hit-hints.ts), written and removed here with the row, so
+// the two cannot drift apart through a caller that forgot one of them.
 import Database from 'better-sqlite3';
 import { CacheError } from '../core/errors.js';
 import type { Validator } from '../sources/source.js';
+import type { CacheLayout } from './cache-root.js';
+import { listHintUses, removeHints, writeHint } from './hit-hints.js';
 
 export interface SourceEntry {
   key: string;
@@ -63,7 +67,8 @@ CREATE INDEX IF NOT EXISTS sources_digest ON sources(digest);
 export class CacheIndex {
   private readonly db: Database.Database;
 
-  constructor(path: string) {
+  constructor(private readonly layout: CacheLayout) {
+    const path = layout.index;
     try {
       this.db = new Database(path, { timeout: 10_000 });
       this.db.pragma('journal_mode = WAL');
@@ -118,9 +123,21 @@ export class CacheIndex {
         )
         .run(key, digest, size, validator.etag ?? null, validator.lastModified ?? null, now, now);
     })();
+    writeHint(this.layout, { key, digest, size, validator, fetchedAt: now });
   }
 
-  recordBlob(digest: string, size: number, now = Date.now()): void {
+  /** Writes the hint of a row again (a cache from before hints, or a crash between the two). */
+  restoreHint(entry: SourceEntry): void {
+    writeHint(this.layout, {
+      key: entry.key,
+      digest: entry.digest,
+      size: entry.size,
+      validator: entry.validator,
+      fetchedAt: entry.fetchedAt,
+    });
+  }
+
+  private recordBlob(digest: string, size: number, now: number): void {
     this.db
       .prepare(
         `INSERT INTO blobs (digest, size, created_at, last_used_at) VALUES (?, ?, ?, ?)
@@ -135,20 +152,25 @@ export class CacheIndex {
     if (key) this.db.prepare('UPDATE sources SET last_used_at = MAX(last_used_at, ?) WHERE key = ?').run(at, key);
   }
 
-  /** Records many uses in one transaction. */
-  touchAll(uses: ReadonlyArray<{ digest: string; key: string; at: number }>): void {
+  /** Takes in the uses that hits served from hints recorded in the hints' mtimes. */
+  foldHintUses(): void {
+    const uses = listHintUses(this.layout);
     this.db.transaction(() => {
-      for (const use of uses) this.touch(use.digest, use.key, use.at);
+      for (const use of uses) this.touch(use.digest, use.key, use.usedAt);
     })();
   }
 
   removeSource(key: string): boolean {
-    return this.db.prepare('DELETE FROM sources WHERE key = ?').run(key).changes > 0;
+    const removed = this.db.prepare('DELETE FROM sources WHERE key = ?').run(key).changes > 0;
+    removeHints(this.layout, [key]);
+    return removed;
   }
 
   /** Forgets a blob and every source that mapped to it. */
   removeBlob(digest: string): void {
+    const keys = this.blob(digest)?.sources ?? [];
     this.db.prepare('DELETE FROM blobs WHERE digest = ?').run(digest);
+    removeHints(this.layout, keys);
   }
 
   close(): void {

@@ -16,7 +16,7 @@ import { adoptBlob, ensureLayout, hasBlob, materialize, withBlobInUse, type Mate
 import type { CacheIndex, SourceEntry } from './cache-index.js';
 import { blobPath, cacheLayout, resolveCacheRoot, type CacheLayout } from './cache-root.js';
 import { isFresh, type FreshnessCheck } from './freshness.js';
-import { readHint, recordHintUse, writeHint, type HitHint } from './hit-hints.js';
+import { readHint, recordHintUse, type HitHint } from './hit-hints.js';
 import { sourceKey } from './source-key.js';
 
 export interface CacheOptions {
@@ -113,7 +113,7 @@ export async function fetchCached(
   try {
     await ensureLayout(layout);
     const { CacheIndex } = await import('./cache-index.js');
-    index = new CacheIndex(layout.index);
+    index = new CacheIndex(layout);
   } catch (err) {
     source.close();
     status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
@@ -126,7 +126,7 @@ export async function fetchCached(
   ) => {
     const materialization = await withBlobInUse(layout, entry.digest, () => materialize(layout, entry.digest, out));
     index.touch(entry.digest, key);
-    if ('key' in entry) writeHint(layout, entry);
+    if ('key' in entry) index.restoreHint(entry);
     return hit(entry, materialization, waited);
   };
 
@@ -177,15 +177,7 @@ export async function fetchCached(
       download = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
       await adoptBlob(layout, part, download.sha256!);
       await removeJournal(journalPathFor(part));
-      const now = Date.now();
-      index.recordFetch(key, download.sha256!, download.size, download.validator, now);
-      writeHint(layout, {
-        key,
-        digest: download.sha256!,
-        size: download.size,
-        validator: download.validator,
-        fetchedAt: now,
-      });
+      index.recordFetch(key, download.sha256!, download.size, download.validator);
     } finally {
       await lock.release();
     }

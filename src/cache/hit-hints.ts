@@ -1,9 +1,10 @@
 // Hit hints: each index row (source key -> digest, size, validator) also kept as a small
 // JSON file under hints/, so that a cache hit is served without loading SQLite at all; on a
-// hit, start-up is most of the time a user waits. The index stays the record: a hint is
-// written after its row commits and removed with it, and it is trusted only when it names
-// the same key and its blob is on disk at the recorded size. A hit served from a hint
-// records its use in the hint's mtime; `loom cache` folds those times into the index.
+// hit, start-up is most of the time a user waits. The index stays the record: CacheIndex
+// writes a hint after its row commits and removes it with the row, and a hint is trusted
+// only when it names the same key and its blob is on disk at the recorded size. A hit served
+// from a hint records its use in the hint's mtime; `loom cache` folds those times into the
+// index.
 import { readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Validator } from '../sources/source.js';
