@@ -230,34 +230,42 @@ describe('loom fetch and loom cache, several processes', () => {
     assert.equal(summaries.filter((s) => s.waitedForOtherProcess).length, 3);
   });
 
-  it("a waiter sees that the downloader's pid is gone and says so as it takes over", async () => {
+  /**
+   * Starts a download, waits until it owns the source's lock, starts a second process for the
+   * same URL with `waiterFlags`, kills the first mid-download and returns what the second did.
+   */
+  async function killTheDownloaderOfAWaiter(name: string, waiterFlags: string[]) {
     const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
     const cacheDir = freshCache();
-    const args = (out: string, ...more: string[]) => [
-      'fetch',
-      server.url('/model.bin'),
-      '-o',
-      out,
-      '-w',
-      '2',
-      '--chunk-size',
-      '1MiB',
-      ...more,
-    ];
-    const downloader = startLoom(args(join(dir, 'p1.bin'), '-q'), { LOOM_CACHE_DIR: cacheDir });
+    const env = { LOOM_CACHE_DIR: cacheDir };
+    const fetch = (out: string) => ['fetch', server.url('/model.bin'), '-o', out, '-w', '2', '--chunk-size', '1MiB'];
+    const downloader = startLoom([...fetch(join(dir, `${name}-1.bin`)), '-q'], env);
     const downloaded = collect(downloader);
     await waitFor('the downloader to record itself as the lock owner', () =>
       readdirSync(join(cacheDir, 'locks')).some((f) => f.endsWith('.owner')),
     );
-    const waiter = collect(startLoom(args(join(dir, 'p2.bin')), { LOOM_CACHE_DIR: cacheDir }));
+    const out = join(dir, `${name}-2.bin`);
+    const waiter = collect(startLoom([...fetch(out), ...waiterFlags], env));
     await sleep(800);
     downloader.kill('SIGKILL');
     await downloaded;
+    const servedBeforeKill = server.bytesServed;
     const run = await waiter;
+    return {
+      run,
+      out,
+      cacheDir,
+      downloaderPid: downloader.pid,
+      servedAfterKill: server.bytesServed - servedBeforeKill,
+    };
+  }
+
+  it("a waiter sees that the downloader's pid is gone and says so as it takes over", async () => {
+    const { run, out, cacheDir, downloaderPid } = await killTheDownloaderOfAWaiter('pid', []);
     assert.equal(run.code, 0, run.stderr);
     assert.match(run.stderr, /waiting for another process/);
-    assert.match(run.stderr, new RegExp(`\\(pid ${downloader.pid}\\) is gone; taking over its partial`));
-    assert.equal(await sha256OfFile(join(dir, 'p2.bin')), content.sha256);
+    assert.match(run.stderr, new RegExp(`\\(pid ${downloaderPid}\\) is gone; taking over its partial`));
+    assert.equal(await sha256OfFile(out), content.sha256);
     assert.deepEqual(
       readdirSync(join(cacheDir, 'locks')).filter((f) => f.startsWith('source-')),
       [],
@@ -266,34 +274,13 @@ describe('loom fetch and loom cache, several processes', () => {
   });
 
   it('a waiter takes over when the downloading process is killed, resuming its partial', async () => {
-    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
-    const cacheDir = freshCache();
-    const args = (out: string) => [
-      'fetch',
-      server.url('/model.bin'),
-      '-o',
-      out,
-      '--json',
-      '-w',
-      '2',
-      '--chunk-size',
-      '1MiB',
-    ];
-    const downloader = startLoom(args(join(dir, 'k1.bin')), { LOOM_CACHE_DIR: cacheDir });
-    const downloaded = collect(downloader);
-    await sleep(700);
-    const waiter = collect(startLoom(args(join(dir, 'k2.bin')), { LOOM_CACHE_DIR: cacheDir }));
-    await sleep(800);
-    downloader.kill('SIGKILL');
-    await downloaded;
-    const servedBeforeKill = server.bytesServed;
-    const run = await waiter;
+    const { run, out, servedAfterKill } = await killTheDownloaderOfAWaiter('resume', ['--json']);
     assert.equal(run.code, 0, run.stderr);
     const summary = JSON.parse(run.stdout) as { cache: string; resumedBytes: number };
     assert.equal(summary.cache, 'miss');
     assert.ok(summary.resumedBytes > 0, 'resumed the dead process partial');
-    assert.ok(server.bytesServed - servedBeforeKill < SIZE, 'the waiter fetched less than the whole file');
-    assert.equal(await sha256OfFile(join(dir, 'k2.bin')), content.sha256);
+    assert.ok(servedAfterKill < SIZE, 'the waiter fetched less than the whole file');
+    assert.equal(await sha256OfFile(out), content.sha256);
   });
 
   it('LOOM_OFFLINE=1 serves the cached copy without asking the origin', async () => {
