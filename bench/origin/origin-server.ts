@@ -53,6 +53,8 @@ export interface OriginOptions {
   firstByteLatencyMs?: number;
   /** Per-connection cap in bytes per second. */
   rateLimitBytesPerSecond?: number;
+  /** Cap over all connections together, in bytes per second (an origin's egress link). */
+  aggregateRateLimitBytesPerSecond?: number;
   /** false: ignore Range and always send 200 with the whole file. Default true. */
   acceptRanges?: boolean;
   /** Decides a fault for each request (undefined: serve normally). */
@@ -79,6 +81,7 @@ export class OriginServer {
   private readonly redirects = new Map<string, { location: string; status: number }>();
   private readonly sockets = new Set<Socket>();
   private readonly buckets = new WeakMap<Socket, { nextFreeAt: number }>();
+  private readonly sharedBucket = { nextFreeAt: 0 };
   private requestCount = 0;
   /** Body bytes written to clients, over all requests. */
   bytesServed = 0;
@@ -281,6 +284,15 @@ export class OriginServer {
         const wait = bucket.nextFreeAt - now - (chunk.length / rate) * 1000;
         if (wait > 1) await sleep(wait);
         // The client may have gone while this response waited its turn.
+        if (res.destroyed) return;
+      }
+      const shared = this.options.aggregateRateLimitBytesPerSecond;
+      if (shared) {
+        const now = performanceNow();
+        const cost = (chunk.length / shared) * 1000;
+        this.sharedBucket.nextFreeAt = Math.max(this.sharedBucket.nextFreeAt, now) + cost;
+        const wait = this.sharedBucket.nextFreeAt - now - cost;
+        if (wait > 1) await sleep(wait);
         if (res.destroyed) return;
       }
       this.bytesServed += chunk.length;

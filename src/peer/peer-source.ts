@@ -1,0 +1,123 @@
+// A peer's agent as a Source of one blob: ranges of `GET /v1/blobs/:digest` on another node.
+// The agent is not trusted: every answer is checked against the range asked for and the
+// blob's size, and the engine verifies each piece against the trusted manifest before it
+// counts. Peers are reached directly (no proxy): they are inside the fleet's network.
+import http, { type IncomingMessage } from 'node:http';
+import { BadResponseError, cancelled, HttpStatusError, StallError } from '../core/errors.js';
+import type { ProbeExpectation, ProbeResult, RangeBody, Source } from '../sources/source.js';
+
+export interface PeerSourceOptions {
+  /** The peer's node id, for stats and reports. */
+  nodeId: string;
+  /** Base URL of the peer's agent, e.g. http://10.0.0.7:7071. */
+  baseUrl: string;
+  /** The blob (hex sha256). */
+  digest: string;
+  /** The blob's size, from the trusted manifest. */
+  size: number;
+  /** Bearer token the agent asks for, if any. */
+  token?: string;
+  /** Abort a request that sends nothing for this long. */
+  stallTimeoutMs: number;
+  /** Connections to this peer at most. */
+  maxSockets: number;
+}
+
+/** The agent said it does not hold these bytes (yet): another source must serve them. */
+export function isNotHeld(err: unknown): boolean {
+  return err instanceof HttpStatusError && (err.status === 404 || err.status === 410);
+}
+
+export class PeerSource implements Source {
+  readonly url: string;
+  readonly label: string;
+  private readonly agent: http.Agent;
+  private readonly target: URL;
+
+  constructor(private readonly options: PeerSourceOptions) {
+    this.target = new URL(`/v1/blobs/${options.digest}`, options.baseUrl);
+    if (this.target.protocol !== 'http:') {
+      throw new BadResponseError(`peer ${options.nodeId} advertises ${options.baseUrl}: only http:// agents are used`);
+    }
+    this.url = this.target.href;
+    this.label = `peer ${options.nodeId}`;
+    this.agent = new http.Agent({ keepAlive: true, maxSockets: options.maxSockets, scheduling: 'lifo' });
+  }
+
+  /** A peer is only asked for ranges of a blob whose size the manifest gives. */
+  async probe(firstRange: readonly [number, number], signal: AbortSignal): Promise<ProbeResult> {
+    const [start, end] = firstRange;
+    const last = Math.min(end, this.options.size);
+    const body = await this.openRange(start, last, { size: this.options.size, validator: {} }, signal);
+    return { size: this.options.size, acceptsRanges: true, validator: {}, body, finalUrl: this.url };
+  }
+
+  async openRange(start: number, end: number, expect: ProbeExpectation, signal: AbortSignal): Promise<RangeBody> {
+    const res = await this.request(start, end, signal);
+    const status = res.statusCode ?? 0;
+    if (status !== 206) {
+      res.resume();
+      const retryAfter = Number(res.headers['retry-after']);
+      throw new HttpStatusError(`${this.label} answered HTTP ${status} for bytes ${start}-${end - 1}`, {
+        url: this.url,
+        status,
+        // 503: the peer is busy (max uploads); worth another try later. Anything else
+        // (404 not held, 401 token, 400) will not heal by asking this peer again.
+        retryable: status === 503 || status === 429,
+        retryAfterMs: Number.isFinite(retryAfter) ? retryAfter * 1000 : undefined,
+      });
+    }
+    const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''));
+    const length = res.headers['content-length'];
+    if (
+      !range ||
+      Number(range[1]) !== start ||
+      Number(range[2]) + 1 !== end ||
+      Number(range[3]) !== expect.size ||
+      (length !== undefined && Number(length) !== end - start)
+    ) {
+      res.destroy();
+      throw new BadResponseError(
+        `${this.label} answered bytes=${start}-${end - 1} of a ${expect.size}-byte blob with Content-Range "${res.headers['content-range'] ?? '(none)'}"`,
+        { url: this.url },
+      );
+    }
+    return { start, end, stream: res };
+  }
+
+  private request(start: number, end: number, signal: AbortSignal): Promise<IncomingMessage> {
+    if (signal.aborted) return Promise.reject(cancelled());
+    return new Promise((resolve, reject) => {
+      const req = http.request(this.target, {
+        agent: this.agent,
+        headers: {
+          range: `bytes=${start}-${end - 1}`,
+          'user-agent': 'loom-peer/0.1',
+          ...(this.options.token && { authorization: `Bearer ${this.options.token}` }),
+        },
+      });
+      const onAbort = (): void => {
+        req.destroy(cancelled());
+      };
+      signal.addEventListener('abort', onAbort, { once: true });
+      req.setTimeout(this.options.stallTimeoutMs, () => {
+        req.destroy(
+          new StallError(`no data from ${this.label} for ${this.options.stallTimeoutMs} ms`, { url: this.url }),
+        );
+      });
+      req.once('response', (res) => {
+        res.once('close', () => signal.removeEventListener('abort', onAbort));
+        resolve(res);
+      });
+      req.once('error', (err) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err);
+      });
+      req.end();
+    });
+  }
+
+  close(): void {
+    this.agent.destroy();
+  }
+}

@@ -1,0 +1,104 @@
+// PeerSource against a real HTTP server standing in for a peer's agent: exact bytes for an
+// honest answer, and a typed error (retryable or not, as the status deserves) for every
+// answer that breaks the range contract.
+import assert from 'node:assert/strict';
+import { buffer } from 'node:stream/consumers';
+import { after, describe, it } from 'node:test';
+import { OriginServer, type Fault } from '../../bench/origin/origin-server.js';
+import { BadResponseError, HttpStatusError } from '../../src/core/errors.js';
+import { isNotHeld, PeerSource } from '../../src/peer/peer-source.js';
+import { randomContent, sha256Of } from '../helpers/fixtures.js';
+
+const SIZE = 1024 * 1024;
+const content = randomContent(SIZE);
+const DIGEST = content.sha256;
+let fault: Fault | undefined;
+const agent = await new OriginServer({ fault: () => fault }).listen();
+agent.setFile(`/v1/blobs/${DIGEST}`, content.bytes);
+after(() => agent.close());
+
+function peer(): PeerSource {
+  const source = new PeerSource({
+    nodeId: 'node-a',
+    baseUrl: agent.origin,
+    digest: DIGEST,
+    size: SIZE,
+    token: 'secret',
+    stallTimeoutMs: 5_000,
+    maxSockets: 2,
+  });
+  after(() => source.close());
+  return source;
+}
+
+const expect = { size: SIZE, validator: {} };
+const signal = new AbortController().signal;
+
+async function bytesOf(source: PeerSource, start: number, end: number): Promise<Buffer> {
+  const body = await source.openRange(start, end, expect, signal);
+  const chunks: Buffer[] = [];
+  for await (const chunk of body.stream as AsyncIterable<Buffer>) chunks.push(chunk);
+  return Buffer.concat(chunks);
+}
+
+describe('PeerSource', () => {
+  it('returns the exact bytes of the range asked for, with the bearer token sent', async () => {
+    fault = undefined;
+    const got = await bytesOf(peer(), 1000, 300_000);
+    assert.equal(sha256Of(got), sha256Of(content.bytes.subarray(1000, 300_000)));
+    assert.equal(agent.requests.at(-1)?.headers.authorization, 'Bearer secret');
+    assert.equal(agent.requests.at(-1)?.range, 'bytes=1000-299999');
+  });
+
+  it('rejects a Content-Range for other bytes than asked', async () => {
+    fault = { kind: 'content-range', value: `bytes 0-1023/${SIZE}` };
+    await assert.rejects(bytesOf(peer(), 4096, 5120), BadResponseError);
+  });
+
+  it('rejects a Content-Range that claims another blob size', async () => {
+    fault = { kind: 'content-range', value: `bytes 0-1023/${SIZE + 1}` };
+    await assert.rejects(bytesOf(peer(), 0, 1024), BadResponseError);
+  });
+
+  it('treats 404 as not held (not retryable) and 503 as busy (retryable, with its Retry-After)', async () => {
+    fault = { kind: 'status', status: 404 };
+    const missing = await peer()
+      .openRange(0, 10, expect, signal)
+      .catch((err: unknown) => err);
+    assert.ok(missing instanceof HttpStatusError);
+    assert.equal(missing.retryable, false);
+    assert.ok(isNotHeld(missing));
+
+    fault = { kind: 'status', status: 503, headers: { 'retry-after': '2' } };
+    const busy = await peer()
+      .openRange(0, 10, expect, signal)
+      .catch((err: unknown) => err);
+    assert.ok(busy instanceof HttpStatusError);
+    assert.equal(busy.retryable, true);
+    assert.equal(busy.retryAfterMs, 2000);
+    assert.ok(!isNotHeld(busy));
+  });
+
+  it('refuses an agent URL that is not http', () => {
+    assert.throws(
+      () =>
+        new PeerSource({
+          nodeId: 'x',
+          baseUrl: 'file:///etc',
+          digest: DIGEST,
+          size: 1,
+          stallTimeoutMs: 1000,
+          maxSockets: 1,
+        }),
+      BadResponseError,
+    );
+  });
+
+  it('probe answers with the manifest size and opens the first range', async () => {
+    fault = undefined;
+    const probe = await peer().probe([0, 16], signal);
+    assert.equal(probe.size, SIZE);
+    assert.equal(probe.acceptsRanges, true);
+    assert.deepEqual(await buffer(probe.body.stream), content.bytes.subarray(0, 16));
+  });
+});
