@@ -5,12 +5,14 @@ import { join } from 'node:path';
 import { cacheScenarios } from './cache.bench.js';
 import { controlPlaneScenarios } from './control-plane.bench.js';
 import { fetchScenarios } from './fetch.bench.js';
+import { fleetScenarios } from './fleet.bench.js';
 import { ROOT } from './lib.js';
 
 const scenarios: Record<string, () => Promise<Record<string, unknown>>> = {
   ...fetchScenarios,
   ...cacheScenarios,
   ...controlPlaneScenarios,
+  ...fleetScenarios,
 };
 
 const wanted = process.argv.slice(2);

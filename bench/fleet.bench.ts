@@ -1,0 +1,229 @@
+// Issue 9's scenario: N nodes (separate processes, each with its own agent and cache) start
+// the same fetch at the same moment against one object-store-like origin with a capped
+// egress link. Measured: origin bytes over the file size, and the time until every node
+// has a verified copy, against one node alone with the origin to itself; then the same
+// with one node whose cached blob was corrupted (it serves bad pieces).
+import { spawn, type ChildProcess } from 'node:child_process';
+import { chmodSync, mkdirSync, openSync, rmSync, writeSync, closeSync } from 'node:fs';
+import { join } from 'node:path';
+import { SqliteStore } from '../src/control-plane/sqlite-store.js';
+import { buildControlPlane } from '../src/control-plane/server.js';
+import { OriginServer } from './origin/origin-server.js';
+import { freePort } from './origin/ports.js';
+import { DATA_DIR, LOOM_BIN, MiB, dataFile, median, printTable, runCommand, type CommandRun } from './lib.js';
+
+const SIZE = Number(process.env.LOOM_BENCH_FLEET_MIB ?? 512) * MiB;
+const ORIGIN = { firstByteLatencyMs: 100, rateLimitBytesPerSecond: 25e6, aggregateRateLimitBytesPerSecond: 100e6 };
+
+interface Node {
+  id: string;
+  cacheDir: string;
+  out: string;
+  agent: ChildProcess | undefined;
+}
+
+interface FleetRun {
+  seconds: number;
+  originBytes: number;
+  runs: CommandRun[];
+}
+
+async function waitForNodes(cpUrl: string, count: number): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const res = await fetch(`${cpUrl}/v1/nodes`).catch(() => undefined);
+    const body = res?.ok ? ((await res.json()) as { nodes: unknown[] }) : { nodes: [] };
+    if (body.nodes.length >= count) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`only some of ${count} agents registered with ${cpUrl}`);
+}
+
+async function startAgent(node: Node, cpUrl: string): Promise<void> {
+  const port = await freePort();
+  node.agent = spawn(
+    process.execPath,
+    [
+      LOOM_BIN,
+      'agent',
+      '--control-plane',
+      cpUrl,
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--advertise',
+      `http://127.0.0.1:${port}`,
+      '--node-id',
+      node.id,
+      '--cache-dir',
+      node.cacheDir,
+    ],
+    { stdio: 'ignore' },
+  );
+}
+
+async function stopAgent(node: Node): Promise<void> {
+  const agent = node.agent;
+  if (!agent || agent.exitCode !== null) return;
+  const exited = new Promise((r) => agent.once('exit', r));
+  agent.kill('SIGTERM');
+  const timer = setTimeout(() => agent.kill('SIGKILL'), 5_000);
+  await exited;
+  clearTimeout(timer);
+}
+
+function makeNodes(root: string, count: number): Node[] {
+  rmSync(root, { recursive: true, force: true });
+  return Array.from({ length: count }, (_, i) => {
+    const dir = join(root, `node-${i}`);
+    mkdirSync(dir, { recursive: true });
+    return { id: `node-${i}`, cacheDir: join(dir, 'cache'), out: join(dir, 'model.bin'), agent: undefined };
+  });
+}
+
+function fetchArgs(url: string, node: Node, cpUrl: string | undefined): string[] {
+  const args = ['fetch', url, '-o', node.out, '--cache-dir', node.cacheDir, '--json'];
+  return cpUrl ? [...args, '--control-plane', cpUrl, '--node-id', node.id] : args;
+}
+
+/** Starts every node's fetch at once; resolves when all are done. */
+async function runFleet(
+  origin: OriginServer,
+  url: string,
+  nodes: Node[],
+  cpUrl: string | undefined,
+): Promise<FleetRun> {
+  origin.resetStats();
+  const started = performance.now();
+  const runs = await Promise.all(nodes.map((node) => runCommand(LOOM_BIN, fetchArgs(url, node, cpUrl))));
+  const seconds = (performance.now() - started) / 1000;
+  const failed = runs.find((r) => r.code !== 0);
+  if (failed) throw new Error(`a node's fetch failed: ${failed.stderr.slice(0, 800)}`);
+  return { seconds, originBytes: origin.bytesServed, runs };
+}
+
+/** Flips bytes in the middle of a cached blob, as a bad disk or a malicious node would. */
+function corruptBlob(cacheDir: string, sha256: string): void {
+  const path = join(cacheDir, 'blobs', 'sha256', sha256);
+  chmodSync(path, 0o644);
+  const fd = openSync(path, 'r+');
+  try {
+    writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, Math.floor(SIZE / 2));
+  } finally {
+    closeSync(fd);
+  }
+}
+
+export async function fleetScenario(count = 8, rounds = 3): Promise<Record<string, unknown>> {
+  const file = dataFile(`fleet-${SIZE}.bin`, SIZE);
+  const origin = await new OriginServer(ORIGIN).listen();
+  origin.setFile('/models/fleet.bin', { content: { file, size: SIZE }, etag: `"fleet-${SIZE}"` });
+  const url = origin.url('/models/fleet.bin');
+  const root = join(DATA_DIR, 'fleet');
+  const samples = { alone: [] as number[], noPeers: [] as number[], peers: [] as number[] };
+  const bytes = { noPeers: [] as number[], peers: [] as number[], badPeer: [] as number[] };
+  let badPeer: { seconds: number; excluded: boolean; exact: boolean } | undefined;
+  try {
+    for (let round = 0; round < rounds; round++) {
+      // One node alone, the origin to itself.
+      const [solo] = makeNodes(join(root, 'solo'), 1);
+      samples.alone.push((await runFleet(origin, url, [solo!], undefined)).seconds);
+
+      // N nodes without a control plane: N origin copies through one capped link.
+      const plain = makeNodes(join(root, 'plain'), count);
+      const noPeers = await runFleet(origin, url, plain, undefined);
+      samples.noPeers.push(noPeers.seconds);
+      bytes.noPeers.push(noPeers.originBytes);
+
+      // N nodes with agents and a control plane.
+      const store = new SqliteStore(':memory:');
+      const cp = await buildControlPlane({ store });
+      const cpUrl = await cp.listen({ host: '127.0.0.1', port: 0 });
+      const nodes = makeNodes(join(root, 'peers'), count);
+      try {
+        for (const node of nodes) await startAgent(node, cpUrl);
+        await waitForNodes(cpUrl, count);
+        const peers = await runFleet(origin, url, nodes, cpUrl);
+        samples.peers.push(peers.seconds);
+        bytes.peers.push(peers.originBytes);
+        if (round === 0) badPeer = await withBadPeer(origin, url, nodes, cpUrl, peers);
+      } finally {
+        await Promise.all(nodes.map(stopAgent));
+        await cp.close();
+        await store.close();
+      }
+    }
+  } finally {
+    await origin.close();
+    rmSync(root, { recursive: true, force: true });
+  }
+  const alone = median(samples.alone);
+  const rows = [
+    {
+      run: '1 node alone',
+      'median s': alone.toFixed(2),
+      'x alone': '1.00x',
+      'origin bytes / file': '1.00',
+    },
+    {
+      run: `${count} nodes, no control plane`,
+      'median s': median(samples.noPeers).toFixed(2),
+      'x alone': `${(median(samples.noPeers) / alone).toFixed(2)}x`,
+      'origin bytes / file': (median(bytes.noPeers) / SIZE).toFixed(2),
+    },
+    {
+      run: `${count} nodes, loom with peers`,
+      'median s': median(samples.peers).toFixed(2),
+      'x alone': `${(median(samples.peers) / alone).toFixed(2)}x`,
+      'origin bytes / file': (median(bytes.peers) / SIZE).toFixed(2),
+    },
+  ];
+  printTable(
+    `${count} nodes cold-start on one ${SIZE / MiB} MiB file (origin: 100 ms first byte, 25 MB/s per connection, 100 MB/s in all; median of ${rounds})`,
+    rows,
+  );
+  if (badPeer) {
+    printTable('The same with one node serving corrupt pieces', [
+      {
+        'every output exact': badPeer.exact ? 'yes' : 'NO',
+        'bad node excluded': badPeer.excluded ? 'yes' : 'NO',
+        seconds: badPeer.seconds.toFixed(2),
+      },
+    ]);
+  }
+  return { size: SIZE, origin: ORIGIN, rounds, samples, bytes, rows, badPeer };
+}
+
+/**
+ * Node 0 keeps its copy but corrupts its cached blob; the others start over with empty
+ * caches and fetch again. Every output must still be exact and node 0 reported.
+ */
+async function withBadPeer(
+  origin: OriginServer,
+  url: string,
+  nodes: Node[],
+  cpUrl: string,
+  first: FleetRun,
+): Promise<{ seconds: number; excluded: boolean; exact: boolean }> {
+  const digest = (JSON.parse(first.runs[0]!.stdout) as { sha256: string }).sha256;
+  corruptBlob(nodes[0]!.cacheDir, digest);
+  const others = nodes.slice(1);
+  for (const node of others) {
+    rmSync(node.out, { force: true });
+    await stopAgent(node);
+    rmSync(node.cacheDir, { recursive: true, force: true });
+    await startAgent(node, cpUrl);
+  }
+  await waitForNodes(cpUrl, nodes.length);
+  const run = await runFleet(origin, url, others, cpUrl);
+  const summaries = run.runs.map(
+    (r) => JSON.parse(r.stdout) as { sha256: string; droppedSources?: Array<{ id: string }> },
+  );
+  return {
+    seconds: run.seconds,
+    exact: summaries.every((s) => s.sha256 === digest),
+    excluded: summaries.some((s) => s.droppedSources?.some((d) => d.id === nodes[0]!.id) ?? false),
+  };
+}
+
+export const fleetScenarios = {
+  fleet: () => fleetScenario(),
+};
