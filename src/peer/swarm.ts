@@ -1,0 +1,290 @@
+// How one node takes part in fetching one blob with its fleet: decides its role, builds the
+// sources the engine downloads from, keeps them current while the download runs, and tells
+// the control plane what this node holds.
+//
+// Roles:
+// - swarm: the digest and its trusted manifest are known and some node holds pieces: take
+//   pieces from peers (verified one by one against the manifest), the origin only for pieces
+//   no live peer holds.
+// - leader: nobody holds it yet and this node won the blob's lease: fetch from the origin,
+//   publish each piece as it is hashed (others take it from this node's agent), and at the
+//   end publish the source -> digest mapping and the manifest (the first node to fetch from
+//   the origin is the trust anchor when the source vouches for no digest).
+// - follower: another live node holds the lease: take its pieces as they land. Without a
+//   manifest yet they cannot be checked one by one, so the whole file is checked at the end
+//   against the digest the leader publishes (or the pinned one); nothing unchecked is kept.
+//   When the leader's lease lapses, a follower takes it and becomes the leader.
+// - origin: no control plane, or it does not answer: today's fetch.
+import type { LoomError } from '../core/errors.js';
+import type { Manifest } from '../control-plane/model.js'; // moves to core/manifest.ts with the engine
+import type { Source } from '../sources/source.js';
+import { PeerSource } from './peer-source.js';
+
+/** A holder of a blob, as locate answers. */
+export interface PeerHolder {
+  id: string;
+  url: string;
+  complete: boolean;
+  /** Verified pieces of a partial holder. */
+  pieces: number[] | null;
+}
+
+export type LeaseAnswer = { granted: true; token: string; expiresAt: number } | { granted: false };
+
+/** What the swarm needs from the control plane (ControlPlaneClient implements it). */
+export interface SwarmControl {
+  sourceDigest(key: string): Promise<string | undefined>;
+  manifest(digest: string): Promise<Manifest | undefined>;
+  holders(id: string, query: { node: string; zone?: string; limit: number }): Promise<PeerHolder[] | undefined>;
+  lease(id: string, node: string): Promise<LeaseAnswer | undefined>;
+  renewLease(id: string, token: string): Promise<boolean>;
+  releaseLease(id: string, token: string): Promise<void>;
+  announce(id: string, node: string, replica: { complete: boolean; pieces?: number[] }): Promise<void>;
+  publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void>;
+  report(digest: string, node: string, reason: string): Promise<void>;
+}
+
+export type VerifiedAgainst = 'sha256-pinned' | 'hub-sha256' | 's3-checksum' | 'first-origin-fetch';
+
+/** One place bytes can come from, as the engine schedules it. */
+export interface SwarmSlot {
+  id: string;
+  kind: 'origin' | 'peer';
+  source: Source;
+  maxConcurrency: number;
+  preference: number;
+  has?(piece: number): boolean;
+}
+
+export interface SwarmOptions {
+  nodeId: string;
+  zone?: string;
+  /** Bearer token peers' agents ask for. */
+  agentToken?: string;
+  /** Holders asked for at most. Default 8. */
+  maxPeers?: number;
+  /** Connections to one peer at most. Default 4. */
+  connectionsPerPeer?: number;
+  /** False: never the origin (`--no-origin`). */
+  useOrigin: boolean;
+  stallTimeoutMs: number;
+  /** How often holders are asked again while downloading. Default 500 ms. */
+  refreshMs?: number;
+  onStatus?: (message: string) => void;
+}
+
+export type SwarmRole = 'swarm' | 'leader' | 'follower' | 'origin';
+
+export interface SwarmPlan {
+  role: SwarmRole;
+  /** Name of the blob among peers: its digest, or the source id while it has none. */
+  id: string;
+  /** The trusted digest, when known before the download. */
+  digest: string | undefined;
+  manifest: Manifest | undefined;
+  size: number | undefined;
+}
+
+export class Swarm {
+  private readonly peers = new Map<string, { holder: PeerHolder; source: PeerSource; pieces: Set<number> }>();
+  private readonly excluded = new Set<string>();
+  private lease: { token: string } | undefined;
+  private refreshTimer: NodeJS.Timeout | undefined;
+  private addSlot: ((slot: SwarmSlot) => void) | undefined;
+  private originAllowed: boolean;
+  private announcing: Promise<void> = Promise.resolve();
+  private lastAnnounceAt = 0;
+  private verified = new Set<number>();
+  plan: SwarmPlan;
+
+  constructor(
+    private readonly control: SwarmControl,
+    private readonly key: string,
+    private readonly sourceId: string,
+    private readonly options: SwarmOptions,
+  ) {
+    this.plan = { role: 'origin', id: sourceId, digest: undefined, manifest: undefined, size: undefined };
+    this.originAllowed = options.useOrigin;
+  }
+
+  private status(message: string): void {
+    this.options.onStatus?.(message);
+  }
+
+  /** Decides this node's role; `pinned` is a digest the user or the source vouched for. */
+  async prepare(pinned: string | undefined): Promise<SwarmPlan> {
+    const digest = pinned ?? (await this.control.sourceDigest(this.key));
+    const manifest = digest ? await this.control.manifest(digest) : undefined;
+    const id = digest ?? this.sourceId;
+    this.plan = { role: 'origin', id, digest, manifest, size: manifest?.size };
+    const holders = await this.control.holders(id, this.locateQuery());
+    if (holders === undefined) return this.plan; // no control plane: today's fetch
+    if (manifest && holders.length > 0) {
+      this.track(holders, manifest.size);
+      this.plan.role = 'swarm';
+      return this.plan;
+    }
+    // Nobody can serve pieces checked against a manifest: one node fetches from the origin.
+    const lease = await this.control.lease(id, this.options.nodeId);
+    if (lease?.granted) {
+      this.lease = { token: lease.token };
+      this.plan.role = 'leader';
+      return this.plan;
+    }
+    const leader = holders.find((h) => !h.complete);
+    if (lease && leader) {
+      this.plan.role = 'follower';
+      this.originAllowed = false;
+      this.track(holders, undefined);
+      return this.plan;
+    }
+    return this.plan;
+  }
+
+  private locateQuery(): { node: string; zone?: string; limit: number } {
+    return { node: this.options.nodeId, zone: this.options.zone, limit: this.options.maxPeers ?? 8 };
+  }
+
+  /** Whether the origin may serve piece i now: only pieces no live peer holds. */
+  originHas(piece: number): boolean {
+    if (!this.originAllowed) return false;
+    for (const peer of this.peers.values()) {
+      if (!this.excluded.has(peer.holder.id) && (peer.holder.complete || peer.pieces.has(piece))) return false;
+    }
+    return true;
+  }
+
+  /** The peer sources known now, for the engine. */
+  peerSlots(): SwarmSlot[] {
+    return [...this.peers.values()].map((peer) => this.slotFor(peer.holder.id));
+  }
+
+  private slotFor(id: string): SwarmSlot {
+    const peer = this.peers.get(id)!;
+    return {
+      id,
+      kind: 'peer',
+      source: peer.source,
+      maxConcurrency: this.options.connectionsPerPeer ?? 4,
+      preference: 0,
+      has: (piece) => peer.holder.complete || peer.pieces.has(piece),
+    };
+  }
+
+  /** Adds or updates holders; returns the ids that are new. */
+  private track(holders: PeerHolder[], size: number | undefined): string[] {
+    const added: string[] = [];
+    for (const holder of holders) {
+      if (holder.id === this.options.nodeId || this.excluded.has(holder.id)) continue;
+      const known = this.peers.get(holder.id);
+      if (known) {
+        known.holder = holder;
+        for (const piece of holder.pieces ?? []) known.pieces.add(piece);
+        continue;
+      }
+      const source = new PeerSource({
+        nodeId: holder.id,
+        baseUrl: holder.url,
+        digest: this.plan.id,
+        size: size ?? this.plan.size ?? 0,
+        token: this.options.agentToken,
+        stallTimeoutMs: this.options.stallTimeoutMs,
+        maxSockets: this.options.connectionsPerPeer ?? 4,
+      });
+      this.peers.set(holder.id, { holder, source, pieces: new Set(holder.pieces ?? []) });
+      added.push(holder.id);
+    }
+    return added;
+  }
+
+  /** Starts refreshing holders (and the lease) while the engine runs; new peers go to `add`. */
+  start(add: (slot: SwarmSlot) => void): void {
+    this.addSlot = add;
+    const tick = async (): Promise<void> => {
+      await this.refresh().catch(() => undefined);
+      if (this.refreshTimer) this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? 500);
+    };
+    this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? 500);
+    this.refreshTimer.unref();
+  }
+
+  private async refresh(): Promise<void> {
+    if (this.lease) {
+      const kept = await this.control.renewLease(this.plan.id, this.lease.token);
+      if (!kept) this.status('lost the lease on this blob to another node; carrying on');
+    }
+    const holders = await this.control.holders(this.plan.id, this.locateQuery());
+    if (!holders) return;
+    for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
+    if (this.plan.role === 'follower' && !this.lease) {
+      const leaderAlive = holders.some((h) => h.id !== this.options.nodeId);
+      if (!leaderAlive) {
+        const lease = await this.control.lease(this.plan.id, this.options.nodeId);
+        if (lease?.granted) {
+          this.lease = { token: lease.token };
+          this.originAllowed = this.options.useOrigin;
+          this.status('the node fetching this blob from the origin is gone; this node takes over');
+        }
+      }
+    }
+  }
+
+  /** A piece is on disk and verified: peers may take it from this node's agent. */
+  pieceVerified(piece: number): void {
+    this.verified.add(piece);
+    const now = Date.now();
+    if (now - this.lastAnnounceAt < 250) return;
+    this.lastAnnounceAt = now;
+    this.announce(false);
+  }
+
+  private announce(complete: boolean, id = this.plan.id): void {
+    const pieces = complete ? undefined : [...this.verified].sort((a, b) => a - b);
+    this.announcing = this.announcing
+      .then(() => this.control.announce(id, this.options.nodeId, { complete, pieces }))
+      .catch(() => undefined);
+  }
+
+  /** A peer served bytes that failed verification: never asked again here, and reported. */
+  dropped(id: string, reason: LoomError): void {
+    if (!this.peers.has(id) || this.excluded.has(id)) return;
+    this.excluded.add(id);
+    this.status(`peer ${id} dropped: ${reason.message}`);
+    if (reason.code === 'LOOM_ERR_DIGEST_MISMATCH' && this.plan.digest) {
+      void this.control.report(this.plan.digest, id, reason.message).catch(() => undefined);
+    }
+  }
+
+  /**
+   * The download is complete and its digest computed: publish what this node now vouches
+   * for, and announce it as a complete holder. Returns the trusted digest it was checked
+   * against (a follower waits for the leader's).
+   */
+  async finished(manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
+    if (this.plan.role !== 'follower' || this.lease) {
+      await this.control.publish(this.key, manifest, verifiedAgainst).catch(() => undefined);
+    }
+    this.announce(true, manifest.digest);
+    await this.announcing;
+  }
+
+  /** The digest a follower's bytes must have: the pinned one, else the leader's, once published. */
+  async trustedDigest(timeoutMs: number): Promise<string | undefined> {
+    if (this.plan.digest) return this.plan.digest;
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      const digest = await this.control.sourceDigest(this.key);
+      if (digest) return digest;
+      await new Promise((resolve) => setTimeout(resolve, 200));
+    }
+    return undefined;
+  }
+
+  async close(): Promise<void> {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = undefined;
+    await this.announcing;
+    if (this.lease) await this.control.releaseLease(this.plan.id, this.lease.token).catch(() => undefined);
+    for (const peer of this.peers.values()) peer.source.close();
+  }
+}
