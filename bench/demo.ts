@@ -1,85 +1,320 @@
-// `npm run demo`: Loom doing its job on this machine with its defaults, in under a minute.
-// A local origin imitates an object store (50 ms to first byte, 25 MB/s per connection);
-// Loom fetches a 128 MiB file with one connection and then with its defaults, serves it
-// again from the cache, and asks a control plane which nodes hold it.
-import { mkdtempSync, rmSync } from 'node:fs';
+// `npm run demo`: the whole story on this machine, embedded defaults only (no network, no
+// Redis, no configuration, no root). An object-store-like origin (150 ms to first byte,
+// ~50 MB/s per connection, the original tool's S3 case) serves a generated model; a control
+// plane on SQLite and three node agents, each with its own cache, run beside it. Then:
+// one connection, `loom fetch` with its defaults, a cache hit, a second node served by the
+// first node's agent, and three fresh nodes starting at once. Every output's sha256 is
+// checked, and everything started is stopped (also on Ctrl-C or failure).
+//
+//   npm run demo [-- --size 256MiB]
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, mkdirSync, mkdtempSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { parseArgs } from 'node:util';
 import { SqliteStore } from '../src/control-plane/sqlite-store.js';
-import { buildControlPlane } from '../src/index.js';
+import { buildControlPlane } from '../src/control-plane/server.js';
+import { formatBytes, parseSize } from '../src/core/units.js';
 import { OriginServer } from './origin/origin-server.js';
-import { LOOM_BIN, MiB, runChecked } from './lib.js';
-import { randomBytes } from 'node:crypto';
+import { freePort } from './origin/ports.js';
+import { dataFile, LOOM_BIN, MiB } from './lib.js';
 
-const SIZE = 128 * MiB;
-const work = mkdtempSync(join(tmpdir(), 'loom-demo-'));
-const env = { LOOM_CACHE_DIR: join(work, 'cache') };
-const origin = await new OriginServer({ firstByteLatencyMs: 50, rateLimitBytesPerSecond: 25e6 }).listen();
-origin.setFile('/org/model/model.safetensors', randomBytes(SIZE));
-const url = origin.url('/org/model/model.safetensors');
+const { values: flags } = parseArgs({ options: { size: { type: 'string', default: '1GiB' } } });
+const SIZE = parseSize(flags.size!, '--size');
+const ORIGIN = { firstByteLatencyMs: 150, rateLimitBytesPerSecond: 50e6 };
 
-interface Summary {
+interface FetchSummary {
   seconds: number;
-  mbPerSecond: number;
-  cache: string;
   sha256: string;
-  requests: number;
-  materialization: string | null;
-}
-async function loom(args: string[]): Promise<Summary> {
-  const run = await runChecked(LOOM_BIN, ['fetch', url, '--json', ...args], env);
-  return JSON.parse(run.stdout) as Summary;
+  cache: string;
+  bytesBySource?: Record<string, number>;
+  transferredBytes?: number;
 }
 
-try {
-  console.log(`Origin: ${url}\n  (object-store-like: 50 ms to first byte, 25 MB/s per connection; file: 128 MiB)\n`);
+interface Row {
+  scenario: string;
+  seconds: number;
+  originBytes: number;
+  peerBytes: number;
+  sha256ok: boolean;
+}
 
-  const single = await loom(['-o', join(work, 'one-connection.bin'), '--workers', '1', '--no-cache']);
-  console.log(
-    `1. One connection, like a plain download:   ${single.seconds.toFixed(2)} s  (${single.mbPerSecond} MB/s)`,
-  );
+const work = mkdtempSync(join(tmpdir(), 'loom-demo-'));
+const children = new Set<ChildProcess>();
+const cleanups: Array<() => Promise<void> | void> = [];
+let cleaning: Promise<void> | undefined;
 
-  const parallel = await loom(['-o', join(work, 'model.safetensors')]);
-  console.log(
-    `2. loom fetch, defaults (16 workers):        ${parallel.seconds.toFixed(2)} s  (${parallel.mbPerSecond} MB/s, ${parallel.requests} requests) -> ${(single.seconds / parallel.seconds).toFixed(1)}x faster`,
-  );
-  console.log(`   sha256 ${parallel.sha256}, stored in the node cache`);
+function cleanup(): Promise<void> {
+  cleaning ??= (async () => {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGTERM');
+    await Promise.all(
+      [...children].map((child) =>
+        child.exitCode === null ? new Promise((resolve) => child.once('exit', resolve)) : undefined,
+      ),
+    );
+    for (const step of cleanups.reverse()) await step();
+    rmSync(work, { recursive: true, force: true });
+  })();
+  return cleaning;
+}
 
-  origin.resetStats();
-  const hit = await loom(['-o', join(work, 'again-model.safetensors')]);
-  console.log(
-    `3. The same fetch again (another container): ${(hit.seconds * 1000).toFixed(0)} ms, cache ${hit.cache} by ${hit.materialization}; origin sent ${origin.bytesServed} body bytes`,
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.once(signal, () => {
+    console.error(`\n${signal}: stopping everything the demo started`);
+    void cleanup().then(() => process.exit(130));
+  });
+}
+
+function checkFreeDisk(): void {
+  const stats = statfsSync(tmpdir());
+  const free = stats.bavail * stats.bsize;
+  // The generated model, one plain copy, and four node caches (outputs are hard links).
+  const needed = SIZE * 6 + 64 * MiB;
+  if (free < needed) {
+    throw new Error(
+      `the demo needs about ${formatBytes(needed)} free in ${tmpdir()} and there is ${formatBytes(free)}: pass a smaller --size (e.g. --size 256MiB)`,
+    );
+  }
+}
+
+async function sha256OfFile(path: string): Promise<string> {
+  const hash = createHash('sha256');
+  for await (const chunk of createReadStream(path, { highWaterMark: 4 * MiB })) hash.update(chunk as Buffer);
+  return hash.digest('hex');
+}
+
+/** Runs `loom fetch … --json`; its progress goes to this terminal, its summary is parsed. */
+function loomFetch(args: string[]): Promise<FetchSummary> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [LOOM_BIN, 'fetch', ...args, '--json'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    children.add(child);
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.once('error', reject);
+    child.once('exit', (code) => {
+      children.delete(child);
+      if (code !== 0) return reject(new Error(`loom fetch ${args.join(' ')} exited ${code}`));
+      try {
+        resolve(JSON.parse(stdout) as FetchSummary);
+      } catch (err) {
+        reject(new Error(`loom fetch printed no JSON summary: ${(err as Error).message}`));
+      }
+    });
+  });
+}
+
+interface DemoNode {
+  id: string;
+  cacheDir: string;
+  agent: ChildProcess | undefined;
+}
+
+async function startAgent(node: DemoNode, cpUrl: string): Promise<void> {
+  const port = await freePort();
+  const agent = spawn(
+    process.execPath,
+    [
+      LOOM_BIN,
+      'agent',
+      '--control-plane',
+      cpUrl,
+      '--listen',
+      `127.0.0.1:${port}`,
+      '--node-id',
+      node.id,
+      '--cache-dir',
+      node.cacheDir,
+    ],
+    { stdio: 'ignore' },
   );
+  children.add(agent);
+  agent.once('exit', () => children.delete(agent));
+  node.agent = agent;
+  for (let i = 0; i < 200; i++) {
+    const res = await fetch(`${cpUrl}/v1/nodes`).catch(() => undefined);
+    const body = res?.ok ? ((await res.json()) as { nodes: Array<{ id: string }> }) : { nodes: [] };
+    if (body.nodes.some((n) => n.id === node.id)) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`the agent of ${node.id} did not register with the control plane`);
+}
+
+async function stopAgent(node: DemoNode): Promise<void> {
+  const agent = node.agent;
+  if (!agent || agent.exitCode !== null) return;
+  const exited = new Promise((resolve) => agent.once('exit', resolve));
+  agent.kill('SIGTERM');
+  await exited;
+}
+
+function bytesFrom(summary: FetchSummary): { origin: number; peers: number } {
+  const sources = summary.bytesBySource ?? {};
+  const origin = sources.origin ?? (summary.cache === 'hit' ? 0 : (summary.transferredBytes ?? 0));
+  const peers = Object.entries(sources)
+    .filter(([id]) => id !== 'origin')
+    .reduce((sum, [, bytes]) => sum + bytes, 0);
+  return { origin, peers };
+}
+
+function printTable(rows: Row[], baseline: number): void {
+  const mb = (bytes: number): string => (bytes / 1e6).toFixed(0);
+  const lines = rows.map((row) => ({
+    scenario: row.scenario,
+    time: row.seconds < 1 ? `${(row.seconds * 1000).toFixed(0)} ms` : `${row.seconds.toFixed(2)} s`,
+    'MB/s': (((SIZE / 1e6) * (row.scenario.startsWith('3 nodes') ? 3 : 1)) / row.seconds).toFixed(0),
+    'speed-up': `${(baseline / row.seconds).toFixed(1)}x`,
+    'bytes from': `origin ${mb(row.originBytes)} MB, peers ${mb(row.peerBytes)} MB`,
+    sha256: row.sha256ok ? 'ok' : 'MISMATCH',
+  }));
+  const headers = Object.keys(lines[0]!) as Array<keyof (typeof lines)[number]>;
+  const widths = headers.map((h) => Math.max(h.length, ...lines.map((l) => l[h].length)));
+  const fmt = (cells: string[]): string => `| ${cells.map((c, i) => c.padEnd(widths[i]!)).join(' | ')} |`;
+  console.log(`\n${fmt(headers)}`);
+  console.log(`|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`);
+  for (const line of lines) console.log(fmt(headers.map((h) => line[h])));
+}
+
+async function main(): Promise<void> {
+  checkFreeDisk();
+  console.log(`Generating a ${formatBytes(SIZE)} model…`);
+  const model = dataFile(`demo-model-${SIZE}.bin`, SIZE);
+  const digest = await sha256OfFile(model);
+
+  const origin = await new OriginServer(ORIGIN).listen();
+  cleanups.push(() => origin.close());
+  origin.setFile('/bucket/llama/model.safetensors', { content: { file: model, size: SIZE }, etag: `"demo-${SIZE}"` });
+  const url = origin.url('/bucket/llama/model.safetensors');
 
   const store = new SqliteStore(join(work, 'control-plane.db'));
   const cp = await buildControlPlane({ store });
   const cpUrl = await cp.listen({ host: '127.0.0.1', port: 0 });
-  const put = (path: string, body: unknown) =>
-    fetch(`${cpUrl}${path}`, {
-      method: 'PUT',
-      headers: { 'content-type': 'application/json' },
-      body: JSON.stringify(body),
-    });
-  for (const [id, zone] of [
-    ['gpu-node-1', 'us-east-1a'],
-    ['gpu-node-2', 'us-east-1b'],
-  ] as const) {
-    await put(`/v1/nodes/${id}`, { url: `http://${id}:7071`, zone, freeUploadSlots: 4 });
-    await put(`/v1/blobs/${parallel.sha256}/replicas/${id}`, { complete: true });
+  cleanups.push(async () => {
+    await cp.close();
+    await store.close();
+  });
+
+  const nodes: DemoNode[] = ['node-a', 'node-b', 'node-c'].map((id) => ({
+    id,
+    cacheDir: join(work, id, 'cache'),
+    agent: undefined,
+  }));
+  for (const node of nodes) {
+    mkdirSync(join(work, node.id), { recursive: true });
+    await startAgent(node, cpUrl);
   }
-  await put('/v1/sources', { key: url, digest: parallel.sha256 });
-  const located = (await (
-    await fetch(`${cpUrl}/v1/blobs/${parallel.sha256}/peers?node=gpu-node-3&zone=us-east-1b`)
-  ).json()) as {
-    peers: Array<{ id: string; zone: string }>;
+  console.log(`Origin ${url}: 150 ms to first byte, 50 MB/s per connection`);
+  console.log(`Control plane ${cpUrl} (SQLite), agents: ${nodes.map((n) => n.id).join(', ')}\n`);
+
+  const rows: Row[] = [];
+  const record = async (scenario: string, out: string, summary: FetchSummary, originBytes: number): Promise<void> => {
+    const { peers } = bytesFrom(summary);
+    rows.push({
+      scenario,
+      seconds: summary.seconds,
+      originBytes,
+      peerBytes: peers,
+      sha256ok: (await sha256OfFile(out)) === digest,
+    });
   };
-  console.log(
-    `4. Control plane (${cpUrl}): a cold node in us-east-1b asks who holds the blob -> ${located.peers.map((p) => `${p.id} (${p.zone})`).join(', ')}`,
+  const [a, b] = nodes as [DemoNode, DemoNode, DemoNode];
+  const out = (node: DemoNode, name: string): string => join(work, node.id, name);
+
+  console.log('1. One connection (the sequential case)');
+  origin.resetStats();
+  const single = await loomFetch([url, '-o', join(work, 'one-connection.bin'), '--workers', '1', '--no-cache']);
+  await record('1 connection', join(work, 'one-connection.bin'), single, origin.bytesServed);
+
+  console.log('2. loom fetch with its defaults, node-a');
+  origin.resetStats();
+  const first = await loomFetch([
+    url,
+    '-o',
+    out(a, 'model.safetensors'),
+    '--cache-dir',
+    a.cacheDir,
+    '--control-plane',
+    cpUrl,
+    '--node-id',
+    a.id,
+  ]);
+  await record('loom fetch, defaults', out(a, 'model.safetensors'), first, origin.bytesServed);
+
+  console.log('3. The same fetch again on node-a (another container): a cache hit');
+  origin.resetStats();
+  const hit = await loomFetch([url, '-o', out(a, 'again.safetensors'), '--cache-dir', a.cacheDir]);
+  await record('cache hit', out(a, 'again.safetensors'), hit, origin.bytesServed);
+
+  console.log("4. node-b fetches it: from node-a's agent");
+  origin.resetStats();
+  const peer = await loomFetch([
+    url,
+    '-o',
+    out(b, 'model.safetensors'),
+    '--cache-dir',
+    b.cacheDir,
+    '--control-plane',
+    cpUrl,
+    '--node-id',
+    b.id,
+  ]);
+  await record('2nd node, from a peer', out(b, 'model.safetensors'), peer, origin.bytesServed);
+
+  console.log('5. Three fresh nodes start at once (caches emptied, agents restarted)');
+  for (const node of nodes) {
+    await stopAgent(node);
+    rmSync(node.cacheDir, { recursive: true, force: true });
+    await startAgent(node, cpUrl);
+  }
+  origin.resetStats();
+  const started = performance.now();
+  const fleet = await Promise.all(
+    nodes.map((node) =>
+      loomFetch([
+        url,
+        '-o',
+        out(node, 'fleet.safetensors'),
+        '--cache-dir',
+        node.cacheDir,
+        '--control-plane',
+        cpUrl,
+        '--node-id',
+        node.id,
+        '--progress',
+        'none',
+      ]),
+    ),
   );
-  await cp.close();
-  await store.close();
-  console.log('\nDone. Run `npm test` for the test suite and `npm run bench` for the benchmarks.');
+  const fleetSeconds = (performance.now() - started) / 1000;
+  const fleetOk = (await Promise.all(nodes.map((node) => sha256OfFile(out(node, 'fleet.safetensors'))))).every(
+    (d) => d === digest,
+  );
+  rows.push({
+    scenario: '3 nodes at once',
+    seconds: fleetSeconds,
+    originBytes: origin.bytesServed,
+    peerBytes: fleet.reduce((sum, s) => sum + bytesFrom(s).peers, 0),
+    sha256ok: fleetOk,
+  });
+
+  printTable(rows, single.seconds);
+  const bad = rows.filter((r) => !r.sha256ok);
+  console.log(
+    `\nsha256 ${digest}: ${bad.length === 0 ? 'every output verified' : `MISMATCH in ${bad.map((r) => r.scenario).join(', ')}`}`,
+  );
+  console.log(
+    `Origin egress for the three nodes at once: ${(rows.at(-1)!.originBytes / SIZE).toFixed(2)} copies of the file.`,
+  );
+  if (bad.length) process.exitCode = 1;
+}
+
+try {
+  await main();
+} catch (err) {
+  console.error(`demo failed: ${(err as Error).message}`);
+  process.exitCode = 1;
 } finally {
-  await origin.close();
-  rmSync(work, { recursive: true, force: true });
+  await cleanup();
 }
