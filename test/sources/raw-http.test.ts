@@ -1,0 +1,186 @@
+// The raw keep-alive client of the lean data path, against real HTTP servers on loopback:
+// exact bytes into the caller's regions, connections reused, a sink that stops early, a
+// sink that makes reads wait, bodies it does not read, stalls and aborts.
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import net, { type AddressInfo, type Socket } from 'node:net';
+import { after, describe, it } from 'node:test';
+import { OriginServer } from '../../bench/origin/origin-server.js';
+import { AbortedError, StallError } from '../../src/core/errors.js';
+import { RawHttpClient, UnsupportedResponse, type BodySink } from '../../src/sources/raw-http.js';
+import { randomContent, sha256Of } from '../helpers/fixtures.js';
+
+const SIZE = 3 * 1024 * 1024 + 777;
+const content = randomContent(SIZE);
+const origin = await new OriginServer().listen();
+origin.setFile('/blob', content.bytes);
+after(() => origin.close());
+
+/** Collects a body in regions of `regionSize`; `stopAt` bytes: say no more is wanted. */
+function collector(regionSize: number, stopAt = Infinity): BodySink & { bytes: () => Buffer; commits: number } {
+  const parts: Buffer[] = [];
+  let region = Buffer.alloc(regionSize);
+  let filled = 0;
+  let total = 0;
+  let commits = 0;
+  return {
+    region: () => region.subarray(filled),
+    commit(length) {
+      commits++;
+      filled += length;
+      total += length;
+      if (filled === region.length) {
+        parts.push(region);
+        region = Buffer.alloc(regionSize);
+        filled = 0;
+      }
+      return total < stopAt;
+    },
+    ready: async () => undefined,
+    bytes: () => Buffer.concat([...parts, region.subarray(0, filled)]),
+    get commits() {
+      return commits;
+    },
+  };
+}
+
+describe('RawHttpClient', () => {
+  it('reads a range body into the caller regions, exact, and reuses the connection', async () => {
+    const client = new RawHttpClient();
+    after(() => client.close());
+    origin.resetStats();
+    const opened = origin.openConnections;
+    for (const [start, end] of [
+      [0, 1_000_000],
+      [1_000_000, SIZE],
+    ] as const) {
+      const res = await client.get({
+        url: new URL(origin.url('/blob')),
+        headers: { range: `bytes=${start}-${end - 1}` },
+        stallTimeoutMs: 5_000,
+      });
+      assert.equal(res.status, 206);
+      assert.equal(res.headers['content-range'], `bytes ${start}-${end - 1}/${SIZE}`);
+      const sink = collector(64 * 1024 + 3);
+      await res.readBody(sink);
+      assert.equal(sha256Of(sink.bytes()), sha256Of(content.bytes.subarray(start, end)));
+    }
+    assert.equal(origin.requests.length, 2);
+    assert.equal(origin.openConnections - opened, 1, 'both requests went over one keep-alive connection');
+  });
+
+  it('closes the connection when the sink wants no more, and the next request still works', async () => {
+    const client = new RawHttpClient();
+    after(() => client.close());
+    const url = new URL(origin.url('/blob'));
+    const res = await client.get({ url, headers: { range: `bytes=0-${SIZE - 1}` }, stallTimeoutMs: 5_000 });
+    const sink = collector(32 * 1024, 100_000);
+    await res.readBody(sink);
+    const got = sink.bytes();
+    assert.ok(got.length >= 100_000 && got.length < SIZE);
+    assert.deepEqual(got, content.bytes.subarray(0, got.length));
+    const again = await client.get({ url, headers: { range: 'bytes=10-19' }, stallTimeoutMs: 5_000 });
+    const small = collector(1024);
+    await again.readBody(small);
+    assert.deepEqual(small.bytes(), content.bytes.subarray(10, 20));
+  });
+
+  it('waits for the sink when it has no room, without losing or reordering bytes', async () => {
+    const client = new RawHttpClient();
+    after(() => client.close());
+    const parts: Buffer[] = [];
+    let region: Buffer | undefined = Buffer.alloc(50_000);
+    let filled = 0;
+    let wake: (() => void) | undefined;
+    const sink: BodySink = {
+      region: () => region?.subarray(filled),
+      commit(length) {
+        filled += length;
+        if (filled === region!.length) {
+          parts.push(region!);
+          region = undefined;
+          filled = 0;
+          // The "disk" gives the region back a little later.
+          setTimeout(() => {
+            region = Buffer.alloc(50_000);
+            wake?.();
+          }, 2);
+        }
+        return true;
+      },
+      ready: () => new Promise<void>((resolve) => (region ? resolve() : (wake = resolve))),
+    };
+    const res = await client.get({
+      url: new URL(origin.url('/blob')),
+      headers: { range: `bytes=0-${SIZE - 1}` },
+      stallTimeoutMs: 5_000,
+    });
+    await res.readBody(sink);
+    if (region && filled) parts.push(region.subarray(0, filled));
+    assert.equal(sha256Of(Buffer.concat(parts)), content.sha256);
+  });
+
+  it('refuses a body without Content-Length (chunked) so the caller can fall back', async () => {
+    const server = http.createServer((_req, res) => {
+      res.writeHead(206, { 'transfer-encoding': 'chunked' });
+      res.end('hello');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    after(() => server.close());
+    const client = new RawHttpClient();
+    after(() => client.close());
+    const { port } = server.address() as AddressInfo;
+    const res = await client.get({ url: new URL(`http://127.0.0.1:${port}/x`), headers: {}, stallTimeoutMs: 5_000 });
+    assert.equal(res.contentLength, undefined);
+    await assert.rejects(res.readBody(collector(1024)), UnsupportedResponse);
+  });
+
+  it('fails a response that stops sending with StallError, and an aborted one with AbortedError', async () => {
+    const sockets = new Set<Socket>();
+    const server = http.createServer((_req, res) => {
+      res.writeHead(206, { 'content-length': 1000 });
+      res.write(Buffer.alloc(10));
+      // …and nothing more.
+    });
+    server.on('connection', (socket: Socket) => sockets.add(socket));
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    after(() => {
+      for (const socket of sockets) socket.destroy();
+      server.close();
+    });
+    const client = new RawHttpClient();
+    after(() => client.close());
+    const { port } = server.address() as AddressInfo;
+    const url = new URL(`http://127.0.0.1:${port}/x`);
+    const stalled = await client.get({ url, headers: {}, stallTimeoutMs: 200 });
+    await assert.rejects(stalled.readBody(collector(1024)), StallError);
+
+    const controller = new AbortController();
+    const held = await client.get({ url, headers: {}, stallTimeoutMs: 10_000, signal: controller.signal });
+    const reading = held.readBody(collector(1024));
+    controller.abort();
+    await assert.rejects(reading, AbortedError);
+  });
+
+  it('parses a response head that arrives in pieces, with body bytes in the same read as its end', async () => {
+    const server = net.createServer((socket) => {
+      socket.once('data', () => {
+        socket.write('HTTP/1.1 206 Partial Content\r\nContent-Le');
+        setTimeout(() => socket.write('ngth: 11\r\nX-Two: a\r\nX-Two: b\r\n\r\nhel'), 20);
+        setTimeout(() => socket.write('lo world'), 40);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    after(() => server.close());
+    const client = new RawHttpClient();
+    after(() => client.close());
+    const { port } = server.address() as AddressInfo;
+    const res = await client.get({ url: new URL(`http://127.0.0.1:${port}/x`), headers: {}, stallTimeoutMs: 5_000 });
+    assert.equal(res.status, 206);
+    assert.equal(res.contentLength, 11);
+    assert.equal(res.headers['x-two'], 'a, b');
+    const sink = collector(4);
+    await res.readBody(sink);
+    assert.equal(sink.bytes().toString(), 'hello world');
+  });
+});
