@@ -113,6 +113,8 @@ export class Agent {
   private readonly manifestFor: (digest: string) => Promise<ManifestRecord | undefined>;
   /** digest -> what was last announced for it ('complete' or 'partial:<pieces>'). */
   private readonly announced = new Map<string, string>();
+  /** digest -> when its partial replica was last announced. */
+  private readonly partialAnnouncedAt = new Map<string, number>();
   private readonly manifestsPublished = new Set<string>();
   private registered = false;
   /** Whether what an earlier run of this node announced was cleared (see sendHeartbeat). */
@@ -321,10 +323,14 @@ export class Agent {
     for (const [digest, replica] of held) {
       if (this.stopped) return;
       const state = replica.complete ? 'complete' : `partial:${replica.pieces!.join(',')}`;
-      if (!all && this.announced.get(digest) === state) continue;
+      // Partial replicas expire quickly on the control plane: refreshed every heartbeat interval.
+      const fresh = replica.complete || Date.now() - (this.partialAnnouncedAt.get(digest) ?? 0) < this.intervalMs;
+      if (!all && fresh && this.announced.get(digest) === state) continue;
       const answer = await this.client.announce(digest, this.nodeId, replica);
       if (answer.ok) {
         this.announced.set(digest, state);
+        if (replica.complete) this.partialAnnouncedAt.delete(digest);
+        else this.partialAnnouncedAt.set(digest, Date.now());
         if (replica.complete) await this.publishManifest(digest);
         continue;
       }
@@ -338,8 +344,10 @@ export class Agent {
         } else this.log('warn', `announcing ${digest} failed: ${answer.message}; will retry`);
         return;
       }
-      // Refused for good (401, 403, 400): say so once, and retry only when the blob changes.
+      // Refused for good (401, 403, 400): say so, and retry only when the blob changes (or,
+      // for a partial, at the next refresh).
       this.announced.set(digest, `refused:${state}`);
+      if (!replica.complete) this.partialAnnouncedAt.set(digest, Date.now());
       this.log('warn', `the control plane refused the announcement of ${digest}: ${answer.message}`);
     }
     for (const digest of [...this.announced.keys()]) {
@@ -347,6 +355,7 @@ export class Agent {
       const answer = await this.client.withdraw(digest, this.nodeId);
       if (answer.ok || answer.status === 404) {
         this.announced.delete(digest);
+        this.partialAnnouncedAt.delete(digest);
         this.manifestsPublished.delete(digest);
       } else if (answer.status === undefined) {
         this.log('warn', `withdrawing ${digest} failed: ${answer.message}; will retry`);

@@ -25,6 +25,8 @@ interface Cp {
   app: FastifyInstance;
   /** Bodies of every heartbeat received, in order. */
   beats: Array<Record<string, unknown>>;
+  /** `PUT <digest>` for every replica announcement received. */
+  announcements: string[];
   close(): Promise<void>;
 }
 
@@ -38,9 +40,12 @@ async function startCp(port = 0): Promise<Cp> {
   const store = new SqliteStore(join(dir, `cp-${++dbs}.db`));
   const app = await buildControlPlane({ store, nodeTtlMs: 1_500 });
   const beats: Array<Record<string, unknown>> = [];
+  const announcements: string[] = [];
   app.addHook('preHandler', async (request) => {
     if (request.method === 'PUT' && request.url.startsWith('/v1/nodes/'))
       beats.push({ ...(request.body as Record<string, unknown>) });
+    const replica = /^\/v1\/blobs\/([0-9a-f]{64})\/replicas\//.exec(request.url);
+    if (request.method === 'PUT' && replica) announcements.push(replica[1]!);
   });
   const url = await app.listen({ host: '127.0.0.1', port });
   let closed = false;
@@ -51,7 +56,7 @@ async function startCp(port = 0): Promise<Cp> {
     await store.close();
   };
   closers.push(close);
-  return { url, app, beats, close };
+  return { url, app, beats, announcements, close };
 }
 
 async function startAgent(cp: string, cacheRoot: string, options: Partial<AgentOptions> = {}): Promise<Agent> {
@@ -144,6 +149,18 @@ describe('agent lifecycle', () => {
     // A download abandoned (its files removed) is withdrawn.
     rmSync(join(tmp, `${other.digest}.pieces.json`));
     await waitFor('abandoned withdrawn', async () => (await peers(cp.url, other.digest)).length === 0);
+  });
+
+  it('refreshes a partial replica every heartbeat interval, and a complete one only when it changes', async () => {
+    const cp = await startCp();
+    const root = await makeCache();
+    const complete = await putBlob(root, randomBytes(1000));
+    const partial = putPartial(root, randomBytes(8192), 4096, [0]);
+    await startAgent(cp.url, root);
+    // The node beats every 0.5 s: three announcements of the unchanged partial take ~1.5 s.
+    await waitFor('partial refreshed', () => cp.announcements.filter((d) => d === partial.digest).length >= 3);
+    assert.equal(cp.announcements.filter((d) => d === complete).length, 1);
+    assert.deepEqual((await peers(cp.url, partial.digest))[0]?.pieces, [0]);
   });
 
   it("publishes the cache's manifest of a blob with its announcement", async () => {
