@@ -33,6 +33,11 @@ export const AGENT_SERVER_DEFAULTS = {
   readChunkBytes: 1024 * 1024,
   /** Idle keep-alive connections are kept this long (peers fetch piece after piece). */
   keepAliveTimeoutMs: 30_000,
+  /**
+   * A connection on which nothing moves for this long is closed: a peer that stops reading
+   * mid-body would otherwise hold an upload slot for ever.
+   */
+  idleTimeoutMs: 60_000,
   /** How long close() lets uploads in flight finish before cutting them. */
   closeGraceMs: 5_000,
 } as const;
@@ -44,6 +49,7 @@ export interface AgentServerOptions {
   maxUploads?: number;
   metrics?: AgentMetrics;
   readChunkBytes?: number;
+  idleTimeoutMs?: number;
 }
 
 const DIGEST = /^[0-9a-f]{64}$/;
@@ -103,6 +109,7 @@ export class AgentServer {
     });
     this.server.keepAliveTimeout = AGENT_SERVER_DEFAULTS.keepAliveTimeoutMs;
     this.server.headersTimeout = AGENT_SERVER_DEFAULTS.keepAliveTimeoutMs + 5_000;
+    this.server.timeout = options.idleTimeoutMs ?? AGENT_SERVER_DEFAULTS.idleTimeoutMs;
   }
 
   /** Uploads being sent now. */

@@ -20,7 +20,7 @@ after(async () => {
 
 async function start(
   root: string,
-  options: { token?: string; maxUploads?: number } = {},
+  options: { token?: string; maxUploads?: number; idleTimeoutMs?: number } = {},
 ): Promise<{ server: AgentServer; base: string }> {
   const server = new AgentServer({ cacheRoot: root, ...options });
   const { port } = await server.listen('127.0.0.1', 0);
@@ -316,6 +316,19 @@ describe('agent server: limits, auth, in-use and metrics', () => {
     const again = await get(`${base}/v1/blobs/${small}`);
     assert.equal(again.status, 200);
     assert.equal(sha256Of(again.body), small);
+  });
+
+  it('cuts a peer that stops reading after the idle timeout, freeing its upload slot', async () => {
+    const root = await makeCache();
+    const digest = await putBlob(root, randomBytes(48 * 1024 * 1024));
+    const { server, base } = await start(root, { maxUploads: 1, idleTimeoutMs: 500 });
+    const stalled = await stalledGet(`${base}/v1/blobs/${digest}`);
+    assert.equal(stalled.status, 200);
+    assert.equal(server.uploadsInFlight, 1);
+    await waitFor('stalled upload cut', () => server.uploadsInFlight === 0);
+    const next = await get(`${base}/v1/blobs/${digest}`, { range: 'bytes=0-99' });
+    assert.equal(next.status, 206);
+    stalled.destroy();
   });
 
   it('marks a blob in use while it is served: gc and rm leave it, and they work once it is done', async () => {
