@@ -77,7 +77,7 @@ describe('loom agent', () => {
     assert.deepEqual(await peerIds(cp, digest), []);
   });
 
-  it('uses its token with the control plane and requires it from peers', async () => {
+  it('uses its token with the control plane, requires it from peers, and advertises --advertise', async () => {
     const token = 's'.repeat(32);
     const cp = await startCp(token);
     const cache = await makeCache();
@@ -97,10 +97,15 @@ describe('loom agent', () => {
         tokenFile,
         '--cache-dir',
         cache,
+        '--advertise',
+        'http://gpu-7.example:7071/',
+        '--zone',
+        'eu-1a',
       ],
       {},
     );
     await waitFor('announced with the token', async () => (await peerIds(cp, digest)).includes('tok-node'));
+    assert.equal((await nodeUrls(cp))['tok-node'], 'http://gpu-7.example:7071');
     const url = `http://127.0.0.1:${port}/v1/blobs/${digest}`;
     assert.equal((await fetch(url)).status, 401);
     const authorized = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
