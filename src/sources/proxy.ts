@@ -38,9 +38,13 @@ interface NoProxy {
 
 type Env = Record<string, string | undefined>;
 
-function readEnv(env: Env, name: string): string | undefined {
-  const value = env[name.toLowerCase()] ?? env[name.toUpperCase()];
-  return value?.trim() ? value.trim() : undefined;
+/** The variable's value, lower case first as curl reads it, with the name it came from. */
+function readEnv(env: Env, name: string): { value: string; name: string } | undefined {
+  for (const variable of [name.toLowerCase(), name.toUpperCase()]) {
+    const value = env[variable]?.trim();
+    if (value) return { value, name: variable };
+  }
+  return undefined;
 }
 
 /** Parses a proxy URL as curl does: no scheme means http://, no port means 1080. */
@@ -96,9 +100,9 @@ export function proxySettingsFromEnv(env: Env = process.env): ProxySettings {
   const https = readEnv(env, 'https_proxy') ?? all;
   const http = readEnv(env, 'http_proxy') ?? all;
   return {
-    https: https ? parseProxyUrl(https, 'HTTPS_PROXY') : undefined,
-    http: http ? parseProxyUrl(http, 'HTTP_PROXY') : undefined,
-    noProxy: parseNoProxy(readEnv(env, 'no_proxy')),
+    https: https && parseProxyUrl(https.value, https.name),
+    http: http && parseProxyUrl(http.value, http.name),
+    noProxy: parseNoProxy(readEnv(env, 'no_proxy')?.value),
   };
 }
 
