@@ -172,7 +172,7 @@ export class HttpSource implements Source {
       if (url.protocol === 'https:' && next.protocol === 'http:' && !this.options.allowHttpsDowngrade) {
         throw new RedirectError(`refused the redirect from ${url.href} to ${next.href}: it drops HTTPS`, {
           url: next.href,
-          hint: 'use an https URL that stays on HTTPS, or allow it with allowHttpsDowngrade (--allow-https-downgrade)',
+          hint: 'use a URL that stays on HTTPS, or allow the downgrade (library option allowHttpsDowngrade)',
         });
       }
       // Credentials (Authorization, cookies, API keys in any -H header) are for the origin
