@@ -7,9 +7,10 @@ import { join } from 'node:path';
 import { after, afterEach, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
 import { makeTestCa } from '../../bench/origin/test-ca.js';
-import { LoomError, fetchFile, type FetchOptions } from '../../src/index.js';
+import { ConnectionRefusedError, LoomError, fetchFile, type FetchOptions } from '../../src/index.js';
 import { bypassesProxy, parseNoProxy, proxyFor, proxySettingsFromEnv } from '../../src/sources/proxy.js';
 import { ForwardProxy } from '../support/forward-proxy.js';
+import { unacceptingListener } from '../support/unaccepting-listener.js';
 import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 
 const SIZE = 2 * 1024 * 1024 + 777;
@@ -107,6 +108,34 @@ describe('proxies from the environment', () => {
     );
     assert.equal(forward.refused, 1, 'a refused tunnel is not retried');
     assert.equal(existsSync(refusedOut), false);
+  });
+});
+
+describe('a proxy that is down', () => {
+  it('says the proxy refused the connection, not the origin', async () => {
+    const server = await origin();
+    const down = await new ForwardProxy().listen();
+    await down.close();
+    useEnv({ HTTP_PROXY: down.url() });
+    await assert.rejects(fetchFile(server.url('/model.bin'), join(dir, 'proxy-down.bin'), FAST), (err) => {
+      assert.ok(err instanceof ConnectionRefusedError, String(err));
+      assert.match(err.message, new RegExp(`connection refused by proxy ${new URL(down.url()).host}`));
+      return true;
+    });
+    assert.equal(server.requests.length, 0);
+  });
+
+  it('gives up on a tunnel the proxy never opens within the stall timeout', { timeout: 30_000 }, async () => {
+    const server = await origin({ tls: { key: ca.serverKey, cert: ca.serverCert } });
+    const listener = await unacceptingListener();
+    closers.push(() => listener.close());
+    useEnv({ HTTPS_PROXY: `http://127.0.0.1:${listener.port}` });
+    const options = { ...FAST, caCertFiles: [ca.caCertFile], stallTimeout: '300ms', retryAttempts: 1 };
+    await assert.rejects(fetchFile(server.url('/model.bin'), join(dir, 'no-tunnel.bin'), options), (err) => {
+      assert.ok(err instanceof LoomError, String(err));
+      assert.match(err.message, /no tunnel through proxy 127\.0\.0\.1:\d+ to 127\.0\.0\.1:\d+ within 300 ms/);
+      return true;
+    });
   });
 });
 
