@@ -204,6 +204,51 @@ export class StoreUnavailableError extends LoomError {
   override readonly httpStatus = 503;
 }
 
+/** The host name of a URL or proxy does not resolve (DNS ENOTFOUND): retrying cannot help. */
+export class HostNotFoundError extends LoomError {
+  readonly code = 'LOOM_ERR_HOST_NOT_FOUND';
+  readonly exitCode = EXIT.network;
+  override readonly httpStatus = 502;
+  readonly retryable = false;
+}
+
+/** The server's TLS certificate is not trusted, has expired or names another host. */
+export class TlsError extends LoomError {
+  readonly code = 'LOOM_ERR_TLS';
+  readonly exitCode = EXIT.network;
+  override readonly httpStatus = 502;
+  readonly retryable = false;
+}
+
+/** Nothing accepts connections at the host and port: worth `maxAttempts` quick tries at most. */
+export class ConnectionRefusedError extends LoomError {
+  readonly code = 'LOOM_ERR_CONN_REFUSED';
+  readonly exitCode = EXIT.network;
+  override readonly httpStatus = 502;
+  readonly retryable = true;
+  readonly maxAttempts = 3;
+}
+
+/** A response came compressed although identity was asked for: its ranges cannot be used. */
+export class ContentEncodingError extends LoomError {
+  readonly code = 'LOOM_ERR_CONTENT_ENCODING';
+  readonly exitCode = EXIT.network;
+  override readonly httpStatus = 502;
+  readonly retryable = false;
+}
+
+/** The proxy (HTTPS_PROXY, HTTP_PROXY) refused or failed the tunnel; 5xx from it may heal. */
+export class ProxyError extends LoomError {
+  readonly code = 'LOOM_ERR_PROXY';
+  readonly exitCode = EXIT.network;
+  override readonly httpStatus = 502;
+  readonly retryable: boolean;
+  constructor(message: string, details: LoomErrorDetails & { retryable?: boolean }) {
+    super(message, details);
+    this.retryable = details.retryable ?? false;
+  }
+}
+
 /** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
 export const ERROR_CLASSES = [
   UsageError,
@@ -225,6 +270,11 @@ export const ERROR_CLASSES = [
   NotFoundError,
   ConflictError,
   StoreUnavailableError,
+  HostNotFoundError,
+  TlsError,
+  ConnectionRefusedError,
+  ContentEncodingError,
+  ProxyError,
 ] as const;
 
 /** What the CLI and the services report for an unexpected failure (a bug); not a class. */

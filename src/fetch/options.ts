@@ -49,6 +49,8 @@ export interface FetchOptions {
   signal?: AbortSignal;
   /** Called about ten times a second with the download's state. */
   onProgress?: (progress: FetchProgress) => void;
+  /** Follow a redirect from https to http (credentials are dropped either way). Default false. */
+  allowHttpsDowngrade?: boolean;
 }
 
 const KNOWN_KEYS = [
@@ -71,6 +73,7 @@ const KNOWN_KEYS = [
   'journalInterval',
   'signal',
   'onProgress',
+  'allowHttpsDowngrade',
 ] as const;
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -110,6 +113,7 @@ export interface ResolvedFetchOptions extends DownloadOptions {
   stallTimeoutMs: number;
   maxRedirects: number;
   caCertFiles: string[];
+  allowHttpsDowngrade: boolean;
 }
 
 export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOptions {
@@ -155,5 +159,6 @@ export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOpti
     stallTimeoutMs,
     maxRedirects: checkInteger(input.maxRedirects, 'maxRedirects', 0, 50) ?? DEFAULTS.maxRedirects,
     caCertFiles: input.caCertFiles ?? [],
+    allowHttpsDowngrade: checkBoolean(input.allowHttpsDowngrade, 'allowHttpsDowngrade') ?? false,
   };
 }

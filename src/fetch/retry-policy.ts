@@ -25,18 +25,8 @@ export function isRetryable(err: unknown): boolean {
   return err instanceof Error;
 }
 
-export function isRetryableStatus(status: number): boolean {
-  return status === 408 || status === 429 || status >= 500;
-}
-
-/** Parses Retry-After (delta seconds or an HTTP date) into milliseconds from now. */
-export function parseRetryAfter(value: string | undefined, now = Date.now()): number | undefined {
-  if (!value) return undefined;
-  const trimmed = value.trim();
-  if (/^\d+$/.test(trimmed)) return Number(trimmed) * 1000;
-  const date = Date.parse(trimmed);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - now);
-}
+// The HTTP facts live with the sources that raise the errors.
+export { isRetryableStatus, parseRetryAfter } from '../sources/http-retry.js';
 
 /** The wait before attempt number `attempt + 1` (attempt counts from 1). */
 export function backoffDelay(

@@ -1,22 +1,25 @@
-// Plain HTTP(S) origins: follows redirects (dropping credentials when the host changes),
-// sends chunk requests to the final URL, and checks every response against the range
-// contract so that a lying server is caught before its bytes are trusted.
+// Plain HTTP(S) origins: follows redirects (a redirect to another scheme, host or port
+// keeps none of the user's headers, and an https -> http downgrade is refused unless
+// allowed), sends chunk requests to the final URL, and checks every response against the
+// probe and the range contract so that a lying server is caught before its bytes are trusted.
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
 import {
   BadResponseError,
+  ContentEncodingError,
   HttpStatusError,
   InvalidUrlError,
   RedirectError,
   SourceChangedError,
 } from '../core/errors.js';
-import { isRetryableStatus, parseRetryAfter } from '../fetch/retry-policy.js';
 import type { ResolvedFetchOptions } from '../fetch/options.js';
 import { HttpClient } from './http-client.js';
+import { isRetryableStatus, parseRetryAfter } from './http-retry.js';
+import type { ProxySettings } from './proxy.js';
 import type { ProbeExpectation, ProbeResult, RangeBody, Source, Validator } from './source.js';
 
 export interface HttpSourceOptions {
-  /** Extra request headers (`--header`), sent to the origin host only. */
+  /** Extra request headers (`--header`), sent to the URL's own scheme, host and port only. */
   headers?: Record<string, string>;
   /** Default DEFAULTS.maxRedirects (10). */
   maxRedirects: number;
@@ -24,12 +27,17 @@ export interface HttpSourceOptions {
   /** Sockets per host; the worker count. */
   maxSockets: number;
   caCertFiles?: readonly string[];
+  /** Follow a redirect from https to http. Default false: refused with RedirectError. */
+  allowHttpsDowngrade?: boolean;
+  /** Default: from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY). */
+  proxy?: ProxySettings;
 }
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Statuses a signed CDN URL answers with once it has expired. */
 const EXPIRED_URL = new Set([401, 403, 410]);
-const CREDENTIAL_HEADERS = ['authorization', 'cookie', 'proxy-authorization'];
+/** What every request carries; the user's headers come on top, for the first origin only. */
+const BASE_HEADERS: OutgoingHttpHeaders = { 'user-agent': 'loom/0.1', 'accept-encoding': 'identity' };
 
 /** Parses and checks a URL the user gave; only http and https are fetched here. */
 export function parseHttpUrl(input: string): URL {
@@ -120,12 +128,13 @@ export class HttpSource implements Source {
     this.origin = parseHttpUrl(url);
     this.url = this.origin.href;
     this.label = this.origin.host;
-    this.client = new HttpClient({ maxSockets: options.maxSockets, caCertFiles: options.caCertFiles });
-    this.baseHeaders = {
-      'user-agent': 'loom/0.1',
-      'accept-encoding': 'identity',
-      ...lowerCaseKeys(options.headers ?? {}),
-    };
+    this.client = new HttpClient({
+      maxSockets: options.maxSockets,
+      caCertFiles: options.caCertFiles,
+      connectTimeoutMs: options.stallTimeoutMs,
+      proxy: options.proxy,
+    });
+    this.baseHeaders = { ...BASE_HEADERS, ...lowerCaseKeys(options.headers ?? {}) };
     this.target = { url: this.origin, headers: this.baseHeaders };
   }
 
@@ -160,8 +169,15 @@ export class HttpSource implements Source {
       if (next.protocol !== 'http:' && next.protocol !== 'https:') {
         throw new RedirectError(`redirect to unsupported scheme ${next.protocol}`, { url: next.href });
       }
-      // A signed CDN URL needs no credentials, and the origin's must not leak to another host.
-      if (next.host !== url.host) headers = withoutCredentials(headers);
+      if (url.protocol === 'https:' && next.protocol === 'http:' && !this.options.allowHttpsDowngrade) {
+        throw new RedirectError(`refused the redirect from ${url.href} to ${next.href}: it drops HTTPS`, {
+          url: next.href,
+          hint: 'use a URL that stays on HTTPS, or allow the downgrade (library option allowHttpsDowngrade)',
+        });
+      }
+      // Credentials (Authorization, cookies, API keys in any -H header) are for the origin
+      // the user named: another scheme, host or port gets none (a signed CDN URL needs none).
+      if (next.origin !== url.origin) headers = { ...BASE_HEADERS };
       url = next;
     }
   }
@@ -174,14 +190,7 @@ export class HttpSource implements Source {
     const validator = validatorOf(res);
     rejectEncoded(res, url);
     if (status === 206) {
-      const range = parseContentRange(res.headers['content-range']);
-      if (!range || range.total === undefined || range.start !== start || range.end > end) {
-        res.destroy();
-        throw new BadResponseError(
-          `${url.host} answered bytes=${start}-${end - 1} with Content-Range "${res.headers['content-range'] ?? '(none)'}"`,
-          { url: url.href },
-        );
-      }
+      const range = checkedRange(res, url, start, end, undefined);
       return {
         size: range.total,
         acceptsRanges: true,
@@ -225,24 +234,14 @@ export class HttpSource implements Source {
       rejectEncoded(res, url);
       const range = parseContentRange(res.headers['content-range']);
       const sameVersion = Boolean(actual.etag ?? actual.lastModified) && !validatorChanged(expect.validator, actual);
+      // Without a validator to say otherwise, another total means the file was replaced.
       if (range?.total !== undefined && range.total !== expect.size && !sameVersion) {
         res.destroy();
         throw changed(url, expect.validator, actual, `size ${expect.size} became ${range.total}`);
       }
-      const length = res.headers['content-length'];
-      if (
-        !range ||
-        range.start !== start ||
-        range.end !== end ||
-        (length !== undefined && Number(length) !== end - start)
-      ) {
-        res.destroy();
-        throw new BadResponseError(
-          `${url.host} answered bytes=${start}-${end - 1} with Content-Range "${res.headers['content-range'] ?? '(none)'}" and Content-Length ${length ?? '(none)'}`,
-          { url: url.href },
-        );
-      }
-      return { start, end, stream: res };
+      // A shorter range than asked is legal (RFC 9110 14.4): the engine asks for the rest.
+      const checked = checkedRange(res, url, start, end, expect.size);
+      return { start, end: checked.end, stream: res };
     }
     if (status === 200) {
       res.destroy();
@@ -337,22 +336,62 @@ function changed(url: URL, expected: Validator, actual: Validator, detail?: stri
   });
 }
 
+/**
+ * The Content-Range of a 206 for bytes [start, end), checked: it starts where asked, ends
+ * within what was asked and within the total, the total is known and (after the probe)
+ * the probed size, and Content-Length agrees. Anything else is a lie, never a file.
+ */
+function checkedRange(
+  res: IncomingMessage,
+  url: URL,
+  start: number,
+  end: number,
+  size: number | undefined,
+): ContentRange & { total: number } {
+  const range = parseContentRange(res.headers['content-range']);
+  const problem = rangeProblem(range, res.headers['content-length'], start, end, size);
+  if (problem || !range || range.total === undefined) {
+    res.destroy();
+    throw new BadResponseError(
+      `${url.host} answered bytes=${start}-${end - 1} with ${problem ?? 'a bad range'} (Content-Range "${res.headers['content-range'] ?? '(none)'}")`,
+      { url: url.href },
+    );
+  }
+  return { ...range, total: range.total };
+}
+
+function rangeProblem(
+  range: ContentRange | undefined,
+  length: string | undefined,
+  start: number,
+  end: number,
+  size: number | undefined,
+): string | undefined {
+  if (!range) return 'no valid Content-Range';
+  if (range.total === undefined) return 'an unknown total (*)';
+  if (size !== undefined && range.total !== size) return `a total of ${range.total} bytes, not the ${size} probed`;
+  if (range.start !== start || range.end <= range.start || range.end > end) return 'another range than asked for';
+  if (range.end > range.total) return `a range ending past the total of ${range.total} bytes`;
+  if (length !== undefined && Number(length) !== range.end - range.start) {
+    return `Content-Length ${length}, not the ${range.end - range.start} bytes of its Content-Range`;
+  }
+  return undefined;
+}
+
 function rejectEncoded(res: IncomingMessage, url: URL): void {
   const encoding = res.headers['content-encoding'];
   if (encoding && encoding !== 'identity') {
     res.destroy();
-    throw new BadResponseError(`${url.host} sent Content-Encoding ${encoding} although identity was asked for`, {
+    // A compressed body's ranges are ranges of the compressed bytes: no retry changes that.
+    throw new ContentEncodingError(`${url.host} sent Content-Encoding ${encoding} although identity was asked for`, {
       url: url.href,
+      hint: 'the server (or a proxy) compresses this file; fetch it with another tool or URL',
     });
   }
 }
 
 function lowerCaseKeys(headers: Record<string, string>): OutgoingHttpHeaders {
   return Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
-}
-
-function withoutCredentials(headers: OutgoingHttpHeaders): OutgoingHttpHeaders {
-  return Object.fromEntries(Object.entries(headers).filter(([k]) => !CREDENTIAL_HEADERS.includes(k)));
 }
 
 /** The HTTP source for a URL, configured from resolved fetch options. */
@@ -363,5 +402,6 @@ export function httpSourceFor(url: string, options: ResolvedFetchOptions): HttpS
     stallTimeoutMs: options.stallTimeoutMs,
     maxSockets: options.workers,
     caCertFiles: options.caCertFiles,
+    allowHttpsDowngrade: options.allowHttpsDowngrade,
   });
 }
