@@ -9,7 +9,7 @@
 // a file nobody else sees. A waiter that gets the lock after its owner died resumes the
 // owner's partial file (same path, same journal).
 import { createHash } from 'node:crypto';
-import { closeSync, openSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type Database from 'better-sqlite3';
 import { AbortedError, CacheError } from '../core/errors.js';
@@ -58,7 +58,8 @@ async function loadDatabase(): Promise<DatabaseConstructor> {
 function tryLock(DatabaseClass: DatabaseConstructor, path: string): Database.Database | undefined {
   let db: Database.Database;
   try {
-    closeSync(openSync(path, 'a'));
+    // Never open the file any other way: closing any descriptor of a file drops every POSIX
+    // lock this process holds on it (SQLite keeps its own descriptors in step).
     db = new DatabaseClass(path, { timeout: 0 });
   } catch (err) {
     throw new CacheError(`cannot lock ${path}: ${(err as Error).message}`, { cause: err, path });
@@ -100,17 +101,35 @@ export function lockHolderPid(path: string): number | undefined {
   return undefined;
 }
 
-/** True when a process holds the lock of the source whose key hashes to `hash`. */
-export async function isSourceLockHeld(layout: CacheLayout, hash: string): Promise<boolean> {
+/**
+ * Takes the lock of the source whose key hashes to `hash` if it exists and nobody holds it
+ * (for gc, which removes an abandoned partial only while holding its lock).
+ */
+export async function takeFreeSourceLock(
+  layout: CacheLayout,
+  hash: string,
+): Promise<(() => void) | 'held' | 'no-lock'> {
   const path = sourceLockPath(layout, hash);
+  if (!statSync(path, { throwIfNoEntry: false })) return 'no-lock';
+  const db = tryLock(await loadDatabase(), path);
+  return db ? () => unlock(db) : 'held';
+}
+
+/** True when some process holds the lock of some source: a download is running on this node. */
+export async function anySourceLockHeld(layout: CacheLayout): Promise<boolean> {
+  const DatabaseClass = await loadDatabase();
+  let names: string[];
   try {
-    statSync(path);
+    names = readdirSync(layout.locks);
   } catch {
     return false;
   }
-  const db = tryLock(await loadDatabase(), path);
-  if (!db) return true;
-  unlock(db);
+  for (const name of names) {
+    if (!/^source-[0-9a-f]+\.lock$/.test(name)) continue;
+    const db = tryLock(DatabaseClass, `${layout.locks}/${name}`);
+    if (!db) return true;
+    unlock(db);
+  }
   return false;
 }
 
