@@ -10,7 +10,7 @@ import { CacheError, NotFoundError } from '../core/errors.js';
 import { blobInUse, ensureLayout, sha256OfFile } from './blob-store.js';
 import { CacheIndex, type BlobEntry } from './cache-index.js';
 import { blobPath, cacheLayout, type CacheLayout } from './cache-root.js';
-import { sourceKey } from './source-key.js';
+import { sourceKey, sourceKeyOf } from './source-key.js';
 
 export interface CacheHandle {
   layout: CacheLayout;
@@ -225,14 +225,23 @@ export async function removeFromCache(cache: CacheHandle, target: string): Promi
     return { removed: [digest] };
   }
   const key = sourceKey(target);
-  const entry = cache.index.source(key);
-  if (!entry) throw new NotFoundError(`no cache entry for ${key}`, { hint: 'see loom cache ls' });
-  cache.index.removeSource(key);
-  const removed = [key];
-  const blob = cache.index.blob(entry.digest);
-  if (blob && blob.sources.length === 0 && !(await blobInUse(cache.layout, entry.digest))) {
-    await dropBlob(cache, blob);
-    removed.push(entry.digest);
+  // The entry without credentials, and those fetched with credentials (keyed apart).
+  const keys = cache.index
+    .blobs()
+    .flatMap((b) => b.sources)
+    .filter((k) => sourceKeyOf(k) === key);
+  if (keys.length === 0) throw new NotFoundError(`no cache entry for ${key}`, { hint: 'see loom cache ls' });
+  const removed: string[] = [];
+  for (const k of keys) {
+    const entry = cache.index.source(k);
+    if (!entry) continue;
+    cache.index.removeSource(k);
+    removed.push(k);
+    const blob = cache.index.blob(entry.digest);
+    if (blob && blob.sources.length === 0 && !(await blobInUse(cache.layout, entry.digest))) {
+      await dropBlob(cache, blob);
+      removed.push(entry.digest);
+    }
   }
   return { removed };
 }

@@ -139,7 +139,11 @@ describe('a full disk', () => {
       assert.deepEqual(report.removedUnindexed, [], 'not while a download runs: it may be recording its blob');
       assert.deepEqual(report.removedPartials, [keyHash(abandonedKey)]);
       assert.deepEqual(report.evicted, []);
-      assert.equal(existsSync(join(layout.tmp, `${keyHash(runningKey)}.part`)), true, 'the running download keeps its part');
+      assert.equal(
+        existsSync(join(layout.tmp, `${keyHash(runningKey)}.part`)),
+        true,
+        'the running download keeps its part',
+      );
       assert.deepEqual(readdirSync(layout.tmp).sort(), [`${keyHash(runningKey)}.part`]);
 
       const again = await gcCache(cache, SIZE);
