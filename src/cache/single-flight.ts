@@ -101,6 +101,18 @@ export function lockHolderPid(path: string): number | undefined {
   return undefined;
 }
 
+/** Alive and not a zombie: a killed process releases its locks before its parent reaps it. */
+function isRunning(pid: number): boolean {
+  if (!isProcessAlive(pid)) return false;
+  try {
+    // "pid (comm) S ...": the state follows the last ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
+  }
+}
+
 /**
  * Takes the lock of the source whose key hashes to `hash` if it exists and nobody holds it
  * (for gc, which removes an abandoned partial only while holding its lock).
@@ -151,7 +163,7 @@ export async function acquireSourceLock(
         unlock(db);
         return 'done';
       }
-      if (holder !== undefined && !isProcessAlive(holder)) options.onOwnerGone?.(holder);
+      if (holder !== undefined && !isRunning(holder)) options.onOwnerGone?.(holder);
       let released = false;
       return {
         release: async () => {
