@@ -4,6 +4,8 @@
 // When the cache itself cannot be used, the download goes straight to the output path.
 // A hit is served from its hint file when it can be; SQLite and the engine load only when
 // the hint cannot answer.
+import { statSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
 import type { DownloadResult } from '../fetch/download.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
@@ -210,6 +212,8 @@ export async function fetchCached(
     );
     return result({ ...download, cache: 'miss', materialization, waited: false });
   } catch (err) {
+    const sharedFull = fullDiskSharedWithOut(err, layout, out);
+    if (sharedFull) throw sharedFull;
     if (isCacheSideFailure(err, layout)) {
       status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
       return bypass(url, out, fetchOptions);
@@ -254,6 +258,26 @@ async function usableEntry(
   if (!entry) return undefined;
   const stamp = await checkedBlob(index, layout, entry.digest, entry.size, entry.stamp, status);
   return stamp ? { ...entry, stamp } : undefined;
+}
+
+/**
+ * A full disk under the cache that also holds the output: a download straight to the output
+ * would fail the same way after fetching the same bytes again, so the error is final.
+ */
+function fullDiskSharedWithOut(err: unknown, layout: CacheLayout, out: string): DiskFullError | undefined {
+  if (!(err instanceof DiskFullError) || !err.path?.startsWith(layout.root)) return undefined;
+  try {
+    if (statSync(layout.root).dev !== statSync(dirname(resolve(out))).dev) return undefined;
+  } catch {
+    return undefined;
+  }
+  return new DiskFullError(
+    `the file system holding both the cache ${layout.root} and ${out} is full (${err.message})`,
+    {
+      path: err.path,
+      cause: err,
+    },
+  );
 }
 
 /** Failures of the cache's own disk or locks, after which a direct download can still work. */

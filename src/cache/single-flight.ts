@@ -65,7 +65,9 @@ function tryLock(DatabaseClass: DatabaseConstructor, path: string): Database.Dat
     throw new CacheError(`cannot lock ${path}: ${(err as Error).message}`, { cause: err, path });
   }
   try {
-    // An empty file is an empty database: EXCLUSIVE takes the write lock without writing.
+    // An empty file is an empty database: EXCLUSIVE takes the write lock, and with the
+    // journal in memory nothing is written (a lock can be taken on a full disk).
+    db.pragma('journal_mode = MEMORY');
     db.exec('BEGIN EXCLUSIVE');
     return db;
   } catch (err) {

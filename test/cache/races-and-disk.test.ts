@@ -158,6 +158,31 @@ describe('a full disk', () => {
     }
   });
 
+  it('a full disk shared by the cache and the output fails once, saying so, without a second download', async () => {
+    const server = await origin();
+    const disk = mountTmpfs(4 * 1024 * 1024);
+    const messages: string[] = [];
+    const out = join(disk, 'model.bin');
+    await assert.rejects(
+      fetchCached(server.url('/model.bin'), out, {
+        workers: 2,
+        chunkSize: '1MiB',
+        cacheDir: join(disk, 'cache'),
+        onStatus: (m) => messages.push(m),
+      }),
+      (err: Error) => {
+        assert.match(err.message, /the file system holding both the cache .* and .*model\.bin is full/);
+        return true;
+      },
+    );
+    assert.deepEqual(
+      messages.filter((m) => /downloading straight/.test(m)),
+      [],
+    );
+    assert.ok(server.bytesServed < SIZE, `origin served ${server.bytesServed} bytes: one attempt`);
+    assert.equal(existsSync(out), false);
+  });
+
   it('an index write refused by a full disk is a cache error that says so, and the file is still delivered', async () => {
     const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
     const cacheDir = mountTmpfs(16 * 1024 * 1024);
