@@ -14,6 +14,7 @@ import {
   rmSync,
   statSync,
   writeFileSync,
+  type Stats,
 } from 'node:fs';
 import { CacheError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
@@ -45,21 +46,33 @@ export async function hasBlob(layout: CacheLayout, digest: string): Promise<bool
   }
 }
 
-/** Moves a finished, hashed download into the store (read-only), or drops it if the blob exists. */
+/**
+ * Moves a finished, hashed download into the store (read-only). It replaces a blob already
+ * there: the new file's bytes were hashed as they were written, the old file's may have been
+ * changed since (outputs hard-linked to it keep the old inode).
+ */
 export async function adoptBlob(layout: CacheLayout, partPath: string, digest: string): Promise<string> {
   const target = blobPath(layout, digest);
   try {
     await fsp.chmod(partPath, 0o444);
-    if (await hasBlob(layout, digest)) await fsp.rm(partPath, { force: true });
-    else await fsp.rename(partPath, target);
+    await fsp.rename(partPath, target);
     return target;
   } catch (err) {
     throw diskError(err, `storing blob ${digest}`);
   }
 }
 
-/** Puts the blob at `out`, replacing whatever was there atomically. */
-export async function materialize(layout: CacheLayout, digest: string, out: string): Promise<Materialization> {
+/**
+ * Puts the blob at `out`, replacing whatever was there atomically. A new hard link changes
+ * the blob's ctime: `onLinked` gets the blob's stat after it, so the caller can record the
+ * stamp it left (blob-identity.ts) when the blob was as recorded before.
+ */
+export async function materialize(
+  layout: CacheLayout,
+  digest: string,
+  out: string,
+  onLinked?: (before: Stats, after: Stats) => void,
+): Promise<Materialization> {
   const source = blobPath(layout, digest);
   const temp = `${out}.loom-${process.pid}-${Date.now()}`;
   try {
@@ -76,6 +89,11 @@ export async function materialize(layout: CacheLayout, digest: string, out: stri
       method = await cloneOrCopy(source, temp);
     }
     renameSync(temp, out);
+    // After the rename, which changes the ctime of the inode it moves as well.
+    if (method === 'hardlink' && onLinked) {
+      const after = statSync(source, { throwIfNoEntry: false });
+      if (after) onLinked(blob, after);
+    }
     return method;
   } catch (err) {
     rmSync(temp, { force: true });

@@ -5,19 +5,22 @@
 // A hit is served from its hint file when it can be; SQLite and the engine load only when
 // the hint cannot answer.
 import { statSync } from 'node:fs';
-import { CacheError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
+import { dirname, resolve } from 'node:path';
+import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
 import type { DownloadResult } from '../fetch/download.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { httpSourceFor } from '../sources/http.js';
 import type { Validator } from '../sources/source.js';
-import { adoptBlob, ensureLayout, hasBlob, materialize, withBlobInUse, type Materialization } from './blob-store.js';
+import { checkedBlob, recordLinkInHint, recordLinkInIndex } from './blob-check.js';
+import { currentStamp, sameStamp } from './blob-identity.js';
+import { adoptBlob, ensureLayout, materialize, withBlobInUse, type Materialization } from './blob-store.js';
 import type { CacheIndex, SourceEntry } from './cache-index.js';
-import { blobPath, cacheLayout, resolveCacheRoot, type CacheLayout } from './cache-root.js';
-import { isFresh, type FreshnessCheck } from './freshness.js';
+import { cacheLayout, resolveCacheRoot, type CacheLayout } from './cache-root.js';
+import { isFresh, isOriginRefusal, type FreshnessCheck } from './freshness.js';
 import { readHint, recordHintUse, type HitHint } from './hit-hints.js';
-import { sourceKey } from './source-key.js';
+import { cacheKey, credentialsAllow } from './source-key.js';
 
 export interface CacheOptions {
   /** Cache root. Default: LOOM_CACHE_DIR, else $XDG_CACHE_HOME/loom, else ~/.cache/loom. */
@@ -49,7 +52,7 @@ export async function fetchCached(
   const resolved = resolveFetchOptions(fetchOptions);
   const started = performance.now();
   const layout = cacheLayout(resolveCacheRoot(cacheDir));
-  const key = sourceKey(url);
+  const key = cacheKey(url, resolved.headers);
   const status = onStatus ?? (() => undefined);
   const source = httpSourceFor(url, resolved);
   const freshness: FreshnessCheck = {
@@ -93,7 +96,7 @@ export async function fetchCached(
     if (hinted) {
       if (resolved.expectedSha256 !== undefined || (await isFresh(hinted.validator, source, freshness))) {
         const materialization = await withBlobInUse(layout, hinted.digest, () =>
-          materialize(layout, hinted.digest, out),
+          materialize(layout, hinted.digest, out, recordLinkInHint(layout, hinted)),
         );
         recordHintUse(layout, key);
         source.close();
@@ -102,7 +105,7 @@ export async function fetchCached(
       staleValidator = hinted.validator;
     }
   } catch (err) {
-    if (resolved.signal?.aborted) {
+    if (resolved.signal?.aborted || isOriginRefusal(err)) {
       source.close();
       throw err;
     }
@@ -113,7 +116,8 @@ export async function fetchCached(
   try {
     await ensureLayout(layout);
     const { CacheIndex } = await import('./cache-index.js');
-    index = new CacheIndex(layout);
+    // An index write refused (a full disk) does not cost the user the download it records.
+    index = new CacheIndex(layout, { onWriteFailure: (err) => status(`${err.message}; the file is delivered anyway`) });
   } catch (err) {
     source.close();
     status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
@@ -124,20 +128,41 @@ export async function fetchCached(
     entry: SourceEntry | { digest: string; size: number; validator: Validator },
     waited: boolean,
   ) => {
-    const materialization = await withBlobInUse(layout, entry.digest, () => materialize(layout, entry.digest, out));
+    const materialization = await withBlobInUse(layout, entry.digest, () =>
+      materialize(layout, entry.digest, out, recordLinkInIndex(index, entry.digest)),
+    );
     index.touch(entry.digest, key);
-    if ('key' in entry) index.restoreHint(entry);
+    // The row as it is now: the link above may have restamped it.
+    const row = 'key' in entry ? index.source(entry.key) : undefined;
+    if (row) index.restoreHint(row);
     return hit(entry, materialization, waited);
+  };
+  // What another process downloaded while this one waited: the digest asked for, or an error.
+  const serveWaited = (entry: SourceEntry) => {
+    const expected = resolved.expectedSha256;
+    if (expected !== undefined && entry.digest !== expected) {
+      throw new DigestMismatchError(
+        `sha256 mismatch for ${source.url}: expected ${expected}, got ${entry.digest} (downloaded just now by another process on this node)`,
+        { url: source.url, expected, actual: entry.digest },
+      );
+    }
+    return serve(entry, true);
   };
 
   try {
     const expected = resolved.expectedSha256;
-    if (expected && (await hasBlob(layout, expected))) {
+    if (expected) {
       const blob = index.blob(expected);
-      if (blob) return await serve({ digest: expected, size: blob.size, validator: {} }, false);
+      if (
+        blob &&
+        credentialsAllow(blob.sources, key) &&
+        (await checkedBlob(index, layout, expected, blob.size, blob.stamp, status))
+      ) {
+        return await serve({ digest: expected, size: blob.size, validator: {} }, false);
+      }
     }
 
-    const cached = await usableEntry(index, layout, key);
+    const cached = await usableEntry(index, layout, key, status);
     // A cached copy of other bytes than the digest asked for is not an answer: download and verify.
     if (
       cached &&
@@ -164,13 +189,13 @@ export async function fetchCached(
         return entry !== undefined && entry.fetchedAt >= waitStarted;
       },
     });
-    if (lock === 'done') return await serve((await usableEntry(index, layout, key))!, true);
+    if (lock === 'done') return await serveWaited((await usableEntry(index, layout, key))!);
 
     let download: DownloadResult;
     try {
       // The lock may have been released by a process that finished just now.
       const justFetched = await usableEntry(index, layout, key);
-      if (justFetched && justFetched.fetchedAt >= waitStarted) return await serve(justFetched, true);
+      if (justFetched && justFetched.fetchedAt >= waitStarted) return await serveWaited(justFetched);
 
       const part = `${layout.tmp}/${keyHash(key)}.part`;
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
@@ -182,9 +207,13 @@ export async function fetchCached(
       await lock.release();
     }
     const digest = download.sha256!;
-    const materialization = await withBlobInUse(layout, digest, () => materialize(layout, digest, out));
+    const materialization = await withBlobInUse(layout, digest, () =>
+      materialize(layout, digest, out, recordLinkInIndex(index, digest)),
+    );
     return result({ ...download, cache: 'miss', materialization, waited: false });
   } catch (err) {
+    const sharedFull = fullDiskSharedWithOut(err, layout, out);
+    if (sharedFull) throw sharedFull;
     if (isCacheSideFailure(err, layout)) {
       status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
       return bypass(url, out, fetchOptions);
@@ -201,14 +230,15 @@ function sameValidator(a: Validator, b: Validator | undefined): boolean {
 }
 
 /**
- * The hinted entry for `key` when its blob is on disk at the hinted size (and is the digest
- * asked for, if one was).
+ * The hinted entry for `key` when its blob is on disk at the hinted size, exactly as the hint
+ * recorded it (inode, mtime, ctime), and is the digest asked for, if one was. Anything else
+ * goes to the index, which rehashes a blob that looks changed.
  */
 function hintedEntry(layout: CacheLayout, key: string, expected: string | undefined): HitHint | undefined {
   const hint = readHint(layout, key);
   if (!hint || (expected !== undefined && hint.digest !== expected)) return undefined;
-  const blob = statSync(blobPath(layout, hint.digest), { throwIfNoEntry: false });
-  return blob?.isFile() && blob.size === hint.size ? hint : undefined;
+  const now = currentStamp(layout, hint.digest);
+  return now?.size === hint.size && sameStamp(now, hint.stamp) ? hint : undefined;
 }
 
 async function bypass(url: string, out: string, options: FetchOptions): Promise<CachedFetchResult> {
@@ -217,10 +247,37 @@ async function bypass(url: string, out: string, options: FetchOptions): Promise<
   return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
 }
 
-/** The index entry for `key` when its blob is really on disk. */
-async function usableEntry(index: CacheIndex, layout: CacheLayout, key: string): Promise<SourceEntry | undefined> {
+/** The index entry for `key` when its blob is on disk and intact (blob-check.ts). */
+async function usableEntry(
+  index: CacheIndex,
+  layout: CacheLayout,
+  key: string,
+  status?: (message: string) => void,
+): Promise<SourceEntry | undefined> {
   const entry = index.source(key);
-  return entry && (await hasBlob(layout, entry.digest)) ? entry : undefined;
+  if (!entry) return undefined;
+  const stamp = await checkedBlob(index, layout, entry.digest, entry.size, entry.stamp, status);
+  return stamp ? { ...entry, stamp } : undefined;
+}
+
+/**
+ * A full disk under the cache that also holds the output: a download straight to the output
+ * would fail the same way after fetching the same bytes again, so the error is final.
+ */
+function fullDiskSharedWithOut(err: unknown, layout: CacheLayout, out: string): DiskFullError | undefined {
+  if (!(err instanceof DiskFullError) || !err.path?.startsWith(layout.root)) return undefined;
+  try {
+    if (statSync(layout.root).dev !== statSync(dirname(resolve(out))).dev) return undefined;
+  } catch {
+    return undefined;
+  }
+  return new DiskFullError(
+    `the file system holding both the cache ${layout.root} and ${out} is full (${err.message})`,
+    {
+      path: err.path,
+      cause: err,
+    },
+  );
 }
 
 /** Failures of the cache's own disk or locks, after which a direct download can still work. */

@@ -2,12 +2,14 @@
 // JSON file under hints/, so that a cache hit is served without loading SQLite at all; on a
 // hit, start-up is most of the time a user waits. The index stays the record: CacheIndex
 // writes a hint after its row commits and removes it with the row, and a hint is trusted
-// only when it names the same key and its blob is on disk at the recorded size. A hit served
+// only when it names the same key and its blob is on disk with the recorded stamp (inode,
+// size, mtime, ctime: blob-identity.ts). A hit served
 // from a hint records its use in the hint's mtime; `loom cache` folds those times into the
 // index.
 import { readdirSync, readFileSync, renameSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Validator } from '../sources/source.js';
+import { isBlobStamp, type BlobStamp } from './blob-identity.js';
 import type { CacheLayout } from './cache-root.js';
 
 export interface HitHint {
@@ -16,6 +18,8 @@ export interface HitHint {
   size: number;
   validator: Validator;
   fetchedAt: number;
+  /** The blob file as last seen intact; a hint without one is not trusted for a hit. */
+  stamp?: BlobStamp;
 }
 
 export interface HintUse {
@@ -52,7 +56,8 @@ function parseHint(text: string): HitHint | undefined {
     !Number.isSafeInteger(value.size) ||
     typeof value.fetchedAt !== 'number' ||
     typeof value.validator !== 'object' ||
-    value.validator === null
+    value.validator === null ||
+    (value.stamp !== undefined && !isBlobStamp(value.stamp))
   ) {
     return undefined;
   }

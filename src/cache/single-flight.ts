@@ -1,24 +1,27 @@
 // One download per source per node: the first process takes the source's lock and
-// downloads; the others wait, then take the finished blob. A lock is stale when its owner's
-// pid is gone (it writes `<lock>.owner` with its pid, host and the lock's inode), or when its
-// mtime, refreshed every second, has not moved for 5 s (a hung owner, or another host on a
-// shared file system). A stale lock is taken over, and the new owner resumes the old one's
-// partial file (same path, same journal).
+// downloads; the others wait, then take the finished blob. The lock is a POSIX record lock
+// (fcntl) on `locks/source-<hash>.lock`, taken through SQLite (better-sqlite3 is already
+// loaded on a miss, and Node has no flock of its own): the kernel releases it when its
+// process ends, however it ends, so a lock is never taken over from a live owner (a hung or
+// stopped one included) and two waiters can never both own a source. The owner record is
+// the lock itself: the kernel lists the holder's pid (/proc/locks), read for messages only.
+// Lock files are never removed: a waiter holding an open handle on a removed file would lock
+// a file nobody else sees. A waiter that gets the lock after its owner died resumes the
+// owner's partial file (same path, same journal).
 import { createHash } from 'node:crypto';
-import { readFileSync, rmSync, statSync, utimesSync, writeFileSync } from 'node:fs';
-import { hostname } from 'node:os';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type Database from 'better-sqlite3';
 import { AbortedError, CacheError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
 import type { CacheLayout } from './cache-root.js';
 
-/** proper-lockfile's minimum: a lock not refreshed for this long is stale. */
-export const LOCK_STALE_MS = 5_000;
-const LOCK_UPDATE_MS = 1_000;
-
 export interface HeldLock {
   release(): Promise<void>;
-  /** Aborts when another process took the lock over (this one looked dead). */
+  /**
+   * Aborts when the lock is lost. A kernel lock is only lost with its process, so this never
+   * fires; it stays for callers written against lock files that could be taken over.
+   */
   lost: AbortSignal;
 }
 
@@ -26,52 +29,122 @@ export interface WaitOptions {
   signal?: AbortSignal;
   /** Called once when another process is found downloading the source. */
   onWait?: () => void;
-  /** Called when the process holding the lock is found dead, before its lock is taken over. */
+  /** Called when the lock comes free because the process holding it died. */
   onOwnerGone?: (pid: number) => void;
-  /** Polled while waiting: true when the other process has finished the work. */
+  /** Polled while waiting, and once the lock is taken: true when another process has finished the work. */
   isDone: () => Promise<boolean>;
   pollMs?: number;
 }
 
-interface LockOwner {
-  pid: number;
-  host: string;
-  /** The lock directory this owner created: a later owner's lock has another inode. */
-  lockIno: number;
-}
-
-/** Best effort: without the record, waiters fall back on the heartbeat. */
-function recordOwner(lockDir: string, ownerFile: string): void {
-  try {
-    const owner: LockOwner = { pid: process.pid, host: hostname(), lockIno: statSync(lockDir).ino };
-    writeFileSync(ownerFile, JSON.stringify(owner));
-  } catch {
-    /* an older record names another lock directory (inode), so it is not believed */
-  }
-}
-
-/** Removes this process's record (not a later owner's, after a takeover). */
-function forgetOwner(ownerFile: string): void {
-  try {
-    if ((JSON.parse(readFileSync(ownerFile, 'utf8')) as LockOwner).pid === process.pid) rmSync(ownerFile);
-  } catch {
-    /* none, or unreadable: nothing of ours to remove */
-  }
-}
-
-/** The owner of the lock at `lockDir` if it is a process of this host that no longer runs. */
-function deadOwner(lockDir: string, ownerFile: string): LockOwner | undefined {
-  try {
-    const owner = JSON.parse(readFileSync(ownerFile, 'utf8')) as LockOwner;
-    if (owner.host !== hostname() || statSync(lockDir).ino !== owner.lockIno) return undefined;
-    return isProcessAlive(owner.pid) ? undefined : owner;
-  } catch {
-    return undefined; // no owner recorded (yet): the heartbeat decides
-  }
-}
-
 export function keyHash(key: string): string {
   return createHash('sha256').update(key).digest('hex').slice(0, 32);
+}
+
+export function sourceLockPath(layout: CacheLayout, hash: string): string {
+  return `${layout.locks}/source-${hash}.lock`;
+}
+
+type DatabaseConstructor = typeof Database;
+let databaseClass: DatabaseConstructor | undefined;
+async function loadDatabase(): Promise<DatabaseConstructor> {
+  databaseClass ??= (await import('better-sqlite3')).default;
+  return databaseClass;
+}
+
+/**
+ * Tries once to take the kernel lock on `path` (creating the empty file if needed). Returns
+ * the connection that holds it, or undefined when another process (or connection) holds it.
+ */
+function tryLock(DatabaseClass: DatabaseConstructor, path: string): Database.Database | undefined {
+  let db: Database.Database;
+  try {
+    // Never open the file any other way: closing any descriptor of a file drops every POSIX
+    // lock this process holds on it (SQLite keeps its own descriptors in step).
+    db = new DatabaseClass(path, { timeout: 0 });
+  } catch (err) {
+    throw new CacheError(`cannot lock ${path}: ${(err as Error).message}`, { cause: err, path });
+  }
+  try {
+    // An empty file is an empty database: EXCLUSIVE takes the write lock, and with the
+    // journal in memory nothing is written (a lock can be taken on a full disk).
+    db.pragma('journal_mode = MEMORY');
+    db.exec('BEGIN EXCLUSIVE');
+    return db;
+  } catch (err) {
+    db.close();
+    if ((err as { code?: string }).code === 'SQLITE_BUSY') return undefined;
+    throw new CacheError(`cannot lock ${path}: ${(err as Error).message}`, { cause: err, path });
+  }
+}
+
+function unlock(db: Database.Database): void {
+  try {
+    db.exec('ROLLBACK');
+  } catch {
+    /* nothing was written */
+  }
+  db.close();
+}
+
+/** The pid holding a POSIX lock on `path`, as the kernel lists it (Linux), if any. */
+export function lockHolderPid(path: string): number | undefined {
+  try {
+    const ino = statSync(path).ino;
+    for (const line of readFileSync('/proc/locks', 'utf8').split('\n')) {
+      const fields = line.trim().split(/\s+/);
+      // "1: POSIX  ADVISORY  WRITE 3785 fe:00:1474579 1073741824 1073742335"
+      if (fields[1] !== 'POSIX' || !fields[5]?.endsWith(`:${ino}`)) continue;
+      const pid = Number(fields[4]);
+      if (Number.isSafeInteger(pid) && pid > 0) return pid;
+    }
+  } catch {
+    /* no /proc/locks (not Linux), or no lock file: the pid is only for messages */
+  }
+  return undefined;
+}
+
+/** Alive and not a zombie: a killed process releases its locks before its parent reaps it. */
+function isRunning(pid: number): boolean {
+  if (!isProcessAlive(pid)) return false;
+  try {
+    // "pid (comm) S ...": the state follows the last ')'.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * Takes the lock of the source whose key hashes to `hash` if it exists and nobody holds it
+ * (for gc, which removes an abandoned partial only while holding its lock).
+ */
+export async function takeFreeSourceLock(
+  layout: CacheLayout,
+  hash: string,
+): Promise<(() => void) | 'held' | 'no-lock'> {
+  const path = sourceLockPath(layout, hash);
+  if (!statSync(path, { throwIfNoEntry: false })) return 'no-lock';
+  const db = tryLock(await loadDatabase(), path);
+  return db ? () => unlock(db) : 'held';
+}
+
+/** True when some process holds the lock of some source: a download is running on this node. */
+export async function anySourceLockHeld(layout: CacheLayout): Promise<boolean> {
+  const DatabaseClass = await loadDatabase();
+  let names: string[];
+  try {
+    names = readdirSync(layout.locks);
+  } catch {
+    return false;
+  }
+  for (const name of names) {
+    if (!/^source-[0-9a-f]+\.lock$/.test(name)) continue;
+    const db = tryLock(DatabaseClass, `${layout.locks}/${name}`);
+    if (!db) return true;
+    unlock(db);
+  }
+  return false;
 }
 
 /** Takes the source's lock, or returns 'done' if another process finished it meanwhile. */
@@ -80,50 +153,31 @@ export async function acquireSourceLock(
   key: string,
   options: WaitOptions,
 ): Promise<HeldLock | 'done'> {
-  // Loaded here, on the miss path only: a cache hit does not pay for it.
-  const { default: lockfile } = await import('proper-lockfile');
-  const lockTarget = `${layout.locks}/source-${keyHash(key)}`;
-  const lockDir = `${lockTarget}.lock`;
-  const ownerFile = `${lockTarget}.owner`;
+  const DatabaseClass = await loadDatabase();
+  const path = sourceLockPath(layout, keyHash(key));
   let announced = false;
+  let holder: number | undefined;
   for (;;) {
     if (options.signal?.aborted) throw new AbortedError('cancelled while waiting for another download');
-    const lost = new AbortController();
-    try {
-      const release = await lockfile.lock(lockTarget, {
-        realpath: false,
-        stale: LOCK_STALE_MS,
-        update: LOCK_UPDATE_MS,
-        retries: 0,
-        onCompromised: () => lost.abort(new CacheError('another process took over this download')),
-      });
-      recordOwner(lockDir, ownerFile);
+    const db = tryLock(DatabaseClass, path);
+    if (db) {
+      if (announced && (await options.isDone().catch(() => false))) {
+        unlock(db);
+        return 'done';
+      }
+      if (holder !== undefined && !isRunning(holder)) options.onOwnerGone?.(holder);
+      let released = false;
       return {
         release: async () => {
-          forgetOwner(ownerFile);
-          await release().catch(() => undefined);
+          if (released) return;
+          released = true;
+          unlock(db);
         },
-        lost: lost.signal,
+        lost: new AbortController().signal,
       };
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'ELOCKED') {
-        throw new CacheError(`cannot lock ${lockTarget}: ${(err as Error).message}`, { cause: err, path: lockTarget });
-      }
     }
+    holder = lockHolderPid(path) ?? holder;
     if (await options.isDone()) return 'done';
-    const dead = deadOwner(lockDir, ownerFile);
-    if (dead) {
-      options.onOwnerGone?.(dead.pid);
-      // An mtime in the distant past makes the lock stale to proper-lockfile, which then takes
-      // it over with its own atomic steps (and warns the old owner, were it alive, through
-      // onCompromised).
-      try {
-        utimesSync(lockDir, 0, 0);
-      } catch {
-        /* released meanwhile: the next attempt takes it */
-      }
-      continue;
-    }
     if (!announced) {
       announced = true;
       options.onWait?.();

@@ -1,13 +1,24 @@
 // The node cache end to end: hits by hard link, freshness, presigned URLs, single flight
 // across processes, takeover after a kill, and what happens when the cache is unusable.
 import assert from 'node:assert/strict';
-import { chmodSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeSync, closeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  statSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
 import { withBlobInUse } from '../../src/cache/blob-store.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
+import { lockHolderPid } from '../../src/cache/single-flight.js';
 import { fetchCached, gcCache, openCache, sourceKey } from '../../src/index.js';
 import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
@@ -241,12 +252,25 @@ describe('loom fetch and loom cache, several processes', () => {
     const fetch = (out: string) => ['fetch', server.url('/model.bin'), '-o', out, '-w', '2', '--chunk-size', '1MiB'];
     const downloader = startLoom([...fetch(join(dir, `${name}-1.bin`)), '-q'], env);
     const downloaded = collect(downloader);
-    await waitFor('the downloader to record itself as the lock owner', () =>
-      readdirSync(join(cacheDir, 'locks')).some((f) => f.endsWith('.owner')),
+    await waitFor('the downloader to hold the source lock', () =>
+      readdirSync(join(cacheDir, 'locks')).some((f) => lockHolderPid(join(cacheDir, 'locks', f)) === downloader.pid),
     );
     const out = join(dir, `${name}-2.bin`);
-    const waiter = collect(startLoom([...fetch(out), ...waiterFlags], env));
-    await sleep(800);
+    const waiterProcess = startLoom([...fetch(out), ...waiterFlags], env);
+    const waiter = collect(waiterProcess);
+    let waiterSaid = '';
+    waiterProcess.stderr?.on('data', (d: Buffer) => (waiterSaid += d.toString()));
+    // It says so (unless --json keeps it quiet); else it has the index open, a moment before it waits.
+    const indexOpen = () =>
+      readdirSync(`/proc/${waiterProcess.pid}/fd`).some(
+        (fd) => readlinkSync(`/proc/${waiterProcess.pid}/fd/${fd}`) === join(cacheDir, 'index.db'),
+      );
+    await waitFor(
+      'the waiter to wait',
+      () => waiterSaid.includes('waiting for another process') || indexOpen(),
+      30_000,
+    );
+    await sleep(500);
     downloader.kill('SIGKILL');
     await downloaded;
     const servedBeforeKill = server.bytesServed;
@@ -267,9 +291,11 @@ describe('loom fetch and loom cache, several processes', () => {
     assert.match(run.stderr, new RegExp(`\\(pid ${downloaderPid}\\) is gone; taking over its partial`));
     assert.equal(await sha256OfFile(out), content.sha256);
     assert.deepEqual(
-      readdirSync(join(cacheDir, 'locks')).filter((f) => f.startsWith('source-')),
+      readdirSync(join(cacheDir, 'locks')).filter(
+        (f) => f.startsWith('source-') && (!f.endsWith('.lock') || lockHolderPid(join(cacheDir, 'locks', f))),
+      ),
       [],
-      'no lock or owner record left behind',
+      'no lock left held, no owner record left behind',
     );
   });
 
