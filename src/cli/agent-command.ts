@@ -13,6 +13,7 @@ interface AgentFlags {
   nodeId?: string;
   zone?: string;
   tokenFile?: string;
+  peerTokenFile?: string;
   maxUploads?: string;
   cacheDir?: string;
 }
@@ -25,11 +26,11 @@ function parseMaxUploads(value: string | undefined): number | undefined {
   return n;
 }
 
-function tokenFrom(flags: AgentFlags, env: NodeJS.ProcessEnv): string | undefined {
-  if (flags.tokenFile) return readToken(flags.tokenFile);
-  const token = env.LOOM_TOKEN?.trim();
+function tokenFrom(file: string | undefined, variable: string, env: NodeJS.ProcessEnv): string | undefined {
+  if (file) return readToken(file);
+  const token = env[variable]?.trim();
   if (!token) return undefined;
-  if (token.length < 16) throw new UsageError('LOOM_TOKEN is shorter than 16 characters');
+  if (token.length < 16) throw new UsageError(`${variable} is shorter than 16 characters`);
   return token;
 }
 
@@ -42,6 +43,10 @@ export function agentCommand(): Command {
     .option('--node-id <id>', 'this node in the control plane (env LOOM_NODE_ID; default: the host name)')
     .option('--zone <zone>', 'zone of this node; peers in the same zone are preferred')
     .option('--token-file <file>', 'bearer token for the control plane, also required from peers (env LOOM_TOKEN)')
+    .option(
+      '--peer-token-file <file>',
+      'bearer token peers must present instead of the --token-file one (env LOOM_PEER_TOKEN)',
+    )
     .option('--max-uploads <n>', 'uploads at once; above it peers get 503 (default 16)')
     .option('--cache-dir <dir>', 'cache root (env LOOM_CACHE_DIR)')
     .action(async (flags: AgentFlags) => {
@@ -54,7 +59,8 @@ export function agentCommand(): Command {
           });
         const listen = parseListen(flags.listen);
         const maxUploads = parseMaxUploads(flags.maxUploads);
-        const token = tokenFrom(flags, env);
+        const token = tokenFrom(flags.tokenFile, 'LOOM_TOKEN', env);
+        const peerToken = tokenFrom(flags.peerTokenFile, 'LOOM_PEER_TOKEN', env);
         const cacheRoot = resolveCacheRoot(flags.cacheDir, env);
         const { Agent, defaultNodeId } = await import('../peer/agent.js');
         const nodeId = flags.nodeId ?? env.LOOM_NODE_ID ?? defaultNodeId();
@@ -66,6 +72,7 @@ export function agentCommand(): Command {
           advertise: flags.advertise,
           zone: flags.zone,
           token,
+          peerToken,
           maxUploads,
         }).catch((err: unknown) => {
           const code = (err as { code?: string }).code;
@@ -75,7 +82,7 @@ export function agentCommand(): Command {
         });
         process.stderr.write(
           `loom: agent ${nodeId} serving ${cacheRoot} on ${listen.host}:${agent.boundPort} as ${agent.advertisedUrl}` +
-            ` (control plane ${controlPlane}${token ? ', token required' : ''})\n`,
+            ` (control plane ${controlPlane}${peerToken || token ? ', peers need a token' : ''})\n`,
         );
         const signal = await new Promise<NodeJS.Signals>((resolve) => {
           process.once('SIGINT', resolve);

@@ -53,8 +53,13 @@ export interface AgentOptions {
   /** URL peers use to reach this agent. Default: see advertiseUrl. */
   advertise?: string;
   zone?: string;
-  /** Sent to the control plane, and required from peers (Authorization: Bearer). */
+  /** Sent to the control plane, and required from peers (Authorization: Bearer) unless peerToken is given. */
   token?: string;
+  /**
+   * The token peers must present instead of `token`: with per-node control-plane tokens,
+   * peers cannot know this node's, so the fleet shares one peer token.
+   */
+  peerToken?: string;
   maxUploads?: number;
   scanIntervalMs?: number;
   reannounceIntervalMs?: number;
@@ -149,7 +154,7 @@ export class Agent {
     });
     this.server = new AgentServer({
       cacheRoot: options.cacheRoot,
-      token: options.token,
+      token: options.peerToken ?? options.token,
       maxUploads: options.maxUploads,
     });
     this.partials = new PartialBlobReader(this.server.layout);

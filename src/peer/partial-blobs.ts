@@ -1,6 +1,8 @@
-// Downloads in progress in the node cache, as the agent sees them: `<cache>/tmp/<digest>.part`
-// holds the bytes and `<cache>/tmp/<digest>.pieces.json` the manifest and the pieces verified
-// so far (written atomically by the downloader, see docs/design/peers-and-pieces.md). The
+// Downloads in progress in the node cache, as the agent sees them: `<cache>/tmp/<id>.part`
+// holds the bytes and `<cache>/tmp/<id>.pieces.json` the manifest and the pieces verified so
+// far (written atomically by the downloader: src/cache/partial-blob.ts, and
+// docs/design/peers-and-pieces.md). `id` is the blob's digest, or the source's id while the
+// digest is not known yet; either is 64 hex digits and is served and announced as is. The
 // agent only reads them: a range of a partial blob is served when every piece it touches is
 // verified. A file that is missing, half-written or does not describe its own name is
 // treated as no partial at all, never as something to serve.
@@ -13,7 +15,7 @@ export interface PiecesFile {
   digest: string;
   size: number;
   pieceSize: number;
-  /** Piece digests (the manifest's). */
+  /** Piece digests (the manifest's); '' for a piece whose digest is not known yet. */
   pieces: string[];
   /** Indexes of the pieces whose bytes are in the .part file and checked. */
   verified: number[];
@@ -56,7 +58,8 @@ export function parsePiecesFile(text: string, digest: string): PiecesFile | unde
   if (typeof pieceSize !== 'number' || !Number.isSafeInteger(pieceSize) || pieceSize < 1) return undefined;
   const count = pieceCountOf(size, pieceSize);
   if (!Array.isArray(pieces) || pieces.length !== count) return undefined;
-  if (!pieces.every((p) => typeof p === 'string' && DIGEST.test(p))) return undefined;
+  // A download without a manifest learns piece digests as its prefix is hashed: '' until then.
+  if (!pieces.every((p) => typeof p === 'string' && (p === '' || DIGEST.test(p)))) return undefined;
   if (!Array.isArray(verified)) return undefined;
   const seen = new Set<number>();
   for (const i of verified) {

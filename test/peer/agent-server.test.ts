@@ -226,6 +226,30 @@ describe('agent server: downloads in progress', () => {
     assert.equal(short.status, 404);
   });
 
+  it('serves verified pieces of a download whose later piece digests are not known yet', async () => {
+    const root = await makeCache();
+    const { tmp } = cacheLayout(root);
+    const bytes = randomBytes(PIECE * 3);
+    const partial = putPartial(root, bytes, PIECE, [0]);
+    // As a download without a manifest writes it: digests only for the hashed prefix.
+    writeFileSync(
+      join(tmp, `${partial.digest}.pieces.json`),
+      JSON.stringify({
+        digest: partial.digest,
+        size: bytes.length,
+        pieceSize: PIECE,
+        pieces: [partial.pieces[0], '', ''],
+        verified: [0],
+      }),
+    );
+    const { base } = await start(root);
+    const answer = await get(`${base}/v1/blobs/${partial.digest}`, { range: `bytes=0-${PIECE - 1}` });
+    assert.equal(answer.status, 206);
+    assert.equal(sha256Of(answer.body), partial.pieces[0]);
+    const later = await rawRequest(base, `/v1/blobs/${partial.digest}`, { headers: { range: `bytes=${PIECE}-` } });
+    assert.equal(later.status, 404);
+  });
+
   it('treats a pieces file that does not describe its blob as no download at all', async () => {
     const root = await makeCache();
     const { tmp } = cacheLayout(root);

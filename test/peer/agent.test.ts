@@ -36,9 +36,9 @@ after(async () => {
 });
 
 /** A real control plane; a node beats every 0.5 s (TTL 1.5 s) so the tests move quickly. */
-async function startCp(port = 0): Promise<Cp> {
+async function startCp(port = 0, token?: string): Promise<Cp> {
   const store = new SqliteStore(join(dir, `cp-${++dbs}.db`));
-  const app = await buildControlPlane({ store, nodeTtlMs: 1_500 });
+  const app = await buildControlPlane({ store, nodeTtlMs: 1_500, token, openReads: true });
   const beats: Array<Record<string, unknown>> = [];
   const announcements: string[] = [];
   app.addHook('preHandler', async (request) => {
@@ -234,6 +234,21 @@ describe('agent lifecycle', () => {
     await cp.close();
     const fresh = await startCp(port);
     await waitFor('announced to the new store', async () => (await peers(fresh.url, digest)).length === 1);
+  });
+
+  it('with a peer token, peers must present it, while the control plane gets the node token', async () => {
+    const nodeToken = 'n'.repeat(32);
+    const peerToken = 'p'.repeat(32);
+    const cp = await startCp(0, nodeToken);
+    const root = await makeCache();
+    const digest = await putBlob(root, randomBytes(2000));
+    const agent = await startAgent(cp.url, root, { token: nodeToken, peerToken });
+    await waitFor('announced with the node token', async () => (await peers(cp.url, digest)).length === 1);
+    const url = `${agent.advertisedUrl}/v1/blobs/${digest}`;
+    assert.equal((await fetch(url, { headers: { authorization: `Bearer ${nodeToken}` } })).status, 401);
+    const res = await fetch(url, { headers: { authorization: `Bearer ${peerToken}` } });
+    assert.equal(res.status, 200);
+    assert.equal(sha256Of(Buffer.from(await res.arrayBuffer())), digest);
   });
 
   it('advertises the listen address, or the host name with a warning on a wildcard', () => {
