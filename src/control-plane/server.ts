@@ -157,19 +157,25 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
   const app = fastify.withTypeProvider<ZodTypeProvider>();
 
   // The original tool's README registers with `curl -d '{...}'`, which curl sends as a
-  // form: a body that looks like JSON is read as JSON, anything else as form fields.
-  app.addContentTypeParser('application/x-www-form-urlencoded', { parseAs: 'string' }, (_request, body, done) => {
-    const text = String(body).trim();
-    if (text.startsWith('{') || text.startsWith('[')) {
-      try {
-        done(null, JSON.parse(text));
-      } catch {
-        done(new ValidationError('invalid body: not valid JSON'), undefined);
+  // form: a body that looks like JSON is read as JSON, anything else as form fields. Text
+  // bodies are read the same way; other types get a 415 that says what to send.
+  app.removeContentTypeParser('text/plain');
+  app.addContentTypeParser(
+    ['application/x-www-form-urlencoded', 'text/plain'],
+    { parseAs: 'string' },
+    (_request, body, done) => {
+      const text = String(body).trim();
+      if (text.startsWith('{') || text.startsWith('[')) {
+        try {
+          done(null, JSON.parse(text));
+        } catch {
+          done(new ValidationError('invalid body: not valid JSON'), undefined);
+        }
+        return;
       }
-      return;
-    }
-    done(null, Object.fromEntries(new URLSearchParams(text)));
-  });
+      done(null, Object.fromEntries(new URLSearchParams(text)));
+    },
+  );
 
   app.decorateRequest('caller', null as never);
   app.addHook('onRequest', async (request) => {
