@@ -1,7 +1,7 @@
 // The default store: one SQLite file (better-sqlite3, WAL), no set-up. Liveness is an
 // expiry time written by each heartbeat and checked on every read, so a dead node is gone
 // from answers the moment its TTL lapses; the control plane's sweep timer deletes the
-// leftovers. Every statement is prepared once; locate ranks and limits in its query.
+// leftovers. Every statement is prepared once; locate samples, ranks and limits in its query.
 import Database from 'better-sqlite3';
 import { StoreUnavailableError } from '../core/errors.js';
 import type {
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS replicas (
   pieces TEXT,
   updated_at INTEGER NOT NULL,
   epoch TEXT,
+  rnd INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (digest, node_id)
 );
 CREATE INDEX IF NOT EXISTS replicas_node ON replicas(node_id);
@@ -81,7 +82,17 @@ const ADDED_COLUMNS: Array<[table: string, column: string, type: string]> = [
   ['nodes', 'epoch', 'TEXT'],
   ['replicas', 'epoch', 'TEXT'],
   ['manifests', 'verified_against', 'TEXT'],
+  ['replicas', 'rnd', 'INTEGER NOT NULL DEFAULT 0'],
 ];
+
+/** Indexes on added columns, created once the columns exist. */
+const LATE_INDEXES = 'CREATE INDEX IF NOT EXISTS replicas_pick ON replicas(digest, complete, rnd);';
+
+/** Holders of each kind read per locate, at least: exact ranking up to this many holders. */
+const MIN_SAMPLE = 64;
+
+/** The range of a replica's random position (its place in the sample order). */
+const RND_RANGE = 1_000_000_000;
 
 /** A locate row: id, url, zone, free_slots, expires_at, epoch, complete, pieces, updated_at. */
 type CandidateTuple = [string, string, string | null, number, number, string | null, number, string | null, number];
@@ -125,6 +136,7 @@ export class SqliteStore implements RegistryStore {
       const columns = this.db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>;
       if (!columns.some((c) => c.name === column)) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
     }
+    this.db.exec(LATE_INDEXES);
     const db = this.db;
     this.sql = {
       nodeState: db.prepare('SELECT epoch, expires_at FROM nodes WHERE id = ?'),
@@ -147,22 +159,34 @@ export class SqliteStore implements RegistryStore {
       deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
       // The replica takes the node's epoch, and is written only while the node is live.
       putReplica: db.prepare(
-        `INSERT INTO replicas (digest, node_id, complete, pieces, updated_at, epoch)
-         SELECT @digest, id, @complete, @pieces, @updatedAt, epoch FROM nodes WHERE id = @nodeId AND expires_at > @now
+        `INSERT INTO replicas (digest, node_id, complete, pieces, updated_at, epoch, rnd)
+         SELECT @digest, id, @complete, @pieces, @updatedAt, epoch, @rnd FROM nodes WHERE id = @nodeId AND expires_at > @now
          ON CONFLICT(digest, node_id) DO UPDATE SET complete = excluded.complete, pieces = excluded.pieces,
            updated_at = excluded.updated_at, epoch = excluded.epoch`,
       ),
       removeReplica: db.prepare('DELETE FROM replicas WHERE digest = ? AND node_id = ?'),
-      // Locate is the hot path: ranked and limited here, rows as arrays (raw) so no object is
-      // built per row, and piece lists parsed only for the rows returned.
+      // Locate is the hot path, and a blob may have thousands of holders: each kind
+      // (complete, partial) is sampled from a random point of its index (every holder when
+      // there are at most @sample), then ranked and limited here. Rows come as arrays (raw)
+      // so no object is built per row, and piece lists are parsed only for the rows returned.
       locate: db
         .prepare(
-          `SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, n.epoch, r.complete, r.pieces, r.updated_at
-           FROM replicas r JOIN nodes n ON n.id = r.node_id
-           WHERE r.digest = @digest AND n.expires_at > @now AND r.node_id IS NOT @asker
+          `WITH sample AS (
+             SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
+                WHERE digest = @digest AND complete = 1 AND rnd >= @start ORDER BY rnd LIMIT @sample)
+             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
+                WHERE digest = @digest AND complete = 1 AND rnd < @start ORDER BY rnd LIMIT @sample)
+             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
+                WHERE digest = @digest AND complete = 0 AND rnd >= @start ORDER BY rnd LIMIT @sample)
+             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
+                WHERE digest = @digest AND complete = 0 AND rnd < @start ORDER BY rnd LIMIT @sample)
+           )
+           SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, n.epoch, r.complete, r.pieces, r.updated_at
+           FROM sample r JOIN nodes n ON n.id = r.node_id
+           WHERE n.expires_at > @now AND r.node_id IS NOT @asker
              AND (r.complete = 1 OR r.updated_at > @partialSince)
              AND (@threshold IS NULL OR (SELECT count(*) FROM reports p
-                   WHERE p.digest = r.digest AND p.node_id = r.node_id AND p.at > @reportSince) < @threshold)
+                   WHERE p.digest = @digest AND p.node_id = r.node_id AND p.at > @reportSince) < @threshold)
            ORDER BY r.complete DESC, coalesce(n.zone = @zone, 0) DESC, n.free_slots DESC, random()
            LIMIT @limit`,
         )
@@ -353,6 +377,7 @@ export class SqliteStore implements RegistryStore {
           pieces: replica.pieces ? JSON.stringify(replica.pieces) : null,
           updatedAt: replica.updatedAt,
           now,
+          rnd: Math.floor(Math.random() * RND_RANGE),
         }).changes > 0,
     );
   }
@@ -372,6 +397,8 @@ export class SqliteStore implements RegistryStore {
         threshold: query.quarantine?.threshold ?? null,
         reportSince: query.now - (query.quarantine?.windowMs ?? 0),
         limit: query.limit,
+        sample: Math.max(MIN_SAMPLE, 4 * query.limit),
+        start: Math.floor(Math.random() * RND_RANGE),
       }) as CandidateTuple[];
       return rows.map(([id, url, zone, freeSlots, expiresAt, epoch, complete, pieces, updatedAt]) => ({
         node: { id, url, zone: zone ?? undefined, freeUploadSlots: freeSlots, expiresAt, epoch: epoch ?? undefined },

@@ -413,6 +413,32 @@ describe('control plane persistence and replicas', () => {
     assert.deepEqual((await second.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...manifestOf(4, 4) });
   });
 
+  it('opens a SQLite file written before epochs, leases and verifiedAgainst, keeping its data', async () => {
+    const path = join(dir, 'old-schema.db');
+    const old = new Database(path);
+    old.exec(`
+      CREATE TABLE nodes (id TEXT PRIMARY KEY, url TEXT NOT NULL, zone TEXT, free_slots INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL);
+      CREATE TABLE manifests (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, piece_size INTEGER NOT NULL,
+        pieces TEXT NOT NULL);
+      CREATE TABLE replicas (digest TEXT NOT NULL, node_id TEXT NOT NULL, complete INTEGER NOT NULL, pieces TEXT,
+        updated_at INTEGER NOT NULL, PRIMARY KEY (digest, node_id));
+    `);
+    old
+      .prepare('INSERT INTO nodes VALUES (?, ?, NULL, 1, ?)')
+      .run('veteran', 'http://veteran:7071', Date.now() + 60_000);
+    old.prepare('INSERT INTO manifests VALUES (?, 4, 4, ?)').run(D1, JSON.stringify([PIECE]));
+    old.prepare('INSERT INTO replicas VALUES (?, ?, 1, NULL, ?)').run(D1, 'veteran', Date.now());
+    old.close();
+    const s = await startService(new SqliteStore(path));
+    assert.deepEqual(await peerIds(s, D1), ['veteran']);
+    assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, {
+      digest: D1,
+      ...manifestOf(4, 4, { verifiedAgainst: 'first-origin-fetch' }),
+    });
+    assert.equal((await s.call('POST', `/v1/blobs/${D1}/leases`, { node: 'veteran' })).status, 200);
+  });
+
   it('keeps Redis keys under its prefix with hash tags, node records expiring by Redis TTL', async () => {
     const tagged = `${prefix}-layout`;
     const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), { nodeTtlMs: 5_000 });
