@@ -37,6 +37,9 @@ export interface RedisStoreOptions {
 /** A store operation that takes longer is answered with 503 (a hung Redis is a down Redis). */
 const OPERATION_TIMEOUT_MS = 2_000;
 
+/** Lapsed nodes cleaned up per sweep at most (the sweep runs every few seconds). */
+const SWEEP_BATCH = 200;
+
 /** Holders of each kind read per locate, at least: exact ranking up to this many holders. */
 const MIN_SAMPLE = 64;
 
@@ -493,7 +496,10 @@ export class RedisStore implements RegistryStore {
    */
   sweep(now: number, _policy: SweepPolicy): Promise<void> {
     return this.run(async () => {
-      const lapsed = await this.client.zRangeByScore(this.nodeIndexKey(), '-inf', now);
+      // A bounded batch per run, so one sweep stays within the operation timeout.
+      const lapsed = await this.client.zRangeByScore(this.nodeIndexKey(), '-inf', now, {
+        LIMIT: { offset: 0, count: SWEEP_BATCH },
+      });
       for (const id of lapsed) {
         // A node that beat again since the range was read keeps its replicas.
         const expiresAt = await this.client.hGet(this.nodeKey(id), 'expiresAt');

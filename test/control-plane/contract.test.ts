@@ -171,7 +171,7 @@ for (const factory of factories) {
     });
 
     it('keeps a repeatedly reported replica out of locate answers for a while', async () => {
-      const s = await service(factory, { reportWindowMs: 600 });
+      const s = await service(factory, { reportWindowMs: 1_500 });
       for (const id of ['bad', 'good']) {
         await beat(s, id);
         await s.call('PUT', `/v1/blobs/${D1}/replicas/${id}`, { complete: true });
@@ -190,7 +190,7 @@ for (const factory of factories) {
           (p) => p.id,
         );
       assert.deepEqual(await ids(), ['good']);
-      await sleep(700);
+      await sleep(1_600);
       assert.deepEqual((await ids()).sort(), ['bad', 'good']);
     });
 
@@ -214,25 +214,25 @@ for (const factory of factories) {
     });
 
     it('leaves a partial replica out once it has gone without an update for the partial TTL', async () => {
-      const s = await service(factory, { partialTtlMs: 600 });
+      const s = await service(factory, { partialTtlMs: 1_000 });
       for (const id of ['partial', 'complete']) await beat(s, id);
       await s.call('PUT', `/v1/blobs/${D1}/replicas/partial`, { complete: false, pieces: [0, 1] });
       await s.call('PUT', `/v1/blobs/${D1}/replicas/complete`, { complete: true });
       assert.deepEqual(await peerIds(s, D1), ['complete', 'partial']);
-      await sleep(800);
+      await sleep(1_300);
       assert.deepEqual(await peerIds(s, D1), ['complete']);
       await s.call('PUT', `/v1/blobs/${D1}/replicas/partial`, { complete: false, pieces: [0, 1, 2] });
       assert.deepEqual(await peerIds(s, D1), ['complete', 'partial'], 'an update brings it back');
     });
 
     it('a node that deregisters or lapses comes back holding nothing', async () => {
-      const s = await service(factory, { nodeTtlMs: 500 });
+      const s = await service(factory, { nodeTtlMs: 1_000 });
       await beat(s, 'leaver');
       await beat(s, 'lapser');
       await s.call('PUT', `/v1/blobs/${D1}/replicas/leaver`, { complete: true });
       await s.call('PUT', `/v1/blobs/${D1}/replicas/lapser`, { complete: true });
       assert.equal((await s.call('DELETE', '/v1/nodes/leaver')).status, 204);
-      await sleep(700);
+      await sleep(1_300);
       const back = await beat(s, 'leaver');
       assert.equal((back.body as { resync: boolean }).resync, true);
       assert.equal((await beat(s, 'lapser')).status, 200);
@@ -489,13 +489,13 @@ describe('control plane persistence and replicas', () => {
   });
 });
 
-describe('control plane housekeeping (sqlite)', () => {
+describe('control plane housekeeping', () => {
   it('deletes lapsed nodes, their replicas, stale partials and old reports on a timer, with no request', async () => {
     const path = join(dir, 'sweep.db');
     const s = await startService(new SqliteStore(path), {
-      nodeTtlMs: 400,
-      partialTtlMs: 400,
-      reportWindowMs: 400,
+      nodeTtlMs: 1_000,
+      partialTtlMs: 1_000,
+      reportWindowMs: 1_000,
       sweepIntervalMs: 100,
     });
     await beat(s, 'gone');
@@ -505,10 +505,40 @@ describe('control plane housekeeping (sqlite)', () => {
     try {
       const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
       assert.deepEqual([count('nodes'), count('replicas'), count('reports')], [1, 1, 1]);
-      await sleep(900);
+      await sleep(1_600);
       assert.deepEqual([count('nodes'), count('replicas'), count('reports')], [0, 0, 0]);
     } finally {
       db.close();
+    }
+  });
+
+  it('drops the replicas of lapsed nodes from Redis on a timer, with no request', async () => {
+    const tagged = `${prefix}-sweep`;
+    const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), {
+      nodeTtlMs: 1_000,
+      sweepIntervalMs: 100,
+    });
+    await ready(s.store);
+    await beat(s, 'gone');
+    await s.call('PUT', `/v1/blobs/${D1}/replicas/gone`, { complete: true });
+    const client = createClient({ url: REDIS_URL });
+    await client.connect();
+    try {
+      const keys = async () => {
+        const found: string[] = [];
+        for await (const batch of client.scanIterator({ MATCH: `${tagged}:*` })) found.push(...(batch as string[]));
+        return found.sort();
+      };
+      assert.deepEqual(await keys(), [
+        `${tagged}:{${D1}}:complete`,
+        `${tagged}:{nodes}:holds:gone`,
+        `${tagged}:{nodes}:index`,
+        `${tagged}:{nodes}:node:gone`,
+      ]);
+      await sleep(1_600);
+      assert.deepEqual(await keys(), []);
+    } finally {
+      await client.close();
     }
   });
 });

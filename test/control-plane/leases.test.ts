@@ -66,16 +66,16 @@ for (const factory of factories) {
     });
 
     it('lets a lease lapse after its TTL, unless renewed, and hands it on with a larger fencing token', async () => {
-      const s = await service(factory, { leaseTtlMs: 600 });
+      const s = await service(factory, { leaseTtlMs: 1_500 });
       const a = granted(await take(s, 'node-a'));
       for (let i = 0; i < 3; i++) {
-        await sleep(300);
+        await sleep(600);
         const renewed = await s.call('PUT', `/v1/blobs/${D1}/leases/${a.token}`);
         assert.equal(renewed.status, 200);
         assert.equal((renewed.body as Granted).fencingToken, a.fencingToken);
       }
       assert.equal(((await take(s, 'node-b')) as Refused).granted, false, 'renewed past its first TTL');
-      await sleep(800);
+      await sleep(1_800);
       const b = granted(await take(s, 'node-b'));
       assert.ok(b.fencingToken > a.fencingToken, `${b.fencingToken} > ${a.fencingToken}`);
       const late: Reply = await s.call('PUT', `/v1/blobs/${D1}/leases/${a.token}`);
