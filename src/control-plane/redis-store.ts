@@ -141,6 +141,20 @@ redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 1000)
 return value
 `;
 
+/**
+ * Drops a partial replica not updated since the cutoff. KEYS: partial hash. ARGV: node,
+ * cutoff. Returns 1 when it was dropped, 2 when there was none, 0 when it was updated since.
+ */
+const DROP_STALE_PARTIAL = `
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 2 end
+if cjson.decode(v).updatedAt <= tonumber(ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
+`;
+
 /** Source mapping. KEYS: source key. ARGV: digest, replace ('1'/'0'). */
 const PUT_SOURCE = `
 local old = redis.call('GET', KEYS[1])
@@ -198,6 +212,10 @@ export class RedisStore implements RegistryStore {
   private blobsKey(): string {
     return this.key('{blobs}', 'all');
   }
+  /** Partial replicas by last update ("digest\nnode"), so the sweep finds the stale ones. */
+  private partialsKey(): string {
+    return this.key('{blobs}', 'partials');
+  }
   private sourceKey(key: string): string {
     const hash = createHash('sha256').update(key).digest('hex').slice(0, 40);
     return this.key('source', `{${hash}}`);
@@ -251,6 +269,7 @@ export class RedisStore implements RegistryStore {
     for (const digest of digests) {
       multi.hDel(this.blobKey(digest, 'complete'), id);
       multi.hDel(this.blobKey(digest, 'partial'), id);
+      multi.zRem(this.partialsKey(), `${digest}\n${id}`);
     }
     multi.del(this.holdsKey(id));
     await multi.exec();
@@ -264,7 +283,16 @@ export class RedisStore implements RegistryStore {
       ),
     );
     const dropped = digests.filter((_, i) => Number(gone[i]) === 1);
-    if (dropped.length) await this.client.sRem(this.holdsKey(id), dropped);
+    if (dropped.length) {
+      await this.client
+        .multi()
+        .sRem(this.holdsKey(id), dropped)
+        .zRem(
+          this.partialsKey(),
+          dropped.map((digest) => `${digest}\n${id}`),
+        )
+        .exec();
+    }
   }
 
   removeNode(id: string): Promise<boolean> {
@@ -350,12 +378,15 @@ export class RedisStore implements RegistryStore {
         ...(!replica.complete && { pieces: replica.pieces ?? [] }),
       };
       const [into, from] = replica.complete ? (['complete', 'partial'] as const) : (['partial', 'complete'] as const);
-      await this.client
+      const member = `${replica.digest}\n${replica.nodeId}`;
+      const multi = this.client
         .multi()
         .hSet(this.blobKey(replica.digest, into), replica.nodeId, JSON.stringify(stored))
         .hDel(this.blobKey(replica.digest, from), replica.nodeId)
-        .sAdd(this.holdsKey(replica.nodeId), replica.digest)
-        .exec();
+        .sAdd(this.holdsKey(replica.nodeId), replica.digest);
+      if (replica.complete) multi.zRem(this.partialsKey(), member);
+      else multi.zAdd(this.partialsKey(), { score: replica.updatedAt, value: member });
+      await multi.exec();
       return true;
     });
   }
@@ -367,6 +398,7 @@ export class RedisStore implements RegistryStore {
         .hDel(this.blobKey(digest, 'complete'), nodeId)
         .hDel(this.blobKey(digest, 'partial'), nodeId)
         .sRem(this.holdsKey(nodeId), digest)
+        .zRem(this.partialsKey(), `${digest}\n${nodeId}`)
         .exec();
       return Number(complete) + Number(partial) > 0;
     });
@@ -491,10 +523,10 @@ export class RedisStore implements RegistryStore {
 
   /**
    * Drops the replicas of nodes whose registration lapsed (Redis already forgot the nodes
-   * themselves). Stale partial replicas are left out of every answer by locate and
-   * overwritten or dropped with their node; reports and leases expire with their keys.
+   * themselves) and partial replicas not updated within the partial TTL (locate leaves
+   * them out before that); reports and leases expire with their keys.
    */
-  sweep(now: number, _policy: SweepPolicy): Promise<void> {
+  sweep(now: number, policy: SweepPolicy): Promise<void> {
     return this.run(async () => {
       // A bounded batch per run, so one sweep stays within the operation timeout.
       const lapsed = await this.client.zRangeByScore(this.nodeIndexKey(), '-inf', now, {
@@ -506,6 +538,20 @@ export class RedisStore implements RegistryStore {
         if (typeof expiresAt === 'string' && Number(expiresAt) > now) continue;
         await this.dropAllReplicas(id);
         await this.client.zRem(this.nodeIndexKey(), id);
+      }
+      const cutoff = now - policy.partialTtlMs;
+      const stale = await this.client.zRangeByScore(this.partialsKey(), '-inf', cutoff, {
+        LIMIT: { offset: 0, count: SWEEP_BATCH },
+      });
+      for (const member of stale) {
+        const [digest, node] = member.split('\n') as [string, string];
+        const dropped = await this.eval(DROP_STALE_PARTIAL, [this.blobKey(digest, 'partial')], [node, cutoff]);
+        // An update since the range was read moved the member's score: only a stale one goes.
+        if (Number(dropped) === 1) {
+          await this.client.multi().sRem(this.holdsKey(node), digest).zRem(this.partialsKey(), member).exec();
+        } else if (Number(dropped) === 2) {
+          await this.client.zRem(this.partialsKey(), member);
+        }
       }
     });
   }

@@ -512,10 +512,11 @@ describe('control plane housekeeping', () => {
     }
   });
 
-  it('drops the replicas of lapsed nodes from Redis on a timer, with no request', async () => {
+  it('drops the replicas of lapsed nodes and stale partial replicas from Redis on a timer, with no request', async () => {
     const tagged = `${prefix}-sweep`;
     const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), {
       nodeTtlMs: 1_000,
+      partialTtlMs: 1_000,
       sweepIntervalMs: 100,
     });
     await ready(s.store);
@@ -537,6 +538,18 @@ describe('control plane housekeeping', () => {
       ]);
       await sleep(1_600);
       assert.deepEqual(await keys(), []);
+
+      // A live node's partial replica that is no longer updated goes; the node stays.
+      const keep = setInterval(() => void beat(s, 'stays'), 300);
+      try {
+        await beat(s, 'stays');
+        await s.call('PUT', `/v1/blobs/${D2}/replicas/stays`, { complete: false, pieces: [0] });
+        assert.ok((await keys()).includes(`${tagged}:{${D2}}:partial`));
+        await sleep(1_600);
+        assert.deepEqual(await keys(), [`${tagged}:{nodes}:index`, `${tagged}:{nodes}:node:stays`]);
+      } finally {
+        clearInterval(keep);
+      }
     } finally {
       await client.close();
     }
