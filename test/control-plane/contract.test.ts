@@ -493,9 +493,9 @@ describe('control plane housekeeping', () => {
   it('deletes lapsed nodes, their replicas, stale partials and old reports on a timer, with no request', async () => {
     const path = join(dir, 'sweep.db');
     const s = await startService(new SqliteStore(path), {
-      nodeTtlMs: 1_000,
-      partialTtlMs: 1_000,
-      reportWindowMs: 1_000,
+      nodeTtlMs: 2_500,
+      partialTtlMs: 2_000,
+      reportWindowMs: 2_500,
       sweepIntervalMs: 100,
     });
     await beat(s, 'gone');
@@ -505,7 +505,7 @@ describe('control plane housekeeping', () => {
     try {
       const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
       assert.deepEqual([count('nodes'), count('replicas'), count('reports')], [1, 1, 1]);
-      await sleep(1_600);
+      await sleep(3_000);
       assert.deepEqual([count('nodes'), count('replicas'), count('reports')], [0, 0, 0]);
     } finally {
       db.close();
@@ -515,8 +515,8 @@ describe('control plane housekeeping', () => {
   it('drops the replicas of lapsed nodes and stale partial replicas from Redis on a timer, with no request', async () => {
     const tagged = `${prefix}-sweep`;
     const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), {
-      nodeTtlMs: 1_000,
-      partialTtlMs: 1_000,
+      nodeTtlMs: 2_500,
+      partialTtlMs: 2_000,
       sweepIntervalMs: 100,
     });
     await ready(s.store);
@@ -536,7 +536,7 @@ describe('control plane housekeeping', () => {
         `${tagged}:{nodes}:index`,
         `${tagged}:{nodes}:node:gone`,
       ]);
-      await sleep(1_600);
+      await sleep(3_000);
       assert.deepEqual(await keys(), []);
 
       // A live node's partial replica that is no longer updated goes; the node stays.
@@ -545,7 +545,7 @@ describe('control plane housekeeping', () => {
         await beat(s, 'stays');
         await s.call('PUT', `/v1/blobs/${D2}/replicas/stays`, { complete: false, pieces: [0] });
         assert.ok((await keys()).includes(`${tagged}:{${D2}}:partial`));
-        await sleep(1_600);
+        await sleep(3_000);
         assert.deepEqual(await keys(), [`${tagged}:{nodes}:index`, `${tagged}:{nodes}:node:stays`]);
       } finally {
         clearInterval(keep);
