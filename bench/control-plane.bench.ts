@@ -25,13 +25,17 @@ async function seed(store: RegistryStore, digests: string[]): Promise<void> {
     Array.from(
       { length: NODES },
       (_, i) => () =>
-        store.heartbeat({
-          id: `node-${i}`,
-          url: `http://10.${i >> 8}.${i & 255}.1:7071`,
-          zone: ZONES[i % ZONES.length],
-          freeUploadSlots: i % 8,
-          expiresAt,
-        }),
+        store.heartbeat(
+          {
+            id: `node-${i}`,
+            url: `http://10.${i >> 8}.${i & 255}.1:7071`,
+            zone: ZONES[i % ZONES.length],
+            freeUploadSlots: i % 8,
+            expiresAt,
+            epoch: undefined,
+          },
+          Date.now(),
+        ),
     ),
   );
   const replicas: Array<() => Promise<unknown>> = [];
@@ -39,13 +43,16 @@ async function seed(store: RegistryStore, digests: string[]): Promise<void> {
     for (let h = 0; h < HOLDERS_PER_BLOB; h++) {
       const node = (b * 37 + h * 499) % NODES;
       replicas.push(() =>
-        store.putReplica({
-          digest,
-          nodeId: `node-${node}`,
-          complete: h % 4 !== 0,
-          pieces: h % 4 === 0 ? [0, 1, 2] : undefined,
-          updatedAt: Date.now(),
-        }),
+        store.putReplica(
+          {
+            digest,
+            nodeId: `node-${node}`,
+            complete: h % 4 !== 0,
+            pieces: h % 4 === 0 ? [0, 1, 2] : undefined,
+            updatedAt: Date.now(),
+          },
+          Date.now(),
+        ),
       );
     }
   });

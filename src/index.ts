@@ -14,3 +14,6 @@ export { buildControlPlane, CONTROL_PLANE_DEFAULTS, type ControlPlaneOptions } f
 export { openStore } from './control-plane/open-store.js';
 export { ControlPlaneClient, type PeerInfo } from './control-plane/client.js';
 export type { RegistryStore, NodeRecord, Manifest, Replica } from './control-plane/model.js';
+export type { StoredManifest, Lease, LeaseGrant } from './control-plane/model.js';
+export { nodeToken, NODE_HEADER } from './control-plane/auth.js';
+export { VERIFIED_AGAINST, type VerifiedAgainst } from './control-plane/schemas.js';

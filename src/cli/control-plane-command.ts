@@ -12,6 +12,10 @@ interface ControlPlaneFlags {
   tokenFile?: string;
   openReads?: boolean;
   nodeTtl?: string;
+  clusterSecret?: string;
+  legacyTtl?: string;
+  leaseTtl?: string;
+  partialTtl?: string;
   redisPrefix?: string;
   cacheDir?: string;
   log?: boolean;
@@ -44,9 +48,22 @@ export function controlPlaneCommand(): Command {
     .description('run the registry of which node holds which blob')
     .option('--listen <host:port>', 'address to listen on', '127.0.0.1:7070')
     .option('--store <spec>', 'sqlite:PATH or redis://HOST:PORT/DB (default: SQLite under the cache root)')
-    .option('--token-file <file>', 'require Authorization: Bearer <token> for writes')
-    .option('--open-reads', 'with a token: let reads through without it')
+    .option(
+      '--token-file <file>',
+      'admin token: required for every write, and for reads too unless --open-reads (Authorization: Bearer <token>)',
+    )
+    .option('--open-reads', 'with a token or cluster secret: let reads (locate, manifests, nodes) through without one')
+    .option(
+      '--cluster-secret <secret>',
+      'per-node tokens hex(HMAC-SHA256(secret, "loom-node:" + id)): a node may write only as itself (env LOOM_CLUSTER_SECRET)',
+    )
     .option('--node-ttl <duration>', 'how long a heartbeat keeps a node live (default 30s)')
+    .option('--partial-ttl <duration>', 'a partial replica not updated for this long is not located (default 30s)')
+    .option('--lease-ttl <duration>', 'how long an origin-fetch lease lasts unless renewed (default 5s)')
+    .option(
+      '--legacy-ttl <duration>',
+      'expire /register registrations after this long unless repeated (default: never, as the original tool)',
+    )
     .option('--redis-prefix <prefix>', 'prefix of every Redis key (default loom)')
     .option('--cache-dir <dir>', 'cache root, where the default SQLite store lives')
     .option('--log', 'log every request (JSON, pino)')
@@ -54,6 +71,13 @@ export function controlPlaneCommand(): Command {
       try {
         const { host, port } = parseListen(flags.listen);
         const token = flags.tokenFile ? readToken(flags.tokenFile) : undefined;
+        const clusterSecret = flags.clusterSecret ?? (process.env.LOOM_CLUSTER_SECRET || undefined);
+        if (clusterSecret !== undefined && clusterSecret.length < 16)
+          throw new UsageError('the cluster secret is shorter than 16 characters', {
+            hint: 'use a long random secret, e.g. openssl rand -hex 32',
+          });
+        const duration = (value: string | undefined, flag: string): number | undefined =>
+          value === undefined ? undefined : parseDuration(value, flag);
         const [{ openStore }, { buildControlPlane }] = await Promise.all([
           import('../control-plane/open-store.js'),
           import('../control-plane/server.js'),
@@ -66,13 +90,17 @@ export function controlPlaneCommand(): Command {
         const app = await buildControlPlane({
           store,
           token,
+          clusterSecret,
           openReads: flags.openReads,
-          nodeTtlMs: flags.nodeTtl ? parseDuration(flags.nodeTtl, '--node-ttl') : undefined,
+          nodeTtlMs: duration(flags.nodeTtl, '--node-ttl'),
+          partialTtlMs: duration(flags.partialTtl, '--partial-ttl'),
+          leaseTtlMs: duration(flags.leaseTtl, '--lease-ttl'),
+          legacyTtlMs: duration(flags.legacyTtl, '--legacy-ttl'),
           logger: flags.log ?? false,
         });
         const address = await app.listen({ host, port });
         process.stderr.write(
-          `loom: control plane on ${address} (store: ${store.kind}${token ? ', token required for writes' : ''})\n`,
+          `loom: control plane on ${address} (store: ${store.kind}, ${accessLine(flags, token, clusterSecret)})\n`,
         );
         await new Promise<void>((resolve) => {
           const stop = (): void => resolve();
@@ -86,4 +114,11 @@ export function controlPlaneCommand(): Command {
         process.exitCode = reportError(err, {});
       }
     });
+}
+
+/** What the banner says the credentials protect, exactly. */
+function accessLine(flags: ControlPlaneFlags, token: string | undefined, clusterSecret: string | undefined): string {
+  if (!token && !clusterSecret) return 'open: no token, anyone may read and write';
+  const who = [token && 'the admin token', clusterSecret && "a node's own token"].filter(Boolean).join(' or ');
+  return `${who} required for writes${flags.openReads ? '; reads open' : ' and reads'}`;
 }

@@ -1,18 +1,13 @@
-// Which peers a node should fetch a blob from (the store has already left out dead and
-// quarantined holders): never the asker; complete replicas before partial, the asker's zone before others (but
-// others too), least loaded first, shuffled among equals so that a fleet starting at once
-// spreads over the holders instead of piling on the first.
-import type { Candidate } from './model.js';
-
-export interface LocateQuery {
-  asker: string | undefined;
-  zone: string | undefined;
-  limit: number;
-}
+// The order in which a node should try a blob's holders: never the asker; complete replicas
+// before partial, the asker's zone before others (but others too), least loaded first,
+// shuffled among equals so that a fleet starting at once spreads over the holders instead of
+// piling on the first. SQLite applies it in its query (ORDER BY … LIMIT); Redis applies it
+// here to the bounded sample it reads.
+import type { Candidate, LocateQuery } from './model.js';
 
 export function rankCandidates(
   candidates: Candidate[],
-  query: LocateQuery,
+  query: Pick<LocateQuery, 'asker' | 'zone' | 'limit'>,
   random: () => number = Math.random,
 ): Candidate[] {
   const eligible = candidates.filter((c) => c.node.id !== query.asker).map((c) => ({ c, tiebreak: random() }));

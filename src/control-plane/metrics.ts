@@ -22,7 +22,15 @@ export class ControlPlaneMetrics {
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
       registers: [this.registry],
     });
-    const counts = async (): Promise<StoreCounts | undefined> => store.counts(Date.now()).catch(() => undefined);
+    // One store read per scrape, shared by the three gauges (each collects on its own).
+    let cached: { at: number; value: Promise<StoreCounts | undefined> } | undefined;
+    const counts = (): Promise<StoreCounts | undefined> => {
+      const now = Date.now();
+      if (!cached || now - cached.at > 1_000) {
+        cached = { at: now, value: store.counts(now).catch(() => undefined) };
+      }
+      return cached.value;
+    };
     const gauges: Array<[name: string, help: string, field: keyof StoreCounts]> = [
       ['loom_cp_live_nodes', 'Nodes whose heartbeat has not lapsed', 'liveNodes'],
       ['loom_cp_blobs', 'Blobs with a recorded manifest', 'blobs'],

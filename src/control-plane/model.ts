@@ -1,18 +1,24 @@
-// The control plane's data model and the contract every store keeps. Stores hold facts;
-// the rules that choose peers (ranking, quarantine threshold) live in locate.ts so that
-// SQLite and Redis give the same answers.
+// The control plane's data model and the contract every store keeps. Stores hold facts and
+// answer locate ranked and limited themselves (the order is defined in locate.ts), so SQLite
+// and Redis give the same answers and no request does work for every holder in JavaScript.
+import type { VerifiedAgainst } from './schemas.js';
 
 /** A node as it announced itself in its last heartbeat. */
 export interface NodeRecord {
   id: string;
-  /** Base URL of the node's agent, where peers fetch blobs. */
+  /** Base URL of the node's agent, where peers fetch blobs (a legacy registration: the node as given). */
   url: string;
   zone: string | undefined;
   /** Uploads the node can still take; locate prefers the least loaded. */
   freeUploadSlots: number;
-  /** Epoch ms after which the node is gone from every answer. */
+  /** Epoch ms after which the node is gone from every answer; NEVER for a registration that does not lapse. */
   expiresAt: number;
+  /** The node's boot id: replicas recorded under another epoch are dropped when it changes. */
+  epoch: string | undefined;
 }
+
+/** `expiresAt` of a registration that lives as long as the store (the original tool's /register). */
+export const NEVER = Number.MAX_SAFE_INTEGER;
 
 /** A blob: its digest, and the piece digests peers' bytes are checked against. */
 export interface Manifest {
@@ -20,6 +26,11 @@ export interface Manifest {
   size: number;
   pieceSize: number;
   pieces: string[];
+}
+
+/** A manifest as the control plane keeps it: with what its publisher checked it against. */
+export interface StoredManifest extends Manifest {
+  verifiedAgainst: VerifiedAgainst;
 }
 
 /** That a node holds a blob, wholly or in part. */
@@ -38,6 +49,20 @@ export interface Candidate {
   replica: Replica;
 }
 
+/** What a locate asks the store for: ranked and limited in the store. */
+export interface LocateQuery {
+  now: number;
+  /** Never answered with itself. */
+  asker: string | undefined;
+  /** Holders in this zone come first (others too). */
+  zone: string | undefined;
+  limit: number;
+  /** A partial replica not updated for this long is left out. */
+  partialTtlMs: number;
+  /** Replicas reported this often within the window are left out; absent = no quarantine. */
+  quarantine?: Quarantine;
+}
+
 /** Reports that keep a replica out of locate answers. */
 export interface Quarantine {
   windowMs: number;
@@ -45,6 +70,7 @@ export interface Quarantine {
 }
 
 export type ManifestWrite = 'created' | 'unchanged' | 'conflict';
+export type SourceWrite = 'created' | 'unchanged' | 'replaced' | 'conflict';
 
 export interface StoreCounts {
   liveNodes: number;
@@ -52,29 +78,71 @@ export interface StoreCounts {
   replicas: number;
 }
 
+/** A lease on fetching a blob from its origin. */
+export interface Lease {
+  token: string;
+  node: string;
+  /** Increases with every grant on the digest: a stale holder's writes can be told apart. */
+  fencingToken: number;
+  expiresAt: number;
+}
+
+export type LeaseGrant = ({ granted: true } & Lease) | { granted: false; holders: Array<Omit<Lease, 'token'>> };
+
+/** What a heartbeat did: whether the node's replicas were dropped (new node, lapsed, new epoch). */
+export interface HeartbeatOutcome {
+  resync: boolean;
+}
+
+export interface SweepPolicy {
+  partialTtlMs: number;
+  reportWindowMs: number;
+}
+
 export interface RegistryStore {
   readonly kind: 'sqlite' | 'redis';
-  /** Records a heartbeat; the node is live until `node.expiresAt`. */
-  heartbeat(node: NodeRecord): Promise<void>;
+  /**
+   * Records a heartbeat; the node is live until `node.expiresAt`. A node that is new, whose
+   * registration lapsed, or that comes with a new epoch loses the replicas recorded before.
+   */
+  heartbeat(node: NodeRecord, now: number): Promise<HeartbeatOutcome>;
+  /** Removes the node and every replica it held. */
   removeNode(id: string): Promise<boolean>;
   /** Live nodes only. */
   liveNodes(now: number): Promise<NodeRecord[]>;
-  /** Whether one node's heartbeat has not lapsed at `now`. */
-  isLive(id: string, now: number): Promise<boolean>;
   /** First writer wins: a different manifest for a known digest is a conflict. */
-  putManifest(manifest: Manifest): Promise<ManifestWrite>;
-  getManifest(digest: string): Promise<Manifest | undefined>;
-  putReplica(replica: Replica): Promise<void>;
+  putManifest(manifest: StoredManifest): Promise<ManifestWrite>;
+  getManifest(digest: string): Promise<StoredManifest | undefined>;
+  deleteManifest(digest: string): Promise<boolean>;
+  /** Records a replica under the node's current epoch; false when the node is not live. */
+  putReplica(replica: Replica, now: number): Promise<boolean>;
   removeReplica(digest: string, nodeId: string): Promise<boolean>;
-  /**
-   * Replicas of `digest` whose node is live at `now`; with `quarantine`, without those
-   * reported at least `threshold` times within the window.
-   */
-  candidates(digest: string, now: number, quarantine?: Quarantine): Promise<Candidate[]>;
-  putSource(key: string, digest: string): Promise<void>;
+  /** Live, trusted holders of `digest`, best first, at most `query.limit` (see locate.ts for the order). */
+  locate(digest: string, query: LocateQuery): Promise<Candidate[]>;
+  /** Maps a source key; an existing mapping to another digest changes only with `replace`. */
+  putSource(key: string, digest: string, replace: boolean): Promise<SourceWrite>;
   getSource(key: string): Promise<string | undefined>;
   /** Records a report against a replica; returns how many distinct reporters it has in the window. */
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number>;
+  /**
+   * Grants `node` a lease: its own live one again (renewed), or a new one under `newToken`
+   * with the next fencing token when fewer than `slots` live leases are held.
+   */
+  acquireLease(
+    digest: string,
+    node: string,
+    slots: number,
+    ttlMs: number,
+    now: number,
+    newToken: string,
+  ): Promise<LeaseGrant>;
+  /** The live lease with this token, if any. */
+  getLease(digest: string, token: string, now: number): Promise<Lease | undefined>;
+  /** Extends a live lease; undefined when it lapsed or was released. */
+  renewLease(digest: string, token: string, ttlMs: number, now: number): Promise<Lease | undefined>;
+  releaseLease(digest: string, token: string): Promise<boolean>;
+  /** Deletes what has lapsed: nodes (and their replicas), stale partial replicas, old reports, leases. */
+  sweep(now: number, policy: SweepPolicy): Promise<void>;
   counts(now: number): Promise<StoreCounts>;
   /** Throws StoreUnavailableError when the store cannot be reached. */
   ping(): Promise<void>;

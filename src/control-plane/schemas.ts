@@ -1,6 +1,22 @@
-// What the control plane accepts, checked with zod before anything reaches a store. Every
-// rule names the field it guards, so a 400 says exactly what to fix.
+// What the control plane accepts, checked with zod by fastify's own validation step (see
+// zod-provider.ts) before any handler runs. Every rule names the field it guards, so a 400
+// says exactly what to fix; every id and name is printable and bounded.
 import { z } from 'zod';
+
+/** At most this many piece digests in a manifest: the piece-size rule keeps every blob under it. */
+export const MAX_PIECES = 1024;
+
+/** Control characters, format characters and line separators: nothing a log or a key should carry. */
+const UNPRINTABLE = /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/u;
+
+/** A bounded, non-empty string without control characters (names the original tool accepted). */
+export function printable(max: number) {
+  return z
+    .string()
+    .min(1, 'must not be empty')
+    .max(max, `must be at most ${max} characters`)
+    .refine((value) => !UNPRINTABLE.test(value), 'must not contain control characters');
+}
 
 /** Node ids: bounded, and only characters that are safe in keys, URLs and logs. */
 export const nodeId = z
@@ -10,6 +26,9 @@ export const nodeId = z
   .regex(/^[A-Za-z0-9._:-]+$/, 'may contain only letters, digits, and . _ : -');
 
 export const digest = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lower-case hex digits (a sha256)');
+
+/** Lease tokens are 32 lower-case hex digits (128 random bits). */
+export const leaseToken = z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lower-case hex digits (a lease token)');
 
 const SOURCE_SCHEMES = ['http:', 'https:', 's3:', 'hf:'];
 
@@ -41,11 +60,28 @@ export const zone = z
   .max(64)
   .regex(/^[A-Za-z0-9._-]+$/, 'may contain only letters, digits, and . _ -');
 
+/** A boot id: printable, no spaces, bounded (a UUID fits). */
+export const epoch = z
+  .string()
+  .min(1, 'must not be empty')
+  .max(128, 'must be at most 128 characters')
+  .regex(/^[\x21-\x7e]+$/, 'may contain only printable ASCII without spaces');
+
+// Route parameters and query strings.
+export const nodeParams = z.strictObject({ id: nodeId });
+export const digestParams = z.strictObject({ digest });
+export const replicaParams = z.strictObject({ digest, node: nodeId });
+export const leaseParams = z.strictObject({ digest, token: leaseToken });
+
 export const heartbeatBody = z.strictObject({
   url: agentUrl,
   zone: zone.optional(),
   freeUploadSlots: z.number().int().min(0).max(100_000).default(0),
+  epoch: epoch.optional(),
 });
+
+export const VERIFIED_AGAINST = ['sha256-pinned', 'hub-sha256', 's3-checksum', 'first-origin-fetch'] as const;
+export type VerifiedAgainst = (typeof VERIFIED_AGAINST)[number];
 
 export const manifestBody = z
   .strictObject({
@@ -59,7 +95,10 @@ export const manifestBody = z
       .int()
       .min(1)
       .max(2 ** 40),
-    pieces: z.array(digest).max(100_000),
+    pieces: z.array(digest).max(MAX_PIECES, `must hold at most ${MAX_PIECES} piece digests`),
+    verifiedAgainst: z.enum(VERIFIED_AGAINST, {
+      message: `must be one of ${VERIFIED_AGAINST.join(', ')}`,
+    }),
   })
   .refine(
     (m) => m.pieces.length === Math.max(1, Math.ceil(m.size / m.pieceSize)) || (m.size === 0 && m.pieces.length <= 1),
@@ -71,16 +110,29 @@ export const manifestBody = z
 
 export const replicaBody = z.strictObject({
   complete: z.boolean(),
-  pieces: z.array(z.number().int().min(0)).max(1_000_000).optional(),
+  pieces: z.array(z.number().int().min(0).max(MAX_PIECES)).max(MAX_PIECES).optional(),
 });
 
-export const sourceBody = z.strictObject({ key: sourceUrl, digest });
+export const sourceBody = z.strictObject({
+  key: sourceUrl,
+  digest,
+  /** Repoint a key already mapped to another digest (admin, or an open control plane). */
+  replace: z.boolean().optional(),
+});
 
 export const reportBody = z.strictObject({
   digest,
   node: nodeId,
-  reporter: nodeId,
-  reason: z.string().max(512).optional(),
+  /** Only from an admin or an open control plane; a node reports as itself. */
+  reporter: nodeId.optional(),
+  reason: printable(512).optional(),
+});
+
+export const MAX_LEASE_SLOTS = 64;
+
+export const leaseBody = z.strictObject({
+  node: nodeId,
+  slots: z.number().int().min(1).max(MAX_LEASE_SLOTS).default(1),
 });
 
 export const peersQuery = z.strictObject({
@@ -91,10 +143,10 @@ export const peersQuery = z.strictObject({
 
 export const sourceQuery = z.strictObject({ key: sourceUrl });
 
-/** The original tool's registry API. */
+/** The original tool's registry API: a node as it names itself (a bare name, host:port or URL). */
 export const legacyRegisterBody = z.object({
-  node: z.string().min(1).max(2048),
-  model: z.string().min(1).max(512),
+  node: printable(2048).refine((value) => !/\s/.test(value), 'must not contain spaces'),
+  model: printable(512),
 });
 
-export const legacyModel = z.string().min(1).max(512);
+export const legacyModelParams = z.strictObject({ model: printable(512) });

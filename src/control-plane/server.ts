@@ -1,51 +1,84 @@
 // The control plane's HTTP API (fastify): nodes and their heartbeats, blob manifests,
-// replicas, source keys, locate, reports, the original tool's /register and /locate, and
-// health, readiness and metrics. Every input is validated before it reaches the store; a
-// bad request is a 400 naming the field, an unreachable store a 503, never a 500.
-import { createHash } from 'node:crypto';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
-import type { ZodType } from 'zod';
+// replicas, source keys, locate, reports, leases, the original tool's /register and
+// /locate, and health, readiness and metrics. Every input is validated by the route's
+// schema before the handler runs; a bad request is a 400 naming the field, a caller without
+// the right credential a 401 or 403, an unreachable store a 503, never a 500.
+import { createHash, randomBytes } from 'node:crypto';
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import { sourceKey } from '../cache/source-key.js';
-import { ConflictError, INTERNAL_ERROR_CODE, LoomError, NotFoundError, ValidationError } from '../core/errors.js';
-import { TokenCheck } from './auth.js';
-import { rankCandidates } from './locate.js';
-import { ControlPlaneMetrics } from './metrics.js';
-import type { RegistryStore } from './model.js';
 import {
-  digest as digestSchema,
+  ConflictError,
+  ForbiddenError,
+  INTERNAL_ERROR_CODE,
+  LoomError,
+  NotFoundError,
+  ValidationError,
+} from '../core/errors.js';
+import { Authenticator, NODE_HEADER, requireAdmin, requireSelf, type Caller } from './auth.js';
+import { ControlPlaneMetrics } from './metrics.js';
+import { NEVER, type RegistryStore } from './model.js';
+import {
+  digestParams,
   heartbeatBody,
-  legacyModel,
+  leaseBody,
+  leaseParams,
+  legacyModelParams,
   legacyRegisterBody,
   manifestBody,
-  nodeId as nodeIdSchema,
+  nodeParams,
   peersQuery,
   replicaBody,
+  replicaParams,
   reportBody,
   sourceBody,
   sourceQuery,
 } from './schemas.js';
+import { zodValidatorCompiler, type ZodTypeProvider } from './zod-provider.js';
 
 export interface ControlPlaneOptions {
   store: RegistryStore;
-  /** Bearer token every write must carry. Default: none (open). */
+  /** Admin bearer token: can do everything. Default: none. */
   token?: string;
-  /** With a token: let reads through without it. Default false. */
+  /**
+   * Cluster secret: a node authenticates with hex(HMAC-SHA256(secret, "loom-node:" + id))
+   * (see nodeToken) and may then write only as itself. Default: none.
+   */
+  clusterSecret?: string;
+  /** With a token or cluster secret: let reads through without one. Default false. */
   openReads?: boolean;
   /** How long a heartbeat keeps a node live. Default 30 s; nodes beat every third of it. */
   nodeTtlMs?: number;
+  /** A partial replica not updated for this long is left out of locate. Default 30 s. */
+  partialTtlMs?: number;
   /** Reports older than this are forgotten. Default 10 min. */
   reportWindowMs?: number;
-  /** Distinct reports within the window that keep a replica out of locate. Default 3. */
+  /** Distinct reporters within the window that keep a replica out of locate. Default 3. */
   reportThreshold?: number;
+  /** How long a lease lasts unless renewed. Default 5 s. */
+  leaseTtlMs?: number;
+  /**
+   * How long a legacy `/register` lasts unless repeated. Default: for as long as the store
+   * keeps it (the original tool's registrations lived as long as its process).
+   */
+  legacyTtlMs?: number;
+  /** How often lapsed nodes, stale partials, old reports and leases are deleted. Default 10 s. */
+  sweepIntervalMs?: number;
   /** pino logging (fastify's logger). Default off. */
   logger?: boolean;
 }
 
 export const CONTROL_PLANE_DEFAULTS = {
   nodeTtlMs: 30_000,
+  partialTtlMs: 30_000,
   reportWindowMs: 10 * 60_000,
   reportThreshold: 3,
+  leaseTtlMs: 5_000,
+  sweepIntervalMs: 10_000,
   bodyLimit: 64 * 1024,
+  /** A 100 GB blob's manifest: 1,024 piece digests of 67 bytes with room to spare. */
+  manifestBodyLimit: 256 * 1024,
+  /** Nodes `/locate/:model` answers with at most. */
+  legacyLocateLimit: 100,
 } as const;
 
 const WRITE_METHODS = new Set(['PUT', 'POST', 'DELETE']);
@@ -73,12 +106,11 @@ const PEERS_RESPONSE = {
 } as const;
 const OPEN_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
 
-function parse<T>(schema: ZodType<T>, value: unknown, where: string): T {
-  const result = schema.safeParse(value);
-  if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
-  const field = [where, ...issue.path.map(String)].filter(Boolean).join('.');
-  throw new ValidationError(`invalid ${field}: ${issue.message}`);
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** Who is calling, from the bearer token (set before any handler runs). */
+    caller: Caller;
+  }
 }
 
 /** The pseudo-blob the original tool's model names map to. */
@@ -86,35 +118,75 @@ function legacyDigest(model: string): string {
   return createHash('sha256').update(`loom-legacy-model:${model}`).digest('hex');
 }
 
-/** The original tool registered nodes by URL (or a bare name); derive a safe node id from it. */
+/** Legacy registrations get ids of their own, so they never overwrite an agent's record. */
 function legacyNodeId(node: string): string {
-  return nodeIdSchema.safeParse(node).success
-    ? node
-    : `legacy-${createHash('sha256').update(node).digest('hex').slice(0, 24)}`;
+  return `legacy-${createHash('sha256').update(node).digest('hex').slice(0, 24)}`;
+}
+
+/** The node a request names, for a node token: X-Loom-Node, else the route's node or asker. */
+function claimedNode(request: FastifyRequest): string | undefined {
+  const header = request.headers[NODE_HEADER];
+  if (typeof header === 'string') return header;
+  const params = request.params as { id?: unknown; node?: unknown } | undefined;
+  const query = request.query as { node?: unknown } | undefined;
+  const route = request.routeOptions.url ?? '';
+  for (const value of [route.startsWith('/v1/nodes/') ? params?.id : undefined, params?.node, query?.node]) {
+    if (typeof value === 'string') return value;
+  }
+  return undefined;
 }
 
 export async function buildControlPlane(options: ControlPlaneOptions): Promise<FastifyInstance> {
   const { store } = options;
   const ttlMs = options.nodeTtlMs ?? CONTROL_PLANE_DEFAULTS.nodeTtlMs;
+  const partialTtlMs = options.partialTtlMs ?? CONTROL_PLANE_DEFAULTS.partialTtlMs;
   const reportWindowMs = options.reportWindowMs ?? CONTROL_PLANE_DEFAULTS.reportWindowMs;
   const reportThreshold = options.reportThreshold ?? CONTROL_PLANE_DEFAULTS.reportThreshold;
-  const tokenCheck = options.token ? new TokenCheck(options.token) : undefined;
+  const leaseTtlMs = options.leaseTtlMs ?? CONTROL_PLANE_DEFAULTS.leaseTtlMs;
+  const sweepIntervalMs = options.sweepIntervalMs ?? CONTROL_PLANE_DEFAULTS.sweepIntervalMs;
+  const auth = new Authenticator({ token: options.token, clusterSecret: options.clusterSecret });
   const metrics = new ControlPlaneMetrics(store);
 
-  const app = Fastify({
+  const fastify = Fastify({
     logger: options.logger ?? false,
     bodyLimit: CONTROL_PLANE_DEFAULTS.bodyLimit,
     // Past the longest valid id (128), so an overlong one reaches validation and gets its 400.
     routerOptions: { maxParamLength: 512 },
   });
+  fastify.setValidatorCompiler(zodValidatorCompiler);
+  const app = fastify.withTypeProvider<ZodTypeProvider>();
 
-  if (tokenCheck) {
-    app.addHook('onRequest', async (request) => {
-      const path = request.url.split('?')[0]!;
-      if (OPEN_ROUTES.has(path)) return;
-      if (WRITE_METHODS.has(request.method) || !options.openReads) tokenCheck.verify(request.headers.authorization);
-    });
-  }
+  // The original tool's README registers with `curl -d '{...}'`, which curl sends as a
+  // form: a body that looks like JSON is read as JSON, anything else as form fields. Text
+  // bodies are read the same way; other types get a 415 that says what to send.
+  app.removeContentTypeParser('text/plain');
+  app.addContentTypeParser(
+    ['application/x-www-form-urlencoded', 'text/plain'],
+    { parseAs: 'string' },
+    (_request, body, done) => {
+      const text = String(body).trim();
+      if (text.startsWith('{') || text.startsWith('[')) {
+        try {
+          done(null, JSON.parse(text));
+        } catch {
+          done(new ValidationError('invalid body: not valid JSON'), undefined);
+        }
+        return;
+      }
+      done(null, Object.fromEntries(new URLSearchParams(text)));
+    },
+  );
+
+  app.decorateRequest('caller', null as never);
+  app.addHook('onRequest', async (request) => {
+    const path = request.url.split('?')[0]!;
+    if (OPEN_ROUTES.has(path)) {
+      request.caller = { kind: 'open' };
+      return;
+    }
+    request.caller = auth.identify(request.headers.authorization, claimedNode(request));
+    if (WRITE_METHODS.has(request.method) || !options.openReads) Authenticator.requireCredential(request.caller);
+  });
 
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
@@ -127,12 +199,19 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       if (error.httpStatus >= 500) request.log.warn({ err: error }, 'request failed');
       return reply.status(error.httpStatus).send({ error: { code: error.code, message: error.message } });
     }
+    if (error.statusCode === 415) {
+      return reply.status(415).send({
+        error: {
+          code: 'LOOM_ERR_VALIDATION',
+          message: `${error.message}; send JSON with -H 'Content-Type: application/json'`,
+        },
+      });
+    }
     // fastify's own rejections of malformed requests: bad JSON, too large, wrong type.
     if (error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500) {
+      const limit = request.routeOptions.bodyLimit ?? CONTROL_PLANE_DEFAULTS.bodyLimit;
       const message =
-        error.code === 'FST_ERR_CTP_BODY_TOO_LARGE'
-          ? `request body larger than ${CONTROL_PLANE_DEFAULTS.bodyLimit} bytes`
-          : error.message;
+        error.code === 'FST_ERR_CTP_BODY_TOO_LARGE' ? `request body larger than ${limit} bytes` : error.message;
       return reply.status(400).send({ error: { code: 'LOOM_ERR_VALIDATION', message } });
     }
     request.log.error({ err: error }, 'unexpected error');
@@ -144,6 +223,15 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       .status(404)
       .send({ error: { code: 'LOOM_ERR_NOT_FOUND', message: `no route ${request.method} ${request.url}` } }),
   );
+
+  // The sweep runs on a timer, so no request pays for deleting what lapsed.
+  const sweep = setInterval(() => {
+    store.sweep(Date.now(), { partialTtlMs, reportWindowMs }).catch((err: unknown) => {
+      app.log.warn({ err }, 'sweep failed');
+    });
+  }, sweepIntervalMs);
+  sweep.unref();
+  app.addHook('onClose', async () => clearInterval(sweep));
 
   app.get('/healthz', async () => ({ ok: true }));
 
@@ -158,16 +246,22 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
   });
 
   // Nodes
-  app.put('/v1/nodes/:id', async (request: FastifyRequest<{ Params: { id: string } }>) => {
-    const id = parse(nodeIdSchema, request.params.id, 'id');
-    const body = parse(heartbeatBody, request.body, 'body');
-    const expiresAt = Date.now() + ttlMs;
-    await store.heartbeat({ id, url: body.url, zone: body.zone, freeUploadSlots: body.freeUploadSlots, expiresAt });
-    return { id, expiresAt, ttlSeconds: ttlMs / 1000, heartbeatIntervalSeconds: ttlMs / 3000 };
+  app.put('/v1/nodes/:id', { schema: { params: nodeParams, body: heartbeatBody } }, async (request) => {
+    const { id } = request.params;
+    requireSelf(request.caller, id, 'heartbeat');
+    const { body } = request;
+    const now = Date.now();
+    const expiresAt = now + ttlMs;
+    const { resync } = await store.heartbeat(
+      { id, url: body.url, zone: body.zone, freeUploadSlots: body.freeUploadSlots, expiresAt, epoch: body.epoch },
+      now,
+    );
+    return { id, expiresAt, ttlSeconds: ttlMs / 1000, heartbeatIntervalSeconds: ttlMs / 3000, resync };
   });
 
-  app.delete('/v1/nodes/:id', async (request: FastifyRequest<{ Params: { id: string } }>, reply) => {
-    const id = parse(nodeIdSchema, request.params.id, 'id');
+  app.delete('/v1/nodes/:id', { schema: { params: nodeParams } }, async (request, reply) => {
+    const { id } = request.params;
+    requireSelf(request.caller, id, 'deregister');
     if (!(await store.removeNode(id))) throw new NotFoundError(`no node ${id}`);
     return reply.status(204).send();
   });
@@ -175,67 +269,81 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
   app.get('/v1/nodes', async () => ({ nodes: await store.liveNodes(Date.now()) }));
 
   // Blobs and replicas
-  app.put('/v1/blobs/:digest', async (request: FastifyRequest<{ Params: { digest: string } }>, reply) => {
-    const digest = parse(digestSchema, request.params.digest, 'digest');
-    const body = parse(manifestBody, request.body, 'body');
-    const outcome = await store.putManifest({ digest, ...body });
-    if (outcome === 'conflict') {
-      throw new ConflictError(`blob ${digest} already has a different manifest (first writer wins)`);
-    }
-    return reply.status(outcome === 'created' ? 201 : 200).send({ digest, outcome });
-  });
+  app.put(
+    '/v1/blobs/:digest',
+    { schema: { params: digestParams, body: manifestBody }, bodyLimit: CONTROL_PLANE_DEFAULTS.manifestBodyLimit },
+    async (request, reply) => {
+      Authenticator.requireCredential(request.caller);
+      const { digest } = request.params;
+      const outcome = await store.putManifest({ digest, ...request.body });
+      if (outcome === 'conflict') {
+        throw new ConflictError(`blob ${digest} already has a different manifest (first writer wins)`, {
+          hint: 'an admin removes a bad manifest with DELETE /v1/blobs/:digest',
+        });
+      }
+      return reply.status(outcome === 'created' ? 201 : 200).send({ digest, outcome });
+    },
+  );
 
-  app.get('/v1/blobs/:digest', async (request: FastifyRequest<{ Params: { digest: string } }>) => {
-    const digest = parse(digestSchema, request.params.digest, 'digest');
+  app.get('/v1/blobs/:digest', { schema: { params: digestParams } }, async (request) => {
+    const { digest } = request.params;
     const manifest = await store.getManifest(digest);
     if (!manifest) throw new NotFoundError(`no manifest for blob ${digest}`);
     return manifest;
   });
 
+  app.delete('/v1/blobs/:digest', { schema: { params: digestParams } }, async (request, reply) => {
+    const { digest } = request.params;
+    requireAdmin(request.caller, 'remove a manifest');
+    if (!(await store.deleteManifest(digest))) throw new NotFoundError(`no manifest for blob ${digest}`);
+    return reply.status(204).send();
+  });
+
   app.put(
     '/v1/blobs/:digest/replicas/:node',
-    async (request: FastifyRequest<{ Params: { digest: string; node: string } }>) => {
-      const digest = parse(digestSchema, request.params.digest, 'digest');
-      const node = parse(nodeIdSchema, request.params.node, 'node');
-      const body = parse(replicaBody, request.body, 'body');
-      if (!(await store.isLive(node, Date.now())))
+    { schema: { params: replicaParams, body: replicaBody } },
+    async (request) => {
+      const { digest, node } = request.params;
+      requireSelf(request.caller, node, 'announce a replica');
+      const { body } = request;
+      const now = Date.now();
+      const recorded = await store.putReplica(
+        {
+          digest,
+          nodeId: node,
+          complete: body.complete,
+          pieces: body.complete ? undefined : (body.pieces ?? []),
+          updatedAt: now,
+        },
+        now,
+      );
+      if (!recorded)
         throw new NotFoundError(`node ${node} is not live`, { hint: 'send its heartbeat (PUT /v1/nodes/:id) first' });
-      await store.putReplica({
-        digest,
-        nodeId: node,
-        complete: body.complete,
-        pieces: body.complete ? undefined : body.pieces,
-        updatedAt: Date.now(),
-      });
       return { digest, node, complete: body.complete };
     },
   );
 
-  app.delete(
-    '/v1/blobs/:digest/replicas/:node',
-    async (request: FastifyRequest<{ Params: { digest: string; node: string } }>, reply) => {
-      const digest = parse(digestSchema, request.params.digest, 'digest');
-      const node = parse(nodeIdSchema, request.params.node, 'node');
-      if (!(await store.removeReplica(digest, node)))
-        throw new NotFoundError(`node ${node} holds no replica of ${digest}`);
-      return reply.status(204).send();
-    },
-  );
+  app.delete('/v1/blobs/:digest/replicas/:node', { schema: { params: replicaParams } }, async (request, reply) => {
+    const { digest, node } = request.params;
+    requireSelf(request.caller, node, 'withdraw a replica');
+    if (!(await store.removeReplica(digest, node)))
+      throw new NotFoundError(`node ${node} holds no replica of ${digest}`);
+    return reply.status(204).send();
+  });
 
   app.get(
     '/v1/blobs/:digest/peers',
-    { schema: { response: { 200: PEERS_RESPONSE } } },
-    async (request: FastifyRequest<{ Params: { digest: string } }>) => {
-      const digest = parse(digestSchema, request.params.digest, 'digest');
-      const query = parse(peersQuery, request.query, 'query');
-      const candidates = await store.candidates(digest, Date.now(), {
-        windowMs: reportWindowMs,
-        threshold: reportThreshold,
-      });
-      const ranked = rankCandidates(candidates, {
+    { schema: { params: digestParams, querystring: peersQuery, response: { 200: PEERS_RESPONSE } } },
+    async (request) => {
+      const { digest } = request.params;
+      const query = request.query;
+      const ranked = await store.locate(digest, {
+        now: Date.now(),
         asker: query.node,
         zone: query.zone,
         limit: query.limit,
+        partialTtlMs,
+        quarantine: { windowMs: reportWindowMs, threshold: reportThreshold },
       });
       return {
         digest,
@@ -251,54 +359,127 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     },
   );
 
-  // Sources
-  app.put('/v1/sources', async (request: FastifyRequest) => {
-    const body = parse(sourceBody, request.body, 'body');
-    const key = normaliseKey(body.key);
-    await store.putSource(key, body.digest);
-    return { key, digest: body.digest };
+  // Leases: who fetches a blob from its origin while the others take its pieces.
+  app.post('/v1/blobs/:digest/leases', { schema: { params: digestParams, body: leaseBody } }, async (request) => {
+    const { digest } = request.params;
+    const { node, slots } = request.body;
+    requireSelf(request.caller, node, 'take a lease');
+    const grant = await store.acquireLease(
+      digest,
+      node,
+      slots,
+      leaseTtlMs,
+      Date.now(),
+      randomBytes(16).toString('hex'),
+    );
+    return grant.granted ? { ...grant, ttlSeconds: leaseTtlMs / 1000 } : grant;
   });
 
-  app.get('/v1/sources', async (request: FastifyRequest) => {
-    const query = parse(sourceQuery, request.query, 'query');
-    const key = normaliseKey(query.key);
+  /** The live lease a token names, if the caller may act on it. */
+  async function ownLease(request: { caller: Caller; params: { digest: string; token: string } }) {
+    const { digest, token } = request.params;
+    Authenticator.requireCredential(request.caller);
+    const lease = await store.getLease(digest, token, Date.now());
+    if (!lease)
+      throw new NotFoundError(`no live lease ${token} on ${digest}`, {
+        hint: 'it lapsed or was released: take a new one with POST /v1/blobs/:digest/leases',
+      });
+    requireSelf(request.caller, lease.node, 'act on a lease');
+    return lease;
+  }
+
+  app.put('/v1/blobs/:digest/leases/:token', { schema: { params: leaseParams } }, async (request) => {
+    const { digest, token } = request.params;
+    await ownLease(request);
+    const lease = await store.renewLease(digest, token, leaseTtlMs, Date.now());
+    if (!lease) throw new NotFoundError(`no live lease ${token} on ${digest}`);
+    return { granted: true, ...lease, ttlSeconds: leaseTtlMs / 1000 };
+  });
+
+  app.delete('/v1/blobs/:digest/leases/:token', { schema: { params: leaseParams } }, async (request, reply) => {
+    const { digest, token } = request.params;
+    await ownLease(request);
+    await store.releaseLease(digest, token);
+    return reply.status(204).send();
+  });
+
+  // Sources
+  app.put('/v1/sources', { schema: { body: sourceBody } }, async (request, reply) => {
+    const { body, caller } = request;
+    Authenticator.requireCredential(caller);
+    const key = normaliseKey(body.key);
+    if (body.replace) requireAdmin(caller, 'repoint a source');
+    const outcome = await store.putSource(key, body.digest, body.replace ?? false);
+    if (outcome === 'conflict') {
+      const current = await store.getSource(key);
+      throw new ConflictError(`${key} is already mapped to ${current ?? 'another digest'}`, {
+        hint: 'an admin repoints it with {"replace": true}',
+      });
+    }
+    return reply.send({ key, digest: body.digest, outcome });
+  });
+
+  app.get('/v1/sources', { schema: { querystring: sourceQuery } }, async (request) => {
+    const key = normaliseKey(request.query.key);
     const digest = await store.getSource(key);
     if (!digest) throw new NotFoundError(`no digest recorded for ${key}`);
     return { key, digest };
   });
 
-  // Reports
-  app.post('/v1/reports', async (request: FastifyRequest, reply: FastifyReply) => {
-    const body = parse(reportBody, request.body, 'body');
-    const reports = await store.report(body.digest, body.node, body.reporter, Date.now(), reportWindowMs);
+  // Reports: the reporter is the authenticated node; only an admin or an open control plane names one.
+  app.post('/v1/reports', { schema: { body: reportBody } }, async (request, reply) => {
+    const { body, caller } = request;
+    let reporter: string;
+    if (caller.kind === 'node') {
+      if (body.reporter !== undefined && body.reporter !== caller.id)
+        throw new ForbiddenError(`node ${caller.id} cannot report as node ${body.reporter}`, {
+          hint: 'a node reports as itself: leave out body.reporter',
+        });
+      reporter = caller.id;
+    } else if (body.reporter !== undefined) {
+      reporter = body.reporter;
+    } else {
+      throw new ValidationError('invalid body.reporter: required unless the caller authenticates as a node');
+    }
+    const reports = await store.report(body.digest, body.node, reporter, Date.now(), reportWindowMs);
     return reply
       .status(202)
-      .send({ digest: body.digest, node: body.node, reports, quarantined: reports >= reportThreshold });
+      .send({ digest: body.digest, node: body.node, reporter, reports, quarantined: reports >= reportThreshold });
   });
 
-  // The original tool's API, kept for its users' scripts.
-  app.post('/register', async (request: FastifyRequest) => {
-    const body = parse(legacyRegisterBody, request.body, 'body');
-    const id = legacyNodeId(body.node);
-    const url = /^https?:\/\//.test(body.node) ? body.node : `http://${body.node}`;
-    await store.heartbeat({ id, url, zone: undefined, freeUploadSlots: 0, expiresAt: Date.now() + ttlMs });
-    await store.putReplica({
-      digest: legacyDigest(body.model),
-      nodeId: id,
-      complete: true,
-      pieces: undefined,
-      updatedAt: Date.now(),
+  // The original tool's API, kept for its users' scripts: a node comes back as registered.
+  app.post('/register', { schema: { body: legacyRegisterBody } }, async (request) => {
+    requireAdmin(request.caller, 'use the legacy /register');
+    const { node, model } = request.body;
+    const id = legacyNodeId(node);
+    const now = Date.now();
+    const expiresAt = options.legacyTtlMs === undefined ? NEVER : now + options.legacyTtlMs;
+    await store.heartbeat({ id, url: node, zone: undefined, freeUploadSlots: 0, expiresAt, epoch: undefined }, now);
+    await store.putReplica(
+      { digest: legacyDigest(model), nodeId: id, complete: true, pieces: undefined, updatedAt: now },
+      now,
+    );
+    return {
+      ok: true,
+      node,
+      model,
+      ttlSeconds: options.legacyTtlMs === undefined ? null : options.legacyTtlMs / 1000,
+    };
+  });
+
+  app.get('/locate/:model', { schema: { params: legacyModelParams } }, async (request) => {
+    const { model } = request.params;
+    const candidates = await store.locate(legacyDigest(model), {
+      now: Date.now(),
+      asker: undefined,
+      zone: undefined,
+      limit: CONTROL_PLANE_DEFAULTS.legacyLocateLimit,
+      partialTtlMs,
     });
-    return { ok: true, node: body.node, model: body.model, ttlSeconds: ttlMs / 1000 };
-  });
-
-  app.get('/locate/:model', async (request: FastifyRequest<{ Params: { model: string } }>) => {
-    const model = parse(legacyModel, request.params.model, 'model');
-    const candidates = await store.candidates(legacyDigest(model), Date.now());
     return { model, nodes: candidates.map((c) => c.node.url) };
   });
 
-  return app;
+  return fastify;
 }
 
 /** http(s) keys are normalised like the cache's (presigned signatures stripped). */

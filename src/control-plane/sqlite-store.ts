@@ -1,18 +1,26 @@
 // The default store: one SQLite file (better-sqlite3, WAL), no set-up. Liveness is an
 // expiry time written by each heartbeat and checked on every read, so a dead node is gone
-// from answers the moment its TTL lapses; a sweep deletes the leftovers.
+// from answers the moment its TTL lapses; the control plane's sweep timer deletes the
+// leftovers. Every statement is prepared once; locate samples, ranks and limits in its query.
 import Database from 'better-sqlite3';
 import { StoreUnavailableError } from '../core/errors.js';
 import type {
   Candidate,
+  HeartbeatOutcome,
+  Lease,
+  LeaseGrant,
+  LocateQuery,
   Manifest,
   ManifestWrite,
   NodeRecord,
-  Quarantine,
   RegistryStore,
   Replica,
+  SourceWrite,
   StoreCounts,
+  StoredManifest,
+  SweepPolicy,
 } from './model.js';
+import type { VerifiedAgainst } from './schemas.js';
 
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS nodes (
@@ -20,14 +28,16 @@ CREATE TABLE IF NOT EXISTS nodes (
   url TEXT NOT NULL,
   zone TEXT,
   free_slots INTEGER NOT NULL,
-  expires_at INTEGER NOT NULL
+  expires_at INTEGER NOT NULL,
+  epoch TEXT
 );
 CREATE INDEX IF NOT EXISTS nodes_expiry ON nodes(expires_at);
 CREATE TABLE IF NOT EXISTS manifests (
   digest TEXT PRIMARY KEY,
   size INTEGER NOT NULL,
   piece_size INTEGER NOT NULL,
-  pieces TEXT NOT NULL
+  pieces TEXT NOT NULL,
+  verified_against TEXT
 );
 CREATE TABLE IF NOT EXISTS replicas (
   digest TEXT NOT NULL,
@@ -35,8 +45,11 @@ CREATE TABLE IF NOT EXISTS replicas (
   complete INTEGER NOT NULL,
   pieces TEXT,
   updated_at INTEGER NOT NULL,
+  epoch TEXT,
+  rnd INTEGER NOT NULL DEFAULT 0,
   PRIMARY KEY (digest, node_id)
 );
+CREATE INDEX IF NOT EXISTS replicas_node ON replicas(node_id);
 CREATE TABLE IF NOT EXISTS sources (
   key TEXT PRIMARY KEY,
   digest TEXT NOT NULL,
@@ -49,10 +62,40 @@ CREATE TABLE IF NOT EXISTS reports (
   at INTEGER NOT NULL,
   PRIMARY KEY (digest, node_id, reporter)
 );
+CREATE INDEX IF NOT EXISTS reports_at ON reports(at);
+CREATE TABLE IF NOT EXISTS leases (
+  token TEXT PRIMARY KEY,
+  digest TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  fencing INTEGER NOT NULL,
+  expires_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS leases_digest ON leases(digest, expires_at);
+CREATE TABLE IF NOT EXISTS lease_fencing (
+  digest TEXT PRIMARY KEY,
+  last INTEGER NOT NULL
+);
 `;
 
-/** A locate row: id, url, zone, free_slots, expires_at, complete, pieces, updated_at. */
-type CandidateTuple = [string, string, string | null, number, number, number, string | null, number];
+/** Columns added after the first release: a database written by it gains them on open. */
+const ADDED_COLUMNS: Array<[table: string, column: string, type: string]> = [
+  ['nodes', 'epoch', 'TEXT'],
+  ['replicas', 'epoch', 'TEXT'],
+  ['manifests', 'verified_against', 'TEXT'],
+  ['replicas', 'rnd', 'INTEGER NOT NULL DEFAULT 0'],
+];
+
+/** Indexes on added columns, created once the columns exist. */
+const LATE_INDEXES = 'CREATE INDEX IF NOT EXISTS replicas_pick ON replicas(digest, complete, rnd);';
+
+/** Holders of each kind read per locate, at least: exact ranking up to this many holders. */
+const MIN_SAMPLE = 64;
+
+/** The range of a replica's random position (its place in the sample order). */
+const RND_RANGE = 1_000_000_000;
+
+/** A locate row: id, url, zone, free_slots, expires_at, epoch, complete, pieces, updated_at. */
+type CandidateTuple = [string, string, string | null, number, number, string | null, number, string | null, number];
 
 interface NodeRow {
   id: string;
@@ -60,40 +103,210 @@ interface NodeRow {
   zone: string | null;
   free_slots: number;
   expires_at: number;
+  epoch: string | null;
+}
+
+interface ManifestRow {
+  digest: string;
+  size: number;
+  piece_size: number;
+  pieces: string;
+  verified_against: string | null;
+}
+
+interface LeaseRow {
+  token: string;
+  node_id: string;
+  fencing: number;
+  expires_at: number;
 }
 
 export class SqliteStore implements RegistryStore {
   readonly kind = 'sqlite' as const;
   private readonly db: Database.Database;
-  private readonly statements;
+  private readonly sql;
+  private readonly tx;
 
   constructor(readonly path: string) {
     this.db = new Database(path, { timeout: 5_000 });
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = NORMAL');
     this.db.exec(SCHEMA);
-    this.statements = {
-      heartbeat: this.db.prepare(
-        `INSERT INTO nodes (id, url, zone, free_slots, expires_at) VALUES (@id, @url, @zone, @freeUploadSlots, @expiresAt)
+    for (const [table, column, type] of ADDED_COLUMNS) {
+      const columns = this.db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>;
+      if (!columns.some((c) => c.name === column)) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+    }
+    this.db.exec(LATE_INDEXES);
+    const db = this.db;
+    this.sql = {
+      nodeState: db.prepare('SELECT epoch, expires_at FROM nodes WHERE id = ?'),
+      heartbeat: db.prepare(
+        `INSERT INTO nodes (id, url, zone, free_slots, expires_at, epoch)
+         VALUES (@id, @url, @zone, @freeUploadSlots, @expiresAt, @epoch)
          ON CONFLICT(id) DO UPDATE SET url = excluded.url, zone = excluded.zone, free_slots = excluded.free_slots,
-           expires_at = excluded.expires_at`,
+           expires_at = excluded.expires_at, epoch = coalesce(excluded.epoch, nodes.epoch)`,
       ),
-      // Locate is the hot path: rows as arrays (raw) skip building an object per row.
-      candidates: this.db
+      dropNodeReplicas: db.prepare('DELETE FROM replicas WHERE node_id = ?'),
+      dropOtherEpochs: db.prepare('DELETE FROM replicas WHERE node_id = ? AND epoch IS NOT ?'),
+      deleteNode: db.prepare('DELETE FROM nodes WHERE id = ?'),
+      liveNodes: db.prepare(
+        'SELECT id, url, zone, free_slots, expires_at, epoch FROM nodes WHERE expires_at > ? ORDER BY id',
+      ),
+      getManifest: db.prepare('SELECT * FROM manifests WHERE digest = ?'),
+      insertManifest: db.prepare(
+        'INSERT INTO manifests (digest, size, piece_size, pieces, verified_against) VALUES (?, ?, ?, ?, ?)',
+      ),
+      deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
+      // The replica takes the node's epoch, and is written only while the node is live.
+      putReplica: db.prepare(
+        `INSERT INTO replicas (digest, node_id, complete, pieces, updated_at, epoch, rnd)
+         SELECT @digest, id, @complete, @pieces, @updatedAt, epoch, @rnd FROM nodes WHERE id = @nodeId AND expires_at > @now
+         ON CONFLICT(digest, node_id) DO UPDATE SET complete = excluded.complete, pieces = excluded.pieces,
+           updated_at = excluded.updated_at, epoch = excluded.epoch`,
+      ),
+      removeReplica: db.prepare('DELETE FROM replicas WHERE digest = ? AND node_id = ?'),
+      // Locate is the hot path, and a blob may have thousands of holders: each kind
+      // (complete, partial) is sampled from a random point of its index (every holder when
+      // there are at most @sample), then ranked and limited here. Rows come as arrays (raw)
+      // so no object is built per row, and piece lists are parsed only for the rows returned.
+      locate: db
         .prepare(
-          `SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, r.complete, r.pieces, r.updated_at
-           FROM replicas r JOIN nodes n ON n.id = r.node_id
-           WHERE r.digest = ? AND n.expires_at > ?`,
+          `WITH sample AS (
+             SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
+                WHERE digest = @digest AND complete = 1 AND rnd >= @start ORDER BY rnd LIMIT @sample)
+             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
+                WHERE digest = @digest AND complete = 1 AND rnd < @start ORDER BY rnd LIMIT @sample)
+             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
+                WHERE digest = @digest AND complete = 0 AND rnd >= @start ORDER BY rnd LIMIT @sample)
+             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
+                WHERE digest = @digest AND complete = 0 AND rnd < @start ORDER BY rnd LIMIT @sample)
+           )
+           SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, n.epoch, r.complete, r.pieces, r.updated_at
+           FROM sample r JOIN nodes n ON n.id = r.node_id
+           WHERE n.expires_at > @now AND r.node_id IS NOT @asker
+             AND (r.complete = 1 OR r.updated_at > @partialSince)
+             AND (@threshold IS NULL OR (SELECT count(*) FROM reports p
+                   WHERE p.digest = @digest AND p.node_id = r.node_id AND p.at > @reportSince) < @threshold)
+           ORDER BY r.complete DESC, coalesce(n.zone = @zone, 0) DESC, n.free_slots DESC, random()
+           LIMIT @limit`,
         )
         .raw(true),
-      candidatesTrusted: this.db
-        .prepare(
-          `SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, r.complete, r.pieces, r.updated_at
-           FROM replicas r JOIN nodes n ON n.id = r.node_id
-           WHERE r.digest = ? AND n.expires_at > ?
-             AND (SELECT count(*) FROM reports p WHERE p.digest = r.digest AND p.node_id = r.node_id AND p.at > ?) < ?`,
-        )
-        .raw(true),
+      getSource: db.prepare('SELECT digest FROM sources WHERE key = ?'),
+      putSource: db.prepare(
+        `INSERT INTO sources (key, digest, updated_at) VALUES (?, ?, ?)
+         ON CONFLICT(key) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`,
+      ),
+      report: db.prepare(
+        `INSERT INTO reports (digest, node_id, reporter, at) VALUES (?, ?, ?, ?)
+         ON CONFLICT(digest, node_id, reporter) DO UPDATE SET at = excluded.at`,
+      ),
+      reportCount: db.prepare('SELECT count(*) AS n FROM reports WHERE digest = ? AND node_id = ? AND at > ?'),
+      liveLeases: db.prepare(
+        'SELECT token, node_id, fencing, expires_at FROM leases WHERE digest = ? AND expires_at > ? ORDER BY fencing',
+      ),
+      getLease: db.prepare(
+        'SELECT token, node_id, fencing, expires_at FROM leases WHERE digest = ? AND token = ? AND expires_at > ?',
+      ),
+      renewLease: db.prepare('UPDATE leases SET expires_at = ? WHERE digest = ? AND token = ? AND expires_at > ?'),
+      deleteLease: db.prepare('DELETE FROM leases WHERE digest = ? AND token = ?'),
+      deleteLapsedLeases: db.prepare('DELETE FROM leases WHERE digest = ? AND expires_at <= ?'),
+      nextFencing: db.prepare(
+        `INSERT INTO lease_fencing (digest, last) VALUES (?, 1)
+         ON CONFLICT(digest) DO UPDATE SET last = last + 1 RETURNING last`,
+      ),
+      insertLease: db.prepare(
+        'INSERT INTO leases (token, digest, node_id, fencing, expires_at) VALUES (?, ?, ?, ?, ?)',
+      ),
+      sweepReplicasOfExpired: db.prepare(
+        'DELETE FROM replicas WHERE node_id IN (SELECT id FROM nodes WHERE expires_at <= ?)',
+      ),
+      sweepNodes: db.prepare('DELETE FROM nodes WHERE expires_at <= ?'),
+      sweepPartials: db.prepare('DELETE FROM replicas WHERE complete = 0 AND updated_at <= ?'),
+      sweepReports: db.prepare('DELETE FROM reports WHERE at <= ?'),
+      sweepLeases: db.prepare('DELETE FROM leases WHERE expires_at <= ?'),
+      countNodes: db.prepare('SELECT count(*) AS n FROM nodes WHERE expires_at > ?'),
+      countBlobs: db.prepare('SELECT count(*) AS n FROM manifests'),
+      countReplicas: db.prepare(
+        'SELECT count(*) AS n FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE n.expires_at > ?',
+      ),
+      ping: db.prepare('SELECT 1'),
+    };
+    this.tx = {
+      heartbeat: db.transaction((node: NodeRecord, now: number): HeartbeatOutcome => {
+        const old = this.sql.nodeState.get(node.id) as { epoch: string | null; expires_at: number } | undefined;
+        this.sql.heartbeat.run({ ...node, zone: node.zone ?? null, epoch: node.epoch ?? null });
+        if (!old || old.expires_at <= now) {
+          this.sql.dropNodeReplicas.run(node.id);
+          return { resync: true };
+        }
+        if (node.epoch !== undefined && node.epoch !== old.epoch) {
+          this.sql.dropOtherEpochs.run(node.id, node.epoch);
+          return { resync: true };
+        }
+        return { resync: false };
+      }),
+      removeNode: db.transaction((id: string): boolean => {
+        this.sql.dropNodeReplicas.run(id);
+        return this.sql.deleteNode.run(id).changes > 0;
+      }),
+      putManifest: db.transaction((manifest: StoredManifest): ManifestWrite => {
+        const existing = this.manifestOf(manifest.digest);
+        if (existing) return sameManifest(existing, manifest) ? 'unchanged' : 'conflict';
+        this.sql.insertManifest.run(
+          manifest.digest,
+          manifest.size,
+          manifest.pieceSize,
+          JSON.stringify(manifest.pieces),
+          manifest.verifiedAgainst,
+        );
+        return 'created';
+      }),
+      putSource: db.transaction((key: string, digest: string, replace: boolean): SourceWrite => {
+        const existing = (this.sql.getSource.get(key) as { digest: string } | undefined)?.digest;
+        if (existing === digest) return 'unchanged';
+        if (existing !== undefined && !replace) return 'conflict';
+        this.sql.putSource.run(key, digest, Date.now());
+        return existing === undefined ? 'created' : 'replaced';
+      }),
+      report: db.transaction((digest: string, nodeId: string, reporter: string, now: number, windowMs: number) => {
+        this.sql.report.run(digest, nodeId, reporter, now);
+        return (this.sql.reportCount.get(digest, nodeId, now - windowMs) as { n: number }).n;
+      }),
+      acquireLease: db.transaction(
+        (digest: string, node: string, slots: number, ttlMs: number, now: number, newToken: string): LeaseGrant => {
+          this.sql.deleteLapsedLeases.run(digest, now);
+          const live = (this.sql.liveLeases.all(digest, now) as LeaseRow[]).map(toLease);
+          const expiresAt = now + ttlMs;
+          const own = live.find((l) => l.node === node);
+          if (own) {
+            this.sql.renewLease.run(expiresAt, digest, own.token, now);
+            return { granted: true, ...own, expiresAt };
+          }
+          if (live.length >= slots) {
+            return {
+              granted: false,
+              holders: live.map((l) => ({ node: l.node, fencingToken: l.fencingToken, expiresAt: l.expiresAt })),
+            };
+          }
+          const fencingToken = (this.sql.nextFencing.get(digest) as { last: number }).last;
+          this.sql.insertLease.run(newToken, digest, node, fencingToken, expiresAt);
+          return { granted: true, token: newToken, node, fencingToken, expiresAt };
+        },
+      ),
+      renewLease: db.transaction((digest: string, token: string, ttlMs: number, now: number): Lease | undefined => {
+        const row = this.sql.getLease.get(digest, token, now) as LeaseRow | undefined;
+        if (!row) return undefined;
+        const expiresAt = now + ttlMs;
+        this.sql.renewLease.run(expiresAt, digest, token, now);
+        return { ...toLease(row), expiresAt };
+      }),
+      sweep: db.transaction((now: number, policy: SweepPolicy) => {
+        this.sql.sweepReplicasOfExpired.run(now);
+        this.sql.sweepNodes.run(now);
+        this.sql.sweepPartials.run(now - policy.partialTtlMs);
+        this.sql.sweepReports.run(now - policy.reportWindowMs);
+        this.sql.sweepLeases.run(now);
+      }),
     };
   }
 
@@ -107,105 +320,88 @@ export class SqliteStore implements RegistryStore {
     }
   }
 
-  heartbeat(node: NodeRecord): Promise<void> {
-    return this.run(() => {
-      this.statements.heartbeat.run({ ...node, zone: node.zone ?? null });
-    });
+  heartbeat(node: NodeRecord, now: number): Promise<HeartbeatOutcome> {
+    return this.run(() => this.tx.heartbeat(node, now));
   }
 
   removeNode(id: string): Promise<boolean> {
-    return this.run(() => {
-      const removed = this.db.prepare('DELETE FROM nodes WHERE id = ?').run(id).changes > 0;
-      this.db.prepare('DELETE FROM replicas WHERE node_id = ?').run(id);
-      return removed;
-    });
+    return this.run(() => this.tx.removeNode(id));
   }
 
   liveNodes(now: number): Promise<NodeRecord[]> {
-    return this.run(() => {
-      this.sweep(now);
-      const rows = this.db
-        .prepare('SELECT id, url, zone, free_slots, expires_at FROM nodes WHERE expires_at > ? ORDER BY id')
-        .all(now) as NodeRow[];
-      return rows.map((r) => ({
+    return this.run(() =>
+      (this.sql.liveNodes.all(now) as NodeRow[]).map((r) => ({
         id: r.id,
         url: r.url,
         zone: r.zone ?? undefined,
         freeUploadSlots: r.free_slots,
         expiresAt: r.expires_at,
-      }));
-    });
-  }
-
-  isLive(id: string, now: number): Promise<boolean> {
-    return this.run(
-      () => this.db.prepare('SELECT 1 FROM nodes WHERE id = ? AND expires_at > ?').get(id, now) !== undefined,
+        epoch: r.epoch ?? undefined,
+      })),
     );
   }
 
-  putManifest(manifest: Manifest): Promise<ManifestWrite> {
-    return this.run(() =>
-      this.db.transaction((): ManifestWrite => {
-        const existing = this.getManifestSync(manifest.digest);
-        if (existing) return sameManifest(existing, manifest) ? 'unchanged' : 'conflict';
-        this.db
-          .prepare('INSERT INTO manifests (digest, size, piece_size, pieces) VALUES (?, ?, ?, ?)')
-          .run(manifest.digest, manifest.size, manifest.pieceSize, JSON.stringify(manifest.pieces));
-        return 'created';
-      })(),
-    );
+  putManifest(manifest: StoredManifest): Promise<ManifestWrite> {
+    return this.run(() => this.tx.putManifest(manifest));
   }
 
-  getManifest(digest: string): Promise<Manifest | undefined> {
-    return this.run(() => this.getManifestSync(digest));
+  getManifest(digest: string): Promise<StoredManifest | undefined> {
+    return this.run(() => this.manifestOf(digest));
   }
 
-  private getManifestSync(digest: string): Manifest | undefined {
-    const row = this.db.prepare('SELECT * FROM manifests WHERE digest = ?').get(digest) as
-      { digest: string; size: number; piece_size: number; pieces: string } | undefined;
+  deleteManifest(digest: string): Promise<boolean> {
+    return this.run(() => this.sql.deleteManifest.run(digest).changes > 0);
+  }
+
+  private manifestOf(digest: string): StoredManifest | undefined {
+    const row = this.sql.getManifest.get(digest) as ManifestRow | undefined;
     return (
       row && {
         digest: row.digest,
         size: row.size,
         pieceSize: row.piece_size,
         pieces: JSON.parse(row.pieces) as string[],
+        // Written before the field existed: nothing says what it was checked against.
+        verifiedAgainst: (row.verified_against ?? 'first-origin-fetch') as VerifiedAgainst,
       }
     );
   }
 
-  putReplica(replica: Replica): Promise<void> {
-    return this.run(() => {
-      this.db
-        .prepare(
-          `INSERT INTO replicas (digest, node_id, complete, pieces, updated_at) VALUES (?, ?, ?, ?, ?)
-           ON CONFLICT(digest, node_id) DO UPDATE SET complete = excluded.complete, pieces = excluded.pieces,
-             updated_at = excluded.updated_at`,
-        )
-        .run(
-          replica.digest,
-          replica.nodeId,
-          replica.complete ? 1 : 0,
-          replica.pieces ? JSON.stringify(replica.pieces) : null,
-          replica.updatedAt,
-        );
-    });
-  }
-
-  removeReplica(digest: string, nodeId: string): Promise<boolean> {
+  putReplica(replica: Replica, now: number): Promise<boolean> {
     return this.run(
-      () => this.db.prepare('DELETE FROM replicas WHERE digest = ? AND node_id = ?').run(digest, nodeId).changes > 0,
+      () =>
+        this.sql.putReplica.run({
+          digest: replica.digest,
+          nodeId: replica.nodeId,
+          complete: replica.complete ? 1 : 0,
+          pieces: replica.pieces ? JSON.stringify(replica.pieces) : null,
+          updatedAt: replica.updatedAt,
+          now,
+          rnd: Math.floor(Math.random() * RND_RANGE),
+        }).changes > 0,
     );
   }
 
-  candidates(digest: string, now: number, quarantine?: Quarantine): Promise<Candidate[]> {
+  removeReplica(digest: string, nodeId: string): Promise<boolean> {
+    return this.run(() => this.sql.removeReplica.run(digest, nodeId).changes > 0);
+  }
+
+  locate(digest: string, query: LocateQuery): Promise<Candidate[]> {
     return this.run(() => {
-      const rows = (
-        quarantine
-          ? this.statements.candidatesTrusted.all(digest, now, now - quarantine.windowMs, quarantine.threshold)
-          : this.statements.candidates.all(digest, now)
-      ) as CandidateTuple[];
-      return rows.map(([id, url, zone, freeSlots, expiresAt, complete, pieces, updatedAt]) => ({
-        node: { id, url, zone: zone ?? undefined, freeUploadSlots: freeSlots, expiresAt },
+      const rows = this.sql.locate.all({
+        digest,
+        now: query.now,
+        asker: query.asker ?? null,
+        zone: query.zone ?? null,
+        partialSince: query.now - query.partialTtlMs,
+        threshold: query.quarantine?.threshold ?? null,
+        reportSince: query.now - (query.quarantine?.windowMs ?? 0),
+        limit: query.limit,
+        sample: Math.max(MIN_SAMPLE, 4 * query.limit),
+        start: Math.floor(Math.random() * RND_RANGE),
+      }) as CandidateTuple[];
+      return rows.map(([id, url, zone, freeSlots, expiresAt, epoch, complete, pieces, updatedAt]) => ({
+        node: { id, url, zone: zone ?? undefined, freeUploadSlots: freeSlots, expiresAt, epoch: epoch ?? undefined },
         replica: {
           digest,
           nodeId: id,
@@ -217,63 +413,59 @@ export class SqliteStore implements RegistryStore {
     });
   }
 
-  putSource(key: string, digest: string): Promise<void> {
-    return this.run(() => {
-      this.db
-        .prepare(
-          `INSERT INTO sources (key, digest, updated_at) VALUES (?, ?, ?)
-           ON CONFLICT(key) DO UPDATE SET digest = excluded.digest, updated_at = excluded.updated_at`,
-        )
-        .run(key, digest, Date.now());
-    });
+  putSource(key: string, digest: string, replace: boolean): Promise<SourceWrite> {
+    return this.run(() => this.tx.putSource(key, digest, replace));
   }
 
   getSource(key: string): Promise<string | undefined> {
-    return this.run(
-      () =>
-        (this.db.prepare('SELECT digest FROM sources WHERE key = ?').get(key) as { digest: string } | undefined)
-          ?.digest,
-    );
+    return this.run(() => (this.sql.getSource.get(key) as { digest: string } | undefined)?.digest);
   }
 
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number> {
+    return this.run(() => this.tx.report(digest, nodeId, reporter, now, windowMs));
+  }
+
+  acquireLease(
+    digest: string,
+    node: string,
+    slots: number,
+    ttlMs: number,
+    now: number,
+    newToken: string,
+  ): Promise<LeaseGrant> {
+    return this.run(() => this.tx.acquireLease.immediate(digest, node, slots, ttlMs, now, newToken));
+  }
+
+  getLease(digest: string, token: string, now: number): Promise<Lease | undefined> {
     return this.run(() => {
-      this.db
-        .prepare(
-          `INSERT INTO reports (digest, node_id, reporter, at) VALUES (?, ?, ?, ?)
-           ON CONFLICT(digest, node_id, reporter) DO UPDATE SET at = excluded.at`,
-        )
-        .run(digest, nodeId, reporter, now);
-      const row = this.db
-        .prepare('SELECT count(*) AS n FROM reports WHERE digest = ? AND node_id = ? AND at > ?')
-        .get(digest, nodeId, now - windowMs) as { n: number };
-      return row.n;
+      const row = this.sql.getLease.get(digest, token, now) as LeaseRow | undefined;
+      return row && toLease(row);
     });
+  }
+
+  renewLease(digest: string, token: string, ttlMs: number, now: number): Promise<Lease | undefined> {
+    return this.run(() => this.tx.renewLease.immediate(digest, token, ttlMs, now));
+  }
+
+  releaseLease(digest: string, token: string): Promise<boolean> {
+    return this.run(() => this.sql.deleteLease.run(digest, token).changes > 0);
+  }
+
+  sweep(now: number, policy: SweepPolicy): Promise<void> {
+    return this.run(() => this.tx.sweep(now, policy));
   }
 
   counts(now: number): Promise<StoreCounts> {
-    return this.run(() => {
-      const one = (sql: string, ...args: unknown[]): number => (this.db.prepare(sql).get(...args) as { n: number }).n;
-      return {
-        liveNodes: one('SELECT count(*) AS n FROM nodes WHERE expires_at > ?', now),
-        blobs: one('SELECT count(*) AS n FROM manifests'),
-        replicas: one(
-          'SELECT count(*) AS n FROM replicas r JOIN nodes n ON n.id = r.node_id WHERE n.expires_at > ?',
-          now,
-        ),
-      };
-    });
-  }
-
-  /** Deletes nodes (and their replicas) whose TTL lapsed; reads never depend on it. */
-  private sweep(now: number): void {
-    this.db.prepare('DELETE FROM replicas WHERE node_id IN (SELECT id FROM nodes WHERE expires_at <= ?)').run(now);
-    this.db.prepare('DELETE FROM nodes WHERE expires_at <= ?').run(now);
+    return this.run(() => ({
+      liveNodes: (this.sql.countNodes.get(now) as { n: number }).n,
+      blobs: (this.sql.countBlobs.get() as { n: number }).n,
+      replicas: (this.sql.countReplicas.get(now) as { n: number }).n,
+    }));
   }
 
   ping(): Promise<void> {
     return this.run(() => {
-      this.db.prepare('SELECT 1').get();
+      this.sql.ping.get();
     });
   }
 
@@ -281,6 +473,10 @@ export class SqliteStore implements RegistryStore {
     this.db.close();
     return Promise.resolve();
   }
+}
+
+function toLease(row: LeaseRow): Lease {
+  return { token: row.token, node: row.node_id, fencingToken: row.fencing, expiresAt: row.expires_at };
 }
 
 export function sameManifest(a: Manifest, b: Manifest): boolean {

@@ -249,6 +249,13 @@ export class ProxyError extends LoomError {
   }
 }
 
+/** An authenticated caller asked for something its credential does not allow (a node acting for another). */
+export class ForbiddenError extends LoomError {
+  readonly code = 'LOOM_ERR_FORBIDDEN';
+  readonly exitCode = EXIT.usage;
+  override readonly httpStatus = 403;
+}
+
 /** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
 export const ERROR_CLASSES = [
   UsageError,
@@ -275,6 +282,7 @@ export const ERROR_CLASSES = [
   ConnectionRefusedError,
   ContentEncodingError,
   ProxyError,
+  ForbiddenError,
 ] as const;
 
 /** What the CLI and the services report for an unexpected failure (a bug); not a class. */

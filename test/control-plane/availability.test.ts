@@ -6,7 +6,7 @@ import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { RedisStore } from '../../src/control-plane/redis-store.js';
-import { buildControlPlane, ControlPlaneClient } from '../../src/index.js';
+import { buildControlPlane, ControlPlaneClient, nodeToken } from '../../src/index.js';
 import { collect, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { freePort, startRedisServer, stopRedisServer } from '../helpers/redis.js';
 
@@ -73,20 +73,23 @@ describe('control plane availability', () => {
     assert.equal(await refused.heartbeat('n1', { url: 'http://n1:1' }), undefined);
   });
 
-  it('loom control-plane serves the API with its SQLite store and a token', async () => {
+  it('loom control-plane serves the API with its SQLite store, an admin token and a cluster secret', async () => {
     const port = await freePort();
     const tokenFile = join(dir, 'token');
     writeFileSync(tokenFile, `${'t'.repeat(32)}\n`);
-    const child = startLoom([
-      'control-plane',
-      '--listen',
-      `127.0.0.1:${port}`,
-      '--store',
-      `sqlite:${join(dir, 'cp', 'registry.db')}`,
-      '--token-file',
-      tokenFile,
-      '--open-reads',
-    ]);
+    const child = startLoom(
+      [
+        'control-plane',
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--store',
+        `sqlite:${join(dir, 'cp', 'registry.db')}`,
+        '--token-file',
+        tokenFile,
+        '--open-reads',
+      ],
+      { LOOM_CLUSTER_SECRET: 's'.repeat(32) },
+    );
     const done = collect(child);
     const base = `http://127.0.0.1:${port}`;
     await waitFor('listening', async () => ((await fetch(`${base}/healthz`)).ok ? true : undefined));
@@ -98,15 +101,30 @@ describe('control plane availability', () => {
       body: JSON.stringify({ url: 'http://x:1' }),
     });
     assert.equal(anonymous.status, 401);
+    const asNode = (id: string, claimed = id) =>
+      fetch(`${base}/v1/nodes/${id}`, {
+        method: 'PUT',
+        headers: {
+          'content-type': 'application/json',
+          authorization: `Bearer ${nodeToken('s'.repeat(32), claimed)}`,
+          'x-loom-node': claimed,
+        },
+        body: JSON.stringify({ url: `http://${id}:7071`, epoch: 'boot-1' }),
+      });
+    assert.equal((await asNode('node-a')).status, 200);
+    assert.equal((await asNode('cli-node', 'node-a')).status, 403);
     const nodes = (await (await fetch(`${base}/v1/nodes`)).json()) as { nodes: Array<{ id: string }> };
     assert.deepEqual(
       nodes.nodes.map((n) => n.id),
-      ['cli-node'],
+      ['cli-node', 'node-a'],
     );
     child.kill('SIGTERM');
     const run = await done;
     assert.equal(run.code, 0, run.stderr);
-    assert.match(run.stderr, /control plane on http:\/\/127\.0\.0\.1:\d+ \(store: sqlite, token required for writes\)/);
+    assert.match(
+      run.stderr,
+      /control plane on http:\/\/127\.0\.0\.1:\d+ \(store: sqlite, the admin token or a node's own token required for writes; reads open\)/,
+    );
   });
 
   it('loom control-plane refuses a bad --listen or store with exit 2', async () => {

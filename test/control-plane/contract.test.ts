@@ -1,92 +1,37 @@
 // One contract, two stores: every behaviour of the control plane's API is checked against
 // SQLite and against a real Redis server, through real HTTP on a loopback port.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import Database from 'better-sqlite3';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { after, describe, it } from 'node:test';
-import type { FastifyInstance } from 'fastify';
+import { describe, it } from 'node:test';
 import { createClient } from 'redis';
 import { RedisStore } from '../../src/control-plane/redis-store.js';
 import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
-import { buildControlPlane, type ControlPlaneOptions, type RegistryStore } from '../../src/index.js';
-import { tempDir } from '../helpers/fixtures.js';
 import { REDIS_URL } from '../helpers/redis.js';
+import {
+  beat,
+  D1,
+  D2,
+  dir,
+  errorOf,
+  factories,
+  peerIds,
+  PIECE,
+  prefix,
+  ready,
+  service,
+  startService,
+  stopService,
+} from './harness.js';
 
-const dir = tempDir();
-const D1 = 'a'.repeat(64);
-const D2 = 'b'.repeat(64);
-
-export interface Service {
-  url: string;
-  app: FastifyInstance;
-  store: RegistryStore;
-  call(
-    method: string,
-    path: string,
-    body?: unknown,
-    headers?: Record<string, string>,
-  ): Promise<{ status: number; body: unknown }>;
-}
-
-const services: Service[] = [];
-after(async () => {
-  for (const s of services) {
-    await s.app.close();
-    if (s.store instanceof RedisStore) await s.store.dropAll().catch(() => undefined);
-    await s.store.close();
-  }
+const manifestOf = (size: number, pieceSize: number, extra: Record<string, unknown> = {}) => ({
+  size,
+  pieceSize,
+  pieces: Array.from({ length: Math.max(1, Math.ceil(size / pieceSize)) }, () => PIECE),
+  verifiedAgainst: 'hub-sha256',
+  ...extra,
 });
-
-export async function startService(store: RegistryStore, options: Partial<ControlPlaneOptions> = {}): Promise<Service> {
-  const app = await buildControlPlane({ store, ...options });
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
-  const service: Service = {
-    url,
-    app,
-    store,
-    async call(method, path, body, headers = {}) {
-      const res = await fetch(`${url}${path}`, {
-        method,
-        headers: { ...(body !== undefined && { 'content-type': 'application/json' }), ...headers },
-        body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-      });
-      const text = await res.text();
-      return { status: res.status, body: text ? (JSON.parse(text) as unknown) : undefined };
-    },
-  };
-  services.push(service);
-  return service;
-}
-
-type StoreFactory = { name: string; make: (tag: string) => RegistryStore };
-const prefix = `loomtest-${randomBytes(4).toString('hex')}`;
-const factories: StoreFactory[] = [
-  { name: 'sqlite', make: (tag) => new SqliteStore(join(dir, `${tag}.db`)) },
-  { name: 'redis', make: (tag) => new RedisStore({ url: REDIS_URL, prefix: `${prefix}-${tag}` }) },
-];
-
-async function ready(store: RegistryStore): Promise<void> {
-  for (let i = 0; i < 50; i++) {
-    try {
-      await store.ping();
-      return;
-    } catch {
-      await sleep(50);
-    }
-  }
-  throw new Error(`${store.kind} store never became ready`);
-}
-
-let counter = 0;
-async function service(factory: StoreFactory, options: Partial<ControlPlaneOptions> = {}): Promise<Service> {
-  const store = factory.make(`t${++counter}`);
-  await ready(store);
-  return startService(store, options);
-}
-
-const beat = (s: Service, id: string, body: Record<string, unknown> = {}) =>
-  s.call('PUT', `/v1/nodes/${id}`, { url: `http://${id}.test:7071`, ...body });
 
 for (const factory of factories) {
   describe(`control plane contract (${factory.name})`, () => {
@@ -181,7 +126,7 @@ for (const factory of factories) {
 
     it('keeps the first manifest and refuses a conflicting one', async () => {
       const s = await service(factory);
-      const manifest = { size: 10, pieceSize: 4, pieces: [D1, D2, D1] };
+      const manifest = { size: 10, pieceSize: 4, pieces: [D1, D2, D1], verifiedAgainst: 'sha256-pinned' };
       assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, manifest)).status, 201);
       assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, manifest)).status, 200);
       const conflict = await s.call('PUT', `/v1/blobs/${D1}`, { ...manifest, pieces: [D2, D2, D2] });
@@ -226,7 +171,7 @@ for (const factory of factories) {
     });
 
     it('keeps a repeatedly reported replica out of locate answers for a while', async () => {
-      const s = await service(factory, { reportWindowMs: 600 });
+      const s = await service(factory, { reportWindowMs: 1_500 });
       for (const id of ['bad', 'good']) {
         await beat(s, id);
         await s.call('PUT', `/v1/blobs/${D1}/replicas/${id}`, { complete: true });
@@ -245,18 +190,111 @@ for (const factory of factories) {
           (p) => p.id,
         );
       assert.deepEqual(await ids(), ['good']);
-      await sleep(700);
+      await sleep(1_600);
       assert.deepEqual((await ids()).sort(), ['bad', 'good']);
     });
 
-    it("keeps the original tool's /register and /locate working", async () => {
+    it('drops the replicas a node recorded under an older epoch when it beats with a new one', async () => {
       const s = await service(factory);
-      const res = await s.call('POST', '/register', { node: 'http://10.0.0.5:8080', model: 'llama-3-8b' });
-      assert.equal(res.status, 200);
-      await s.call('POST', '/register', { node: '10.0.0.6:8080', model: 'llama-3-8b' });
-      const located = (await s.call('GET', '/locate/llama-3-8b')).body as { nodes: string[] };
-      assert.deepEqual(located.nodes.sort(), ['http://10.0.0.5:8080', 'http://10.0.0.6:8080']);
-      assert.deepEqual(((await s.call('GET', '/locate/other')).body as { nodes: string[] }).nodes, []);
+      await beat(s, 'booted', { epoch: 'boot-1' });
+      await beat(s, 'other', { epoch: 'x' });
+      for (const node of ['booted', 'other']) {
+        assert.equal((await s.call('PUT', `/v1/blobs/${D1}/replicas/${node}`, { complete: true })).status, 200);
+      }
+      const same = await beat(s, 'booted', { epoch: 'boot-1' });
+      assert.equal((same.body as { resync: boolean }).resync, false);
+      await beat(s, 'booted');
+      assert.deepEqual((await peerIds(s, D1)).sort(), ['booted', 'other'], 'a beat without epoch keeps the epoch');
+      const restarted = await beat(s, 'booted', { epoch: 'boot-2' });
+      assert.equal((restarted.body as { resync: boolean }).resync, true);
+      assert.deepEqual(await peerIds(s, D1), ['other']);
+      await s.call('PUT', `/v1/blobs/${D2}/replicas/booted`, { complete: false, pieces: [0] });
+      await beat(s, 'booted', { epoch: 'boot-2' });
+      assert.deepEqual(await peerIds(s, D2), ['booted'], 'replicas of the current epoch stay');
+    });
+
+    it('leaves a partial replica out once it has gone without an update for the partial TTL', async () => {
+      const s = await service(factory, { partialTtlMs: 1_000 });
+      for (const id of ['partial', 'complete']) await beat(s, id);
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/partial`, { complete: false, pieces: [0, 1] });
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/complete`, { complete: true });
+      assert.deepEqual(await peerIds(s, D1), ['complete', 'partial']);
+      await sleep(1_300);
+      assert.deepEqual(await peerIds(s, D1), ['complete']);
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/partial`, { complete: false, pieces: [0, 1, 2] });
+      assert.deepEqual(await peerIds(s, D1), ['complete', 'partial'], 'an update brings it back');
+    });
+
+    it('a node that deregisters or lapses comes back holding nothing', async () => {
+      const s = await service(factory, { nodeTtlMs: 1_000 });
+      await beat(s, 'leaver');
+      await beat(s, 'lapser');
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/leaver`, { complete: true });
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/lapser`, { complete: true });
+      assert.equal((await s.call('DELETE', '/v1/nodes/leaver')).status, 204);
+      await sleep(1_300);
+      const back = await beat(s, 'leaver');
+      assert.equal((back.body as { resync: boolean }).resync, true);
+      assert.equal((await beat(s, 'lapser')).status, 200);
+      assert.deepEqual(await peerIds(s, D1), []);
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}/replicas/leaver`)).status, 404);
+    });
+
+    it('accepts the manifest of a 100 GB blob and of a blob of 1,024 pieces, past the default body limit', async () => {
+      const s = await service(factory);
+      const big = manifestOf(100e9, 128 * 1024 * 1024);
+      assert.equal(big.pieces.length, 746);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, big)).status, 201);
+      const largest = manifestOf(1024 * 16 * 1024 * 1024, 16 * 1024 * 1024, { verifiedAgainst: 'first-origin-fetch' });
+      assert.ok(JSON.stringify(largest).length > 64 * 1024);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D2}`, largest)).status, 201);
+      const stored = (await s.call('GET', `/v1/blobs/${D2}`)).body as { pieces: string[]; verifiedAgainst: string };
+      assert.equal(stored.pieces.length, 1024);
+      assert.equal(stored.verifiedAgainst, 'first-origin-fetch');
+    });
+
+    it('removes a manifest by DELETE, after which another can be published', async () => {
+      const s = await service(factory);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, manifestOf(8, 4))).status, 201);
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}`)).status, 204);
+      assert.equal((await s.call('GET', `/v1/blobs/${D1}`)).status, 404);
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}`)).status, 404);
+      const fixed = manifestOf(8, 4, { pieces: [D2, D2] });
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, fixed)).status, 201);
+      assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...fixed });
+    });
+
+    it('does not silently repoint a source mapped to another digest', async () => {
+      const s = await service(factory);
+      const key = 'https://bucket.example/model.bin';
+      assert.equal((await s.call('PUT', '/v1/sources', { key, digest: D1 })).status, 200);
+      assert.equal((await s.call('PUT', '/v1/sources', { key, digest: D1 })).status, 200, 'the same mapping again');
+      const conflict = await s.call('PUT', '/v1/sources', { key, digest: D2 });
+      assert.equal(conflict.status, 409);
+      assert.match(errorOf(conflict).message, new RegExp(`already mapped to ${D1}`));
+      const get = async () =>
+        ((await s.call('GET', `/v1/sources?key=${encodeURIComponent(key)}`)).body as { digest: string }).digest;
+      assert.equal(await get(), D1);
+      const replaced = await s.call('PUT', '/v1/sources', { key, digest: D2, replace: true });
+      assert.equal(replaced.status, 200);
+      assert.equal((replaced.body as { outcome: string }).outcome, 'replaced');
+      assert.equal(await get(), D2);
+    });
+
+    it('answers at most limit holders out of many, complete ones first', async () => {
+      const s = await service(factory);
+      for (let i = 0; i < 90; i++) {
+        const id = `many-${String(i).padStart(2, '0')}`;
+        await beat(s, id, { freeUploadSlots: i % 5 });
+        await s.call('PUT', `/v1/blobs/${D1}/replicas/${id}`, i % 10 === 0 ? { complete: true } : { complete: false });
+      }
+      const res = await s.call('GET', `/v1/blobs/${D1}/peers?limit=12`);
+      const peers = (res.body as { peers: Array<{ id: string; complete: boolean }> }).peers;
+      assert.equal(peers.length, 12);
+      assert.deepEqual(
+        peers.map((p) => p.complete),
+        [...Array<boolean>(9).fill(true), ...Array<boolean>(3).fill(false)],
+      );
     });
 
     it('answers every invalid input with 400 naming the field, and changes nothing', async () => {
@@ -269,8 +307,18 @@ for (const factory of factories) {
         ['PUT', '/v1/nodes/ok', { url: 'http://x:1', extra: 1 }, /invalid body/],
         ['PUT', '/v1/nodes/ok', '{not json', /JSON|json/],
         ['PUT', '/v1/blobs/xyz', { size: 1, pieceSize: 1, pieces: [D1] }, /invalid digest/],
-        ['PUT', `/v1/blobs/${D1}`, { size: 10, pieceSize: 4, pieces: [D1] }, /invalid body\.pieces/],
-        ['PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: ['zz'] }, /invalid body\.pieces\.0/],
+        ['PUT', `/v1/blobs/${D1}`, manifestOf(10, 4, { pieces: [D1] }), /invalid body\.pieces/],
+        ['PUT', `/v1/blobs/${D1}`, manifestOf(4, 4, { pieces: ['zz'] }), /invalid body\.pieces\.0/],
+        ['PUT', `/v1/blobs/${D1}`, manifestOf(4, 4, { verifiedAgainst: 'peer' }), /invalid body\.verifiedAgainst/],
+        ['PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D1] }, /invalid body\.verifiedAgainst/],
+        ['PUT', `/v1/blobs/${D1}`, manifestOf(1025, 1), /invalid body\.pieces: must hold at most 1024/],
+        ['PUT', '/v1/nodes/ok', { url: 'http://x:1', epoch: 'a b' }, /invalid body\.epoch/],
+        ['PUT', '/v1/nodes/ok', { url: 'http://x:1', epoch: 'e'.repeat(129) }, /invalid body\.epoch/],
+        ['PUT', '/v1/nodes/', { url: 'http://x:1' }, /invalid id: must not be empty/],
+        ['POST', '/v1/reports', { digest: D1, node: 'x', reporter: 'y', reason: 'bad\npiece' }, /invalid body\.reason/],
+        ['POST', `/v1/blobs/${D1}/leases`, { node: 'n', slots: 0 }, /invalid body\.slots/],
+        ['POST', `/v1/blobs/${D1}/leases`, {}, /invalid body\.node/],
+        ['PUT', `/v1/blobs/${D1}/leases/nothex`, undefined, /invalid token/],
         ['PUT', `/v1/blobs/${D1}/replicas/ok`, { complete: 'yes' }, /invalid body\.complete/],
         ['PUT', '/v1/sources', { key: 'file:///etc/passwd', digest: D1 }, /invalid body\.key/],
         ['PUT', '/v1/sources', { key: 'https://x/y', digest: 'ABC' }, /invalid body\.digest/],
@@ -296,7 +344,7 @@ for (const factory of factories) {
     it('serves health, readiness and Prometheus metrics', async () => {
       const s = await service(factory);
       await beat(s, 'm1');
-      await s.call('PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D1] });
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, manifestOf(4, 4))).status, 201);
       await s.call('PUT', `/v1/blobs/${D1}/replicas/m1`, { complete: true });
       await s.call('GET', `/v1/blobs/${D1}/peers`);
       assert.deepEqual((await s.call('GET', '/healthz')).body, { ok: true });
@@ -310,7 +358,7 @@ for (const factory of factories) {
       );
       assert.match(
         text,
-        /loom_cp_http_request_duration_seconds_bucket\{le="0.01",route="\/v1\/nodes\/:id",method="PUT"\} 1/,
+        /loom_cp_http_request_duration_seconds_bucket\{le="\+Inf",route="\/v1\/nodes\/:id",method="PUT"\} 1/,
       );
       assert.match(text, /loom_cp_live_nodes 1/);
       assert.match(text, /loom_cp_blobs 1/);
@@ -345,12 +393,10 @@ describe('control plane persistence and replicas', () => {
     const path = join(dir, 'restart.db');
     const first = await startService(new SqliteStore(path), { nodeTtlMs: 60_000 });
     await beat(first, 'survivor');
-    await first.call('PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D1] });
+    assert.equal((await first.call('PUT', `/v1/blobs/${D1}`, manifestOf(4, 4))).status, 201);
     await first.call('PUT', `/v1/blobs/${D1}/replicas/survivor`, { complete: true });
     await first.call('PUT', '/v1/sources', { key: 'https://o/x', digest: D1 });
-    await first.app.close();
-    await first.store.close();
-    services.splice(services.indexOf(first), 1);
+    await stopService(first);
 
     const second = await startService(new SqliteStore(path), { nodeTtlMs: 60_000 });
     assert.deepEqual(
@@ -364,7 +410,33 @@ describe('control plane persistence and replicas', () => {
         .digest,
       D1,
     );
-    assert.equal((await second.call('GET', `/v1/blobs/${D1}`)).status, 200);
+    assert.deepEqual((await second.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...manifestOf(4, 4) });
+  });
+
+  it('opens a SQLite file written before epochs, leases and verifiedAgainst, keeping its data', async () => {
+    const path = join(dir, 'old-schema.db');
+    const old = new Database(path);
+    old.exec(`
+      CREATE TABLE nodes (id TEXT PRIMARY KEY, url TEXT NOT NULL, zone TEXT, free_slots INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL);
+      CREATE TABLE manifests (digest TEXT PRIMARY KEY, size INTEGER NOT NULL, piece_size INTEGER NOT NULL,
+        pieces TEXT NOT NULL);
+      CREATE TABLE replicas (digest TEXT NOT NULL, node_id TEXT NOT NULL, complete INTEGER NOT NULL, pieces TEXT,
+        updated_at INTEGER NOT NULL, PRIMARY KEY (digest, node_id));
+    `);
+    old
+      .prepare('INSERT INTO nodes VALUES (?, ?, NULL, 1, ?)')
+      .run('veteran', 'http://veteran:7071', Date.now() + 60_000);
+    old.prepare('INSERT INTO manifests VALUES (?, 4, 4, ?)').run(D1, JSON.stringify([PIECE]));
+    old.prepare('INSERT INTO replicas VALUES (?, ?, 1, NULL, ?)').run(D1, 'veteran', Date.now());
+    old.close();
+    const s = await startService(new SqliteStore(path));
+    assert.deepEqual(await peerIds(s, D1), ['veteran']);
+    assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, {
+      digest: D1,
+      ...manifestOf(4, 4, { verifiedAgainst: 'first-origin-fetch' }),
+    });
+    assert.equal((await s.call('POST', `/v1/blobs/${D1}/leases`, { node: 'veteran' })).status, 200);
   });
 
   it('keeps Redis keys under its prefix with hash tags, node records expiring by Redis TTL', async () => {
@@ -380,7 +452,12 @@ describe('control plane persistence and replicas', () => {
       for await (const batch of client.scanIterator({ MATCH: `${tagged}:*` })) keys.push(...(batch as string[]));
       assert.deepEqual(
         keys.sort(),
-        [`${tagged}:{${D1}}:replicas`, `${tagged}:{nodes}:index`, `${tagged}:{nodes}:node:ttl-node`].sort(),
+        [
+          `${tagged}:{${D1}}:complete`,
+          `${tagged}:{nodes}:holds:ttl-node`,
+          `${tagged}:{nodes}:index`,
+          `${tagged}:{nodes}:node:ttl-node`,
+        ].sort(),
       );
       const ttl = await client.pTTL(`${tagged}:{nodes}:node:ttl-node`);
       assert.ok(ttl > 0 && ttl <= 5_000, `node key TTL ${ttl} ms`);
@@ -399,8 +476,8 @@ describe('control plane persistence and replicas', () => {
     await beat(b, 'via-b', { zone: 'z2' });
     await a.call('PUT', `/v1/blobs/${D1}/replicas/via-a`, { complete: true });
     await b.call('PUT', `/v1/blobs/${D1}/replicas/via-b`, { complete: true });
-    assert.equal((await a.call('PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D1] })).status, 201);
-    assert.equal((await b.call('PUT', `/v1/blobs/${D1}`, { size: 4, pieceSize: 4, pieces: [D2] })).status, 409);
+    assert.equal((await a.call('PUT', `/v1/blobs/${D1}`, manifestOf(4, 4, { pieces: [D1] }))).status, 201);
+    assert.equal((await b.call('PUT', `/v1/blobs/${D1}`, manifestOf(4, 4, { pieces: [D2] }))).status, 409);
     const fromA = (await a.call('GET', `/v1/blobs/${D1}/peers?zone=z2`)).body;
     const fromB = (await b.call('GET', `/v1/blobs/${D1}/peers?zone=z2`)).body;
     assert.deepEqual(fromA, fromB);
@@ -409,5 +486,72 @@ describe('control plane persistence and replicas', () => {
       ['via-b', 'via-a'],
     );
     assert.deepEqual((await a.call('GET', '/v1/nodes')).body, (await b.call('GET', '/v1/nodes')).body);
+  });
+});
+
+describe('control plane housekeeping', () => {
+  it('deletes lapsed nodes, their replicas, stale partials and old reports on a timer, with no request', async () => {
+    const path = join(dir, 'sweep.db');
+    const s = await startService(new SqliteStore(path), {
+      nodeTtlMs: 2_500,
+      partialTtlMs: 2_000,
+      reportWindowMs: 2_500,
+      sweepIntervalMs: 100,
+    });
+    await beat(s, 'gone');
+    await s.call('PUT', `/v1/blobs/${D1}/replicas/gone`, { complete: true });
+    await s.call('POST', '/v1/reports', { digest: D1, node: 'gone', reporter: 'r1' });
+    const db = new Database(path, { readonly: true });
+    try {
+      const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
+      assert.deepEqual([count('nodes'), count('replicas'), count('reports')], [1, 1, 1]);
+      await sleep(3_000);
+      assert.deepEqual([count('nodes'), count('replicas'), count('reports')], [0, 0, 0]);
+    } finally {
+      db.close();
+    }
+  });
+
+  it('drops the replicas of lapsed nodes and stale partial replicas from Redis on a timer, with no request', async () => {
+    const tagged = `${prefix}-sweep`;
+    const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), {
+      nodeTtlMs: 2_500,
+      partialTtlMs: 2_000,
+      sweepIntervalMs: 100,
+    });
+    await ready(s.store);
+    await beat(s, 'gone');
+    await s.call('PUT', `/v1/blobs/${D1}/replicas/gone`, { complete: true });
+    const client = createClient({ url: REDIS_URL });
+    await client.connect();
+    try {
+      const keys = async () => {
+        const found: string[] = [];
+        for await (const batch of client.scanIterator({ MATCH: `${tagged}:*` })) found.push(...(batch as string[]));
+        return found.sort();
+      };
+      assert.deepEqual(await keys(), [
+        `${tagged}:{${D1}}:complete`,
+        `${tagged}:{nodes}:holds:gone`,
+        `${tagged}:{nodes}:index`,
+        `${tagged}:{nodes}:node:gone`,
+      ]);
+      await sleep(3_000);
+      assert.deepEqual(await keys(), []);
+
+      // A live node's partial replica that is no longer updated goes; the node stays.
+      const keep = setInterval(() => void beat(s, 'stays'), 300);
+      try {
+        await beat(s, 'stays');
+        await s.call('PUT', `/v1/blobs/${D2}/replicas/stays`, { complete: false, pieces: [0] });
+        assert.ok((await keys()).includes(`${tagged}:{${D2}}:partial`));
+        await sleep(3_000);
+        assert.deepEqual(await keys(), [`${tagged}:{nodes}:index`, `${tagged}:{nodes}:node:stays`]);
+      } finally {
+        clearInterval(keep);
+      }
+    } finally {
+      await client.close();
+    }
   });
 });
