@@ -40,7 +40,8 @@ export interface ManifestRecord {
   size: number;
   pieceSize: number;
   pieces: string[];
-  verifiedAgainst?: 'sha256-pinned' | 'hub-sha256' | 's3-checksum' | 'first-origin-fetch';
+  /** What the manifest's digest was checked against (the control plane requires it). */
+  verifiedAgainst: 'sha256-pinned' | 'hub-sha256' | 's3-checksum' | 'first-origin-fetch';
 }
 
 /**

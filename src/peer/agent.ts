@@ -32,8 +32,6 @@ export const AGENT_DEFAULTS = {
   heartbeatIntervalMs: 10_000,
   /** First retry after a failed heartbeat; doubles up to the heartbeat interval. */
   retryBaseMs: 1_000,
-  /** Every this many heartbeats, `epoch` is offered again to a control plane that refused it. */
-  epochProbeEvery: 30,
   /**
    * Everything is announced again this often, even unchanged: a control plane that restarted
    * on an empty store answers heartbeats as if nothing happened, and this is how it learns.
@@ -123,13 +121,11 @@ export class Agent {
   private readonly manifestsPublished = new Set<string>();
   private registered = false;
   /** Whether what an earlier run of this node announced was cleared (see sendHeartbeat). */
-  private staleCleared = false;
   private announceAll = true;
   private lastFullAnnounce = 0;
   private stopped = false;
   private intervalMs: number = AGENT_DEFAULTS.heartbeatIntervalMs;
   private failures = 0;
-  private epochAccepted: boolean | undefined;
   private beats = 0;
   private beating: Promise<boolean> | undefined;
   private beatTimer: NodeJS.Timeout | undefined;
@@ -245,35 +241,23 @@ export class Agent {
   }
 
   private async sendHeartbeat(): Promise<boolean> {
-    if (!this.staleCleared) {
-      // Before this run's first heartbeat: forget what an earlier run of this node announced
-      // (it may have been killed, with a cache since wiped). A control plane with epochs does
-      // this by itself; one without would otherwise revive the old replicas with the node.
-      const cleared = await this.client.deregister(this.nodeId);
-      if (cleared.status === undefined) return this.failed(cleared.message);
-      this.staleCleared = true;
-    }
     this.beats++;
-    const body: HeartbeatBody = { url: this.url, freeUploadSlots: this.server.freeUploadSlots };
+    const body: HeartbeatBody = { url: this.url, freeUploadSlots: this.server.freeUploadSlots, epoch: this.epoch };
     if (this.options.zone) body.zone = this.options.zone;
-    const offerEpoch = this.epochAccepted !== false || this.beats % AGENT_DEFAULTS.epochProbeEvery === 0;
-    let answer = await this.client.sendHeartbeat(this.nodeId, offerEpoch ? { ...body, epoch: this.epoch } : body);
-    if (offerEpoch && answer.status === 400 && /epoch/i.test(answer.message)) {
-      // A control plane from before epochs: beat without it, and offer it again now and then.
-      if (this.epochAccepted !== false)
-        this.log('warn', `the control plane does not take a heartbeat epoch yet (${answer.message}); beating without`);
-      this.epochAccepted = false;
-      answer = await this.client.sendHeartbeat(this.nodeId, body);
-    } else if (offerEpoch && answer.ok) this.epochAccepted = true;
+    const answer = await this.client.sendHeartbeat(this.nodeId, body);
     if (this.stopped) return answer.ok;
     if (answer.ok) {
       const seconds = heartbeatInterval(answer);
       if (seconds !== undefined) this.intervalMs = seconds * 1000;
       this.failures = 0;
-      if (!this.registered) {
+      // The control plane dropped this node's replicas (a new epoch, a lapsed or unknown
+      // node, a restarted control plane): everything is announced again.
+      const resync = (answer.body as { resync?: unknown } | undefined)?.resync === true;
+      if (!this.registered || resync) {
+        if (!this.registered)
+          this.log('info', `registered as ${this.nodeId} (${this.url}) with ${this.options.controlPlane}`);
         this.registered = true;
         this.announceAll = true;
-        this.log('info', `registered as ${this.nodeId} (${this.url}) with ${this.options.controlPlane}`);
         void this.sync();
       }
       return true;
@@ -376,11 +360,7 @@ export class Agent {
     if (this.manifestsPublished.has(digest)) return;
     const manifest = await this.manifestFor(digest).catch(() => undefined);
     if (!manifest) return;
-    let answer = await this.client.putManifest(manifest);
-    if (answer.status === 400 && manifest.verifiedAgainst && /verifiedAgainst/.test(answer.message)) {
-      // A control plane from before `verifiedAgainst`: the bare manifest is what it takes.
-      answer = await this.client.putManifest({ ...manifest, verifiedAgainst: undefined });
-    }
+    const answer = await this.client.putManifest(manifest);
     if (answer.ok) this.manifestsPublished.add(digest);
     else if (answer.status === 409) {
       this.manifestsPublished.add(digest);

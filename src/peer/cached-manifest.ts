@@ -31,8 +31,13 @@ export async function readCachedManifest(layout: CacheLayout, digest: string): P
   if (typeof pieceSize !== 'number' || !Number.isSafeInteger(pieceSize) || pieceSize < 1) return undefined;
   if (!Array.isArray(pieces) || pieces.length !== pieceCountOf(size, pieceSize)) return undefined;
   if (!pieces.every((p) => typeof p === 'string' && DIGEST.test(p))) return undefined;
-  const manifest: ManifestRecord = { digest, size, pieceSize, pieces: pieces as string[] };
-  if (typeof verifiedAgainst === 'string' && VERIFIED_AGAINST.has(verifiedAgainst))
-    manifest.verifiedAgainst = verifiedAgainst as ManifestRecord['verifiedAgainst'];
-  return manifest;
+  // A manifest that does not say what it was checked against is not published.
+  if (typeof verifiedAgainst !== 'string' || !VERIFIED_AGAINST.has(verifiedAgainst)) return undefined;
+  return {
+    digest,
+    size,
+    pieceSize,
+    pieces: pieces as string[],
+    verifiedAgainst: verifiedAgainst as ManifestRecord['verifiedAgainst'],
+  };
 }

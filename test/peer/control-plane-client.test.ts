@@ -38,7 +38,7 @@ describe('control plane client: node calls', () => {
     assert.equal((await client.announce(D, 'n1', { complete: true })).status, 200);
     assert.equal((await client.locate(D))[0]!.complete, true);
 
-    const manifest = { digest: D, size: 10, pieceSize: 10, pieces: [P] };
+    const manifest = { digest: D, size: 10, pieceSize: 10, pieces: [P], verifiedAgainst: 'sha256-pinned' as const };
     assert.equal((await client.putManifest(manifest)).status, 201);
     assert.equal((await client.putManifest(manifest)).status, 200);
     assert.equal((await client.putManifest({ ...manifest, pieces: [D] })).status, 409);
