@@ -18,7 +18,7 @@ export interface ServedRegistry {
 
 /** --listen, else $LOOM_SERVE_LISTEN, else the original tool's 127.0.0.1:3000. */
 export function serveListen(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
-  return flag ?? env.LOOM_SERVE_LISTEN ?? SERVE_LISTEN_DEFAULT;
+  return flag ?? (env.LOOM_SERVE_LISTEN || SERVE_LISTEN_DEFAULT);
 }
 
 function listenError(err: unknown, listen: string): Error {
