@@ -61,8 +61,8 @@ function truncate(text: string, width: number): string {
 
 /**
  * One frame of the bar, at most `width` characters. Below what everything needs, parts go in
- * this order: the bar, the file name (shortened first), retries, connections, the total,
- * the ETA; the percentage and the rate go last.
+ * this order: the bar, the file name (at most 30 characters; shortened, then dropped), retries,
+ * connections, the total, the ETA; the percentage and the rate go last.
  */
 export function renderBar(state: BarState, width: number): string {
   const total = state.totalBytes;
@@ -78,16 +78,12 @@ export function renderBar(state: BarState, width: number): string {
     conns: plural(state.activeRequests, 'conn'),
     retries: state.retries > 0 ? plural(state.retries, 'retry', 'retries') : undefined,
   };
-  const compose = (
-    keep: { total: boolean; eta: boolean; conns: boolean; retries: boolean },
-    label: string,
-    barWidth: number,
-  ): string => {
+  const compose = (keep: Keep, label: string, barWidth: number): string => {
     const fields = [
       label || undefined,
       barWidth > 0 && total !== undefined ? barOf(state.doneBytes / Math.max(total, 1), barWidth) : undefined,
       percent,
-      `${parts.done}${keep.total && parts.total ? parts.total : ''}`,
+      keep.done ? `${parts.done}${keep.total && parts.total ? parts.total : ''}` : undefined,
       parts.rate,
       keep.eta ? parts.eta : undefined,
       keep.conns ? parts.conns : undefined,
@@ -95,12 +91,14 @@ export function renderBar(state: BarState, width: number): string {
     ];
     return fields.filter((f): f is string => f !== undefined).join('  ');
   };
-  const drops: Array<{ total: boolean; eta: boolean; conns: boolean; retries: boolean }> = [
-    { total: true, eta: true, conns: true, retries: true },
-    { total: true, eta: true, conns: true, retries: false },
-    { total: true, eta: true, conns: false, retries: false },
-    { total: false, eta: true, conns: false, retries: false },
-    { total: false, eta: false, conns: false, retries: false },
+  const drops: Keep[] = [
+    { done: true, total: true, eta: true, conns: true, retries: true },
+    { done: true, total: true, eta: true, conns: true, retries: false },
+    { done: true, total: true, eta: true, conns: false, retries: false },
+    { done: true, total: false, eta: true, conns: false, retries: false },
+    { done: true, total: false, eta: false, conns: false, retries: false },
+    // Percentage and rate only (the bytes stay when the size is unknown: there is no percentage).
+    { done: total === undefined, total: false, eta: false, conns: false, retries: false },
   ];
   for (const keep of drops) {
     const bare = compose(keep, '', 0);
@@ -108,15 +106,24 @@ export function renderBar(state: BarState, width: number): string {
     const room = width - bare.length - 2;
     if (room < 0) continue;
     const label = state.label;
-    const minLabel = Math.min(label.length, 8);
-    if (total !== undefined && room - 2 - 12 >= minLabel) {
-      const shown = truncate(label, Math.max(minLabel, Math.min(label.length, 30, room - 2 - 12)));
+    const wanted = Math.min(label.length, 30);
+    if (total !== undefined && room - wanted - 2 >= 12) {
+      const shown = truncate(label, wanted);
       return compose(keep, shown, Math.min(40, room - shown.length - 2));
     }
-    if (room >= minLabel && minLabel > 0) return compose(keep, truncate(label, room), 0);
-    return bare;
+    if (room >= Math.min(wanted, 8) && wanted > 0) return compose(keep, truncate(label, Math.min(room, wanted)), 0);
+    // Without a name first, the percentage's padding would only indent the line.
+    return bare.trimStart();
   }
-  return truncate(compose(drops[drops.length - 1]!, '', 0), width);
+  return truncate(compose(drops[drops.length - 1]!, '', 0).trimStart(), width);
+}
+
+interface Keep {
+  done: boolean;
+  total: boolean;
+  eta: boolean;
+  conns: boolean;
+  retries: boolean;
 }
 
 function barOf(fraction: number, width: number): string {
