@@ -1,6 +1,7 @@
 // Runs `loom` on a pseudo-terminal (util-linux `script`) and reads back what it drew: every
 // frame of the progress bar (text between a carriage return and an erase-to-end-of-line) and
 // the screen a person would see at the end (carriage returns, erases and newlines applied).
+/* eslint-disable no-control-regex -- a terminal's control characters are what this reads */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { LOOM_BIN } from '../helpers/fixtures.js';
 
