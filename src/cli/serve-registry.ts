@@ -1,7 +1,8 @@
 // The original tool's --serve: the registry runs inside the downloading process (in memory,
-// gone when it exits), on localhost:3000 unless told otherwise. It starts listening before
-// the download, so a busy port is reported before any byte is fetched; this node is
-// registered as holding the file once it is on disk.
+// gone when it exits), on localhost:3000 unless told otherwise. It binds its port before the
+// download, so a busy port is reported before any byte is fetched, but answers 503 until the
+// download is done and this node is registered as holding the file: as in the original
+// tool, the registry serves after the download.
 import { basename } from 'node:path';
 import type { FastifyInstance } from 'fastify';
 import { ListenError } from '../core/errors.js';
@@ -41,10 +42,18 @@ export async function startRegistry(listenFlag: string | undefined): Promise<Ser
   ]);
   const { host, port } = parseListen(listen);
   const store: SqliteStore = new Store(':memory:');
+  let serving = false;
   let app: FastifyInstance | undefined;
   let address: string;
   try {
     app = await buildControlPlane({ store, nodeTtlMs: 365 * 24 * 3600_000 });
+    app.addHook('onRequest', async (_request, reply) => {
+      if (serving) return;
+      await reply
+        .code(503)
+        .header('retry-after', '1')
+        .send({ ok: false, error: { message: 'the registry serves once this node has finished its download' } });
+    });
     address = await app.listen({ host, port });
   } catch (err) {
     await app?.close();
@@ -55,6 +64,7 @@ export async function startRegistry(listenFlag: string | undefined): Promise<Ser
   return {
     address,
     async register(out) {
+      serving = true;
       const response = await server.inject({
         method: 'POST',
         url: '/register',
