@@ -3,6 +3,7 @@
 // (the `prepare` script), and a change under src/ (or to the build's own configuration) makes
 // the next run build again.
 import { execSync } from 'node:child_process';
+import process from 'node:process';
 import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
