@@ -75,15 +75,17 @@ function sizeArg(value: string): number {
   return bytes;
 }
 
-function durationArg(value: string): number {
-  let ms: number;
-  try {
-    ms = parseDuration(value);
-  } catch {
-    throw new UsageError('must be a duration such as 30 (seconds), 500ms, 30s or 2m');
-  }
-  if (ms < 1) throw new UsageError('must be longer than 0');
-  return ms;
+function durationArg(positive: boolean) {
+  return (value: string): number => {
+    let ms: number;
+    try {
+      ms = parseDuration(value);
+    } catch {
+      throw new UsageError('must be a duration such as 30 (seconds), 500ms, 30s or 2m');
+    }
+    if (positive && ms < 1) throw new UsageError('must be longer than 0');
+    return ms;
+  };
 }
 
 function progressArg(value: string): ProgressMode {
@@ -113,7 +115,7 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   {
     flags: '--stall-timeout <duration>',
     description: 'abort a request that sends nothing this long; a bare number is seconds (default 30s)',
-    parse: durationArg,
+    parse: durationArg(true),
   },
   {
     flags: '--retries <n>',
@@ -123,12 +125,12 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   {
     flags: '--retry-base-delay <duration>',
     description: 'first backoff ceiling, doubling per attempt; a bare number is seconds (default 1s)',
-    parse: durationArg,
+    parse: durationArg(false),
   },
   {
     flags: '--max-retry-after <duration>',
     description: 'fail rather than wait a longer Retry-After; a bare number is seconds (default 2m)',
-    parse: durationArg,
+    parse: durationArg(false),
   },
   { flags: '--no-fsync', description: 'skip the flush to disk before the rename (faster, not crash-safe)' },
   { flags: '--no-cache', description: 'download straight to --out, bypassing the node cache' },
