@@ -84,6 +84,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     if (flags.serve) {
       const { startRegistry } = await import('./serve-registry.js');
       registry = await startRegistry(flags.listen);
+      say(flags, `loom: registry bound to ${registry.address}; it serves once the download is done`);
     }
     const mode = resolveProgressMode(flags);
     const view = createProgressView(basename(out), mode);

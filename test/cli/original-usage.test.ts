@@ -107,6 +107,39 @@ describe("the original tool's usage", () => {
     assert.equal(exit.code, 0, exit.stderr);
   });
 
+  it('--serve binds its port before the download and answers 503 until the download is done', async () => {
+    const slow = await new OriginServer({ rateLimitBytesPerSecond: 1024 * 1024 }).listen();
+    servers.push(slow);
+    slow.setFile('/llama-2-7b.gguf', content.bytes);
+    const out = join(dir, 'slow.gguf');
+    const child = spawn(
+      process.execPath,
+      [LOOM_BIN, '--url', slow.url('/llama-2-7b.gguf'), '--out', out, '--workers', '1', '--serve'],
+      {
+        env: { ...env, LOOM_SERVE_LISTEN: '127.0.0.1:0' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
+    const done = collect(child);
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    try {
+      const base = (
+        await waitFor('the port to be bound', () => /registry bound to (http:\/\/\S+);/.exec(stderr) ?? undefined)
+      )[1]!;
+      const early = await fetch(`${base}/locate/slow.gguf`);
+      assert.equal(early.status, 503);
+      assert.equal(existsSync(out), false, 'the download is not done yet');
+      await waitFor('the registry to serve', () => stderr.includes('serving the registry'), 30_000);
+      const late = await fetch(`${base}/locate/slow.gguf`);
+      assert.deepEqual(await late.json(), { model: 'slow.gguf', nodes: [base] });
+      assert.equal(await sha256OfFile(out), content.sha256);
+    } finally {
+      child.kill('SIGTERM');
+    }
+    assert.equal((await done).code, 0);
+  });
+
   it('--serve on a busy port fails with exit 7 before fetching a byte', async () => {
     const server = await origin();
     const blocker: Server = createServer();
