@@ -1,9 +1,10 @@
 // `loom cache ls | verify | gc | rm`: look after the node's blob cache.
 import { Command } from 'commander';
-import { EXIT } from '../core/errors.js';
-import { formatBytes, parseSize } from '../core/units.js';
+import { EXIT, NotFoundError, UsageError } from '../core/errors.js';
+import { formatBytes, parseSize, plural } from '../core/units.js';
 import type { CacheHandle } from '../cache/cache-admin.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
+import { cacheRootState } from './cache-root-check.js';
 import { printJson, reportError, say, type OutputFlags } from './output.js';
 
 interface CacheFlags extends OutputFlags {
@@ -12,16 +13,26 @@ interface CacheFlags extends OutputFlags {
 
 type Admin = typeof import('../cache/cache-admin.js');
 
+/**
+ * Runs a cache command on an open cache. A root that does not exist is not created: `missing`
+ * answers instead (nothing there), and a root that could not even be created is an error.
+ */
 function withCache(
   action: (cache: CacheHandle, flags: CacheFlags, admin: Admin, ...args: string[]) => Promise<number>,
+  missing: (root: string, flags: CacheFlags) => number,
 ) {
   return async (...args: unknown[]): Promise<void> => {
     const command = args[args.length - 1] as Command;
     const flags = command.optsWithGlobals<CacheFlags>();
     const positional = args.slice(0, -2).filter((a): a is string => typeof a === 'string');
     try {
+      const root = resolveCacheRoot(flags.cacheDir);
+      if (!(await cacheRootState(root))) {
+        process.exitCode = missing(root, flags);
+        return;
+      }
       const admin = await import('../cache/cache-admin.js');
-      const cache = await admin.openCache(resolveCacheRoot(flags.cacheDir));
+      const cache = await admin.openCache(root);
       try {
         process.exitCode = await action(cache, flags, admin, ...positional);
       } finally {
@@ -32,6 +43,25 @@ function withCache(
     }
   };
 }
+
+/** `loom cache rm` takes an unambiguous digest prefix (at least 4 hex digits), as git does. */
+export function resolveDigestPrefix(target: string, digests: readonly string[]): string {
+  if (!/^[0-9a-f]+$/i.test(target) || target.length >= 64) return target;
+  const prefix = target.toLowerCase();
+  if (prefix.length < 4)
+    throw new UsageError(`digest prefix ${target} is too short`, { hint: 'give at least 4 hex digits' });
+  const matches = digests.filter((d) => d.startsWith(prefix));
+  if (matches.length === 0)
+    throw new NotFoundError(`no blob in the cache starts with ${prefix}`, { hint: 'see loom cache ls' });
+  if (matches.length > 1)
+    throw new UsageError(`digest prefix ${prefix} is ambiguous: it matches ${matches.join(', ')}`, {
+      hint: 'give more digits',
+    });
+  return matches[0]!;
+}
+
+const nothingCached = (root: string): string =>
+  `no cache at ${root} (it does not exist; nothing has been cached there)`;
 
 const iso = (ms: number): string => new Date(ms).toISOString().replace(/\.\d+Z$/, 'Z');
 
@@ -46,36 +76,52 @@ export function cacheCommand(): Command {
     .command('ls')
     .description('list cached blobs: digest, size, sources, last use; and the total')
     .action(
-      withCache(async (handle, flags, { listCache }) => {
-        const listing = listCache(handle);
-        if (flags.json) {
-          printJson({ ok: true, ...listing });
-          return EXIT.ok;
-        }
-        for (const blob of listing.blobs) {
-          const sources = blob.sources.length ? blob.sources.join(', ') : '(no source)';
+      withCache(
+        async (handle, flags, { listCache }) => {
+          const listing = listCache(handle);
+          if (flags.json) {
+            printJson({ ok: true, ...listing });
+            return EXIT.ok;
+          }
+          for (const blob of listing.blobs) {
+            const sources = blob.sources.length ? blob.sources.join(', ') : '(no source)';
+            process.stdout.write(
+              `${blob.digest}  ${formatBytes(blob.size).padStart(10)}  ${iso(blob.lastUsedAt)}  ${sources}\n`,
+            );
+          }
           process.stdout.write(
-            `${blob.digest}  ${formatBytes(blob.size).padStart(10)}  ${iso(blob.lastUsedAt)}  ${sources}\n`,
+            `${plural(listing.blobs.length, 'blob')}, ${formatBytes(listing.totalBytes)} in ${listing.root}\n`,
           );
-        }
-        process.stdout.write(`${listing.blobs.length} blobs, ${formatBytes(listing.totalBytes)} in ${listing.root}\n`);
-        return EXIT.ok;
-      }),
+          return EXIT.ok;
+        },
+        (root, flags) => {
+          if (flags.json) printJson({ ok: true, root, exists: false, blobs: [], totalBytes: 0 });
+          else process.stdout.write(`${nothingCached(root)}\n`);
+          return EXIT.ok;
+        },
+      ),
     );
 
   cache
     .command('verify')
     .description('rehash every blob; remove the corrupt ones (exit 4 when any was found)')
     .action(
-      withCache(async (handle, flags, { verifyCache }) => {
-        const report = await verifyCache(handle);
-        if (flags.json) printJson({ ok: report.corrupt.length === 0, ...report });
-        else {
-          for (const digest of report.corrupt) say(flags, `loom: corrupt blob removed: ${digest}`);
-          say(flags, `loom: ${report.checked} blobs checked, ${report.corrupt.length} corrupt`);
-        }
-        return report.corrupt.length ? EXIT.integrity : EXIT.ok;
-      }),
+      withCache(
+        async (handle, flags, { verifyCache }) => {
+          const report = await verifyCache(handle);
+          if (flags.json) printJson({ ok: report.corrupt.length === 0, ...report });
+          else {
+            for (const digest of report.corrupt) say(flags, `loom: corrupt blob removed: ${digest}`);
+            say(flags, `loom: ${plural(report.checked, 'blob')} checked, ${report.corrupt.length} corrupt`);
+          }
+          return report.corrupt.length ? EXIT.integrity : EXIT.ok;
+        },
+        (root, flags) => {
+          if (flags.json) printJson({ ok: true, exists: false, checked: 0, corrupt: [] });
+          else say(flags, `loom: ${nothingCached(root)}: nothing to verify`);
+          return EXIT.ok;
+        },
+      ),
     );
 
   cache
@@ -84,34 +130,53 @@ export function cacheCommand(): Command {
     .requiredOption('--max-size <size>', 'size to shrink to, e.g. 200GiB')
     .option('--dry-run', 'say what would be evicted, evict nothing')
     .action(
-      withCache(async (handle, flags, { gcCache }) => {
-        const opts = flags as CacheFlags & { maxSize: string; dryRun?: boolean };
-        const report = await gcCache(handle, parseSize(opts.maxSize, '--max-size'), opts.dryRun ?? false);
-        if (flags.json) printJson({ ok: true, ...report });
-        else {
-          const verb = report.dryRun ? 'would evict' : 'evicted';
-          for (const blob of report.evicted) say(flags, `loom: ${verb} ${blob.digest} (${formatBytes(blob.size)})`);
-          for (const digest of report.skippedInUse) say(flags, `loom: kept ${digest}: in use`);
-          say(
-            flags,
-            `loom: ${verb} ${report.evicted.length} blobs, ${formatBytes(report.freedBytes)}; ${formatBytes(report.remainingBytes)} remain`,
-          );
-        }
-        return EXIT.ok;
-      }),
+      withCache(
+        async (handle, flags, { gcCache }) => {
+          const opts = flags as CacheFlags & { maxSize: string; dryRun?: boolean };
+          const report = await gcCache(handle, parseSize(opts.maxSize, '--max-size'), opts.dryRun ?? false);
+          if (flags.json) printJson({ ok: true, ...report });
+          else {
+            const verb = report.dryRun ? 'would evict' : 'evicted';
+            for (const blob of report.evicted) say(flags, `loom: ${verb} ${blob.digest} (${formatBytes(blob.size)})`);
+            for (const digest of report.skippedInUse) say(flags, `loom: kept ${digest}: in use`);
+            say(
+              flags,
+              `loom: ${verb} ${plural(report.evicted.length, 'blob')}, ${formatBytes(report.freedBytes)}; ${formatBytes(report.remainingBytes)} remain`,
+            );
+          }
+          return EXIT.ok;
+        },
+        (root, flags) => {
+          parseSize((flags as CacheFlags & { maxSize: string }).maxSize, '--max-size');
+          if (flags.json) printJson({ ok: true, exists: false, evicted: [], freedBytes: 0, remainingBytes: 0 });
+          else say(flags, `loom: ${nothingCached(root)}: nothing to evict`);
+          return EXIT.ok;
+        },
+      ),
     );
 
   cache
     .command('rm')
-    .description('remove a blob by digest, or a source (URL) and its blob if nothing else uses it')
+    .description(
+      'remove a blob by digest (or an unambiguous prefix of it), or a source (URL) and its blob if nothing else uses it',
+    )
     .argument('<digest-or-source>')
     .action(
-      withCache(async (handle, flags, { removeFromCache }, target) => {
-        const { removed } = await removeFromCache(handle, target!);
-        if (flags.json) printJson({ ok: true, removed });
-        else for (const item of removed) say(flags, `loom: removed ${item}`);
-        return EXIT.ok;
-      }),
+      withCache(
+        async (handle, flags, { removeFromCache, listCache }, target) => {
+          const digest = resolveDigestPrefix(
+            target!,
+            listCache(handle).blobs.map((b) => b.digest),
+          );
+          const { removed } = await removeFromCache(handle, digest);
+          if (flags.json) printJson({ ok: true, removed });
+          else for (const item of removed) say(flags, `loom: removed ${item}`);
+          return EXIT.ok;
+        },
+        (root) => {
+          throw new NotFoundError(nothingCached(root));
+        },
+      ),
     );
   return cache;
 }

@@ -3,7 +3,7 @@
 // spellings and check values with the same parsers. Also what the flags turn into: the URL,
 // the output path and the fetch options.
 import { existsSync, statSync } from 'node:fs';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { DEFAULTS } from '../core/defaults.js';
 import { UsageError } from '../core/errors.js';
 import { parseDuration, parseSize } from '../core/units.js';
@@ -29,8 +29,16 @@ export interface FetchFlags {
   quiet?: boolean;
   json?: boolean;
   serve?: boolean;
-  listen: string;
+  listen?: string;
+  progress: ProgressMode;
 }
+
+/** How progress is shown: `auto` is a bar on a terminal, plain lines otherwise. */
+export type ProgressMode = 'auto' | 'bar' | 'lines' | 'none';
+const PROGRESS_MODES: readonly ProgressMode[] = ['auto', 'bar', 'lines', 'none'];
+
+/** The original tool's registry port; `loom control-plane` keeps its own default. */
+export const SERVE_LISTEN_DEFAULT = '127.0.0.1:3000';
 
 export interface FlagSpec {
   /** Commander's spelling: `-w, --workers <n>`, `--no-fsync`, `--json`. */
@@ -53,20 +61,37 @@ function integerIn(min: number, max: number) {
   };
 }
 
+/** The engine's smallest chunk and request: checked here so the message names the flag. */
+const MIN_REQUEST = 64 * 1024;
+
 function sizeArg(value: string): number {
+  let bytes: number;
   try {
-    return parseSize(value);
+    bytes = parseSize(value);
   } catch {
     throw new UsageError('must be a size such as 10MiB, 64M or 1048576');
   }
+  if (bytes < MIN_REQUEST) throw new UsageError('must be at least 64KiB');
+  return bytes;
 }
 
-function durationArg(value: string): number {
-  try {
-    return parseDuration(value);
-  } catch {
-    throw new UsageError('must be a duration such as 500ms, 30s or 2m');
-  }
+function durationArg(positive: boolean) {
+  return (value: string): number => {
+    let ms: number;
+    try {
+      ms = parseDuration(value);
+    } catch {
+      throw new UsageError('must be a duration such as 30 (seconds), 500ms, 30s or 2m');
+    }
+    if (positive && ms < 1) throw new UsageError('must be longer than 0');
+    return ms;
+  };
+}
+
+function progressArg(value: string): ProgressMode {
+  const mode = PROGRESS_MODES.find((m) => m === value);
+  if (!mode) throw new UsageError(`must be one of ${PROGRESS_MODES.join(', ')}`);
+  return mode;
 }
 
 export const FETCH_FLAGS: readonly FlagSpec[] = [
@@ -89,8 +114,8 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   { flags: '--ca-cert <file>', description: 'also trust this PEM CA certificate (repeatable)', repeatable: true },
   {
     flags: '--stall-timeout <duration>',
-    description: 'abort a request that sends nothing this long (default 30s)',
-    parse: durationArg,
+    description: 'abort a request that sends nothing this long; a bare number is seconds (default 30s)',
+    parse: durationArg(true),
   },
   {
     flags: '--retries <n>',
@@ -99,13 +124,13 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   },
   {
     flags: '--retry-base-delay <duration>',
-    description: 'first backoff ceiling, doubling per attempt (default 1s)',
-    parse: durationArg,
+    description: 'first backoff ceiling, doubling per attempt; a bare number is seconds (default 1s)',
+    parse: durationArg(false),
   },
   {
     flags: '--max-retry-after <duration>',
-    description: 'fail rather than wait a longer Retry-After (default 2m)',
-    parse: durationArg,
+    description: 'fail rather than wait a longer Retry-After; a bare number is seconds (default 2m)',
+    parse: durationArg(false),
   },
   { flags: '--no-fsync', description: 'skip the flush to disk before the rename (faster, not crash-safe)' },
   { flags: '--no-cache', description: 'download straight to --out, bypassing the node cache' },
@@ -118,13 +143,22 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
     description: 'use a cached copy without asking the origin whether it changed (also LOOM_OFFLINE=1)',
   },
   { flags: '-q, --quiet', description: 'print nothing but errors' },
+  {
+    flags: '--progress <mode>',
+    description: 'auto (a bar on a terminal, else a line every 5 s or 10%), bar, lines or none',
+    parse: progressArg,
+    defaultValue: 'auto',
+  },
   { flags: '--json', description: 'print one JSON summary on stdout' },
   {
     flags: '--serve',
     description:
       "after the download, keep running and serve the registry in this process (the original tool's mode; prefer loom control-plane)",
   },
-  { flags: '--listen <host:port>', description: 'address for --serve', defaultValue: '127.0.0.1:7070' },
+  {
+    flags: '--listen <host:port>',
+    description: `address for --serve (default ${SERVE_LISTEN_DEFAULT}, the original tool's, or $LOOM_SERVE_LISTEN)`,
+  },
 ];
 
 /** `Key: Value` -> [key, value]. */
@@ -134,15 +168,22 @@ export function parseHeader(line: string): [string, string] {
   return [line.slice(0, at).trim(), line.slice(at + 1).trim()];
 }
 
-/** The output file name the original tool derived from a URL. */
+/**
+ * The output file name the original tool derived from a URL: the last segment of its path,
+ * decoded. Only ever a plain name in the output folder: an encoded separator (`%2F`, `%5C`)
+ * cannot make it a path, so `x%2F..%2F..%2Fevil` is `evil`, never `../../evil`.
+ */
 export function defaultOutFor(url: string): string {
   let name = '';
   try {
-    name = decodeURIComponent(basename(new URL(url).pathname));
+    const segments = new URL(url).pathname.split('/').filter(Boolean);
+    const decoded = decodeURIComponent(segments[segments.length - 1] ?? '');
+    name = decoded.split(/[/\\]/).pop() ?? '';
   } catch {
     /* the URL is checked, with a better message, by fetchFile */
   }
-  if (!name || name === '/' || name === '.' || name === '..') {
+  // eslint-disable-next-line no-control-regex
+  if (!name || name === '.' || name === '..' || /[\u0000-\u001f\u007f]/.test(name)) {
     throw new UsageError(`cannot take a file name from ${url}`, { hint: 'give the output path with -o PATH' });
   }
   return name;

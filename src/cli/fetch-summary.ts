@@ -1,11 +1,17 @@
-// What a finished `loom fetch` prints: one JSON document with --json, else one human line.
-import { formatBytes } from '../core/units.js';
+// What a finished `loom fetch` prints: one JSON document with --json, else one human line
+// saying the size, the time, the rate, where the bytes came from and the digest check made.
+import { formatBytes, formatRate, formatSeconds, plural } from '../core/units.js';
 import type { CachedFetchResult } from '../cache/cached-fetch.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
+
+function bytesPerSecond(result: FetchResult): number {
+  return result.stats.transferredBytes / Math.max(result.seconds, 1e-6);
+}
 
 /** The --json document of a finished fetch. */
 export function summaryOf(result: FetchResult | CachedFetchResult): Record<string, unknown> {
   const cache = 'cache' in result ? result : undefined;
+  const rate = bytesPerSecond(result);
   return {
     ok: true,
     cache: cache?.cache ?? 'off',
@@ -15,7 +21,10 @@ export function summaryOf(result: FetchResult | CachedFetchResult): Record<strin
     path: result.path,
     bytes: result.size,
     seconds: Number(result.seconds.toFixed(3)),
-    mbPerSecond: Number((result.stats.transferredBytes / 1e6 / Math.max(result.seconds, 1e-6)).toFixed(1)),
+    // MB = 10^6 bytes, as everywhere Loom prints a rate; three significant digits, so a
+    // small file's rate is not rounded to 0.
+    mbPerSecond: Number((rate / 1e6).toPrecision(3)),
+    bytesPerSecond: Math.round(rate),
     sha256: result.sha256 ?? null,
     requests: result.stats.requests,
     retries: result.stats.retries,
@@ -26,10 +35,29 @@ export function summaryOf(result: FetchResult | CachedFetchResult): Record<strin
   };
 }
 
-/** The one human line of a finished fetch. */
-export function summaryLine(result: FetchResult | CachedFetchResult): string {
-  const rate = result.stats.transferredBytes / 1e6 / Math.max(result.seconds, 1e-6);
+function origin(result: FetchResult | CachedFetchResult): string {
   const cached = 'cache' in result ? result : undefined;
-  const how = cached?.cache === 'hit' ? `cache hit, ${cached.materialization}` : `${rate.toFixed(0)} MB/s`;
-  return `loom: ${result.path}: ${formatBytes(result.size)} in ${result.seconds.toFixed(2)} s (${how})`;
+  if (cached?.cache === 'hit') {
+    const how = cached.materialization ? ` (${cached.materialization})` : '';
+    return cached.waited ? `from the cache, downloaded by another process${how}` : `from the cache${how}`;
+  }
+  const { requests, retries, resumedBytes } = result.stats;
+  const details = [plural(requests, 'request'), ...(retries ? [plural(retries, 'retry', 'retries')] : [])];
+  const resumed = resumedBytes > 0 ? `, ${formatBytes(resumedBytes)} resumed from the partial file` : '';
+  return `from the origin (${details.join(', ')})${resumed}`;
+}
+
+function digestCheck(result: FetchResult, expected: string | undefined): string {
+  if (expected) return 'sha256 matches --sha256';
+  if (result.sha256) return `sha256 ${result.sha256.slice(0, 12)}… (not checked: no --sha256)`;
+  return 'no digest check (no --sha256)';
+}
+
+/** The one human line of a finished fetch. */
+export function summaryLine(result: FetchResult | CachedFetchResult, expectedSha256?: string): string {
+  const moved = result.stats.transferredBytes > 0 ? `, ${formatRate(bytesPerSecond(result))}` : '';
+  return (
+    `loom: ${result.path}: ${formatBytes(result.size)} in ${formatSeconds(result.seconds)}${moved}, ` +
+    `${origin(result)}; ${digestCheck(result, expectedSha256)}`
+  );
 }

@@ -4,11 +4,25 @@
 import { parseFetchArgv } from './fetch-argv.js';
 import { runFetch } from './run-fetch.js';
 
+const PROGRAM_FLAGS = new Set(['-h', '--help', '-V', '--version']);
+
+/**
+ * The original tool had no subcommands: `loom --url URL --out F --workers 16 [--serve]`.
+ * A command line that starts with a fetch flag (or a URL, as curl's does) is `loom fetch`.
+ */
+export function impliedFetch(args: string[]): boolean {
+  const first = args[0];
+  if (first === undefined) return false;
+  if (first.startsWith('-')) return !PROGRAM_FLAGS.has(first);
+  return /^https?:\/\//i.test(first);
+}
+
 export async function main(argv: string[]): Promise<number> {
-  if (argv[2] === 'fetch') {
-    const parsed = parseFetchArgv(argv.slice(3));
+  const args = impliedFetch(argv.slice(2)) ? ['fetch', ...argv.slice(2)] : argv.slice(2);
+  if (args[0] === 'fetch') {
+    const parsed = parseFetchArgv(args.slice(1));
     if (parsed) return runFetch(parsed.url, parsed.flags);
   }
   const { runProgram } = await import('./program.js');
-  return runProgram(argv);
+  return runProgram([...argv.slice(0, 2), ...args]);
 }

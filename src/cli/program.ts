@@ -11,7 +11,11 @@ export function buildProgram(): Command {
     .description('Get multi-gigabyte model weights onto a node fast.')
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
-    .exitOverride();
+    .exitOverride()
+    .addHelpText(
+      'after',
+      "\nWithout a subcommand, fetch flags mean `loom fetch` (the original tool's usage):\n  loom --url URL --out model.gguf --workers 16 [--serve]\n",
+    );
   program.addCommand(fetchCommand());
   program.addCommand(cacheCommand());
   program.addCommand(controlPlaneCommand());

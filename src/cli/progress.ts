@@ -1,73 +1,265 @@
-// The terminal progress bar: bytes, rate, ETA and open connections. Drawn only when both
-// stdout and stderr are terminals; piped or --json runs print nothing of it.
-import { createRequire } from 'node:module';
+// How a running download shows its progress on stderr. On a terminal: one bar line redrawn in
+// place, fitted to the terminal's width (the bar itself goes first, then the file name; rate,
+// ETA and connections stay as long as they can), cleared cleanly when the download ends or is
+// interrupted. Without a terminal (CI, container logs): a plain line every 5 s or every 10%.
 import type { FetchProgress } from '../fetch/download.js';
-import { formatBytes } from '../core/units.js';
+import { formatBytes, formatRate, plural } from '../core/units.js';
+import type { ProgressMode } from './fetch-flags.js';
 
 export interface ProgressView {
   update(progress: FetchProgress): void;
-  /** Replaces the bar's label, e.g. "waiting for another process". */
+  /** Says what the download is doing instead of moving, e.g. "waiting for another process". */
   status(text: string): void;
+  /** Removes the bar (if any) and draws no more; returns true when something was erased. */
+  clear(): boolean;
   stop(): void;
 }
 
-export function wantsProgressBar(flags: { quiet?: boolean; json?: boolean }): boolean {
-  return !flags.quiet && !flags.json && Boolean(process.stderr.isTTY) && Boolean(process.stdout.isTTY);
+/** The mode `auto` resolves to: a bar on a terminal, lines otherwise, nothing with -q or --json. */
+export function resolveProgressMode(
+  flags: { quiet?: boolean; json?: boolean; progress?: ProgressMode },
+  stream: { isTTY?: boolean } = process.stderr,
+): Exclude<ProgressMode, 'auto'> {
+  const mode = flags.progress ?? 'auto';
+  if (mode !== 'auto') return mode;
+  if (flags.quiet || flags.json) return 'none';
+  return stream.isTTY ? 'bar' : 'lines';
 }
 
-export function createProgressView(label: string, enabled: boolean): ProgressView {
-  if (!enabled) return { update: () => undefined, status: () => undefined, stop: () => undefined };
-  // Loaded only when a bar is drawn: a piped or --json run does not pay its memory.
-  const cliProgress = createRequire(import.meta.url)('cli-progress') as typeof import('cli-progress');
-  const bar = new cliProgress.SingleBar(
-    {
-      stream: process.stderr,
-      format: '{label} {bar} {percentage}% | {done}/{totalText} | {rate}/s | ETA {eta_formatted} | {conns} conns',
-      hideCursor: true,
-      etaBuffer: 50,
-      fps: 10,
-    },
-    cliProgress.Presets.shades_classic,
-  );
-  let started = false;
-  let lastBytes = 0;
-  let lastAt = performance.now();
-  let rate = 0;
-  let currentLabel = label;
+/** What one frame of the bar shows. */
+export interface BarState {
+  label: string;
+  doneBytes: number;
+  totalBytes: number | undefined;
+  /** Bytes per second over the last few seconds; 0 while unknown. */
+  rate: number;
+  activeRequests: number;
+  retries: number;
+  /** Replaces the rate and ETA while the download is not moving (verifying, waiting). */
+  phase?: string;
+}
+
+/** `7s`, `4m05s`, `1h02m`: an ETA that is always finite and short. */
+export function formatEta(seconds: number): string {
+  const s = Math.max(0, Math.ceil(seconds));
+  if (s < 60) return `${s}s`;
+  if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
+  if (s < 100 * 3600) return `${Math.floor(s / 3600)}h${String(Math.floor((s % 3600) / 60)).padStart(2, '0')}m`;
+  return '>99h';
+}
+
+function etaOf(state: BarState): string | undefined {
+  if (state.totalBytes === undefined || state.rate <= 0) return undefined;
+  const seconds = (state.totalBytes - state.doneBytes) / state.rate;
+  return Number.isFinite(seconds) ? `ETA ${formatEta(seconds)}` : undefined;
+}
+
+function truncate(text: string, width: number): string {
+  if (text.length <= width) return text;
+  return width <= 1 ? text.slice(0, width) : `${text.slice(0, width - 1)}…`;
+}
+
+/**
+ * One frame of the bar, at most `width` characters. Below what everything needs, parts go in
+ * this order: the bar, the file name (at most 30 characters; shortened, then dropped), retries,
+ * connections, the total, the ETA; the percentage and the rate go last.
+ */
+export function renderBar(state: BarState, width: number): string {
+  const total = state.totalBytes;
+  const percent =
+    total === undefined
+      ? undefined
+      : `${String(Math.floor((100 * state.doneBytes) / Math.max(total, 1))).padStart(3)}%`;
+  const parts = {
+    done: formatBytes(state.doneBytes),
+    total: total === undefined ? undefined : `/${formatBytes(total)}`,
+    rate: state.phase ?? (state.rate > 0 ? formatRate(state.rate) : undefined),
+    eta: state.phase ? undefined : etaOf(state),
+    conns: plural(state.activeRequests, 'conn'),
+    retries: state.retries > 0 ? plural(state.retries, 'retry', 'retries') : undefined,
+  };
+  const compose = (keep: Keep, label: string, barWidth: number): string => {
+    const fields = [
+      label || undefined,
+      barWidth > 0 && total !== undefined ? barOf(state.doneBytes / Math.max(total, 1), barWidth) : undefined,
+      percent,
+      keep.done ? `${parts.done}${keep.total && parts.total ? parts.total : ''}` : undefined,
+      parts.rate,
+      keep.eta ? parts.eta : undefined,
+      keep.conns ? parts.conns : undefined,
+      keep.retries ? parts.retries : undefined,
+    ];
+    return fields.filter((f): f is string => f !== undefined).join('  ');
+  };
+  const drops: Keep[] = [
+    { done: true, total: true, eta: true, conns: true, retries: true },
+    { done: true, total: true, eta: true, conns: true, retries: false },
+    { done: true, total: true, eta: true, conns: false, retries: false },
+    { done: true, total: false, eta: true, conns: false, retries: false },
+    { done: true, total: false, eta: false, conns: false, retries: false },
+    // Percentage and rate only (the bytes stay when the size is unknown: there is no percentage).
+    { done: total === undefined, total: false, eta: false, conns: false, retries: false },
+  ];
+  for (const keep of drops) {
+    const bare = compose(keep, '', 0);
+    // What is left for the name and the bar, each with its two-space separator.
+    const room = width - bare.length - 2;
+    if (room < 0) continue;
+    const label = state.label;
+    const wanted = Math.min(label.length, 30);
+    if (total !== undefined && room - wanted - 2 >= 12) {
+      const shown = truncate(label, wanted);
+      return compose(keep, shown, Math.min(40, room - shown.length - 2));
+    }
+    if (room >= Math.min(wanted, 8) && wanted > 0) return compose(keep, truncate(label, Math.min(room, wanted)), 0);
+    // Without a name first, the percentage's padding would only indent the line.
+    return bare.trimStart();
+  }
+  return truncate(compose(drops[drops.length - 1]!, '', 0).trimStart(), width);
+}
+
+interface Keep {
+  done: boolean;
+  total: boolean;
+  eta: boolean;
+  conns: boolean;
+  retries: boolean;
+}
+
+function barOf(fraction: number, width: number): string {
+  const inner = Math.max(1, width - 2);
+  const filled = Math.min(inner, Math.floor(Math.max(0, fraction) * inner));
+  return `[${'#'.repeat(filled)}${'-'.repeat(inner - filled)}]`;
+}
+
+/** Follows the transfer rate: an average over about the last two seconds, sampled at most 4 times a second. */
+class RateMeter {
+  private lastBytes = 0;
+  private lastAt = performance.now();
+  rate = 0;
+
+  sample(transferredBytes: number): void {
+    const now = performance.now();
+    const elapsed = now - this.lastAt;
+    if (elapsed < 250) return;
+    const instant = ((transferredBytes - this.lastBytes) * 1000) / elapsed;
+    this.rate = this.rate === 0 ? instant : this.rate * 0.8 + instant * 0.2;
+    this.lastBytes = transferredBytes;
+    this.lastAt = now;
+  }
+}
+
+interface Stream {
+  write(text: string): unknown;
+  columns?: number;
+}
+
+const NONE: ProgressView = {
+  update: () => undefined,
+  status: () => undefined,
+  clear: () => false,
+  stop: () => undefined,
+};
+
+export function createProgressView(
+  label: string,
+  mode: Exclude<ProgressMode, 'auto'>,
+  stream: Stream = process.stderr,
+): ProgressView {
+  if (mode === 'none') return NONE;
+  return mode === 'bar' ? barView(label, stream) : linesView(label, stream);
+}
+
+function barView(label: string, stream: Stream): ProgressView {
+  const meter = new RateMeter();
+  let last: FetchProgress | undefined;
+  let phase: string | undefined;
+  let drawn = false;
+  let stopped = false;
+  let lastDrawAt = 0;
+  const draw = (force: boolean): void => {
+    if (stopped || !last) return;
+    const now = performance.now();
+    if (!force && now - lastDrawAt < 100) return;
+    lastDrawAt = now;
+    const finishing = last.totalBytes !== undefined && last.doneBytes >= last.totalBytes;
+    const width = Math.max(20, (stream.columns ?? 80) - 1);
+    const line = renderBar(
+      {
+        label,
+        doneBytes: last.doneBytes,
+        totalBytes: last.totalBytes,
+        rate: meter.rate,
+        activeRequests: last.activeRequests,
+        retries: last.retries,
+        phase: finishing ? 'verifying' : phase,
+      },
+      width,
+    );
+    stream.write(`\r${line}\x1b[K`);
+    drawn = true;
+  };
+  const clear = (): boolean => {
+    const erased = drawn;
+    if (drawn) stream.write('\r\x1b[K');
+    drawn = false;
+    stopped = true;
+    return erased;
+  };
   return {
     update(progress) {
-      const total = progress.totalBytes ?? 0;
-      const now = performance.now();
-      if (now - lastAt >= 250) {
-        const instant = ((progress.transferredBytes - lastBytes) * 1000) / (now - lastAt);
-        rate = rate === 0 ? instant : rate * 0.7 + instant * 0.3;
-        lastBytes = progress.transferredBytes;
-        lastAt = now;
-      }
-      // Every byte is on disk: what is left is the hash's tail and the flush before the rename.
-      const finishing = progress.totalBytes !== undefined && progress.doneBytes >= progress.totalBytes;
-      const payload = {
-        label: finishing ? `${currentLabel} (verifying, flushing)` : currentLabel,
-        done: formatBytes(progress.doneBytes),
-        totalText: progress.totalBytes === undefined ? '?' : formatBytes(total),
-        rate: formatBytes(Math.round(rate)),
-        conns: progress.activeRequests,
-      };
-      if (!started) {
-        bar.start(Math.max(total, 1), progress.doneBytes, payload);
-        started = true;
-      } else {
-        bar.setTotal(Math.max(total, 1));
-        bar.update(progress.doneBytes, payload);
-      }
+      meter.sample(progress.transferredBytes);
+      last = progress;
+      phase = undefined;
+      draw(false);
     },
     status(text) {
-      currentLabel = text;
-      if (started) bar.update({ label: text });
-      else process.stderr.write(`${text}\n`);
+      if (stopped) return;
+      if (!last) {
+        stream.write(`loom: ${text}\n`);
+        return;
+      }
+      phase = text;
+      draw(true);
+    },
+    clear,
+    stop: () => void clear(),
+  };
+}
+
+function linesView(label: string, stream: Stream): ProgressView {
+  const meter = new RateMeter();
+  let lastLineAt = performance.now();
+  let lastTenth = 0;
+  let stopped = false;
+  return {
+    update(progress) {
+      if (stopped) return;
+      meter.sample(progress.transferredBytes);
+      const total = progress.totalBytes;
+      const tenth = total ? Math.floor((10 * progress.doneBytes) / total) : 0;
+      const now = performance.now();
+      const due = now - lastLineAt >= 5000 || (tenth > lastTenth && tenth < 10);
+      if (tenth > lastTenth) lastTenth = tenth;
+      if (!due) return;
+      lastLineAt = now;
+      const parts = [
+        total ? `${Math.floor((100 * progress.doneBytes) / total)}%` : undefined,
+        total ? `${formatBytes(progress.doneBytes)} of ${formatBytes(total)}` : formatBytes(progress.doneBytes),
+        meter.rate > 0 ? formatRate(meter.rate) : undefined,
+        total && meter.rate > 0 ? `ETA ${formatEta((total - progress.doneBytes) / meter.rate)}` : undefined,
+      ];
+      stream.write(`loom: ${label}: ${parts.filter(Boolean).join(', ')}\n`);
+    },
+    status(text) {
+      if (!stopped) stream.write(`loom: ${text}\n`);
+    },
+    clear() {
+      stopped = true;
+      return false;
     },
     stop() {
-      if (started) bar.stop();
+      stopped = true;
     },
   };
 }

@@ -1,66 +1,127 @@
-// Runs `loom fetch` once its flags are parsed (by commander or by the fast parser): the
-// download or cache hit, the progress bar, the summary and the exit code.
-import { basename } from 'node:path';
-import { EXIT } from '../core/errors.js';
+// Runs `loom fetch` once its flags are parsed (by commander or by the fast parser): the checks
+// that can fail before any byte is fetched (the output folder, the --serve port), then the
+// download or cache hit with its progress, the summary line and the exit code.
+import { constants } from 'node:fs';
+import { access, stat } from 'node:fs/promises';
+import { basename, dirname, resolve } from 'node:path';
+import { diskError, EXIT, LoomError, UsageError } from '../core/errors.js';
 import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
+import { resolveCacheRoot } from '../cache/cache-root.js';
+import { createCacheRoot } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
 import { summaryLine, summaryOf } from './fetch-summary.js';
 import { printJson, reportError, say } from './output.js';
-import { createProgressView, wantsProgressBar } from './progress.js';
+import { createProgressView, resolveProgressMode } from './progress.js';
+import type { ServedRegistry } from './serve-registry.js';
 import { onInterrupt } from './signals.js';
+
+/** The library's option names in its messages, as the flags a CLI user typed. */
+const FLAG_OF_OPTION: Record<string, string> = {
+  workers: '--workers',
+  chunkSize: '--chunk-size',
+  maxRequestSize: '--max-request-size',
+  sha256: '--sha256',
+  headers: '--header',
+  caCertFiles: '--ca-cert',
+  stallTimeout: '--stall-timeout',
+  retryAttempts: '--retries',
+  retryBaseDelay: '--retry-base-delay',
+  maxRetryAfter: '--max-retry-after',
+};
+
+/** A library error, reworded for the command line: flag names, and "1 attempt" not "1 attempts". */
+function forCommandLine(err: unknown): unknown {
+  if (!(err instanceof LoomError)) return err;
+  let message = err.message;
+  if (err instanceof UsageError)
+    message = message.replace(/^invalid option (\w+)/, (all, name: string) =>
+      FLAG_OF_OPTION[name] ? `invalid ${FLAG_OF_OPTION[name]}` : all,
+    );
+  // The engine words its counts for any number; one reads as a singular.
+  message = message.replace(/\b1 (attempt|request|range|retr)(s|ies)\b/g, (_, word: string) =>
+    word === 'retr' ? '1 retry' : `1 ${word}`,
+  );
+  if (message === err.message) return err;
+  Object.defineProperty(err, 'message', { value: message });
+  return err;
+}
+
+/** The folder --out goes into must exist and be writable: found out now, not after the download. */
+async function checkOutputFolder(out: string): Promise<void> {
+  const folder = dirname(resolve(out));
+  try {
+    const info = await stat(folder);
+    if (!info.isDirectory()) throw Object.assign(new Error(`${folder} is not a directory`), { code: 'ENOTDIR' });
+    await access(folder, constants.W_OK);
+  } catch (err) {
+    throw diskError(err, `checking the output folder ${folder}`, folder);
+  }
+}
+
+/**
+ * Makes the cache root if it is missing, folder by folder (see cache-root-check.ts: a
+ * recursive mkdir never returns under /proc). A root that cannot be made means no cache.
+ */
+async function cacheUsable(flags: FetchFlags, out: string): Promise<boolean> {
+  try {
+    await createCacheRoot(resolveCacheRoot(flags.cacheDir));
+    return true;
+  } catch (err) {
+    say(flags, `loom: cache unusable (${(err as Error).message}); downloading straight to ${out}`);
+    return false;
+  }
+}
 
 export async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<number> {
   const interrupt = onInterrupt();
+  let registry: ServedRegistry | undefined;
   try {
     const url = urlOf(urlArg, flags);
     const out = resolveOut(flags.out, url);
-    const view = createProgressView(basename(out), wantsProgressBar(flags));
+    await checkOutputFolder(out);
+    const useCache = flags.cache && (await cacheUsable(flags, out));
+    if (flags.serve) {
+      const { startRegistry } = await import('./serve-registry.js');
+      registry = await startRegistry(flags.listen);
+      say(flags, `loom: registry bound to ${registry.address}; it serves once the download is done`);
+    }
+    const mode = resolveProgressMode(flags);
+    const view = createProgressView(basename(out), mode);
+    interrupt.beforeMessage = () => view.clear();
     const options = fetchOptionsFrom(flags, interrupt.signal);
     options.onProgress = (p) => view.update(p);
     let result: FetchResult | CachedFetchResult;
     try {
-      result = flags.cache
+      result = useCache
         ? await fetchCached(url, out, {
             ...options,
             cacheDir: flags.cacheDir,
             offline: flags.offline,
-            onStatus: (message) => (wantsProgressBar(flags) ? view.status(message) : say(flags, `loom: ${message}`)),
+            onStatus: (message) => (mode === 'none' ? say(flags, `loom: ${message}`) : view.status(message)),
           })
         : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
     } finally {
       view.stop();
     }
     if (flags.json) printJson(summaryOf(result));
-    else say(flags, summaryLine(result));
-    if (flags.serve) await serveRegistry(flags, out, interrupt.signal);
+    else say(flags, summaryLine(result, flags.sha256));
+    if (registry) {
+      await registry.register(out);
+      say(
+        flags,
+        `loom: serving the registry on ${registry.address} until Ctrl-C (in this process, in memory; loom control-plane is the durable service)`,
+      );
+      await new Promise<void>((done) => {
+        if (interrupt.signal.aborted) done();
+        interrupt.signal.addEventListener('abort', () => done(), { once: true });
+      });
+    }
     return EXIT.ok;
   } catch (err) {
-    return reportError(err, flags);
+    return reportError(forCommandLine(err), flags);
   } finally {
+    await registry?.close();
     interrupt.dispose();
   }
-}
-/**
- * The original tool's --serve: the registry runs inside this process (in memory, gone when
- * it exits) with this node registered as holding the file, until Ctrl-C or SIGTERM.
- */
-async function serveRegistry(flags: FetchFlags, out: string, signal: AbortSignal): Promise<void> {
-  const [{ parseListen }, { SqliteStore }, { buildControlPlane }] = await Promise.all([
-    import('./control-plane-command.js'),
-    import('../control-plane/sqlite-store.js'),
-    import('../control-plane/server.js'),
-  ]);
-  const { host, port } = parseListen(flags.listen);
-  const store = new SqliteStore(':memory:');
-  const app = await buildControlPlane({ store, nodeTtlMs: 365 * 24 * 3600_000 });
-  const address = await app.listen({ host, port });
-  await app.inject({ method: 'POST', url: '/register', payload: { node: address, model: basename(out) } });
-  say(flags, `loom: serving the registry on ${address} (in-process; loom control-plane is the durable service)`);
-  await new Promise<void>((resolve) => {
-    if (signal.aborted) resolve();
-    signal.addEventListener('abort', () => resolve(), { once: true });
-  });
-  await app.close();
-  await store.close();
 }

@@ -11,6 +11,7 @@ export const EXIT = {
   integrity: 4,
   disk: 5,
   cache: 6,
+  listen: 7,
   interrupted: 130,
 } as const;
 
@@ -256,6 +257,13 @@ export class ForbiddenError extends LoomError {
   override readonly httpStatus = 403;
 }
 
+/** An address to listen on is taken or not allowed (EADDRINUSE, EACCES, EADDRNOTAVAIL). */
+export class ListenError extends LoomError {
+  readonly code = 'LOOM_ERR_LISTEN';
+  readonly exitCode = EXIT.listen;
+  override readonly httpStatus = 500;
+}
+
 /** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
 export const ERROR_CLASSES = [
   UsageError,
@@ -283,6 +291,7 @@ export const ERROR_CLASSES = [
   ContentEncodingError,
   ProxyError,
   ForbiddenError,
+  ListenError,
 ] as const;
 
 /** What the CLI and the services report for an unexpected failure (a bug); not a class. */

@@ -1,5 +1,8 @@
-// Parses the human units that flags and options accept: sizes (`8MiB`, `64M`, `1g`)
-// and durations (`500ms`, `30s`, `2m`). Both also take a bare integer (bytes, milliseconds).
+// The human units of Loom's command line and output. Input: sizes (`8MiB`, `64M`, `1g`,
+// `4096`) and durations (`500ms`, `30s`, `2m`; a bare number is seconds, as in curl, wget
+// and aria2c). Output: one convention everywhere a person reads a size or a rate (the
+// progress bar, the summary line, `loom cache`): decimal SI units (kB, MB, GB; MB/s), the
+// units of the README's tables and of --json's `mbPerSecond`.
 import { UsageError } from './errors.js';
 
 const SIZE_UNITS: Record<string, number> = {
@@ -37,9 +40,12 @@ export function parseSize(input: string | number, what = 'size'): number {
   return Math.round(Number(match[1]) * unit);
 }
 
-const DURATION_UNITS: Record<string, number> = { '': 1, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+const DURATION_UNITS: Record<string, number> = { '': 1000, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
-/** Milliseconds in a duration such as `30s`, `500ms`, `2m` or `1500`. */
+/**
+ * Milliseconds in a duration. Text is what a person typed: `30s`, `500ms`, `2m`, `1h`, and a
+ * bare number is seconds (`5` = 5 s, `0.5` = 500 ms). A JavaScript number is milliseconds.
+ */
 export function parseDuration(input: string | number, what = 'duration'): number {
   if (typeof input === 'number') {
     if (!Number.isFinite(input) || input < 0)
@@ -49,19 +55,42 @@ export function parseDuration(input: string | number, what = 'duration'): number
   const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(input);
   const unit = match ? DURATION_UNITS[match[2]!.toLowerCase()] : undefined;
   if (!match || unit === undefined) {
-    throw new UsageError(`${what} "${input}" is not a duration`, { hint: 'write it like 500ms, 30s or 2m' });
+    throw new UsageError(`${what} "${input}" is not a duration`, {
+      hint: 'write it like 30 (seconds), 500ms, 30s or 2m',
+    });
   }
   return Math.round(Number(match[1]) * unit);
 }
 
-/** `1073741824` -> `1.00 GiB`, for human output. */
+const DECIMAL_UNITS = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
+
+/** `1500000000` -> `1.50 GB`, `512` -> `512 B`: decimal units, three significant digits. */
 export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
   let value = bytes;
   let i = 0;
-  while (value >= 1024 && i < units.length - 1) {
-    value /= 1024;
+  while (value >= 999.5 && i < DECIMAL_UNITS.length - 1) {
+    value /= 1000;
     i++;
   }
-  return i === 0 ? `${bytes} B` : `${value.toFixed(2)} ${units[i]}`;
+  if (i === 0) return `${Math.round(bytes)} B`;
+  return `${value.toPrecision(3)} ${DECIMAL_UNITS[i]}`;
+}
+
+/** Bytes per second in the same units: `41200000` -> `41.2 MB/s`, `900` -> `900 B/s`. */
+export function formatRate(bytesPerSecond: number): string {
+  return `${formatBytes(Math.max(0, bytesPerSecond))}/s`;
+}
+
+/** Seconds for people: `0.42 s`, `12.3 s`, `4m 05s`, `1h 02m`. */
+export function formatSeconds(seconds: number): string {
+  if (seconds < 10) return `${seconds.toFixed(2)} s`;
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const whole = Math.round(seconds);
+  if (whole < 3600) return `${Math.floor(whole / 60)}m ${String(whole % 60).padStart(2, '0')}s`;
+  return `${Math.floor(whole / 3600)}h ${String(Math.floor((whole % 3600) / 60)).padStart(2, '0')}m`;
+}
+
+/** `1 attempt`, `2 attempts`, `0 blobs`. */
+export function plural(count: number, singular: string, pluralForm = `${singular}s`): string {
+  return `${count} ${count === 1 ? singular : pluralForm}`;
 }

@@ -51,6 +51,7 @@ describe('loom fetch argument parsing', () => {
       '0.0.0.0:1',
     ],
     ['http://h/a', '-w8', '-w', '9'],
+    ['http://h/a', '--progress', 'lines', '--stall-timeout', '5'],
     ['-qo', 'x', '--', 'http://h/a'],
     [],
   ];
@@ -70,6 +71,8 @@ describe('loom fetch argument parsing', () => {
     ['http://h/a', 'http://h/b'],
     ['http://h/a', '-o'],
     ['http://h/a', '--json=yes'],
+    ['http://h/a', '--progress', 'fancy'],
+    ['http://h/a', '--chunk-size', '1K'],
   ];
   for (const args of forCommander) {
     it(`leaves [${args.join(' ')}] to commander, which refuses it or prints help`, async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { UsageError } from '../../src/core/errors.js';
-import { formatBytes, parseDuration, parseSize } from '../../src/core/units.js';
+import { formatBytes, formatRate, formatSeconds, parseDuration, parseSize, plural } from '../../src/core/units.js';
 
 describe('units', () => {
   it('reads sizes the way aria2 and curl users write them', () => {
@@ -14,16 +14,35 @@ describe('units', () => {
     assert.throws(() => parseSize('-1M'), UsageError);
   });
 
-  it('reads durations', () => {
+  it('reads a bare duration as seconds, as curl, wget and aria2c do; units as written', () => {
+    assert.equal(parseDuration('5'), 5_000);
+    assert.equal(parseDuration('0.5'), 500);
     assert.equal(parseDuration('500ms'), 500);
     assert.equal(parseDuration('30s'), 30_000);
     assert.equal(parseDuration('2m'), 120_000);
-    assert.equal(parseDuration('1500'), 1500);
+    assert.equal(parseDuration('1h'), 3_600_000);
+    // A JavaScript number (the library's options) stays milliseconds.
+    assert.equal(parseDuration(1500), 1500);
     assert.throws(() => parseDuration('soon'), UsageError);
   });
 
-  it('formats bytes for people', () => {
+  it('prints sizes and rates in one convention, decimal, never rounding a small rate to 0', () => {
     assert.equal(formatBytes(512), '512 B');
-    assert.equal(formatBytes(1024 ** 3), '1.00 GiB');
+    assert.equal(formatBytes(1000), '1.00 kB');
+    assert.equal(formatBytes(1024 ** 3), '1.07 GB');
+    assert.equal(formatBytes(8 * 1024 * 1024), '8.39 MB');
+    assert.equal(formatBytes(999_999), '1.00 MB');
+    assert.equal(formatRate(13_200), '13.2 kB/s');
+    assert.equal(formatRate(411_395_871), '411 MB/s');
+    assert.equal(formatRate(0.4), '0 B/s');
+  });
+
+  it('prints times and counts that read right', () => {
+    assert.equal(formatSeconds(0.421), '0.42 s');
+    assert.equal(formatSeconds(245), '4m 05s');
+    assert.equal(plural(1, 'attempt'), '1 attempt');
+    assert.equal(plural(2, 'attempt'), '2 attempts');
+    assert.equal(plural(0, 'blob'), '0 blobs');
+    assert.equal(plural(1, 'retry', 'retries'), '1 retry');
   });
 });

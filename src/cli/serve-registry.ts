@@ -1,0 +1,80 @@
+// The original tool's --serve: the registry runs inside the downloading process (in memory,
+// gone when it exits), on localhost:3000 unless told otherwise. It binds its port before the
+// download, so a busy port is reported before any byte is fetched, but answers 503 until the
+// download is done and this node is registered as holding the file: as in the original
+// tool, the registry serves after the download.
+import { basename } from 'node:path';
+import type { FastifyInstance } from 'fastify';
+import { ListenError } from '../core/errors.js';
+import type { SqliteStore } from '../control-plane/sqlite-store.js';
+import { SERVE_LISTEN_DEFAULT } from './fetch-flags.js';
+
+export interface ServedRegistry {
+  /** `http://127.0.0.1:3000`: where it listens. */
+  address: string;
+  /** Registers this node as holding `out` (model name = the file's name). */
+  register(out: string): Promise<void>;
+  close(): Promise<void>;
+}
+
+/** --listen, else $LOOM_SERVE_LISTEN, else the original tool's 127.0.0.1:3000. */
+export function serveListen(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
+  return flag ?? (env.LOOM_SERVE_LISTEN || SERVE_LISTEN_DEFAULT);
+}
+
+function listenError(err: unknown, listen: string): Error {
+  const code = (err as { code?: string }).code;
+  const hint = 'choose another address with --listen HOST:PORT (or LOOM_SERVE_LISTEN)';
+  if (code === 'EADDRINUSE') return new ListenError(`${listen} is already in use`, { hint, cause: err });
+  if (code === 'EACCES' || code === 'EPERM')
+    return new ListenError(`not allowed to listen on ${listen}`, { hint, cause: err });
+  if (code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND')
+    return new ListenError(`${listen} is not an address of this machine`, { hint, cause: err });
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+export async function startRegistry(listenFlag: string | undefined): Promise<ServedRegistry> {
+  const listen = serveListen(listenFlag);
+  const [{ parseListen }, { SqliteStore: Store }, { buildControlPlane }] = await Promise.all([
+    import('./control-plane-command.js'),
+    import('../control-plane/sqlite-store.js'),
+    import('../control-plane/server.js'),
+  ]);
+  const { host, port } = parseListen(listen);
+  const store: SqliteStore = new Store(':memory:');
+  let serving = false;
+  let app: FastifyInstance | undefined;
+  let address: string;
+  try {
+    app = await buildControlPlane({ store, nodeTtlMs: 365 * 24 * 3600_000 });
+    app.addHook('onRequest', async (_request, reply) => {
+      if (serving) return;
+      await reply
+        .code(503)
+        .header('retry-after', '1')
+        .send({ ok: false, error: { message: 'the registry serves once this node has finished its download' } });
+    });
+    address = await app.listen({ host, port });
+  } catch (err) {
+    await app?.close();
+    await store.close();
+    throw listenError(err, listen);
+  }
+  const server = app;
+  return {
+    address,
+    async register(out) {
+      serving = true;
+      const response = await server.inject({
+        method: 'POST',
+        url: '/register',
+        payload: { node: address, model: basename(out) },
+      });
+      if (response.statusCode !== 200) throw new Error(`registering ${basename(out)} failed: ${response.body}`);
+    },
+    async close() {
+      await server.close();
+      await store.close();
+    },
+  };
+}
