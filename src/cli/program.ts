@@ -4,6 +4,7 @@ import { EXIT } from '../core/errors.js';
 import { cacheCommand } from './cache-command.js';
 import { controlPlaneCommand } from './control-plane-command.js';
 import { fetchCommand } from './fetch-command.js';
+import { pullCommand } from './pull-command.js';
 
 export function buildProgram(): Command {
   const program = new Command('loom')
@@ -14,6 +15,7 @@ export function buildProgram(): Command {
   program.addCommand(fetchCommand());
   program.addCommand(cacheCommand());
   program.addCommand(controlPlaneCommand());
+  program.addCommand(pullCommand());
   const output = {
     outputError: (text: string, write: (s: string) => void) => write(`loom: ${text.replace(/^error: /, 'error: ')}`),
   };

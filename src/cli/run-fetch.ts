@@ -20,14 +20,24 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     options.onProgress = (p) => view.update(p);
     let result: FetchResult | CachedFetchResult;
     try {
-      result = flags.cache
-        ? await fetchCached(url, out, {
+      result = url.startsWith('hf://')
+        ? // hf:// (the Hub): resolved to its commit, fetched and verified by src/hub/fetch-hf-file.ts.
+          await (
+            await import('../hub/fetch-hf-file.js')
+          ).fetchHfFile(url, out, {
             ...options,
+            cache: flags.cache,
             cacheDir: flags.cacheDir,
-            offline: flags.offline,
             onStatus: (message) => (wantsProgressBar(flags) ? view.status(message) : say(flags, `loom: ${message}`)),
           })
-        : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
+        : flags.cache
+          ? await fetchCached(url, out, {
+              ...options,
+              cacheDir: flags.cacheDir,
+              offline: flags.offline,
+              onStatus: (message) => (wantsProgressBar(flags) ? view.status(message) : say(flags, `loom: ${message}`)),
+            })
+          : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
     } finally {
       view.stop();
     }
