@@ -36,6 +36,8 @@ export interface TestHubOptions {
   pageSize?: number;
   /** How long a signed CDN URL stays valid. Default 1 h. */
   signatureTtlMs?: number;
+  /** Hub delay before each response's head (API and resolve). */
+  hubFirstByteMs?: number;
   /** CDN delay before each response's head. */
   cdnFirstByteMs?: number;
   /** CDN cap per response, bytes per second. */
@@ -266,6 +268,7 @@ export class TestHub {
   }
 
   private async serveHub(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    if (this.options.hubFirstByteMs) await sleep(this.options.hubFirstByteMs);
     const url = new URL(req.url ?? '/', this.endpoint);
     const segments = url.pathname.split('/').slice(1).map(decodeURIComponent);
     if (segments[0] === 'api') {

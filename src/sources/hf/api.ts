@@ -12,8 +12,10 @@ import {
   HubRepoNotFoundError,
   HubRevisionNotFoundError,
   HubUnauthorizedError,
+  InvalidUrlError,
   LoomError,
   NetworkError,
+  StallError,
   RedirectError,
   cancelled,
 } from '../../core/errors.js';
@@ -24,11 +26,11 @@ export interface HubApiOptions {
   endpoint: string;
   token: string | undefined;
   caCertFiles?: readonly string[];
-  /** Attempts for a request answered 429 or 5xx, the first included. Default 5. */
+  /** Attempts for a request answered 429 or 5xx or cut off, the first included. Default 4. */
   attempts?: number;
   /** A longer Retry-After fails at once. Default 60 s. */
   maxRetryAfterMs?: number;
-  /** Wait when a 429 or 5xx names none. Default 1 s, doubling. */
+  /** Wait when a 429 or 5xx names none. Default 0.5 s, doubling. */
   baseDelayMs?: number;
   stallTimeoutMs?: number;
   signal?: AbortSignal;
@@ -54,7 +56,6 @@ export interface HubFileMeta {
   /** True when the etag is the file's sha256 (an LFS file). */
   lfs: boolean;
 }
-
 
 const apiType = (type: HfRepoType): string => `${type}s`;
 
@@ -158,10 +159,15 @@ export class HubApi {
 
   constructor(private readonly options: HubApiOptions) {
     this.endpoint = options.endpoint.replace(/\/+$/, '');
+    if (!/^https?:\/\/[^/]/.test(this.endpoint)) {
+      throw new InvalidUrlError(`the Hub endpoint "${options.endpoint}" is not an http(s) URL`, {
+        hint: 'set HF_ENDPOINT to a URL such as https://huggingface.co',
+      });
+    }
     this.client = new HttpClient({ maxSockets: 8, caCertFiles: options.caCertFiles });
-    this.attempts = options.attempts ?? 5;
+    this.attempts = options.attempts ?? 4;
     this.maxRetryAfterMs = options.maxRetryAfterMs ?? 60_000;
-    this.baseDelayMs = options.baseDelayMs ?? 1_000;
+    this.baseDelayMs = options.baseDelayMs ?? 500;
     this.stallTimeoutMs = options.stallTimeoutMs ?? 30_000;
   }
 
@@ -193,6 +199,7 @@ export class HubApi {
         });
       } catch (err) {
         if (this.options.signal?.aborted) throw cancelled();
+        if (!isTransient(err)) throw err;
         if (attempt >= this.attempts) {
           throw new NetworkError(`cannot reach the Hub at ${new URL(url).host}: ${(err as Error).message}`, {
             url,
@@ -304,6 +311,25 @@ export class HubApi {
   close(): void {
     this.client.close();
   }
+}
+
+const TRANSIENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EAI_AGAIN',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'UND_ERR_SOCKET',
+]);
+
+/** Failures a retry can cure: the connection, not the request. */
+function isTransient(err: unknown): boolean {
+  if (err instanceof StallError) return true;
+  if (err instanceof LoomError) return false;
+  return TRANSIENT_CODES.has((err as { code?: string }).code ?? '');
 }
 
 function parseRetryAfterMs(value: string | undefined): number | undefined {

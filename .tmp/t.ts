@@ -1,0 +1,13 @@
+import { HubApi } from '../src/sources/hf/api.js';
+const t0 = performance.now();
+const api = new HubApi({ endpoint: process.env.HF_ENDPOINT!, token: undefined });
+const ref = { repoType: 'model' as const, repoId: 'b/x', revision: undefined, path: undefined };
+const c = await api.resolveRevision(ref, 'main');
+console.log('rev', performance.now() - t0);
+const e = await api.listTree(ref, c);
+console.log('tree', performance.now() - t0, e.length);
+api.close();
+const { pullRepo } = await import('../src/hub/pull.js');
+console.log('import', performance.now() - t0);
+const r = await pullRepo({ repo: 'b/x', hubCache: '/tmp/hp/hf', cacheDir: '/tmp/hp/node' });
+console.log('pull', performance.now() - t0, r.seconds);
