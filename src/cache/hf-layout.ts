@@ -104,15 +104,6 @@ export class HfRepoCache {
     return `${this.blobPath(etag)}.incomplete`;
   }
 
-  /** Moves a verified `.incomplete` into blobs/{etag}. */
-  async commitBlob(etag: string, incomplete: string): Promise<void> {
-    try {
-      await rename(incomplete, this.blobPath(etag));
-    } catch (err) {
-      throw diskError(err, `storing blob ${etag}`);
-    }
-  }
-
   /** The relative target of a snapshot symlink: ../../blobs/{etag} plus one ../ per directory. */
   linkTarget(commit: string, path: string, etag: string): string {
     return relative(dirname(this.pointerPath(commit, path)), this.blobPath(etag));

@@ -443,7 +443,7 @@ function sendBytes(req: IncomingMessage, res: ServerResponse, bytes: Buffer, eta
   return body.length;
 }
 
-/** Sends in 64 KiB slices, sleeping to hold `bytesPerSecond`; counts what the socket took. */
+/** Sends in 256 KiB slices, sleeping to hold `bytesPerSecond`; counts what the socket took. */
 async function sendBytesPaced(
   req: IncomingMessage,
   res: ServerResponse,
@@ -457,7 +457,7 @@ async function sendBytesPaced(
     res.end();
     return 0;
   }
-  const slice = 64 * 1024;
+  const slice = 256 * 1024;
   const started = performance.now();
   let sent = 0;
   for (let at = 0; at < body.length && !res.destroyed; at += slice) {
