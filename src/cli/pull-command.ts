@@ -7,6 +7,7 @@ import { EXIT, UsageError } from '../core/errors.js';
 import { formatBytes as formatSize } from '../core/units.js';
 import { printJson, reportError, say } from './output.js';
 import { onInterrupt } from './signals.js';
+import type { PullProgress } from '../hub/pull.js';
 
 interface PullFlags {
   revision?: string;
@@ -68,11 +69,14 @@ export function pullCommand(): Command {
 
 export async function runPull(repo: string, flags: PullFlags): Promise<number> {
   const interrupt = onInterrupt();
+  let view: ProgressLine | undefined;
   try {
     if (flags.revision !== undefined && repo.includes('@')) {
       throw new UsageError('the revision is given twice (@revision and --revision)');
     }
     const { pullRepo } = await import('../hub/pull.js');
+    const line = progressLine(flags);
+    view = line;
     const result = await pullRepo({
       repo,
       revision: flags.revision,
@@ -85,10 +89,13 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
       cacheDir: flags.cacheDir,
       parallelFiles: flags.parallelFiles,
       fetch: { workers: flags.workers, caCertFiles: flags.caCert, fsync: flags.fsync, signal: interrupt.signal },
-      onStatus: (message) => say(flags, `loom: ${message}`),
-      onFile: (file, { done, total }) =>
-        say(flags, `loom: [${done}/${total}] ${file.path} ${formatSize(file.size)} (${file.outcome})`),
+      onStatus: (message) => line.line(`loom: ${message}`),
+      onFile: (file, { done, total }) => {
+        if (!line.live) say(flags, `loom: [${done}/${total}] ${file.path} ${formatSize(file.size)} (${file.outcome})`);
+      },
+      onProgress: (progress) => line.update(progress),
     });
+    line.stop();
     if (flags.json) {
       printJson({ ok: true, ...result });
     } else {
@@ -103,8 +110,50 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
     }
     return EXIT.ok;
   } catch (err) {
+    view?.stop();
     return reportError(err, flags);
   } finally {
     interrupt.dispose();
   }
+}
+
+interface ProgressLine {
+  /** True when the one-line display is drawn (a terminal, not --quiet or --json). */
+  live: boolean;
+  update(progress: PullProgress): void;
+  /** Prints a message above the display. */
+  line(message: string): void;
+  stop(): void;
+}
+
+/** One line for the whole pull on a terminal: files, bytes, rate, and the active files. */
+function progressLine(flags: PullFlags): ProgressLine {
+  const live = Boolean(process.stderr.isTTY) && !flags.quiet && !flags.json;
+  const started = performance.now();
+  let drawn = false;
+  const clear = (): void => {
+    if (drawn) process.stderr.write('\r\x1b[2K');
+    drawn = false;
+  };
+  return {
+    live,
+    update(p) {
+      if (!live) return;
+      const seconds = (performance.now() - started) / 1000;
+      const rate = seconds > 0 ? p.bytesDone / 1e6 / seconds : 0;
+      const files = p.active
+        .slice(0, 3)
+        .map((a) => `${a.path.split('/').pop()} ${a.size ? Math.floor((a.doneBytes / a.size) * 100) : 100}%`)
+        .join(', ');
+      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${rate.toFixed(0)} MB/s${files ? ` | ${files}` : ''}`;
+      clear();
+      process.stderr.write(text.slice(0, (process.stderr.columns || 120) - 1));
+      drawn = true;
+    },
+    line(message) {
+      clear();
+      say(flags, message);
+    },
+    stop: clear,
+  };
 }

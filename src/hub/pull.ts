@@ -58,6 +58,18 @@ export interface PullParams {
   onStatus?: (message: string) => void;
   /** Called when a file is done. */
   onFile?: (file: PulledFile, progress: { done: number; total: number }) => void;
+  /** The whole pull's progress, about ten times a second while bytes move. */
+  onProgress?: (progress: PullProgress) => void;
+}
+
+export interface PullProgress {
+  filesDone: number;
+  filesTotal: number;
+  /** Bytes in place (files done, and what the active ones have on disk). */
+  bytesDone: number;
+  bytesTotal: number;
+  /** Files being fetched now. */
+  active: { path: string; doneBytes: number; size: number }[];
 }
 
 export type PullOutcome = CacheOutcome | 'present';
@@ -173,6 +185,24 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
   if (files.length === 0) status(`no file of ${formatHfRef({ ...ref, revision })} matches the filters`);
   const headers = api.authHeaders();
 
+  const bytesTotal = files.reduce((sum, f) => sum + f.size, 0);
+  const active = new Map<string, { path: string; doneBytes: number; size: number }>();
+  let filesDone = 0;
+  let bytesOfDoneFiles = 0;
+  let lastReport = 0;
+  const report = (force = false): void => {
+    if (!params.onProgress || (!force && performance.now() - lastReport < 100)) return;
+    lastReport = performance.now();
+    const list = [...active.values()];
+    params.onProgress({
+      filesDone,
+      filesTotal: files.length,
+      bytesDone: bytesOfDoneFiles + list.reduce((sum, a) => sum + a.doneBytes, 0),
+      bytesTotal,
+      active: list,
+    });
+  };
+
   const fetchOne = async (file: PlannedFile): Promise<PulledFile> => {
     const url = resolveUrl(endpoint, ref, commit, file.path);
     const base = { path: file.path, size: file.size, etag: file.etag, lfs: file.sha256 !== undefined };
@@ -202,6 +232,10 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
       // The URL names a commit: its bytes never change, so a cached copy needs no revalidation.
       offline: true,
       onStatus: (message) => status(`${file.path}: ${message}`),
+      onProgress: (p) => {
+        active.set(file.path, { path: file.path, doneBytes: p.doneBytes, size: file.size });
+        report();
+      },
     });
     if (file.gitSha1) {
       await verifyGitSha1(landing, file.size, file.gitSha1, { url, label: file.path, cacheDir: params.cacheDir });
@@ -228,6 +262,10 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
       if (!file) return;
       try {
         const pulled = await fetchOne(file);
+        active.delete(file.path);
+        filesDone++;
+        bytesOfDoneFiles += file.size;
+        report(true);
         results.push(pulled);
         params.onFile?.(pulled, { done: results.length, total: files.length });
       } catch (err) {

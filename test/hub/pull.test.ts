@@ -15,7 +15,7 @@ import {
   HubRevisionNotFoundError,
   HubUnauthorizedError,
 } from '../../src/core/errors.js';
-import { pullRepo, type PullParams } from '../../src/hub/pull.js';
+import { pullRepo, type PullParams, type PullProgress } from '../../src/hub/pull.js';
 import { hfFileSource } from '../../src/sources/hf/index.js';
 import { sha256Of, tempDir } from '../helpers/fixtures.js';
 import { TestHub, gitBlobSha1, sha256Hex, type TestHubFile } from '../support/test-hub.js';
@@ -188,7 +188,21 @@ describe('loom pull (library) against a test Hub', () => {
 
   it('pulls a dataset into datasets--org--name', async () => {
     const dir = fresh('hf-dataset');
-    const result = await pullRepo({ ...base(), repo: 'hf://datasets/acme/corpus', hubCache: dir });
+    const progress: PullProgress[] = [];
+    const result = await pullRepo({
+      ...base(),
+      repo: 'hf://datasets/acme/corpus',
+      hubCache: dir,
+      onProgress: (p) => progress.push(structuredClone(p)),
+    });
+    // One progress for the whole pull: it ends with every file and byte accounted for.
+    assert.deepEqual(progress.at(-1), {
+      filesDone: 2,
+      filesTotal: 2,
+      bytesDone: result.bytes,
+      bytesTotal: result.bytes,
+      active: [],
+    });
     assert.equal(result.repoType, 'dataset');
     assert.ok(
       existsSync(join(dir, 'datasets--acme--corpus', 'snapshots', result.commit, 'data', 'train-00000.parquet')),
