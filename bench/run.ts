@@ -6,6 +6,7 @@ import { cacheScenarios } from './cache.bench.js';
 import { controlPlaneScenarios } from './control-plane.bench.js';
 import { fetchScenarios } from './fetch.bench.js';
 import { fleetScenarios } from './fleet.bench.js';
+import { hubScenarios } from './hub.bench.js';
 import { ROOT } from './lib.js';
 
 const scenarios: Record<string, () => Promise<Record<string, unknown>>> = {
@@ -13,6 +14,7 @@ const scenarios: Record<string, () => Promise<Record<string, unknown>>> = {
   ...cacheScenarios,
   ...controlPlaneScenarios,
   ...fleetScenarios,
+  ...hubScenarios,
 };
 
 const wanted = process.argv.slice(2);

@@ -5,6 +5,7 @@ import { cacheCommand } from './cache-command.js';
 import { controlPlaneCommand } from './control-plane-command.js';
 import { fetchCommand } from './fetch-command.js';
 import { agentCommand } from './agent-command.js';
+import { pullCommand } from './pull-command.js';
 
 export function buildProgram(): Command {
   const program = new Command('loom')
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
   program.addCommand(cacheCommand());
   program.addCommand(controlPlaneCommand());
   program.addCommand(agentCommand());
+  program.addCommand(pullCommand());
   const output = {
     outputError: (text: string, write: (s: string) => void) => write(`loom: ${text.replace(/^error: /, 'error: ')}`),
   };

@@ -93,14 +93,16 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     options.onProgress = (p) => view.update(p);
     let result: FetchResult | CachedFetchResult;
     try {
-      result = useCache
-        ? await fetchCached(url, out, {
-            ...options,
-            cacheDir: flags.cacheDir,
-            offline: flags.offline,
-            onStatus: (message) => (mode === 'none' ? say(flags, `loom: ${message}`) : view.status(message)),
-          })
-        : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
+      const onStatus = (message: string): void =>
+        mode === 'none' ? say(flags, `loom: ${message}`) : view.status(message);
+      result = url.startsWith('hf://')
+        ? // hf:// (the Hub): resolved to its commit, fetched and verified by src/hub/fetch-hf-file.ts.
+          await (
+            await import('../hub/fetch-hf-file.js')
+          ).fetchHfFile(url, out, { ...options, cache: flags.cache, cacheDir: flags.cacheDir, onStatus })
+        : useCache
+          ? await fetchCached(url, out, { ...options, cacheDir: flags.cacheDir, offline: flags.offline, onStatus })
+          : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
     } finally {
       view.stop();
     }

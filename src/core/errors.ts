@@ -264,6 +264,57 @@ export class ListenError extends LoomError {
   override readonly httpStatus = 500;
 }
 
+// --- Hugging Face Hub: the Hub's own error answers (X-Error-Code, 401, 429), one class each.
+
+/** The Hub has no such repo (or it is private and no valid token was given). */
+export class HubRepoNotFoundError extends LoomError {
+  readonly code = 'LOOM_ERR_HUB_REPO_NOT_FOUND';
+  readonly exitCode = EXIT.usage;
+  override readonly httpStatus = 404;
+}
+
+/** The repo is gated: it needs a token whose user was granted access. */
+export class HubGatedRepoError extends LoomError {
+  readonly code = 'LOOM_ERR_HUB_GATED_REPO';
+  readonly exitCode = EXIT.usage;
+  override readonly httpStatus = 403;
+}
+
+/** The branch, tag or commit does not exist in the repo. */
+export class HubRevisionNotFoundError extends LoomError {
+  readonly code = 'LOOM_ERR_HUB_REVISION_NOT_FOUND';
+  readonly exitCode = EXIT.usage;
+  override readonly httpStatus = 404;
+}
+
+/** The file does not exist at that revision. */
+export class HubEntryNotFoundError extends LoomError {
+  readonly code = 'LOOM_ERR_HUB_ENTRY_NOT_FOUND';
+  readonly exitCode = EXIT.usage;
+  override readonly httpStatus = 404;
+}
+
+/** The Hub refused the token (401 without a more precise error code). */
+export class HubUnauthorizedError extends LoomError {
+  readonly code = 'LOOM_ERR_HUB_UNAUTHORIZED';
+  readonly exitCode = EXIT.usage;
+  override readonly httpStatus = 401;
+}
+
+/** The Hub kept answering 429 (rate limited) beyond the retries and the Retry-After allowed. */
+export class HubRateLimitedError extends LoomError {
+  readonly code = 'LOOM_ERR_HUB_RATE_LIMITED';
+  readonly exitCode = EXIT.network;
+  override readonly httpStatus = 429;
+}
+
+/** HF_HUB_OFFLINE is set and what was asked for is not in the local HF cache. */
+export class HubOfflineError extends LoomError {
+  readonly code = 'LOOM_ERR_HUB_OFFLINE';
+  readonly exitCode = EXIT.network;
+  override readonly httpStatus = 503;
+}
+
 /** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
 export const ERROR_CLASSES = [
   UsageError,
@@ -292,6 +343,13 @@ export const ERROR_CLASSES = [
   ProxyError,
   ForbiddenError,
   ListenError,
+  HubRepoNotFoundError,
+  HubGatedRepoError,
+  HubRevisionNotFoundError,
+  HubEntryNotFoundError,
+  HubUnauthorizedError,
+  HubRateLimitedError,
+  HubOfflineError,
 ] as const;
 
 /** What the CLI and the services report for an unexpected failure (a bug); not a class. */

@@ -1,0 +1,126 @@
+// Issue 10's Hub scenario: a repo of 4 LFS files of 512 MiB (LOOM_BENCH_HUB_MIB to shrink)
+// and 20 small files on the test Hub, its CDN at 100 ms to first byte and 50 MB/s per
+// connection. `loom pull` against the Hub's own JS client on its plain path (files one after
+// another, one stream each), both into an HF cache; then a second `loom pull` of the same
+// revision. Every run's snapshot is checked byte for byte against the repo.
+import { randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import { TestHub, commitHash, sha256Hex, type TestHubFile } from '../test/support/test-hub.js';
+import { DATA_DIR, LOOM_BIN, MiB, ROOT, mbps, printTable, ratio, runChecked } from './lib.js';
+
+const BIG = Number(process.env.LOOM_BENCH_HUB_MIB ?? 512) * MiB;
+const LATENCY_MS = 100;
+const RATE = 50e6;
+
+function repoFiles(): TestHubFile[] {
+  const files: TestHubFile[] = [];
+  for (let i = 1; i <= 4; i++) {
+    files.push({ path: `model-0000${i}-of-00004.safetensors`, bytes: randomBytes(BIG), lfs: true });
+  }
+  for (let i = 0; i < 20; i++) {
+    const path = i < 10 ? `config-${i}.json` : `tokenizer/part-${i}.txt`;
+    files.push({ path, bytes: randomBytes(2048 + i * 512), lfs: false });
+  }
+  return files;
+}
+
+function checkSnapshot(dir: string, files: TestHubFile[]): void {
+  for (const file of files) {
+    const bytes = readFileSync(join(dir, file.path));
+    if (sha256Hex(bytes) !== sha256Hex(file.bytes)) throw new Error(`${dir}: ${file.path} differs`);
+  }
+}
+
+async function hubScenario(): Promise<Record<string, unknown>> {
+  const files = repoFiles();
+  const total = files.reduce((sum, f) => sum + f.bytes.length, 0);
+  const hub = await TestHub.start({
+    repos: [{ id: 'bench/big-llm', commits: [{ sha: commitHash('bench'), files }] }],
+    hubFirstByteMs: LATENCY_MS,
+    cdnFirstByteMs: LATENCY_MS,
+    cdnBytesPerSecond: RATE,
+  });
+  const work = join(DATA_DIR, 'hub');
+  rmSync(work, { recursive: true, force: true });
+  mkdirSync(work, { recursive: true });
+  const env = { HF_ENDPOINT: hub.endpoint, HF_TOKEN: '', HF_HUB_OFFLINE: '' };
+  try {
+    hub.resetStats();
+    const baseline = await runChecked(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        join(ROOT, 'bench', 'clients', 'hf-snapshot.ts'),
+        hub.endpoint,
+        'bench/big-llm',
+        join(work, 'js'),
+      ],
+      env,
+    );
+    checkSnapshot(baseline.stdout.trim(), files);
+    const baselineCdn = hub.stats.cdnBytes;
+
+    const pull = (): Promise<Awaited<ReturnType<typeof runChecked>>> =>
+      runChecked(
+        process.execPath,
+        [LOOM_BIN, 'pull', 'bench/big-llm', '--hf-cache', join(work, 'loom'), '--cache-dir', join(work, 'node')],
+        env,
+      );
+    hub.resetStats();
+    const first = await pull();
+    checkSnapshot(first.stdout.trim(), files);
+    const firstCdn = hub.stats.cdnBytes;
+    hub.resetStats();
+    const second = await pull();
+    checkSnapshot(second.stdout.trim(), files);
+    const secondBytes = hub.stats.cdnBytes + hub.stats.hubFileBytes;
+
+    const rows = [
+      {
+        run: '@huggingface/hub snapshotDownload (sequential, 1 stream/file)',
+        seconds: baseline.seconds.toFixed(2),
+        'MB/s': mbps(total, baseline.seconds),
+        'CDN bytes': baselineCdn,
+        'peak RSS MiB': Math.round(baseline.peakRssKiB / 1024),
+      },
+      {
+        run: 'loom pull (cold)',
+        seconds: first.seconds.toFixed(2),
+        'MB/s': mbps(total, first.seconds),
+        'CDN bytes': firstCdn,
+        'peak RSS MiB': Math.round(first.peakRssKiB / 1024),
+      },
+      {
+        run: 'loom pull again (same revision)',
+        seconds: second.seconds.toFixed(2),
+        'MB/s': '-',
+        'CDN bytes': secondBytes,
+        'peak RSS MiB': Math.round(second.peakRssKiB / 1024),
+      },
+    ];
+    printTable(
+      `Hub pull: 4 x ${BIG / MiB} MiB + 20 small files, ${LATENCY_MS} ms first byte, ${RATE / 1e6} MB/s per connection`,
+      rows,
+    );
+    console.log(`\nloom pull vs the sequential client: ${ratio(baseline.seconds, first.seconds)} faster`);
+    return {
+      bigFileMiB: BIG / MiB,
+      totalBytes: total,
+      baselineSeconds: baseline.seconds,
+      loomSeconds: first.seconds,
+      speedup: baseline.seconds / first.seconds,
+      secondPullSeconds: second.seconds,
+      secondPullBytes: secondBytes,
+      rows,
+    };
+  } finally {
+    await hub.close();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+export const hubScenarios = {
+  hub: () => hubScenario(),
+};

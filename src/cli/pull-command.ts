@@ -1,0 +1,159 @@
+// `loom pull`: a whole Hugging Face repo at one commit into the standard HF cache (or plain
+// files in --out). Prints the snapshot directory on stdout (a script can use it), one line
+// per file on stderr, and one JSON document with --json.
+import { Command, InvalidArgumentError, Option } from 'commander';
+import { DEFAULTS } from '../core/defaults.js';
+import { EXIT, UsageError } from '../core/errors.js';
+import { formatBytes as formatSize } from '../core/units.js';
+import { printJson, reportError, say } from './output.js';
+import { onInterrupt } from './signals.js';
+import type { PullProgress } from '../hub/pull.js';
+
+interface PullFlags {
+  revision?: string;
+  include: string[];
+  exclude: string[];
+  out?: string;
+  token?: string;
+  repoType?: 'model' | 'dataset' | 'space';
+  hfCache?: string;
+  cacheDir?: string;
+  workers: number;
+  parallelFiles: number;
+  caCert: string[];
+  fsync: boolean;
+  quiet?: boolean;
+  json?: boolean;
+}
+
+const collect = (value: string, previous: string[]): string[] => [...previous, value];
+
+function integerIn(min: number, max: number) {
+  return (value: string): number => {
+    const n = Number(value);
+    if (!/^\d+$/.test(value.trim()) || n < min || n > max) {
+      throw new InvalidArgumentError(`must be a whole number from ${min} to ${max}`);
+    }
+    return n;
+  };
+}
+
+export function pullCommand(): Command {
+  const command = new Command('pull')
+    .description('download a Hugging Face repo at one commit into the HF cache (or --out DIR), verified')
+    .argument('<repo>', 'org/repo[@revision], hf://org/repo[@revision] or hf://datasets/org/name')
+    .option('--revision <rev>', 'branch, tag or commit (instead of @revision; default main)')
+    .option('--include <glob>', 'only paths matching (repeatable); ** crosses directories', collect, [])
+    .option('--exclude <glob>', 'leave out paths matching (repeatable)', collect, [])
+    .option('-o, --out <dir>', 'plain files (hard links) in DIR instead of the HF cache')
+    .option('--token <token>', 'Hub token (default: HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token)')
+    .addOption(new Option('--repo-type <type>', 'repo type').choices(['model', 'dataset', 'space']))
+    .option('--hf-cache <dir>', 'HF cache (default: HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)')
+    .option('--cache-dir <dir>', "Loom's node cache root (default: $LOOM_CACHE_DIR, ~/.cache/loom)")
+    .option(
+      '-w, --workers <n>',
+      `requests in flight per file, 1-${DEFAULTS.maxWorkers}`,
+      integerIn(1, DEFAULTS.maxWorkers),
+      DEFAULTS.workers,
+    )
+    .option('--parallel-files <n>', 'files fetched at once, 1-64', integerIn(1, 64), 8)
+    .option('--ca-cert <file>', 'also trust this PEM CA certificate (repeatable)', collect, [])
+    .option('--no-fsync', 'skip the flush to disk before each rename')
+    .option('-q, --quiet', 'print nothing but errors and the directory')
+    .option('--json', 'print one JSON summary on stdout');
+  command.action(async (repo: string, flags: PullFlags) => {
+    process.exitCode = await runPull(repo, flags);
+  });
+  return command;
+}
+
+export async function runPull(repo: string, flags: PullFlags): Promise<number> {
+  const interrupt = onInterrupt();
+  let view: ProgressLine | undefined;
+  try {
+    if (flags.revision !== undefined && repo.includes('@')) {
+      throw new UsageError('the revision is given twice (@revision and --revision)');
+    }
+    const { pullRepo } = await import('../hub/pull.js');
+    const line = progressLine(flags);
+    view = line;
+    const result = await pullRepo({
+      repo,
+      revision: flags.revision,
+      repoType: flags.repoType,
+      include: flags.include,
+      exclude: flags.exclude,
+      out: flags.out,
+      token: flags.token,
+      hubCache: flags.hfCache,
+      cacheDir: flags.cacheDir,
+      parallelFiles: flags.parallelFiles,
+      fetch: { workers: flags.workers, caCertFiles: flags.caCert, fsync: flags.fsync, signal: interrupt.signal },
+      onStatus: (message) => line.line(`loom: ${message}`),
+      onFile: (file, { done, total }) => {
+        if (!line.live) say(flags, `loom: [${done}/${total}] ${file.path} ${formatSize(file.size)} (${file.outcome})`);
+      },
+      onProgress: (progress) => line.update(progress),
+    });
+    line.stop();
+    if (flags.json) {
+      printJson({ ok: true, ...result });
+    } else {
+      const fetched = result.files.filter((f) => f.outcome === 'miss').length;
+      say(
+        flags,
+        `loom: ${result.repoType} ${result.repo}@${result.revision} (commit ${result.commit.slice(0, 12)}): ` +
+          `${result.files.length} files, ${formatSize(result.bytes)} in ${result.seconds.toFixed(2)} s; ` +
+          `${fetched} downloaded (${formatSize(result.transferredBytes)}), ${result.files.length - fetched} already here`,
+      );
+      process.stdout.write(`${result.dir}\n`);
+    }
+    return EXIT.ok;
+  } catch (err) {
+    view?.stop();
+    return reportError(err, flags);
+  } finally {
+    interrupt.dispose();
+  }
+}
+
+interface ProgressLine {
+  /** True when the one-line display is drawn (a terminal, not --quiet or --json). */
+  live: boolean;
+  update(progress: PullProgress): void;
+  /** Prints a message above the display. */
+  line(message: string): void;
+  stop(): void;
+}
+
+/** One line for the whole pull on a terminal: files, bytes, rate, and the active files. */
+function progressLine(flags: PullFlags): ProgressLine {
+  const live = Boolean(process.stderr.isTTY) && !flags.quiet && !flags.json;
+  const started = performance.now();
+  let drawn = false;
+  const clear = (): void => {
+    if (drawn) process.stderr.write('\r\x1b[2K');
+    drawn = false;
+  };
+  return {
+    live,
+    update(p) {
+      if (!live) return;
+      const seconds = (performance.now() - started) / 1000;
+      const rate = seconds > 0 ? p.bytesDone / 1e6 / seconds : 0;
+      const files = p.active
+        .slice(0, 3)
+        .map((a) => `${a.path.split('/').pop()} ${a.size ? Math.floor((a.doneBytes / a.size) * 100) : 100}%`)
+        .join(', ');
+      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${rate.toFixed(0)} MB/s${files ? ` | ${files}` : ''}`;
+      clear();
+      process.stderr.write(text.slice(0, (process.stderr.columns || 120) - 1));
+      drawn = true;
+    },
+    line(message) {
+      clear();
+      say(flags, message);
+    },
+    stop: clear,
+  };
+}

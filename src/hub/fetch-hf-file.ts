@@ -1,0 +1,104 @@
+// `loom fetch hf://org/repo[@rev]/path -o OUT`: one Hub file through the node cache. The
+// revision is resolved by one HEAD; the file is fetched from the commit's URL with the token
+// for the Hub's host only, and verified (sha256 for LFS files by the engine, git sha1 for
+// small ones here). With HF_HUB_OFFLINE the file comes from the HF cache, with no request.
+import { existsSync, realpathSync } from 'node:fs';
+import { link, rename, rm } from 'node:fs/promises';
+import { HubOfflineError, diskError } from '../core/errors.js';
+import { fetchCached, type CacheOptions, type CachedFetchResult } from '../cache/cached-fetch.js';
+import { HfRepoCache, hubCacheDir } from '../cache/hf-layout.js';
+import { emptyStats } from '../fetch/stats.js';
+import type { FetchResult } from '../fetch/fetch-file.js';
+import type { FetchOptions } from '../fetch/options.js';
+import { hfFileSource } from '../sources/hf/index.js';
+import { hubOffline } from '../sources/hf/config.js';
+import { COMMIT_HASH, DEFAULT_REVISION, formatHfRef, parseHfRef } from '../sources/hf/uri.js';
+import { verifyGitSha1 } from './verify.js';
+
+export interface HfFetchOptions extends FetchOptions, CacheOptions {
+  /** false: straight to `out`, bypassing the node cache (--no-cache). Default true. */
+  cache?: boolean;
+  token?: string;
+  env?: NodeJS.ProcessEnv;
+}
+
+export async function fetchHfFile(
+  uri: string,
+  out: string,
+  options: HfFetchOptions = {},
+): Promise<CachedFetchResult | FetchResult> {
+  // `offline` (LOOM_OFFLINE) is moot here: a commit's file never changes, so it is always on.
+  const { cache = true, token, env = process.env, cacheDir, onStatus, revalidateTimeoutMs, offline, ...rest } = options;
+  void offline;
+  if (hubOffline(env)) return fromHfCache(uri, out, env);
+  const target = await hfFileSource(uri, { token, env, caCertFiles: rest.caCertFiles, signal: rest.signal });
+  const fetchOptions: FetchOptions = {
+    ...rest,
+    sha256: rest.sha256 ?? target.sha256,
+    headers: { ...rest.headers, ...target.headers },
+  };
+  const landing = target.gitSha1 ? `${out}.loom-incomplete` : out;
+  let result: CachedFetchResult | FetchResult;
+  if (cache) {
+    result = await fetchCached(target.url, landing, {
+      ...fetchOptions,
+      cacheDir,
+      onStatus,
+      revalidateTimeoutMs,
+      offline: true,
+    });
+  } else {
+    const { fetchFile } = await import('../fetch/fetch-file.js');
+    result = await fetchFile(target.url, landing, fetchOptions);
+  }
+  if (target.gitSha1) {
+    await verifyGitSha1(landing, target.size, target.gitSha1, {
+      url: target.url,
+      label: formatHfRef(target.ref),
+      cacheDir: cache ? cacheDir : undefined,
+    });
+    try {
+      await rename(landing, out);
+    } catch (err) {
+      throw diskError(err, `placing ${out}`);
+    }
+  }
+  return { ...result, url: uri, path: out };
+}
+
+async function fromHfCache(uri: string, out: string, env: NodeJS.ProcessEnv): Promise<FetchResult> {
+  const started = performance.now();
+  const ref = parseHfRef(uri);
+  const revision = ref.revision ?? DEFAULT_REVISION;
+  const repoCache = new HfRepoCache(hubCacheDir(env), ref.repoType, ref.repoId);
+  const commit = COMMIT_HASH.test(revision) ? revision : repoCache.readRef(revision);
+  const pointer = commit && ref.path ? repoCache.pointerPath(commit, ref.path) : undefined;
+  if (!pointer || !existsSync(pointer)) {
+    throw new HubOfflineError(`HF_HUB_OFFLINE is set and ${formatHfRef(ref)} is not in ${repoCache.hubCache}`, {
+      hint: 'fetch it once with network access, or unset HF_HUB_OFFLINE',
+    });
+  }
+  const blob = realpathSync(pointer);
+  const temp = `${out}.loom-${process.pid}`;
+  try {
+    await rm(temp, { force: true });
+    await link(blob, temp);
+    await rename(temp, out);
+  } catch (err) {
+    await rm(temp, { force: true });
+    throw diskError(err, `linking ${out}`);
+  }
+  const { statSync } = await import('node:fs');
+  const size = statSync(out).size;
+  const etag = blob.split('/').pop()!;
+  return {
+    path: out,
+    url: uri,
+    finalUrl: pointer,
+    size,
+    sha256: etag.length === 64 ? etag : undefined,
+    validator: { etag: `"${etag}"` },
+    stats: emptyStats(),
+    seconds: (performance.now() - started) / 1000,
+  };
+}

@@ -1,0 +1,348 @@
+// `loom pull`: a whole Hub repo (or the files of it that --include/--exclude pick) at one
+// commit. The revision is resolved once; the paginated tree listing names every file with
+// the digest the Hub vouches for (LFS sha256, else git sha1), so a file already in the node
+// cache is a hit before any request for its bytes. Files go through fetchCached (verified,
+// stored once per node) and are laid out in the standard HF cache (blobs hard-linked from the
+// node cache) or as plain files under --out.
+import { existsSync, realpathSync, statSync } from 'node:fs';
+import { link, mkdir, rename, rm } from 'node:fs/promises';
+import { dirname, resolve, sep } from 'node:path';
+import picomatch from 'picomatch';
+import { HubOfflineError, UsageError, diskError } from '../core/errors.js';
+import { fetchCached, type CacheOutcome } from '../cache/cached-fetch.js';
+import { HfRepoCache, hubCacheDir } from '../cache/hf-layout.js';
+import type { FetchOptions } from '../fetch/options.js';
+import { HubApi, type TreeEntry } from '../sources/hf/api.js';
+import { hubEndpoint, hubOffline, hubToken } from '../sources/hf/config.js';
+import {
+  COMMIT_HASH,
+  DEFAULT_REVISION,
+  formatHfRef,
+  parseHfRef,
+  resolveUrl,
+  type HfRef,
+  type HfRepoType,
+} from '../sources/hf/uri.js';
+import { verifyGitSha1 } from './verify.js';
+
+export type PullFetchOptions = Omit<FetchOptions, 'sha256' | 'headers' | 'onProgress' | 'computeSha256'>;
+
+export interface PullParams {
+  /** `org/repo[@rev]`, `hf://org/repo[@rev]`, `hf://datasets/org/name[@rev]`. */
+  repo: string;
+  /** Overrides an @revision in `repo`. Default `main`. */
+  revision?: string;
+  /** Default `model` (or what the name's `datasets/` prefix says). */
+  repoType?: HfRepoType;
+  /** Globs of paths to take (default all); `**` crosses directories, a pattern without `/` matches file names. */
+  include?: string[];
+  /** Globs of paths to leave out. */
+  exclude?: string[];
+  /** Plain files (hard links) in this directory instead of the HF cache. */
+  out?: string;
+  /** Default: HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token. */
+  token?: string;
+  /** Default HF_ENDPOINT, else https://huggingface.co. */
+  endpoint?: string;
+  /** The HF cache. Default HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub. */
+  hubCache?: string;
+  /** Loom's node cache root (see fetchCached). */
+  cacheDir?: string;
+  /** No request to the Hub: serve from the HF cache. Default HF_HUB_OFFLINE. */
+  offline?: boolean;
+  /** Files fetched at once. Default 8. */
+  parallelFiles?: number;
+  /** Engine options for each file (workers is per file). */
+  fetch?: PullFetchOptions;
+  env?: NodeJS.ProcessEnv;
+  onStatus?: (message: string) => void;
+  /** Called when a file is done. */
+  onFile?: (file: PulledFile, progress: { done: number; total: number }) => void;
+  /** The whole pull's progress, about ten times a second while bytes move. */
+  onProgress?: (progress: PullProgress) => void;
+}
+
+export interface PullProgress {
+  filesDone: number;
+  filesTotal: number;
+  /** Bytes in place (files done, and what the active ones have on disk). */
+  bytesDone: number;
+  bytesTotal: number;
+  /** Files being fetched now. */
+  active: { path: string; doneBytes: number; size: number }[];
+}
+
+export type PullOutcome = CacheOutcome | 'present';
+
+export interface PulledFile {
+  path: string;
+  size: number;
+  /** Blob name in the HF cache: the sha256 for LFS files, the git sha1 otherwise. */
+  etag: string;
+  lfs: boolean;
+  /** `present`: already in place (nothing asked); `hit`: from the node cache; `miss`: downloaded. */
+  outcome: PullOutcome;
+  transferredBytes: number;
+  /** Where the file is: the snapshot symlink, or the plain file under --out. */
+  location: string;
+}
+
+export interface PullResult {
+  repo: string;
+  repoType: HfRepoType;
+  revision: string;
+  commit: string;
+  /** The snapshot directory (HF cache) or --out. */
+  dir: string;
+  layout: 'hf-cache' | 'plain';
+  files: PulledFile[];
+  bytes: number;
+  transferredBytes: number;
+  seconds: number;
+}
+
+interface PlannedFile {
+  path: string;
+  size: number;
+  etag: string;
+  sha256: string | undefined;
+  gitSha1: string | undefined;
+}
+
+/** A glob filter in the spirit of the hf CLI's allow/ignore patterns. */
+export function pathFilter(
+  include: readonly string[] = [],
+  exclude: readonly string[] = [],
+): (path: string) => boolean {
+  const compile = (patterns: readonly string[]): ((path: string) => boolean) => {
+    const matchers = patterns.map((raw) => {
+      const pattern = raw.endsWith('/') ? `${raw}**` : raw;
+      return picomatch(pattern, { dot: true, basename: !pattern.includes('/') });
+    });
+    return (path) => matchers.some((m) => m(path));
+  };
+  const included = include.length ? compile(include) : () => true;
+  const excluded = exclude.length ? compile(exclude) : () => false;
+  return (path) => included(path) && !excluded(path);
+}
+
+/** A repo path must stay inside the directory it is joined to. */
+function safeJoin(root: string, path: string): string {
+  const target = resolve(root, ...path.split('/'));
+  if (!target.startsWith(resolve(root) + sep)) {
+    throw new UsageError(`the repo names a file outside its directory: ${path}`);
+  }
+  return target;
+}
+
+function planned(entry: TreeEntry): PlannedFile {
+  const sha256 = entry.lfs?.oid;
+  return {
+    path: entry.path,
+    size: entry.lfs?.size ?? entry.size,
+    etag: sha256 ?? entry.oid,
+    sha256,
+    gitSha1: sha256 ? undefined : entry.oid,
+  };
+}
+
+export async function pullRepo(params: PullParams): Promise<PullResult> {
+  const started = performance.now();
+  const env = params.env ?? process.env;
+  const ref: HfRef = parseHfRef(params.repo, params.repoType);
+  if (ref.path) {
+    throw new UsageError(`${params.repo} names a file, not a repo`, {
+      hint: 'use loom fetch hf://… -o FILE for one file, or --include to pick files',
+    });
+  }
+  const revision = params.revision ?? ref.revision ?? DEFAULT_REVISION;
+  const repoCache = new HfRepoCache(params.hubCache ?? hubCacheDir(env), ref.repoType, ref.repoId);
+  const keep = pathFilter(params.include, params.exclude);
+  const status = params.onStatus ?? (() => undefined);
+  const out = params.out;
+
+  if (params.offline ?? hubOffline(env)) {
+    return pullOffline({ ref, revision, repoCache, keep, out, started });
+  }
+
+  const endpoint = params.endpoint ?? hubEndpoint(env);
+  const api = new HubApi({
+    endpoint,
+    token: hubToken(params.token, env),
+    caCertFiles: params.fetch?.caCertFiles,
+    signal: params.fetch?.signal,
+  });
+  let commit: string;
+  let files: PlannedFile[];
+  try {
+    commit = await api.resolveRevision(ref, revision);
+    const entries = await api.listTree(ref, commit);
+    files = entries.filter((e) => e.type === 'file' && keep(e.path)).map(planned);
+  } finally {
+    api.close();
+  }
+  for (const file of files) safeJoin(out ?? repoCache.snapshotDir(commit), file.path);
+  if (files.length === 0) status(`no file of ${formatHfRef({ ...ref, revision })} matches the filters`);
+  const headers = api.authHeaders();
+
+  const bytesTotal = files.reduce((sum, f) => sum + f.size, 0);
+  const active = new Map<string, { path: string; doneBytes: number; size: number }>();
+  let filesDone = 0;
+  let bytesOfDoneFiles = 0;
+  let lastReport = 0;
+  const report = (force = false): void => {
+    if (!params.onProgress || (!force && performance.now() - lastReport < 100)) return;
+    lastReport = performance.now();
+    const list = [...active.values()];
+    params.onProgress({
+      filesDone,
+      filesTotal: files.length,
+      bytesDone: bytesOfDoneFiles + list.reduce((sum, a) => sum + a.doneBytes, 0),
+      bytesTotal,
+      active: list,
+    });
+  };
+
+  const fetchOne = async (file: PlannedFile): Promise<PulledFile> => {
+    const url = resolveUrl(endpoint, ref, commit, file.path);
+    const base = { path: file.path, size: file.size, etag: file.etag, lfs: file.sha256 !== undefined };
+    if (!out && repoCache.hasBlob(file.etag, file.size)) {
+      // Already in the HF cache (by Loom or the Hub's own clients): trust it as they do.
+      const location = await repoCache.linkSnapshot(commit, file.path, file.etag);
+      return { ...base, outcome: 'present', transferredBytes: 0, location };
+    }
+    // A small file is verified after fetchCached and before it takes its place; an LFS file
+    // is verified by fetchCached itself (its sha256), so it can land at its place directly.
+    const target = out ? safeJoin(out, file.path) : repoCache.blobPath(file.etag);
+    const landing = out
+      ? file.gitSha1
+        ? `${target}.loom-incomplete`
+        : target
+      : await repoCache.prepareBlob(file.etag);
+    try {
+      await mkdir(dirname(landing), { recursive: true });
+    } catch (err) {
+      throw diskError(err, `creating ${dirname(landing)}`);
+    }
+    const result = await fetchCached(url, landing, {
+      ...params.fetch,
+      sha256: file.sha256,
+      headers,
+      cacheDir: params.cacheDir,
+      // The URL names a commit: its bytes never change, so a cached copy needs no revalidation.
+      offline: true,
+      onStatus: (message) => status(`${file.path}: ${message}`),
+      onProgress: (p) => {
+        active.set(file.path, { path: file.path, doneBytes: p.doneBytes, size: file.size });
+        report();
+      },
+    });
+    if (file.gitSha1) {
+      await verifyGitSha1(landing, file.size, file.gitSha1, { url, label: file.path, cacheDir: params.cacheDir });
+    }
+    if (landing !== target) {
+      try {
+        await rename(landing, target);
+      } catch (err) {
+        throw diskError(err, `placing ${target}`);
+      }
+    }
+    const location = out ? target : await repoCache.linkSnapshot(commit, file.path, file.etag);
+    return { ...base, outcome: result.cache, transferredBytes: result.stats.transferredBytes, location };
+  };
+
+  // Largest first, so the long transfers start at once and small files fill in around them.
+  const queue = [...files].sort((a, b) => b.size - a.size);
+  const results: PulledFile[] = [];
+  const parallel = Math.max(1, params.parallelFiles ?? 8);
+  let failure: unknown;
+  const worker = async (): Promise<void> => {
+    while (failure === undefined) {
+      const file = queue.shift();
+      if (!file) return;
+      try {
+        const pulled = await fetchOne(file);
+        active.delete(file.path);
+        filesDone++;
+        bytesOfDoneFiles += file.size;
+        report(true);
+        results.push(pulled);
+        params.onFile?.(pulled, { done: results.length, total: files.length });
+      } catch (err) {
+        failure ??= err;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(parallel, files.length) }, worker));
+  if (failure !== undefined) throw failure;
+  if (!out) await repoCache.writeRef(revision, commit);
+  results.sort((a, b) => a.path.localeCompare(b.path));
+  return {
+    repo: ref.repoId,
+    repoType: ref.repoType,
+    revision,
+    commit,
+    dir: out ?? repoCache.snapshotDir(commit),
+    layout: out ? 'plain' : 'hf-cache',
+    files: results,
+    bytes: results.reduce((sum, f) => sum + f.size, 0),
+    transferredBytes: results.reduce((sum, f) => sum + f.transferredBytes, 0),
+    seconds: (performance.now() - started) / 1000,
+  };
+}
+
+/** HF_HUB_OFFLINE: the revision and its files from the HF cache, no request at all. */
+async function pullOffline(ctx: {
+  ref: HfRef;
+  revision: string;
+  repoCache: HfRepoCache;
+  keep: (path: string) => boolean;
+  out: string | undefined;
+  started: number;
+}): Promise<PullResult> {
+  const { ref, revision, repoCache, keep, out } = ctx;
+  const commit = COMMIT_HASH.test(revision) ? revision : repoCache.readRef(revision);
+  const paths = commit ? await repoCache.snapshotFiles(commit) : undefined;
+  if (!commit || !paths) {
+    throw new HubOfflineError(
+      `HF_HUB_OFFLINE is set and ${formatHfRef({ ...ref, revision })} is not in ${repoCache.hubCache}`,
+      {
+        hint: 'pull it once with network access, or unset HF_HUB_OFFLINE',
+      },
+    );
+  }
+  const files: PulledFile[] = [];
+  for (const path of paths.filter(keep)) {
+    const pointer = repoCache.pointerPath(commit, path);
+    if (!existsSync(pointer)) {
+      throw new HubOfflineError(`HF_HUB_OFFLINE is set and ${path} of ${ref.repoId} is missing from the HF cache`);
+    }
+    const blob = realpathSync(pointer);
+    const size = statSync(blob).size;
+    let location = pointer;
+    if (out) {
+      location = safeJoin(out, path);
+      try {
+        await mkdir(dirname(location), { recursive: true });
+        await rm(location, { force: true });
+        await link(blob, location);
+      } catch (err) {
+        throw diskError(err, `linking ${location}`);
+      }
+    }
+    const etag = blob.split(sep).pop()!;
+    files.push({ path, size, etag, lfs: etag.length === 64, outcome: 'present', transferredBytes: 0, location });
+  }
+  return {
+    repo: ref.repoId,
+    repoType: ref.repoType,
+    revision,
+    commit,
+    dir: out ?? repoCache.snapshotDir(commit),
+    layout: out ? 'plain' : 'hf-cache',
+    files,
+    bytes: files.reduce((sum, f) => sum + f.size, 0),
+    transferredBytes: 0,
+    seconds: (performance.now() - ctx.started) / 1000,
+  };
+}

@@ -1,0 +1,344 @@
+// The Hub's HTTP API as Loom uses it: a revision resolved to its commit, the paginated
+// recursive tree listing, and a file's metadata from a HEAD of its resolve URL. Every error
+// answer becomes the typed error its X-Error-Code (or status) names; 429 and 5xx are retried
+// with the wait the Hub asks for (Retry-After), within bounds.
+import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  HttpStatusError,
+  HubEntryNotFoundError,
+  HubGatedRepoError,
+  HubRateLimitedError,
+  HubRepoNotFoundError,
+  HubRevisionNotFoundError,
+  HubUnauthorizedError,
+  InvalidUrlError,
+  LoomError,
+  NetworkError,
+  StallError,
+  RedirectError,
+  cancelled,
+} from '../../core/errors.js';
+import { HttpClient } from '../http-client.js';
+import { formatHfRef, resolveUrl, type HfRef, type HfRepoType } from './uri.js';
+
+export interface HubApiOptions {
+  endpoint: string;
+  token: string | undefined;
+  caCertFiles?: readonly string[];
+  /** Attempts for a request answered 429 or 5xx or cut off, the first included. Default 4. */
+  attempts?: number;
+  /** A longer Retry-After fails at once. Default 60 s. */
+  maxRetryAfterMs?: number;
+  /** Wait when a 429 or 5xx names none. Default 0.5 s, doubling. */
+  baseDelayMs?: number;
+  stallTimeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+/** One entry of the tree API. */
+export interface TreeEntry {
+  type: 'file' | 'directory';
+  path: string;
+  size: number;
+  /** The git blob sha1 (for an LFS file: of its pointer file). */
+  oid: string;
+  lfs?: { oid: string; size: number };
+}
+
+/** What a HEAD of a file's resolve URL tells, before any byte moves. */
+export interface HubFileMeta {
+  /** The commit the revision resolved to (X-Repo-Commit). */
+  commit: string;
+  /** X-Linked-Etag, else ETag, quotes and W/ stripped: sha256 (LFS) or git sha1. */
+  etag: string;
+  size: number;
+  /** True when the etag is the file's sha256 (an LFS file). */
+  lfs: boolean;
+}
+
+const apiType = (type: HfRepoType): string => `${type}s`;
+
+/** An ETag or X-Linked-Etag as the cache names blobs: no W/, no quotes. */
+export function normalizeEtag(value: string): string {
+  return value.replace(/^W\//, '').replace(/^"|"$/g, '');
+}
+
+/** Parses `Link: <url>; rel="next"` (relative URLs resolve against `base`). */
+export function nextLink(link: string | undefined, base: string): string | undefined {
+  if (!link) return undefined;
+  for (const part of link.split(',')) {
+    const match = /<([^>]*)>\s*;(.*)/.exec(part.trim());
+    if (match && /rel="?next"?/.test(match[2]!)) return new URL(match[1]!, base).href;
+  }
+  return undefined;
+}
+
+async function readText(res: IncomingMessage): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of res) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}
+
+function header(res: IncomingMessage, name: string): string | undefined {
+  const value = res.headers[name];
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/** The typed error for a Hub error answer. */
+export function hubError(
+  res: IncomingMessage,
+  what: { ref: HfRef; url: string; hadToken: boolean; body?: string },
+): LoomError {
+  const status = res.statusCode ?? 0;
+  const code = header(res, 'x-error-code');
+  const hubSays = header(res, 'x-error-message');
+  const name = formatHfRef(what.ref);
+  const details = { url: what.url, status };
+  switch (code) {
+    case 'RepoNotFound':
+      return new HubRepoNotFoundError(`repository ${what.ref.repoType} ${what.ref.repoId} not found on the Hub`, {
+        ...details,
+        hint: what.hadToken
+          ? 'check the name and --repo-type, and that your token can see it'
+          : 'check the name and --repo-type; if it is private, give a token (--token, HF_TOKEN or `hf auth login`)',
+      });
+    case 'GatedRepo':
+      return new HubGatedRepoError(
+        `${what.ref.repoId} is a gated repo and ${what.hadToken ? 'this token has no access to it' : 'no token was given'}`,
+        {
+          ...details,
+          hint: what.hadToken
+            ? `ask for access on the repo's page, then retry`
+            : `ask for access on the repo's page, then give a token (--token, HF_TOKEN or \`hf auth login\`)`,
+        },
+      );
+    case 'RevisionNotFound':
+      return new HubRevisionNotFoundError(`revision "${what.ref.revision ?? 'main'}" not found in ${what.ref.repoId}`, {
+        ...details,
+        hint: 'check the branch, tag or commit after @',
+      });
+    case 'EntryNotFound':
+      return new HubEntryNotFoundError(`${what.ref.path ?? 'file'} not found in ${name}`, {
+        ...details,
+        hint: 'check the path inside the repo',
+      });
+    default:
+      break;
+  }
+  if (status === 401) {
+    return new HubUnauthorizedError(
+      what.hadToken
+        ? `the Hub refused the token (HTTP 401) for ${name}`
+        : `the Hub wants a token (HTTP 401) for ${name}`,
+      {
+        ...details,
+        hint: what.hadToken
+          ? 'check --token / HF_TOKEN / the token file; it may be revoked or mistyped'
+          : 'give a token with --token, HF_TOKEN or `hf auth login`',
+      },
+    );
+  }
+  if (status === 429) {
+    return new HubRateLimitedError(`the Hub is rate limiting requests (HTTP 429) for ${name}`, {
+      ...details,
+      hint: 'wait and retry; a token (HF_TOKEN) gets a higher limit',
+    });
+  }
+  const message = hubSays ?? what.body?.slice(0, 200);
+  return new HttpStatusError(`HTTP ${status} from the Hub for ${name}${message ? `: ${message}` : ''}`, details);
+}
+
+export class HubApi {
+  readonly endpoint: string;
+  private readonly client: HttpClient;
+  private readonly attempts: number;
+  private readonly maxRetryAfterMs: number;
+  private readonly baseDelayMs: number;
+  private readonly stallTimeoutMs: number;
+
+  constructor(private readonly options: HubApiOptions) {
+    this.endpoint = options.endpoint.replace(/\/+$/, '');
+    if (!/^https?:\/\/[^/]/.test(this.endpoint)) {
+      throw new InvalidUrlError(`the Hub endpoint "${options.endpoint}" is not an http(s) URL`, {
+        hint: 'set HF_ENDPOINT to a URL such as https://huggingface.co',
+      });
+    }
+    this.stallTimeoutMs = options.stallTimeoutMs ?? 30_000;
+    this.client = new HttpClient({
+      maxSockets: 8,
+      caCertFiles: options.caCertFiles,
+      connectTimeoutMs: this.stallTimeoutMs,
+    });
+    this.attempts = options.attempts ?? 4;
+    this.maxRetryAfterMs = options.maxRetryAfterMs ?? 60_000;
+    this.baseDelayMs = options.baseDelayMs ?? 500;
+  }
+
+  get hasToken(): boolean {
+    return this.options.token !== undefined;
+  }
+
+  /** Headers for the Hub's own host (never for the CDN). */
+  authHeaders(): Record<string, string> {
+    return this.options.token ? { authorization: `Bearer ${this.options.token}` } : {};
+  }
+
+  /** One request, retried on 429/5xx/connection failures; non-2xx/3xx answers become typed errors. */
+  private async send(method: 'GET' | 'HEAD', url: string, ref: HfRef, accept?: string): Promise<IncomingMessage> {
+    const headers: OutgoingHttpHeaders = {
+      'user-agent': 'loom/0.1',
+      'accept-encoding': 'identity',
+      ...(accept && { accept }),
+      ...this.authHeaders(),
+    };
+    for (let attempt = 1; ; attempt++) {
+      let res: IncomingMessage;
+      try {
+        res = await this.client.request(new URL(url), {
+          method,
+          headers,
+          signal: this.options.signal,
+          stallTimeoutMs: this.stallTimeoutMs,
+        });
+      } catch (err) {
+        if (this.options.signal?.aborted) throw cancelled();
+        if (!isTransient(err)) throw err;
+        if (attempt >= this.attempts) {
+          throw new NetworkError(`cannot reach the Hub at ${new URL(url).host}: ${(err as Error).message}`, {
+            url,
+            cause: err,
+            hint: 'check the network and HF_ENDPOINT (or set HF_HUB_OFFLINE=1 to use the local cache)',
+          });
+        }
+        await this.wait(this.backoff(attempt));
+        continue;
+      }
+      const status = res.statusCode ?? 0;
+      if (status < 400) return res;
+      const retryable = status === 429 || status >= 500;
+      const body = method === 'GET' ? await readText(res).catch(() => '') : (res.resume(), '');
+      const error = hubError(res, { ref, url, hadToken: this.hasToken, body });
+      if (!retryable || attempt >= this.attempts) throw error;
+      const retryAfter = parseRetryAfterMs(header(res, 'retry-after'));
+      if (retryAfter !== undefined && retryAfter > this.maxRetryAfterMs) {
+        throw new HubRateLimitedError(
+          `the Hub asks to wait ${Math.ceil(retryAfter / 1000)} s (Retry-After) for ${formatHfRef(ref)}`,
+          { url, status, hint: 'retry later; a token (HF_TOKEN) gets a higher limit' },
+        );
+      }
+      await this.wait(retryAfter ?? this.backoff(attempt));
+    }
+  }
+
+  private backoff(attempt: number): number {
+    return Math.min(this.baseDelayMs * 2 ** (attempt - 1), 30_000);
+  }
+
+  private async wait(ms: number): Promise<void> {
+    try {
+      await sleep(ms, undefined, { signal: this.options.signal });
+    } catch {
+      throw cancelled();
+    }
+  }
+
+  private async getJson<T>(url: string, ref: HfRef): Promise<{ value: T; res: IncomingMessage }> {
+    const res = await this.send('GET', url, ref, 'application/json');
+    const text = await readText(res);
+    try {
+      return { value: JSON.parse(text) as T, res };
+    } catch {
+      throw new HttpStatusError(`the Hub answered ${url} with something that is not JSON`, {
+        url,
+        status: res.statusCode,
+      });
+    }
+  }
+
+  /** The commit a branch, tag or commit names. */
+  async resolveRevision(ref: HfRef, revision: string): Promise<string> {
+    const url = `${this.endpoint}/api/${apiType(ref.repoType)}/${ref.repoId}/revision/${encodeURIComponent(revision)}`;
+    const { value } = await this.getJson<{ sha?: unknown }>(url, { ...ref, revision });
+    if (typeof value.sha !== 'string' || !/^[0-9a-f]{40}$/.test(value.sha)) {
+      throw new HttpStatusError(`the Hub gave no commit for ${formatHfRef({ ...ref, revision })}`, { url });
+    }
+    return value.sha;
+  }
+
+  /** Every entry of the repo at `commit`, following the tree API's pages. */
+  async listTree(ref: HfRef, commit: string): Promise<TreeEntry[]> {
+    const entries: TreeEntry[] = [];
+    let url: string | undefined =
+      `${this.endpoint}/api/${apiType(ref.repoType)}/${ref.repoId}/tree/${commit}?recursive=true`;
+    while (url) {
+      const { value, res } = await this.getJson<unknown>(url, ref);
+      if (!Array.isArray(value))
+        throw new HttpStatusError(`the Hub's tree listing of ${ref.repoId} is not a list`, { url });
+      for (const item of value as TreeEntry[]) {
+        if ((item.type === 'file' || item.type === 'directory') && typeof item.path === 'string') entries.push(item);
+      }
+      url = nextLink(header(res, 'link'), url);
+    }
+    return entries;
+  }
+
+  /** HEAD of the file's resolve URL: commit, etag (sha256 for LFS), size. */
+  async fileMeta(ref: HfRef, revision: string, path: string): Promise<HubFileMeta> {
+    let url = resolveUrl(this.endpoint, ref, revision, path);
+    const fileRef = { ...ref, revision, path };
+    for (let hop = 0; ; hop++) {
+      const res = await this.send('HEAD', url, fileRef);
+      res.resume();
+      const status = res.statusCode ?? 0;
+      const location = header(res, 'location');
+      // A relative redirect is a renamed repo: follow it on the Hub's host.
+      if (status >= 300 && status < 400 && location && new URL(location, url).host === new URL(url).host) {
+        if (hop >= 5) throw new RedirectError(`too many redirects for ${formatHfRef(fileRef)}`, { url });
+        url = new URL(location, url).href;
+        continue;
+      }
+      const etag = header(res, 'x-linked-etag') ?? header(res, 'etag');
+      const commit = header(res, 'x-repo-commit');
+      const size = Number(header(res, 'x-linked-size') ?? (status < 300 ? header(res, 'content-length') : undefined));
+      if (!etag || !commit || !Number.isSafeInteger(size)) {
+        throw new HttpStatusError(
+          `the Hub's answer for ${formatHfRef(fileRef)} lacks ${!etag ? 'an ETag' : !commit ? 'X-Repo-Commit' : 'a size'}`,
+          { url, status, hint: 'check HF_ENDPOINT: it must be a Hugging Face Hub' },
+        );
+      }
+      const clean = normalizeEtag(etag);
+      return { commit, etag: clean, size, lfs: /^[0-9a-f]{64}$/.test(clean) };
+    }
+  }
+
+  close(): void {
+    this.client.close();
+  }
+}
+
+const TRANSIENT_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EAI_AGAIN',
+  'ENOTFOUND',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'UND_ERR_SOCKET',
+]);
+
+/** Failures a retry can cure: the connection, not the request. */
+function isTransient(err: unknown): boolean {
+  if (err instanceof StallError) return true;
+  if (err instanceof LoomError) return false;
+  return TRANSIENT_CODES.has((err as { code?: string }).code ?? '');
+}
+
+function parseRetryAfterMs(value: string | undefined): number | undefined {
+  if (!value) return undefined;
+  if (/^\d+$/.test(value.trim())) return Number(value.trim()) * 1000;
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
+}
