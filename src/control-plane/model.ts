@@ -14,13 +14,9 @@ export interface NodeRecord {
   expiresAt: number;
 }
 
-/** A blob: its digest, and the piece digests peers' bytes are checked against. */
-export interface Manifest {
-  digest: string;
-  size: number;
-  pieceSize: number;
-  pieces: string[];
-}
+/** A blob: its digest, and the piece digests peers' bytes are checked against (src/core/manifest.ts). */
+import type { Manifest } from '../core/manifest.js';
+export type { Manifest };
 
 /** That a node holds a blob, wholly or in part. */
 export interface Replica {
