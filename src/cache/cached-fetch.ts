@@ -9,8 +9,8 @@ import { CacheError, DiskAccessError, DiskFullError, LoomError } from '../core/e
 import type { DownloadResult } from '../fetch/download.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
-import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
-import { httpSourceFor } from '../sources/http.js';
+import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from '../fetch/options.js';
+import { sourceFor } from '../sources/index.js';
 import type { Validator } from '../sources/source.js';
 import { adoptBlob, ensureLayout, hasBlob, materialize, withBlobInUse, type Materialization } from './blob-store.js';
 import type { CacheIndex, SourceEntry } from './cache-index.js';
@@ -51,7 +51,7 @@ export async function fetchCached(
   const layout = cacheLayout(resolveCacheRoot(cacheDir));
   const key = sourceKey(url);
   const status = onStatus ?? (() => undefined);
-  const source = httpSourceFor(url, resolved);
+  const source = sourceFor(url, sourceOptionsOf(resolved));
   const freshness: FreshnessCheck = {
     offline: offline ?? process.env.LOOM_OFFLINE === '1',
     timeoutMs: revalidateTimeoutMs ?? 5_000,

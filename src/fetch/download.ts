@@ -137,7 +137,13 @@ const EARLY_OPEN_MIN_LATENCY_MS = 20;
 
 /** Starts downloading one blob from `params.sources`; see BlobDownloadHandle. */
 export function startBlobDownload(params: BlobDownloadParams): BlobDownloadHandle {
-  const download = new BlobDownload(params, emptyStats());
+  let download: BlobDownload;
+  try {
+    download = new BlobDownload(params, emptyStats());
+  } catch (err) {
+    // Bad parameters reject like any other failure of the download.
+    return { result: Promise.reject(err as Error), addSource: () => undefined };
+  }
   return { result: download.run(), addSource: (slot) => download.addSource(slot) };
 }
 
@@ -432,7 +438,8 @@ class BlobDownload {
   /** Probes the sources in order of preference (origins first among equals) until one answers. */
   private async probe(range: readonly [number, number]): Promise<{ state: SourceState; probe: ProbeResult }> {
     const order = [...this.sources.live()].sort(
-      (a, b) => Number(b.slot.kind === 'origin') - Number(a.slot.kind === 'origin') || a.slot.preference - b.slot.preference,
+      (a, b) =>
+        Number(b.slot.kind === 'origin') - Number(a.slot.kind === 'origin') || a.slot.preference - b.slot.preference,
     );
     for (const [i, state] of order.entries()) {
       const budget = { attempts: 0 };
@@ -510,7 +517,11 @@ class BlobDownload {
       this.checkDone();
     }
     if (held) {
-      if (held.body instanceof Promise) held.body.then((b) => b.stream.destroy(), () => undefined);
+      if (held.body instanceof Promise)
+        held.body.then(
+          (b) => b.stream.destroy(),
+          () => undefined,
+        );
       else held.body?.stream.destroy();
       state.inFlight--;
       scheduler.release(held.task);
@@ -521,11 +532,7 @@ class BlobDownload {
    * Fetches one task to its (possibly shrinking) end from `state`, resuming after each
    * failure. Returns 'released' when the source was dropped and the task must go elsewhere.
    */
-  private async runTask(
-    state: SourceState,
-    held: Held,
-    setNext: (next: Held) => void,
-  ): Promise<'done' | 'released'> {
+  private async runTask(state: SourceState, held: Held, setNext: (next: Held) => void): Promise<'done' | 'released'> {
     const { task } = held;
     const { source } = state.slot;
     let body = held.body;
@@ -810,7 +817,11 @@ class BlobDownload {
       sha256 = this.manifestIn.digest;
     } else if (this.hasher) {
       sha256 = await this.hasher.digest(size);
-      if (this.params.produceManifest && this.pieceSize > 0 && this.producedPieces.length === pieceCount(size, this.pieceSize)) {
+      if (
+        this.params.produceManifest &&
+        this.pieceSize > 0 &&
+        this.producedPieces.length === pieceCount(size, this.pieceSize)
+      ) {
         manifest = { digest: sha256, size, pieceSize: this.pieceSize, pieces: [...this.producedPieces] };
       }
     }

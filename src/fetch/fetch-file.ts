@@ -3,7 +3,7 @@
 // place at the end.
 import { sourceFor } from '../sources/index.js';
 import type { DownloadResult } from './download.js';
-import { resolveFetchOptions, type FetchOptions } from './options.js';
+import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from './options.js';
 
 export interface FetchResult extends DownloadResult {
   path: string;
@@ -17,14 +17,7 @@ export function partPathFor(out: string): string {
 
 export async function fetchFile(url: string, out: string, options: FetchOptions = {}): Promise<FetchResult> {
   const resolved = resolveFetchOptions(options);
-  const source = sourceFor(url, {
-    headers: resolved.headers,
-    maxRedirects: resolved.maxRedirects,
-    stallTimeoutMs: resolved.stallTimeoutMs,
-    // Two sockets per worker: a worker opens its next request before its current one ends.
-    maxSockets: resolved.workers * 2,
-    caCertFiles: resolved.caCertFiles,
-  });
+  const source = sourceFor(url, sourceOptionsOf(resolved));
   // The engine is loaded when a download really starts; a cache hit never needs it.
   const [{ downloadToPart }, { journalPathFor, removeJournal }, { moveIntoPlace }, { lockPart }] = await Promise.all([
     import('./download.js'),
@@ -37,11 +30,7 @@ export async function fetchFile(url: string, out: string, options: FetchOptions 
   try {
     const unlock = await lockPart(part);
     try {
-      const { manifest: _m, bytesBySource: _b, droppedSources: _d, ...result } = await downloadToPart(
-        source,
-        part,
-        resolved,
-      );
+      const result = await downloadToPart(source, part, resolved);
       await moveIntoPlace(part, out);
       await removeJournal(journalPathFor(part));
       return { ...result, path: out, url: source.url, seconds: (performance.now() - started) / 1000 };

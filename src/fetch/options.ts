@@ -6,6 +6,7 @@ import { parseDuration, parseSize } from '../core/units.js';
 import { checkBoolean, checkInteger, checkKnownKeys, checkOneOf, isRecord } from '../core/validate.js';
 import type { DownloadOptions, FetchProgress } from './download.js';
 import type { Preallocation } from './part-file.js';
+import type { SourceOptions } from '../sources/index.js';
 
 /** Options of fetchFile. Every field is optional; the default is named beside it. */
 export interface FetchOptions {
@@ -155,5 +156,17 @@ export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOpti
     stallTimeoutMs,
     maxRedirects: checkInteger(input.maxRedirects, 'maxRedirects', 0, 50) ?? DEFAULTS.maxRedirects,
     caCertFiles: input.caCertFiles ?? [],
+  };
+}
+
+/** What a source needs from the fetch options (sourceFor's second argument). */
+export function sourceOptionsOf(options: ResolvedFetchOptions): SourceOptions {
+  return {
+    headers: options.headers,
+    maxRedirects: options.maxRedirects,
+    stallTimeoutMs: options.stallTimeoutMs,
+    // Two sockets per worker: a worker opens its next request before its current one ends.
+    maxSockets: options.workers * 2,
+    caCertFiles: options.caCertFiles,
   };
 }

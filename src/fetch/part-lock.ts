@@ -25,14 +25,18 @@ export async function lockPart(partPath: string): Promise<() => Promise<void>> {
       }
       return () => rm(path, { force: true });
     } catch (err) {
-      if ((err as { code?: string }).code !== 'EEXIST' || attempt >= 2) throw diskError(err, `locking ${partPath}`, path);
+      if ((err as { code?: string }).code !== 'EEXIST' || attempt >= 2)
+        throw diskError(err, `locking ${partPath}`, path);
     }
     const holder = await readOwner(path);
     if (holder && (holder.host !== hostname() || isProcessAlive(holder.pid))) {
-      throw new OutputBusyError(`${partPath} is being written by another download (pid ${holder.pid} on ${holder.host})`, {
-        path: partPath,
-        hint: 'wait for it to finish, or choose another output path',
-      });
+      throw new OutputBusyError(
+        `${partPath} is being written by another download (pid ${holder.pid} on ${holder.host})`,
+        {
+          path: partPath,
+          hint: 'wait for it to finish, or choose another output path',
+        },
+      );
     }
     // The owner is gone (or the lock is unreadable): a killed run left it behind.
     await rm(path, { force: true });

@@ -68,7 +68,7 @@ export class PieceVerifier {
   private async hashPiece(index: number): Promise<string> {
     const [start, end] = pieceRange(this.manifest, index);
     const hash = createHash('sha256');
-    for (let at = start; at < end; ) {
+    for (let at = start; at < end;) {
       const read = await this.file.read(this.buffer, Math.min(this.buffer.length, end - at), at);
       if (read === 0) throw new Error(`unexpected end of ${this.file.path} at ${at}`);
       hash.update(this.buffer.subarray(0, read));

@@ -188,7 +188,7 @@ export class Scheduler {
   /** Cuts [start, end) into requests at piece boundaries and queues them in file order. */
   private enqueue(start: number, end: number): void {
     const tasks: RangeTask[] = [];
-    for (let at = start; at < end; ) {
+    for (let at = start; at < end;) {
       const piece = Math.floor(at / this.pieceSize);
       const stop = Math.min(end, at + this.requestSize, (piece + 1) * this.pieceSize);
       tasks.push(new RangeTask(at, stop, this.latency, piece));

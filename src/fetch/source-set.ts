@@ -111,10 +111,7 @@ export class SourceSet {
     if (!state.canServe(piece)) return false;
     return !this.states.some(
       (other) =>
-        other !== state &&
-        other.slot.preference < state.slot.preference &&
-        other.hasCapacity &&
-        other.canServe(piece),
+        other !== state && other.slot.preference < state.slot.preference && other.hasCapacity && other.canServe(piece),
     );
   }
 

@@ -20,5 +20,13 @@ export interface DownloadStats {
 }
 
 export function emptyStats(): DownloadStats {
-  return { transferredBytes: 0, resumedBytes: 0, requests: 0, retries: 0, restarts: 0, splits: 0, lastByteToDigestSeconds: undefined };
+  return {
+    transferredBytes: 0,
+    resumedBytes: 0,
+    requests: 0,
+    retries: 0,
+    restarts: 0,
+    splits: 0,
+    lastByteToDigestSeconds: undefined,
+  };
 }

@@ -65,9 +65,7 @@ describe('planning', () => {
   });
 
   it('never splits a range waiting out a Retry-After, and gives a failed piece to one source', () => {
-    const scheduler = new Scheduler({ ...options, workers: 2, minSplitEtaMs: 0, clientLoad: () => 0 }, [
-      [0, 20 * MiB],
-    ]);
+    const scheduler = new Scheduler({ ...options, workers: 2, minSplitEtaMs: 0, clientLoad: () => 0 }, [[0, 20 * MiB]]);
     const first = scheduler.take('a')!;
     scheduler.finish(scheduler.take('a')!);
     first.stalled();
