@@ -22,19 +22,20 @@ import {
 import { isValidManifest, pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../core/manifest.js';
 import type { ProbeExpectation, ProbeResult, RangeBody, Validator } from '../sources/source.js';
 import {
+  JournalKeeper,
   journalIdentity,
   journalMatches,
   journalPathFor,
   readJournal,
   removeJournal,
-  writeJournal,
+  type JournalSource,
   type JournalState,
 } from './journal.js';
 import { PartFile, type Preallocation } from './part-file.js';
-import { PieceVerifier } from './piece-verifier.js';
+import { PieceLedger } from './piece-verifier.js';
 import { PrefixHasher } from './prefix-hasher.js';
 import { pump } from './range-pump.js';
-import { RangeSet, type ByteRange } from './range-set.js';
+import { RangeSet } from './range-set.js';
 import { decideAfterFailure } from './retry-budget.js';
 import { waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { clientLoadMonitor, RangeTask, Scheduler } from './scheduler.js';
@@ -125,13 +126,6 @@ export interface BlobDownloadHandle {
 const PROGRESS_INTERVAL_MS = 100;
 const PROBE_SIZE = 1024 * 1024;
 const BACKGROUND_SYNC_BYTES = 128 * 1024 * 1024;
-/**
- * A journal is also written whenever this share of the file arrived since the last one, so a
- * kill -9 loses at most about that much however fast the bytes come (at 1 GB/s the 500 ms
- * interval alone would be 500 MB).
- */
-const JOURNAL_EVERY_FRACTION = 1 / 32;
-const JOURNAL_MIN_BYTES = 1024 * 1024;
 /** Below this first-byte latency a request's round trip is not worth hiding. */
 const EARLY_OPEN_MIN_LATENCY_MS = 20;
 
@@ -191,6 +185,7 @@ interface Held {
 class BlobDownload {
   private readonly controller = new AbortController();
   private readonly journalPath: string;
+  private readonly journal: JournalKeeper;
   private readonly sources: SourceSet;
   private readonly workers: Array<Promise<void>> = [];
   private readonly manifestIn: Manifest | undefined;
@@ -198,30 +193,23 @@ class BlobDownload {
   private ranges = new RangeSet();
   private part: PartFile | undefined;
   private hasher: PrefixHasher | undefined;
-  private verifier: PieceVerifier | undefined;
+  /** Pieces checked against the trusted manifest (with one). */
+  private ledger: PieceLedger | undefined;
+  private resumedVerified: number[] = [];
   private scheduler: Scheduler | undefined;
   private expect: ProbeExpectation | undefined;
   private size: number | undefined;
   private pieceSize = 0;
   private validator: Validator = {};
   private identity = '';
-  private readonly verified = new Set<number>();
   private readonly producedPieces: string[] = [];
-  /** Sources whose bytes went into each piece not yet verified (to blame a bad piece). */
-  private readonly contributors = new Map<number, Set<string>>();
   private activeRequests = 0;
   private failure: unknown;
   private finished = false;
   private settle!: { resolve: () => void; reject: (err: unknown) => void };
   private readonly completion: Promise<void>;
-  private lastJournalAt = 0;
-  private journalWrite: Promise<void> = Promise.resolve();
-  /** The part file and journal were deleted (bad digest): nothing may write them again. */
-  private discarded = false;
   private readonly slabs: SlabPool;
   private unsyncedBytes = 0;
-  private unjournaledBytes = 0;
-  private journalPending = false;
   private backgroundSync: Promise<void> | undefined;
   private lastByteAt: number | undefined;
   /** Since when no source can serve the work left (for sourceWaitMs). */
@@ -235,6 +223,7 @@ class BlobDownload {
     private readonly stats: DownloadStats,
   ) {
     this.journalPath = journalPathFor(params.partPath);
+    this.journal = new JournalKeeper(this.journalPath, params.journalIntervalMs, () => this.journalNow());
     // Every request in flight listens for the abort: hundreds of listeners are expected.
     setMaxListeners(0, this.controller.signal);
     this.sources = new SourceSet(this.controller.signal);
@@ -289,13 +278,13 @@ class BlobDownload {
       return result;
     } catch (err) {
       this.fail(err);
-      this.saveJournal();
+      this.journal.save();
       throw this.failure ?? err;
     } finally {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);
       await Promise.allSettled(this.workers);
-      await this.journalWrite;
+      await this.journal.settled();
       await this.backgroundSync;
       if (this.part) await this.part.close();
     }
@@ -344,15 +333,13 @@ class BlobDownload {
     const partSize = await this.part.size();
     if (journal && partSize === size && journalMatches(journal, size, this.validator)) {
       this.ranges = new RangeSet(journal.ranges);
-      if (this.manifestIn && journal.pieceSize === this.pieceSize) {
-        for (const index of journal.verified) if (index < this.manifestIn.pieces.length) this.verified.add(index);
-      }
+      if (this.manifestIn && journal.pieceSize === this.pieceSize) this.resumedVerified = journal.verified;
       this.stats.resumedBytes = this.ranges.size;
     } else if (journal) {
       await removeJournal(this.journalPath);
     }
     await this.part.preallocate(size, this.params.preallocation);
-    this.saveJournal();
+    this.journal.save();
     this.startChecks();
 
     const planned = new RangeSet(this.ranges.toJSON());
@@ -394,15 +381,17 @@ class BlobDownload {
     const part = this.part!;
     const manifest = this.manifestIn;
     if (manifest) {
-      this.verifier = new PieceVerifier(part, manifest, {
-        verified: (index) => this.pieceVerified(index),
-        mismatched: (index, actual) => this.pieceMismatched(index, actual),
-        failed: (err) => this.fail(err),
-      });
-      // Pieces whose bytes a previous run left complete but unchecked.
-      for (let i = 0; i < manifest.pieces.length; i++) {
-        if (!this.verified.has(i) && this.ranges.covers(...pieceRange(manifest, i))) this.verifier.check(i);
-      }
+      this.ledger = new PieceLedger(
+        part,
+        manifest,
+        this.ranges,
+        {
+          verified: (index) => this.pieceVerified(index),
+          mismatched: (index, senders, actual) => this.pieceMismatched(index, senders, actual),
+          failed: (err) => this.fail(err),
+        },
+        this.resumedVerified,
+      );
       return;
     }
     const produce = this.params.produceManifest;
@@ -483,8 +472,7 @@ class BlobDownload {
   private complete(): boolean {
     const scheduler = this.scheduler;
     if (!scheduler || scheduler.inFlight > 0 || scheduler.queued().length > 0) return false;
-    if (this.verifier) return this.verified.size === this.manifestIn!.pieces.length;
-    return true;
+    return this.ledger?.complete ?? true;
   }
 
   private checkDone(): void {
@@ -632,7 +620,7 @@ class BlobDownload {
     const stuck =
       this.sources.live().length === 0 ||
       (scheduler.inFlight === 0 &&
-        (this.verifier?.pending ?? 0) === 0 &&
+        (this.ledger?.pending ?? 0) === 0 &&
         scheduler.queued().length > 0 &&
         scheduler.queued().every((t) => !this.sources.anyCanServe(t.piece)));
     if (!stuck) {
@@ -665,26 +653,9 @@ class BlobDownload {
     this.stats.transferredBytes += length;
     state.bytes += length;
     this.lastByteAt = performance.now();
-    if (this.verifier) {
-      const first = Math.floor(at / this.pieceSize);
-      const last = Math.floor((at + length - 1) / this.pieceSize);
-      for (let piece = first; piece <= last; piece++) {
-        let set = this.contributors.get(piece);
-        if (!set) this.contributors.set(piece, (set = new Set()));
-        set.add(state.id);
-        if (!this.verified.has(piece)) {
-          const [start, end] = pieceRange(this.manifestIn!, piece);
-          if (this.ranges.covers(start, end)) this.verifier.check(piece);
-        }
-      }
-    }
+    this.ledger?.wrote(state.id, at, length);
     this.hasher?.advance(this.ranges.contiguousPrefix());
-    this.unjournaledBytes += length;
-    const journalEvery = Math.max(JOURNAL_MIN_BYTES, (this.size ?? 0) * JOURNAL_EVERY_FRACTION);
-    if (this.unjournaledBytes >= journalEvery && !this.journalPending) {
-      this.lastJournalAt = Date.now();
-      this.saveJournal();
-    }
+    this.journal.received(length, this.size ?? 0);
     this.unsyncedBytes += length;
     if (this.params.fsync && this.unsyncedBytes >= BACKGROUND_SYNC_BYTES && !this.backgroundSync) {
       this.unsyncedBytes = 0;
@@ -699,20 +670,15 @@ class BlobDownload {
   }
 
   private pieceVerified(index: number): void {
-    this.verified.add(index);
-    this.contributors.delete(index);
     this.scheduler?.settled(index);
     this.params.onPieceVerified?.(index);
     this.checkDone();
   }
 
   /** A piece's bytes are not the manifest's: refetch it, and drop the source that sent them. */
-  private pieceMismatched(index: number, actual: string): void {
+  private pieceMismatched(index: number, senders: string[], actual: string): void {
     const manifest = this.manifestIn!;
     const [start, end] = pieceRange(manifest, index);
-    this.ranges.remove(start, end);
-    const senders = [...(this.contributors.get(index) ?? [])];
-    this.contributors.delete(index);
     // One sender is to blame; with several, the piece is refetched from one source only, so a
     // second failure names it.
     if (senders.length === 1) {
@@ -748,7 +714,6 @@ class BlobDownload {
         this.size = body.end;
         this.validator = current.validator;
         this.ranges = new RangeSet();
-        this.contributors.clear();
         if (this.part) await this.part.close();
         await rm(this.params.partPath, { force: true });
         this.part = await PartFile.open(this.params.partPath);
@@ -830,11 +795,9 @@ class BlobDownload {
     }
     const expected = this.sha256In;
     if (expected && sha256 !== expected) {
-      this.discarded = true;
-      await this.journalWrite;
+      await this.journal.discard();
       await part.close();
       await rm(this.params.partPath, { force: true });
-      await removeJournal(this.journalPath);
       throw new DigestMismatchError(`sha256 mismatch for ${this.primaryUrl}: expected ${expected}, got ${sha256}`, {
         url: this.primaryUrl,
         expected,
@@ -867,40 +830,23 @@ class BlobDownload {
       retries: this.stats.retries,
     });
     this.checkServable();
-    const now = Date.now();
-    if (now - this.lastJournalAt >= this.params.journalIntervalMs) {
-      this.lastJournalAt = now;
-      this.saveJournal();
-    }
+    this.journal.tick();
   }
 
-  /**
-   * Saves what is on disk. The part file is flushed first, and the snapshot taken before the
-   * flush, so the journal never claims a byte that a power cut could still lose.
-   */
-  private saveJournal(): void {
-    const size = this.size;
-    const part = this.part;
-    // After success the journal has nothing left to say (and a flush would cost).
-    if (size === undefined || !this.resumable || !part || this.discarded || (this.finished && !this.failure)) return;
-    this.unjournaledBytes = 0;
-    this.journalPending = true;
-    const snapshot = {
-      identity: this.identity,
-      size,
-      validator: this.validator,
-      ranges: this.ranges.toJSON() as ByteRange[],
-      pieceSize: this.pieceSize,
-      verified: [...this.verified].sort((a, b) => a - b),
+  /** What the journal would say now; nothing after success or for a stream that cannot resume. */
+  private journalNow(): JournalSource | undefined {
+    const { size, part } = this;
+    if (size === undefined || !this.resumable || !part || (this.finished && !this.failure)) return undefined;
+    return {
+      state: {
+        identity: this.identity,
+        size,
+        validator: this.validator,
+        ranges: this.ranges.toJSON(),
+        pieceSize: this.pieceSize,
+        verified: [...(this.ledger?.verified ?? [])].sort((a, b) => a - b),
+      },
+      flush: () => part.sync(),
     };
-    this.journalWrite = this.journalWrite
-      .then(async () => {
-        await part.sync();
-        if (!this.discarded) await writeJournal(this.journalPath, snapshot);
-      })
-      .catch(() => undefined)
-      .finally(() => {
-        this.journalPending = false;
-      });
   }
 }

@@ -12,9 +12,9 @@ import type { SourceOptions } from '../sources/index.js';
 export interface FetchOptions {
   /** Requests in flight, 1 to 256. Default 16. */
   workers?: number;
-  /** Planning and split unit, bytes or `10MiB`. Default 10 MiB. */
+  /** Request size (requests are handed out in file order), bytes or `10MiB`. Default 10 MiB. */
   chunkSize?: number | string;
-  /** Largest single request, bytes or `64MiB`. Default: the file split evenly over the workers. */
+  /** Largest single request, bytes or `64MiB`. Default: a chunk. */
   maxRequestSize?: number | string;
   /** Expected sha256 (hex); a mismatch fails and keeps nothing. Default: none. */
   sha256?: string;

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { DEFAULTS } from '../core/defaults.js';
 import { pieceRange, type Manifest } from '../core/manifest.js';
 import type { PartFile } from './part-file.js';
+import type { RangeSet } from './range-set.js';
 
 export interface PieceVerdicts {
   verified(index: number): void;
@@ -75,5 +76,76 @@ export class PieceVerifier {
       at += read;
     }
     return hash.digest('hex');
+  }
+}
+
+export interface LedgerVerdicts {
+  verified(index: number): void;
+  /** The piece's bytes were taken off the part file's ranges; `senders` wrote them in this run. */
+  mismatched(index: number, senders: string[], actual: string): void;
+  failed(err: unknown): void;
+}
+
+/**
+ * Which pieces are verified, which sources wrote into each piece not yet verified (to blame
+ * a bad one), and when a piece is complete on disk and due for its check.
+ */
+export class PieceLedger {
+  readonly verified = new Set<number>();
+  private readonly contributors = new Map<number, Set<string>>();
+  private readonly verifier: PieceVerifier;
+
+  constructor(
+    part: PartFile,
+    private readonly manifest: Manifest,
+    /** The ranges on disk (shared with the download: a failed piece is removed from them). */
+    private readonly onDisk: RangeSet,
+    verdicts: LedgerVerdicts,
+    resumedVerified: Iterable<number>,
+  ) {
+    for (const index of resumedVerified) if (index < manifest.pieces.length) this.verified.add(index);
+    this.verifier = new PieceVerifier(part, manifest, {
+      verified: (index) => {
+        this.verified.add(index);
+        this.contributors.delete(index);
+        verdicts.verified(index);
+      },
+      mismatched: (index, actual) => {
+        const senders = [...(this.contributors.get(index) ?? [])];
+        this.contributors.delete(index);
+        this.onDisk.remove(...pieceRange(manifest, index));
+        verdicts.mismatched(index, senders, actual);
+      },
+      failed: (err) => verdicts.failed(err),
+    });
+    // Pieces a previous run left complete on disk but unchecked.
+    for (let i = 0; i < manifest.pieces.length; i++) this.checkIfComplete(i);
+  }
+
+  /** Source `sourceId` wrote [at, at + length). */
+  wrote(sourceId: string, at: number, length: number): void {
+    const first = Math.floor(at / this.manifest.pieceSize);
+    const last = Math.floor((at + length - 1) / this.manifest.pieceSize);
+    for (let piece = first; piece <= last; piece++) {
+      let senders = this.contributors.get(piece);
+      if (!senders) this.contributors.set(piece, (senders = new Set()));
+      senders.add(sourceId);
+      this.checkIfComplete(piece);
+    }
+  }
+
+  private checkIfComplete(piece: number): void {
+    if (!this.verified.has(piece) && this.onDisk.covers(...pieceRange(this.manifest, piece))) {
+      this.verifier.check(piece);
+    }
+  }
+
+  /** Pieces waiting for or in their check. */
+  get pending(): number {
+    return this.verifier.pending;
+  }
+
+  get complete(): boolean {
+    return this.verified.size === this.manifest.pieces.length;
   }
 }
