@@ -97,8 +97,11 @@ export interface BlobDownloadParams extends DownloadOptions {
   expected?: { sha256?: string; size?: number; manifest?: Manifest };
   /** Produce the manifest (piece digests) as the download goes (cache on, peers). */
   produceManifest: boolean;
-  /** After piece `index`'s bytes are on disk and checked (against the manifest, or hashed into the prefix). */
-  onPieceVerified?(index: number): void;
+  /**
+   * After piece `index`'s bytes are on disk and checked against the manifest, or (without
+   * one) hashed into the finished prefix; `digest` is the piece's sha256.
+   */
+  onPieceVerified?(index: number, digest: string): void;
   /** A source was dropped for this download: bad bytes, dead, far too slow. */
   onSourceDropped?(id: string, reason: LoomError): void;
   /**
@@ -403,7 +406,7 @@ class BlobDownload {
             pieceSize: this.pieceSize,
             onPiece: (index, digest) => {
               this.producedPieces[index] = digest;
-              this.params.onPieceVerified?.(index);
+              this.params.onPieceVerified?.(index, digest);
             },
           }
         : undefined,
@@ -671,7 +674,7 @@ class BlobDownload {
 
   private pieceVerified(index: number): void {
     this.scheduler?.settled(index);
-    this.params.onPieceVerified?.(index);
+    this.params.onPieceVerified?.(index, this.manifestIn!.pieces[index]!);
     this.checkDone();
   }
 
@@ -731,7 +734,7 @@ class BlobDownload {
                   pieceSize: this.pieceSize,
                   onPiece: (index, digest) => {
                     this.producedPieces[index] = digest;
-                    this.params.onPieceVerified?.(index);
+                    this.params.onPieceVerified?.(index, digest);
                   },
                 }
               : undefined,

@@ -4,12 +4,15 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
 import { pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../../src/core/manifest.js';
 import { downloadBlob, startBlobDownload, type SourceSlot } from '../../src/fetch/download.js';
 import { resolveFetchOptions } from '../../src/fetch/options.js';
+import { PartFile } from '../../src/fetch/part-file.js';
+import { PrefixHasher } from '../../src/fetch/prefix-hasher.js';
 import { sourceFor } from '../../src/sources/index.js';
 import type { Source } from '../../src/sources/source.js';
 import { InvalidUrlError, LoomError, NoSourceError } from '../../src/index.js';
@@ -81,6 +84,24 @@ describe('manifest rules', () => {
     assert.equal(pieceCount(100e9, 128 * MiB), 746);
     assert.equal(pieceCount(0, 16 * MiB), 0);
     assert.deepEqual(pieceRange({ size: 40, pieceSize: 16 }, 2), [32, 40], 'the last piece is short');
+  });
+
+  it('digests every piece in the pass that hashes the prefix, however the prefix grows', async () => {
+    const bytes = randomContent(5000).bytes;
+    const path = join(dir, 'pieces.bin');
+    await writeFile(path, bytes);
+    const part = await PartFile.open(path);
+    const pieces: Array<[number, string]> = [];
+    const hasher = new PrefixHasher(part, { pieceSize: 1024, onPiece: (i, d) => pieces.push([i, d]) }, 700);
+    for (const end of [10, 1024, 1500, 4096, 4999]) hasher.advance(end);
+    const digest = await hasher.digest(5000);
+    await part.close();
+    const expected = manifestOf(bytes, 1024);
+    assert.equal(digest, expected.digest);
+    assert.deepEqual(
+      pieces,
+      expected.pieces.map((p, i) => [i, p]),
+    );
   });
 });
 
@@ -155,19 +176,19 @@ describe('downloadBlob', () => {
 
   it('produces the manifest in the pass that hashes the whole file', async () => {
     const [a, b] = [await origin(), await origin()];
-    const verified: number[] = [];
+    const verified: Array<[number, string]> = [];
     const part = partPath();
     const result = await downloadBlob({
       ...options,
       sources: [slot('a', counted(a)), slot('b', counted(b))],
       partPath: part,
       produceManifest: true,
-      onPieceVerified: (i) => verified.push(i),
+      onPieceVerified: (i, digest) => verified.push([i, digest]),
     });
     const expected = manifestOf(content.bytes, pieceSizeFor(SIZE));
     assert.deepEqual(result.manifest, expected);
     assert.equal(result.sha256, content.sha256);
-    assert.deepEqual(verified, [0], 'the prefix passed the one 16 MiB piece');
+    assert.deepEqual(verified, [[0, expected.pieces[0]]], 'the prefix passed the one 16 MiB piece');
     assert.equal(a.bytesServed + b.bytesServed, SIZE);
     assert.ok(result.stats.lastByteToDigestSeconds !== undefined, 'seconds from last byte to digest recorded');
   });
