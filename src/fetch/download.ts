@@ -17,6 +17,7 @@ import {
   LoomError,
   NoSourceError,
   SourceChangedError,
+  StallError,
   UsageError,
 } from '../core/errors.js';
 import { isValidManifest, pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../core/manifest.js';
@@ -40,7 +41,7 @@ import { decideAfterFailure } from './retry-budget.js';
 import { waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { clientLoadMonitor, RangeTask, Scheduler } from './scheduler.js';
 import { slabPoolFor, type SlabPool } from './slab-pool.js';
-import { SourceSet, type DroppedSource, type SourceSlot, type SourceState } from './source-set.js';
+import { PACE_WINDOW_MS, SourceSet, type DroppedSource, type SourceSlot, type SourceState } from './source-set.js';
 import { emptyStats, type DownloadStats } from './stats.js';
 
 export type { SourceSlot, DroppedSource } from './source-set.js';
@@ -215,6 +216,8 @@ class BlobDownload {
   private unsyncedBytes = 0;
   private backgroundSync: Promise<void> | undefined;
   private lastByteAt: number | undefined;
+  private paceTickAt = performance.now();
+  private paceWindowAt = performance.now();
   /** Since when no source can serve the work left (for sourceWaitMs). */
   private unservableSince: number | undefined;
   /** False for a server that ignores Range: its bytes cannot be resumed. */
@@ -833,7 +836,29 @@ class BlobDownload {
       retries: this.stats.retries,
     });
     this.checkServable();
+    this.checkPace();
     this.journal.tick();
+  }
+
+  /** Drops a source far behind the others (a peer trickling bytes holds up the verified prefix). */
+  private checkPace(): void {
+    if (!this.started || this.finished || this.failure) return;
+    const now = performance.now();
+    const elapsed = now - this.paceTickAt;
+    this.paceTickAt = now;
+    for (const state of this.sources.live()) state.busyConnectionMs += state.inFlight * elapsed;
+    if (now - this.paceWindowAt < PACE_WINDOW_MS) return;
+    this.paceWindowAt = now;
+    for (const { state, rate, best } of this.sources.farBehind()) {
+      const kbps = (bytesPerSecond: number): string => `${Math.round(bytesPerSecond / 1000)} kB/s`;
+      this.dropSource(
+        state,
+        new StallError(
+          `${state.id} is far behind the other sources: ${kbps(rate)} per connection, the best ${kbps(best)}`,
+          { url: state.slot.source.url },
+        ),
+      );
+    }
   }
 
   /** What the journal would say now; nothing after success or for a stream that cannot resume. */

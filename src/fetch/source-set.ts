@@ -20,6 +20,11 @@ export interface SourceSlot {
   preference: number;
 }
 
+/** How long a source's pace is measured before it is compared with the others. */
+export const PACE_WINDOW_MS = 4_000;
+/** A source this many times slower per connection than the best other is dropped. */
+const FAR_BEHIND = 16;
+
 export interface DroppedSource {
   id: string;
   code: string;
@@ -35,6 +40,9 @@ export class SourceState {
   /** Body bytes written from this source. */
   bytes = 0;
   dropped: LoomError | undefined;
+  /** The current pace window: bytes at its start, and connection-milliseconds spent busy since. */
+  windowBytes = 0;
+  busyConnectionMs = 0;
   /** Aborts this source's requests only (when it is dropped). */
   private readonly controller = new AbortController();
   readonly signal: AbortSignal;
@@ -113,6 +121,35 @@ export class SourceSet {
       (other) =>
         other !== state && other.slot.preference < state.slot.preference && other.hasCapacity && other.canServe(piece),
     );
+  }
+
+  /**
+   * Sources far behind the others over the last window: busy for at least a window's worth
+   * of connection time, yet delivering less than 1/FAR_BEHIND of the best other source's
+   * bytes per busy connection-second. The last origin is never among them (the source of
+   * last resort is slow, not wrong). Starts a new window.
+   */
+  farBehind(): Array<{ state: SourceState; rate: number; best: number }> {
+    const live = this.live();
+    const rates = new Map(
+      live.map((s) => [s, s.busyConnectionMs > 0 ? ((s.bytes - s.windowBytes) / s.busyConnectionMs) * 1000 : 0]),
+    );
+    const origins = live.filter((s) => s.slot.kind === 'origin');
+    const behind: Array<{ state: SourceState; rate: number; best: number }> = [];
+    if (live.length >= 2) {
+      for (const state of live) {
+        if (state.busyConnectionMs < PACE_WINDOW_MS) continue;
+        if (state.slot.kind === 'origin' && origins.length === 1) continue;
+        const best = Math.max(...live.filter((o) => o !== state).map((o) => rates.get(o)!));
+        const rate = rates.get(state)!;
+        if (best > 0 && rate * FAR_BEHIND < best) behind.push({ state, rate, best });
+      }
+    }
+    for (const state of live) {
+      state.windowBytes = state.bytes;
+      state.busyConnectionMs = 0;
+    }
+    return behind;
   }
 
   anyCanServe(piece: number): boolean {

@@ -174,6 +174,26 @@ describe('downloadBlob', () => {
     assert.equal(good.bytesServed, SIZE, 'the good source served every byte once');
   });
 
+  it('drops a peer far behind the others, and its pieces go to the fast one', async () => {
+    const fast = await origin();
+    const slow = await origin(content.bytes, { rateLimitBytesPerSecond: 8 * 1024 });
+    const part = partPath();
+    const result = await downloadBlob({
+      ...options,
+      sources: [slot('fast', counted(fast)), slot('slow', counted(slow), { maxConcurrency: 2 })],
+      partPath: part,
+      expected: { sha256: content.sha256, size: SIZE, manifest },
+      produceManifest: false,
+    });
+    assert.equal(await sha256OfFile(part), content.sha256);
+    assert.deepEqual(
+      result.droppedSources.map((d) => [d.id, d.code]),
+      [['slow', 'LOOM_ERR_STALLED']],
+    );
+    assert.match(result.droppedSources[0]!.message, /far behind/);
+    assert.equal(result.bytesBySource.fast! + result.bytesBySource.slow!, SIZE);
+  });
+
   it('produces the manifest in the pass that hashes the whole file', async () => {
     const [a, b] = [await origin(), await origin()];
     const verified: Array<[number, string]> = [];
