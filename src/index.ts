@@ -1,7 +1,23 @@
 // Loom's public API: what the CLI uses and what TypeScript programs import.
 export { fetchFile, type FetchResult } from './fetch/fetch-file.js';
 export type { FetchOptions } from './fetch/options.js';
-export type { FetchProgress } from './fetch/download.js';
+export {
+  downloadBlob,
+  downloadToPart,
+  startBlobDownload,
+  type FetchProgress,
+  type BlobDownloadParams,
+  type BlobDownloadResult,
+  type BlobDownloadHandle,
+  type DownloadOptions,
+  type DownloadResult,
+  type SourceSlot,
+  type DroppedSource,
+} from './fetch/download.js';
+export { resolveFetchOptions, type ResolvedFetchOptions } from './fetch/options.js';
+export { pieceSizeFor, pieceCount, pieceRange, isValidManifest, type Manifest } from './core/manifest.js';
+export { sourceFor, type SourceOptions } from './sources/index.js';
+export type { Source, RangeBody, ProbeResult, ProbeExpectation, Validator } from './sources/source.js';
 export type { DownloadStats } from './fetch/stats.js';
 export * from './core/errors.js';
 export { DEFAULTS } from './core/defaults.js';
@@ -13,7 +29,7 @@ export { openCache, listCache, verifyCache, gcCache, removeFromCache } from './c
 export { buildControlPlane, CONTROL_PLANE_DEFAULTS, type ControlPlaneOptions } from './control-plane/server.js';
 export { openStore } from './control-plane/open-store.js';
 export { ControlPlaneClient, type PeerInfo } from './control-plane/client.js';
-export type { RegistryStore, NodeRecord, Manifest, Replica } from './control-plane/model.js';
+export type { RegistryStore, NodeRecord, Replica } from './control-plane/model.js';
 export type { StoredManifest, Lease, LeaseGrant } from './control-plane/model.js';
 export { nodeToken, NODE_HEADER } from './control-plane/auth.js';
 export { VERIFIED_AGAINST, type VerifiedAgainst } from './control-plane/schemas.js';

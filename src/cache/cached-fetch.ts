@@ -10,8 +10,8 @@ import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomEr
 import type { DownloadResult } from '../fetch/download.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
-import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
-import { httpSourceFor } from '../sources/http.js';
+import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from '../fetch/options.js';
+import { sourceFor } from '../sources/index.js';
 import type { Validator } from '../sources/source.js';
 import { checkedBlob, recordLinkInHint, recordLinkInIndex } from './blob-check.js';
 import { currentStamp, sameStamp } from './blob-identity.js';
@@ -54,7 +54,7 @@ export async function fetchCached(
   const layout = cacheLayout(resolveCacheRoot(cacheDir));
   const key = cacheKey(url, resolved.headers);
   const status = onStatus ?? (() => undefined);
-  const source = httpSourceFor(url, resolved);
+  const source = sourceFor(url, sourceOptionsOf(resolved));
   const freshness: FreshnessCheck = {
     offline: offline ?? process.env.LOOM_OFFLINE === '1',
     timeoutMs: revalidateTimeoutMs ?? 5_000,

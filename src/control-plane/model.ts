@@ -20,13 +20,9 @@ export interface NodeRecord {
 /** `expiresAt` of a registration that lives as long as the store (the original tool's /register). */
 export const NEVER = Number.MAX_SAFE_INTEGER;
 
-/** A blob: its digest, and the piece digests peers' bytes are checked against. */
-export interface Manifest {
-  digest: string;
-  size: number;
-  pieceSize: number;
-  pieces: string[];
-}
+/** A blob: its digest, and the piece digests peers' bytes are checked against (src/core/manifest.ts). */
+import type { Manifest } from '../core/manifest.js';
+export type { Manifest };
 
 /** A manifest as the control plane keeps it: with what its publisher checked it against. */
 export interface StoredManifest extends Manifest {

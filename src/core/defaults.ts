@@ -25,8 +25,9 @@ export const DEFAULTS = {
   minSplitSize: 1024 * 1024,
   /** How often the resume journal is written while bytes arrive. */
   journalIntervalMs: 500,
-  /** A minor GC after this many bytes received keeps dead socket buffers from piling up. */
-  youngGcEveryBytes: 8 * 1024 * 1024,
   /** Size of the reads that hash the finished prefix of the file. */
   hashReadSize: 1024 * 1024,
+  /** Piece: the unit of verification and of a manifest; doubled until a blob has <= maxPieces. */
+  pieceSize: 16 * 1024 * 1024,
+  maxPieces: 1024,
 } as const;

@@ -315,6 +315,20 @@ export class HubOfflineError extends LoomError {
   override readonly httpStatus = 503;
 }
 
+/** No source left can serve a part of the blob still missing (every one dropped or lacking it). */
+export class NoSourceError extends LoomError {
+  readonly code = 'LOOM_ERR_NO_SOURCE';
+  readonly exitCode = EXIT.network;
+  override readonly httpStatus = 502;
+}
+
+/** Another running download holds the same output's partial file. */
+export class OutputBusyError extends LoomError {
+  readonly code = 'LOOM_ERR_OUTPUT_BUSY';
+  readonly exitCode = EXIT.disk;
+  override readonly httpStatus = 409;
+}
+
 /** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
 export const ERROR_CLASSES = [
   UsageError,
@@ -350,6 +364,8 @@ export const ERROR_CLASSES = [
   HubUnauthorizedError,
   HubRateLimitedError,
   HubOfflineError,
+  NoSourceError,
+  OutputBusyError,
 ] as const;
 
 /** What the CLI and the services report for an unexpected failure (a bug); not a class. */

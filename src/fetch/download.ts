@@ -1,6 +1,12 @@
-// Downloads one source into a part file: probe, plan, run the worker pool, retry, journal,
-// hash. It never renames anything; the caller decides where a finished, verified file goes
-// (the output path, or the cache's blob store).
+// Downloads one blob into a part file from a set of sources: learns the size (from what is
+// expected, else one probe), plans ranges in file order, runs each source's workers, checks
+// every piece (against a trusted manifest, else the whole-file sha256 over the finished
+// prefix), and keeps a resume journal. It never renames anything; the caller decides where
+// a finished, verified file goes (the output path, or the cache's blob store).
+//
+// The parts live beside it: sources and their health (source-set.ts), writing one response
+// (range-pump.ts), the retry budget (retry-budget.ts), piece checks (piece-verifier.ts,
+// prefix-hasher.ts), the plan (scheduler.ts) and the journal (journal.ts).
 import { setMaxListeners } from 'node:events';
 import { rm } from 'node:fs/promises';
 import {
@@ -9,22 +15,36 @@ import {
   DigestMismatchError,
   HttpStatusError,
   LoomError,
-  NetworkError,
+  NoSourceError,
   SourceChangedError,
-  isAbortError,
+  StallError,
+  UsageError,
 } from '../core/errors.js';
-import { DEFAULTS } from '../core/defaults.js';
-import type { ProbeExpectation, ProbeResult, RangeBody, Source, Validator } from '../sources/source.js';
-import { journalMatches, journalPathFor, readJournal, removeJournal, writeJournal } from './journal.js';
+import { isValidManifest, pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../core/manifest.js';
+import type { ProbeExpectation, ProbeResult, RangeBody, Validator } from '../sources/source.js';
+import {
+  JournalKeeper,
+  journalIdentity,
+  journalMatches,
+  journalPathFor,
+  readJournal,
+  removeJournal,
+  type JournalSource,
+  type JournalState,
+} from './journal.js';
 import { PartFile, type Preallocation } from './part-file.js';
+import { PieceLedger } from './piece-verifier.js';
 import { PrefixHasher } from './prefix-hasher.js';
-import { RangeSet, type ByteRange } from './range-set.js';
-import { emptyStats, type DownloadStats } from './stats.js';
-import { backoffDelay, isRetryable, waitBeforeRetry, type RetryOptions } from './retry-policy.js';
+import { pump } from './range-pump.js';
+import { RangeSet } from './range-set.js';
+import { decideAfterFailure } from './retry-budget.js';
+import { waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { clientLoadMonitor, RangeTask, Scheduler } from './scheduler.js';
 import { slabPoolFor, type SlabPool } from './slab-pool.js';
-import { SlabWriter } from './slab-writer.js';
-import { YoungGenerationSweeper } from './young-gc.js';
+import { PACE_WINDOW_MS, SourceSet, type DroppedSource, type SourceSlot, type SourceState } from './source-set.js';
+import { emptyStats, type DownloadStats } from './stats.js';
+
+export type { SourceSlot, DroppedSource } from './source-set.js';
 
 /** A snapshot of a running download, for progress bars and logs. */
 export interface FetchProgress {
@@ -41,7 +61,7 @@ export interface FetchProgress {
 
 export interface DownloadResult {
   size: number;
-  /** Hex sha256 of the whole file, when it was asked for (expected or computeSha256). */
+  /** Hex sha256 of the whole file, when it was asked for (expected, computeSha256, a manifest). */
   sha256: string | undefined;
   validator: Validator;
   finalUrl: string;
@@ -49,9 +69,10 @@ export interface DownloadResult {
 }
 
 export interface DownloadOptions {
+  /** Requests in flight to a single origin (downloadToPart). */
   workers: number;
   chunkSize: number;
-  /** Largest single request; undefined = an even share of the file per worker. */
+  /** Largest single request; undefined = a chunk. */
   maxRequestSize: number | undefined;
   minSplitSize: number;
   retry: RetryOptions;
@@ -69,19 +90,83 @@ export interface DownloadOptions {
   onProgress: ((progress: FetchProgress) => void) | undefined;
 }
 
+export interface BlobDownloadParams extends DownloadOptions {
+  /** At least one; more may be added while running (BlobDownloadHandle.addSource). */
+  sources: SourceSlot[];
+  partPath: string;
+  /** Known identity: size and digest (pinned, Hub, control plane), optional trusted manifest. */
+  expected?: { sha256?: string; size?: number; manifest?: Manifest };
+  /** Produce the manifest (piece digests) as the download goes (cache on, peers). */
+  produceManifest: boolean;
+  /**
+   * After piece `index`'s bytes are on disk and checked against the manifest, or (without
+   * one) hashed into the finished prefix; `digest` is the piece's sha256.
+   */
+  onPieceVerified?(index: number, digest: string): void;
+  /** A source was dropped for this download: bad bytes, dead, far too slow. */
+  onSourceDropped?(id: string, reason: LoomError): void;
+  /**
+   * How long a download with work left but no source able to serve it waits for one (a
+   * peer's has() turning true, addSource) before failing with NoSourceError. Default 0.
+   */
+  sourceWaitMs?: number;
+}
+
+export interface BlobDownloadResult extends DownloadResult {
+  /** The trusted manifest used, or the one produced (produceManifest); else undefined. */
+  manifest: Manifest | undefined;
+  /** Body bytes written from each source id in this run. */
+  bytesBySource: Record<string, number>;
+  droppedSources: DroppedSource[];
+}
+
+/** A running downloadBlob. */
+export interface BlobDownloadHandle {
+  readonly result: Promise<BlobDownloadResult>;
+  /** Adds a source while running (a peer that now has pieces); its workers start at once. */
+  addSource(slot: SourceSlot): void;
+}
+
 const PROGRESS_INTERVAL_MS = 100;
 const PROBE_SIZE = 1024 * 1024;
 const BACKGROUND_SYNC_BYTES = 128 * 1024 * 1024;
+/** Below this first-byte latency a request's round trip is not worth hiding. */
+const EARLY_OPEN_MIN_LATENCY_MS = 20;
 
+/** Starts downloading one blob from `params.sources`; see BlobDownloadHandle. */
+export function startBlobDownload(params: BlobDownloadParams): BlobDownloadHandle {
+  let download: BlobDownload;
+  try {
+    download = new BlobDownload(params, emptyStats());
+  } catch (err) {
+    // Bad parameters reject like any other failure of the download.
+    return { result: Promise.reject(err as Error), addSource: () => undefined };
+  }
+  return { result: download.run(), addSource: (slot) => download.addSource(slot) };
+}
+
+/** Downloads one blob from many sources into `params.partPath`. */
+export function downloadBlob(params: BlobDownloadParams): Promise<BlobDownloadResult> {
+  return startBlobDownload(params).result;
+}
+
+/** One origin, one part file: the CLI's and the cache's download. Starts over once on a change. */
 export async function downloadToPart(
-  source: Source,
+  source: SourceSlot['source'],
   partPath: string,
-  options: DownloadOptions,
-): Promise<DownloadResult> {
+  options: DownloadOptions & { produceManifest?: boolean },
+): Promise<BlobDownloadResult> {
   const stats = emptyStats();
+  const params: BlobDownloadParams = {
+    ...options,
+    sources: [{ id: 'origin', kind: 'origin', source, maxConcurrency: options.workers, preference: 1 }],
+    partPath,
+    expected: options.expectedSha256 ? { sha256: options.expectedSha256 } : undefined,
+    produceManifest: options.produceManifest ?? false,
+  };
   for (;;) {
     try {
-      return await new Download(source, partPath, options, stats).run();
+      return await new BlobDownload(params, stats).run();
     } catch (err) {
       if (err instanceof SourceChangedError && options.restartOnChange && stats.restarts === 0) {
         stats.restarts++;
@@ -94,44 +179,101 @@ export async function downloadToPart(
   }
 }
 
-/** One pass over a source; a new one is made when the download starts over. */
-class Download {
+/** A task a worker holds, with its response when one is already open (the probe, an early open). */
+interface Held {
+  task: RangeTask;
+  body?: Promise<RangeBody> | RangeBody;
+}
+
+/** One pass over a blob; a new one is made when the download starts over. */
+class BlobDownload {
   private readonly controller = new AbortController();
   private readonly journalPath: string;
+  private readonly journal: JournalKeeper;
+  private readonly sources: SourceSet;
+  private readonly workers: Array<Promise<void>> = [];
+  private readonly manifestIn: Manifest | undefined;
+  private readonly sha256In: string | undefined;
   private ranges = new RangeSet();
   private part: PartFile | undefined;
   private hasher: PrefixHasher | undefined;
+  /** Pieces checked against the trusted manifest (with one). */
+  private ledger: PieceLedger | undefined;
+  private resumedVerified: number[] = [];
+  private scheduler: Scheduler | undefined;
+  private expect: ProbeExpectation | undefined;
   private size: number | undefined;
+  private pieceSize = 0;
   private validator: Validator = {};
+  private identity = '';
+  private readonly producedPieces: string[] = [];
   private activeRequests = 0;
   private failure: unknown;
-  private lastJournalAt = 0;
-  private journalWrite: Promise<void> = Promise.resolve();
+  private finished = false;
+  private settle!: { resolve: () => void; reject: (err: unknown) => void };
+  private readonly completion: Promise<void>;
   private readonly slabs: SlabPool;
-  private readonly sweeper = new YoungGenerationSweeper(DEFAULTS.youngGcEveryBytes);
   private unsyncedBytes = 0;
   private backgroundSync: Promise<void> | undefined;
+  private lastByteAt: number | undefined;
+  private paceTickAt = performance.now();
+  private paceWindowAt = performance.now();
+  /** Since when no source can serve the work left (for sourceWaitMs). */
+  private unservableSince: number | undefined;
   /** False for a server that ignores Range: its bytes cannot be resumed. */
   private resumable = true;
+  private started = false;
 
   constructor(
-    private readonly source: Source,
-    private readonly partPath: string,
-    private readonly options: DownloadOptions,
+    private readonly params: BlobDownloadParams,
     private readonly stats: DownloadStats,
   ) {
-    this.journalPath = journalPathFor(partPath);
-    this.slabs = slabPoolFor(options.workers);
+    this.journalPath = journalPathFor(params.partPath);
+    this.journal = new JournalKeeper(this.journalPath, params.journalIntervalMs, () => this.journalNow());
     // Every request in flight listens for the abort: hundreds of listeners are expected.
     setMaxListeners(0, this.controller.signal);
+    this.sources = new SourceSet(this.controller.signal);
+    if (params.sources.length === 0) throw new UsageError('a download needs at least one source');
+    for (const slot of params.sources) this.sources.add(slot);
+    const total = params.sources.reduce((sum, s) => sum + s.maxConcurrency, 0);
+    this.slabs = slabPoolFor(Math.min(total, 256));
+    this.manifestIn = params.expected?.manifest;
+    this.sha256In = params.expected?.sha256 ?? params.expectedSha256;
+    this.checkExpected();
+    this.completion = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
+    this.completion.catch(() => undefined);
+  }
+
+  private checkExpected(): void {
+    const { manifestIn: manifest, sha256In: sha256 } = this;
+    const size = this.params.expected?.size;
+    if (!manifest) return;
+    if (!isValidManifest(manifest)) throw new UsageError('the expected manifest is malformed');
+    if (sha256 !== undefined && manifest.digest !== sha256) {
+      throw new UsageError(`the manifest is of ${manifest.digest}, not of the expected ${sha256}`);
+    }
+    if (size !== undefined && manifest.size !== size) {
+      throw new UsageError(`the manifest says ${manifest.size} bytes, the expected size is ${size}`);
+    }
   }
 
   private get signal(): AbortSignal {
     return this.controller.signal;
   }
 
-  async run(): Promise<DownloadResult> {
-    const { signal: userSignal } = this.options;
+  private get primaryUrl(): string {
+    return (this.sources.all.find((s) => s.slot.kind === 'origin') ?? this.sources.all[0]!).slot.source.url;
+  }
+
+  addSource(slot: SourceSlot): void {
+    if (this.signal.aborted || this.finished) return;
+    const state = this.sources.add(slot);
+    this.unservableSince = undefined;
+    if (this.started) this.startWorkers(state);
+  }
+
+  async run(): Promise<BlobDownloadResult> {
+    const { signal: userSignal } = this.params;
     if (userSignal?.aborted) throw cancelled();
     const onUserAbort = (): void => this.fail(cancelled());
     userSignal?.addEventListener('abort', onUserAbort, { once: true });
@@ -141,12 +283,14 @@ class Download {
       this.tick();
       return result;
     } catch (err) {
-      this.saveJournal();
+      this.fail(err);
+      this.journal.save();
       throw this.failure ?? err;
     } finally {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);
-      await this.journalWrite;
+      await Promise.allSettled(this.workers);
+      await this.journal.settled();
       await this.backgroundSync;
       if (this.part) await this.part.close();
     }
@@ -155,201 +299,371 @@ class Download {
   /** Records the first fatal error and stops every worker. */
   private fail(err: unknown): void {
     this.failure ??= err;
+    this.settle.reject(this.failure);
     this.controller.abort();
   }
 
-  private async transfer(): Promise<DownloadResult> {
-    let journal = await readJournal(this.journalPath, this.source.url);
-    let firstRange = this.firstRange(journal ? new RangeSet(journal.ranges).missing(journal.size) : [], journal?.size);
-    let probe: ProbeResult;
-    try {
-      probe = await this.withRetry(firstRange, () => this.source.probe(firstRange, this.signal));
-    } catch (err) {
-      // The file shrank since the journal was written: start over from byte 0.
-      if (!(err instanceof HttpStatusError && err.status === 416 && firstRange[0] > 0)) throw err;
-      await removeJournal(this.journalPath);
-      journal = undefined;
-      firstRange = this.firstRange([], undefined);
-      probe = await this.withRetry(firstRange, () => this.source.probe(firstRange, this.signal));
+  private async transfer(): Promise<BlobDownloadResult> {
+    const knownSize = this.manifestIn?.size ?? this.params.expected?.size;
+    this.identity = journalIdentity(this.manifestIn?.digest ?? this.sha256In, this.primaryUrl);
+    let journal = await readJournal(this.journalPath, this.identity);
+    let probed: { state: SourceState; probe: ProbeResult } | undefined;
+    // A known size with a known digest needs no probe: every source is only asked for ranges.
+    if (knownSize === undefined || (this.sha256In === undefined && this.manifestIn === undefined)) {
+      let firstRange = this.firstRange(journal);
+      try {
+        probed = await this.probe(firstRange);
+      } catch (err) {
+        // The file shrank since the journal was written: start over from byte 0.
+        if (!(err instanceof HttpStatusError && err.status === 416 && firstRange[0] > 0)) throw err;
+        await removeJournal(this.journalPath);
+        journal = undefined;
+        firstRange = this.firstRange(undefined);
+        probed = await this.probe(firstRange);
+      }
+      this.validator = probed.probe.validator;
+      if (!probed.probe.acceptsRanges || probed.probe.size === undefined) return this.transferWhole(probed);
+      if (knownSize !== undefined && probed.probe.size !== knownSize) {
+        probed.probe.body.stream.destroy();
+        throw new BadResponseError(
+          `${probed.state.slot.source.label} has ${probed.probe.size} bytes, ${knownSize} were expected`,
+          { url: probed.state.slot.source.url },
+        );
+      }
     }
-    this.validator = probe.validator;
-    if (!probe.acceptsRanges || probe.size === undefined) return this.transferWhole(probe);
-
-    const size = probe.size;
+    const size = probed?.probe.size ?? knownSize!;
     this.size = size;
-    this.part = await PartFile.open(this.partPath);
+    this.pieceSize = this.manifestIn?.pieceSize ?? pieceSizeFor(size);
+    this.expect = { size, validator: this.validator };
+    this.part = await PartFile.open(this.params.partPath);
     const partSize = await this.part.size();
-    if (journal && partSize === size && journalMatches(journal, size, probe.validator)) {
+    if (journal && partSize === size && journalMatches(journal, size, this.validator)) {
       this.ranges = new RangeSet(journal.ranges);
+      if (this.manifestIn && journal.pieceSize === this.pieceSize) this.resumedVerified = journal.verified;
       this.stats.resumedBytes = this.ranges.size;
     } else if (journal) {
       await removeJournal(this.journalPath);
     }
-    await this.part.preallocate(size, this.options.preallocation);
-    this.saveJournal();
-    if (this.options.computeSha256 || this.options.expectedSha256) this.hasher = new PrefixHasher(this.part);
-    this.hasher?.advance(this.ranges.contiguousPrefix());
+    await this.part.preallocate(size, this.params.preallocation);
+    this.journal.save();
+    this.startChecks();
 
-    const probeEnd = probe.body.end ?? probe.body.start;
     const planned = new RangeSet(this.ranges.toJSON());
-    planned.add(probe.body.start, probeEnd);
+    let probeTask: RangeTask | undefined;
+    if (probed) {
+      const { body } = probed.probe;
+      const end = body.end ?? body.start;
+      planned.add(body.start, end);
+      probeTask = new RangeTask(body.start, end, undefined, Math.floor(body.start / this.pieceSize));
+    }
     const scheduler = new Scheduler(
       {
-        chunkSize: this.options.chunkSize,
-        workers: this.options.workers,
-        minSplitSize: this.options.minSplitSize,
-        maxRequestSize: this.options.maxRequestSize,
+        chunkSize: this.params.chunkSize,
+        workers: this.sources.live().reduce((sum, s) => sum + s.slot.maxConcurrency, 0),
+        minSplitSize: this.params.minSplitSize,
+        maxRequestSize: this.params.maxRequestSize,
+        pieceSize: this.pieceSize,
         clientLoad: clientLoadMonitor(() => this.slabs.starvedAcquires),
       },
       planned.missing(size),
     );
-    const expect: ProbeExpectation = { size, validator: probe.validator };
-    const probeTask = new RangeTask(probe.body.start, probeEnd, scheduler.latency);
-    scheduler.adopt(probeTask);
-    const workers: Array<Promise<void>> = [this.worker(scheduler, expect, probeTask, probe.body)];
-    for (let i = 1; i < this.options.workers; i++) workers.push(this.worker(scheduler, expect));
-    await Promise.all(workers.map((w) => w.catch((err: unknown) => this.fail(err))));
+    this.scheduler = scheduler;
+    if (probeTask && probed) {
+      scheduler.adopt(probeTask);
+      probed.state.inFlight++;
+    }
+    this.started = true;
+    for (const state of this.sources.live()) {
+      this.startWorkers(state, state === probed?.state ? { task: probeTask!, body: probed.probe.body } : undefined);
+    }
+    this.checkDone();
+    await this.completion;
     this.stats.splits += scheduler.splits;
-    if (this.failure) throw this.failure;
-    return this.finish(size, probe.finalUrl);
+    return this.finish(size, probed?.probe.finalUrl ?? this.primaryUrl);
+  }
+
+  /** Starts checking pieces: against the manifest, else hashing the finished prefix. */
+  private startChecks(): void {
+    const part = this.part!;
+    const manifest = this.manifestIn;
+    if (manifest) {
+      this.ledger = new PieceLedger(
+        part,
+        manifest,
+        this.ranges,
+        {
+          verified: (index) => this.pieceVerified(index),
+          mismatched: (index, senders, actual) => this.pieceMismatched(index, senders, actual),
+          failed: (err) => this.fail(err),
+        },
+        this.resumedVerified,
+      );
+      return;
+    }
+    const produce = this.params.produceManifest;
+    if (!produce && !this.sha256In && !this.params.computeSha256) return;
+    this.hasher = new PrefixHasher(
+      part,
+      produce
+        ? {
+            pieceSize: this.pieceSize,
+            onPiece: (index, digest) => {
+              this.producedPieces[index] = digest;
+              this.params.onPieceVerified?.(index, digest);
+            },
+          }
+        : undefined,
+    );
+    this.hasher.advance(this.ranges.contiguousPrefix());
   }
 
   /**
    * The probe asks for the first missing bytes (on a resume that is where work starts), at
-   * most one chunk and at most 1 MiB: small enough that a small file is still shared out
-   * evenly once its size is known.
+   * most one chunk and at most 1 MiB, within one piece: small enough that a small file is
+   * still shared out evenly once its size is known.
    */
-  private firstRange(missing: readonly ByteRange[], size: number | undefined): readonly [number, number] {
-    const length = Math.min(this.options.chunkSize, PROBE_SIZE);
-    const first = missing[0];
-    if (!first || size === undefined) return [0, length];
-    return [first[0], Math.min(first[1], first[0] + length)];
+  private firstRange(journal: JournalState | undefined): readonly [number, number] {
+    const length = Math.min(this.params.chunkSize, PROBE_SIZE);
+    const first = journal ? new RangeSet(journal.ranges).missing(journal.size)[0] : undefined;
+    if (!journal || !first || journal.pieceSize <= 0) return [0, length];
+    const pieceEnd = (Math.floor(first[0] / journal.pieceSize) + 1) * journal.pieceSize;
+    return [first[0], Math.min(first[1], first[0] + length, pieceEnd)];
   }
 
-  private async worker(
-    scheduler: Scheduler,
-    expect: ProbeExpectation,
-    first?: RangeTask,
-    firstBody?: RangeBody,
-  ): Promise<void> {
-    let task = first;
-    let body = firstBody;
-    while (!this.signal.aborted) {
-      task ??= scheduler.take();
-      if (!task) {
-        if (scheduler.inFlight === 0) return;
-        await scheduler.idle();
-        continue;
-      }
-      await this.runTask(task, expect, body);
-      scheduler.finish(task);
-      task = undefined;
-      body = undefined;
-    }
-  }
-
-  /** Fetches one task to its (possibly shrinking) end, resuming after each failure. */
-  private async runTask(task: RangeTask, expect: ProbeExpectation, firstBody: RangeBody | undefined): Promise<void> {
-    let body = firstBody;
-    while (task.pos < task.end) {
-      try {
-        task.requested(performance.now());
-        if (!body) {
+  /** Probes the sources in order of preference (origins first among equals) until one answers. */
+  private async probe(range: readonly [number, number]): Promise<{ state: SourceState; probe: ProbeResult }> {
+    const order = [...this.sources.live()].sort(
+      (a, b) =>
+        Number(b.slot.kind === 'origin') - Number(a.slot.kind === 'origin') || a.slot.preference - b.slot.preference,
+    );
+    for (const [i, state] of order.entries()) {
+      const budget = { attempts: 0 };
+      for (;;) {
+        try {
           this.stats.requests++;
-          body = await this.source.openRange(task.pos, task.end, expect, this.signal);
+          return { state, probe: await state.slot.source.probe(range, state.signal) };
+        } catch (err) {
+          if (this.signal.aborted) throw this.failure ?? cancelled();
+          const decision = decideAfterFailure(
+            err,
+            budget,
+            state,
+            this.params.retry,
+            `the first request (bytes ${range[0]}-${range[1] - 1})`,
+            state.slot.source.url,
+          );
+          if (decision.kind === 'fatal') throw decision.error;
+          if (decision.kind === 'drop-source') {
+            // The last one's own error says most (a 404, a 416 after the file shrank).
+            if (i === order.length - 1) throw decision.reason;
+            this.dropSource(state, decision.reason);
+            break;
+          }
+          this.stats.retries++;
+          await waitBeforeRetry(decision.delayMs, this.signal);
         }
-        await this.pump(body, task);
-        body = undefined;
-      } catch (err) {
-        body?.stream.destroy();
-        body = undefined;
-        await this.afterFailure(task, err, `bytes ${task.pos}-${task.end - 1}`);
       }
+    }
+    throw this.noSource();
+  }
+
+  private startWorkers(state: SourceState, first?: Held): void {
+    for (let i = 0; i < state.slot.maxConcurrency; i++) {
+      const worker = this.worker(state, i === 0 ? first : undefined).catch((err: unknown) => this.fail(err));
+      this.workers.push(worker);
     }
   }
 
-  /** Decides whether a failed attempt is retried, and waits the backoff if so. */
-  private async afterFailure(task: { attempts: number }, err: unknown, what = 'a range'): Promise<void> {
-    if (this.signal.aborted) throw this.failure ?? cancelled();
-    if (isAbortError(err)) throw err;
-    if (!isRetryable(err)) throw err;
-    task.attempts++;
-    const { retry } = this.options;
-    if (task.attempts >= retry.attempts) throw exhausted(err, this.source.url, retry.attempts, what);
-    const retryAfterMs = err instanceof HttpStatusError ? err.retryAfterMs : undefined;
-    if (retryAfterMs !== undefined && retryAfterMs > retry.maxRetryAfterMs) {
-      throw new NetworkError(`${this.source.url} asked to retry after ${Math.round(retryAfterMs / 1000)} s`, {
-        url: this.source.url,
-        cause: err,
-        hint: 'try again later, or raise the maximum Retry-After (--max-retry-after)',
-      });
-    }
-    this.stats.retries++;
-    await waitBeforeRetry(backoffDelay(retry, task.attempts, retryAfterMs), this.signal);
+  /** Whether every byte is on disk and every check has passed. */
+  private complete(): boolean {
+    const scheduler = this.scheduler;
+    if (!scheduler || scheduler.inFlight > 0 || scheduler.queued().length > 0) return false;
+    return this.ledger?.complete ?? true;
   }
 
-  /** Runs a request-producing call under the retry policy (used for the probe). */
-  private async withRetry(range: readonly [number, number], call: () => Promise<ProbeResult>): Promise<ProbeResult> {
-    const state = { attempts: 0 };
-    for (;;) {
-      try {
-        this.stats.requests++;
-        return await call();
-      } catch (err) {
-        await this.afterFailure(state, err, `the first request (bytes ${range[0]}-${range[1] - 1})`);
+  private checkDone(): void {
+    if (this.finished || this.failure || !this.complete()) return;
+    this.finished = true;
+    this.settle.resolve();
+  }
+
+  private async worker(state: SourceState, first?: Held): Promise<void> {
+    const scheduler = this.scheduler!;
+    const accept = (task: RangeTask): boolean => state.hasCapacity && this.sources.shouldTake(state, task.piece);
+    let held = first;
+    while (!this.signal.aborted && !state.dropped && !this.finished) {
+      if (!held) {
+        const task = scheduler.take(state.id, accept);
+        if (!task) {
+          await scheduler.idle();
+          this.checkServable();
+          continue;
+        }
+        state.inFlight++;
+        held = { task };
       }
+      const current = held;
+      held = undefined;
+      const outcome = await this.runTask(state, current, (next) => (held = next));
+      state.inFlight--;
+      if (outcome === 'done') scheduler.finish(current.task);
+      else scheduler.release(current.task);
+      this.checkDone();
+    }
+    if (held) {
+      if (held.body instanceof Promise)
+        held.body.then(
+          (b) => b.stream.destroy(),
+          () => undefined,
+        );
+      else held.body?.stream.destroy();
+      state.inFlight--;
+      scheduler.release(held.task);
     }
   }
 
   /**
-   * Writes a response body at its offsets until the task's end; validates its length.
-   * `task.pos` runs ahead of the disk by what is queued; after a failure it falls back to
-   * the last byte written, where the retry resumes.
+   * Fetches one task to its (possibly shrinking) end from `state`, resuming after each
+   * failure. Returns 'released' when the source was dropped and the task must go elsewhere.
    */
-  private async pump(body: RangeBody, task: RangeTask): Promise<void> {
-    const declaredEnd = body.end ?? Infinity;
-    const writer = new SlabWriter(this.part!, this.slabs, task.pos, (at, length) => this.record(at, length));
-    this.activeRequests++;
-    try {
-      for await (const buffer of body.stream as AsyncIterable<Buffer>) {
-        const limit = Math.min(task.end, declaredEnd);
-        const take = Math.min(buffer.length, limit - task.pos);
-        if (take > 0) {
-          task.flowing();
-          task.pos += take;
-          await writer.push(take === buffer.length ? buffer : buffer.subarray(0, take));
+  private async runTask(state: SourceState, held: Held, setNext: (next: Held) => void): Promise<'done' | 'released'> {
+    const { task } = held;
+    const { source } = state.slot;
+    let body = held.body;
+    let openedNext = false;
+    const onAdvance = (t: RangeTask): void => {
+      if (openedNext || !this.shouldOpenEarly(t)) return;
+      openedNext = true;
+      const next = this.scheduler!.take(state.id, (n) => this.sources.shouldTake(state, n.piece));
+      if (!next) return;
+      state.inFlight++;
+      setNext({ task: next, body: this.open(state, next) });
+    };
+    while (task.pos < task.end) {
+      let opened: RangeBody | undefined;
+      try {
+        opened = await (body ?? this.open(state, task));
+        body = undefined;
+        this.activeRequests++;
+        try {
+          await pump(opened, task, {
+            part: this.part!,
+            slabs: this.slabs,
+            label: source.label,
+            onWritten: (at, length) => this.record(state, at, length),
+            onProgress: () => {
+              task.attempts = 0;
+              state.failuresInARow = 0;
+            },
+            onAdvance,
+          });
+        } finally {
+          this.activeRequests--;
         }
-        if (take < buffer.length) {
-          if (task.end < declaredEnd) break; // the back half went to another worker
-          throw new BadResponseError(
-            `${this.source.label} sent more bytes than the ${declaredEnd - body.start} it declared`,
-          );
+      } catch (err) {
+        opened?.stream.destroy();
+        body = undefined;
+        if (this.signal.aborted) throw this.failure ?? cancelled();
+        if (state.dropped) return 'released';
+        const decision = decideAfterFailure(
+          err,
+          task,
+          state,
+          this.params.retry,
+          `bytes ${task.pos}-${task.end - 1}`,
+          source.url,
+        );
+        if (decision.kind === 'fatal') throw decision.error;
+        if (decision.kind === 'drop-source') {
+          task.attempts = 0;
+          this.dropSource(state, decision.reason);
+          return 'released';
         }
-        if (task.pos >= task.end && task.end < declaredEnd) break;
+        this.stats.retries++;
+        if (decision.hold) task.holdUntil = performance.now() + decision.delayMs;
+        await waitBeforeRetry(decision.delayMs, state.signal).catch((waitErr: unknown) => {
+          if (!state.dropped || this.signal.aborted) throw waitErr;
+        });
+        task.holdUntil = undefined;
+        if (state.dropped) return 'released';
       }
-      await writer.flush();
-    } catch (err) {
-      task.pos = await writer.settle();
-      throw err;
-    } finally {
-      this.activeRequests--;
-      task.stalled();
     }
-    const expectedEnd = Math.min(task.end, declaredEnd);
-    if (expectedEnd !== Infinity && task.pos < expectedEnd) {
-      throw new BadResponseError(
-        `${this.source.label} closed the response at byte ${task.pos}, before byte ${expectedEnd}`,
-      );
-    }
+    return 'done';
   }
 
-  private record(at: number, length: number): void {
+  /** Opens [task.pos, task.end) on the state's source; the promise never rejects unobserved. */
+  private open(state: SourceState, task: RangeTask): Promise<RangeBody> {
+    task.requested(performance.now());
+    this.stats.requests++;
+    const opening = state.slot.source.openRange(task.pos, task.end, this.expect!, state.signal);
+    opening.catch(() => undefined);
+    return opening;
+  }
+
+  /**
+   * Whether a worker should open its next request now: the rest of its current response
+   * will arrive in about one first-byte latency (with half again as margin), so the next
+   * response's head arrives as this one ends.
+   */
+  private shouldOpenEarly(task: RangeTask): boolean {
+    const latency = this.scheduler!.latency.ms;
+    if (latency < EARLY_OPEN_MIN_LATENCY_MS) return false;
+    const rate = task.rate(performance.now());
+    return rate !== undefined && task.remaining <= rate * latency * 1.5;
+  }
+
+  private dropSource(state: SourceState, reason: LoomError): void {
+    if (!this.sources.drop(state, reason)) return;
+    this.scheduler?.forget(state.id);
+    this.params.onSourceDropped?.(state.id, reason);
+    this.checkServable();
+  }
+
+  /** Fails the download when work is left that no source can serve (after sourceWaitMs). */
+  private checkServable(): void {
+    const scheduler = this.scheduler;
+    if (this.finished || this.failure || !scheduler) return;
+    const stuck =
+      this.sources.live().length === 0 ||
+      (scheduler.inFlight === 0 &&
+        (this.ledger?.pending ?? 0) === 0 &&
+        scheduler.queued().length > 0 &&
+        scheduler.queued().every((t) => !this.sources.anyCanServe(t.piece)));
+    if (!stuck) {
+      this.unservableSince = undefined;
+      return;
+    }
+    const now = performance.now();
+    this.unservableSince ??= now;
+    if (now - this.unservableSince >= (this.params.sourceWaitMs ?? 0)) this.fail(this.noSource());
+  }
+
+  /** The error when no source is left: the only source's own reason, else a summary. */
+  private noSource(): LoomError {
+    const all = this.sources.all;
+    const only = all.length === 1 ? all[0]!.dropped : undefined;
+    if (only) return only;
+    const missing = this.scheduler?.queued()[0];
+    const where = missing ? `bytes ${missing.pos}-${missing.end - 1}` : 'the rest';
+    const dropped = this.sources.dropped();
+    const why = dropped.length ? `; dropped: ${dropped.map((d) => `${d.id} (${d.code})`).join(', ')}` : '';
+    return new NoSourceError(`no source can serve ${where} of ${this.primaryUrl}${why}`, {
+      url: this.primaryUrl,
+      cause: all.find((s) => s.dropped)?.dropped,
+      hint: 'add a source that has the blob (e.g. the origin), then rerun: verified bytes are kept',
+    });
+  }
+
+  private record(state: SourceState, at: number, length: number): void {
     this.ranges.add(at, at + length);
     this.stats.transferredBytes += length;
-    this.sweeper.received(length);
+    state.bytes += length;
+    this.lastByteAt = performance.now();
+    this.ledger?.wrote(state.id, at, length);
     this.hasher?.advance(this.ranges.contiguousPrefix());
+    this.journal.received(length, this.size ?? 0);
     this.unsyncedBytes += length;
-    if (this.options.fsync && this.unsyncedBytes >= BACKGROUND_SYNC_BYTES && !this.backgroundSync) {
+    if (this.params.fsync && this.unsyncedBytes >= BACKGROUND_SYNC_BYTES && !this.backgroundSync) {
       this.unsyncedBytes = 0;
       // Flushing as we go overlaps the disk's work with the network's, so the final flush
       // before the rename has little left to write.
@@ -361,95 +675,206 @@ class Download {
     }
   }
 
+  private pieceVerified(index: number): void {
+    this.scheduler?.settled(index);
+    this.params.onPieceVerified?.(index, this.manifestIn!.pieces[index]!);
+    this.checkDone();
+  }
+
+  /** A piece's bytes are not the manifest's: refetch it, and drop the source that sent them. */
+  private pieceMismatched(index: number, senders: string[], actual: string): void {
+    const manifest = this.manifestIn!;
+    const [start, end] = pieceRange(manifest, index);
+    // One sender is to blame; with several, the piece is refetched from one source only, so a
+    // second failure names it.
+    if (senders.length === 1) {
+      const state = this.sources.all.find((s) => s.id === senders[0]);
+      const reason = new DigestMismatchError(
+        `piece ${index} (bytes ${start}-${end - 1}) from ${senders[0]} has sha256 ${actual}, the manifest says ${manifest.pieces[index]}`,
+        { expected: manifest.pieces[index], actual, url: state?.slot.source.url },
+      );
+      if (state) this.dropSource(state, reason);
+    }
+    this.scheduler?.refetch(index, start, end);
+    this.checkServable();
+  }
+
   /** A server that ignores Range: one stream from byte 0, retried from the start. */
-  private async transferWhole(probe: ProbeResult): Promise<DownloadResult> {
+  private async transferWhole(probed: { state: SourceState; probe: ProbeResult }): Promise<BlobDownloadResult> {
     await removeJournal(this.journalPath);
     this.resumable = false;
-    const state = { attempts: 0 };
-    let current: ProbeResult | undefined = probe;
+    const { state } = probed;
+    const source = state.slot.source;
+    const budget = { attempts: 0 };
+    let current: ProbeResult | undefined = probed.probe;
     for (;;) {
       try {
         if (!current) {
           this.stats.requests++;
-          current = await this.source.probe([0, this.options.chunkSize], this.signal);
+          current = await source.probe([0, this.params.chunkSize], state.signal);
           if (current.acceptsRanges) {
-            throw new BadResponseError(`${this.source.label} alternates between honouring and ignoring Range`);
+            throw new BadResponseError(`${source.label} alternates between honouring and ignoring Range`);
           }
         }
         const { body } = current;
         this.size = body.end;
         this.validator = current.validator;
         this.ranges = new RangeSet();
-        await this.part?.close();
-        await rm(this.partPath, { force: true });
-        this.part = await PartFile.open(this.partPath);
-        if (body.end !== undefined) await this.part.preallocate(body.end, this.options.preallocation);
-        const hashing = this.options.computeSha256 || this.options.expectedSha256;
-        this.hasher = hashing ? new PrefixHasher(this.part) : undefined;
+        if (this.part) await this.part.close();
+        await rm(this.params.partPath, { force: true });
+        this.part = await PartFile.open(this.params.partPath);
+        if (body.end !== undefined) await this.part.preallocate(body.end, this.params.preallocation);
+        this.pieceSize = body.end !== undefined ? pieceSizeFor(body.end) : 0;
+        this.producedPieces.length = 0;
+        this.hasher = undefined;
+        // Piece digests need the size up front; a stream of unknown length gets only the whole digest.
+        const produce = this.params.produceManifest && body.end !== undefined;
+        if (produce || this.sha256In || this.params.computeSha256) {
+          this.hasher = new PrefixHasher(
+            this.part,
+            produce
+              ? {
+                  pieceSize: this.pieceSize,
+                  onPiece: (index, digest) => {
+                    this.producedPieces[index] = digest;
+                    this.params.onPieceVerified?.(index, digest);
+                  },
+                }
+              : undefined,
+          );
+        }
         const task = new RangeTask(0, body.end ?? Infinity);
-        await this.pump(body, task);
+        this.activeRequests++;
+        try {
+          await pump(body, task, {
+            part: this.part,
+            slabs: this.slabs,
+            label: source.label,
+            onWritten: (at, length) => this.record(state, at, length),
+            onProgress: () => undefined,
+          });
+        } finally {
+          this.activeRequests--;
+        }
         if (body.end === undefined) await this.part.truncate(task.pos);
         this.size = task.pos;
         return await this.finish(task.pos, current.finalUrl);
       } catch (err) {
         current?.body.stream.destroy();
         current = undefined;
-        await this.afterFailure(state, err, 'the whole-file stream');
+        if (this.signal.aborted) throw this.failure ?? cancelled();
+        const decision = decideAfterFailure(
+          err,
+          budget,
+          { failuresInARow: 0, maxConcurrency: 1 },
+          this.params.retry,
+          'the whole-file stream',
+          source.url,
+        );
+        if (decision.kind === 'fatal') throw decision.error;
+        if (decision.kind === 'drop-source') throw decision.reason;
+        this.stats.retries++;
+        await waitBeforeRetry(decision.delayMs, this.signal);
       }
     }
   }
 
-  private async finish(size: number, finalUrl: string): Promise<DownloadResult> {
+  private async finish(size: number, finalUrl: string): Promise<BlobDownloadResult> {
     const part = this.part!;
-    const sha256 = this.hasher ? await this.hasher.digest(size) : undefined;
-    const expected = this.options.expectedSha256;
+    let sha256: string | undefined;
+    let manifest: Manifest | undefined = this.manifestIn;
+    if (this.manifestIn) {
+      // Every piece matched a manifest bound to its digest: the blob is that digest.
+      sha256 = this.manifestIn.digest;
+    } else if (this.hasher) {
+      sha256 = await this.hasher.digest(size);
+      if (
+        this.params.produceManifest &&
+        this.pieceSize > 0 &&
+        this.producedPieces.length === pieceCount(size, this.pieceSize)
+      ) {
+        manifest = { digest: sha256, size, pieceSize: this.pieceSize, pieces: [...this.producedPieces] };
+      }
+    }
+    if (this.lastByteAt !== undefined && sha256 !== undefined) {
+      this.stats.lastByteToDigestSeconds = Math.max(0, (performance.now() - this.lastByteAt) / 1000);
+    }
+    const expected = this.sha256In;
     if (expected && sha256 !== expected) {
+      await this.journal.discard();
       await part.close();
-      await rm(this.partPath, { force: true });
-      await removeJournal(this.journalPath);
-      throw new DigestMismatchError(`sha256 mismatch for ${this.source.url}: expected ${expected}, got ${sha256}`, {
-        url: this.source.url,
+      await rm(this.params.partPath, { force: true });
+      throw new DigestMismatchError(`sha256 mismatch for ${this.primaryUrl}: expected ${expected}, got ${sha256}`, {
+        url: this.primaryUrl,
         expected,
         actual: sha256,
         hint: 'the origin served other bytes than the digest describes; nothing was kept',
       });
     }
-    if (this.options.fsync) {
+    if (this.params.fsync) {
       await this.backgroundSync;
       await part.sync();
     }
-    return { size, sha256, validator: this.validator, finalUrl, stats: this.stats };
+    return {
+      size,
+      sha256,
+      validator: this.validator,
+      finalUrl,
+      stats: this.stats,
+      manifest,
+      bytesBySource: this.sources.bytesBySource(),
+      droppedSources: this.sources.dropped(),
+    };
   }
 
   private tick(): void {
-    this.options.onProgress?.({
+    this.params.onProgress?.({
       totalBytes: this.size,
       doneBytes: this.ranges.size,
       transferredBytes: this.stats.transferredBytes,
       activeRequests: this.activeRequests,
       retries: this.stats.retries,
     });
-    const now = Date.now();
-    if (now - this.lastJournalAt >= this.options.journalIntervalMs) {
-      this.lastJournalAt = now;
-      this.saveJournal();
+    this.checkServable();
+    this.checkPace();
+    this.journal.tick();
+  }
+
+  /** Drops a source far behind the others (a peer trickling bytes holds up the verified prefix). */
+  private checkPace(): void {
+    if (!this.started || this.finished || this.failure) return;
+    const now = performance.now();
+    const elapsed = now - this.paceTickAt;
+    this.paceTickAt = now;
+    for (const state of this.sources.live()) state.busyConnectionMs += state.inFlight * elapsed;
+    if (now - this.paceWindowAt < PACE_WINDOW_MS) return;
+    this.paceWindowAt = now;
+    for (const { state, rate, best } of this.sources.farBehind()) {
+      const kbps = (bytesPerSecond: number): string => `${Math.round(bytesPerSecond / 1000)} kB/s`;
+      this.dropSource(
+        state,
+        new StallError(
+          `${state.id} is far behind the other sources: ${kbps(rate)} per connection, the best ${kbps(best)}`,
+          { url: state.slot.source.url },
+        ),
+      );
     }
   }
 
-  private saveJournal(): void {
-    const size = this.size;
-    if (size === undefined || !this.resumable || !this.part) return;
-    const snapshot = { url: this.source.url, size, validator: this.validator, ranges: this.ranges.toJSON() };
-    this.journalWrite = this.journalWrite.then(() => writeJournal(this.journalPath, snapshot)).catch(() => undefined);
+  /** What the journal would say now; nothing after success or for a stream that cannot resume. */
+  private journalNow(): JournalSource | undefined {
+    const { size, part } = this;
+    if (size === undefined || !this.resumable || !part || (this.finished && !this.failure)) return undefined;
+    return {
+      state: {
+        identity: this.identity,
+        size,
+        validator: this.validator,
+        ranges: this.ranges.toJSON(),
+        pieceSize: this.pieceSize,
+        verified: [...(this.ledger?.verified ?? [])].sort((a, b) => a - b),
+      },
+      flush: () => part.sync(),
+    };
   }
-}
-
-function exhausted(err: unknown, url: string, attempts: number, what: string): LoomError {
-  if (err instanceof HttpStatusError || err instanceof SourceChangedError) return err;
-  const reason = err instanceof Error ? err.message : String(err);
-  return new NetworkError(`gave up on ${what} of ${url} after ${attempts} attempts: ${reason}`, {
-    url,
-    cause: err,
-    hint: 'check the network or the origin, then rerun: finished bytes are kept and resumed',
-  });
 }

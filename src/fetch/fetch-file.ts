@@ -1,8 +1,9 @@
 // fetchFile: one URL to one path. The output path only ever holds a complete file that
-// passed every check: bytes land in `<out>.part` and are renamed into place at the end.
-import { httpSourceFor } from '../sources/http.js';
+// passed every check: bytes land in `<out>.part` (locked to this run) and are renamed into
+// place at the end.
+import { sourceFor } from '../sources/index.js';
 import type { DownloadResult } from './download.js';
-import { resolveFetchOptions, type FetchOptions } from './options.js';
+import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from './options.js';
 
 export interface FetchResult extends DownloadResult {
   path: string;
@@ -16,20 +17,26 @@ export function partPathFor(out: string): string {
 
 export async function fetchFile(url: string, out: string, options: FetchOptions = {}): Promise<FetchResult> {
   const resolved = resolveFetchOptions(options);
-  const source = httpSourceFor(url, resolved);
+  const source = sourceFor(url, sourceOptionsOf(resolved));
   // The engine is loaded when a download really starts; a cache hit never needs it.
-  const [{ downloadToPart }, { journalPathFor, removeJournal }, { moveIntoPlace }] = await Promise.all([
+  const [{ downloadToPart }, { journalPathFor, removeJournal }, { moveIntoPlace }, { lockPart }] = await Promise.all([
     import('./download.js'),
     import('./journal.js'),
     import('./part-file.js'),
+    import('./part-lock.js'),
   ]);
   const started = performance.now();
   const part = partPathFor(out);
   try {
-    const result = await downloadToPart(source, part, resolved);
-    await moveIntoPlace(part, out);
-    await removeJournal(journalPathFor(part));
-    return { ...result, path: out, url: source.url, seconds: (performance.now() - started) / 1000 };
+    const unlock = await lockPart(part);
+    try {
+      const result = await downloadToPart(source, part, resolved);
+      await moveIntoPlace(part, out);
+      await removeJournal(journalPathFor(part));
+      return { ...result, path: out, url: source.url, seconds: (performance.now() - started) / 1000 };
+    } finally {
+      await unlock();
+    }
   } finally {
     source.close();
   }

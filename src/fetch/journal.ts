@@ -1,30 +1,41 @@
-// The resume journal beside `<out>.part`: which byte ranges are on disk, of which version
-// (size and validator). Written atomically (temp file + rename) so a kill -9 at any moment
-// leaves either the previous or the next journal, never half of one.
+// The resume journal beside a part file: which byte ranges are on disk (and durable: the
+// part file is flushed before a journal describing it is written) and which pieces were
+// verified against a manifest, of which blob. The blob is named by its sha256 when one is
+// known, so another URL or another source of the same bytes resumes; else by URL and
+// validator. Written atomically (temp file + rename) so a kill -9 at any moment leaves
+// either the previous or the next journal, never half of one.
 import { readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { isRecord } from '../core/validate.js';
 import type { Validator } from '../sources/source.js';
 import type { ByteRange } from './range-set.js';
 
-const JOURNAL_VERSION = 1;
+const JOURNAL_VERSION = 2;
 
 export interface JournalState {
   version: typeof JOURNAL_VERSION;
-  url: string;
+  /** `sha256:<hex>` when the blob's digest is known, else `url:<url>`. */
+  identity: string;
   size: number;
   validator: Validator;
   ranges: Array<[number, number]>;
+  /** Pieces checked against a trusted manifest (indexes), with the piece size they index. */
+  pieceSize: number;
+  verified: number[];
 }
+
+export type JournalSnapshot = Omit<JournalState, 'version' | 'ranges'> & { ranges: readonly ByteRange[] };
 
 const isCount = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 const isOptionalString = (v: unknown): boolean => v === undefined || typeof v === 'string';
 
 function isJournal(value: unknown): value is JournalState {
-  if (!isRecord(value) || value.version !== JOURNAL_VERSION || typeof value.url !== 'string') return false;
-  if (!isCount(value.size) || !isRecord(value.validator)) return false;
+  if (!isRecord(value) || value.version !== JOURNAL_VERSION || typeof value.identity !== 'string') return false;
+  if (!isCount(value.size) || !isRecord(value.validator) || !isCount(value.pieceSize)) return false;
   if (!isOptionalString(value.validator.etag) || !isOptionalString(value.validator.lastModified)) return false;
   const size = value.size;
   return (
+    Array.isArray(value.verified) &&
+    value.verified.every(isCount) &&
     Array.isArray(value.ranges) &&
     value.ranges.every(
       (r: unknown) =>
@@ -33,31 +44,38 @@ function isJournal(value: unknown): value is JournalState {
   );
 }
 
+/** The identity a journal is keyed by: the digest when known, else the URL. */
+export function journalIdentity(sha256: string | undefined, url: string): string {
+  return sha256 ? `sha256:${sha256}` : `url:${url}`;
+}
+
 export function journalPathFor(partPath: string): string {
   return `${partPath}.journal`;
 }
 
 /**
- * Reads the journal of `url`. A missing or unreadable one is absent; so is one left by
- * another URL at the same path, which is deleted (it says nothing about this file).
+ * Reads the journal of the blob named `identity`. A missing or unreadable one is absent; so
+ * is one left by another blob at the same path, which is deleted (it says nothing about
+ * this one).
  */
-export async function readJournal(path: string, url: string): Promise<JournalState | undefined> {
+export async function readJournal(path: string, identity: string): Promise<JournalState | undefined> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(await readFile(path, 'utf8'));
   } catch {
     return undefined;
   }
-  if (isJournal(parsed) && parsed.url === url) return parsed;
+  if (isJournal(parsed) && parsed.identity === identity) return parsed;
   await removeJournal(path);
   return undefined;
 }
 
-export async function writeJournal(
-  path: string,
-  state: { url: string; size: number; validator: Validator; ranges: readonly ByteRange[] },
-): Promise<void> {
-  const body: JournalState = { version: JOURNAL_VERSION, ...state, ranges: state.ranges.map(([s, e]) => [s, e]) };
+export async function writeJournal(path: string, state: JournalSnapshot): Promise<void> {
+  const body: JournalState = {
+    version: JOURNAL_VERSION,
+    ...state,
+    ranges: state.ranges.map(([s, e]) => [s, e]),
+  };
   const temp = `${path}.tmp`;
   const text = JSON.stringify(body);
   try {
@@ -76,10 +94,89 @@ export async function removeJournal(path: string): Promise<void> {
   await rm(`${path}.tmp`, { force: true });
 }
 
-/** True when a journal (of this URL) describes the version the probe found. */
+/**
+ * True when a journal describes the version found now. A journal keyed by digest needs only
+ * the size to agree (the digest is the identity); one keyed by URL needs the validator too.
+ */
 export function journalMatches(journal: JournalState, size: number, validator: Validator): boolean {
   if (journal.size !== size) return false;
+  if (journal.identity.startsWith('sha256:')) return true;
   // Without a validator there is no way to know the bytes on disk are of this version.
   if (!validator.etag && !validator.lastModified) return false;
   return journal.validator.etag === validator.etag && journal.validator.lastModified === validator.lastModified;
+}
+
+/**
+ * A journal is also written whenever this share of the file arrived since the last one, so a
+ * kill -9 loses at most about that much however fast the bytes come (at 1 GB/s the 500 ms
+ * interval alone would be 500 MB).
+ */
+const JOURNAL_EVERY_FRACTION = 1 / 32;
+const JOURNAL_MIN_BYTES = 1024 * 1024;
+
+/** What a journal would say now, and how to make the bytes it names durable first. */
+export interface JournalSource {
+  state: JournalSnapshot;
+  flush(): Promise<void>;
+}
+
+/**
+ * Keeps one download's journal: written on a timer, whenever 1/32 of the file arrived, and
+ * on exit; one write at a time; each after the part file is flushed (the snapshot is taken
+ * before the flush), so the journal never claims a byte that a power cut could still lose.
+ */
+export class JournalKeeper {
+  private chain: Promise<void> = Promise.resolve();
+  private pending = false;
+  private sinceLast = 0;
+  private lastAt = 0;
+  private discarded = false;
+
+  constructor(
+    readonly path: string,
+    private readonly intervalMs: number,
+    /** The journal to write now; undefined when there is nothing worth saving. */
+    private readonly current: () => JournalSource | undefined,
+  ) {}
+
+  /** `bytes` more are on disk of a file of `size`. */
+  received(bytes: number, size: number): void {
+    this.sinceLast += bytes;
+    if (this.sinceLast >= Math.max(JOURNAL_MIN_BYTES, size * JOURNAL_EVERY_FRACTION) && !this.pending) this.save();
+  }
+
+  /** Called on the download's ticker: saves when the interval has passed. */
+  tick(): void {
+    if (Date.now() - this.lastAt >= this.intervalMs) this.save();
+  }
+
+  save(): void {
+    if (this.discarded) return;
+    const current = this.current();
+    if (!current) return;
+    this.lastAt = Date.now();
+    this.sinceLast = 0;
+    this.pending = true;
+    this.chain = this.chain
+      .then(async () => {
+        await current.flush();
+        if (!this.discarded) await writeJournal(this.path, current.state);
+      })
+      .catch(() => undefined)
+      .finally(() => {
+        this.pending = false;
+      });
+  }
+
+  /** Resolves when no write is in flight. */
+  settled(): Promise<void> {
+    return this.chain;
+  }
+
+  /** Deletes the journal for good (the bytes it described are gone): no later write recreates it. */
+  async discard(): Promise<void> {
+    this.discarded = true;
+    await this.chain;
+    await removeJournal(this.path);
+  }
 }

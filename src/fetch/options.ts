@@ -6,14 +6,15 @@ import { parseDuration, parseSize } from '../core/units.js';
 import { checkBoolean, checkInteger, checkKnownKeys, checkOneOf, isRecord } from '../core/validate.js';
 import type { DownloadOptions, FetchProgress } from './download.js';
 import type { Preallocation } from './part-file.js';
+import type { SourceOptions } from '../sources/index.js';
 
 /** Options of fetchFile. Every field is optional; the default is named beside it. */
 export interface FetchOptions {
   /** Requests in flight, 1 to 256. Default 16. */
   workers?: number;
-  /** Planning and split unit, bytes or `10MiB`. Default 10 MiB. */
+  /** Request size (requests are handed out in file order), bytes or `10MiB`. Default 10 MiB. */
   chunkSize?: number | string;
-  /** Largest single request, bytes or `64MiB`. Default: the file split evenly over the workers. */
+  /** Largest single request, bytes or `64MiB`. Default: a chunk. */
   maxRequestSize?: number | string;
   /** Expected sha256 (hex); a mismatch fails and keeps nothing. Default: none. */
   sha256?: string;
@@ -160,5 +161,17 @@ export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOpti
     maxRedirects: checkInteger(input.maxRedirects, 'maxRedirects', 0, 50) ?? DEFAULTS.maxRedirects,
     caCertFiles: input.caCertFiles ?? [],
     allowHttpsDowngrade: checkBoolean(input.allowHttpsDowngrade, 'allowHttpsDowngrade') ?? false,
+  };
+}
+
+/** What a source needs from the fetch options (sourceFor's second argument). */
+export function sourceOptionsOf(options: ResolvedFetchOptions): SourceOptions {
+  return {
+    headers: options.headers,
+    maxRedirects: options.maxRedirects,
+    stallTimeoutMs: options.stallTimeoutMs,
+    // Two sockets per worker: a worker opens its next request before its current one ends.
+    maxSockets: options.workers * 2,
+    caCertFiles: options.caCertFiles,
   };
 }

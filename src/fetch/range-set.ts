@@ -33,6 +33,21 @@ export class RangeSet {
     this.ranges = out;
   }
 
+  /** Marks [start, end) as absent again (a piece that failed verification). */
+  remove(start: number, end: number): void {
+    if (end <= start) return;
+    const out: Array<[number, number]> = [];
+    for (const [s, e] of this.ranges) {
+      if (e <= start || s >= end) {
+        out.push([s, e]);
+        continue;
+      }
+      if (s < start) out.push([s, start]);
+      if (e > end) out.push([end, e]);
+    }
+    this.ranges = out;
+  }
+
   /** Bytes present in total. */
   get size(): number {
     let total = 0;

@@ -1,8 +1,9 @@
 // Plans which byte ranges the workers fetch, and keeps the pool busy to the last byte:
-// missing bytes are cut into runs of whole chunks (one request each, so a high-latency
-// origin costs one round trip per run, not per chunk), and a worker that finds nothing
-// queued takes the back half of the largest range still in flight, unless this process is
-// itself the bottleneck.
+// missing bytes are cut into requests of a chunk each, never across a piece boundary, and
+// handed out in file order, so the finished (and hashed) prefix follows the download
+// closely. A worker that finds nothing queued takes the back half of the largest range still
+// in flight, unless this process is itself the bottleneck, the range is waiting out a
+// server's Retry-After, or its piece is being refetched from one source only.
 import type { ByteRange } from './range-set.js';
 
 /** Smoothed time from sending a request to its first byte, shared by a download's tasks. */
@@ -20,7 +21,10 @@ export class FirstByteLatency {
 export class RangeTask {
   /** Next byte to write; bytes in [start, pos) are on disk. */
   pos: number;
+  /** Failed attempts since the last one that made progress (the retry budget). */
   attempts = 0;
+  /** performance.now() until which the server asked us to wait (Retry-After): not split. */
+  holdUntil: number | undefined;
   /** When the current response's first byte arrived, and `pos` at that moment. */
   private flowStart: { at: number; pos: number } | undefined;
   /** When the current request was sent; undefined between attempts. */
@@ -29,8 +33,18 @@ export class RangeTask {
     readonly start: number,
     public end: number,
     private readonly latency?: FirstByteLatency,
+    /** The piece the range lies in (a task never crosses a piece boundary). */
+    readonly piece = 0,
   ) {
     this.pos = start;
+  }
+
+  /** Bytes per ms of the current response so far; undefined until measurable. */
+  rate(now: number): number | undefined {
+    if (!this.flowStart) return undefined;
+    const elapsed = now - this.flowStart.at;
+    const moved = this.pos - this.flowStart.pos;
+    return elapsed >= 20 && moved > 0 ? moved / elapsed : undefined;
   }
   get remaining(): number {
     return this.end - this.pos;
@@ -78,8 +92,10 @@ export interface SchedulerOptions {
    * sockets already hold. Default 150 ms.
    */
   minSplitEtaMs?: number;
-  /** Largest request; default: an even share of the file per worker. */
+  /** Largest request; default: a chunk. */
   maxRequestSize?: number;
+  /** Requests never cross a multiple of this (the manifest's pieces). Default: no boundary. */
+  pieceSize?: number;
   /**
    * How loaded this process is, 0 to 1; above MAX_LOAD_TO_SPLIT no range is split.
    * Default: clientLoadMonitor() without a disk signal.
@@ -125,45 +141,63 @@ export function clientLoadMonitor(starvedWrites: () => number = () => 0): () => 
 }
 
 /**
- * The size of the requests a download starts with. A file of many chunks is cut into runs
- * of whole chunks, an even share per worker; a file of fewer chunks than workers is shared
- * evenly too, in pieces smaller than a chunk, so every worker has work from the start
- * instead of splitting (and wasting the bytes in flight) at the tail.
+ * The size of the requests a download makes: a chunk (or maxRequestSize), and for a file of
+ * fewer chunks than workers an even share, so every worker has work from the start instead
+ * of splitting (and wasting the bytes in flight) at the tail. Requests of a chunk, handed out
+ * in file order, keep the finished prefix close behind the download; the round trip each
+ * one costs is hidden by opening a worker's next request before its current one ends.
  */
-export function planRunSize(missing: readonly ByteRange[], options: SchedulerOptions): number {
+export function planRequestSize(missing: readonly ByteRange[], options: SchedulerOptions): number {
   const total = missing.reduce((sum, [s, e]) => sum + e - s, 0);
   const share = Math.ceil(total / options.workers);
-  const limit = options.maxRequestSize ?? Infinity;
-  if (share >= options.chunkSize) {
-    return Math.min(Math.ceil(share / options.chunkSize) * options.chunkSize, Math.max(limit, options.chunkSize));
-  }
+  const limit = options.maxRequestSize ?? options.chunkSize;
   const aligned = Math.ceil(share / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
-  return Math.min(Math.max(aligned, options.minSplitSize), Math.max(limit, options.minSplitSize));
+  return Math.max(options.minSplitSize, Math.min(limit, aligned));
 }
 
 /** Split points are aligned so writes and reads stay page-friendly. */
 const SPLIT_ALIGNMENT = 64 * 1024;
 
+/** Whether the asking worker's source may serve this task. */
+export type Accept = (task: RangeTask) => boolean;
+
 export class Scheduler {
+  /** Waiting tasks, sorted by start: handed out in file order. */
   private readonly queue: RangeTask[] = [];
   private readonly active = new Set<RangeTask>();
+  /** Pieces refetched after a failed check: served by one source, so a second failure names it. */
+  private readonly exclusive = new Map<number, string | undefined>();
   /** Ranges cut in two so far. */
   splits = 0;
   private readonly waiters = new Set<() => void>();
   readonly latency = new FirstByteLatency();
   private readonly clientLoad: () => number;
+  private readonly requestSize: number;
+  private readonly pieceSize: number;
 
   constructor(
     private readonly options: SchedulerOptions,
     missing: readonly ByteRange[],
   ) {
     this.clientLoad = options.clientLoad ?? clientLoadMonitor();
-    const runSize = planRunSize(missing, options);
-    for (const [start, end] of missing) {
-      for (let at = start; at < end; at += runSize) {
-        this.queue.push(new RangeTask(at, Math.min(end, at + runSize), this.latency));
-      }
+    this.requestSize = planRequestSize(missing, options);
+    this.pieceSize = options.pieceSize ?? Number.MAX_SAFE_INTEGER;
+    for (const [start, end] of missing) this.enqueue(start, end);
+  }
+
+  /** Cuts [start, end) into requests at piece boundaries and queues them in file order. */
+  private enqueue(start: number, end: number): void {
+    const tasks: RangeTask[] = [];
+    for (let at = start; at < end;) {
+      const piece = Math.floor(at / this.pieceSize);
+      const stop = Math.min(end, at + this.requestSize, (piece + 1) * this.pieceSize);
+      tasks.push(new RangeTask(at, stop, this.latency, piece));
+      at = stop;
     }
+    if (tasks.length === 0) return;
+    const index = this.queue.findIndex((t) => t.start > start);
+    this.queue.splice(index === -1 ? this.queue.length : index, 0, ...tasks);
+    this.wake();
   }
 
   /** Adds a task that already has a response (the probe's first range), as in flight. */
@@ -171,20 +205,53 @@ export class Scheduler {
     this.active.add(task);
   }
 
-  /** The next task for an idle worker, or undefined when nothing is left worth splitting. */
-  take(): RangeTask | undefined {
-    const queued = this.queue.shift();
-    if (queued) {
-      this.active.add(queued);
-      return queued;
+  /** The next task for an idle worker of source `sourceId`, or undefined when none fits. */
+  take(sourceId = '', accept: Accept = () => true): RangeTask | undefined {
+    for (let i = 0; i < this.queue.length; i++) {
+      const task = this.queue[i]!;
+      if (!this.mayServe(task.piece, sourceId) || !accept(task)) continue;
+      this.queue.splice(i, 1);
+      if (this.exclusive.has(task.piece)) this.exclusive.set(task.piece, sourceId);
+      this.active.add(task);
+      return task;
     }
-    return this.split();
+    return this.split(accept);
+  }
+
+  private mayServe(piece: number, sourceId: string): boolean {
+    const owner = this.exclusive.get(piece);
+    return owner === undefined || owner === sourceId;
   }
 
   finish(task: RangeTask): void {
     this.active.delete(task);
-    for (const wake of this.waiters) wake();
-    this.waiters.clear();
+    this.wake();
+  }
+
+  /** Gives a task's unfinished bytes back to the queue (its source was dropped). */
+  release(task: RangeTask): void {
+    this.active.delete(task);
+    const owner = this.exclusive.get(task.piece);
+    if (owner !== undefined && ![...this.active].some((t) => t.piece === task.piece)) {
+      this.exclusive.set(task.piece, undefined);
+    }
+    this.enqueue(task.pos, task.end);
+  }
+
+  /** Queues a piece's bytes again after they failed verification, for one source to refetch. */
+  refetch(piece: number, start: number, end: number): void {
+    this.exclusive.set(piece, undefined);
+    this.enqueue(start, end);
+  }
+
+  /** A dropped source no longer holds the pieces it was refetching alone. */
+  forget(sourceId: string): void {
+    for (const [piece, owner] of this.exclusive) if (owner === sourceId) this.exclusive.set(piece, undefined);
+  }
+
+  /** The piece passed its check: any source may serve it again (nothing is left to serve). */
+  settled(piece: number): void {
+    this.exclusive.delete(piece);
   }
 
   /**
@@ -201,16 +268,29 @@ export class Scheduler {
     this.waiters.delete(wake);
   }
 
+  private wake(): void {
+    for (const wake of this.waiters) wake();
+    this.waiters.clear();
+  }
+
   get inFlight(): number {
     return this.active.size;
   }
 
-  private split(): RangeTask | undefined {
+  /** Tasks waiting for a worker. */
+  queued(): readonly RangeTask[] {
+    return this.queue;
+  }
+
+  private split(accept: Accept): RangeTask | undefined {
     const now = performance.now();
     let largest: RangeTask | undefined;
     let largestEta = 0;
     for (const task of this.active) {
       if (task.remaining < 2 * this.options.minSplitSize) continue;
+      // The server asked for a pause on this range: another request for it now would be refused too.
+      if (task.holdUntil !== undefined && task.holdUntil > now) continue;
+      if (this.exclusive.has(task.piece) || !accept(task)) continue;
       const eta = task.etaMs(now);
       if (!largest || eta > largestEta || (eta === largestEta && task.remaining > largest.remaining)) {
         largest = task;
@@ -221,7 +301,7 @@ export class Scheduler {
     if (!largest || largestEta < threshold || this.clientLoad() > MAX_LOAD_TO_SPLIT) return undefined;
     const half = Math.floor(largest.remaining / 2 / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
     const mid = largest.end - Math.max(half, this.options.minSplitSize);
-    const stolen = new RangeTask(mid, largest.end, this.latency);
+    const stolen = new RangeTask(mid, largest.end, this.latency, largest.piece);
     largest.end = mid;
     this.active.add(stolen);
     this.splits++;

@@ -12,8 +12,21 @@ export interface DownloadStats {
   restarts: number;
   /** Ranges split to keep idle workers busy at the tail. */
   splits: number;
+  /**
+   * Seconds from the last byte on disk to the blob's digest (or its last piece) being
+   * checked; undefined when nothing was hashed or nothing was received.
+   */
+  lastByteToDigestSeconds: number | undefined;
 }
 
 export function emptyStats(): DownloadStats {
-  return { transferredBytes: 0, resumedBytes: 0, requests: 0, retries: 0, restarts: 0, splits: 0 };
+  return {
+    transferredBytes: 0,
+    resumedBytes: 0,
+    requests: 0,
+    retries: 0,
+    restarts: 0,
+    splits: 0,
+    lastByteToDigestSeconds: undefined,
+  };
 }

@@ -99,10 +99,10 @@ describe('fetchFile', () => {
     );
   });
 
-  it('uses one request per worker share when no request size is set', async () => {
+  it('uses one request per chunk when no request size is set', async () => {
     const server = await origin();
-    await fetchOk(server, 'coalesced.bin', { maxRequestSize: undefined, workers: 4 });
-    // probe + about four runs (+ splits at the tail)
+    await fetchOk(server, 'coalesced.bin', { maxRequestSize: undefined, chunkSize: '1MiB', workers: 4 });
+    // probe + four chunks (+ splits at the tail)
     assert.ok(server.requests.length <= 12, `made ${server.requests.length} requests`);
     assert.equal(server.bytesServed, SIZE);
   });
@@ -312,7 +312,7 @@ describe('fetchFile', () => {
 
   it('splits the slowest range so idle workers help at the tail', async () => {
     const server = await origin({ fault: on([2], { kind: 'slow', bytesPerSecond: 1024 * 1024 }) });
-    const result = await fetchOk(server, 'tail.bin', { workers: 4, maxRequestSize: undefined });
+    const result = await fetchOk(server, 'tail.bin', { workers: 2, chunkSize: '2MiB', maxRequestSize: undefined });
     assert.ok(result.stats.splits >= 1, 'the slow range was split');
     assert.ok(result.seconds < 2, `took ${result.seconds.toFixed(2)} s; unsplit it would take over 1 s per MiB`);
   });

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { RangeSet } from '../../src/fetch/range-set.js';
 import { backoffDelay, parseRetryAfter } from '../../src/fetch/retry-policy.js';
-import { clientLoadMonitor, MAX_LOAD_TO_SPLIT, planRunSize, Scheduler } from '../../src/fetch/scheduler.js';
+import { clientLoadMonitor, MAX_LOAD_TO_SPLIT, planRequestSize, Scheduler } from '../../src/fetch/scheduler.js';
 
 const MiB = 1024 * 1024;
 
@@ -34,14 +34,54 @@ describe('RangeSet', () => {
 describe('planning', () => {
   const options = { chunkSize: 10 * MiB, workers: 16, minSplitSize: MiB };
 
-  it('gives each worker an even share of whole chunks for a big file', () => {
-    assert.equal(planRunSize([[0, 1024 * MiB]], options), 70 * MiB);
-    assert.equal(planRunSize([[0, 1024 * MiB]], { ...options, maxRequestSize: 10 * MiB }), 10 * MiB);
+  it('asks for a chunk per request for a big file, or the largest request allowed', () => {
+    assert.equal(planRequestSize([[0, 1024 * MiB]], options), 10 * MiB);
+    assert.equal(planRequestSize([[0, 1024 * MiB]], { ...options, maxRequestSize: 32 * MiB }), 32 * MiB);
   });
 
   it('shares a small file evenly in pieces smaller than a chunk', () => {
-    assert.equal(planRunSize([[0, 6 * MiB]], { ...options, workers: 4 }), 1.5 * MiB);
-    assert.equal(planRunSize([[0, 2 * MiB]], options), MiB, 'never below the split minimum');
+    assert.equal(planRequestSize([[0, 6 * MiB]], { ...options, workers: 4 }), 1.5 * MiB);
+    assert.equal(planRequestSize([[0, 2 * MiB]], options), MiB, 'never below the split minimum');
+  });
+
+  it('hands out requests in file order, never across a piece boundary', () => {
+    const scheduler = new Scheduler({ ...options, workers: 4, pieceSize: 16 * MiB }, [
+      [0, 40 * MiB],
+      [50 * MiB, 52 * MiB],
+    ]);
+    const taken: Array<[number, number, number]> = [];
+    for (let task = scheduler.take(); task; task = scheduler.take()) {
+      taken.push([task.start / MiB, task.end / MiB, task.piece]);
+      scheduler.finish(task);
+    }
+    assert.deepEqual(taken, [
+      [0, 10, 0],
+      [10, 16, 0],
+      [16, 26, 1],
+      [26, 32, 1],
+      [32, 40, 2],
+      [50, 52, 3],
+    ]);
+  });
+
+  it('never splits a range waiting out a Retry-After, and gives a failed piece to one source', () => {
+    const scheduler = new Scheduler({ ...options, workers: 2, minSplitEtaMs: 0, clientLoad: () => 0 }, [[0, 20 * MiB]]);
+    const first = scheduler.take('a')!;
+    scheduler.finish(scheduler.take('a')!);
+    first.stalled();
+    first.holdUntil = performance.now() + 60_000;
+    assert.equal(scheduler.take('b'), undefined, 'the throttled range is not handed to another worker');
+    first.holdUntil = undefined;
+    assert.ok(scheduler.take('b'), 'once the wait is over it may be split');
+
+    const pieces = new Scheduler({ ...options, workers: 2, pieceSize: 4 * MiB, chunkSize: MiB }, []);
+    pieces.refetch(1, 4 * MiB, 8 * MiB);
+    const mine = pieces.take('a')!;
+    assert.equal(mine.piece, 1);
+    assert.equal(pieces.take('b'), undefined, 'the rest of the piece waits for the source that took it');
+    assert.equal(pieces.take('a')!.start, 5 * MiB);
+    pieces.forget('a');
+    assert.equal(pieces.take('b')!.start, 6 * MiB, 'a dropped owner frees the piece');
   });
 
   it('splits the slowest range in flight for an idle worker, at an aligned point', () => {

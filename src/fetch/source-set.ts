@@ -1,0 +1,166 @@
+// The sources of one download: each with its own concurrency limit, health and byte count.
+// A source that fails repeatedly, serves bytes that fail verification, or cannot be used
+// is dropped for this download; its work goes to the others. Several sources able to serve
+// a piece: the one with the lowest `preference` that has a free slot takes it.
+import { setMaxListeners } from 'node:events';
+import { UsageError, type LoomError } from '../core/errors.js';
+import type { Source } from '../sources/source.js';
+
+export interface SourceSlot {
+  /** Stable id for stats and reports: 'origin' or the peer's node id. */
+  id: string;
+  kind: 'origin' | 'peer';
+  /** probe() is only used when the size is unknown. */
+  source: Source;
+  /** Requests streaming from this source at most. */
+  maxConcurrency: number;
+  /** Whether the source can serve piece `piece` now (peers with partial replicas); absent = all. */
+  has?(piece: number): boolean;
+  /** Lower is preferred when several sources can serve a piece (peers 0, origin 1). */
+  preference: number;
+}
+
+/** How long a source's pace is measured before it is compared with the others. */
+export const PACE_WINDOW_MS = 4_000;
+/** A source this many times slower per connection than the best other is dropped. */
+const FAR_BEHIND = 16;
+
+export interface DroppedSource {
+  id: string;
+  code: string;
+  message: string;
+}
+
+/** One source's state within a download. */
+export class SourceState {
+  /** Tasks this source's workers hold (streaming or opening). */
+  inFlight = 0;
+  /** Failed attempts since this source last sent a byte. */
+  failuresInARow = 0;
+  /** Body bytes written from this source. */
+  bytes = 0;
+  dropped: LoomError | undefined;
+  /** The current pace window: bytes at its start, and connection-milliseconds spent busy since. */
+  windowBytes = 0;
+  busyConnectionMs = 0;
+  /** Aborts this source's requests only (when it is dropped). */
+  private readonly controller = new AbortController();
+  readonly signal: AbortSignal;
+
+  constructor(
+    readonly slot: SourceSlot,
+    downloadSignal: AbortSignal,
+  ) {
+    setMaxListeners(0, this.controller.signal);
+    this.signal = AbortSignal.any([downloadSignal, this.controller.signal]);
+    setMaxListeners(0, this.signal);
+  }
+
+  get id(): string {
+    return this.slot.id;
+  }
+
+  canServe(piece: number): boolean {
+    return !this.dropped && (this.slot.has?.(piece) ?? true);
+  }
+
+  get maxConcurrency(): number {
+    return this.slot.maxConcurrency;
+  }
+
+  get hasCapacity(): boolean {
+    return this.inFlight < this.slot.maxConcurrency;
+  }
+
+  drop(reason: LoomError): void {
+    this.dropped = reason;
+    this.controller.abort(reason);
+  }
+}
+
+export class SourceSet {
+  private readonly states: SourceState[] = [];
+  private readonly droppedList: DroppedSource[] = [];
+
+  constructor(private readonly downloadSignal: AbortSignal) {}
+
+  add(slot: SourceSlot): SourceState {
+    if (this.states.some((s) => s.id === slot.id)) throw new UsageError(`source id "${slot.id}" given twice`);
+    if (!Number.isSafeInteger(slot.maxConcurrency) || slot.maxConcurrency < 1) {
+      throw new UsageError(`source "${slot.id}": maxConcurrency must be a positive integer`);
+    }
+    const state = new SourceState(slot, this.downloadSignal);
+    this.states.push(state);
+    return state;
+  }
+
+  /** Every source ever added, dropped ones included. */
+  get all(): readonly SourceState[] {
+    return this.states;
+  }
+
+  live(): SourceState[] {
+    return this.states.filter((s) => !s.dropped);
+  }
+
+  /** Drops a source for the rest of this download; false when it already was. */
+  drop(state: SourceState, reason: LoomError): boolean {
+    if (state.dropped) return false;
+    state.drop(reason);
+    this.droppedList.push({ id: state.id, code: reason.code, message: reason.message });
+    return true;
+  }
+
+  /**
+   * Whether `state` should take a task of `piece`: it can serve it and no source it is
+   * preferred less than could take it now.
+   */
+  shouldTake(state: SourceState, piece: number): boolean {
+    if (!state.canServe(piece)) return false;
+    return !this.states.some(
+      (other) =>
+        other !== state && other.slot.preference < state.slot.preference && other.hasCapacity && other.canServe(piece),
+    );
+  }
+
+  /**
+   * Sources far behind the others over the last window: busy for at least a window's worth
+   * of connection time, yet delivering less than 1/FAR_BEHIND of the best other source's
+   * bytes per busy connection-second. The last origin is never among them (the source of
+   * last resort is slow, not wrong). Starts a new window.
+   */
+  farBehind(): Array<{ state: SourceState; rate: number; best: number }> {
+    const live = this.live();
+    const rates = new Map(
+      live.map((s) => [s, s.busyConnectionMs > 0 ? ((s.bytes - s.windowBytes) / s.busyConnectionMs) * 1000 : 0]),
+    );
+    const origins = live.filter((s) => s.slot.kind === 'origin');
+    const behind: Array<{ state: SourceState; rate: number; best: number }> = [];
+    if (live.length >= 2) {
+      for (const state of live) {
+        if (state.busyConnectionMs < PACE_WINDOW_MS) continue;
+        if (state.slot.kind === 'origin' && origins.length === 1) continue;
+        const best = Math.max(...live.filter((o) => o !== state).map((o) => rates.get(o)!));
+        const rate = rates.get(state)!;
+        if (best > 0 && rate * FAR_BEHIND < best) behind.push({ state, rate, best });
+      }
+    }
+    for (const state of live) {
+      state.windowBytes = state.bytes;
+      state.busyConnectionMs = 0;
+    }
+    return behind;
+  }
+
+  anyCanServe(piece: number): boolean {
+    return this.states.some((s) => s.canServe(piece));
+  }
+
+  bytesBySource(): Record<string, number> {
+    return Object.fromEntries(this.states.map((s) => [s.id, s.bytes]));
+  }
+
+  dropped(): DroppedSource[] {
+    return [...this.droppedList];
+  }
+}
