@@ -204,6 +204,13 @@ export class StoreUnavailableError extends LoomError {
   override readonly httpStatus = 503;
 }
 
+/** S3 refused the request's credentials or signature (wrong keys, expired token, no access). */
+export class S3AccessDeniedError extends LoomError {
+  readonly code = 'LOOM_ERR_S3_ACCESS_DENIED';
+  readonly exitCode = EXIT.usage;
+  override readonly httpStatus = 502;
+}
+
 /** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
 export const ERROR_CLASSES = [
   UsageError,
@@ -225,6 +232,7 @@ export const ERROR_CLASSES = [
   NotFoundError,
   ConflictError,
   StoreUnavailableError,
+  S3AccessDeniedError,
 ] as const;
 
 /** What the CLI and the services report for an unexpected failure (a bug); not a class. */
