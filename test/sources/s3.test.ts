@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DigestMismatchError, S3AccessDeniedError } from '../../src/core/errors.js';
+import { DigestMismatchError, NotFoundError, S3AccessDeniedError } from '../../src/core/errors.js';
 import { downloadToPart } from '../../src/fetch/download.js';
 import { resolveFetchOptions, type FetchOptions } from '../../src/fetch/options.js';
 import {
@@ -177,6 +177,47 @@ describe('S3Source against s3rver behind a signature-checking front', () => {
     bytes[partSize + 10] ^= 0x01;
     writeFileSync(partPath, bytes);
     await assert.rejects(verifyS3Download(uri, partPath, checksum, undefined, options()), DigestMismatchError);
+  });
+
+  it('an empty object downloads as an empty file', async () => {
+    await store.put(BUCKET, 'empty.bin', Buffer.alloc(0));
+    const { result, partPath } = await download(`s3://${BUCKET}/empty.bin`, options(), { computeSha256: true });
+    assert.equal(result.size, 0);
+    assert.equal(result.sha256, sha256Of(Buffer.alloc(0)));
+    assert.equal(readFileSync(partPath).length, 0);
+  });
+
+  it('a missing key or bucket is a NotFoundError naming NoSuchKey or NoSuchBucket', async () => {
+    await assert.rejects(download(`s3://${BUCKET}/no/such/key.bin`, options()), (err: unknown) => {
+      assert.ok(err instanceof NotFoundError);
+      assert.match(err.message, /NoSuchKey/);
+      return true;
+    });
+    await assert.rejects(download('s3://no-such-bucket/key.bin', options()), /NoSuchBucket/);
+  });
+
+  it('an object replaced mid-download is noticed by its ETag and fetched again whole, never mixed', async () => {
+    const before = randomBytes(1024 * 1024);
+    const replacement = randomBytes(1024 * 1024);
+    await store.put(BUCKET, 'replaced.bin', before);
+    store.front.bodyRate = 1024 * 1024;
+    let replaced: Promise<void> | undefined;
+    try {
+      const { result, partPath } = await download(`s3://${BUCKET}/replaced.bin`, options(), {
+        workers: 2,
+        maxRequestSize: '128KiB',
+        computeSha256: true,
+        onProgress: (p) => {
+          if (!replaced && p.doneBytes > before.length / 4) replaced = store.put(BUCKET, 'replaced.bin', replacement);
+        },
+      });
+      await replaced;
+      assert.equal(result.stats.restarts, 1);
+      assert.equal(result.sha256, sha256Of(replacement));
+      assert.ok(readFileSync(partPath).equals(replacement));
+    } finally {
+      store.front.bodyRate = undefined;
+    }
   });
 
   it('presigned URLs that expire mid-download are made anew and the download carries on without starting over', async () => {

@@ -119,6 +119,12 @@ export class S3Front {
     const upstream = await this.forward(req, url, body);
     const headers = { ...upstream.headers };
     const status = upstream.statusCode ?? 0;
+    if (status === 206 && headers['content-range'] === 'bytes 0-0/0') {
+      // s3rver claims one byte of an empty object; S3 refuses the range instead.
+      upstream.destroy();
+      res.setHeader('content-range', 'bytes */0');
+      return this.reply(res, 416, 'InvalidRange', 'The requested range is not satisfiable');
+    }
     if (status < 300) {
       if (req.method === 'PUT' && uploadId && partNumber) {
         if (!this.uploads.has(uploadId)) this.uploads.set(uploadId, new Map());

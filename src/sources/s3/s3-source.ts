@@ -42,7 +42,18 @@ export class S3Source implements Source {
     const status = res.statusCode ?? 0;
     if (status === 206) {
       const range = parseContentRange(res.headers['content-range']);
-      if (!range || range.total === undefined || range.start !== start || range.end > end) {
+      if (range?.total === 0 && start === 0) {
+        // Some stores answer a range of an empty object with "bytes 0-0/0" and no body.
+        res.resume();
+        return {
+          size: 0,
+          acceptsRanges: true,
+          validator,
+          body: { start: 0, end: 0, stream: Readable.from([]) },
+          finalUrl,
+        };
+      }
+      if (!range || range.total === undefined || range.start !== start || range.end > end || range.end > range.total) {
         res.destroy();
         throw this.badRange(start, end, res);
       }
