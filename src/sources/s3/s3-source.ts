@@ -151,7 +151,11 @@ function validatorOf(res: IncomingMessage): Validator {
   return validator;
 }
 
-/** The S3 source for `s3://bucket/key`. */
-export function s3SourceFor(uri: string, options: S3Options = {}): S3Source {
-  return new S3Source(uri, options);
+/**
+ * The S3 source for `s3://bucket/key`. Takes resolved fetch options as they are: their
+ * `workers` sizes the socket pool, their stall timeout and CA files apply.
+ */
+export function s3SourceFor(uri: string, options: S3Options & { workers?: number } = {}): S3Source {
+  const { workers, ...s3 } = options;
+  return new S3Source(uri, { ...(workers !== undefined && { maxSockets: workers }), ...s3 });
 }
