@@ -51,6 +51,8 @@ export class S3Front {
   bodyRate: number | undefined;
   /** Flip the byte at this offset of the object at this path in every GET answer that holds it. */
   corrupt: { path: string; offset: number } | undefined;
+  /** Called for each authenticated request before it is forwarded (tests change the store here). */
+  onRequest: ((request: FrontRequest) => Promise<void>) | undefined;
   /** Largest difference between X-Amz-Date and now for header signatures (S3: 15 min). */
   maxSkewMs = 15 * 60_000;
   private readonly checksums = new Map<string, StoredChecksum>();
@@ -104,6 +106,7 @@ export class S3Front {
     this.entries.set(res, entry);
     const refusal = await this.authenticate(req, url, entry);
     if (refusal) return this.reply(res, refusal.status, refusal.code, refusal.message);
+    await this.onRequest?.(entry);
 
     const objectPath = decodeURIComponent(url.pathname);
     const uploadId = url.searchParams.get('uploadId');

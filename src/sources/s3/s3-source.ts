@@ -132,6 +132,17 @@ export class S3Source implements Source {
     return { start, end, stream: res };
   }
 
+  async revalidate(validator: Validator, signal: AbortSignal, timeoutMs: number): Promise<'fresh' | 'changed'> {
+    if (!validator.etag) return 'changed';
+    const res = await this.requester.send(
+      { method: 'HEAD', location: this.location, headers: { 'if-none-match': validator.etag }, signal },
+      timeoutMs,
+    );
+    res.resume();
+    if (res.statusCode === 304) return 'fresh';
+    return res.headers.etag === validator.etag ? 'fresh' : 'changed';
+  }
+
   private badRange(start: number, end: number, res: IncomingMessage): BadResponseError {
     return new BadResponseError(
       `${this.label} answered bytes=${start}-${end - 1} with HTTP ${res.statusCode ?? 0} and Content-Range "${res.headers['content-range'] ?? '(none)'}"`,
