@@ -10,6 +10,7 @@ import { journalPathFor, removeJournal } from '../fetch/journal.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { moveIntoPlace } from '../fetch/part-file.js';
 import {
+  defaultCredentialProvider,
   listS3Prefix,
   parseS3Uri,
   s3ObjectChecksum,
@@ -47,6 +48,8 @@ export async function fetchS3(uri: string, out: string, options: S3FetchOptions 
     maxSockets: resolved.workers,
     caCertFiles: resolved.caCertFiles,
     ...s3Input,
+    // One chain for the HEAD, the ranges and the part layout: credentials resolved once.
+    credentials: s3Input.credentials ?? defaultCredentialProvider(s3Input.profile),
   };
   const checksum = await s3ObjectChecksum(uri, s3, signal);
   if (checksum.sha256Hex && resolved.expectedSha256 && checksum.sha256Hex !== resolved.expectedSha256) {
@@ -94,6 +97,8 @@ export async function pullS3Prefix(
   options: S3FetchOptions = {},
 ): Promise<S3FetchResult[]> {
   const { bucket, key: prefix } = parseS3Uri(uri);
+  const s3 = { ...options.s3, credentials: options.s3?.credentials ?? defaultCredentialProvider(options.s3?.profile) };
+  options = { ...options, s3 };
   const entries = await listS3Prefix(uri, { ...options.s3, pageSize: options.listPageSize, signal: options.signal });
   // Folder markers ("dir/") hold no bytes.
   const objects = entries.filter((e) => !e.key.endsWith('/'));

@@ -125,6 +125,15 @@ describe('S3Source against s3rver behind a signature-checking front', () => {
     );
   });
 
+  it('a request signed for the wrong region says which region the bucket is in', async () => {
+    await assert.rejects(download(`s3://${BUCKET}/secret.bin`, options({ region: 'us-east-1' })), (err: unknown) => {
+      assert.ok(err instanceof Error);
+      assert.match(err.message, /is in region eu-test-1, not us-east-1/);
+      assert.match(err.message, /AWS_REGION=eu-test-1/);
+      return true;
+    });
+  });
+
   it('lists a prefix of more than one page completely and in key order', async () => {
     const keys = Array.from({ length: 7 }, (_, i) => `listing/shard-${String(i).padStart(2, '0')}.bin`);
     for (const [i, key] of keys.entries()) await store.put(BUCKET, key, randomBytes(100 + i));

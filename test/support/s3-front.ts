@@ -105,6 +105,7 @@ export class S3Front {
     this.requests.push(entry);
     this.entries.set(res, entry);
     const refusal = await this.authenticate(req, url, entry);
+    if (refusal?.code === 'AuthorizationHeaderMalformed') res.setHeader('x-amz-bucket-region', this.region);
     if (refusal) return this.reply(res, refusal.status, refusal.code, refusal.message);
     await this.onRequest?.(entry);
 
@@ -283,6 +284,13 @@ export class S3Front {
     }
     const [accessKeyId, , region] = credential.split('/');
     entry.accessKeyId = accessKeyId;
+    if (region !== this.region) {
+      return {
+        status: 400,
+        code: 'AuthorizationHeaderMalformed',
+        message: `The authorization header is malformed; the region '${region}' is wrong; expecting '${this.region}'`,
+      };
+    }
     const key = this.keys.get(accessKeyId ?? '');
     if (!key) {
       return {
@@ -309,7 +317,7 @@ export class S3Front {
     }
     const signer = new SignatureV4({
       credentials: key,
-      region: region ?? this.region,
+      region: this.region,
       service: 's3',
       sha256: Sha256,
       uriEscapePath: false,

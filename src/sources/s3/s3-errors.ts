@@ -49,9 +49,20 @@ export function isCredentialError(status: number, body: S3ErrorBody): boolean {
   return body.code === 'AccessDenied' && /expired/i.test(body.message ?? '');
 }
 
-export function s3Error(res: IncomingMessage, body: S3ErrorBody, what: string): LoomError {
+export function s3Error(res: IncomingMessage, body: S3ErrorBody, what: string, region?: string): LoomError {
   const status = res.statusCode ?? 0;
   const detail = `${body.code ?? `HTTP ${status}`}${body.message ? `: ${body.message}` : ''}`;
+  const bucketRegion = res.headers['x-amz-bucket-region'];
+  if (typeof bucketRegion === 'string' && bucketRegion !== region) {
+    return new HttpStatusError(
+      `${what} is in region ${bucketRegion}, not ${region ?? 'the one configured'} (${detail})`,
+      {
+        url: what,
+        status,
+        hint: `set AWS_REGION=${bucketRegion}`,
+      },
+    );
+  }
   if (status === 401 || status === 403 || isCredentialError(status, body)) {
     return new S3AccessDeniedError(`S3 refused ${what} (${detail})`, {
       url: what,

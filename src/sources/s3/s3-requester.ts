@@ -70,7 +70,8 @@ export class S3Requester {
     for (let attempt = 0; ; attempt++) {
       const res = await this.sendOnce(req, stallTimeoutMs, attempt > 0);
       const status = res.statusCode ?? 0;
-      if (status < 400 || req.passStatuses?.includes(status)) return res;
+      // S3 never redirects a well-addressed request: a 301/307 names another region.
+      if (status < 300 || status === 304 || req.passStatuses?.includes(status)) return res;
       const body = req.method === 'HEAD' ? { code: headCode(status), message: undefined } : await readS3Error(res);
       if (req.method === 'HEAD') res.resume();
       const retryable =
@@ -80,7 +81,7 @@ export class S3Requester {
         this.presigned = undefined;
         continue;
       }
-      throw s3Error(res, body, `s3://${req.location.bucket}/${req.location.key}`);
+      throw s3Error(res, body, `s3://${req.location.bucket}/${req.location.key}`, this.endpoint.region);
     }
   }
 

@@ -74,6 +74,10 @@ export class S3Source implements Source {
       }
       return { size, acceptsRanges: false, validator, body: { start: 0, end: size, stream: res }, finalUrl };
     }
+    if (status !== 416) {
+      res.destroy();
+      throw this.badRange(start, end, res);
+    }
     // 416: only an empty object cannot serve its first byte.
     res.resume();
     const total = /\*\/(\d+)/.exec(String(res.headers['content-range'] ?? ''));
