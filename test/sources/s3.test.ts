@@ -297,10 +297,10 @@ describe('S3Source against s3rver behind a signature-checking front', () => {
   it('presigned URLs that expire mid-download are made anew and the download carries on without starting over', async () => {
     const object = randomBytes(2 * 1024 * 1024);
     await store.put(BUCKET, 'presigned.bin', object);
-    store.front.bodyRate = 512 * 1024;
+    store.front.bodyRate = 256 * 1024;
     const mark = store.front.requests.length;
     try {
-      const { result, source } = await download(`s3://${BUCKET}/presigned.bin`, options({ presignExpiresSeconds: 1 }), {
+      const { result, source } = await download(`s3://${BUCKET}/presigned.bin`, options({ presignExpiresSeconds: 2 }), {
         workers: 2,
         maxRequestSize: '256KiB',
         computeSha256: true,
