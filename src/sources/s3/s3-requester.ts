@@ -67,8 +67,9 @@ export class S3Requester {
 
   /** Sends the request; a refusal of the credentials gets one retry with fresh ones. */
   async send(req: S3Request, stallTimeoutMs = this.stallTimeoutMs): Promise<IncomingMessage> {
+    let refresh = false;
     for (let attempt = 0; ; attempt++) {
-      const res = await this.sendOnce(req, stallTimeoutMs, attempt > 0);
+      const res = await this.sendOnce(req, stallTimeoutMs, refresh);
       const status = res.statusCode ?? 0;
       // S3 never redirects a well-addressed request: a 301/307 names another region.
       if (status < 300 || status === 304 || req.passStatuses?.includes(status)) return res;
@@ -78,6 +79,9 @@ export class S3Requester {
         this.credentials && (isCredentialError(status, body) || (req.method === 'HEAD' && status === 403));
       if (attempt === 0 && retryable) {
         this.resigned++;
+        // An expired presigned URL only needs a new URL; anything else, credentials read anew.
+        const urlExpired = Boolean(this.presigned) && req.presigned && /expired/i.test(body.message ?? '');
+        refresh = !urlExpired;
         this.presigned = undefined;
         continue;
       }
