@@ -329,6 +329,13 @@ export class OutputBusyError extends LoomError {
   override readonly httpStatus = 409;
 }
 
+/** S3 refused the request's credentials or signature (wrong keys, expired token, no access). */
+export class S3AccessDeniedError extends LoomError {
+  readonly code = 'LOOM_ERR_S3_ACCESS_DENIED';
+  readonly exitCode = EXIT.usage;
+  override readonly httpStatus = 502;
+}
+
 /** Every error class, for tests and docs that list codes with their exit and HTTP statuses. */
 export const ERROR_CLASSES = [
   UsageError,
@@ -366,6 +373,7 @@ export const ERROR_CLASSES = [
   HubOfflineError,
   NoSourceError,
   OutputBusyError,
+  S3AccessDeniedError,
 ] as const;
 
 /** What the CLI and the services report for an unexpected failure (a bug); not a class. */

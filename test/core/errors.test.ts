@@ -9,7 +9,7 @@ import { REPO_ROOT } from '../helpers/fixtures.js';
 describe('error codes', () => {
   const readme = readFileSync(join(REPO_ROOT, 'README.md'), 'utf8');
   const rows = new Map(
-    [...readme.matchAll(/^\| `(LOOM_ERR_[A-Z_]+)`\s*\| (\d+)\s*\| (\d+)\s*\|/gm)].map((m) => [
+    [...readme.matchAll(/^\| `(LOOM_ERR_[A-Z0-9_]+)`\s*\| (\d+)\s*\| (\d+)\s*\|/gm)].map((m) => [
       m[1]!,
       { exit: Number(m[2]), http: Number(m[3]) },
     ]),

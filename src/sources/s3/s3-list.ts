@@ -1,0 +1,58 @@
+// Every object under an S3 prefix, with ListObjectsV2 followed page by page (continuation
+// tokens), in the store's key order.
+import { BadResponseError } from '../../core/errors.js';
+import { S3Requester, type S3Options } from './s3-requester.js';
+import { xmlText } from './s3-errors.js';
+import { parseS3Uri } from './s3-uri.js';
+
+export interface S3ObjectEntry {
+  /** The full key. */
+  key: string;
+  size: number;
+  etag: string | undefined;
+  lastModified: string | undefined;
+}
+
+export interface ListS3Options extends S3Options {
+  /** Keys per page (1 to 1000). Default 1000, S3's most. */
+  pageSize?: number;
+  signal?: AbortSignal;
+}
+
+/** Lists every object whose key starts with the URI's key (`s3://bucket/prefix/`). */
+export async function listS3Prefix(uri: string, options: ListS3Options = {}): Promise<S3ObjectEntry[]> {
+  const { bucket, key: prefix } = parseS3Uri(uri);
+  const requester = new S3Requester(options);
+  const signal = options.signal ?? new AbortController().signal;
+  const entries: S3ObjectEntry[] = [];
+  try {
+    let token: string | undefined;
+    for (;;) {
+      const query = new URLSearchParams({ 'list-type': '2', prefix, 'max-keys': String(options.pageSize ?? 1000) });
+      if (token) query.set('continuation-token', token);
+      const res = await requester.send({ method: 'GET', location: { bucket, key: '' }, query, signal });
+      const chunks: Buffer[] = [];
+      for await (const chunk of res as AsyncIterable<Buffer>) chunks.push(chunk);
+      const xml = Buffer.concat(chunks).toString('utf8');
+      for (const match of xml.matchAll(/<Contents>([\s\S]*?)<\/Contents>/g)) {
+        const block = match[1]!;
+        const key = xmlText(block, 'Key');
+        const size = Number(xmlText(block, 'Size'));
+        if (key === undefined || !Number.isSafeInteger(size)) {
+          throw new BadResponseError(`a ListObjectsV2 page of s3://${bucket} has an entry without Key or Size`);
+        }
+        entries.push({ key, size, etag: xmlText(block, 'ETag'), lastModified: xmlText(block, 'LastModified') });
+      }
+      const truncated = xmlText(xml, 'IsTruncated') === 'true';
+      const next = xmlText(xml, 'NextContinuationToken');
+      if (!truncated) break;
+      if (!next || next === token) {
+        throw new BadResponseError(`s3://${bucket} said the listing goes on but gave no new continuation token`);
+      }
+      token = next;
+    }
+  } finally {
+    requester.close();
+  }
+  return entries;
+}

@@ -1,0 +1,88 @@
+// fetchS3 and pullS3Prefix, the library glue over S3Source, against s3rver behind the
+// signature-checking front: the file only appears once its checksum matched, and a prefix
+// of several listing pages lands complete under the output directory.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { DigestMismatchError, UsageError } from '../../src/core/errors.js';
+import { fetchS3, pullS3Prefix, s3KeyPath } from '../../src/cli/s3-fetch.js';
+import { staticCredentials, type S3Options } from '../../src/sources/s3/index.js';
+import { sha256Of, tempDir } from '../helpers/fixtures.js';
+import { REGION, startS3Store, type S3TestStore } from '../support/s3-store.js';
+
+const BUCKET = 'weights';
+const dir = tempDir('loom-s3-pull-');
+let store: S3TestStore;
+
+before(async () => {
+  store = await startS3Store([BUCKET]);
+});
+after(() => store.close());
+
+function s3(): S3Options {
+  return { endpoint: store.endpoint, region: REGION, credentials: staticCredentials(store.key) };
+}
+
+const base = { workers: 4, chunkSize: '256KiB', fsync: false, retryBaseDelay: 10 } as const;
+
+describe('fetchS3 and pullS3Prefix', () => {
+  it('fetchS3 writes the object and reports the full-object sha256 check it made', async () => {
+    const object = randomBytes(1024 * 1024 + 3);
+    await store.put(BUCKET, 'one/model.bin', object, { checksum: true });
+    const out = join(dir, 'model.bin');
+    const result = await fetchS3(`s3://${BUCKET}/one/model.bin`, out, { ...base, s3: s3() });
+    assert.ok(readFileSync(out).equals(object));
+    assert.deepEqual(result.s3Check, {
+      check: 'sha256-full-object',
+      expected: sha256Of(object),
+      actual: sha256Of(object),
+    });
+  });
+
+  it('fetchS3 keeps nothing when a composite checksum does not match the bytes', async () => {
+    const partSize = 5 * 1024 * 1024;
+    const object = randomBytes(partSize + 1000);
+    await store.putMultipart(BUCKET, 'one/multi.bin', object, partSize);
+    const out = join(dir, 'multi.bin');
+    const ok = await fetchS3(`s3://${BUCKET}/one/multi.bin`, out, { ...base, s3: s3() });
+    assert.equal(ok.s3Check.check, 'sha256-composite');
+    assert.ok(readFileSync(out).equals(object));
+
+    store.front.corrupt = { path: `/${BUCKET}/one/multi.bin`, offset: partSize + 10 };
+    const bad = join(dir, 'multi-bad.bin');
+    try {
+      await assert.rejects(fetchS3(`s3://${BUCKET}/one/multi.bin`, bad, { ...base, s3: s3() }), DigestMismatchError);
+    } finally {
+      store.front.corrupt = undefined;
+    }
+    assert.equal(existsSync(bad), false);
+    assert.equal(existsSync(`${bad}.part`), false);
+  });
+
+  it('pullS3Prefix lands every object of a multi-page listing under the directory, keeping sub-paths', async () => {
+    const objects = new Map<string, Buffer>();
+    for (let i = 0; i < 5; i++) objects.set(`pull/llama/shard-${i}.bin`, randomBytes(50_000 + i));
+    objects.set('pull/llama/tokenizer/vocab.json', randomBytes(1000));
+    for (const [key, bytes] of objects) await store.put(BUCKET, key, bytes);
+    await store.put(BUCKET, 'pull/llama-other/x.bin', randomBytes(10));
+    const out = join(dir, 'pulled');
+    const mark = store.front.requests.length;
+    const results = await pullS3Prefix(`s3://${BUCKET}/pull/llama/`, out, { ...base, s3: s3(), listPageSize: 2 });
+    const listings = store.front.requests.slice(mark).filter((r) => r.path === `/${BUCKET}`);
+    assert.equal(listings.length, 3, 'six keys two to a page');
+    assert.equal(results.length, objects.size);
+    for (const [key, bytes] of objects) {
+      const path = join(out, key.slice('pull/llama/'.length));
+      assert.equal(sha256Of(readFileSync(path)), sha256Of(bytes), key);
+    }
+    assert.equal(existsSync(join(out, 'x.bin')), false);
+  });
+
+  it('keys that would climb out of the output directory are refused', () => {
+    assert.throws(() => s3KeyPath('/data/out', 'p/', 'p/../../etc/passwd'), UsageError);
+    assert.throws(() => s3KeyPath('/data/out', 'p/', 'p/'), UsageError);
+    assert.equal(s3KeyPath('/data/out', 'p/', 'p/a/b.bin'), '/data/out/a/b.bin');
+  });
+});
