@@ -55,6 +55,7 @@ export class S3Requester {
     this.client = new HttpClient({
       maxSockets: options.maxSockets ?? DEFAULTS.workers,
       caCertFiles: options.caCertFiles,
+      connectTimeoutMs: options.stallTimeoutMs ?? DEFAULTS.stallTimeoutMs,
     });
     const creds = options.credentials;
     this.credentials = creds === 'anonymous' ? undefined : (creds ?? defaultCredentialProvider(options.profile));
