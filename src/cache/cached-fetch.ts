@@ -7,7 +7,8 @@
 import { statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
-import type { DownloadResult } from '../fetch/download.js';
+import type { BlobDownloadResult, DownloadResult } from '../fetch/download.js';
+import type { DownloadPlanner } from './download-planner.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from '../fetch/options.js';
@@ -31,6 +32,8 @@ export interface CacheOptions {
   revalidateTimeoutMs?: number;
   /** Human status lines (waiting for another process, cache unusable, stale copy served). */
   onStatus?: (message: string) => void;
+  /** Other nodes to take the bytes from (src/peer/peer-download.ts). Default: none. */
+  planner?: DownloadPlanner;
 }
 
 export type CacheOutcome = 'hit' | 'miss' | 'bypass';
@@ -48,7 +51,7 @@ export async function fetchCached(
   out: string,
   options: FetchOptions & CacheOptions = {},
 ): Promise<CachedFetchResult> {
-  const { cacheDir, offline, revalidateTimeoutMs, onStatus, ...fetchOptions } = options;
+  const { cacheDir, offline, revalidateTimeoutMs, onStatus, planner, ...fetchOptions } = options;
   const resolved = resolveFetchOptions(fetchOptions);
   const started = performance.now();
   const layout = cacheLayout(resolveCacheRoot(cacheDir));
@@ -151,14 +154,16 @@ export async function fetchCached(
 
   try {
     const expected = resolved.expectedSha256;
-    if (expected) {
-      const blob = index.blob(expected);
+    // A digest the fleet records for this source: its blob may be here already (another URL).
+    const known = expected ?? (planner ? await planner.knownDigest(url) : undefined);
+    if (known) {
+      const blob = index.blob(known);
       if (
         blob &&
         credentialsAllow(blob.sources, key) &&
-        (await checkedBlob(index, layout, expected, blob.size, blob.stamp, status))
+        (await checkedBlob(index, layout, known, blob.size, blob.stamp, status))
       ) {
-        return await serve({ digest: expected, size: blob.size, validator: {} }, false);
+        return await serve({ digest: known, size: blob.size, validator: {} }, false);
       }
     }
 
@@ -191,17 +196,23 @@ export async function fetchCached(
     });
     if (lock === 'done') return await serveWaited((await usableEntry(index, layout, key))!);
 
-    let download: DownloadResult;
+    let download: DownloadResult | BlobDownloadResult;
     try {
       // The lock may have been released by a process that finished just now.
       const justFetched = await usableEntry(index, layout, key);
       if (justFetched && justFetched.fetchedAt >= waitStarted) return await serveWaited(justFetched);
 
-      const part = `${layout.tmp}/${keyHash(key)}.part`;
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
-      download = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
-      await adoptBlob(layout, part, download.sha256!);
-      await removeJournal(journalPathFor(part));
+      const plan = planner ? await planner.plan({ url, origin: source, pinned: expected }) : undefined;
+      if (plan) {
+        const { downloadWithPlan } = await import('./planned-download.js');
+        download = await downloadWithPlan(layout, plan, { ...resolved, computeSha256: true, signal });
+      } else {
+        const part = `${layout.tmp}/${keyHash(key)}.part`;
+        download = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
+        await adoptBlob(layout, part, download.sha256!);
+        await removeJournal(journalPathFor(part));
+      }
       index.recordFetch(key, download.sha256!, download.size, download.validator);
     } finally {
       await lock.release();

@@ -26,7 +26,8 @@ function parseMaxUploads(value: string | undefined): number | undefined {
   return n;
 }
 
-function tokenFrom(file: string | undefined, variable: string, env: NodeJS.ProcessEnv): string | undefined {
+/** A token from its file, else from the environment variable; too short is a usage error. */
+export function tokenFrom(file: string | undefined, variable: string, env: NodeJS.ProcessEnv): string | undefined {
   if (file) return readToken(file);
   const token = env[variable]?.trim();
   if (!token) return undefined;

@@ -31,6 +31,12 @@ export interface FetchFlags {
   serve?: boolean;
   listen?: string;
   progress: ProgressMode;
+  controlPlane?: string;
+  nodeId?: string;
+  zone?: string;
+  origin: boolean;
+  tokenFile?: string;
+  peerTokenFile?: string;
 }
 
 /** How progress is shown: `auto` is a bar on a terminal, plain lines otherwise. */
@@ -106,7 +112,7 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   { flags: '--chunk-size <size>', description: 'planning and split unit (default 10MiB)', parse: sizeArg },
   {
     flags: '--max-request-size <size>',
-    description: 'largest single request (default: the file split evenly over the workers)',
+    description: 'largest single request (default: one chunk)',
     parse: sizeArg,
   },
   { flags: '--sha256 <hex>', description: 'expected sha256 of the file; a mismatch keeps nothing' },
@@ -155,6 +161,18 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
     description:
       "after the download, keep running and serve the registry in this process (the original tool's mode; prefer loom control-plane)",
   },
+  {
+    flags: '--control-plane <url>',
+    description: 'take the bytes from peers first, found through this control plane (also $LOOM_CONTROL_PLANE)',
+  },
+  {
+    flags: '--node-id <id>',
+    description: "this node's id, as its agent registers it (default $LOOM_NODE_ID, else the host name)",
+  },
+  { flags: '--zone <zone>', description: "this node's zone: peers in it are preferred" },
+  { flags: '--no-origin', description: 'peers only: fail clearly when no peer can serve the file' },
+  { flags: '--token-file <file>', description: 'bearer token for the control plane (also $LOOM_TOKEN)' },
+  { flags: '--peer-token-file <file>', description: "bearer token peers' agents ask for (also $LOOM_PEER_TOKEN)" },
   {
     flags: '--listen <host:port>',
     description: `address for --serve (default ${SERVE_LISTEN_DEFAULT}, the original tool's, or $LOOM_SERVE_LISTEN)`,

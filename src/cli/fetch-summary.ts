@@ -32,6 +32,9 @@ export function summaryOf(result: FetchResult | CachedFetchResult): Record<strin
     restarts: result.stats.restarts,
     transferredBytes: result.stats.transferredBytes,
     resumedBytes: result.stats.resumedBytes,
+    // Where the bytes came from (origin, each peer by node id) and the sources dropped.
+    bytesBySource: 'bytesBySource' in result ? result.bytesBySource : null,
+    droppedSources: 'droppedSources' in result ? result.droppedSources : [],
   };
 }
 
@@ -44,6 +47,15 @@ function origin(result: FetchResult | CachedFetchResult): string {
   const { requests, retries, resumedBytes } = result.stats;
   const details = [plural(requests, 'request'), ...(retries ? [plural(retries, 'retry', 'retries')] : [])];
   const resumed = resumedBytes > 0 ? `, ${formatBytes(resumedBytes)} resumed from the partial file` : '';
+  const bySource = 'bytesBySource' in result ? (result.bytesBySource as Record<string, number>) : {};
+  const peers = Object.entries(bySource).filter(([id, bytes]) => id !== 'origin' && bytes > 0);
+  if (peers.length > 0) {
+    const peerBytes = peers.reduce((sum, [, bytes]) => sum + bytes, 0);
+    return (
+      `${formatBytes(peerBytes)} from ${plural(peers.length, 'peer')} and ${formatBytes(bySource.origin ?? 0)} ` +
+      `from the origin (${details.join(', ')})${resumed}`
+    );
+  }
   return `from the origin (${details.join(', ')})${resumed}`;
 }
 

@@ -9,6 +9,7 @@ import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { createCacheRoot } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
+import type { DownloadPlanner } from '../cache/download-planner.js';
 import { fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
 import { summaryLine, summaryOf } from './fetch-summary.js';
 import { printJson, reportError, say } from './output.js';
@@ -73,6 +74,39 @@ async function cacheUsable(flags: FetchFlags, out: string): Promise<boolean> {
   }
 }
 
+/**
+ * With a control plane (--control-plane or LOOM_CONTROL_PLANE), the fetch takes its bytes
+ * from peers first. Loaded only then: a plain fetch or a cache hit never pays for it.
+ */
+async function peerPlanner(
+  flags: FetchFlags,
+  onStatus: (message: string) => void,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<DownloadPlanner | undefined> {
+  const controlPlane = flags.controlPlane ?? env.LOOM_CONTROL_PLANE;
+  if (!controlPlane) {
+    if (flags.origin === false)
+      throw new UsageError('--no-origin needs a control plane to find peers', {
+        hint: 'give --control-plane URL (or set LOOM_CONTROL_PLANE)',
+      });
+    return undefined;
+  }
+  const [{ PeerPlanner }, { tokenFrom }] = await Promise.all([
+    import('../peer/peer-download.js'),
+    import('./agent-command.js'),
+  ]);
+  return new PeerPlanner({
+    controlPlane,
+    token: tokenFrom(flags.tokenFile, 'LOOM_TOKEN', env),
+    agentToken: tokenFrom(flags.peerTokenFile, 'LOOM_PEER_TOKEN', env),
+    nodeId: flags.nodeId,
+    zone: flags.zone,
+    useOrigin: flags.origin !== false,
+    originConnections: flags.workers,
+    onStatus,
+  });
+}
+
 export async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<number> {
   const interrupt = onInterrupt();
   let registry: ServedRegistry | undefined;
@@ -101,7 +135,13 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
             await import('../hub/fetch-hf-file.js')
           ).fetchHfFile(url, out, { ...options, cache: flags.cache, cacheDir: flags.cacheDir, onStatus })
         : useCache
-          ? await fetchCached(url, out, { ...options, cacheDir: flags.cacheDir, offline: flags.offline, onStatus })
+          ? await fetchCached(url, out, {
+              ...options,
+              cacheDir: flags.cacheDir,
+              offline: flags.offline,
+              onStatus,
+              planner: await peerPlanner(flags, onStatus),
+            })
           : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
     } finally {
       view.stop();

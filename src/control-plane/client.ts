@@ -9,6 +9,8 @@ export interface ControlPlaneClientOptions {
   token?: string;
   /** Per request. Default 2 s. */
   timeoutMs?: number;
+  /** The node this client speaks for, sent as X-Loom-Node (needed with per-node tokens). */
+  nodeId?: string;
 }
 
 export interface PeerInfo {
@@ -68,6 +70,7 @@ export class ControlPlaneClient {
     const headers: Record<string, string> = {};
     if (body !== undefined) headers['content-type'] = 'application/json';
     if (this.options.token) headers.authorization = `Bearer ${this.options.token}`;
+    if (this.options.nodeId) headers['x-loom-node'] = this.options.nodeId;
     return fetch(new URL(path, this.options.baseUrl), {
       method,
       headers,

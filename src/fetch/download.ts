@@ -846,7 +846,10 @@ class BlobDownload {
     const now = performance.now();
     const elapsed = now - this.paceTickAt;
     this.paceTickAt = now;
-    for (const state of this.sources.live()) state.busyConnectionMs += state.inFlight * elapsed;
+    for (const state of this.sources.live()) {
+      state.busyConnectionMs += state.inFlight * elapsed;
+      state.totalBusyConnectionMs += state.inFlight * elapsed;
+    }
     if (now - this.paceWindowAt < PACE_WINDOW_MS) return;
     this.paceWindowAt = now;
     for (const { state, rate, best } of this.sources.farBehind()) {
@@ -854,7 +857,7 @@ class BlobDownload {
       this.dropSource(
         state,
         new StallError(
-          `${state.id} is far behind the other sources: ${kbps(rate)} per connection, the best ${kbps(best)}`,
+          `${state.id} is far behind the other sources: ${kbps(rate)} per connection, the best ${Number.isFinite(best) ? kbps(best) : 'done in a blink'}`,
           { url: state.slot.source.url },
         ),
       );

@@ -173,5 +173,6 @@ export function sourceOptionsOf(options: ResolvedFetchOptions): SourceOptions {
     // Two sockets per worker: a worker opens its next request before its current one ends.
     maxSockets: options.workers * 2,
     caCertFiles: options.caCertFiles,
+    allowHttpsDowngrade: options.allowHttpsDowngrade,
   };
 }

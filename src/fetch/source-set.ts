@@ -43,6 +43,8 @@ export class SourceState {
   /** The current pace window: bytes at its start, and connection-milliseconds spent busy since. */
   windowBytes = 0;
   busyConnectionMs = 0;
+  /** Busy connection time over the whole download, for the rate of a source now idle. */
+  totalBusyConnectionMs = 0;
   /** Aborts this source's requests only (when it is dropped). */
   private readonly controller = new AbortController();
   readonly signal: AbortSignal;
@@ -131,9 +133,18 @@ export class SourceSet {
    */
   farBehind(): Array<{ state: SourceState; rate: number; best: number }> {
     const live = this.live();
-    const rates = new Map(
-      live.map((s) => [s, s.busyConnectionMs > 0 ? ((s.bytes - s.windowBytes) / s.busyConnectionMs) * 1000 : 0]),
-    );
+    // A source idle this window (it finished its share) still shows what it can do: its
+    // rate over the whole download. Otherwise the last slow source would never be compared.
+    const rate = (s: SourceState): number =>
+      s.busyConnectionMs > 0
+        ? ((s.bytes - s.windowBytes) / s.busyConnectionMs) * 1000
+        : s.totalBusyConnectionMs > 0
+          ? (s.bytes / s.totalBusyConnectionMs) * 1000
+          : // Bytes delivered between two samples of the clock: faster than can be measured.
+            s.bytes > 0
+            ? Infinity
+            : 0;
+    const rates = new Map(live.map((s) => [s, rate(s)]));
     const origins = live.filter((s) => s.slot.kind === 'origin');
     const behind: Array<{ state: SourceState; rate: number; best: number }> = [];
     if (live.length >= 2) {

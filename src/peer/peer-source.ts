@@ -13,8 +13,8 @@ export interface PeerSourceOptions {
   baseUrl: string;
   /** The blob (hex sha256). */
   digest: string;
-  /** The blob's size, from the trusted manifest. */
-  size: number;
+  /** The blob's size, from the trusted manifest; undefined: learnt from the first answer. */
+  size: number | undefined;
   /** Bearer token the agent asks for, if any. */
   token?: string;
   /** Abort a request that sends nothing for this long. */
@@ -44,15 +44,28 @@ export class PeerSource implements Source {
     this.agent = new http.Agent({ keepAlive: true, maxSockets: options.maxSockets, scheduling: 'lifo' });
   }
 
-  /** A peer is only asked for ranges of a blob whose size the manifest gives. */
+  /**
+   * Opens the first range; a blob whose size no manifest gave yet (a follower taking the
+   * leader's pieces) learns it from the Content-Range total, as from an origin.
+   */
   async probe(firstRange: readonly [number, number], signal: AbortSignal): Promise<ProbeResult> {
     const [start, end] = firstRange;
-    const last = Math.min(end, this.options.size);
-    const body = await this.openRange(start, last, { size: this.options.size, validator: {} }, signal);
-    return { size: this.options.size, acceptsRanges: true, validator: {}, body, finalUrl: this.url };
+    const known = this.options.size;
+    const last = known === undefined ? end : Math.min(end, known);
+    const body = await this.open(start, last, known, signal);
+    return { size: body.total, acceptsRanges: true, validator: {}, body, finalUrl: this.url };
   }
 
   async openRange(start: number, end: number, expect: ProbeExpectation, signal: AbortSignal): Promise<RangeBody> {
+    return this.open(start, end, expect.size, signal);
+  }
+
+  private async open(
+    start: number,
+    end: number,
+    size: number | undefined,
+    signal: AbortSignal,
+  ): Promise<RangeBody & { total: number }> {
     const res = await this.request(start, end, signal);
     const status = res.statusCode ?? 0;
     if (status !== 206) {
@@ -72,17 +85,19 @@ export class PeerSource implements Source {
     if (
       !range ||
       Number(range[1]) !== start ||
-      Number(range[2]) + 1 !== end ||
-      Number(range[3]) !== expect.size ||
-      (length !== undefined && Number(length) !== end - start)
+      // Shorter than asked is legal (the engine asks for the rest); longer or empty is not.
+      Number(range[2]) + 1 > end ||
+      Number(range[2]) + 1 <= start ||
+      (size !== undefined && Number(range[3]) !== size) ||
+      (length !== undefined && Number(length) !== Number(range[2]) + 1 - start)
     ) {
       res.destroy();
       throw new BadResponseError(
-        `${this.label} answered bytes=${start}-${end - 1} of a ${expect.size}-byte blob with Content-Range "${res.headers['content-range'] ?? '(none)'}"`,
+        `${this.label} answered bytes=${start}-${end - 1} of a ${size ?? '?'}-byte blob with Content-Range "${res.headers['content-range'] ?? '(none)'}"`,
         { url: this.url },
       );
     }
-    return { start, end, stream: res };
+    return { start, end: Number(range[2]) + 1, stream: res, total: Number(range[3]) };
   }
 
   private request(start: number, end: number, signal: AbortSignal): Promise<IncomingMessage> {

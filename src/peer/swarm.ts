@@ -16,7 +16,7 @@
 //   When the leader's lease lapses, a follower takes it and becomes the leader.
 // - origin: no control plane, or it does not answer: today's fetch.
 import type { LoomError } from '../core/errors.js';
-import type { Manifest } from '../control-plane/model.js'; // moves to core/manifest.ts with the engine
+import type { Manifest } from '../core/manifest.js';
 import type { Source } from '../sources/source.js';
 import { PeerSource } from './peer-source.js';
 
@@ -70,10 +70,16 @@ export interface SwarmOptions {
   stallTimeoutMs: number;
   /** How often holders are asked again while downloading. Default 500 ms. */
   refreshMs?: number;
+  /** How long a node without the lease waits for the lease holder's first piece. Default 15 s. */
+  followerWaitMs?: number;
   onStatus?: (message: string) => void;
 }
 
 export type SwarmRole = 'swarm' | 'leader' | 'follower' | 'origin';
+
+function holdsSomething(holder: PeerHolder): boolean {
+  return holder.complete || (holder.pieces?.length ?? 0) > 0;
+}
 
 export interface SwarmPlan {
   role: SwarmRole;
@@ -91,6 +97,9 @@ export class Swarm {
   private lease: { token: string } | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
   private addSlot: ((slot: SwarmSlot) => void) | undefined;
+  /** The origin's slot, added to the download when a follower takes over the lease. */
+  private originSlot: SwarmSlot | undefined;
+  private originAdded = false;
   private originAllowed: boolean;
   private announcing: Promise<void> = Promise.resolve();
   private lastAnnounceAt = 0;
@@ -119,26 +128,35 @@ export class Swarm {
     this.plan = { role: 'origin', id, digest, manifest, size: manifest?.size };
     const holders = await this.control.holders(id, this.locateQuery());
     if (holders === undefined) return this.plan; // no control plane: today's fetch
-    if (manifest && holders.length > 0) {
+    if (manifest && holders.some(holdsSomething)) {
       this.track(holders, manifest.size);
       this.plan.role = 'swarm';
       return this.plan;
     }
-    // Nobody can serve pieces checked against a manifest: one node fetches from the origin.
-    const lease = await this.control.lease(id, this.options.nodeId);
-    if (lease?.granted) {
-      this.lease = { token: lease.token };
-      this.plan.role = 'leader';
-      return this.plan;
+    // Nobody serves it yet: one node (the lease holder) fetches from the origin, the others
+    // take its pieces as they land. A lease holder that dies lets its lease lapse in seconds.
+    const deadline = Date.now() + (this.options.followerWaitMs ?? 15_000);
+    for (;;) {
+      const lease: LeaseAnswer | undefined = this.options.useOrigin
+        ? await this.control.lease(id, this.options.nodeId)
+        : { granted: false };
+      if (lease === undefined) return this.plan; // the control plane stopped answering
+      if (lease.granted) {
+        this.lease = { token: lease.token };
+        this.plan.role = 'leader';
+        return this.plan;
+      }
+      const now = await this.control.holders(id, this.locateQuery());
+      if (now?.some(holdsSomething)) {
+        this.plan.role = 'follower';
+        this.originAllowed = false;
+        this.track(now, manifest?.size);
+        this.status(`another node is fetching this from the origin; taking its pieces as they land`);
+        return this.plan;
+      }
+      if (Date.now() > deadline) return this.plan;
+      await new Promise((resolve) => setTimeout(resolve, 250));
     }
-    const leader = holders.find((h) => !h.complete);
-    if (lease && leader) {
-      this.plan.role = 'follower';
-      this.originAllowed = false;
-      this.track(holders, undefined);
-      return this.plan;
-    }
-    return this.plan;
   }
 
   private locateQuery(): { node: string; zone?: string; limit: number } {
@@ -197,8 +215,14 @@ export class Swarm {
     return added;
   }
 
-  /** Starts refreshing holders (and the lease) while the engine runs; new peers go to `add`. */
-  start(add: (slot: SwarmSlot) => void): void {
+  /**
+   * Starts refreshing holders (and the lease) while the engine runs; new peers go to `add`,
+   * and so does the origin if this node takes the lease over. `originSlot` says whether the
+   * origin is already among the download's sources.
+   */
+  start(add: (slot: SwarmSlot) => void, originSlot: SwarmSlot | undefined, originAdded: boolean): void {
+    this.originSlot = originSlot;
+    this.originAdded = originAdded;
     this.addSlot = add;
     const tick = async (): Promise<void> => {
       await this.refresh().catch(() => undefined);
@@ -216,14 +240,19 @@ export class Swarm {
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
-    if (this.plan.role === 'follower' && !this.lease) {
-      const leaderAlive = holders.some((h) => h.id !== this.options.nodeId);
-      if (!leaderAlive) {
+    if (this.plan.role === 'follower' && !this.lease && this.options.useOrigin) {
+      // A lease that can be had again means its holder stopped renewing it (died, or done:
+      // then it holds every piece and the origin serves nothing).
+      {
         const lease = await this.control.lease(this.plan.id, this.options.nodeId);
         if (lease?.granted) {
           this.lease = { token: lease.token };
           this.originAllowed = this.options.useOrigin;
           this.status('the node fetching this blob from the origin is gone; this node takes over');
+          if (this.originSlot && !this.originAdded) {
+            this.originAdded = true;
+            this.addSlot?.(this.originSlot);
+          }
         }
       }
     }

@@ -12,7 +12,6 @@ import {
   RedirectError,
   SourceChangedError,
 } from '../core/errors.js';
-import type { ResolvedFetchOptions } from '../fetch/options.js';
 import { HttpClient } from './http-client.js';
 import { isRetryableStatus, parseRetryAfter } from './http-retry.js';
 import type { ProxySettings } from './proxy.js';
@@ -392,16 +391,4 @@ function rejectEncoded(res: IncomingMessage, url: URL): void {
 
 function lowerCaseKeys(headers: Record<string, string>): OutgoingHttpHeaders {
   return Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
-}
-
-/** The HTTP source for a URL, configured from resolved fetch options. */
-export function httpSourceFor(url: string, options: ResolvedFetchOptions): HttpSource {
-  return new HttpSource(url, {
-    headers: options.headers,
-    maxRedirects: options.maxRedirects,
-    stallTimeoutMs: options.stallTimeoutMs,
-    maxSockets: options.workers,
-    caCertFiles: options.caCertFiles,
-    allowHttpsDowngrade: options.allowHttpsDowngrade,
-  });
 }

@@ -1,0 +1,40 @@
+// What a cached download can take from outside the node: more sources (peers) and the
+// identity the fleet already knows for a source. The peer layer implements it
+// (src/peer/peer-download.ts); the cache only asks, so it never depends on peers.
+import type { LoomError } from '../core/errors.js';
+import type { Manifest } from '../core/manifest.js';
+import type { BlobDownloadHandle, BlobDownloadResult, SourceSlot } from '../fetch/download.js';
+import type { Source } from '../sources/source.js';
+
+export type VerifiedAgainst = 'sha256-pinned' | 'hub-sha256' | 's3-checksum' | 'first-origin-fetch';
+
+export interface DownloadPlanner {
+  /** A digest the fleet records for this source, or undefined; never throws, never waits long. */
+  knownDigest(url: string): Promise<string | undefined>;
+  /**
+   * Inside this node's lock, before downloading: where the bytes come from. `pinned` is a
+   * digest the caller vouches for. Undefined: download from the origin alone, as without one.
+   */
+  plan(args: { url: string; origin: Source; pinned: string | undefined }): Promise<PlannedDownload | undefined>;
+}
+
+export interface PlannedDownload {
+  /** The name of the download among peers: the digest, or the source's id until it is known. */
+  id: string;
+  expected: { sha256?: string; size?: number; manifest?: Manifest };
+  sources: SourceSlot[];
+  /** How long the engine waits for a source that can serve a missing piece. */
+  sourceWaitMs: number;
+  /** What the finished blob's digest is checked against (kept with its manifest). */
+  verifiedAgainst: VerifiedAgainst;
+  started(handle: BlobDownloadHandle): void;
+  pieceVerified(index: number): void;
+  dropped(id: string, reason: LoomError): void;
+  /**
+   * The bytes are complete: checks them where they could not be checked piece by piece (a
+   * follower without a manifest) and publishes what this node now holds. Throws a
+   * DigestMismatchError when they cannot be trusted.
+   */
+  finished(result: BlobDownloadResult): Promise<void>;
+  close(): Promise<void>;
+}

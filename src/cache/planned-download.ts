@@ -1,0 +1,97 @@
+// A cache miss downloaded as a planner says (peers and the origin), into the cache: the
+// bytes go to `tmp/<id>.part`, every verified piece is recorded in `tmp/<id>.pieces.json`
+// so this node's agent serves it to other nodes at once, and the finished blob is checked
+// by the planner before it is adopted under its digest, with its manifest kept beside it.
+import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pieceSizeFor } from '../core/manifest.js';
+import type { BlobDownloadResult, DownloadOptions } from '../fetch/download.js';
+import { adoptBlob } from './blob-store.js';
+import type { CacheLayout } from './cache-root.js';
+import type { PlannedDownload, VerifiedAgainst } from './download-planner.js';
+import { PartialBlobRecord, partialPartPath } from './partial-blob.js';
+
+export async function downloadWithPlan(
+  layout: CacheLayout,
+  plan: PlannedDownload,
+  options: DownloadOptions,
+): Promise<BlobDownloadResult> {
+  const [{ startBlobDownload }, { journalPathFor, removeJournal }] = await Promise.all([
+    import('../fetch/download.js'),
+    import('../fetch/journal.js'),
+  ]);
+  const part = partialPartPath(layout, plan.id);
+  const manifest = plan.expected.manifest;
+  let size = plan.expected.size;
+  let record: PartialBlobRecord | undefined;
+  const pending: Array<[number, string]> = [];
+  const markVerified = (index: number, digest: string): void => {
+    if (record === undefined && size !== undefined) {
+      record = new PartialBlobRecord(
+        layout,
+        plan.id,
+        size,
+        manifest?.pieceSize ?? pieceSizeFor(size),
+        manifest?.pieces,
+      );
+      for (const [i, d] of pending.splice(0)) record.markVerified(i, d);
+    }
+    if (record) record.markVerified(index, digest);
+    else pending.push([index, digest]);
+  };
+  try {
+    const handle = startBlobDownload({
+      ...options,
+      sources: plan.sources,
+      partPath: part,
+      expected: plan.expected,
+      produceManifest: true,
+      sourceWaitMs: plan.sourceWaitMs,
+      onProgress: (progress) => {
+        size ??= progress.totalBytes;
+        options.onProgress?.(progress);
+      },
+      onPieceVerified: (index, digest) => {
+        markVerified(index, digest);
+        plan.pieceVerified(index);
+      },
+      onSourceDropped: (id, reason) => plan.dropped(id, reason),
+    });
+    plan.started(handle);
+    let result: BlobDownloadResult;
+    try {
+      result = await handle.result;
+      record?.flush();
+      await plan.finished(result);
+    } catch (err) {
+      // Bytes that could not be trusted are not kept for a resume either.
+      if ((err as { code?: string }).code === 'LOOM_ERR_DIGEST_MISMATCH') {
+        rmSync(part, { force: true });
+        await removeJournal(journalPathFor(part));
+      }
+      throw err;
+    }
+    await adoptBlob(layout, part, result.sha256!);
+    await removeJournal(journalPathFor(part));
+    if (result.manifest) keepManifest(layout, result, plan.verifiedAgainst);
+    return result;
+  } finally {
+    record?.remove();
+    await plan.close();
+  }
+}
+
+/** `manifests/<digest>.json`: what the agent publishes with the blob after a restart. */
+function keepManifest(layout: CacheLayout, result: BlobDownloadResult, verifiedAgainst: VerifiedAgainst): void {
+  const dir = join(layout.root, 'manifests');
+  const file = join(dir, `${result.manifest!.digest}.json`);
+  const temp = `${file}.${process.pid}.tmp`;
+  try {
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(temp, JSON.stringify({ ...result.manifest, verifiedAgainst }));
+    renameSync(temp, file);
+  } catch {
+    // Only a convenience for the agent: a full disk must not fail a finished download.
+    rmSync(temp, { force: true });
+  }
+}

@@ -1,0 +1,142 @@
+// Fetching with the fleet: the DownloadPlanner the node cache asks when `loom fetch` is
+// given a control plane. It turns this node's role for the blob (swarm.ts) into the sources
+// the engine downloads from, and checks and publishes what the node ends up holding.
+import { hostname } from 'node:os';
+import { DigestMismatchError, NoSourceError } from '../core/errors.js';
+import type { DownloadPlanner, PlannedDownload, VerifiedAgainst } from '../cache/download-planner.js';
+import { sourceBlobId } from '../cache/source-id.js';
+import { sourceKey } from '../cache/source-key.js';
+import { ControlPlaneClient } from '../control-plane/client.js';
+import type { SourceSlot } from '../fetch/download.js';
+import type { Source } from '../sources/source.js';
+import { Swarm } from './swarm.js';
+import { ClientSwarmControl } from './swarm-control.js';
+
+export interface PeerFetchOptions {
+  /** Base URL of the control plane. */
+  controlPlane: string;
+  /** Bearer token for the control plane: this node's own, or the admin token. */
+  token?: string;
+  /** This node's id, as its agent registers it. Default: LOOM_NODE_ID, else the host name. */
+  nodeId?: string;
+  zone?: string;
+  /** Token peers' agents ask for. Default: none. */
+  agentToken?: string;
+  /** False: peers only (`--no-origin`). Default true. */
+  useOrigin?: boolean;
+  /** Holders asked for at most. Default 8. */
+  maxPeers?: number;
+  /** Connections to one peer. Default 4. */
+  connectionsPerPeer?: number;
+  /** Requests in flight to the origin. Default 16. */
+  originConnections?: number;
+  /** A request that sends nothing this long is aborted. Default 30 s. */
+  stallTimeoutMs?: number;
+  /** How long a node without the lease waits for the lease holder's first piece. Default 15 s. */
+  followerWaitMs?: number;
+  /** How long a follower waits for the leader to publish the digest it checks against. Default 60 s. */
+  publishWaitMs?: number;
+  onStatus?: (message: string) => void;
+}
+
+export function defaultNodeId(env: NodeJS.ProcessEnv = process.env): string {
+  return env.LOOM_NODE_ID ?? hostname();
+}
+
+export class PeerPlanner implements DownloadPlanner {
+  private readonly control: ClientSwarmControl;
+  private readonly nodeId: string;
+
+  constructor(private readonly options: PeerFetchOptions) {
+    this.nodeId = options.nodeId ?? defaultNodeId();
+    this.control = new ClientSwarmControl(
+      new ControlPlaneClient({ baseUrl: options.controlPlane, token: options.token, nodeId: this.nodeId }),
+    );
+  }
+
+  knownDigest(url: string): Promise<string | undefined> {
+    return this.control.sourceDigest(sourceKey(url)).catch(() => undefined);
+  }
+
+  async plan(args: { url: string; origin: Source; pinned: string | undefined }): Promise<PlannedDownload | undefined> {
+    const { options } = this;
+    const useOrigin = options.useOrigin ?? true;
+    const key = sourceKey(args.url);
+    const swarm = new Swarm(this.control, key, sourceBlobId(key), {
+      nodeId: this.nodeId,
+      zone: options.zone,
+      agentToken: options.agentToken,
+      maxPeers: options.maxPeers,
+      connectionsPerPeer: options.connectionsPerPeer,
+      useOrigin,
+      stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
+      followerWaitMs: options.followerWaitMs,
+      onStatus: options.onStatus,
+    });
+    const plan = await swarm.prepare(args.pinned);
+    const originSlot: SourceSlot = {
+      id: 'origin',
+      kind: 'origin',
+      source: args.origin,
+      maxConcurrency: options.originConnections ?? 16,
+      preference: 1,
+      // Only pieces no live peer holds: the fleet's origin egress stays near one copy.
+      has: plan.role === 'leader' ? undefined : (piece) => swarm.originHas(piece),
+    };
+    if (plan.role === 'origin') {
+      await swarm.close();
+      if (!useOrigin) {
+        throw new NoSourceError(`no peer holds ${args.url} and --no-origin forbids the origin`, {
+          url: args.url,
+          hint: 'fetch it on one node without --no-origin first, or check that its agent is running',
+        });
+      }
+      return undefined;
+    }
+    const peers = swarm.peerSlots();
+    const sources =
+      plan.role === 'leader' ? [originSlot] : plan.role === 'swarm' && useOrigin ? [...peers, originSlot] : peers;
+    const verifiedAgainst: VerifiedAgainst = args.pinned ? 'sha256-pinned' : 'first-origin-fetch';
+    options.onStatus?.(describe(plan.role, peers.length));
+    return {
+      id: plan.id,
+      expected: { sha256: plan.digest, size: plan.manifest?.size, manifest: plan.manifest },
+      sources,
+      sourceWaitMs: plan.role === 'leader' ? 0 : 60_000,
+      verifiedAgainst,
+      started: (handle) =>
+        swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),
+      pieceVerified: (index) => swarm.pieceVerified(index),
+      dropped: (id, reason) => swarm.dropped(id, reason),
+      finished: async (result) => {
+        const digest = result.sha256!;
+        if (plan.role === 'follower' && !plan.manifest) {
+          // Its pieces could not be checked one by one: the whole file is, against the digest
+          // the leader (the first node to fetch it from the origin) publishes.
+          const trusted = await swarm.trustedDigest(options.publishWaitMs ?? 60_000);
+          if (trusted !== digest) {
+            throw new DigestMismatchError(
+              trusted
+                ? `the bytes taken from peers hash to ${digest}, the fleet's record says ${trusted}: nothing was kept`
+                : `no node published the digest of ${args.url} to check the bytes taken from peers against: nothing was kept`,
+              { url: args.url, expected: trusted, actual: digest, hint: 'rerun: the fetch then checks every piece' },
+            );
+          }
+        }
+        if (result.manifest) await swarm.finished(result.manifest, verifiedAgainst);
+      },
+      close: () => swarm.close(),
+    };
+  }
+}
+
+function describe(role: string, peers: number): string {
+  switch (role) {
+    case 'leader':
+      return 'no node holds it yet: fetching from the origin for the fleet (pieces are served to peers as they land)';
+    case 'follower':
+      return `another node is fetching it from the origin: taking its pieces from ${peers} peer${peers === 1 ? '' : 's'}`;
+    default:
+      return `fetching from ${peers} peer${peers === 1 ? '' : 's'}, the origin only for pieces no peer holds`;
+  }
+}

@@ -1,0 +1,72 @@
+// The control-plane calls a fetching node makes for its swarm (swarm.ts), over
+// ControlPlaneClient. A control plane that does not answer is "nobody knows": every read
+// answers undefined and every write is skipped, so the fetch goes on from the origin.
+import type { Manifest } from '../core/manifest.js';
+import type { ControlPlaneClient } from '../control-plane/client.js';
+import type { LeaseAnswer, PeerHolder, SwarmControl, VerifiedAgainst } from './swarm.js';
+
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export class ClientSwarmControl implements SwarmControl {
+  constructor(private readonly client: ControlPlaneClient) {}
+
+  async sourceDigest(key: string): Promise<string | undefined> {
+    const answer = await this.client.send('GET', `/v1/sources?key=${encodeURIComponent(key)}`);
+    const digest = (answer.body as { digest?: unknown } | undefined)?.digest;
+    return answer.ok && typeof digest === 'string' && HEX64.test(digest) ? digest : undefined;
+  }
+
+  async manifest(digest: string): Promise<Manifest | undefined> {
+    const answer = await this.client.send('GET', `/v1/blobs/${digest}`);
+    if (!answer.ok) return undefined;
+    const body = answer.body as Partial<Manifest> | undefined;
+    if (!body || !Array.isArray(body.pieces) || typeof body.size !== 'number' || typeof body.pieceSize !== 'number')
+      return undefined;
+    return { digest, size: body.size, pieceSize: body.pieceSize, pieces: body.pieces };
+  }
+
+  async holders(id: string, query: { node: string; zone?: string; limit: number }): Promise<PeerHolder[] | undefined> {
+    const params = new URLSearchParams({ node: query.node, limit: String(query.limit) });
+    if (query.zone) params.set('zone', query.zone);
+    const answer = await this.client.send('GET', `/v1/blobs/${id}/peers?${params}`);
+    if (answer.status === undefined || answer.status >= 500) return undefined;
+    if (!answer.ok) return [];
+    return ((answer.body as { peers?: PeerHolder[] }).peers ?? []).map((p) => ({
+      id: p.id,
+      url: p.url,
+      complete: p.complete,
+      pieces: p.pieces,
+    }));
+  }
+
+  async lease(id: string, node: string): Promise<LeaseAnswer | undefined> {
+    const answer = await this.client.send('POST', `/v1/blobs/${id}/leases`, { node });
+    if (!answer.ok) return undefined;
+    const body = answer.body as { granted?: boolean; token?: string; expiresAt?: number };
+    if (body.granted === true && typeof body.token === 'string')
+      return { granted: true, token: body.token, expiresAt: body.expiresAt ?? 0 };
+    return { granted: false };
+  }
+
+  async renewLease(id: string, token: string): Promise<boolean> {
+    return (await this.client.send('PUT', `/v1/blobs/${id}/leases/${token}`)).ok;
+  }
+
+  async releaseLease(id: string, token: string): Promise<void> {
+    await this.client.send('DELETE', `/v1/blobs/${id}/leases/${token}`);
+  }
+
+  async announce(id: string, node: string, replica: { complete: boolean; pieces?: number[] }): Promise<void> {
+    await this.client.announce(id, node, replica);
+  }
+
+  async publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
+    await this.client.putManifest({ ...manifest, verifiedAgainst });
+    // 409: the source already maps to a digest (another node published first); not ours to change.
+    await this.client.send('PUT', '/v1/sources', { key, digest: manifest.digest });
+  }
+
+  async report(digest: string, node: string, reason: string): Promise<void> {
+    await this.client.send('POST', '/v1/reports', { digest, node, reason: reason.slice(0, 500) });
+  }
+}
