@@ -203,15 +203,31 @@ export async function fetchCached(
       if (justFetched && justFetched.fetchedAt >= waitStarted) return await serveWaited(justFetched);
 
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
+      const fromOrigin = async (): Promise<DownloadResult> => {
+        const part = `${layout.tmp}/${keyHash(key)}.part`;
+        const done = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
+        await adoptBlob(layout, part, done.sha256!);
+        await removeJournal(journalPathFor(part));
+        return done;
+      };
       const plan = planner ? await planner.plan({ url, origin: source, pinned: expected }) : undefined;
       if (plan) {
         const { downloadWithPlan } = await import('./planned-download.js');
-        download = await downloadWithPlan(layout, plan, { ...resolved, computeSha256: true, signal });
+        try {
+          download = await downloadWithPlan(layout, plan, { ...resolved, computeSha256: true, signal });
+        } catch (err) {
+          // A follower whose leader finished (or vanished) between two looks: ask the fleet
+          // once more; it now knows the blob, or hands this node the lease.
+          if (!plan.replanOnFailure || signal.aborted || (err as LoomError).code === 'LOOM_ERR_DIGEST_MISMATCH')
+            throw err;
+          status(`${(err as Error).message}; asking the fleet again`);
+          const again = await planner!.plan({ url, origin: source, pinned: expected });
+          download = again
+            ? await downloadWithPlan(layout, again, { ...resolved, computeSha256: true, signal })
+            : await fromOrigin();
+        }
       } else {
-        const part = `${layout.tmp}/${keyHash(key)}.part`;
-        download = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
-        await adoptBlob(layout, part, download.sha256!);
-        await removeJournal(journalPathFor(part));
+        download = await fromOrigin();
       }
       index.recordFetch(key, download.sha256!, download.size, download.validator);
     } finally {

@@ -25,6 +25,8 @@ export interface PlannedDownload {
   sources: SourceSlot[];
   /** How long the engine waits for a source that can serve a missing piece. */
   sourceWaitMs: number;
+  /** A failed download is planned once more (a follower whose leader finished meanwhile). */
+  replanOnFailure: boolean;
   /** What the finished blob's digest is checked against (kept with its manifest). */
   verifiedAgainst: VerifiedAgainst;
   started(handle: BlobDownloadHandle): void;

@@ -2,7 +2,7 @@
 // bytes go to `tmp/<id>.part`, every verified piece is recorded in `tmp/<id>.pieces.json`
 // so this node's agent serves it to other nodes at once, and the finished blob is checked
 // by the planner before it is adopted under its digest, with its manifest kept beside it.
-import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pieceSizeFor } from '../core/manifest.js';
 import type { BlobDownloadResult, DownloadOptions } from '../fetch/download.js';
@@ -25,7 +25,11 @@ export async function downloadWithPlan(
   let size = plan.expected.size;
   let record: PartialBlobRecord | undefined;
   const pending: Array<[number, string]> = [];
+  // A piece is announced (the planner tells the control plane) only once the record the
+  // agent serves from says so: a peer told of a piece must find it here.
   const markVerified = (index: number, digest: string): void => {
+    // The part is preallocated to the blob's size before any piece lands.
+    size ??= sizeOnDisk(part);
     if (record === undefined && size !== undefined) {
       record = new PartialBlobRecord(
         layout,
@@ -36,8 +40,13 @@ export async function downloadWithPlan(
       );
       for (const [i, d] of pending.splice(0)) record.markVerified(i, d);
     }
-    if (record) record.markVerified(index, digest);
-    else pending.push([index, digest]);
+    if (!record) {
+      pending.push([index, digest]);
+      return;
+    }
+    record.markVerified(index, digest);
+    record.flush();
+    plan.pieceVerified(index);
   };
   try {
     const handle = startBlobDownload({
@@ -51,10 +60,7 @@ export async function downloadWithPlan(
         size ??= progress.totalBytes;
         options.onProgress?.(progress);
       },
-      onPieceVerified: (index, digest) => {
-        markVerified(index, digest);
-        plan.pieceVerified(index);
-      },
+      onPieceVerified: markVerified,
       onSourceDropped: (id, reason) => plan.dropped(id, reason),
     });
     plan.started(handle);
@@ -79,6 +85,11 @@ export async function downloadWithPlan(
     record?.remove();
     await plan.close();
   }
+}
+
+function sizeOnDisk(path: string): number | undefined {
+  const size = statSync(path, { throwIfNoEntry: false })?.size;
+  return size === undefined || size === 0 ? undefined : size;
 }
 
 /** `manifests/<digest>.json`: what the agent publishes with the blob after a restart. */

@@ -103,6 +103,7 @@ export class PeerPlanner implements DownloadPlanner {
       expected: { sha256: plan.digest, size: plan.manifest?.size, manifest: plan.manifest },
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : 60_000,
+      replanOnFailure: plan.role === 'follower',
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),

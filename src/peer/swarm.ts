@@ -100,6 +100,8 @@ export class Swarm {
   /** The origin's slot, added to the download when a follower takes over the lease. */
   private originSlot: SwarmSlot | undefined;
   private originAdded = false;
+  /** The digest the leader published for the source, once it has (a follower's check). */
+  private published: string | undefined;
   private originAllowed: boolean;
   private announcing: Promise<void> = Promise.resolve();
   private lastAnnounceAt = 0;
@@ -137,6 +139,26 @@ export class Swarm {
     // take its pieces as they land. A lease holder that dies lets its lease lapse in seconds.
     const deadline = Date.now() + (this.options.followerWaitMs ?? 15_000);
     for (;;) {
+      // The node that held the lease may have finished (and published) meanwhile: checked
+      // before asking for the lease, which it gives back once it has published.
+      if (!this.plan.manifest) {
+        const published = this.plan.digest ?? (await this.control.sourceDigest(this.key));
+        const manifestNow = published ? await this.control.manifest(published) : undefined;
+        if (published && manifestNow) {
+          const holdersNow = await this.control.holders(published, this.locateQuery());
+          if (holdersNow?.some(holdsSomething)) {
+            this.plan = {
+              role: 'swarm',
+              id: published,
+              digest: published,
+              manifest: manifestNow,
+              size: manifestNow.size,
+            };
+            this.track(holdersNow, manifestNow.size);
+            return this.plan;
+          }
+        }
+      }
       const lease: LeaseAnswer | undefined = this.options.useOrigin
         ? await this.control.lease(id, this.options.nodeId)
         : { granted: false };
@@ -151,7 +173,6 @@ export class Swarm {
         this.plan.role = 'follower';
         this.originAllowed = false;
         this.track(now, manifest?.size);
-        this.status(`another node is fetching this from the origin; taking its pieces as they land`);
         return this.plan;
       }
       if (Date.now() > deadline) return this.plan;
@@ -174,7 +195,7 @@ export class Swarm {
 
   /** The peer sources known now, for the engine. */
   peerSlots(): SwarmSlot[] {
-    return [...this.peers.values()].map((peer) => this.slotFor(peer.holder.id));
+    return [...this.peers.keys()].map((id) => this.slotFor(id));
   }
 
   private slotFor(id: string): SwarmSlot {
@@ -189,12 +210,16 @@ export class Swarm {
     };
   }
 
-  /** Adds or updates holders; returns the ids that are new. */
-  private track(holders: PeerHolder[], size: number | undefined): string[] {
+  /**
+   * Adds or updates holders of blob `blobId` (this download's id, or, for a follower, the
+   * digest the leader published once done); returns the slot ids that are new.
+   */
+  private track(holders: PeerHolder[], size: number | undefined, blobId = this.plan.id): string[] {
     const added: string[] = [];
     for (const holder of holders) {
       if (holder.id === this.options.nodeId || this.excluded.has(holder.id)) continue;
-      const known = this.peers.get(holder.id);
+      const slotId = blobId === this.plan.id ? holder.id : `${holder.id}/${blobId.slice(0, 12)}`;
+      const known = this.peers.get(slotId);
       if (known) {
         known.holder = holder;
         for (const piece of holder.pieces ?? []) known.pieces.add(piece);
@@ -203,14 +228,14 @@ export class Swarm {
       const source = new PeerSource({
         nodeId: holder.id,
         baseUrl: holder.url,
-        digest: this.plan.id,
-        size: size ?? this.plan.size ?? 0,
+        digest: blobId,
+        size: size ?? this.plan.size,
         token: this.options.agentToken,
         stallTimeoutMs: this.options.stallTimeoutMs,
         maxSockets: this.options.connectionsPerPeer ?? 4,
       });
-      this.peers.set(holder.id, { holder, source, pieces: new Set(holder.pieces ?? []) });
-      added.push(holder.id);
+      this.peers.set(slotId, { holder, source, pieces: new Set(holder.pieces ?? []) });
+      added.push(slotId);
     }
     return added;
   }
@@ -240,20 +265,26 @@ export class Swarm {
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
-    if (this.plan.role === 'follower' && !this.lease && this.options.useOrigin) {
-      // A lease that can be had again means its holder stopped renewing it (died, or done:
-      // then it holds every piece and the origin serves nothing).
-      {
-        const lease = await this.control.lease(this.plan.id, this.options.nodeId);
-        if (lease?.granted) {
-          this.lease = { token: lease.token };
-          this.originAllowed = this.options.useOrigin;
-          this.status('the node fetching this blob from the origin is gone; this node takes over');
-          if (this.originSlot && !this.originAdded) {
-            this.originAdded = true;
-            this.addSlot?.(this.originSlot);
-          }
-        }
+    if (this.plan.role !== 'follower' || this.lease) return;
+    // The leader done: its blob is complete under the digest it published; take it from there
+    // (and from every node that has it by now), never from the origin again.
+    this.published ??= await this.control.sourceDigest(this.key);
+    if (this.published && this.published !== this.plan.id) {
+      const complete = (await this.control.holders(this.published, this.locateQuery()))?.filter((h) => h.complete);
+      for (const id of this.track(complete ?? [], this.plan.size, this.published)) this.addSlot?.(this.slotFor(id));
+      return;
+    }
+    if (!this.options.useOrigin) return;
+    // A lease that can be had again means its holder stopped renewing it without publishing:
+    // it died. This node takes over and fetches what no live peer holds from the origin.
+    const lease = await this.control.lease(this.plan.id, this.options.nodeId);
+    if (lease?.granted) {
+      this.lease = { token: lease.token };
+      this.originAllowed = true;
+      this.status('the node fetching this blob from the origin is gone; this node takes over');
+      if (this.originSlot && !this.originAdded) {
+        this.originAdded = true;
+        this.addSlot?.(this.originSlot);
       }
     }
   }
@@ -275,12 +306,13 @@ export class Swarm {
   }
 
   /** A peer served bytes that failed verification: never asked again here, and reported. */
-  dropped(id: string, reason: LoomError): void {
-    if (!this.peers.has(id) || this.excluded.has(id)) return;
-    this.excluded.add(id);
-    this.status(`peer ${id} dropped: ${reason.message}`);
+  dropped(slotId: string, reason: LoomError): void {
+    const node = this.peers.get(slotId)?.holder.id;
+    if (node === undefined || this.excluded.has(node)) return;
+    this.excluded.add(node);
+    this.status(`peer ${node} dropped: ${reason.message}`);
     if (reason.code === 'LOOM_ERR_DIGEST_MISMATCH' && this.plan.digest) {
-      void this.control.report(this.plan.digest, id, reason.message).catch(() => undefined);
+      void this.control.report(this.plan.digest, node, reason.message).catch(() => undefined);
     }
   }
 
