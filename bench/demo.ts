@@ -13,8 +13,6 @@ import { createReadStream, mkdirSync, mkdtempSync, rmSync, statfsSync } from 'no
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { SqliteStore } from '../src/control-plane/sqlite-store.js';
-import { buildControlPlane } from '../src/control-plane/server.js';
 import { formatBytes, parseSize } from '../src/core/units.js';
 import { OriginServer } from './origin/origin-server.js';
 import { freePort } from './origin/ports.js';
@@ -112,6 +110,15 @@ interface DemoNode {
   agent: ChildProcess | undefined;
 }
 
+async function waitForHttp(url: string): Promise<void> {
+  for (let i = 0; i < 200; i++) {
+    const res = await fetch(url).catch(() => undefined);
+    if (res?.ok) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error(`nothing answers at ${url}`);
+}
+
 async function startAgent(node: DemoNode, cpUrl: string): Promise<void> {
   const port = await freePort();
   const agent = spawn(
@@ -188,13 +195,18 @@ async function main(): Promise<void> {
   origin.setFile('/bucket/llama/model.safetensors', { content: { file: model, size: SIZE }, etag: `"demo-${SIZE}"` });
   const url = origin.url('/bucket/llama/model.safetensors');
 
-  const store = new SqliteStore(join(work, 'control-plane.db'));
-  const cp = await buildControlPlane({ store });
-  const cpUrl = await cp.listen({ host: '127.0.0.1', port: 0 });
-  cleanups.push(async () => {
-    await cp.close();
-    await store.close();
-  });
+  // The control plane runs in a process of its own, as on a fleet: in this one it would
+  // share an event loop with the origin simulator, which is busy serving bytes.
+  const cpPort = await freePort();
+  const cpUrl = `http://127.0.0.1:${cpPort}`;
+  const cp = spawn(
+    process.execPath,
+    [LOOM_BIN, 'control-plane', '--listen', `127.0.0.1:${cpPort}`, '--store', `sqlite:${join(work, 'control-plane.db')}`],
+    { stdio: 'ignore' },
+  );
+  children.add(cp);
+  cp.once('exit', () => children.delete(cp));
+  await waitForHttp(`${cpUrl}/healthz`);
 
   const nodes: DemoNode[] = ['node-a', 'node-b', 'node-c'].map((id) => ({
     id,
@@ -206,7 +218,7 @@ async function main(): Promise<void> {
     await startAgent(node, cpUrl);
   }
   console.log(`Origin ${url}: 150 ms to first byte, 50 MB/s per connection`);
-  console.log(`Control plane ${cpUrl} (SQLite), agents: ${nodes.map((n) => n.id).join(', ')}\n`);
+  console.log(`Control plane ${cpUrl} (SQLite, its own process), agents: ${nodes.map((n) => n.id).join(', ')}\n`);
 
   const rows: Row[] = [];
   const record = async (scenario: string, out: string, summary: FetchSummary, originBytes: number): Promise<void> => {

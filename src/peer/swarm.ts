@@ -68,7 +68,7 @@ export interface SwarmOptions {
   /** False: never the origin (`--no-origin`). */
   useOrigin: boolean;
   stallTimeoutMs: number;
-  /** How often holders are asked again while downloading. Default 500 ms. */
+  /** How often holders are asked again while downloading. Default 250 ms. */
   refreshMs?: number;
   /** How long a node without the lease waits for the lease holder's first piece. Default 15 s. */
   followerWaitMs?: number;
@@ -124,59 +124,46 @@ export class Swarm {
 
   /** Decides this node's role; `pinned` is a digest the user or the source vouched for. */
   async prepare(pinned: string | undefined): Promise<SwarmPlan> {
-    const digest = pinned ?? (await this.control.sourceDigest(this.key));
-    const manifest = digest ? await this.control.manifest(digest) : undefined;
-    const id = digest ?? this.sourceId;
-    this.plan = { role: 'origin', id, digest, manifest, size: manifest?.size };
-    const holders = await this.control.holders(id, this.locateQuery());
-    if (holders === undefined) return this.plan; // no control plane: today's fetch
-    if (manifest && holders.some(holdsSomething)) {
-      this.track(holders, manifest.size);
-      this.plan.role = 'swarm';
-      return this.plan;
-    }
-    // Nobody serves it yet: one node (the lease holder) fetches from the origin, the others
-    // take its pieces as they land. A lease holder that dies lets its lease lapse in seconds.
+    let digest = pinned ?? (await this.control.sourceDigest(this.key));
+    let manifest = digest ? await this.control.manifest(digest) : undefined;
+    this.plan = { role: 'origin', id: digest ?? this.sourceId, digest, manifest, size: manifest?.size };
     const deadline = Date.now() + (this.options.followerWaitMs ?? 15_000);
-    for (;;) {
-      // The node that held the lease may have finished (and published) meanwhile: checked
-      // before asking for the lease, which it gives back once it has published.
-      if (!this.plan.manifest) {
-        const published = this.plan.digest ?? (await this.control.sourceDigest(this.key));
+    for (let first = true; ; first = false) {
+      if (!first && !manifest) {
+        // The node that held the lease may have finished and published meanwhile.
+        const published = digest ?? (await this.control.sourceDigest(this.key));
         const manifestNow = published ? await this.control.manifest(published) : undefined;
         if (published && manifestNow) {
-          const holdersNow = await this.control.holders(published, this.locateQuery());
-          if (holdersNow?.some(holdsSomething)) {
-            this.plan = {
-              role: 'swarm',
-              id: published,
-              digest: published,
-              manifest: manifestNow,
-              size: manifestNow.size,
-            };
-            this.track(holdersNow, manifestNow.size);
-            return this.plan;
-          }
+          digest = published;
+          manifest = manifestNow;
+          this.plan = { role: 'origin', id: published, digest, manifest, size: manifest.size };
         }
       }
-      const lease: LeaseAnswer | undefined = this.options.useOrigin
-        ? await this.control.lease(id, this.options.nodeId)
-        : { granted: false };
-      if (lease === undefined) return this.plan; // the control plane stopped answering
-      if (lease.granted) {
-        this.lease = { token: lease.token };
-        this.plan.role = 'leader';
+      const id = this.plan.id;
+      const holders = await this.control.holders(id, this.locateQuery());
+      if (holders === undefined) return this.plan; // no control plane: today's fetch
+      if (holders.some(holdsSomething)) {
+        // Pieces checked one by one against the manifest (swarm), or the whole file at the
+        // end against the digest the leader publishes (follower).
+        this.plan.role = manifest ? 'swarm' : 'follower';
+        this.track(holders, manifest?.size);
+        // Only partial holders: one of them is fetching it from the origin under the lease;
+        // this node uses the origin only if it takes the lease over (its holder died).
+        if (!holders.some((h) => h.complete)) this.originAllowed = false;
         return this.plan;
       }
-      const now = await this.control.holders(id, this.locateQuery());
-      if (now?.some(holdsSomething)) {
-        this.plan.role = 'follower';
-        this.originAllowed = false;
-        this.track(now, manifest?.size);
-        return this.plan;
+      // Nobody holds any of it: one node (the lease holder) fetches it from the origin.
+      if (this.options.useOrigin) {
+        const lease = await this.control.lease(id, this.options.nodeId);
+        if (lease === undefined) return this.plan; // the control plane stopped answering
+        if (lease.granted) {
+          this.lease = { token: lease.token };
+          this.plan.role = 'leader';
+          return this.plan;
+        }
       }
       if (Date.now() > deadline) return this.plan;
-      await new Promise((resolve) => setTimeout(resolve, 250));
+      await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
 
@@ -251,9 +238,9 @@ export class Swarm {
     this.addSlot = add;
     const tick = async (): Promise<void> => {
       await this.refresh().catch(() => undefined);
-      if (this.refreshTimer) this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? 500);
+      if (this.refreshTimer) this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? 250);
     };
-    this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? 500);
+    this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? 250);
     this.refreshTimer.unref();
   }
 
@@ -265,7 +252,7 @@ export class Swarm {
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
-    if (this.plan.role !== 'follower' || this.lease) return;
+    if (this.originAllowed || this.lease) return;
     // The leader done: its blob is complete under the digest it published; take it from there
     // (and from every node that has it by now), never from the origin again.
     this.published ??= await this.control.sourceDigest(this.key);

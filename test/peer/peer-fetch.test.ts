@@ -158,3 +158,20 @@ describe('fetch with peers', () => {
     assert.ok(origin.bytesServed <= SIZE * 1.1, `origin sent ${origin.bytesServed} bytes for a ${SIZE}-byte file`);
   });
 });
+
+describe('fetch with peers, the fleet knows the blob but nobody holds it', () => {
+  it('three nodes at once: one fetches from the origin, the others take its pieces', async () => {
+    const cp = await controlPlane();
+    const first = await node(cp);
+    await fetchOn(first, cp);
+    // The only holder leaves: the control plane keeps the source's digest and manifest.
+    await first.agent.stop(0);
+    const fleet = [await node(cp), await node(cp), await node(cp)];
+    origin.resetStats();
+    const msgs: string[][] = fleet.map(() => []);
+    const runs = await Promise.all(fleet.map((n, i) => fetchOn(n, cp, { messages: msgs[i] })));
+    for (const run of runs) assert.equal(await sha256OfFile(run.out), content.sha256);
+    console.error(JSON.stringify(msgs), runs.map((r) => JSON.stringify((r.result as unknown as { bytesBySource: unknown }).bytesBySource)));
+    assert.ok(origin.bytesServed <= SIZE * 1.1, `origin sent ${origin.bytesServed} bytes for a ${SIZE}-byte file`);
+  });
+});
