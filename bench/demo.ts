@@ -8,15 +8,15 @@
 //
 //   npm run demo [-- --size 256MiB]
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { createReadStream, mkdirSync, mkdtempSync, rmSync, statfsSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, createReadStream, mkdirSync, mkdtempSync, openSync, rmSync, statfsSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatBytes, parseSize } from '../src/core/units.js';
 import { OriginServer } from './origin/origin-server.js';
 import { freePort } from './origin/ports.js';
-import { dataFile, LOOM_BIN, MiB } from './lib.js';
+import { LOOM_BIN, MiB } from './lib.js';
 
 const { values: flags } = parseArgs({ options: { size: { type: 'string', default: '1GiB' } } });
 const SIZE = parseSize(flags.size!, '--size');
@@ -40,6 +40,8 @@ interface Row {
 
 const work = mkdtempSync(join(tmpdir(), 'loom-demo-'));
 const children = new Set<ChildProcess>();
+/** Pids of the long-running children (control plane, agents), printed at the end for checks. */
+const childPids: number[] = [];
 const cleanups: Array<() => Promise<void> | void> = [];
 let cleaning: Promise<void> | undefined;
 
@@ -73,6 +75,21 @@ function checkFreeDisk(): void {
     throw new Error(
       `the demo needs about ${formatBytes(needed)} free in ${tmpdir()} and there is ${formatBytes(free)}: pass a smaller --size (e.g. --size 256MiB)`,
     );
+  }
+}
+
+/** The generated model, in the demo's own temporary folder (removed at the end). */
+function writeModel(path: string): void {
+  const block = randomBytes(16 * MiB);
+  const fd = openSync(path, 'w');
+  try {
+    for (let at = 0; at < SIZE; at += block.length) {
+      // A counter in each block keeps blocks distinct without generating gigabytes of entropy.
+      block.writeBigUInt64BE(BigInt(at), 0);
+      writeSync(fd, block, 0, Math.min(block.length, SIZE - at), at);
+    }
+  } finally {
+    closeSync(fd);
   }
 }
 
@@ -138,6 +155,7 @@ async function startAgent(node: DemoNode, cpUrl: string): Promise<void> {
     { stdio: 'ignore' },
   );
   children.add(agent);
+  childPids.push(agent.pid!);
   agent.once('exit', () => children.delete(agent));
   node.agent = agent;
   for (let i = 0; i < 200; i++) {
@@ -187,7 +205,8 @@ function printTable(rows: Row[], baseline: number): void {
 async function main(): Promise<void> {
   checkFreeDisk();
   console.log(`Generating a ${formatBytes(SIZE)} model…`);
-  const model = dataFile(`demo-model-${SIZE}.bin`, SIZE);
+  const model = join(work, 'model.safetensors');
+  writeModel(model);
   const digest = await sha256OfFile(model);
 
   const origin = await new OriginServer(ORIGIN).listen();
@@ -201,10 +220,18 @@ async function main(): Promise<void> {
   const cpUrl = `http://127.0.0.1:${cpPort}`;
   const cp = spawn(
     process.execPath,
-    [LOOM_BIN, 'control-plane', '--listen', `127.0.0.1:${cpPort}`, '--store', `sqlite:${join(work, 'control-plane.db')}`],
+    [
+      LOOM_BIN,
+      'control-plane',
+      '--listen',
+      `127.0.0.1:${cpPort}`,
+      '--store',
+      `sqlite:${join(work, 'control-plane.db')}`,
+    ],
     { stdio: 'ignore' },
   );
   children.add(cp);
+  childPids.push(cp.pid!);
   cp.once('exit', () => children.delete(cp));
   await waitForHttp(`${cpUrl}/healthz`);
 
@@ -323,10 +350,12 @@ async function main(): Promise<void> {
 }
 
 try {
+  console.log(`Working folder ${work}`);
   await main();
 } catch (err) {
   console.error(`demo failed: ${(err as Error).message}`);
   process.exitCode = 1;
 } finally {
   await cleanup();
+  console.log(`Stopped: ${childPids.length} processes (pids ${childPids.join(' ')}); removed ${work}`);
 }
