@@ -6,8 +6,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync, openSync, rmSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { SqliteStore } from '../src/control-plane/sqlite-store.js';
-import { buildControlPlane } from '../src/control-plane/server.js';
 import { OriginServer } from './origin/origin-server.js';
 import { freePort } from './origin/ports.js';
 import { DATA_DIR, LOOM_BIN, MiB, dataFile, median, printTable, runCommand, type CommandRun } from './lib.js';
@@ -36,6 +34,31 @@ async function waitForNodes(cpUrl: string, count: number): Promise<void> {
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error(`only some of ${count} agents registered with ${cpUrl}`);
+}
+
+async function startControlPlane(db: string): Promise<{ url: string; stop: () => Promise<void> }> {
+  const port = await freePort();
+  const child = spawn(
+    process.execPath,
+    [LOOM_BIN, 'control-plane', '--listen', `127.0.0.1:${port}`, '--store', `sqlite:${db}`],
+    {
+      stdio: 'ignore',
+    },
+  );
+  const url = `http://127.0.0.1:${port}`;
+  for (let i = 0; i < 200; i++) {
+    if ((await fetch(`${url}/healthz`).catch(() => undefined))?.ok) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return {
+    url,
+    stop: async () => {
+      if (child.exitCode !== null) return;
+      const exited = new Promise((r) => child.once('exit', r));
+      child.kill('SIGTERM');
+      await exited;
+    },
+  };
 }
 
 async function startAgent(node: Node, cpUrl: string): Promise<void> {
@@ -112,7 +135,10 @@ function corruptBlob(cacheDir: string, sha256: string): void {
   }
 }
 
-export async function fleetScenario(count = 8, rounds = 3): Promise<Record<string, unknown>> {
+export async function fleetScenario(
+  count = 8,
+  rounds = Number(process.env.LOOM_BENCH_ROUNDS ?? 3),
+): Promise<Record<string, unknown>> {
   const file = dataFile(`fleet-${SIZE}.bin`, SIZE);
   const origin = await new OriginServer(ORIGIN).listen();
   origin.setFile('/models/fleet.bin', { content: { file, size: SIZE }, etag: `"fleet-${SIZE}"` });
@@ -133,22 +159,19 @@ export async function fleetScenario(count = 8, rounds = 3): Promise<Record<strin
       samples.noPeers.push(noPeers.seconds);
       bytes.noPeers.push(noPeers.originBytes);
 
-      // N nodes with agents and a control plane.
-      const store = new SqliteStore(':memory:');
-      const cp = await buildControlPlane({ store });
-      const cpUrl = await cp.listen({ host: '127.0.0.1', port: 0 });
+      // N nodes with agents and a control plane (in a process of its own, as on a fleet).
+      const cp = await startControlPlane(join(root, `cp-${round}.db`));
       const nodes = makeNodes(join(root, 'peers'), count);
       try {
-        for (const node of nodes) await startAgent(node, cpUrl);
-        await waitForNodes(cpUrl, count);
-        const peers = await runFleet(origin, url, nodes, cpUrl);
+        for (const node of nodes) await startAgent(node, cp.url);
+        await waitForNodes(cp.url, count);
+        const peers = await runFleet(origin, url, nodes, cp.url);
         samples.peers.push(peers.seconds);
         bytes.peers.push(peers.originBytes);
-        if (round === 0) badPeer = await withBadPeer(origin, url, nodes, cpUrl, peers);
+        if (round === 0) badPeer = await withBadPeer(origin, url, nodes, cp.url, peers);
       } finally {
         await Promise.all(nodes.map(stopAgent));
-        await cp.close();
-        await store.close();
+        await cp.stop();
       }
     }
   } finally {
