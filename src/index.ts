@@ -33,3 +33,6 @@ export type { RegistryStore, NodeRecord, Replica } from './control-plane/model.j
 export type { StoredManifest, Lease, LeaseGrant } from './control-plane/model.js';
 export { nodeToken, NODE_HEADER } from './control-plane/auth.js';
 export { VERIFIED_AGAINST, type VerifiedAgainst } from './control-plane/schemas.js';
+export { PeerPlanner, defaultNodeId, type PeerFetchOptions } from './peer/peer-download.js';
+export type { DownloadPlanner, PlannedDownload } from './cache/download-planner.js';
+export { Agent, type AgentOptions } from './peer/agent.js';

@@ -41,7 +41,7 @@ function integerIn(min: number, max: number) {
 export function pullCommand(): Command {
   const command = new Command('pull')
     .description('download a Hugging Face repo at one commit into the HF cache (or --out DIR), verified')
-    .argument('<repo>', 'org/repo[@revision], hf://org/repo[@revision] or hf://datasets/org/name')
+    .argument('<repo>', 'org/repo[@revision], hf://org/repo[@revision], hf://datasets/org/name, or s3://bucket/prefix/')
     .option('--revision <rev>', 'branch, tag or commit (instead of @revision; default main)')
     .option('--include <glob>', 'only paths matching (repeatable); ** crosses directories', collect, [])
     .option('--exclude <glob>', 'leave out paths matching (repeatable)', collect, [])
@@ -73,6 +73,23 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
   try {
     if (flags.revision !== undefined && repo.includes('@')) {
       throw new UsageError('the revision is given twice (@revision and --revision)');
+    }
+    if (repo.startsWith('s3://')) {
+      // An S3 prefix: every object under it into --out (default: the current folder).
+      const { pullS3Prefix } = await import('./s3-fetch.js');
+      const files = await pullS3Prefix(repo, flags.out ?? '.', {
+        workers: flags.workers,
+        caCertFiles: flags.caCert,
+        fsync: flags.fsync,
+        signal: interrupt.signal,
+      });
+      if (flags.json)
+        printJson({
+          ok: true,
+          files: files.map((f) => ({ uri: f.uri, path: f.path, bytes: f.size, check: f.s3Check })),
+        });
+      else for (const f of files) say(flags, `loom: ${f.path} ${formatSize(f.size)} (${f.s3Check.check})`);
+      return EXIT.ok;
     }
     const { pullRepo } = await import('../hub/pull.js');
     const line = progressLine(flags);

@@ -9,6 +9,7 @@ import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { createCacheRoot } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
+import type { FetchOptions } from '../fetch/options.js';
 import type { DownloadPlanner } from '../cache/download-planner.js';
 import { fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
 import { summaryLine, summaryOf } from './fetch-summary.js';
@@ -107,6 +108,13 @@ async function peerPlanner(
   });
 }
 
+/** An S3 object through src/cli/s3-fetch.ts, shaped as a fetch result for the summary. */
+async function fetchS3Summary(url: string, out: string, options: FetchOptions): Promise<FetchResult> {
+  const { fetchS3 } = await import('./s3-fetch.js');
+  const fetched = await fetchS3(url, out, options);
+  return { ...fetched, url, finalUrl: url };
+}
+
 export async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<number> {
   const interrupt = onInterrupt();
   let registry: ServedRegistry | undefined;
@@ -129,20 +137,23 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     try {
       const onStatus = (message: string): void =>
         mode === 'none' ? say(flags, `loom: ${message}`) : view.status(message);
-      result = url.startsWith('hf://')
-        ? // hf:// (the Hub): resolved to its commit, fetched and verified by src/hub/fetch-hf-file.ts.
-          await (
-            await import('../hub/fetch-hf-file.js')
-          ).fetchHfFile(url, out, { ...options, cache: flags.cache, cacheDir: flags.cacheDir, onStatus })
-        : useCache
-          ? await fetchCached(url, out, {
-              ...options,
-              cacheDir: flags.cacheDir,
-              offline: flags.offline,
-              onStatus,
-              planner: await peerPlanner(flags, onStatus),
-            })
-          : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
+      result = url.startsWith('s3://')
+        ? // s3:// (S3 and compatible stores): signed ranged GETs, checked against the object's checksum.
+          await fetchS3Summary(url, out, options)
+        : url.startsWith('hf://')
+          ? // hf:// (the Hub): resolved to its commit, fetched and verified by src/hub/fetch-hf-file.ts.
+            await (
+              await import('../hub/fetch-hf-file.js')
+            ).fetchHfFile(url, out, { ...options, cache: flags.cache, cacheDir: flags.cacheDir, onStatus })
+          : useCache
+            ? await fetchCached(url, out, {
+                ...options,
+                cacheDir: flags.cacheDir,
+                offline: flags.offline,
+                onStatus,
+                planner: await peerPlanner(flags, onStatus),
+              })
+            : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
     } finally {
       view.stop();
     }
