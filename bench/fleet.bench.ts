@@ -123,6 +123,18 @@ async function runFleet(
   return { seconds, originBytes: origin.bytesServed, runs };
 }
 
+/** What one node's `loom fetch --json` said: time, retries and where its bytes came from. */
+function nodeFigures(stdout: string): Record<string, unknown> {
+  const s = JSON.parse(stdout) as Record<string, unknown>;
+  return {
+    seconds: s.seconds,
+    retries: s.retries,
+    requests: s.requests,
+    bytesBySource: s.bytesBySource,
+    dropped: s.droppedSources,
+  };
+}
+
 /** Flips bytes in the middle of a cached blob, as a bad disk or a malicious node would. */
 function corruptBlob(cacheDir: string, sha256: string): void {
   const path = join(cacheDir, 'blobs', 'sha256', sha256);
@@ -146,6 +158,7 @@ export async function fleetScenario(
   const root = join(DATA_DIR, 'fleet');
   const samples = { alone: [] as number[], noPeers: [] as number[], peers: [] as number[] };
   const bytes = { noPeers: [] as number[], peers: [] as number[], badPeer: [] as number[] };
+  const perNode: unknown[] = [];
   let badPeer: { seconds: number; excluded: boolean; exact: boolean } | undefined;
   try {
     for (let round = 0; round < rounds; round++) {
@@ -167,6 +180,7 @@ export async function fleetScenario(
         await waitForNodes(cp.url, count);
         const peers = await runFleet(origin, url, nodes, cp.url);
         samples.peers.push(peers.seconds);
+        perNode.push(peers.runs.map((r) => nodeFigures(r.stdout)));
         bytes.peers.push(peers.originBytes);
         if (round === 0) badPeer = await withBadPeer(origin, url, nodes, cp.url, peers);
       } finally {
@@ -212,7 +226,8 @@ export async function fleetScenario(
       },
     ]);
   }
-  return { size: SIZE, origin: ORIGIN, rounds, samples, bytes, rows, badPeer };
+  if (process.env.LOOM_BENCH_VERBOSE) console.log(JSON.stringify(perNode, null, 1));
+  return { size: SIZE, origin: ORIGIN, rounds, samples, bytes, rows, badPeer, perNode };
 }
 
 /**
