@@ -77,23 +77,25 @@ export function parsePiecesFile(text: string, digest: string): PiecesFile | unde
 
 /**
  * Reads pieces files, re-parsing one only when it was replaced: the downloader renames a new
- * file in for every update, so inode and mtime say whether the parsed copy is current.
+ * file in for every update. Inode numbers are reused at once after a rename frees the old
+ * one and two updates can fall in the same millisecond with the same length, so the change
+ * time in nanoseconds is compared too (a stale copy answered 404 for pieces already there).
  */
 export class PartialBlobReader {
-  private readonly parsed = new Map<string, { ino: number; mtimeMs: number; size: number; blob: PartialBlob }>();
+  private readonly parsed = new Map<string, { ino: bigint; ctimeNs: bigint; size: bigint; blob: PartialBlob }>();
 
   constructor(private readonly layout: CacheLayout) {}
 
   /** The partial download of `digest`, or undefined when there is none (or it is unreadable). */
   async read(digest: string): Promise<PartialBlob | undefined> {
     const path = piecesFilePath(this.layout, digest);
-    const stat = await fsp.stat(path).catch(() => undefined);
+    const stat = await fsp.stat(path, { bigint: true }).catch(() => undefined);
     if (!stat?.isFile()) {
       this.parsed.delete(digest);
       return undefined;
     }
     const known = this.parsed.get(digest);
-    if (known && known.ino === stat.ino && known.mtimeMs === stat.mtimeMs && known.size === stat.size) {
+    if (known && known.ino === stat.ino && known.ctimeNs === stat.ctimeNs && known.size === stat.size) {
       return known.blob;
     }
     const text = await fsp.readFile(path, 'utf8').catch(() => undefined);
@@ -107,7 +109,7 @@ export class PartialBlobReader {
       partPath: partialPartPath(this.layout, digest),
       verifiedSet: new Set(file.verified),
     };
-    this.parsed.set(digest, { ino: stat.ino, mtimeMs: stat.mtimeMs, size: stat.size, blob });
+    this.parsed.set(digest, { ino: stat.ino, ctimeNs: stat.ctimeNs, size: stat.size, blob });
     return blob;
   }
 

@@ -74,11 +74,12 @@ export class PeerSource implements Source {
       throw new HttpStatusError(`${this.label} answered HTTP ${status} for bytes ${start}-${end - 1}`, {
         url: this.url,
         status,
-        // 503: the peer is busy (max uploads); 404: the piece its announcement promised is not
-        // on its disk yet (or the blob was just evicted): both may heal, briefly. Anything
-        // else (401 token, 400) will not heal by asking this peer again.
-        retryable: status === 503 || status === 429 || status === 404,
-        retryAfterMs: Number.isFinite(retryAfter) ? retryAfter * 1000 : status === 404 ? 250 : undefined,
+        // 503: the peer is busy (max uploads), worth another try. 404: it no longer holds these
+        // bytes under this name (evicted, or a leader that finished: its blob is complete
+        // under its digest now): the piece goes to another source at once. Anything else
+        // (401 token, 400) will not heal by asking this peer again.
+        retryable: status === 503 || status === 429,
+        retryAfterMs: Number.isFinite(retryAfter) ? retryAfter * 1000 : undefined,
       });
     }
     const range = /^bytes (\d+)-(\d+)\/(\d+)$/.exec(String(res.headers['content-range'] ?? ''));

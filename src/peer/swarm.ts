@@ -93,7 +93,10 @@ export interface SwarmPlan {
 
 export class Swarm {
   private readonly peers = new Map<string, { holder: PeerHolder; source: PeerSource; pieces: Set<number> }>();
+  /** Nodes that served bad bytes: never asked again in this download. */
   private readonly excluded = new Set<string>();
+  /** Slots the engine dropped (their node may still serve under another name). */
+  private readonly droppedSlots = new Set<string>();
   private lease: { token: string } | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
   private addSlot: ((slot: SwarmSlot) => void) | undefined;
@@ -174,8 +177,9 @@ export class Swarm {
   /** Whether the origin may serve piece i now: only pieces no live peer holds. */
   originHas(piece: number): boolean {
     if (!this.originAllowed) return false;
-    for (const peer of this.peers.values()) {
-      if (!this.excluded.has(peer.holder.id) && (peer.holder.complete || peer.pieces.has(piece))) return false;
+    for (const [slotId, peer] of this.peers) {
+      if (this.droppedSlots.has(slotId) || this.excluded.has(peer.holder.id)) continue;
+      if (peer.holder.complete || peer.pieces.has(piece)) return false;
     }
     return true;
   }
@@ -294,12 +298,17 @@ export class Swarm {
 
   /** A peer served bytes that failed verification: never asked again here, and reported. */
   dropped(slotId: string, reason: LoomError): void {
-    const node = this.peers.get(slotId)?.holder.id;
-    if (node === undefined || this.excluded.has(node)) return;
-    this.excluded.add(node);
-    this.status(`peer ${node} dropped: ${reason.message}`);
-    if (reason.code === 'LOOM_ERR_DIGEST_MISMATCH' && this.plan.digest) {
-      void this.control.report(this.plan.digest, node, reason.message).catch(() => undefined);
+    const peer = this.peers.get(slotId);
+    if (!peer || this.droppedSlots.has(slotId)) return;
+    this.droppedSlots.add(slotId);
+    const node = peer.holder.id;
+    this.status(`peer ${slotId} dropped: ${reason.message}`);
+    // Bad bytes: the node is never asked again here, under any name, and is reported. Other
+    // failures (it finished and serves the blob under its digest now, it is busy or slow)
+    // drop this slot only.
+    if (reason.code === 'LOOM_ERR_DIGEST_MISMATCH') {
+      this.excluded.add(node);
+      if (this.plan.digest) void this.control.report(this.plan.digest, node, reason.message).catch(() => undefined);
     }
   }
 

@@ -60,14 +60,13 @@ describe('PeerSource', () => {
     await assert.rejects(bytesOf(peer(), 0, 1024), BadResponseError);
   });
 
-  it('treats 404 as not held yet (retryable soon) and 503 as busy (retryable, with its Retry-After)', async () => {
+  it('treats 404 as not held (another source serves it) and 503 as busy (retryable, with its Retry-After)', async () => {
     fault = { kind: 'status', status: 404 };
     const missing = await peer()
       .openRange(0, 10, expect, signal)
       .catch((err: unknown) => err);
     assert.ok(missing instanceof HttpStatusError);
-    assert.equal(missing.retryable, true);
-    assert.equal(missing.retryAfterMs, 250);
+    assert.equal(missing.retryable, false);
     assert.ok(isNotHeld(missing));
 
     fault = { kind: 'status', status: 401 };
