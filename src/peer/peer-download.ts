@@ -114,7 +114,7 @@ export class PeerPlanner implements DownloadPlanner {
         if (plan.role === 'follower' && !plan.manifest) {
           // Its pieces could not be checked one by one: the whole file is, against the digest
           // the leader (the first node to fetch it from the origin) publishes.
-          const trusted = await swarm.trustedDigest(options.publishWaitMs ?? 60_000);
+          const trusted = await swarm.trustedDigest(options.publishWaitMs ?? 60_000, digest);
           if (trusted !== digest) {
             throw new DigestMismatchError(
               trusted
