@@ -30,7 +30,7 @@ export interface PeerFetchOptions {
   connectionsPerPeer?: number;
   /** Requests in flight to the origin. Default 16. */
   originConnections?: number;
-  /** A request that sends nothing this long is aborted. Default 30 s. */
+  /** A request to a peer that sends nothing this long is aborted. Default 5 s. */
   stallTimeoutMs?: number;
   /** How long a node without the lease waits for the lease holder's first piece. Default 15 s. */
   followerWaitMs?: number;
@@ -69,7 +69,8 @@ export class PeerPlanner implements DownloadPlanner {
       maxPeers: options.maxPeers,
       connectionsPerPeer: options.connectionsPerPeer,
       useOrigin,
-      stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
+      // A peer is one source of many: one that goes quiet is left for another within seconds.
+      stallTimeoutMs: options.stallTimeoutMs ?? 5_000,
       followerWaitMs: options.followerWaitMs,
       onStatus: options.onStatus,
     });
