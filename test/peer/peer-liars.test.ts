@@ -185,6 +185,15 @@ describe('fetch with a lying or failing peer', () => {
     assert.ok((run.bySource.origin ?? 0) > SIZE / 2, JSON.stringify(run.bySource));
   });
 
+  it('--no-origin with an honest peer takes every byte from it and none from the origin', HANG, async () => {
+    const cp = await fleetWithLiar(await liarWith(content.bytes));
+    origin.resetStats();
+    const run = await fetchFresh(cp, false);
+    assert.equal(await sha256OfFile(run.out), content.sha256);
+    assert.equal(run.bySource.liar, SIZE);
+    assert.equal(origin.bytesServed, 0);
+  });
+
   // The planner waits up to 60 s for another holder to appear before it gives up.
   it('--no-origin with only a lying peer fails clearly and keeps nothing', { timeout: 90_000 }, async () => {
     const bad = Buffer.from(content.bytes);
