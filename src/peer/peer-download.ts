@@ -95,8 +95,12 @@ export class PeerPlanner implements DownloadPlanner {
       return undefined;
     }
     const peers = swarm.peerSlots();
-    const sources =
-      plan.role === 'leader' ? [originSlot] : plan.role === 'swarm' && useOrigin ? [...peers, originSlot] : peers;
+    // A follower has the origin among its sources from the start (serving only what its
+    // has() allows: nothing until this node takes the lease over). Without it, a leader that
+    // died with its agent leaves a follower whose first request (it learns the size from it)
+    // can only go to the dead peer, and the download fails before the lease can lapse; with
+    // it, that first request goes to the origin (at most 1 MiB).
+    const sources = plan.role === 'leader' ? [originSlot] : useOrigin ? [...peers, originSlot] : peers;
     const verifiedAgainst: VerifiedAgainst = args.pinned ? 'sha256-pinned' : 'first-origin-fetch';
     options.onStatus?.(describe(plan.role, peers.length));
     return {
