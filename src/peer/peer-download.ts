@@ -120,6 +120,14 @@ export class PeerPlanner implements DownloadPlanner {
           // Its pieces could not be checked one by one: the whole file is, against the digest
           // the leader (the first node to fetch it from the origin) publishes.
           const trusted = await swarm.trustedDigest(options.publishWaitMs ?? 60_000, digest);
+          if (trusted === undefined) {
+            // Not a bad byte found, only nothing to check against (the control plane went
+            // away, the leader never published): the fetch is planned again, from the origin.
+            throw new NoSourceError(
+              `no node published the digest of ${args.url} to check the bytes taken from peers against: nothing was kept`,
+              { url: args.url, hint: 'rerun: the fetch then takes it from the origin or checks every piece' },
+            );
+          }
           if (trusted !== digest) {
             throw new DigestMismatchError(
               trusted
