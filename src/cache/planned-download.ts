@@ -64,14 +64,15 @@ export async function downloadWithPlan(
       onSourceDropped: (id, reason) => plan.dropped(id, reason),
     });
     plan.started(handle);
-    let result: BlobDownloadResult;
+    let result: BlobDownloadResult | undefined;
     try {
       result = await handle.result;
       record?.flush();
       await plan.finished(result);
     } catch (err) {
-      // Bytes that could not be trusted are not kept for a resume either.
-      if ((err as { code?: string }).code === 'LOOM_ERR_DIGEST_MISMATCH') {
+      // Bytes that could not be trusted (or checked: complete, but refused by the planner)
+      // are not kept for a resume either.
+      if ((err as { code?: string }).code === 'LOOM_ERR_DIGEST_MISMATCH' || result !== undefined) {
         rmSync(part, { force: true });
         await removeJournal(journalPathFor(part));
       }

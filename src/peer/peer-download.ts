@@ -30,7 +30,7 @@ export interface PeerFetchOptions {
   connectionsPerPeer?: number;
   /** Requests in flight to the origin. Default 16. */
   originConnections?: number;
-  /** A request that sends nothing this long is aborted. Default 30 s. */
+  /** A request to a peer that sends nothing this long is aborted. Default 5 s. */
   stallTimeoutMs?: number;
   /** How long a node without the lease waits for the lease holder's first piece. Default 15 s. */
   followerWaitMs?: number;
@@ -69,7 +69,8 @@ export class PeerPlanner implements DownloadPlanner {
       maxPeers: options.maxPeers,
       connectionsPerPeer: options.connectionsPerPeer,
       useOrigin,
-      stallTimeoutMs: options.stallTimeoutMs ?? 30_000,
+      // A peer is one source of many: one that goes quiet is left for another within seconds.
+      stallTimeoutMs: options.stallTimeoutMs ?? 5_000,
       followerWaitMs: options.followerWaitMs,
       onStatus: options.onStatus,
     });
@@ -94,8 +95,12 @@ export class PeerPlanner implements DownloadPlanner {
       return undefined;
     }
     const peers = swarm.peerSlots();
-    const sources =
-      plan.role === 'leader' ? [originSlot] : plan.role === 'swarm' && useOrigin ? [...peers, originSlot] : peers;
+    // A follower has the origin among its sources from the start (serving only what its
+    // has() allows: nothing until this node takes the lease over). Without it, a leader that
+    // died with its agent leaves a follower whose first request (it learns the size from it)
+    // can only go to the dead peer, and the download fails before the lease can lapse; with
+    // it, that first request goes to the origin (at most 1 MiB).
+    const sources = plan.role === 'leader' ? [originSlot] : useOrigin ? [...peers, originSlot] : peers;
     const verifiedAgainst: VerifiedAgainst = args.pinned ? 'sha256-pinned' : 'first-origin-fetch';
     options.onStatus?.(describe(plan.role, peers.length));
     return {
@@ -114,7 +119,15 @@ export class PeerPlanner implements DownloadPlanner {
         if (plan.role === 'follower' && !plan.manifest) {
           // Its pieces could not be checked one by one: the whole file is, against the digest
           // the leader (the first node to fetch it from the origin) publishes.
-          const trusted = await swarm.trustedDigest(options.publishWaitMs ?? 60_000);
+          const trusted = await swarm.trustedDigest(options.publishWaitMs ?? 60_000, digest);
+          if (trusted === undefined) {
+            // Not a bad byte found, only nothing to check against (the control plane went
+            // away, the leader never published): the fetch is planned again, from the origin.
+            throw new NoSourceError(
+              `no node published the digest of ${args.url} to check the bytes taken from peers against: nothing was kept`,
+              { url: args.url, hint: 'rerun: the fetch then takes it from the origin or checks every piece' },
+            );
+          }
           if (trusted !== digest) {
             throw new DigestMismatchError(
               trusted

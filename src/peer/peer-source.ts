@@ -3,7 +3,7 @@
 // blob's size, and the engine verifies each piece against the trusted manifest before it
 // counts. Peers are reached directly (no proxy): they are inside the fleet's network.
 import http, { type IncomingMessage } from 'node:http';
-import { BadResponseError, cancelled, HttpStatusError, StallError } from '../core/errors.js';
+import { BadResponseError, cancelled, HttpStatusError, type LoomError, StallError } from '../core/errors.js';
 import type { ProbeExpectation, ProbeResult, RangeBody, Source } from '../sources/source.js';
 
 export interface PeerSourceOptions {
@@ -21,7 +21,16 @@ export interface PeerSourceOptions {
   stallTimeoutMs: number;
   /** Connections to this peer at most. */
   maxSockets: number;
+  /**
+   * A response slower than this on average (after `paceGraceMs`) passes the peer over for
+   * the rest of the download. Default 512 KiB/s: far below any peer on the fleet's network.
+   */
+  minBytesPerSecond?: number;
+  /** Time a response has before its pace is judged. Default 3 s. */
+  paceGraceMs?: number;
 }
+
+const PACE_CHECK_MS = 500;
 
 /** The agent said it does not hold these bytes (yet): another source must serve them. */
 export function isNotHeld(err: unknown): boolean {
@@ -33,6 +42,14 @@ export class PeerSource implements Source {
   readonly label: string;
   private readonly agent: http.Agent;
   private readonly target: URL;
+  /**
+   * Why this peer is passed over for the rest of the download (it stalled or trickled).
+   * A stalling peer that sends a little before each stall would otherwise be retried
+   * forever (every byte resets the retry budget), and the origin may not take over a piece
+   * a live peer announces: the download would hang on it. So every later request fails at
+   * once with an error that is not retried, and the engine drops the peer.
+   */
+  private struck: LoomError | undefined;
 
   constructor(private readonly options: PeerSourceOptions) {
     this.target = new URL(`/v1/blobs/${options.digest}`, options.baseUrl);
@@ -66,6 +83,7 @@ export class PeerSource implements Source {
     size: number | undefined,
     signal: AbortSignal,
   ): Promise<RangeBody & { total: number }> {
+    if (this.struck) throw this.struck;
     const res = await this.request(start, end, signal);
     const status = res.statusCode ?? 0;
     if (status !== 206) {
@@ -117,13 +135,23 @@ export class PeerSource implements Source {
         req.destroy(cancelled());
       };
       signal.addEventListener('abort', onAbort, { once: true });
+      let response: IncomingMessage | undefined;
       req.setTimeout(this.options.stallTimeoutMs, () => {
-        req.destroy(
-          new StallError(`no data from ${this.label} for ${this.options.stallTimeoutMs} ms`, { url: this.url }),
-        );
+        const stalled = new StallError(`no data from ${this.label} for ${this.options.stallTimeoutMs} ms`, {
+          url: this.url,
+        });
+        if (response) {
+          // Mid-body: the peer is passed over (see `struck`).
+          response.destroy(this.strike(`${stalled.message} mid-response`));
+        } else req.destroy(stalled);
       });
       req.once('response', (res) => {
-        res.once('close', () => signal.removeEventListener('abort', onAbort));
+        response = res;
+        const pace = this.watchPace(res);
+        res.once('close', () => {
+          clearInterval(pace);
+          signal.removeEventListener('abort', onAbort);
+        });
         resolve(res);
       });
       req.once('error', (err) => {
@@ -132,6 +160,35 @@ export class PeerSource implements Source {
       });
       req.end();
     });
+  }
+
+  /** Passes the peer over for the rest of the download; returns the error that says why. */
+  private strike(why: string): LoomError {
+    this.struck ??= new HttpStatusError(`${this.label} passed over for this download: ${why}`, {
+      url: this.url,
+      status: 504,
+      retryable: false,
+    });
+    return this.struck;
+  }
+
+  /** Destroys a response that arrives far slower than a peer on the fleet's network would send it. */
+  private watchPace(res: IncomingMessage): NodeJS.Timeout {
+    const socket = res.socket;
+    const from = socket.bytesRead;
+    const startedAt = performance.now();
+    const floor = this.options.minBytesPerSecond ?? 512 * 1024;
+    const grace = this.options.paceGraceMs ?? 3_000;
+    const timer = setInterval(() => {
+      const elapsed = performance.now() - startedAt;
+      if (elapsed < grace || res.destroyed || res.readableEnded) return;
+      const rate = ((socket.bytesRead - from) * 1000) / elapsed;
+      if (rate < floor) {
+        res.destroy(this.strike(`${Math.round(rate / 1024)} KiB/s, below ${Math.round(floor / 1024)} KiB/s`));
+      }
+    }, PACE_CHECK_MS);
+    timer.unref();
+    return timer;
   }
 
   close(): void {

@@ -325,16 +325,22 @@ export class Swarm {
     await this.announcing;
   }
 
-  /** The digest a follower's bytes must have: the pinned one, else the leader's, once published. */
-  async trustedDigest(timeoutMs: number): Promise<string | undefined> {
+  /**
+   * The digest a follower's bytes must have: the pinned one, else the leader's, once
+   * published. A follower that took the lease over from a leader that died unpublished is
+   * the one the others wait for: nobody else will publish, so its own digest (`own`) stands,
+   * as the first node to finish the fetch from the origin.
+   */
+  async trustedDigest(timeoutMs: number, own: string): Promise<string | undefined> {
     if (this.plan.digest) return this.plan.digest;
     const deadline = Date.now() + timeoutMs;
-    while (Date.now() < deadline) {
+    for (;;) {
       const digest = await this.control.sourceDigest(this.key);
       if (digest) return digest;
+      if (this.lease) return own;
+      if (Date.now() >= deadline) return undefined;
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
-    return undefined;
   }
 
   async close(): Promise<void> {

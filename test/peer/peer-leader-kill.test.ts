@@ -1,0 +1,164 @@
+// The node fetching a blob from the origin for the fleet (the leaseholder) dies: the built
+// CLI (`bin/loom.cjs fetch --control-plane --node-id`, run `npm run build` first) is the
+// leader, on a rate-limited origin so it is still downloading when it is killed with
+// SIGKILL. Its agent stays up (a crashed fetch, not a crashed node) and so do the others,
+// which must finish with the exact bytes once the lease lapses.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { OriginServer } from '../../bench/origin/origin-server.js';
+import { fetchCached } from '../../src/cache/cached-fetch.js';
+import { sourceBlobId } from '../../src/cache/source-id.js';
+import { sourceKey } from '../../src/cache/source-key.js';
+import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
+import { buildControlPlane } from '../../src/control-plane/server.js';
+import { Agent } from '../../src/peer/agent.js';
+import { PeerPlanner } from '../../src/peer/peer-download.js';
+import { collect, randomContent, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
+
+const SIZE = 40 * 1024 * 1024 + 777; // three pieces
+const content = randomContent(SIZE);
+const closers: Array<() => Promise<unknown> | unknown> = [];
+after(async () => {
+  for (const close of closers.reverse()) await close();
+});
+const dir = tempDir('loom-leader-kill-');
+
+async function controlPlane(): Promise<string> {
+  const store = new SqliteStore(':memory:');
+  const app = await buildControlPlane({ store, leaseTtlMs: 2_000 });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  closers.push(async () => {
+    await app.close();
+    await store.close();
+  });
+  return url;
+}
+
+async function agentFor(cp: string, id: string, cacheDir: string): Promise<Agent> {
+  const agent = await Agent.start({
+    controlPlane: cp,
+    cacheRoot: cacheDir,
+    nodeId: id,
+    listen: { host: '127.0.0.1', port: 0 },
+    scanIntervalMs: 200,
+    log: () => undefined,
+  });
+  closers.push(() => agent.stop(0));
+  await waitFor(`${id} registered`, () => agent.isRegistered);
+  return agent;
+}
+
+async function leaderKilled(wholeNode: boolean): Promise<void> {
+  // 16 connections at 256 KiB/s: the leader needs about 10 s for the file.
+  const origin = await new OriginServer({ rateLimitBytesPerSecond: 256 * 1024 }).listen();
+  closers.push(() => origin.close());
+  origin.setFile('/models/m.bin', content.bytes);
+  const url = origin.url('/models/m.bin');
+  const cp = await controlPlane();
+
+  // The followers' agents first: they must be up before the leader is done.
+  const followerIds = [`f1-${wholeNode}`, `f2-${wholeNode}`];
+  const followerAgents = Promise.all(followerIds.map((id) => agentFor(cp, id, join(dir, id))));
+  await followerAgents;
+  const leaderCache = join(dir, `leader-${wholeNode}`);
+  const killed: Array<ReturnType<typeof startLoom>> = [];
+  if (wholeNode) {
+    // The leader's agent is its own process too, killed with the fetch (the node died).
+    const agent = startLoom([
+      'agent',
+      '--control-plane',
+      cp,
+      '--listen',
+      '127.0.0.1:0',
+      '--node-id',
+      'leader',
+      '--cache-dir',
+      leaderCache,
+    ]);
+    closers.push(() => agent.kill('SIGKILL'));
+    killed.push(agent);
+    await waitFor(
+      'the leader agent registered',
+      async () => {
+        const res = await fetch(`${cp}/v1/nodes`);
+        return ((await res.json()) as { nodes: Array<{ id: string }> }).nodes.some((n) => n.id === 'leader');
+      },
+      20_000,
+    );
+  } else {
+    await agentFor(cp, 'leader', leaderCache);
+  }
+  const leader = startLoom([
+    'fetch',
+    url,
+    '-o',
+    join(dir, `leader-${wholeNode}.bin`),
+    '--cache-dir',
+    leaderCache,
+    '--control-plane',
+    cp,
+    '--node-id',
+    'leader',
+    '--progress',
+    'none',
+  ]);
+  const leaderDone = collect(leader);
+  closers.push(() => leader.kill('SIGKILL'));
+  killed.push(leader);
+  // The others join once the leader has announced its first verified piece: they follow it.
+  const blobId = sourceBlobId(sourceKey(url));
+  await waitFor(
+    'the leader announcing its first piece',
+    async () => {
+      const res = await fetch(`${cp}/v1/blobs/${blobId}/peers`);
+      const peers = ((await res.json()) as { peers?: Array<{ id: string; pieces: number[] | null }> }).peers ?? [];
+      return peers.some((p) => p.id === 'leader' && (p.pieces?.length ?? 0) > 0);
+    },
+    30_000,
+  );
+
+  const statuses: string[] = [];
+  const followers = followerIds.map((id) => {
+    const cacheDir = join(dir, id);
+    const out = join(dir, `${id}.bin`);
+    const run = followerAgents.then(() =>
+      fetchCached(url, out, {
+        cacheDir,
+        planner: new PeerPlanner({
+          controlPlane: cp,
+          nodeId: id,
+          stallTimeoutMs: 2_000,
+          followerWaitMs: 5_000,
+          publishWaitMs: 20_000,
+          onStatus: (m) => statuses.push(`${id}: ${m}`),
+        }),
+        retryBaseDelay: 5,
+        retryMaxDelay: 50,
+      }),
+    );
+    return run.then(() => out);
+  });
+  // Killed past its first piece and before it is done: the others may plan before or after
+  // the kill; either way the dead leader is still listed as a partial holder.
+  await waitFor('the leader past half the file', () => origin.bytesServed > 20 * 1024 * 1024, 30_000);
+  for (const child of killed) child.kill('SIGKILL');
+  const ended = await leaderDone;
+  assert.equal(ended.signal, 'SIGKILL', `the leader was still running: ${ended.stderr}`);
+
+  for (const out of await Promise.all(followers)) assert.equal(await sha256OfFile(out), content.sha256);
+}
+
+describe('the leaseholder killed mid-download', () => {
+  it(
+    'its fetch killed (its agent up): the others finish with the exact bytes after its lease lapses',
+    { timeout: 120_000 },
+    () => leaderKilled(false),
+  );
+
+  it(
+    'the whole node killed (fetch and agent): the others finish with the exact bytes after its lease lapses',
+    { timeout: 120_000 },
+    () => leaderKilled(true),
+  );
+});
