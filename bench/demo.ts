@@ -201,7 +201,14 @@ async function main(): Promise<void> {
   const cpUrl = `http://127.0.0.1:${cpPort}`;
   const cp = spawn(
     process.execPath,
-    [LOOM_BIN, 'control-plane', '--listen', `127.0.0.1:${cpPort}`, '--store', `sqlite:${join(work, 'control-plane.db')}`],
+    [
+      LOOM_BIN,
+      'control-plane',
+      '--listen',
+      `127.0.0.1:${cpPort}`,
+      '--store',
+      `sqlite:${join(work, 'control-plane.db')}`,
+    ],
     { stdio: 'ignore' },
   );
   children.add(cp);
