@@ -41,7 +41,10 @@ function integerIn(min: number, max: number) {
 export function pullCommand(): Command {
   const command = new Command('pull')
     .description('download a Hugging Face repo at one commit into the HF cache (or --out DIR), verified')
-    .argument('<repo>', 'org/repo[@revision], hf://org/repo[@revision] or hf://datasets/org/name')
+    .argument(
+      '<repo>',
+      'org/repo[@revision], hf://org/repo[@revision], hf://datasets/org/name or s3://bucket/prefix/ (with --out)',
+    )
     .option('--revision <rev>', 'branch, tag or commit (instead of @revision; default main)')
     .option('--include <glob>', 'only paths matching (repeatable); ** crosses directories', collect, [])
     .option('--exclude <glob>', 'leave out paths matching (repeatable)', collect, [])
@@ -74,6 +77,7 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
     if (flags.revision !== undefined && repo.includes('@')) {
       throw new UsageError('the revision is given twice (@revision and --revision)');
     }
+    if (repo.startsWith('s3://')) return await pullS3(repo, flags, interrupt.signal);
     const { pullRepo } = await import('../hub/pull.js');
     const line = progressLine(flags);
     view = line;
@@ -115,6 +119,38 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
   } finally {
     interrupt.dispose();
   }
+}
+
+/** `loom pull s3://bucket/prefix/ --out DIR`: every object under the prefix, each checked against S3's checksum. */
+async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal): Promise<number> {
+  if (!flags.out) {
+    throw new UsageError('an s3:// prefix is pulled into a directory', { hint: 'give --out DIR' });
+  }
+  const { pullS3Prefix } = await import('./s3-fetch.js');
+  const started = performance.now();
+  const results = await pullS3Prefix(uri, flags.out, {
+    workers: flags.workers,
+    caCertFiles: flags.caCert,
+    fsync: flags.fsync,
+    signal,
+  });
+  const bytes = results.reduce((sum, r) => sum + r.size, 0);
+  const seconds = (performance.now() - started) / 1000;
+  if (flags.json) {
+    printJson({
+      ok: true,
+      uri,
+      dir: flags.out,
+      bytes,
+      seconds: Number(seconds.toFixed(3)),
+      files: results.map((r) => ({ uri: r.uri, path: r.path, bytes: r.size, sha256: r.sha256, s3Check: r.s3Check })),
+    });
+  } else {
+    for (const r of results) say(flags, `loom: ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);
+    say(flags, `loom: ${uri}: ${results.length} files, ${formatSize(bytes)} in ${seconds.toFixed(2)} s`);
+    process.stdout.write(`${flags.out}\n`);
+  }
+  return EXIT.ok;
 }
 
 interface ProgressLine {
