@@ -52,7 +52,10 @@ export function pullCommand(): Command {
     .option('--token <token>', 'Hub token (default: HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token)')
     .addOption(new Option('--repo-type <type>', 'repo type').choices(['model', 'dataset', 'space']))
     .option('--hf-cache <dir>', 'HF cache (default: HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)')
-    .option('--cache-dir <dir>', "Loom's node cache root (default: $LOOM_CACHE_DIR, ~/.cache/loom)")
+    .option(
+      '--cache-dir <dir>',
+      "Loom's node cache root (default: $LOOM_CACHE_DIR, $XDG_CACHE_HOME/loom, ~/.cache/loom)",
+    )
     .option(
       '-w, --workers <n>',
       `requests in flight per file, 1-${DEFAULTS.maxWorkers}`,
