@@ -31,7 +31,7 @@ function addFetchOptions(command: Command): Command {
 export function fetchCommand(): Command {
   const command = new Command('fetch')
     .description('download one URL to a file with parallel ranged requests')
-    .argument('[url]', 'http(s) URL to fetch');
+    .argument('[url]', 'http(s)://, hf://org/repo[@rev]/path or s3://bucket/key URL to fetch');
   addFetchOptions(command);
   command.action(async (urlArg: string | undefined, flags: FetchFlags) => {
     process.exitCode = await runFetch(urlArg, flags);

@@ -125,7 +125,7 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   },
   {
     flags: '--retries <n>',
-    description: 'attempts per chunk, the first included (default 6)',
+    description: 'attempts per range, the first included (default 6)',
     parse: integerIn(1, 100),
   },
   {
@@ -159,7 +159,7 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   {
     flags: '--serve',
     description:
-      "after the download, keep running and serve the registry in this process (the original tool's mode; prefer loom control-plane)",
+      "serve the registry in this process: bound before the download (503 until it is done), then serving until Ctrl-C (the original tool's mode; prefer loom control-plane)",
   },
   {
     flags: '--control-plane <url>',

@@ -35,6 +35,8 @@ export function summaryOf(result: FetchResult | CachedFetchResult): Record<strin
     // Where the bytes came from (origin, each peer by node id) and the sources dropped.
     bytesBySource: 'bytesBySource' in result ? result.bytesBySource : null,
     droppedSources: 'droppedSources' in result ? result.droppedSources : [],
+    // s3:// only: which of S3's stored checksums the bytes were checked against.
+    ...('s3Check' in result ? { s3Check: result.s3Check } : {}),
   };
 }
 
@@ -61,6 +63,9 @@ function origin(result: FetchResult | CachedFetchResult): string {
 
 function digestCheck(result: FetchResult, expected: string | undefined): string {
   if (expected) return 'sha256 matches --sha256';
+  const s3Check = 's3Check' in result ? (result.s3Check as { check: string }).check : 'none';
+  if (s3Check === 'sha256-full-object') return "sha256 matches S3's stored checksum";
+  if (s3Check === 'sha256-composite') return "every part's sha256 matches S3's stored checksums";
   if (result.sha256) return `sha256 ${result.sha256.slice(0, 12)}… (not checked: no --sha256)`;
   return 'no digest check (no --sha256)';
 }

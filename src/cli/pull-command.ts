@@ -41,7 +41,10 @@ function integerIn(min: number, max: number) {
 export function pullCommand(): Command {
   const command = new Command('pull')
     .description('download a Hugging Face repo at one commit into the HF cache (or --out DIR), verified')
-    .argument('<repo>', 'org/repo[@revision], hf://org/repo[@revision], hf://datasets/org/name, or s3://bucket/prefix/')
+    .argument(
+      '<repo>',
+      'org/repo[@revision], hf://org/repo[@revision], hf://datasets/org/name or s3://bucket/prefix/ (with --out)',
+    )
     .option('--revision <rev>', 'branch, tag or commit (instead of @revision; default main)')
     .option('--include <glob>', 'only paths matching (repeatable); ** crosses directories', collect, [])
     .option('--exclude <glob>', 'leave out paths matching (repeatable)', collect, [])
@@ -49,7 +52,10 @@ export function pullCommand(): Command {
     .option('--token <token>', 'Hub token (default: HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token)')
     .addOption(new Option('--repo-type <type>', 'repo type').choices(['model', 'dataset', 'space']))
     .option('--hf-cache <dir>', 'HF cache (default: HF_HUB_CACHE, $HF_HOME/hub, ~/.cache/huggingface/hub)')
-    .option('--cache-dir <dir>', "Loom's node cache root (default: $LOOM_CACHE_DIR, ~/.cache/loom)")
+    .option(
+      '--cache-dir <dir>',
+      "Loom's node cache root (default: $LOOM_CACHE_DIR, $XDG_CACHE_HOME/loom, ~/.cache/loom)",
+    )
     .option(
       '-w, --workers <n>',
       `requests in flight per file, 1-${DEFAULTS.maxWorkers}`,
@@ -74,23 +80,7 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
     if (flags.revision !== undefined && repo.includes('@')) {
       throw new UsageError('the revision is given twice (@revision and --revision)');
     }
-    if (repo.startsWith('s3://')) {
-      // An S3 prefix: every object under it into --out (default: the current folder).
-      const { pullS3Prefix } = await import('./s3-fetch.js');
-      const files = await pullS3Prefix(repo, flags.out ?? '.', {
-        workers: flags.workers,
-        caCertFiles: flags.caCert,
-        fsync: flags.fsync,
-        signal: interrupt.signal,
-      });
-      if (flags.json)
-        printJson({
-          ok: true,
-          files: files.map((f) => ({ uri: f.uri, path: f.path, bytes: f.size, check: f.s3Check })),
-        });
-      else for (const f of files) say(flags, `loom: ${f.path} ${formatSize(f.size)} (${f.s3Check.check})`);
-      return EXIT.ok;
-    }
+    if (repo.startsWith('s3://')) return await pullS3(repo, flags, interrupt.signal);
     const { pullRepo } = await import('../hub/pull.js');
     const line = progressLine(flags);
     view = line;
@@ -132,6 +122,38 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
   } finally {
     interrupt.dispose();
   }
+}
+
+/** `loom pull s3://bucket/prefix/ --out DIR`: every object under the prefix, each checked against S3's checksum. */
+async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal): Promise<number> {
+  if (!flags.out) {
+    throw new UsageError('an s3:// prefix is pulled into a directory', { hint: 'give --out DIR' });
+  }
+  const { pullS3Prefix } = await import('./s3-fetch.js');
+  const started = performance.now();
+  const results = await pullS3Prefix(uri, flags.out, {
+    workers: flags.workers,
+    caCertFiles: flags.caCert,
+    fsync: flags.fsync,
+    signal,
+  });
+  const bytes = results.reduce((sum, r) => sum + r.size, 0);
+  const seconds = (performance.now() - started) / 1000;
+  if (flags.json) {
+    printJson({
+      ok: true,
+      uri,
+      dir: flags.out,
+      bytes,
+      seconds: Number(seconds.toFixed(3)),
+      files: results.map((r) => ({ uri: r.uri, path: r.path, bytes: r.size, sha256: r.sha256, s3Check: r.s3Check })),
+    });
+  } else {
+    for (const r of results) say(flags, `loom: ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);
+    say(flags, `loom: ${uri}: ${results.length} files, ${formatSize(bytes)} in ${seconds.toFixed(2)} s`);
+    process.stdout.write(`${flags.out}\n`);
+  }
+  return EXIT.ok;
 }
 
 interface ProgressLine {

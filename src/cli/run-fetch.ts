@@ -108,11 +108,11 @@ async function peerPlanner(
   });
 }
 
-/** An S3 object through src/cli/s3-fetch.ts, shaped as a fetch result for the summary. */
-async function fetchS3Summary(url: string, out: string, options: FetchOptions): Promise<FetchResult> {
+/** An S3 object through fetchS3, shaped as a fetch result (`url`), with `s3Check` kept for --json. */
+async function fetchS3ForCli(uri: string, out: string, options: FetchOptions): Promise<FetchResult> {
   const { fetchS3 } = await import('./s3-fetch.js');
-  const fetched = await fetchS3(url, out, options);
-  return { ...fetched, url, finalUrl: url };
+  const { uri: url, ...rest } = await fetchS3(uri, out, options);
+  return { ...rest, url };
 }
 
 export async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<number> {
@@ -139,7 +139,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
         mode === 'none' ? say(flags, `loom: ${message}`) : view.status(message);
       result = url.startsWith('s3://')
         ? // s3:// (S3 and compatible stores): signed ranged GETs, checked against the object's checksum.
-          await fetchS3Summary(url, out, options)
+          await fetchS3ForCli(url, out, options)
         : url.startsWith('hf://')
           ? // hf:// (the Hub): resolved to its commit, fetched and verified by src/hub/fetch-hf-file.ts.
             await (

@@ -171,10 +171,6 @@ describe('fetch with peers, the fleet knows the blob but nobody holds it', () =>
     const msgs: string[][] = fleet.map(() => []);
     const runs = await Promise.all(fleet.map((n, i) => fetchOn(n, cp, { messages: msgs[i] })));
     for (const run of runs) assert.equal(await sha256OfFile(run.out), content.sha256);
-    console.error(
-      JSON.stringify(msgs),
-      runs.map((r) => JSON.stringify((r.result as unknown as { bytesBySource: unknown }).bytesBySource)),
-    );
     assert.ok(origin.bytesServed <= SIZE * 1.1, `origin sent ${origin.bytesServed} bytes for a ${SIZE}-byte file`);
   });
 });
