@@ -6,6 +6,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify';
 import { sourceKey } from '../cache/source-key.js';
+import { sourceBlobId } from '../cache/source-id.js';
 import {
   ConflictError,
   ForbiddenError,
@@ -409,6 +410,21 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     Authenticator.requireCredential(caller);
     const key = normaliseKey(body.key);
     if (body.replace) requireAdmin(caller, 'repoint a source');
+    if (caller.kind === 'node') {
+      // A node vouches for a source's digest only as the one that fetched it from the origin
+      // under the blob's lease; otherwise any credentialed node could point a URL at bytes of
+      // its own, with a manifest of its own to check them against.
+      const now = Date.now();
+      const held = body.lease
+        ? ((await store.getLease(sourceBlobId(key), body.lease, now)) ??
+          (await store.getLease(body.digest, body.lease, now)))
+        : undefined;
+      if (!held || held.node !== caller.id) {
+        throw new ForbiddenError(`node ${caller.id} holds no lease on ${key}: it cannot map it to a digest`, {
+          hint: "a source is mapped by the node that fetched it from the origin under the blob's lease, or by an admin",
+        });
+      }
+    }
     const outcome = await store.putSource(key, body.digest, body.replace ?? false);
     if (outcome === 'conflict') {
       const current = await store.getSource(key);

@@ -60,10 +60,16 @@ export class ClientSwarmControl implements SwarmControl {
     await this.client.announce(id, node, replica);
   }
 
-  async publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
+  async publish(
+    key: string,
+    manifest: Manifest,
+    verifiedAgainst: VerifiedAgainst,
+    lease: string | undefined,
+  ): Promise<void> {
     await this.client.putManifest({ ...manifest, verifiedAgainst });
-    // 409: the source already maps to a digest (another node published first); not ours to change.
-    await this.client.send('PUT', '/v1/sources', { key, digest: manifest.digest });
+    // 409: the source already maps to a digest (another node published first); 403: this node
+    // holds no lease (it took the blob from peers); neither is ours to change.
+    await this.client.send('PUT', '/v1/sources', { key, digest: manifest.digest, ...(lease && { lease }) });
   }
 
   async report(digest: string, node: string, reason: string): Promise<void> {

@@ -40,7 +40,8 @@ export interface SwarmControl {
   renewLease(id: string, token: string): Promise<boolean>;
   releaseLease(id: string, token: string): Promise<void>;
   announce(id: string, node: string, replica: { complete: boolean; pieces?: number[] }): Promise<void>;
-  publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void>;
+  /** Publishes the manifest and maps the source to its digest (as the lease holder `lease`). */
+  publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst, lease: string | undefined): Promise<void>;
   report(digest: string, node: string, reason: string): Promise<void>;
 }
 
@@ -319,7 +320,7 @@ export class Swarm {
    */
   async finished(manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
     if (this.plan.role !== 'follower' || this.lease) {
-      await this.control.publish(this.key, manifest, verifiedAgainst).catch(() => undefined);
+      await this.control.publish(this.key, manifest, verifiedAgainst, this.lease?.token).catch(() => undefined);
     }
     this.announce(true, manifest.digest);
     await this.announcing;

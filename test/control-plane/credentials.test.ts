@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { createHmac } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { nodeToken } from '../../src/index.js';
+import { sourceBlobId } from '../../src/cache/source-id.js';
 import { beat, D1, D2, errorOf, factories, peerIds, PIECE, service, type Service } from './harness.js';
 
 const SECRET = 'cluster-secret-for-tests-0123456789';
@@ -109,8 +110,21 @@ for (const factory of factories) {
       assert.equal((await s.call('DELETE', `/v1/blobs/${D1}`, undefined, admin)).status, 204);
 
       const key = 'https://bucket.example/m.bin';
-      assert.equal((await s.call('PUT', '/v1/sources', { key, digest: D1 }, as('node-a'))).status, 200);
-      assert.equal((await s.call('PUT', '/v1/sources', { key, digest: D2 }, as('node-a'))).status, 409);
+      // A node maps a source only under its lease on the blob (here: the source's id).
+      const noLease = await s.call('PUT', '/v1/sources', { key, digest: D1 }, as('node-a'));
+      assert.equal(noLease.status, 403);
+      assert.match(errorOf(noLease).message, /holds no lease/);
+      const lease = (await s.call('POST', `/v1/blobs/${sourceBlobId(key)}/leases`, { node: 'node-a' }, as('node-a')))
+        .body as { token: string };
+      await beat(s, 'node-b', {}, as('node-b'));
+      const othersLease = { key, digest: D1, lease: lease.token };
+      assert.equal((await s.call('PUT', '/v1/sources', othersLease, as('node-b'))).status, 403, "another node's lease");
+      assert.equal(
+        (await s.call('PUT', '/v1/sources', { key, digest: D1, lease: lease.token }, as('node-a'))).status,
+        200,
+      );
+      const again = { key, digest: D2, lease: lease.token };
+      assert.equal((await s.call('PUT', '/v1/sources', again, as('node-a'))).status, 409);
       const repoint = { key, digest: D2, replace: true };
       assert.equal((await s.call('PUT', '/v1/sources', repoint, as('node-a'))).status, 403);
       assert.equal((await s.call('PUT', '/v1/sources', repoint, admin)).status, 200);

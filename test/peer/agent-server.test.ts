@@ -345,7 +345,8 @@ describe('agent server: limits, auth, in-use and metrics', () => {
   it('cuts a peer that stops reading after the idle timeout, freeing its upload slot', async () => {
     const root = await makeCache();
     const digest = await putBlob(root, randomBytes(48 * 1024 * 1024));
-    const { server, base } = await start(root, { maxUploads: 1, idleTimeoutMs: 500 });
+    // Long enough that a loaded machine still sees the upload in flight before it is cut.
+    const { server, base } = await start(root, { maxUploads: 1, idleTimeoutMs: 2_000 });
     const stalled = await stalledGet(`${base}/v1/blobs/${digest}`);
     assert.equal(stalled.status, 200);
     assert.equal(server.uploadsInFlight, 1);
