@@ -7,7 +7,7 @@ import { promises as fsp } from 'node:fs';
 import { join } from 'node:path';
 import type { CacheLayout } from '../cache/cache-root.js';
 import type { ManifestRecord } from '../control-plane/client.js';
-import { pieceCountOf } from './partial-blobs.js';
+import { pieceCount } from '../core/manifest.js';
 
 const DIGEST = /^[0-9a-f]{64}$/;
 const VERIFIED_AGAINST = new Set(['sha256-pinned', 'hub-sha256', 's3-checksum', 'first-origin-fetch']);
@@ -29,7 +29,7 @@ export async function readCachedManifest(layout: CacheLayout, digest: string): P
   if (value.digest !== digest) return undefined;
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) return undefined;
   if (typeof pieceSize !== 'number' || !Number.isSafeInteger(pieceSize) || pieceSize < 1) return undefined;
-  if (!Array.isArray(pieces) || pieces.length !== pieceCountOf(size, pieceSize)) return undefined;
+  if (!Array.isArray(pieces) || pieces.length !== pieceCount(size, pieceSize)) return undefined;
   if (!pieces.every((p) => typeof p === 'string' && DIGEST.test(p))) return undefined;
   // A manifest that does not say what it was checked against is not published.
   if (typeof verifiedAgainst !== 'string' || !VERIFIED_AGAINST.has(verifiedAgainst)) return undefined;

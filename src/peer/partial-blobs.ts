@@ -7,19 +7,12 @@
 // verified. A file that is missing, half-written or does not describe its own name is
 // treated as no partial at all, never as something to serve.
 import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
 import type { CacheLayout } from '../cache/cache-root.js';
+import { partialPartPath, partialRecordPath, type PartialBlobState } from '../cache/partial-blob.js';
+import { pieceCount } from '../core/manifest.js';
 
-/** The contents of `<digest>.pieces.json`. */
-export interface PiecesFile {
-  digest: string;
-  size: number;
-  pieceSize: number;
-  /** Piece digests (the manifest's); '' for a piece whose digest is not known yet. */
-  pieces: string[];
-  /** Indexes of the pieces whose bytes are in the .part file and checked. */
-  verified: number[];
-}
+/** The contents of `<digest>.pieces.json`, as the cache writes it (src/cache/partial-blob.ts). */
+export type PiecesFile = PartialBlobState;
 
 /** A parsed pieces file with its verified set ready for range checks. */
 export interface PartialBlob extends PiecesFile {
@@ -29,18 +22,6 @@ export interface PartialBlob extends PiecesFile {
 
 const DIGEST = /^[0-9a-f]{64}$/;
 const PIECES_SUFFIX = '.pieces.json';
-
-export function piecesFilePath(layout: CacheLayout, digest: string): string {
-  return join(layout.tmp, `${digest}${PIECES_SUFFIX}`);
-}
-
-export function partialPartPath(layout: CacheLayout, digest: string): string {
-  return join(layout.tmp, `${digest}.part`);
-}
-
-export function pieceCountOf(size: number, pieceSize: number): number {
-  return size === 0 ? 0 : Math.ceil(size / pieceSize);
-}
 
 /** Checks a pieces file's JSON against the name it was found under; undefined when it does not hold. */
 export function parsePiecesFile(text: string, digest: string): PiecesFile | undefined {
@@ -56,7 +37,7 @@ export function parsePiecesFile(text: string, digest: string): PiecesFile | unde
   if (v.digest !== digest) return undefined;
   if (typeof size !== 'number' || !Number.isSafeInteger(size) || size < 0) return undefined;
   if (typeof pieceSize !== 'number' || !Number.isSafeInteger(pieceSize) || pieceSize < 1) return undefined;
-  const count = pieceCountOf(size, pieceSize);
+  const count = pieceCount(size, pieceSize);
   if (!Array.isArray(pieces) || pieces.length !== count) return undefined;
   // A download without a manifest learns piece digests as its prefix is hashed: '' until then.
   if (!pieces.every((p) => typeof p === 'string' && (p === '' || DIGEST.test(p)))) return undefined;
@@ -88,7 +69,7 @@ export class PartialBlobReader {
 
   /** The partial download of `digest`, or undefined when there is none (or it is unreadable). */
   async read(digest: string): Promise<PartialBlob | undefined> {
-    const path = piecesFilePath(this.layout, digest);
+    const path = partialRecordPath(this.layout, digest);
     const stat = await fsp.stat(path, { bigint: true }).catch(() => undefined);
     if (!stat?.isFile()) {
       this.parsed.delete(digest);

@@ -32,11 +32,6 @@ export interface PeerSourceOptions {
 
 const PACE_CHECK_MS = 500;
 
-/** The agent said it does not hold these bytes (yet): another source must serve them. */
-export function isNotHeld(err: unknown): boolean {
-  return err instanceof HttpStatusError && (err.status === 404 || err.status === 410);
-}
-
 export class PeerSource implements Source {
   readonly url: string;
   readonly label: string;
