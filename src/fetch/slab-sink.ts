@@ -5,31 +5,23 @@
 import type { BodySink } from '../sources/raw-http.js';
 import type { PartFile } from './part-file.js';
 import type { SlabPool } from './slab-pool.js';
+import { SlabWriter } from './slab-writer.js';
 
-export class SlabSink implements BodySink {
-  private slab: Buffer | undefined;
-  private filled = 0;
-  /** File offset of the slab's first byte. */
-  private slabStart: number;
+export class SlabSink extends SlabWriter implements BodySink {
   private pending: Promise<void> | undefined;
-  private readonly inFlight = new Set<Promise<void>>();
-  private failure: unknown;
-  /** Every byte before this is on disk (once no write is in flight). */
-  private submittedEnd: number;
 
   /**
    * @param limit where this range ends now: it shrinks when an idle worker takes the back
    *   half, and the sink then stops taking bytes there.
    */
   constructor(
-    private readonly part: PartFile,
-    private readonly pool: SlabPool,
+    part: PartFile,
+    pool: SlabPool,
     start: number,
     private readonly limit: () => number,
-    private readonly onWritten: (at: number, length: number) => void,
+    onWritten: (at: number, length: number) => void,
   ) {
-    this.slabStart = start;
-    this.submittedEnd = start;
+    super(part, pool, start, onWritten);
   }
 
   /** The next byte's file offset. */
@@ -66,55 +58,10 @@ export class SlabSink implements BodySink {
     await this.pending;
   }
 
-  /** Resolves when every byte taken is on disk; rejects with the first write failure. */
-  async flush(): Promise<void> {
-    if (this.filled > 0) this.submit();
-    else this.releaseEmpty();
-    await this.drain();
-    if (this.failure) throw this.failure;
-  }
-
-  /** After a failure: writes what arrived before it and returns where the bytes on disk end. */
-  async settle(): Promise<number> {
-    if (this.filled > 0 && !this.failure) this.submit();
-    else this.releaseEmpty();
-    await this.drain();
-    return this.submittedEnd;
-  }
-
-  private releaseEmpty(): void {
-    if (this.slab) this.pool.release(this.slab);
-    this.slab = undefined;
-  }
-
-  private async drain(): Promise<void> {
+  /** A slab still being acquired is released too, then the writes are waited for. */
+  protected override async drain(): Promise<void> {
     await this.pending;
     this.releaseEmpty();
-    while (this.inFlight.size) await Promise.all(this.inFlight);
-  }
-
-  private submit(): void {
-    const slab = this.slab!;
-    const length = this.filled;
-    const at = this.slabStart;
-    this.slab = undefined;
-    this.filled = 0;
-    this.slabStart = at + length;
-    const write = this.part
-      .write(slab, length, at)
-      .then(
-        () => {
-          this.submittedEnd = Math.max(this.submittedEnd, at + length);
-          this.onWritten(at, length);
-        },
-        (err: unknown) => {
-          this.failure ??= err;
-        },
-      )
-      .finally(() => {
-        this.pool.release(slab);
-        this.inFlight.delete(write);
-      });
-    this.inFlight.add(write);
+    await super.drain();
   }
 }

@@ -5,18 +5,18 @@ import type { PartFile } from './part-file.js';
 import type { SlabPool } from './slab-pool.js';
 
 export class SlabWriter {
-  private slab: Buffer | undefined;
-  private filled = 0;
+  protected slab: Buffer | undefined;
+  protected filled = 0;
   /** File offset of the slab's first byte. */
-  private slabStart: number;
+  protected slabStart: number;
   private readonly inFlight = new Set<Promise<void>>();
-  private failure: unknown;
+  protected failure: unknown;
   /** Every byte before this is on disk (once no write is in flight). */
   private submittedEnd: number;
 
   constructor(
     private readonly part: PartFile,
-    private readonly pool: SlabPool,
+    protected readonly pool: SlabPool,
     start: number,
     private readonly onWritten: (at: number, length: number) => void,
   ) {
@@ -56,16 +56,16 @@ export class SlabWriter {
     return this.submittedEnd;
   }
 
-  private releaseEmpty(): void {
+  protected releaseEmpty(): void {
     if (this.slab) this.pool.release(this.slab);
     this.slab = undefined;
   }
 
-  private async drain(): Promise<void> {
+  protected async drain(): Promise<void> {
     while (this.inFlight.size) await Promise.all(this.inFlight);
   }
 
-  private submit(): void {
+  protected submit(): void {
     const slab = this.slab!;
     const length = this.filled;
     const at = this.slabStart;
