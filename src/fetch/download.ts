@@ -400,21 +400,8 @@ class BlobDownload {
       );
       return;
     }
-    const produce = this.params.produceManifest;
-    if (!produce && !this.sha256In && !this.params.computeSha256) return;
-    this.hasher = new PrefixHasher(
-      part,
-      produce
-        ? {
-            pieceSize: this.pieceSize,
-            onPiece: (index, digest) => {
-              this.producedPieces[index] = digest;
-              this.params.onPieceVerified?.(index, digest);
-            },
-          }
-        : undefined,
-    );
-    this.hasher.advance(this.ranges.contiguousPrefix());
+    this.hasher = this.prefixHasher(part, this.params.produceManifest);
+    this.hasher?.advance(this.ranges.contiguousPrefix());
   }
 
   /**
@@ -428,6 +415,24 @@ class BlobDownload {
     if (!journal || !first || journal.pieceSize <= 0) return [0, length];
     const pieceEnd = (Math.floor(first[0] / journal.pieceSize) + 1) * journal.pieceSize;
     return [first[0], Math.min(first[1], first[0] + length, pieceEnd)];
+  }
+
+  /**
+   * The hasher of the finished prefix: the whole-file sha256 when one is expected or asked
+   * for, and with `produce` the piece digests too (each reported as verified as it passes).
+   */
+  private prefixHasher(part: PartFile, produce: boolean): PrefixHasher | undefined {
+    if (!produce && !this.sha256In && !this.params.computeSha256) return undefined;
+    const pieces = produce
+      ? {
+          pieceSize: this.pieceSize,
+          onPiece: (index: number, digest: string) => {
+            this.producedPieces[index] = digest;
+            this.params.onPieceVerified?.(index, digest);
+          },
+        }
+      : undefined;
+    return new PrefixHasher(part, pieces);
   }
 
   /** Probes the sources in order of preference (origins first among equals) until one answers. */
@@ -728,21 +733,7 @@ class BlobDownload {
         this.producedPieces.length = 0;
         this.hasher = undefined;
         // Piece digests need the size up front; a stream of unknown length gets only the whole digest.
-        const produce = this.params.produceManifest && body.end !== undefined;
-        if (produce || this.sha256In || this.params.computeSha256) {
-          this.hasher = new PrefixHasher(
-            this.part,
-            produce
-              ? {
-                  pieceSize: this.pieceSize,
-                  onPiece: (index, digest) => {
-                    this.producedPieces[index] = digest;
-                    this.params.onPieceVerified?.(index, digest);
-                  },
-                }
-              : undefined,
-          );
-        }
+        this.hasher = this.prefixHasher(this.part, this.params.produceManifest && body.end !== undefined);
         const task = new RangeTask(0, body.end ?? Infinity);
         this.activeRequests++;
         try {
