@@ -9,12 +9,11 @@ import { after, describe, it } from 'node:test';
 import { OriginServer } from '../../bench/origin/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
-import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
-import { buildControlPlane } from '../../src/control-plane/server.js';
 import { LoomError } from '../../src/core/errors.js';
 import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
+import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
 
 const SIZE = 40 * 1024 * 1024 + 12345; // three pieces of 16 MiB
 const content = randomContent(SIZE);
@@ -31,14 +30,7 @@ origin.setFile('/models/m.bin', content.bytes);
 const URL_ = origin.url('/models/m.bin');
 
 async function controlPlane(): Promise<string> {
-  const store = new SqliteStore(':memory:');
-  const app = await buildControlPlane({ store, leaseTtlMs: 2_000 });
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
-  closers.push(async () => {
-    await app.close();
-    await store.close();
-  });
-  return url;
+  return (await startTestControlPlane(closers)).url;
 }
 
 interface Node {
@@ -51,17 +43,7 @@ let nodes = 0;
 async function node(cp: string): Promise<Node> {
   const id = `node-${++nodes}`;
   const cacheDir = join(dir, id);
-  const agent = await Agent.start({
-    controlPlane: cp,
-    cacheRoot: cacheDir,
-    nodeId: id,
-    listen: { host: '127.0.0.1', port: 0 },
-    scanIntervalMs: 200,
-    log: () => undefined,
-  });
-  closers.push(() => agent.stop(0));
-  await waitFor(`${id} registered`, () => agent.isRegistered);
-  return { id, cacheDir, agent };
+  return { id, cacheDir, agent: await startTestAgent(closers, cp, id, cacheDir) };
 }
 
 function fetchOn(n: Node, cp: string, extra: { useOrigin?: boolean; messages?: string[] } = {}) {

@@ -8,7 +8,10 @@ import { join } from 'node:path';
 import { ensureLayout } from '../../src/cache/blob-store.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { openCache } from '../../src/cache/cache-admin.js';
-import { sha256Of, tempDir } from '../helpers/fixtures.js';
+import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
+import { buildControlPlane } from '../../src/control-plane/server.js';
+import { Agent } from '../../src/peer/agent.js';
+import { sha256Of, tempDir, waitFor } from '../helpers/fixtures.js';
 
 export async function makeCache(): Promise<string> {
   const root = join(tempDir('loom-agent-'), 'cache');
@@ -100,4 +103,38 @@ export function rawRequest(
 
 export function errorOf(answer: RawAnswer): { code?: string; message: string } {
   return (JSON.parse(answer.body.toString()) as { error: { code?: string; message: string } }).error;
+}
+
+/** Things a peer test starts and must stop, in reverse order (agents before their caches). */
+export type Closers = Array<() => Promise<unknown> | unknown>;
+
+/** A control plane on SQLite in memory, leases of 2 s; stopped by `closers` (or `close`). */
+export async function startTestControlPlane(closers: Closers): Promise<{ url: string; close: () => Promise<void> }> {
+  const store = new SqliteStore(':memory:');
+  const app = await buildControlPlane({ store, leaseTtlMs: 2_000 });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  let closed = false;
+  const close = async (): Promise<void> => {
+    if (closed) return;
+    closed = true;
+    await app.close();
+    await store.close();
+  };
+  closers.push(close);
+  return { url, close };
+}
+
+/** A node's agent over `cacheDir`, registered with the control plane before it returns. */
+export async function startTestAgent(closers: Closers, cp: string, id: string, cacheDir: string): Promise<Agent> {
+  const agent = await Agent.start({
+    controlPlane: cp,
+    cacheRoot: cacheDir,
+    nodeId: id,
+    listen: { host: '127.0.0.1', port: 0 },
+    scanIntervalMs: 200,
+    log: () => undefined,
+  });
+  closers.push(() => agent.stop(0));
+  await waitFor(`${id} registered`, () => agent.isRegistered);
+  return agent;
 }

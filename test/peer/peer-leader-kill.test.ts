@@ -10,11 +10,10 @@ import { OriginServer } from '../../bench/origin/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';
-import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
-import { buildControlPlane } from '../../src/control-plane/server.js';
 import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { collect, randomContent, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
+import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
 
 const SIZE = 40 * 1024 * 1024 + 777; // three pieces
 const content = randomContent(SIZE);
@@ -25,28 +24,11 @@ after(async () => {
 const dir = tempDir('loom-leader-kill-');
 
 async function controlPlane(): Promise<string> {
-  const store = new SqliteStore(':memory:');
-  const app = await buildControlPlane({ store, leaseTtlMs: 2_000 });
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
-  closers.push(async () => {
-    await app.close();
-    await store.close();
-  });
-  return url;
+  return (await startTestControlPlane(closers)).url;
 }
 
-async function agentFor(cp: string, id: string, cacheDir: string): Promise<Agent> {
-  const agent = await Agent.start({
-    controlPlane: cp,
-    cacheRoot: cacheDir,
-    nodeId: id,
-    listen: { host: '127.0.0.1', port: 0 },
-    scanIntervalMs: 200,
-    log: () => undefined,
-  });
-  closers.push(() => agent.stop(0));
-  await waitFor(`${id} registered`, () => agent.isRegistered);
-  return agent;
+function agentFor(cp: string, id: string, cacheDir: string): Promise<Agent> {
+  return startTestAgent(closers, cp, id, cacheDir);
 }
 
 async function leaderKilled(wholeNode: boolean): Promise<void> {

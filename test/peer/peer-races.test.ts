@@ -8,11 +8,10 @@ import { OriginServer } from '../../bench/origin/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';
-import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
-import { buildControlPlane } from '../../src/control-plane/server.js';
 import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
+import { startTestControlPlane } from './peer-fixtures.js';
 
 const SIZE = 20 * 1024 * 1024 + 321; // two pieces
 const content = randomContent(SIZE);
@@ -22,19 +21,8 @@ after(async () => {
 });
 const dir = tempDir('loom-peer-races-');
 
-async function controlPlane(): Promise<{ url: string; close: () => Promise<void> }> {
-  const store = new SqliteStore(':memory:');
-  const app = await buildControlPlane({ store, leaseTtlMs: 2_000 });
-  const url = await app.listen({ host: '127.0.0.1', port: 0 });
-  let closed = false;
-  const close = async (): Promise<void> => {
-    if (closed) return;
-    closed = true;
-    await app.close();
-    await store.close();
-  };
-  closers.push(close);
-  return { url, close };
+function controlPlane(): Promise<{ url: string; close: () => Promise<void> }> {
+  return startTestControlPlane(closers);
 }
 
 async function slowOrigin(bytesPerSecond = 512 * 1024): Promise<{ origin: OriginServer; url: string }> {
