@@ -318,7 +318,9 @@ describe('fetchFile', () => {
   });
 
   it('stops on abort, keeps the journal, and a second run fetches only the rest', async () => {
-    const server = await origin({ rateLimitBytesPerSecond: 2 * 1024 * 1024 });
+    // Slow enough that the abort always lands mid-download: with early opens two workers hold
+    // up to four connections, and at 2 MiB/s each an idle machine finished before the abort.
+    const server = await origin({ rateLimitBytesPerSecond: 512 * 1024 });
     server.setFile('/abort.bin', content.bytes);
     const out = join(dir, 'abort.bin');
     await interruptedFetch(server.url('/abort.bin'), out, 700);
@@ -334,7 +336,7 @@ describe('fetchFile', () => {
   });
 
   it('discards the journal when the validator changed between runs', async () => {
-    const server = await origin({ rateLimitBytesPerSecond: 2 * 1024 * 1024 });
+    const server = await origin({ rateLimitBytesPerSecond: 512 * 1024 });
     server.setFile('/changed.bin', content.bytes);
     const out = join(dir, 'changed.bin');
     await interruptedFetch(server.url('/changed.bin'), out, 500);
