@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { RedisStore } from '../src/control-plane/redis-store.js';
 import { SqliteStore } from '../src/control-plane/sqlite-store.js';
 import { buildControlPlane, type RegistryStore } from '../src/index.js';
-import { hasCommand, printTable, runChecked } from './lib.js';
+import { printTable, requireCommand, runChecked } from './lib.js';
 
 const NODES = 10_000;
 const BLOBS = 1_000;
@@ -124,7 +124,7 @@ async function measure(kind: 'sqlite' | 'redis'): Promise<Record<string, string 
 }
 
 export async function locateScenario(): Promise<Record<string, unknown>> {
-  if (!hasCommand('wrk')) throw new Error('the locate benchmark needs wrk (apt-get install wrk)');
+  requireCommand('wrk', 'apt-get install wrk');
   const kinds = (process.env.LOOM_BENCH_STORES ?? 'sqlite,redis').split(',') as Array<'sqlite' | 'redis'>;
   const rows = [];
   for (const kind of kinds) rows.push(await measure(kind));

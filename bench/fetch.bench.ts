@@ -17,6 +17,7 @@ import {
   median,
   printTable,
   ratio,
+  requireCommand,
   runChecked,
   type CommandRun,
 } from './lib.js';
@@ -134,7 +135,7 @@ export async function objectStoreScenario(size = GiB): Promise<Record<string, un
 
 export async function loopbackScenario(size = GiB): Promise<Record<string, unknown>> {
   mkdirSync(OUT_DIR, { recursive: true });
-  if (!hasCommand('nginx')) throw new Error('the loopback scenario needs nginx (apt-get install nginx-light)');
+  requireCommand('nginx', 'apt-get install nginx-light');
   const file = dataFile(`plain-${size}.bin`, size);
   const ca = makeTestCa();
   const nginx = await startNginx(DATA_DIR, { cert: ca.serverCert, key: ca.serverKey });
@@ -242,3 +243,6 @@ export async function clientScenario(size = GiB): Promise<Record<string, unknown
     nginx.stop();
   }
 }
+
+// The workers sweep (workers-sweep.bench.ts) races the same contenders.
+export { loom, curl, OUT_DIR };

@@ -265,3 +265,6 @@ async function withBadPeer(
 export const fleetScenarios = {
   fleet: () => fleetScenario(),
 };
+
+// The fleet-size sweep (fleet-sweep.bench.ts) starts fleets the same way.
+export { ORIGIN, makeNodes, runFleet, startAgent, stopAgent, startControlPlane, waitForNodes, type Node };

@@ -35,6 +35,23 @@ export function hasCommand(name: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${name}`]).status === 0;
 }
 
+/**
+ * Thrown by a scenario that cannot run here (a tool not installed): `npm run bench` reports
+ * it as skipped and goes on, rather than failing the whole run.
+ */
+export class BenchSkipped extends Error {
+  readonly code = 'LOOM_BENCH_SKIPPED';
+  constructor(reason: string) {
+    super(reason);
+    this.name = 'BenchSkipped';
+  }
+}
+
+/** Skips the calling scenario when `name` is not on the PATH; `install` says how to get it. */
+export function requireCommand(name: string, install: string): void {
+  if (!hasCommand(name)) throw new BenchSkipped(`${name} is not installed (${install})`);
+}
+
 export interface CommandRun {
   seconds: number;
   /** Peak resident set size in KiB, from the kernel's VmHWM. */

@@ -4,6 +4,7 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { requireCommand } from '../lib.js';
 import { freePort } from './ports.js';
 
 export interface NginxOrigin {
@@ -13,6 +14,7 @@ export interface NginxOrigin {
 }
 
 export async function startNginx(root: string, tls: { cert: string; key: string }): Promise<NginxOrigin> {
+  requireCommand('nginx', 'apt-get install nginx-light');
   const dir = mkdtempSync(join(tmpdir(), 'loom-nginx-'));
   const [httpPort, httpsPort] = [await freePort(), await freePort()];
   writeFileSync(join(dir, 'cert.pem'), tls.cert);
