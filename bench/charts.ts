@@ -190,14 +190,15 @@ export async function toSvg(spec: TopLevelSpec): Promise<string> {
 }
 
 /**
- * Draws the charts of `scenarios`, each from `docs[scenario]` or else its newest document;
- * returns the SVG files written.
+ * Draws the charts of `scenarios` into `outDir`, each from `docs[scenario]` or else its
+ * newest document; returns the SVG files written.
  */
 export async function renderCharts(
   scenarios: string[] = Object.keys(CHARTS),
   docs: Record<string, ResultDocument> = {},
+  outDir = CHARTS_DIR,
 ): Promise<string[]> {
-  mkdirSync(CHARTS_DIR, { recursive: true });
+  mkdirSync(outDir, { recursive: true });
   const written: string[] = [];
   for (const scenario of scenarios) {
     const chart = CHARTS[scenario]!;
@@ -206,7 +207,7 @@ export async function renderCharts(
       console.log(`${scenario}: no results in ${relative(ROOT, RESULTS_DIR)}/ (npm run bench -- ${scenario})`);
       continue;
     }
-    const path = join(CHARTS_DIR, chart.file);
+    const path = join(outDir, chart.file);
     writeFileSync(path, `${await toSvg(chart.spec(doc))}\n`);
     written.push(path);
   }
