@@ -167,7 +167,13 @@ export async function fetchCached(
       }
     }
 
-    const cached = await usableEntry(index, layout, key, status);
+    // The row as this process judges it: any other row found later was recorded by another
+    // process's download since, and is taken instead of downloading again. (Compared by
+    // identity, not by clock: a process may spend any time between this look and the lock.)
+    const seen = index.source(key);
+    const recordedSince = (entry: SourceEntry) =>
+      seen === undefined || entry.fetchedAt !== seen.fetchedAt || entry.digest !== seen.digest;
+    const cached = seen && (await usableEntry(index, layout, key, status, seen));
     // A cached copy of other bytes than the digest asked for is not an answer: download and verify.
     if (
       cached &&
@@ -184,24 +190,19 @@ export async function fetchCached(
       import('../fetch/download.js'),
       import('../fetch/journal.js'),
     ]);
-    const waitStarted = Date.now();
     const lock = await acquireSourceLock(layout, key, {
       signal: resolved.signal,
       onWait: () => status('waiting for another process on this node that is downloading it'),
       onOwnerGone: (pid) => status(`the process that was downloading it (pid ${pid}) is gone; taking over its partial`),
       isDone: async () => {
         const entry = await usableEntry(index, layout, key);
-        return entry !== undefined && entry.fetchedAt >= waitStarted;
+        return entry !== undefined && recordedSince(entry);
       },
     });
     if (lock === 'done') return await serveWaited((await usableEntry(index, layout, key))!);
 
     let download: DownloadResult | BlobDownloadResult;
     try {
-      // The lock may have been released by a process that finished just now.
-      const justFetched = await usableEntry(index, layout, key);
-      if (justFetched && justFetched.fetchedAt >= waitStarted) return await serveWaited(justFetched);
-
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
       const fromOrigin = async (): Promise<DownloadResult> => {
         const part = `${layout.tmp}/${keyHash(key)}.part`;
@@ -280,8 +281,8 @@ async function usableEntry(
   layout: CacheLayout,
   key: string,
   status?: (message: string) => void,
+  entry = index.source(key),
 ): Promise<SourceEntry | undefined> {
-  const entry = index.source(key);
   if (!entry) return undefined;
   const stamp = await checkedBlob(index, layout, entry.digest, entry.size, entry.stamp, status);
   return stamp ? { ...entry, stamp } : undefined;
