@@ -211,6 +211,7 @@ describe('downloadBlob', () => {
     assert.deepEqual(verified, [[0, expected.pieces[0]]], 'the prefix passed the one 16 MiB piece');
     assert.equal(a.bytesServed + b.bytesServed, SIZE);
     assert.ok(result.stats.lastByteToDigestSeconds !== undefined, 'seconds from last byte to digest recorded');
+    assert.equal(existsSync(`${part}.journal`), false, 'the engine removes its journal once the part is complete');
   });
 
   it('fails with LOOM_ERR_NO_SOURCE, not a hang, when no source has a piece', async () => {
