@@ -19,13 +19,14 @@ import { resolveCacheRoot } from './cache-root.js';
 import { isFresh, isOriginRefusal, type FreshnessCheck } from './freshness.js';
 import { NodeCache, type CachedCopy, type Claim, type OpenNodeCache } from './node-cache.js';
 import { cacheKey } from './source-key.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 export interface CacheOptions {
   /** Cache root. Default: LOOM_CACHE_DIR, else $XDG_CACHE_HOME/loom, else ~/.cache/loom. */
   cacheDir?: string;
   /** Serve a cached copy without asking the origin. Default: LOOM_OFFLINE=1. */
   offline?: boolean;
-  /** How long the freshness check may take before the cached copy is served. Default 5 s. */
+  /** How long the freshness check may take before the cached copy is served. Default DEFAULTS.cache. */
   revalidateTimeoutMs?: number;
   /** Human status lines (waiting for another process, cache unusable, stale copy served). */
   onStatus?: (message: string) => void;
@@ -57,7 +58,7 @@ export async function fetchCached(
   const source = sourceFor(url, sourceOptionsOf(resolved));
   const freshness: FreshnessCheck = {
     offline: offline ?? process.env.LOOM_OFFLINE === '1',
-    timeoutMs: revalidateTimeoutMs ?? 5_000,
+    timeoutMs: revalidateTimeoutMs ?? DEFAULTS.cache.revalidateTimeoutMs,
     status,
     signal: resolved.signal,
   };
