@@ -19,7 +19,7 @@ import {
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { hintPath } from '../../src/cache/hit-hints.js';
 import { acquireSourceLock, keyHash, lockHolderPid } from '../../src/cache/single-flight.js';

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../../src/core/manifest.js';
 import { downloadBlob, startBlobDownload, type SourceSlot } from '../../src/fetch/download.js';
 import { resolveFetchOptions } from '../../src/fetch/options.js';
