@@ -3,7 +3,7 @@
 // the same file at once.
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { OriginServer } from './origin/origin-server.js';
+import { OriginServer } from '../test/support/origin-server.js';
 import { DATA_DIR, GiB, LOOM_BIN, dataFile, median, printTable, ratio, runChecked, runCommand } from './lib.js';
 
 const OUT_DIR = join(DATA_DIR, 'out');

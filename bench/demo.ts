@@ -14,8 +14,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { formatBytes, parseSize } from '../src/core/units.js';
-import { OriginServer } from './origin/origin-server.js';
-import { freePort } from './origin/ports.js';
+import { OriginServer } from '../test/support/origin-server.js';
+import { freePort } from '../test/support/ports.js';
 import { LOOM_BIN, MiB } from './lib.js';
 
 const { values: flags } = parseArgs({ options: { size: { type: 'string', default: '1GiB' } } });

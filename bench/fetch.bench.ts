@@ -3,9 +3,9 @@
 // across worker counts and file sizes.
 import { rmSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { OriginServer } from './origin/origin-server.js';
+import { OriginServer } from '../test/support/origin-server.js';
 import { startNginx } from './origin/nginx.js';
-import { makeTestCa } from './origin/test-ca.js';
+import { makeTestCa } from '../test/support/test-ca.js';
 import {
   DATA_DIR,
   GiB,

@@ -6,7 +6,7 @@
 // a 2-core machine, where every node is two processes.
 import { rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { OriginServer } from './origin/origin-server.js';
+import { OriginServer } from '../test/support/origin-server.js';
 import {
   ORIGIN,
   makeNodes,

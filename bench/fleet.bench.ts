@@ -6,8 +6,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, mkdirSync, openSync, rmSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
-import { OriginServer } from './origin/origin-server.js';
-import { freePort } from './origin/ports.js';
+import { OriginServer } from '../test/support/origin-server.js';
+import { freePort } from '../test/support/ports.js';
 import { DATA_DIR, LOOM_BIN, MiB, dataFile, median, printTable, runCommand, type CommandRun } from './lib.js';
 
 const SIZE = Number(process.env.LOOM_BENCH_FLEET_MIB ?? 512) * MiB;

@@ -5,7 +5,7 @@
 // minutes on a 2-core machine.
 import { mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { OriginServer } from './origin/origin-server.js';
+import { OriginServer } from '../test/support/origin-server.js';
 import { OUT_DIR, curl, loom } from './fetch.bench.js';
 import {
   MiB,

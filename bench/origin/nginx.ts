@@ -4,8 +4,8 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { freePort } from '../../test/support/ports.js';
 import { requireCommand } from '../lib.js';
-import { freePort } from './ports.js';
 
 export interface NginxOrigin {
   httpUrl: (file: string) => string;

@@ -38,3 +38,8 @@ export function cacheLayout(root: string): CacheLayout {
 export function blobPath(layout: CacheLayout, digest: string): string {
   return join(layout.blobs, digest);
 }
+
+/** `tmp/<name>.part`: a download in progress, named by its source's key hash or its blob's digest. */
+export function partPath(layout: CacheLayout, name: string): string {
+  return join(layout.tmp, `${name}.part`);
+}

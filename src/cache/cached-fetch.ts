@@ -14,21 +14,19 @@ import type { FetchResult } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from '../fetch/options.js';
 import { sourceFor } from '../sources/index.js';
 import type { Validator } from '../sources/source.js';
-import { checkedBlob, recordLinkInHint, recordLinkInIndex } from './blob-check.js';
-import { currentStamp, sameStamp } from './blob-identity.js';
-import { adoptBlob, ensureLayout, materialize, withBlobInUse, type Materialization } from './blob-store.js';
-import type { CacheIndex, SourceEntry } from './cache-index.js';
-import { cacheLayout, resolveCacheRoot, type CacheLayout } from './cache-root.js';
+import type { Materialization } from './blob-store.js';
+import { resolveCacheRoot } from './cache-root.js';
 import { isFresh, isOriginRefusal, type FreshnessCheck } from './freshness.js';
-import { readHint, recordHintUse, type HitHint } from './hit-hints.js';
-import { cacheKey, credentialsAllow } from './source-key.js';
+import { NodeCache, type CachedCopy, type Claim, type OpenNodeCache } from './node-cache.js';
+import { cacheKey } from './source-key.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 export interface CacheOptions {
   /** Cache root. Default: LOOM_CACHE_DIR, else $XDG_CACHE_HOME/loom, else ~/.cache/loom. */
   cacheDir?: string;
   /** Serve a cached copy without asking the origin. Default: LOOM_OFFLINE=1. */
   offline?: boolean;
-  /** How long the freshness check may take before the cached copy is served. Default 5 s. */
+  /** How long the freshness check may take before the cached copy is served. Default DEFAULTS.cache. */
   revalidateTimeoutMs?: number;
   /** Human status lines (waiting for another process, cache unusable, stale copy served). */
   onStatus?: (message: string) => void;
@@ -54,13 +52,13 @@ export async function fetchCached(
   const { cacheDir, offline, revalidateTimeoutMs, onStatus, planner, ...fetchOptions } = options;
   const resolved = resolveFetchOptions(fetchOptions);
   const started = performance.now();
-  const layout = cacheLayout(resolveCacheRoot(cacheDir));
   const key = cacheKey(url, resolved.headers);
   const status = onStatus ?? (() => undefined);
+  const node = new NodeCache(resolveCacheRoot(cacheDir), status);
   const source = sourceFor(url, sourceOptionsOf(resolved));
   const freshness: FreshnessCheck = {
     offline: offline ?? process.env.LOOM_OFFLINE === '1',
-    timeoutMs: revalidateTimeoutMs ?? 5_000,
+    timeoutMs: revalidateTimeoutMs ?? DEFAULTS.cache.revalidateTimeoutMs,
     status,
     signal: resolved.signal,
   };
@@ -95,13 +93,10 @@ export async function fetchCached(
   let staleValidator: Validator | undefined;
   try {
     // The common case first, without SQLite: a hint names the blob and the origin confirms it.
-    const hinted = hintedEntry(layout, key, resolved.expectedSha256);
+    const hinted = node.lookupHint(key, resolved.expectedSha256);
     if (hinted) {
       if (resolved.expectedSha256 !== undefined || (await isFresh(hinted.validator, source, freshness))) {
-        const materialization = await withBlobInUse(layout, hinted.digest, () =>
-          materialize(layout, hinted.digest, out, recordLinkInHint(layout, hinted)),
-        );
-        recordHintUse(layout, key);
+        const materialization = await node.place(hinted, out);
         source.close();
         return hit(hinted, materialization, false);
       }
@@ -115,33 +110,18 @@ export async function fetchCached(
     // Anything amiss with the hint: the index below decides.
   }
 
-  let index: CacheIndex;
+  let cache: OpenNodeCache;
   try {
-    await ensureLayout(layout);
-    const { CacheIndex } = await import('./cache-index.js');
-    // An index write refused (a full disk) does not cost the user the download it records.
-    index = new CacheIndex(layout, { onWriteFailure: (err) => status(`${err.message}; the file is delivered anyway`) });
+    cache = await node.open();
   } catch (err) {
     source.close();
     status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
     return bypass(url, out, fetchOptions);
   }
 
-  const serve = async (
-    entry: SourceEntry | { digest: string; size: number; validator: Validator },
-    waited: boolean,
-  ) => {
-    const materialization = await withBlobInUse(layout, entry.digest, () =>
-      materialize(layout, entry.digest, out, recordLinkInIndex(index, entry.digest)),
-    );
-    index.touch(entry.digest, key);
-    // The row as it is now: the link above may have restamped it.
-    const row = 'key' in entry ? index.source(entry.key) : undefined;
-    if (row) index.restoreHint(row);
-    return hit(entry, materialization, waited);
-  };
+  const serve = async (copy: CachedCopy, waited: boolean) => hit(copy, await cache.place(copy, out), waited);
   // What another process downloaded while this one waited: the digest asked for, or an error.
-  const serveWaited = (entry: SourceEntry) => {
+  const serveWaited = (entry: CachedCopy) => {
     const expected = resolved.expectedSha256;
     if (expected !== undefined && entry.digest !== expected) {
       throw new DigestMismatchError(
@@ -157,17 +137,14 @@ export async function fetchCached(
     // A digest the fleet records for this source: its blob may be here already (another URL).
     const known = expected ?? (planner ? await planner.knownDigest(url) : undefined);
     if (known) {
-      const blob = index.blob(known);
-      if (
-        blob &&
-        credentialsAllow(blob.sources, key) &&
-        (await checkedBlob(index, layout, known, blob.size, blob.stamp, status))
-      ) {
-        return await serve({ digest: known, size: blob.size, validator: {} }, false);
-      }
+      const blob = await cache.lookupBlob(known, key);
+      if (blob) return await serve(blob, false);
     }
 
-    const cached = await usableEntry(index, layout, key, status);
+    // The row as this process judges it: any other row found later was recorded by another
+    // process's download since, and is taken instead of downloading again.
+    const seen = await cache.lookup(key);
+    const cached = seen.copy;
     // A cached copy of other bytes than the digest asked for is not an answer: download and verify.
     if (
       cached &&
@@ -179,42 +156,38 @@ export async function fetchCached(
     }
 
     // A miss: load the download engine and the lock (a hit never pays for them).
-    const [{ acquireSourceLock, keyHash }, { downloadToPart }, { journalPathFor, removeJournal }] = await Promise.all([
-      import('./single-flight.js'),
-      import('../fetch/download.js'),
-      import('../fetch/journal.js'),
-    ]);
-    const waitStarted = Date.now();
-    const lock = await acquireSourceLock(layout, key, {
-      signal: resolved.signal,
-      onWait: () => status('waiting for another process on this node that is downloading it'),
-      onOwnerGone: (pid) => status(`the process that was downloading it (pid ${pid}) is gone; taking over its partial`),
-      isDone: async () => {
-        const entry = await usableEntry(index, layout, key);
-        return entry !== undefined && entry.fetchedAt >= waitStarted;
-      },
-    });
-    if (lock === 'done') return await serveWaited((await usableEntry(index, layout, key))!);
+    const { downloadToPart } = await import('../fetch/download.js');
+    let lock: Claim | 'done';
+    for (;;) {
+      lock = await cache.claim(key, {
+        signal: resolved.signal,
+        onWait: () => status('waiting for another process on this node that is downloading it'),
+        onOwnerGone: (pid) =>
+          status(`the process that was downloading it (pid ${pid}) is gone; taking over its partial`),
+        isDone: async () => (await cache.recordedSince(key, seen)) !== undefined,
+      });
+      if (lock !== 'done') break;
+      // Unless it was removed since (gc), between the two looks.
+      const finished = await cache.recordedSince(key, seen);
+      if (finished) return await serveWaited(finished);
+    }
 
     let download: DownloadResult | BlobDownloadResult;
+    let admitted: CachedCopy;
     try {
-      // The lock may have been released by a process that finished just now.
-      const justFetched = await usableEntry(index, layout, key);
-      if (justFetched && justFetched.fetchedAt >= waitStarted) return await serveWaited(justFetched);
-
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
+      // The part file a download from the origin leaves for admit to store (a planned
+      // download stores its blob itself).
+      let part: string | undefined;
       const fromOrigin = async (): Promise<DownloadResult> => {
-        const part = `${layout.tmp}/${keyHash(key)}.part`;
-        const done = await downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
-        await adoptBlob(layout, part, done.sha256!);
-        await removeJournal(journalPathFor(part));
-        return done;
+        part = lock.part;
+        return downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
       };
       const plan = planner ? await planner.plan({ url, origin: source, pinned: expected }) : undefined;
       if (plan) {
         const { downloadWithPlan } = await import('./planned-download.js');
         try {
-          download = await downloadWithPlan(layout, plan, { ...resolved, computeSha256: true, signal });
+          download = await downloadWithPlan(cache.layout, plan, { ...resolved, computeSha256: true, signal });
         } catch (err) {
           // A follower whose leader finished (or vanished) between two looks: ask the fleet
           // once more; it now knows the blob, or hands this node the lease.
@@ -223,49 +196,34 @@ export async function fetchCached(
           status(`${(err as Error).message}; asking the fleet again`);
           const again = await planner!.plan({ url, origin: source, pinned: expected });
           download = again
-            ? await downloadWithPlan(layout, again, { ...resolved, computeSha256: true, signal })
+            ? await downloadWithPlan(cache.layout, again, { ...resolved, computeSha256: true, signal })
             : await fromOrigin();
         }
       } else {
         download = await fromOrigin();
       }
-      index.recordFetch(key, download.sha256!, download.size, download.validator);
+      admitted = await cache.admit(key, { ...download, sha256: download.sha256! }, part);
     } finally {
       await lock.release();
     }
-    const digest = download.sha256!;
-    const materialization = await withBlobInUse(layout, digest, () =>
-      materialize(layout, digest, out, recordLinkInIndex(index, digest)),
-    );
+    const materialization = await cache.place(admitted, out);
     return result({ ...download, cache: 'miss', materialization, waited: false });
   } catch (err) {
-    const sharedFull = fullDiskSharedWithOut(err, layout, out);
+    const sharedFull = fullDiskSharedWithOut(err, cache.root, out);
     if (sharedFull) throw sharedFull;
-    if (isCacheSideFailure(err, layout)) {
+    if (isCacheSideFailure(err, cache.root)) {
       status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
       return bypass(url, out, fetchOptions);
     }
     throw err;
   } finally {
     source.close();
-    index.close();
+    cache.close();
   }
 }
 
 function sameValidator(a: Validator, b: Validator | undefined): boolean {
   return b !== undefined && a.etag === b.etag && a.lastModified === b.lastModified;
-}
-
-/**
- * The hinted entry for `key` when its blob is on disk at the hinted size, exactly as the hint
- * recorded it (inode, mtime, ctime), and is the digest asked for, if one was. Anything else
- * goes to the index, which rehashes a blob that looks changed.
- */
-function hintedEntry(layout: CacheLayout, key: string, expected: string | undefined): HitHint | undefined {
-  const hint = readHint(layout, key);
-  if (!hint || (expected !== undefined && hint.digest !== expected)) return undefined;
-  const now = currentStamp(layout, hint.digest);
-  return now?.size === hint.size && sameStamp(now, hint.stamp) ? hint : undefined;
 }
 
 async function bypass(url: string, out: string, options: FetchOptions): Promise<CachedFetchResult> {
@@ -274,44 +232,28 @@ async function bypass(url: string, out: string, options: FetchOptions): Promise<
   return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
 }
 
-/** The index entry for `key` when its blob is on disk and intact (blob-check.ts). */
-async function usableEntry(
-  index: CacheIndex,
-  layout: CacheLayout,
-  key: string,
-  status?: (message: string) => void,
-): Promise<SourceEntry | undefined> {
-  const entry = index.source(key);
-  if (!entry) return undefined;
-  const stamp = await checkedBlob(index, layout, entry.digest, entry.size, entry.stamp, status);
-  return stamp ? { ...entry, stamp } : undefined;
-}
-
 /**
  * A full disk under the cache that also holds the output: a download straight to the output
  * would fail the same way after fetching the same bytes again, so the error is final.
  */
-function fullDiskSharedWithOut(err: unknown, layout: CacheLayout, out: string): DiskFullError | undefined {
-  if (!(err instanceof DiskFullError) || !err.path?.startsWith(layout.root)) return undefined;
+function fullDiskSharedWithOut(err: unknown, root: string, out: string): DiskFullError | undefined {
+  if (!(err instanceof DiskFullError) || !err.path?.startsWith(root)) return undefined;
   try {
-    if (statSync(layout.root).dev !== statSync(dirname(resolve(out))).dev) return undefined;
+    if (statSync(root).dev !== statSync(dirname(resolve(out))).dev) return undefined;
   } catch {
     return undefined;
   }
-  return new DiskFullError(
-    `the file system holding both the cache ${layout.root} and ${out} is full (${err.message})`,
-    {
-      path: err.path,
-      cause: err,
-    },
-  );
+  return new DiskFullError(`the file system holding both the cache ${root} and ${out} is full (${err.message})`, {
+    path: err.path,
+    cause: err,
+  });
 }
 
 /** Failures of the cache's own disk or locks, after which a direct download can still work. */
-function isCacheSideFailure(err: unknown, layout: CacheLayout): boolean {
+function isCacheSideFailure(err: unknown, root: string): boolean {
   if (err instanceof CacheError) return true;
   if (err instanceof DiskFullError || err instanceof DiskAccessError) {
-    return (err as LoomError).path?.startsWith(layout.root) ?? false;
+    return (err as LoomError).path?.startsWith(root) ?? false;
   }
   return false;
 }

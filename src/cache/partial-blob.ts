@@ -6,7 +6,7 @@
 // of one and a fast download does not spend its time rewriting it.
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { CacheLayout } from './cache-root.js';
+import { partPath, type CacheLayout } from './cache-root.js';
 
 /** What `tmp/<id>.pieces.json` holds. */
 export interface PartialBlobState {
@@ -21,7 +21,7 @@ export interface PartialBlobState {
 }
 
 export function partialPartPath(layout: CacheLayout, id: string): string {
-  return join(layout.tmp, `${id}.part`);
+  return partPath(layout, id);
 }
 
 export function partialRecordPath(layout: CacheLayout, id: string): string {

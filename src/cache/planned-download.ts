@@ -16,10 +16,7 @@ export async function downloadWithPlan(
   plan: PlannedDownload,
   options: DownloadOptions,
 ): Promise<BlobDownloadResult> {
-  const [{ startBlobDownload }, { journalPathFor, removeJournal }] = await Promise.all([
-    import('../fetch/download.js'),
-    import('../fetch/journal.js'),
-  ]);
+  const { startBlobDownload, discardPart } = await import('../fetch/download.js');
   const part = partialPartPath(layout, plan.id);
   const manifest = plan.expected.manifest;
   let size = plan.expected.size;
@@ -73,13 +70,11 @@ export async function downloadWithPlan(
       // Bytes that could not be trusted (or checked: complete, but refused by the planner)
       // are not kept for a resume either.
       if ((err as { code?: string }).code === 'LOOM_ERR_DIGEST_MISMATCH' || result !== undefined) {
-        rmSync(part, { force: true });
-        await removeJournal(journalPathFor(part));
+        await discardPart(part);
       }
       throw err;
     }
     await adoptBlob(layout, part, result.sha256!);
-    await removeJournal(journalPathFor(part));
     if (result.manifest) keepManifest(layout, result, plan.verifiedAgainst);
     return result;
   } finally {

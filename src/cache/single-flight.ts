@@ -31,7 +31,11 @@ export interface WaitOptions {
   onWait?: () => void;
   /** Called when the lock comes free because the process holding it died. */
   onOwnerGone?: (pid: number) => void;
-  /** Polled while waiting, and once the lock is taken: true when another process has finished the work. */
+  /**
+   * Polled while waiting, and once more when the lock is taken (waited for or not: the owner
+   * may have finished between the caller's look and its first try): true when another process
+   * has finished the work.
+   */
   isDone: () => Promise<boolean>;
   pollMs?: number;
 }
@@ -161,7 +165,7 @@ export async function acquireSourceLock(
     if (options.signal?.aborted) throw new AbortedError('cancelled while waiting for another download');
     const db = tryLock(DatabaseClass, path);
     if (db) {
-      if (announced && (await options.isDone().catch(() => false))) {
+      if (await options.isDone().catch(() => false)) {
         unlock(db);
         return 'done';
       }

@@ -5,6 +5,7 @@ import { EXIT, UsageError } from '../core/errors.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { parseListen, readToken } from './control-plane-command.js';
 import { reportError } from './output.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 interface AgentFlags {
   controlPlane?: string;
@@ -39,7 +40,7 @@ export function agentCommand(): Command {
   return new Command('agent')
     .description("serve this node's cache to peers and announce it to the control plane")
     .option('--control-plane <url>', 'control plane URL (env LOOM_CONTROL_PLANE)')
-    .option('--listen <host:port>', 'address to serve peers on', '0.0.0.0:7071')
+    .option('--listen <host:port>', 'address to serve peers on', DEFAULTS.agent.listen)
     .option('--advertise <url>', 'URL peers reach this agent at (default: the listen address, or the host name)')
     .option('--node-id <id>', 'this node in the control plane (env LOOM_NODE_ID; default: the host name)')
     .option('--zone <zone>', 'zone of this node; peers in the same zone are preferred')
@@ -48,7 +49,7 @@ export function agentCommand(): Command {
       '--peer-token-file <file>',
       'bearer token peers must present instead of the --token-file one (env LOOM_PEER_TOKEN)',
     )
-    .option('--max-uploads <n>', 'uploads at once; above it peers get 503 (default 64)')
+    .option('--max-uploads <n>', `uploads at once; above it peers get 503 (default ${DEFAULTS.agent.maxUploads})`)
     .option('--cache-dir <dir>', 'cache root (env LOOM_CACHE_DIR)')
     .action(async (flags: AgentFlags) => {
       try {

@@ -5,6 +5,9 @@ import { EXIT, UsageError } from '../core/errors.js';
 import { parseDuration } from '../core/units.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { reportError } from './output.js';
+import { DEFAULTS, shownDefault } from '../core/defaults.js';
+
+const shown = (name: keyof typeof DEFAULTS.controlPlane): string => shownDefault(name, DEFAULTS.controlPlane[name]);
 
 interface ControlPlaneFlags {
   listen: string;
@@ -46,7 +49,7 @@ export function readToken(file: string): string {
 export function controlPlaneCommand(): Command {
   return new Command('control-plane')
     .description('run the registry of which node holds which blob')
-    .option('--listen <host:port>', 'address to listen on', '127.0.0.1:7070')
+    .option('--listen <host:port>', 'address to listen on', DEFAULTS.controlPlane.listen)
     .option('--store <spec>', 'sqlite:PATH or redis://HOST:PORT/DB (default: SQLite under the cache root)')
     .option(
       '--token-file <file>',
@@ -57,14 +60,20 @@ export function controlPlaneCommand(): Command {
       '--cluster-secret <secret>',
       'per-node tokens hex(HMAC-SHA256(secret, "loom-node:" + id)): a node may write only as itself (env LOOM_CLUSTER_SECRET)',
     )
-    .option('--node-ttl <duration>', 'how long a heartbeat keeps a node live (default 30s)')
-    .option('--partial-ttl <duration>', 'a partial replica not updated for this long is not located (default 30s)')
-    .option('--lease-ttl <duration>', 'how long an origin-fetch lease lasts unless renewed (default 5s)')
+    .option('--node-ttl <duration>', `how long a heartbeat keeps a node live (default ${shown('nodeTtlMs')})`)
+    .option(
+      '--partial-ttl <duration>',
+      `a partial replica not updated for this long is not located (default ${shown('partialTtlMs')})`,
+    )
+    .option(
+      '--lease-ttl <duration>',
+      `how long an origin-fetch lease lasts unless renewed (default ${shown('leaseTtlMs')})`,
+    )
     .option(
       '--legacy-ttl <duration>',
       'expire /register registrations after this long unless repeated (default: never, as the original tool)',
     )
-    .option('--redis-prefix <prefix>', 'prefix of every Redis key (default loom)')
+    .option('--redis-prefix <prefix>', `prefix of every Redis key (default ${DEFAULTS.controlPlane.redisPrefix})`)
     .option('--cache-dir <dir>', 'cache root, where the default SQLite store lives')
     .option('--log', 'log every request (JSON, pino)')
     .action(async (flags: ControlPlaneFlags) => {

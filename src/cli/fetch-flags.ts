@@ -4,7 +4,7 @@
 // the output path and the fetch options.
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
-import { DEFAULTS } from '../core/defaults.js';
+import { DEFAULTS, shownDefault } from '../core/defaults.js';
 import { UsageError } from '../core/errors.js';
 import { parseDuration, parseSize } from '../core/units.js';
 import type { FetchOptions } from '../fetch/options.js';
@@ -44,7 +44,7 @@ export type ProgressMode = 'auto' | 'bar' | 'lines' | 'none';
 const PROGRESS_MODES: readonly ProgressMode[] = ['auto', 'bar', 'lines', 'none'];
 
 /** The original tool's registry port; `loom control-plane` keeps its own default. */
-export const SERVE_LISTEN_DEFAULT = '127.0.0.1:3000';
+export const SERVE_LISTEN_DEFAULT = DEFAULTS.serveListen;
 
 export interface FlagSpec {
   /** Commander's spelling: `-w, --workers <n>`, `--no-fsync`, `--json`. */
@@ -109,7 +109,11 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
     parse: integerIn(1, DEFAULTS.maxWorkers),
     defaultValue: DEFAULTS.workers,
   },
-  { flags: '--chunk-size <size>', description: 'planning and split unit (default 10MiB)', parse: sizeArg },
+  {
+    flags: '--chunk-size <size>',
+    description: `planning and split unit (default ${shownDefault('chunkSize', DEFAULTS.chunkSize)})`,
+    parse: sizeArg,
+  },
   {
     flags: '--max-request-size <size>',
     description: 'largest single request (default: one chunk)',
@@ -120,22 +124,22 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   { flags: '--ca-cert <file>', description: 'also trust this PEM CA certificate (repeatable)', repeatable: true },
   {
     flags: '--stall-timeout <duration>',
-    description: 'abort a request that sends nothing this long; a bare number is seconds (default 30s)',
+    description: `abort a request that sends nothing this long; a bare number is seconds (default ${shownDefault('stallTimeoutMs', DEFAULTS.stallTimeoutMs)})`,
     parse: durationArg(true),
   },
   {
     flags: '--retries <n>',
-    description: 'attempts per range, the first included (default 6)',
+    description: `attempts per range, the first included (default ${DEFAULTS.retry.attempts})`,
     parse: integerIn(1, 100),
   },
   {
     flags: '--retry-base-delay <duration>',
-    description: 'first backoff ceiling, doubling per attempt; a bare number is seconds (default 1s)',
+    description: `first backoff ceiling, doubling per attempt; a bare number is seconds (default ${shownDefault('baseDelayMs', DEFAULTS.retry.baseDelayMs)})`,
     parse: durationArg(false),
   },
   {
     flags: '--max-retry-after <duration>',
-    description: 'fail rather than wait a longer Retry-After; a bare number is seconds (default 2m)',
+    description: `fail rather than wait a longer Retry-After; a bare number is seconds (default ${shownDefault('maxRetryAfterMs', DEFAULTS.retry.maxRetryAfterMs)})`,
     parse: durationArg(false),
   },
   { flags: '--no-fsync', description: 'skip the flush to disk before the rename (faster, not crash-safe)' },
@@ -151,7 +155,7 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   { flags: '-q, --quiet', description: 'print nothing but errors' },
   {
     flags: '--progress <mode>',
-    description: 'auto (a bar on a terminal, else a line every 5 s or 10%), bar, lines or none',
+    description: `auto (a bar on a terminal, else a line every ${shownDefault('progressLineIntervalMs', DEFAULTS.progressLineIntervalMs)} or 10%), bar, lines or none`,
     parse: progressArg,
     defaultValue: 'auto',
   },

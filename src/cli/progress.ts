@@ -5,6 +5,7 @@
 import type { FetchProgress } from '../fetch/download.js';
 import { formatBytes, formatRate, plural } from '../core/units.js';
 import type { ProgressMode } from './fetch-flags.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 export interface ProgressView {
   update(progress: FetchProgress): void;
@@ -239,7 +240,7 @@ function linesView(label: string, stream: Stream): ProgressView {
       const total = progress.totalBytes;
       const tenth = total ? Math.floor((10 * progress.doneBytes) / total) : 0;
       const now = performance.now();
-      const due = now - lastLineAt >= 5000 || (tenth > lastTenth && tenth < 10);
+      const due = now - lastLineAt >= DEFAULTS.progressLineIntervalMs || (tenth > lastTenth && tenth < 10);
       if (tenth > lastTenth) lastTenth = tenth;
       if (!due) return;
       lastLineAt = now;

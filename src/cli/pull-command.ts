@@ -45,7 +45,7 @@ export function pullCommand(): Command {
       '<repo>',
       'org/repo[@revision], hf://org/repo[@revision], hf://datasets/org/name or s3://bucket/prefix/ (with --out)',
     )
-    .option('--revision <rev>', 'branch, tag or commit (instead of @revision; default main)')
+    .option('--revision <rev>', `branch, tag or commit (instead of @revision; default ${DEFAULTS.hub.revision})`)
     .option('--include <glob>', 'only paths matching (repeatable); ** crosses directories', collect, [])
     .option('--exclude <glob>', 'leave out paths matching (repeatable)', collect, [])
     .option('-o, --out <dir>', 'plain files (hard links) in DIR instead of the HF cache')
@@ -62,7 +62,7 @@ export function pullCommand(): Command {
       integerIn(1, DEFAULTS.maxWorkers),
       DEFAULTS.workers,
     )
-    .option('--parallel-files <n>', 'files fetched at once, 1-64', integerIn(1, 64), 8)
+    .option('--parallel-files <n>', 'files fetched at once, 1-64', integerIn(1, 64), DEFAULTS.hub.parallelFiles)
     .option('--ca-cert <file>', 'also trust this PEM CA certificate (repeatable)', collect, [])
     .option('--no-fsync', 'skip the flush to disk before each rename')
     .option('-q, --quiet', 'print nothing but errors and the directory')

@@ -1,12 +1,11 @@
 // Library glue for S3 until the engine's source factory takes s3:// URIs: one object to one
 // path, verified against the checksum the store vouches for, and a whole prefix into a
 // directory. Like fetchFile, the output path only ever holds a complete, checked file.
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname, relative, resolve, sep } from 'node:path';
 import { UsageError } from '../core/errors.js';
 import type { DownloadResult } from '../fetch/download.js';
 import { partPathFor } from '../fetch/fetch-file.js';
-import { journalPathFor, removeJournal } from '../fetch/journal.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { moveIntoPlace } from '../fetch/part-file.js';
 import {
@@ -59,18 +58,16 @@ export async function fetchS3(uri: string, out: string, options: S3FetchOptions 
   const source = s3SourceFor(uri, s3);
   const part = partPathFor(out);
   try {
-    const { downloadToPart } = await import('../fetch/download.js');
+    const { downloadToPart, discardPart } = await import('../fetch/download.js');
     const result = await downloadToPart(source, part, { ...resolved, expectedSha256, computeSha256: true });
     let s3Check: S3ChecksumCheck;
     try {
       s3Check = await verifyS3Download(uri, part, checksum, result.sha256, s3, signal);
     } catch (err) {
-      await rm(part, { force: true });
-      await removeJournal(journalPathFor(part));
+      await discardPart(part);
       throw err;
     }
     await moveIntoPlace(part, out);
-    await removeJournal(journalPathFor(part));
     return { ...result, uri, path: out, s3Check, seconds: (performance.now() - started) / 1000 };
   } finally {
     source.close();

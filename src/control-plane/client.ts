@@ -2,6 +2,7 @@
 // that does not answer within the timeout means "no peers": the fetch goes to the origin,
 // so the control plane can never slow a download down.
 import { createHmac } from 'node:crypto';
+import { DEFAULTS } from '../core/defaults.js';
 
 export interface ControlPlaneClientOptions {
   baseUrl: string;
@@ -63,7 +64,7 @@ export class ControlPlaneClient {
   private readonly timeoutMs: number;
 
   constructor(private readonly options: ControlPlaneClientOptions) {
-    this.timeoutMs = options.timeoutMs ?? 2_000;
+    this.timeoutMs = options.timeoutMs ?? DEFAULTS.controlPlane.requestTimeoutMs;
   }
 
   private async call(method: string, path: string, body?: unknown): Promise<Response> {

@@ -27,6 +27,7 @@ import {
   type SweepPolicy,
 } from './model.js';
 import { sameManifest } from './sqlite-store.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 export interface RedisStoreOptions {
   url: string;
@@ -35,7 +36,7 @@ export interface RedisStoreOptions {
 }
 
 /** A store operation that takes longer is answered with 503 (a hung Redis is a down Redis). */
-const OPERATION_TIMEOUT_MS = 2_000;
+const OPERATION_TIMEOUT_MS = DEFAULTS.controlPlane.redisTimeoutMs;
 
 /** Lapsed nodes cleaned up per sweep at most (the sweep runs every few seconds). */
 const SWEEP_BATCH = 200;
@@ -172,7 +173,7 @@ export class RedisStore implements RegistryStore {
   private lastError: string | undefined;
 
   constructor(private readonly options: RedisStoreOptions) {
-    this.prefix = options.prefix ?? 'loom';
+    this.prefix = options.prefix ?? DEFAULTS.controlPlane.redisPrefix;
     this.client = createClient({
       url: options.url,
       // Fail fast while Redis is away (503 to the caller) instead of queueing requests.

@@ -2,6 +2,7 @@
 // zod-provider.ts) before any handler runs. Every rule names the field it guards, so a 400
 // says exactly what to fix; every id and name is printable and bounded.
 import { z } from 'zod';
+import { DEFAULTS } from '../core/defaults.js';
 
 /** At most this many piece digests in a manifest: the piece-size rule keeps every blob under it. */
 export const MAX_PIECES = 1024;
@@ -143,7 +144,7 @@ export const leaseBody = z.strictObject({
 export const peersQuery = z.strictObject({
   node: nodeId.optional(),
   zone: zone.optional(),
-  limit: z.coerce.number().int().min(1).max(50).default(8),
+  limit: z.coerce.number().int().min(1).max(50).default(DEFAULTS.controlPlane.locateLimit),
 });
 
 export const sourceQuery = z.strictObject({ key: sourceUrl });

@@ -35,6 +35,7 @@ import {
   sourceQuery,
 } from './schemas.js';
 import { zodValidatorCompiler, type ZodTypeProvider } from './zod-provider.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 export interface ControlPlaneOptions {
   store: RegistryStore;
@@ -68,19 +69,7 @@ export interface ControlPlaneOptions {
   logger?: boolean;
 }
 
-export const CONTROL_PLANE_DEFAULTS = {
-  nodeTtlMs: 30_000,
-  partialTtlMs: 30_000,
-  reportWindowMs: 10 * 60_000,
-  reportThreshold: 3,
-  leaseTtlMs: 5_000,
-  sweepIntervalMs: 10_000,
-  bodyLimit: 64 * 1024,
-  /** A 100 GB blob's manifest: 1,024 piece digests of 67 bytes with room to spare. */
-  manifestBodyLimit: 256 * 1024,
-  /** Nodes `/locate/:model` answers with at most. */
-  legacyLocateLimit: 100,
-} as const;
+export const CONTROL_PLANE_DEFAULTS = DEFAULTS.controlPlane;
 
 const WRITE_METHODS = new Set(['PUT', 'POST', 'DELETE']);
 

@@ -62,6 +62,30 @@ export function parseDuration(input: string | number, what = 'duration'): number
   return Math.round(Number(match[1]) * unit);
 }
 
+/** A size as a flag takes it (the inverse of parseSize): `10MiB`, `512KiB`, `1000`. */
+export function formatSize(bytes: number): string {
+  for (const [unit, factor] of [
+    ['GiB', 1024 ** 3],
+    ['MiB', 1024 ** 2],
+    ['KiB', 1024],
+  ] as const) {
+    if (bytes >= factor && bytes % factor === 0) return `${bytes / factor}${unit}`;
+  }
+  return String(bytes);
+}
+
+/** A duration as a flag takes it (the inverse of parseDuration): `30s`, `2m`, `500ms`. */
+export function formatDuration(ms: number): string {
+  for (const [unit, factor] of [
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
+    if (ms >= factor && ms % factor === 0) return `${ms / factor}${unit}`;
+  }
+  return `${ms}ms`;
+}
+
 const DECIMAL_UNITS = ['B', 'kB', 'MB', 'GB', 'TB', 'PB'];
 
 /** `1500000000` -> `1.50 GB`, `512` -> `512 B`: decimal units, three significant digits. */

@@ -179,6 +179,12 @@ export async function downloadToPart(
   }
 }
 
+/** Removes a part file and its journal: bytes the caller will not keep (refused after the download). */
+export async function discardPart(partPath: string): Promise<void> {
+  await rm(partPath, { force: true });
+  await removeJournal(journalPathFor(partPath));
+}
+
 /** A task a worker holds, with its response when one is already open (the probe, an early open). */
 interface Held {
   task: RangeTask;
@@ -806,6 +812,8 @@ class BlobDownload {
       await this.backgroundSync;
       await part.sync();
     }
+    // The part is complete: nothing is left to resume, and the caller moves the part away.
+    await this.journal.discard();
     return {
       size,
       sha256,

@@ -19,9 +19,8 @@ export async function fetchFile(url: string, out: string, options: FetchOptions 
   const resolved = resolveFetchOptions(options);
   const source = sourceFor(url, sourceOptionsOf(resolved));
   // The engine is loaded when a download really starts; a cache hit never needs it.
-  const [{ downloadToPart }, { journalPathFor, removeJournal }, { moveIntoPlace }, { lockPart }] = await Promise.all([
+  const [{ downloadToPart }, { moveIntoPlace }, { lockPart }] = await Promise.all([
     import('./download.js'),
-    import('./journal.js'),
     import('./part-file.js'),
     import('./part-lock.js'),
   ]);
@@ -32,7 +31,6 @@ export async function fetchFile(url: string, out: string, options: FetchOptions 
     try {
       const result = await downloadToPart(source, part, resolved);
       await moveIntoPlace(part, out);
-      await removeJournal(journalPathFor(part));
       return { ...result, path: out, url: source.url, seconds: (performance.now() - started) / 1000 };
     } finally {
       await unlock();

@@ -24,6 +24,7 @@ import {
   type HfRepoType,
 } from '../sources/hf/uri.js';
 import { verifyGitSha1 } from './verify.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 export type PullFetchOptions = Omit<FetchOptions, 'sha256' | 'headers' | 'onProgress' | 'computeSha256'>;
 
@@ -50,7 +51,7 @@ export interface PullParams {
   cacheDir?: string;
   /** No request to the Hub: serve from the HF cache. Default HF_HUB_OFFLINE. */
   offline?: boolean;
-  /** Files fetched at once. Default 8. */
+  /** Files fetched at once. Default DEFAULTS.hub.parallelFiles. */
   parallelFiles?: number;
   /** Engine options for each file (workers is per file). */
   fetch?: PullFetchOptions;
@@ -254,7 +255,7 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
   // Largest first, so the long transfers start at once and small files fill in around them.
   const queue = [...files].sort((a, b) => b.size - a.size);
   const results: PulledFile[] = [];
-  const parallel = Math.max(1, params.parallelFiles ?? 8);
+  const parallel = Math.max(1, params.parallelFiles ?? DEFAULTS.hub.parallelFiles);
   let failure: unknown;
   const worker = async (): Promise<void> => {
     while (failure === undefined) {

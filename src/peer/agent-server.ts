@@ -21,30 +21,9 @@ import { ensureLayout, withBlobInUse } from '../cache/blob-store.js';
 import { blobPath, cacheLayout, type CacheLayout } from '../cache/cache-root.js';
 import { AgentMetrics, type RefusalReason } from './agent-metrics.js';
 import { PartialBlobReader, rangeVerified, type PartialBlob } from './partial-blobs.js';
+import { DEFAULTS } from '../core/defaults.js';
 
-export const AGENT_SERVER_DEFAULTS = {
-  /**
-   * Uploads at once; peers above it get 503 and go elsewhere. 64: when a fleet cold-starts,
-   * every other node takes the leader's pieces at once (4 connections each); at 16 most of
-   * them were refused and backed off (8 nodes, 128 MiB: 24 s against 11 s for the leader).
-   */
-  maxUploads: 64,
-  /**
-   * Size of each file read: large, so a multi-GB body is a few thousand reads, not millions.
-   * Measured on loopback (256 MiB, one connection): 512 KiB-1 MiB beat 64 KiB by ~3x and
-   * 4 MiB by ~2.5x (larger writes than the socket takes at once are copied again).
-   */
-  readChunkBytes: 1024 * 1024,
-  /** Idle keep-alive connections are kept this long (peers fetch piece after piece). */
-  keepAliveTimeoutMs: 30_000,
-  /**
-   * A connection on which nothing moves for this long is closed: a peer that stops reading
-   * mid-body would otherwise hold an upload slot for ever.
-   */
-  idleTimeoutMs: 60_000,
-  /** How long close() lets uploads in flight finish before cutting them. */
-  closeGraceMs: 5_000,
-} as const;
+export const AGENT_SERVER_DEFAULTS = DEFAULTS.agent;
 
 export interface AgentServerOptions {
   cacheRoot: string;

@@ -23,21 +23,9 @@ import {
 import { AGENT_SERVER_DEFAULTS, AgentServer } from './agent-server.js';
 import { readCachedManifest } from './cached-manifest.js';
 import { PartialBlobReader } from './partial-blobs.js';
+import { DEFAULTS } from '../core/defaults.js';
 
-export const AGENT_DEFAULTS = {
-  listen: '0.0.0.0:7071',
-  /** How often the cache is diffed against what was announced (fs.watch makes it sooner). */
-  scanIntervalMs: 5_000,
-  /** Heartbeat interval until the control plane states its own. */
-  heartbeatIntervalMs: 10_000,
-  /** First retry after a failed heartbeat; doubles up to the heartbeat interval. */
-  retryBaseMs: 1_000,
-  /**
-   * Everything is announced again this often, even unchanged: a control plane that restarted
-   * on an empty store answers heartbeats as if nothing happened, and this is how it learns.
-   */
-  reannounceIntervalMs: 5 * 60_000,
-} as const;
+export const AGENT_DEFAULTS = DEFAULTS.agent;
 
 const NODE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const ZONE = /^[A-Za-z0-9._-]{1,64}$/;

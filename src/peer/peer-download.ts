@@ -11,6 +11,7 @@ import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
 import { Swarm } from './swarm.js';
 import { ClientSwarmControl } from './swarm-control.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 export interface PeerFetchOptions {
   /** Base URL of the control plane. */
@@ -70,7 +71,7 @@ export class PeerPlanner implements DownloadPlanner {
       connectionsPerPeer: options.connectionsPerPeer,
       useOrigin,
       // A peer is one source of many: one that goes quiet is left for another within seconds.
-      stallTimeoutMs: options.stallTimeoutMs ?? 5_000,
+      stallTimeoutMs: options.stallTimeoutMs ?? DEFAULTS.peers.stallTimeoutMs,
       followerWaitMs: options.followerWaitMs,
       onStatus: options.onStatus,
     });
@@ -79,7 +80,7 @@ export class PeerPlanner implements DownloadPlanner {
       id: 'origin',
       kind: 'origin',
       source: args.origin,
-      maxConcurrency: options.originConnections ?? 16,
+      maxConcurrency: options.originConnections ?? DEFAULTS.workers,
       preference: 1,
       // Only pieces no live peer holds: the fleet's origin egress stays near one copy.
       has: plan.role === 'leader' ? undefined : (piece) => swarm.originHas(piece),
@@ -119,7 +120,7 @@ export class PeerPlanner implements DownloadPlanner {
         if (plan.role === 'follower' && !plan.manifest) {
           // Its pieces could not be checked one by one: the whole file is, against the digest
           // the leader (the first node to fetch it from the origin) publishes.
-          const trusted = await swarm.trustedDigest(options.publishWaitMs ?? 60_000, digest);
+          const trusted = await swarm.trustedDigest(options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs, digest);
           if (trusted === undefined) {
             // Not a bad byte found, only nothing to check against (the control plane went
             // away, the leader never published): the fetch is planned again, from the origin.

@@ -5,6 +5,7 @@
 import http, { type IncomingMessage } from 'node:http';
 import { BadResponseError, cancelled, HttpStatusError, type LoomError, StallError } from '../core/errors.js';
 import type { ProbeExpectation, ProbeResult, RangeBody, Source } from '../sources/source.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 export interface PeerSourceOptions {
   /** The peer's node id, for stats and reports. */
@@ -172,8 +173,8 @@ export class PeerSource implements Source {
     const socket = res.socket;
     const from = socket.bytesRead;
     const startedAt = performance.now();
-    const floor = this.options.minBytesPerSecond ?? 512 * 1024;
-    const grace = this.options.paceGraceMs ?? 3_000;
+    const floor = this.options.minBytesPerSecond ?? DEFAULTS.peers.minBytesPerSecond;
+    const grace = this.options.paceGraceMs ?? DEFAULTS.peers.paceGraceMs;
     const timer = setInterval(() => {
       const elapsed = performance.now() - startedAt;
       if (elapsed < grace || res.destroyed || res.readableEnded) return;

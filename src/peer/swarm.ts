@@ -19,6 +19,7 @@ import type { LoomError } from '../core/errors.js';
 import type { Manifest } from '../core/manifest.js';
 import type { Source } from '../sources/source.js';
 import { PeerSource } from './peer-source.js';
+import { DEFAULTS } from '../core/defaults.js';
 
 /** A holder of a blob, as locate answers. */
 export interface PeerHolder {
@@ -131,7 +132,7 @@ export class Swarm {
     let digest = pinned ?? (await this.control.sourceDigest(this.key));
     let manifest = digest ? await this.control.manifest(digest) : undefined;
     this.plan = { role: 'origin', id: digest ?? this.sourceId, digest, manifest, size: manifest?.size };
-    const deadline = Date.now() + (this.options.followerWaitMs ?? 15_000);
+    const deadline = Date.now() + (this.options.followerWaitMs ?? DEFAULTS.peers.followerWaitMs);
     for (let first = true; ; first = false) {
       if (!first && !manifest) {
         // The node that held the lease may have finished and published meanwhile.
@@ -172,7 +173,11 @@ export class Swarm {
   }
 
   private locateQuery(): { node: string; zone?: string; limit: number } {
-    return { node: this.options.nodeId, zone: this.options.zone, limit: this.options.maxPeers ?? 8 };
+    return {
+      node: this.options.nodeId,
+      zone: this.options.zone,
+      limit: this.options.maxPeers ?? DEFAULTS.peers.maxPeers,
+    };
   }
 
   /** Whether the origin may serve piece i now: only pieces no live peer holds. */
@@ -196,7 +201,7 @@ export class Swarm {
       id,
       kind: 'peer',
       source: peer.source,
-      maxConcurrency: this.options.connectionsPerPeer ?? 4,
+      maxConcurrency: this.options.connectionsPerPeer ?? DEFAULTS.peers.connectionsPerPeer,
       preference: 0,
       has: (piece) => peer.holder.complete || peer.pieces.has(piece),
     };
@@ -224,7 +229,7 @@ export class Swarm {
         size: size ?? this.plan.size,
         token: this.options.agentToken,
         stallTimeoutMs: this.options.stallTimeoutMs,
-        maxSockets: this.options.connectionsPerPeer ?? 4,
+        maxSockets: this.options.connectionsPerPeer ?? DEFAULTS.peers.connectionsPerPeer,
       });
       this.peers.set(slotId, { holder, source, pieces: new Set(holder.pieces ?? []) });
       added.push(slotId);
@@ -243,9 +248,10 @@ export class Swarm {
     this.addSlot = add;
     const tick = async (): Promise<void> => {
       await this.refresh().catch(() => undefined);
-      if (this.refreshTimer) this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? 250);
+      if (this.refreshTimer)
+        this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? DEFAULTS.peers.refreshMs);
     };
-    this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? 250);
+    this.refreshTimer = setTimeout(() => void tick(), this.options.refreshMs ?? DEFAULTS.peers.refreshMs);
     this.refreshTimer.unref();
   }
 

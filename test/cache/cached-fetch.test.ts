@@ -15,7 +15,7 @@ import {
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { withBlobInUse } from '../../src/cache/blob-store.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { lockHolderPid } from '../../src/cache/single-flight.js';
@@ -236,9 +236,10 @@ describe('loom fetch and loom cache, several processes', () => {
     for (const run of runs) assert.equal(run.code, 0, run.stderr);
     for (const out of outs) assert.equal(await sha256OfFile(out), content.sha256);
     assert.ok(server.bytesServed <= SIZE + 4, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
-    const summaries = runs.map((r) => JSON.parse(r.stdout) as { cache: string; waitedForOtherProcess: boolean });
-    assert.equal(summaries.filter((s) => s.cache === 'miss').length, 1);
-    assert.equal(summaries.filter((s) => s.waitedForOtherProcess).length, 3);
+    const summaries = runs.map((r) => JSON.parse(r.stdout) as { cache: string });
+    // The other three are hits: waited for the download, or (started late on a busy machine)
+    // found it finished.
+    assert.deepEqual(summaries.map((s) => s.cache).sort(), ['hit', 'hit', 'hit', 'miss']);
   });
 
   /**

@@ -4,7 +4,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer } from '../../bench/origin/origin-server.js';
+import { OriginServer } from '../support/origin-server.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { hintPath, readHint, writeHint } from '../../src/cache/hit-hints.js';
 import { fetchCached, gcCache, openCache, removeFromCache, sourceKey, verifyCache } from '../../src/index.js';

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, closeSync, existsSync, mkdirSync, openSync, statSync, utimesSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { fetchCached } from '../../src/index.js';
 import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 

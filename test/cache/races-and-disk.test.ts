@@ -5,12 +5,23 @@
 // a raw SQLite error.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
+import { hintPath } from '../../src/cache/hit-hints.js';
 import { acquireSourceLock, keyHash, lockHolderPid } from '../../src/cache/single-flight.js';
 import { fetchCached, gcCache, listCache, openCache, sourceKey } from '../../src/index.js';
 import {
@@ -84,6 +95,45 @@ describe('processes racing for one source', () => {
     // A few stalled chunks asked again after the stop, never a second download.
     assert.ok(server.bytesServed < SIZE * 1.5, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
     assert.doesNotMatch(second.stderr, /taking over/);
+  });
+
+  it('a download another process finishes while this one decides on a miss is taken, not repeated', async () => {
+    // This process (B) finds a cached copy, asks the origin about it and hears it changed; the
+    // origin answers only after another process (A) has downloaded the new version and recorded
+    // it. B then finds the lock free: it must see that A's download is newer than the copy it
+    // judged, and take it, however long it took between its look and the lock.
+    const next = randomContent(SIZE);
+    let conditionals = 0;
+    let other: Promise<unknown> | undefined;
+    const cacheDir = freshCache();
+    const url = () => server.url('/model.bin');
+    const server = await origin({
+      fault: (ctx) => {
+        if (ctx.headers['if-none-match'] === undefined || ++conditionals !== 1) return undefined;
+        other = fetchCached(url(), join(dir, 'decide-a.bin'), { workers: 2, chunkSize: '1MiB', cacheDir });
+        return { kind: 'hold', until: other };
+      },
+    });
+    await fetchCached(url(), join(dir, 'decide-0.bin'), { workers: 2, chunkSize: '1MiB', cacheDir });
+    server.setFile('/model.bin', next.bytes);
+    server.resetStats();
+    // Both go to the index and ask the origin there (a hint would be asked first, before the index).
+    rmSync(hintPath(cacheLayout(cacheDir), sourceKey(url())));
+    const b = await fetchCached(url(), join(dir, 'decide-b.bin'), {
+      workers: 2,
+      chunkSize: '1MiB',
+      cacheDir,
+      revalidateTimeoutMs: 60_000,
+    });
+    assert.ok(other, 'the origin was asked about the cached copy');
+    const a = (await other) as Awaited<ReturnType<typeof fetchCached>>;
+    assert.equal(a.cache, 'miss');
+    assert.equal(b.cache, 'hit');
+    assert.equal(b.waited, true);
+    assert.equal(await sha256OfFile(join(dir, 'decide-a.bin')), next.sha256);
+    assert.equal(await sha256OfFile(join(dir, 'decide-b.bin')), next.sha256);
+    // One download of the new version, and a byte for each of the two conditional requests.
+    assert.ok(server.bytesServed <= SIZE + 2, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
   });
 
   it('a waiter pinned to another digest fails with a mismatch; one pinned to the right digest takes the blob', async () => {

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer } from '../../bench/origin/origin-server.js';
+import { OriginServer } from '../support/origin-server.js';
 import { randomContent, runLoom, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
 

@@ -5,7 +5,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { DiskFullError, fetchFile } from '../../src/index.js';
 import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
@@ -58,7 +58,7 @@ describe('loom fetch', () => {
   });
 
   it('trusts a private CA named by NODE_EXTRA_CA_CERTS, and refuses the origin without it', async () => {
-    const { makeTestCa } = await import('../../bench/origin/test-ca.js');
+    const { makeTestCa } = await import('../support/test-ca.js');
     const ca = makeTestCa();
     const server = await origin({ tls: { key: ca.serverKey, cert: ca.serverCert } });
     const out = join(dir, 'extra-ca.bin');

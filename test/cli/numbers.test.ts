@@ -6,7 +6,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { resolveDigestPrefix } from '../../src/cli/cache-command.js';
 import { defaultOutFor } from '../../src/cli/fetch-flags.js';
 import { randomContent, runLoom, sha256OfFile, tempDir } from '../helpers/fixtures.js';

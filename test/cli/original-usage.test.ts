@@ -9,7 +9,7 @@ import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, describe, it } from 'node:test';
-import { OriginServer } from '../../bench/origin/origin-server.js';
+import { OriginServer } from '../support/origin-server.js';
 import { collect, LOOM_BIN, randomContent, REPO_ROOT, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 import { spawn } from 'node:child_process';
 

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer } from '../../bench/origin/origin-server.js';
+import { OriginServer } from '../support/origin-server.js';
 import { renderBar, type BarState } from '../../src/cli/progress.js';
 import { randomContent, runLoom, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 import { frames, loomOnTerminal, screen } from './terminal.js';

@@ -139,7 +139,7 @@ describe('control plane availability', () => {
 
 describe('loom fetch --serve', () => {
   it("keeps running after the download and serves the original tool's registry in-process", async () => {
-    const { OriginServer } = await import('../../bench/origin/origin-server.js');
+    const { OriginServer } = await import('../support/origin-server.js');
     const origin = await new OriginServer().listen();
     after(() => origin.close());
     origin.setFile('/model.bin', Buffer.alloc(1024 * 1024, 7));

@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { DigestMismatchError, OutputBusyError, fetchFile, type FetchOptions } from '../../src/index.js';
 import { collect, randomContent, REPO_ROOT, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 

@@ -7,7 +7,7 @@ import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../../src/core/manifest.js';
 import { downloadBlob, startBlobDownload, type SourceSlot } from '../../src/fetch/download.js';
 import { resolveFetchOptions } from '../../src/fetch/options.js';
@@ -211,6 +211,7 @@ describe('downloadBlob', () => {
     assert.deepEqual(verified, [[0, expected.pieces[0]]], 'the prefix passed the one 16 MiB piece');
     assert.equal(a.bytesServed + b.bytesServed, SIZE);
     assert.ok(result.stats.lastByteToDigestSeconds !== undefined, 'seconds from last byte to digest recorded');
+    assert.equal(existsSync(`${part}.journal`), false, 'the engine removes its journal once the part is complete');
   });
 
   it('fails with LOOM_ERR_NO_SOURCE, not a hang, when no source has a piece', async () => {

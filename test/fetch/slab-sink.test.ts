@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer } from '../../bench/origin/origin-server.js';
+import { OriginServer } from '../support/origin-server.js';
 import { PartFile } from '../../src/fetch/part-file.js';
 import { SlabPool } from '../../src/fetch/slab-pool.js';
 import { SlabSink } from '../../src/fetch/slab-sink.js';

@@ -5,7 +5,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 
 export const REDIS_URL = process.env.LOOM_TEST_REDIS_URL ?? 'redis://127.0.0.1:6379';
 
-export { freePort } from '../../bench/origin/ports.js';
+export { freePort } from '../support/ports.js';
 
 /** A private redis-server on `port`, for tests that stop and restart Redis. */
 export async function startRedisServer(port: number): Promise<ChildProcess> {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer } from '../../bench/origin/origin-server.js';
+import { OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { LoomError } from '../../src/core/errors.js';

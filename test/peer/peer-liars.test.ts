@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { type Fault, OriginServer } from '../../bench/origin/origin-server.js';
+import { type Fault, OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { sourceKey } from '../../src/cache/source-key.js';
 import { SqliteStore } from '../../src/control-plane/sqlite-store.js';

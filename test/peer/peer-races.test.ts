@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer } from '../../bench/origin/origin-server.js';
+import { OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';

@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { buffer } from 'node:stream/consumers';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type Fault } from '../../bench/origin/origin-server.js';
+import { OriginServer, type Fault } from '../support/origin-server.js';
 import { BadResponseError, HttpStatusError } from '../../src/core/errors.js';
 import { PeerSource } from '../../src/peer/peer-source.js';
 import { randomContent, sha256Of } from '../helpers/fixtures.js';

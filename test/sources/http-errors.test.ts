@@ -6,8 +6,8 @@ import { existsSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
-import { makeTestCa } from '../../bench/origin/test-ca.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
+import { makeTestCa } from '../support/test-ca.js';
 import {
   ConnectionRefusedError,
   HostNotFoundError,

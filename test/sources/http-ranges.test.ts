@@ -7,7 +7,7 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type Fault, type FaultContext, type OriginOptions } from '../../bench/origin/origin-server.js';
+import { OriginServer, type Fault, type FaultContext, type OriginOptions } from '../support/origin-server.js';
 import { BadResponseError, LoomError, fetchFile, type FetchOptions } from '../../src/index.js';
 import { HttpSource } from '../../src/sources/http.js';
 import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';

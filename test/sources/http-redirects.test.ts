@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
-import { makeTestCa } from '../../bench/origin/test-ca.js';
+import { OriginServer, type OriginOptions } from '../support/origin-server.js';
+import { makeTestCa } from '../support/test-ca.js';
 import { LoomError, fetchFile, type FetchOptions } from '../../src/index.js';
 import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 

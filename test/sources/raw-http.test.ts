@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import http from 'node:http';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import { after, describe, it } from 'node:test';
-import { OriginServer } from '../../bench/origin/origin-server.js';
+import { OriginServer } from '../support/origin-server.js';
 import { AbortedError, StallError } from '../../src/core/errors.js';
 import { RawHttpClient, UnsupportedResponse, type BodySink } from '../../src/sources/raw-http.js';
 import { randomContent, sha256Of } from '../helpers/fixtures.js';

@@ -4,8 +4,9 @@
 import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { DEFAULTS } from '../../core/defaults.js';
 
-export const DEFAULT_ENDPOINT = 'https://huggingface.co';
+export const DEFAULT_ENDPOINT = DEFAULTS.hub.endpoint;
 
 export function hubEndpoint(env: NodeJS.ProcessEnv = process.env): string {
   const value = env.HF_ENDPOINT?.trim();

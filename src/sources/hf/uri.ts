@@ -2,6 +2,7 @@
 // `hf://org/repo[@rev][/path]`, `hf://datasets/org/name[@rev][/path]`. A revision holding a
 // slash (refs/pr/1) is written percent-encoded (`@refs%2Fpr%2F1`), as the Hub's own clients do.
 import { InvalidUrlError } from '../../core/errors.js';
+import { DEFAULTS } from '../../core/defaults.js';
 
 export type HfRepoType = 'model' | 'dataset' | 'space';
 
@@ -18,7 +19,7 @@ export interface HfRef {
 const TYPE_PREFIXES: Record<string, HfRepoType> = { models: 'model', datasets: 'dataset', spaces: 'space' };
 const NAME = /^[A-Za-z0-9][\w.-]*$/;
 
-export const DEFAULT_REVISION = 'main';
+export const DEFAULT_REVISION = DEFAULTS.hub.revision;
 
 export function isHfUri(input: string): boolean {
   return input.startsWith('hf://');

@@ -36,7 +36,9 @@ export type Fault =
   /** Redirect this request elsewhere. */
   | { kind: 'redirect'; location: string; status?: number }
   /** Serve this response at this rate (bytes per second), as a congested connection. */
-  | { kind: 'slow'; bytesPerSecond: number };
+  | { kind: 'slow'; bytesPerSecond: number }
+  /** Answer normally, but only once `until` settles: a test orders events around this request. */
+  | { kind: 'hold'; until: Promise<unknown> };
 
 export interface FaultContext {
   /** 1 for the first request the server received. */
@@ -173,6 +175,7 @@ export class OriginServer {
     const size = file ? contentSize(file.content) : 0;
     const range = file ? parseRange(req.headers.range, size) : undefined;
     const fault = this.options.fault?.({ index, path, range, headers: req.headers });
+    if (fault?.kind === 'hold') await fault.until.catch(() => undefined);
 
     if (this.options.firstByteLatencyMs) await sleep(this.options.firstByteLatencyMs);
 
