@@ -175,10 +175,17 @@ interface ProgressLine {
   stop(): void;
 }
 
-/** One line for the whole pull on a terminal: files, bytes, rate, and the active files. */
+/**
+ * One progress display for the whole pull: on a terminal one line redrawn in place (files
+ * and bytes done of the total, rate, and the active files with their percentages); without
+ * one (CI, logs) the same line every 5 s, besides the line per finished file.
+ */
 function progressLine(flags: PullFlags): ProgressLine {
-  const live = Boolean(process.stderr.isTTY) && !flags.quiet && !flags.json;
+  const quiet = Boolean(flags.quiet || flags.json);
+  const live = Boolean(process.stderr.isTTY) && !quiet;
   const started = performance.now();
+  let startBytes: number | undefined;
+  let lastLine = started;
   let drawn = false;
   const clear = (): void => {
     if (drawn) process.stderr.write('\r\x1b[2K');
@@ -187,14 +194,24 @@ function progressLine(flags: PullFlags): ProgressLine {
   return {
     live,
     update(p) {
-      if (!live) return;
-      const seconds = (performance.now() - started) / 1000;
-      const rate = seconds > 0 ? p.bytesDone / 1e6 / seconds : 0;
+      if (quiet) return;
+      const now = performance.now();
+      // Files already in place count toward the total, not toward the rate.
+      startBytes ??= p.bytesDone;
+      const seconds = (now - started) / 1000;
+      const rate = seconds > 0 ? (p.bytesDone - startBytes) / 1e6 / seconds : 0;
       const files = p.active
         .slice(0, 3)
         .map((a) => `${a.path.split('/').pop()} ${a.size ? Math.floor((a.doneBytes / a.size) * 100) : 100}%`)
         .join(', ');
-      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${rate.toFixed(0)} MB/s${files ? ` | ${files}` : ''}`;
+      const more = p.active.length > 3 ? ` +${p.active.length - 3}` : '';
+      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${rate.toFixed(0)} MB/s${files ? ` | ${files}${more}` : ''}`;
+      if (!live) {
+        if (now - lastLine < 5000) return;
+        lastLine = now;
+        process.stderr.write(`${text}\n`);
+        return;
+      }
       clear();
       process.stderr.write(text.slice(0, (process.stderr.columns || 120) - 1));
       drawn = true;
