@@ -43,6 +43,11 @@ interface Round {
   loomCdnBytes: number;
   secondPullBytes: number;
   loomPeakRssMiB: number;
+  /** CPU seconds (user + system) of each process: what it costs, whatever the load. */
+  baselineCpuSeconds: number;
+  loomCpuSeconds: number;
+  /** CPU seconds of this process (the test Hub and its CDN) while loom pulled. */
+  testHubCpuSecondsDuringLoom: number;
   /** 1-minute load average before and after the round (2 cores, shared). */
   load: [number, number];
 }
@@ -91,7 +96,9 @@ async function hubScenario(): Promise<Record<string, unknown>> {
           env,
         );
       hub.resetStats();
+      const hubCpu = process.cpuUsage();
       const first = await pull();
+      const hubCpuUsed = process.cpuUsage(hubCpu);
       checkSnapshot(first.stdout.trim(), files);
       const firstCdn = hub.stats.cdnBytes;
       hub.resetStats();
@@ -108,11 +115,14 @@ async function hubScenario(): Promise<Record<string, unknown>> {
         loomCdnBytes: firstCdn,
         secondPullBytes: secondBytes,
         loomPeakRssMiB: Math.round(first.peakRssKiB / 1024),
+        baselineCpuSeconds: baseline.cpuSeconds,
+        loomCpuSeconds: first.cpuSeconds,
+        testHubCpuSecondsDuringLoom: (hubCpuUsed.user + hubCpuUsed.system) / 1e6,
         load: [loadBefore, loadavg()[0]!],
       });
       const last = samples.at(-1)!;
       console.log(
-        `round ${round + 1}/${rounds}: baseline ${last.baselineSeconds.toFixed(2)} s, loom ${last.loomSeconds.toFixed(2)} s (${ratio(last.baselineSeconds, last.loomSeconds)}), again ${last.secondPullSeconds.toFixed(2)} s, node -e 0 ${last.nodeStartSeconds.toFixed(2)} s, load ${last.load.map((l) => l.toFixed(1)).join(' -> ')}`,
+        `round ${round + 1}/${rounds}: baseline ${last.baselineSeconds.toFixed(2)} s, loom ${last.loomSeconds.toFixed(2)} s (${ratio(last.baselineSeconds, last.loomSeconds)}; CPU ${last.baselineCpuSeconds.toFixed(1)} s / ${last.loomCpuSeconds.toFixed(1)} s), again ${last.secondPullSeconds.toFixed(2)} s, node -e 0 ${last.nodeStartSeconds.toFixed(2)} s, load ${last.load.map((l) => l.toFixed(1)).join(' -> ')}`,
       );
     }
     const med = (pick: (r: Round) => number): number => median(samples.map(pick));
@@ -153,6 +163,8 @@ async function hubScenario(): Promise<Record<string, unknown>> {
       speedup: baselineSeconds / loomSeconds,
       secondPullSeconds,
       nodeStartSeconds: med((r) => r.nodeStartSeconds),
+      baselineCpuSeconds: med((r) => r.baselineCpuSeconds),
+      loomCpuSeconds: med((r) => r.loomCpuSeconds),
       samples,
       rows,
     };
