@@ -193,6 +193,11 @@ interface Held {
   slot?: RequestSlot;
 }
 
+/** A worker's slot of the shared pool, if it holds one now. */
+interface Lease {
+  slot: RequestSlot | undefined;
+}
+
 /** One pass over a blob; a new one is made when the download starts over. */
 class BlobDownload {
   private readonly controller = new AbortController();
@@ -520,15 +525,16 @@ class BlobDownload {
     const pool = this.params.requestSlots;
     const accept = (task: RangeTask): boolean => state.hasCapacity && this.sources.shouldTake(state, task.piece);
     let held = first;
-    // With a shared pool: held while this worker has ranges to fetch, given back when it has none.
-    let slot = first?.slot;
+    // With a shared pool: held while this worker has ranges to fetch, given back when it has
+    // none (and while it waits out a retry's backoff, see runTask).
+    const lease: Lease = { slot: first?.slot };
     try {
       while (!this.signal.aborted && !state.dropped && !this.finished) {
         if (!held) {
-          if (pool && !slot) {
+          if (pool && !lease.slot) {
             // Only a worker with something to fetch waits for a slot; the others poll as before.
-            if (scheduler.hasWork(state.id, accept)) slot = await pool.acquire(this.ended.signal);
-            if (!slot) {
+            if (scheduler.hasWork(state.id, accept)) lease.slot = await pool.acquire(this.ended.signal);
+            if (!lease.slot) {
               if (!this.ended.signal.aborted) await scheduler.idle();
               this.checkServable();
               continue;
@@ -536,8 +542,8 @@ class BlobDownload {
           }
           const task = scheduler.take(state.id, accept);
           if (!task) {
-            slot?.release();
-            slot = undefined;
+            lease.slot?.release();
+            lease.slot = undefined;
             await scheduler.idle();
             this.checkServable();
             continue;
@@ -547,14 +553,14 @@ class BlobDownload {
         }
         const current = held;
         held = undefined;
-        const outcome = await this.runTask(state, current, (next) => (held = next));
+        const outcome = await this.runTask(state, current, (next) => (held = next), lease);
         state.inFlight--;
         if (outcome === 'done') scheduler.finish(current.task);
         else scheduler.release(current.task);
         this.checkDone();
       }
     } finally {
-      slot?.release();
+      lease.slot?.release();
     }
     if (held) {
       if (held.body instanceof Promise)
@@ -572,7 +578,12 @@ class BlobDownload {
    * Fetches one task to its (possibly shrinking) end from `state`, resuming after each
    * failure. Returns 'released' when the source was dropped and the task must go elsewhere.
    */
-  private async runTask(state: SourceState, held: Held, setNext: (next: Held) => void): Promise<'done' | 'released'> {
+  private async runTask(
+    state: SourceState,
+    held: Held,
+    setNext: (next: Held) => void,
+    lease: Lease = { slot: undefined },
+  ): Promise<'done' | 'released'> {
     const { task } = held;
     const { source } = state.slot;
     let body = held.body;
@@ -627,9 +638,20 @@ class BlobDownload {
         }
         this.stats.retries++;
         if (decision.hold) task.holdUntil = performance.now() + decision.delayMs;
+        // The pool's slot serves another file while this range waits (unless this worker's
+        // next request is already open on it).
+        const pause = lease.slot !== undefined && !openedNext;
+        if (pause) {
+          lease.slot!.release();
+          lease.slot = undefined;
+        }
         await waitBeforeRetry(decision.delayMs, state.signal).catch((waitErr: unknown) => {
           if (!state.dropped || this.signal.aborted) throw waitErr;
         });
+        if (pause) {
+          lease.slot = await this.params.requestSlots!.acquire(this.ended.signal);
+          if (!lease.slot) throw this.failure ?? cancelled();
+        }
         task.holdUntil = undefined;
         if (state.dropped) return 'released';
       }

@@ -1,9 +1,13 @@
 // The request pool a pull's downloads share: slots first come first served, a new file let
-// in only when no worker waits, a reservation for a file's first request, and waits that
-// end when their download does.
+// in only when no worker waits, a reservation for a file's first request, waits that end
+// when their download does, and a slot given up while its range waits out a Retry-After.
 import assert from 'node:assert/strict';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { OriginServer } from '../../bench/origin/origin-server.js';
+import { fetchFile } from '../../src/fetch/fetch-file.js';
 import { RequestPool } from '../../src/fetch/request-pool.js';
+import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 
 const live = (): AbortSignal => new AbortController().signal;
 
@@ -74,5 +78,44 @@ describe('RequestPool', () => {
     member.close();
     assert.equal(await pool.acquire(AbortSignal.abort()), undefined);
     assert.equal(pool.inUse, 0);
+  });
+});
+
+describe('downloads sharing a RequestPool', () => {
+  const dir = tempDir('loom-pool-');
+
+  it("a range waiting out Retry-After gives its slot to another file's download meanwhile", async () => {
+    const big = randomContent(2 * 1024 * 1024);
+    const small = randomContent(100_000);
+    let throttledAt: number | undefined;
+    let throttled!: () => void;
+    const wasThrottled = new Promise<void>((resolve) => (throttled = resolve));
+    const server = await new OriginServer({
+      fault: (ctx) => {
+        // The big file's second request (the first after its probe) is told to wait 2 s.
+        if (ctx.path !== '/big.bin' || throttledAt !== undefined || ctx.index < 2) return undefined;
+        throttledAt = performance.now();
+        setImmediate(throttled);
+        return { kind: 'status', status: 503, headers: { 'retry-after': '2' } };
+      },
+    }).listen();
+    server.setFile('/big.bin', big.bytes);
+    server.setFile('/small.bin', small.bytes);
+    try {
+      const pool = new RequestPool(1);
+      const options = { workers: 1, chunkSize: '256KiB', fsync: false, requestPool: pool } as const;
+      const first = fetchFile(server.url('/big.bin'), join(dir, 'big.bin'), options);
+      await wasThrottled;
+      const second = fetchFile(server.url('/small.bin'), join(dir, 'small.bin'), options);
+      await Promise.all([first, second]);
+      assert.equal(await sha256OfFile(join(dir, 'big.bin')), big.sha256);
+      assert.equal(await sha256OfFile(join(dir, 'small.bin')), small.sha256);
+      const smallAt = server.requests.find((r) => r.path === '/small.bin')!.at;
+      const retriedAt = server.requests.filter((r) => r.path === '/big.bin' && r.at > throttledAt!)[0]!.at;
+      assert.ok(smallAt < retriedAt, 'the small file was fetched while the big one waited');
+      assert.equal(pool.inUse, 0);
+    } finally {
+      await server.close();
+    }
   });
 });
