@@ -2,12 +2,14 @@
 // and 20 small files on the test Hub, its CDN at 100 ms to first byte and 50 MB/s per
 // connection. `loom pull` against the Hub's own JS client on its plain path (files one after
 // another, one stream each), both into an HF cache; then a second `loom pull` of the same
-// revision. Every run's snapshot is checked byte for byte against the repo.
+// revision. Every run's snapshot is checked byte for byte against the repo. Rounds
+// (LOOM_BENCH_ROUNDS, default 3) are interleaved; the table gives medians.
 import { randomBytes } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { TestHub, commitHash, sha256Hex, type TestHubFile } from '../test/support/test-hub.js';
-import { DATA_DIR, LOOM_BIN, MiB, ROOT, mbps, printTable, ratio, runChecked } from './lib.js';
+import { DATA_DIR, LOOM_BIN, MiB, ROOT, mbps, median, printTable, ratio, runChecked } from './lib.js';
 
 const BIG = Number(process.env.LOOM_BENCH_HUB_MIB ?? 512) * MiB;
 const LATENCY_MS = 100;
@@ -32,9 +34,28 @@ function checkSnapshot(dir: string, files: TestHubFile[]): void {
   }
 }
 
+interface Round {
+  baselineSeconds: number;
+  loomSeconds: number;
+  secondPullSeconds: number;
+  nodeStartSeconds: number;
+  baselineCdnBytes: number;
+  loomCdnBytes: number;
+  secondPullBytes: number;
+  loomPeakRssMiB: number;
+  /** CPU seconds (user + system) of each process: what it costs, whatever the load. */
+  baselineCpuSeconds: number;
+  loomCpuSeconds: number;
+  /** CPU seconds of this process (the test Hub and its CDN) while loom pulled. */
+  testHubCpuSecondsDuringLoom: number;
+  /** 1-minute load average before and after the round (2 cores, shared). */
+  load: [number, number];
+}
+
 async function hubScenario(): Promise<Record<string, unknown>> {
   const files = repoFiles();
   const total = files.reduce((sum, f) => sum + f.bytes.length, 0);
+  const rounds = Number(process.env.LOOM_BENCH_ROUNDS ?? 3);
   const hub = await TestHub.start({
     repos: [{ id: 'bench/big-llm', commits: [{ sha: commitHash('bench'), files }] }],
     hubFirstByteMs: LATENCY_MS,
@@ -42,77 +63,109 @@ async function hubScenario(): Promise<Record<string, unknown>> {
     cdnBytesPerSecond: RATE,
   });
   const work = join(DATA_DIR, 'hub');
-  rmSync(work, { recursive: true, force: true });
-  mkdirSync(work, { recursive: true });
   const env = { HF_ENDPOINT: hub.endpoint, HF_TOKEN: '', HF_HUB_OFFLINE: '' };
+  const samples: Round[] = [];
   try {
-    hub.resetStats();
-    const baseline = await runChecked(
-      process.execPath,
-      [
-        '--import',
-        'tsx',
-        join(ROOT, 'bench', 'clients', 'hf-snapshot.ts'),
-        hub.endpoint,
-        'bench/big-llm',
-        join(work, 'js'),
-      ],
-      env,
-    );
-    checkSnapshot(baseline.stdout.trim(), files);
-    const baselineCdn = hub.stats.cdnBytes;
-
-    const pull = (): Promise<Awaited<ReturnType<typeof runChecked>>> =>
-      runChecked(
+    // Interleaved: each round runs the baseline, a cold loom pull and a second pull, so a
+    // busy spell on this shared machine falls on all of them alike.
+    for (let round = 0; round < rounds; round++) {
+      rmSync(work, { recursive: true, force: true });
+      mkdirSync(work, { recursive: true });
+      const loadBefore = loadavg()[0]!;
+      hub.resetStats();
+      const baseline = await runChecked(
         process.execPath,
-        [LOOM_BIN, 'pull', 'bench/big-llm', '--hf-cache', join(work, 'loom'), '--cache-dir', join(work, 'node')],
+        [
+          '--import',
+          'tsx',
+          join(ROOT, 'bench', 'clients', 'hf-snapshot.ts'),
+          hub.endpoint,
+          'bench/big-llm',
+          join(work, 'js'),
+        ],
         env,
       );
-    hub.resetStats();
-    const first = await pull();
-    checkSnapshot(first.stdout.trim(), files);
-    const firstCdn = hub.stats.cdnBytes;
-    hub.resetStats();
-    const second = await pull();
-    checkSnapshot(second.stdout.trim(), files);
-    const secondBytes = hub.stats.cdnBytes + hub.stats.hubFileBytes;
+      checkSnapshot(baseline.stdout.trim(), files);
+      const baselineCdn = hub.stats.cdnBytes;
+      rmSync(join(work, 'js'), { recursive: true, force: true });
 
+      const pull = (): Promise<Awaited<ReturnType<typeof runChecked>>> =>
+        runChecked(
+          process.execPath,
+          [LOOM_BIN, 'pull', 'bench/big-llm', '--hf-cache', join(work, 'loom'), '--cache-dir', join(work, 'node')],
+          env,
+        );
+      hub.resetStats();
+      const hubCpu = process.cpuUsage();
+      const first = await pull();
+      const hubCpuUsed = process.cpuUsage(hubCpu);
+      checkSnapshot(first.stdout.trim(), files);
+      const firstCdn = hub.stats.cdnBytes;
+      hub.resetStats();
+      const second = await pull();
+      checkSnapshot(second.stdout.trim(), files);
+      const secondBytes = hub.stats.cdnBytes + hub.stats.hubFileBytes;
+      const nodeStart = await runChecked(process.execPath, ['-e', '0']);
+      samples.push({
+        baselineSeconds: baseline.seconds,
+        loomSeconds: first.seconds,
+        secondPullSeconds: second.seconds,
+        nodeStartSeconds: nodeStart.seconds,
+        baselineCdnBytes: baselineCdn,
+        loomCdnBytes: firstCdn,
+        secondPullBytes: secondBytes,
+        loomPeakRssMiB: Math.round(first.peakRssKiB / 1024),
+        baselineCpuSeconds: baseline.cpuSeconds,
+        loomCpuSeconds: first.cpuSeconds,
+        testHubCpuSecondsDuringLoom: (hubCpuUsed.user + hubCpuUsed.system) / 1e6,
+        load: [loadBefore, loadavg()[0]!],
+      });
+      const last = samples.at(-1)!;
+      console.log(
+        `round ${round + 1}/${rounds}: baseline ${last.baselineSeconds.toFixed(2)} s, loom ${last.loomSeconds.toFixed(2)} s (${ratio(last.baselineSeconds, last.loomSeconds)}; CPU ${last.baselineCpuSeconds.toFixed(1)} s / ${last.loomCpuSeconds.toFixed(1)} s), again ${last.secondPullSeconds.toFixed(2)} s, node -e 0 ${last.nodeStartSeconds.toFixed(2)} s, load ${last.load.map((l) => l.toFixed(1)).join(' -> ')}`,
+      );
+    }
+    const med = (pick: (r: Round) => number): number => median(samples.map(pick));
+    const baselineSeconds = med((r) => r.baselineSeconds);
+    const loomSeconds = med((r) => r.loomSeconds);
+    const secondPullSeconds = med((r) => r.secondPullSeconds);
     const rows = [
       {
-        run: '@huggingface/hub snapshotDownload (sequential, 1 stream/file)',
-        seconds: baseline.seconds.toFixed(2),
-        'MB/s': mbps(total, baseline.seconds),
-        'CDN bytes': baselineCdn,
-        'peak RSS MiB': Math.round(baseline.peakRssKiB / 1024),
+        run: `@huggingface/hub snapshotDownload (sequential, 1 stream/file), median of ${rounds}`,
+        seconds: baselineSeconds.toFixed(2),
+        'MB/s': mbps(total, baselineSeconds),
+        'CDN bytes': samples[0]!.baselineCdnBytes,
       },
       {
-        run: 'loom pull (cold)',
-        seconds: first.seconds.toFixed(2),
-        'MB/s': mbps(total, first.seconds),
-        'CDN bytes': firstCdn,
-        'peak RSS MiB': Math.round(first.peakRssKiB / 1024),
+        run: `loom pull (cold), median of ${rounds}`,
+        seconds: loomSeconds.toFixed(2),
+        'MB/s': mbps(total, loomSeconds),
+        'CDN bytes': samples[0]!.loomCdnBytes,
       },
       {
-        run: 'loom pull again (same revision)',
-        seconds: second.seconds.toFixed(2),
+        run: `loom pull again (same revision), median of ${rounds}`,
+        seconds: secondPullSeconds.toFixed(2),
         'MB/s': '-',
-        'CDN bytes': secondBytes,
-        'peak RSS MiB': Math.round(second.peakRssKiB / 1024),
+        'CDN bytes': samples[0]!.secondPullBytes,
       },
     ];
     printTable(
       `Hub pull: 4 x ${BIG / MiB} MiB + 20 small files, ${LATENCY_MS} ms first byte, ${RATE / 1e6} MB/s per connection`,
       rows,
     );
-    console.log(`\nloom pull vs the sequential client: ${ratio(baseline.seconds, first.seconds)} faster`);
+    console.log(`\nloom pull vs the sequential client: ${ratio(baselineSeconds, loomSeconds)} faster (medians)`);
     return {
       bigFileMiB: BIG / MiB,
       totalBytes: total,
-      baselineSeconds: baseline.seconds,
-      loomSeconds: first.seconds,
-      speedup: baseline.seconds / first.seconds,
-      secondPullSeconds: second.seconds,
-      secondPullBytes: secondBytes,
+      rounds,
+      baselineSeconds,
+      loomSeconds,
+      speedup: baselineSeconds / loomSeconds,
+      secondPullSeconds,
+      nodeStartSeconds: med((r) => r.nodeStartSeconds),
+      baselineCpuSeconds: med((r) => r.baselineCpuSeconds),
+      loomCpuSeconds: med((r) => r.loomCpuSeconds),
+      samples,
       rows,
     };
   } finally {

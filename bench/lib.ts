@@ -56,6 +56,8 @@ export interface CommandRun {
   seconds: number;
   /** Peak resident set size in KiB, from the kernel's VmHWM. */
   peakRssKiB: number;
+  /** User + system CPU seconds of the process, from /proc (sampled every 20 ms, so a little low). */
+  cpuSeconds: number;
   code: number | null;
   stdout: string;
   stderr: string;
@@ -69,6 +71,7 @@ export function runCommand(command: string, args: string[], env: NodeJS.ProcessE
     let stdout = '';
     let stderr = '';
     let peak = 0;
+    let cpuTicks = 0;
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     const sample = (): void => {
@@ -76,6 +79,10 @@ export function runCommand(command: string, args: string[], env: NodeJS.ProcessE
         const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
         const hwm = /VmHWM:\s+(\d+)/.exec(status);
         if (hwm) peak = Math.max(peak, Number(hwm[1]));
+        // Fields 14 and 15 of /proc/PID/stat, after the command name in parentheses.
+        const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8');
+        const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+        cpuTicks = Math.max(cpuTicks, Number(fields[11]) + Number(fields[12]));
       } catch {
         /* exited */
       }
@@ -85,7 +92,15 @@ export function runCommand(command: string, args: string[], env: NodeJS.ProcessE
     child.on('exit', () => sample());
     child.on('close', (code) => {
       clearInterval(timer);
-      resolvePromise({ seconds: (performance.now() - started) / 1000, peakRssKiB: peak, code, stdout, stderr });
+      resolvePromise({
+        seconds: (performance.now() - started) / 1000,
+        peakRssKiB: peak,
+        // Clock ticks are 1/100 s on Linux.
+        cpuSeconds: cpuTicks / 100,
+        code,
+        stdout,
+        stderr,
+      });
     });
   });
 }

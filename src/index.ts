@@ -15,6 +15,14 @@ export {
   type DroppedSource,
 } from './fetch/download.js';
 export { resolveFetchOptions, type ResolvedFetchOptions } from './fetch/options.js';
+export { RequestPool, PoolMember, type RequestSlot, type RequestSlots } from './fetch/request-pool.js';
+export {
+  runFileQueue,
+  type QueuedFile,
+  type QueueProgress,
+  type ActiveFile,
+  type FileQueueOptions,
+} from './fetch/file-queue.js';
 export { pieceSizeFor, pieceCount, pieceRange, isValidManifest, type Manifest } from './core/manifest.js';
 export { sourceFor, type SourceOptions } from './sources/index.js';
 export type { Source, RangeBody, ProbeResult, ProbeExpectation, Validator } from './sources/source.js';

@@ -19,7 +19,7 @@ interface PullFlags {
   hfCache?: string;
   cacheDir?: string;
   workers: number;
-  parallelFiles: number;
+  parallelFiles?: number;
   caCert: string[];
   fsync: boolean;
   quiet?: boolean;
@@ -58,11 +58,11 @@ export function pullCommand(): Command {
     )
     .option(
       '-w, --workers <n>',
-      `requests in flight per file, 1-${DEFAULTS.maxWorkers}`,
+      `requests in flight for the whole pull (one pool all files share), 1-${DEFAULTS.maxWorkers}`,
       integerIn(1, DEFAULTS.maxWorkers),
       DEFAULTS.workers,
     )
-    .option('--parallel-files <n>', 'files fetched at once, 1-64', integerIn(1, 64), DEFAULTS.hub.parallelFiles)
+    .option('--parallel-files <n>', 'files in progress at once, at most, 1-256 (default: --workers)', integerIn(1, 256))
     .option('--ca-cert <file>', 'also trust this PEM CA certificate (repeatable)', collect, [])
     .option('--no-fsync', 'skip the flush to disk before each rename')
     .option('-q, --quiet', 'print nothing but errors and the directory')
@@ -80,10 +80,10 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
     if (flags.revision !== undefined && repo.includes('@')) {
       throw new UsageError('the revision is given twice (@revision and --revision)');
     }
-    if (repo.startsWith('s3://')) return await pullS3(repo, flags, interrupt.signal);
-    const { pullRepo } = await import('../hub/pull.js');
     const line = progressLine(flags);
     view = line;
+    if (repo.startsWith('s3://')) return await pullS3(repo, flags, interrupt.signal, line);
+    const { pullRepo } = await import('../hub/pull.js');
     const result = await pullRepo({
       repo,
       revision: flags.revision,
@@ -125,18 +125,26 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
 }
 
 /** `loom pull s3://bucket/prefix/ --out DIR`: every object under the prefix, each checked against S3's checksum. */
-async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal): Promise<number> {
+async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal, line: ProgressLine): Promise<number> {
   if (!flags.out) {
     throw new UsageError('an s3:// prefix is pulled into a directory', { hint: 'give --out DIR' });
   }
   const { pullS3Prefix } = await import('./s3-fetch.js');
   const started = performance.now();
-  const results = await pullS3Prefix(uri, flags.out, {
-    workers: flags.workers,
-    caCertFiles: flags.caCert,
-    fsync: flags.fsync,
-    signal,
-  });
+  const results = await pullS3Prefix(
+    uri,
+    flags.out,
+    { workers: flags.workers, caCertFiles: flags.caCert, fsync: flags.fsync, signal },
+    {
+      parallelFiles: flags.parallelFiles,
+      onProgress: (progress) => line.update(progress),
+      onFile: (r, { done, total }) => {
+        if (!line.live)
+          say(flags, `loom: [${done}/${total}] ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);
+      },
+    },
+  );
+  line.stop();
   const bytes = results.reduce((sum, r) => sum + r.size, 0);
   const seconds = (performance.now() - started) / 1000;
   if (flags.json) {
@@ -149,7 +157,9 @@ async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal): Promi
       files: results.map((r) => ({ uri: r.uri, path: r.path, bytes: r.size, sha256: r.sha256, s3Check: r.s3Check })),
     });
   } else {
-    for (const r of results) say(flags, `loom: ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);
+    if (line.live) {
+      for (const r of results) say(flags, `loom: ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);
+    }
     say(flags, `loom: ${uri}: ${results.length} files, ${formatSize(bytes)} in ${seconds.toFixed(2)} s`);
     process.stdout.write(`${flags.out}\n`);
   }
@@ -165,10 +175,17 @@ interface ProgressLine {
   stop(): void;
 }
 
-/** One line for the whole pull on a terminal: files, bytes, rate, and the active files. */
+/**
+ * One progress display for the whole pull: on a terminal one line redrawn in place (files
+ * and bytes done of the total, rate, and the active files with their percentages); without
+ * one (CI, logs) the same line every 5 s, besides the line per finished file.
+ */
 function progressLine(flags: PullFlags): ProgressLine {
-  const live = Boolean(process.stderr.isTTY) && !flags.quiet && !flags.json;
+  const quiet = Boolean(flags.quiet || flags.json);
+  const live = Boolean(process.stderr.isTTY) && !quiet;
   const started = performance.now();
+  let startBytes: number | undefined;
+  let lastLine = started;
   let drawn = false;
   const clear = (): void => {
     if (drawn) process.stderr.write('\r\x1b[2K');
@@ -177,14 +194,24 @@ function progressLine(flags: PullFlags): ProgressLine {
   return {
     live,
     update(p) {
-      if (!live) return;
-      const seconds = (performance.now() - started) / 1000;
-      const rate = seconds > 0 ? p.bytesDone / 1e6 / seconds : 0;
+      if (quiet) return;
+      const now = performance.now();
+      // Files already in place count toward the total, not toward the rate.
+      startBytes ??= p.bytesDone;
+      const seconds = (now - started) / 1000;
+      const rate = seconds > 0 ? (p.bytesDone - startBytes) / 1e6 / seconds : 0;
       const files = p.active
         .slice(0, 3)
         .map((a) => `${a.path.split('/').pop()} ${a.size ? Math.floor((a.doneBytes / a.size) * 100) : 100}%`)
         .join(', ');
-      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${rate.toFixed(0)} MB/s${files ? ` | ${files}` : ''}`;
+      const more = p.active.length > 3 ? ` +${p.active.length - 3}` : '';
+      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${rate.toFixed(0)} MB/s${files ? ` | ${files}${more}` : ''}`;
+      if (!live) {
+        if (now - lastLine < 5000) return;
+        lastLine = now;
+        process.stderr.write(`${text}\n`);
+        return;
+      }
       clear();
       process.stderr.write(text.slice(0, (process.stderr.columns || 120) - 1));
       drawn = true;

@@ -3,11 +3,14 @@
 // directory. Like fetchFile, the output path only ever holds a complete, checked file.
 import { mkdir } from 'node:fs/promises';
 import { dirname, relative, resolve, sep } from 'node:path';
+import { DEFAULTS } from '../core/defaults.js';
 import { UsageError } from '../core/errors.js';
 import type { DownloadResult } from '../fetch/download.js';
+import { runFileQueue, type QueueProgress } from '../fetch/file-queue.js';
 import { partPathFor } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { moveIntoPlace } from '../fetch/part-file.js';
+import { RequestPool } from '../fetch/request-pool.js';
 import {
   defaultCredentialProvider,
   listS3Prefix,
@@ -87,11 +90,25 @@ export function s3KeyPath(outDir: string, prefix: string, key: string): string {
   return target;
 }
 
-/** Pulls every object under `s3://bucket/prefix/` into `outDir`, keeping the key paths below the prefix. */
+export interface S3PullOptions {
+  /** Objects in progress at once, at most. Default: the pool's size (`workers`). */
+  parallelFiles?: number;
+  /** The whole pull's progress: totals and the active objects. */
+  onProgress?: (progress: QueueProgress) => void;
+  /** Called when an object is in place. */
+  onFile?: (result: S3FetchResult, progress: { done: number; total: number }) => void;
+}
+
+/**
+ * Pulls every object under `s3://bucket/prefix/` into `outDir`, keeping the key paths below
+ * the prefix. All objects share one pool of `workers` requests (file-queue.ts): big objects
+ * are split across it, small ones fetched whole in the gaps.
+ */
 export async function pullS3Prefix(
   uri: string,
   outDir: string,
   options: S3FetchOptions = {},
+  pull: S3PullOptions = {},
 ): Promise<S3FetchResult[]> {
   const { bucket, key: prefix } = parseS3Uri(uri);
   const s3 = { ...options.s3, credentials: options.s3?.credentials ?? defaultCredentialProvider(options.s3?.profile) };
@@ -99,11 +116,25 @@ export async function pullS3Prefix(
   const entries = await listS3Prefix(uri, { ...options.s3, pageSize: options.listPageSize, signal: options.signal });
   // Folder markers ("dir/") hold no bytes.
   const objects = entries.filter((e) => !e.key.endsWith('/'));
-  const targets = objects.map((e) => ({ key: e.key, path: s3KeyPath(outDir, prefix, e.key) }));
-  const results: S3FetchResult[] = [];
-  for (const { key, path } of targets) {
-    await mkdir(dirname(path), { recursive: true });
-    results.push(await fetchS3(`s3://${bucket}/${key}`, path, options));
-  }
-  return results;
+  const targets = objects.map((e) => ({ key: e.key, path: s3KeyPath(outDir, prefix, e.key), size: e.size }));
+  const pool = new RequestPool(options.workers ?? DEFAULTS.workers);
+  const results = await runFileQueue(targets, {
+    pool,
+    maxActive: Math.max(1, pull.parallelFiles ?? pool.size),
+    signal: options.signal,
+    run: async ({ key, path }, { slots, signal, onBytes }) => {
+      await mkdir(dirname(path), { recursive: true });
+      return fetchS3(`s3://${bucket}/${key}`, path, {
+        ...options,
+        // Every object may use the whole pool: when the others are done, the last one gets it all.
+        workers: pool.size,
+        requestPool: slots,
+        signal,
+        onProgress: (p) => onBytes(p.doneBytes),
+      });
+    },
+    onDone: (_target, result, progress) => pull.onFile?.(result, progress),
+    onProgress: pull.onProgress,
+  });
+  return results.sort((a, b) => (a.uri < b.uri ? -1 : a.uri > b.uri ? 1 : 0));
 }

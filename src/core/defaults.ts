@@ -129,8 +129,6 @@ export const DEFAULTS = {
   hub: {
     endpoint: 'https://huggingface.co',
     revision: 'main',
-    /** Files `loom pull` fetches at once. */
-    parallelFiles: 8,
   },
 } as const;
 

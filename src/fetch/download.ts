@@ -37,6 +37,7 @@ import { PieceLedger } from './piece-verifier.js';
 import { PrefixHasher } from './prefix-hasher.js';
 import { pump } from './range-pump.js';
 import { RangeSet } from './range-set.js';
+import type { RequestSlot, RequestSlots } from './request-pool.js';
 import { decideAfterFailure } from './retry-budget.js';
 import { waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { clientLoadMonitor, RangeTask, Scheduler } from './scheduler.js';
@@ -88,6 +89,11 @@ export interface DownloadOptions {
   fsync: boolean;
   signal: AbortSignal | undefined;
   onProgress: ((progress: FetchProgress) => void) | undefined;
+  /**
+   * Slots shared with other downloads (a pull's one pool): every request this download
+   * runs holds one, so `workers` is its most and the pool's size the total. Default: none.
+   */
+  requestSlots?: RequestSlots | undefined;
 }
 
 export interface BlobDownloadParams extends DownloadOptions {
@@ -189,11 +195,22 @@ export async function discardPart(partPath: string): Promise<void> {
 interface Held {
   task: RangeTask;
   body?: Promise<RangeBody> | RangeBody;
+  /** The pool slot it runs under (the probe's, handed to the worker that carries on). */
+  slot?: RequestSlot;
+}
+
+/** A worker's slot of the shared pool, if it holds one now. */
+interface Lease {
+  slot: RequestSlot | undefined;
 }
 
 /** One pass over a blob; a new one is made when the download starts over. */
 class BlobDownload {
   private readonly controller = new AbortController();
+  /** Aborted when the download ends either way: workers waiting for a pool slot stop waiting. */
+  private readonly ended = new AbortController();
+  /** The pool slot of the first request (the probe), until a worker takes it over. */
+  private probeSlot: RequestSlot | undefined;
   private readonly journalPath: string;
   private readonly journal: JournalKeeper;
   private readonly sources: SourceSet;
@@ -295,6 +312,8 @@ class BlobDownload {
     } finally {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);
+      this.ended.abort();
+      this.probeSlot?.release();
       await Promise.allSettled(this.workers);
       await this.journal.settled();
       await this.backgroundSync;
@@ -307,6 +326,7 @@ class BlobDownload {
     this.failure ??= err;
     this.settle.reject(this.failure);
     this.controller.abort();
+    this.ended.abort();
   }
 
   private async transfer(): Promise<BlobDownloadResult> {
@@ -316,6 +336,10 @@ class BlobDownload {
     let probed: { state: SourceState; probe: ProbeResult } | undefined;
     // A known size with a known digest needs no probe: every source is only asked for ranges.
     if (knownSize === undefined || (this.sha256In === undefined && this.manifestIn === undefined)) {
+      if (this.params.requestSlots) {
+        this.probeSlot = await this.params.requestSlots.acquire(this.ended.signal);
+        if (!this.probeSlot) throw this.failure ?? cancelled();
+      }
       let firstRange = this.firstRange(journal);
       try {
         probed = await this.probe(firstRange);
@@ -380,7 +404,10 @@ class BlobDownload {
     }
     this.started = true;
     for (const state of this.sources.live()) {
-      this.startWorkers(state, state === probed?.state ? { task: probeTask!, body: probed.probe.body } : undefined);
+      const first =
+        state === probed?.state ? { task: probeTask!, body: probed.probe.body, slot: this.probeSlot } : undefined;
+      if (first) this.probeSlot = undefined;
+      this.startWorkers(state, first);
     }
     this.checkDone();
     await this.completion;
@@ -495,31 +522,51 @@ class BlobDownload {
   private checkDone(): void {
     if (this.finished || this.failure || !this.complete()) return;
     this.finished = true;
+    this.ended.abort();
     this.settle.resolve();
   }
 
   private async worker(state: SourceState, first?: Held): Promise<void> {
     const scheduler = this.scheduler!;
+    const pool = this.params.requestSlots;
     const accept = (task: RangeTask): boolean => state.hasCapacity && this.sources.shouldTake(state, task.piece);
     let held = first;
-    while (!this.signal.aborted && !state.dropped && !this.finished) {
-      if (!held) {
-        const task = scheduler.take(state.id, accept);
-        if (!task) {
-          await scheduler.idle();
-          this.checkServable();
-          continue;
+    // With a shared pool: held while this worker has ranges to fetch, given back when it has
+    // none (and while it waits out a retry's backoff, see runTask).
+    const lease: Lease = { slot: first?.slot };
+    try {
+      while (!this.signal.aborted && !state.dropped && !this.finished) {
+        if (!held) {
+          if (pool && !lease.slot) {
+            // Only a worker with something to fetch waits for a slot; the others poll as before.
+            if (scheduler.hasWork(state.id, accept)) lease.slot = await pool.acquire(this.ended.signal);
+            if (!lease.slot) {
+              if (!this.ended.signal.aborted) await scheduler.idle();
+              this.checkServable();
+              continue;
+            }
+          }
+          const task = scheduler.take(state.id, accept);
+          if (!task) {
+            lease.slot?.release();
+            lease.slot = undefined;
+            await scheduler.idle();
+            this.checkServable();
+            continue;
+          }
+          state.inFlight++;
+          held = { task };
         }
-        state.inFlight++;
-        held = { task };
+        const current = held;
+        held = undefined;
+        const outcome = await this.runTask(state, current, (next) => (held = next), lease);
+        state.inFlight--;
+        if (outcome === 'done') scheduler.finish(current.task);
+        else scheduler.release(current.task);
+        this.checkDone();
       }
-      const current = held;
-      held = undefined;
-      const outcome = await this.runTask(state, current, (next) => (held = next));
-      state.inFlight--;
-      if (outcome === 'done') scheduler.finish(current.task);
-      else scheduler.release(current.task);
-      this.checkDone();
+    } finally {
+      lease.slot?.release();
     }
     if (held) {
       if (held.body instanceof Promise)
@@ -537,7 +584,12 @@ class BlobDownload {
    * Fetches one task to its (possibly shrinking) end from `state`, resuming after each
    * failure. Returns 'released' when the source was dropped and the task must go elsewhere.
    */
-  private async runTask(state: SourceState, held: Held, setNext: (next: Held) => void): Promise<'done' | 'released'> {
+  private async runTask(
+    state: SourceState,
+    held: Held,
+    setNext: (next: Held) => void,
+    lease: Lease = { slot: undefined },
+  ): Promise<'done' | 'released'> {
     const { task } = held;
     const { source } = state.slot;
     let body = held.body;
@@ -592,9 +644,20 @@ class BlobDownload {
         }
         this.stats.retries++;
         if (decision.hold) task.holdUntil = performance.now() + decision.delayMs;
+        // The pool's slot serves another file while this range waits (unless this worker's
+        // next request is already open on it).
+        const pause = lease.slot !== undefined && !openedNext;
+        if (pause) {
+          lease.slot!.release();
+          lease.slot = undefined;
+        }
         await waitBeforeRetry(decision.delayMs, state.signal).catch((waitErr: unknown) => {
           if (!state.dropped || this.signal.aborted) throw waitErr;
         });
+        if (pause) {
+          lease.slot = await this.params.requestSlots!.acquire(this.ended.signal);
+          if (!lease.slot) throw this.failure ?? cancelled();
+        }
         task.holdUntil = undefined;
         if (state.dropped) return 'released';
       }

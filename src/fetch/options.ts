@@ -6,6 +6,7 @@ import { parseDuration, parseSize } from '../core/units.js';
 import { checkBoolean, checkInteger, checkKnownKeys, checkOneOf, isRecord } from '../core/validate.js';
 import type { DownloadOptions, FetchProgress } from './download.js';
 import type { Preallocation } from './part-file.js';
+import type { RequestSlots } from './request-pool.js';
 import type { SourceOptions } from '../sources/index.js';
 
 /** Options of fetchFile. Every field is optional; the default is named beside it. */
@@ -52,6 +53,11 @@ export interface FetchOptions {
   onProgress?: (progress: FetchProgress) => void;
   /** Follow a redirect from https to http (credentials are dropped either way). Default false. */
   allowHttpsDowngrade?: boolean;
+  /**
+   * Share one budget of requests in flight with other downloads (a RequestPool, or a
+   * PoolMember of one): `workers` is then this download's most. Default: none.
+   */
+  requestPool?: RequestSlots;
 }
 
 const KNOWN_KEYS = [
@@ -75,6 +81,7 @@ const KNOWN_KEYS = [
   'signal',
   'onProgress',
   'allowHttpsDowngrade',
+  'requestPool',
 ] as const;
 
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
@@ -133,6 +140,9 @@ export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOpti
   ) {
     throw new UsageError('invalid option caCertFiles: must be a list of file paths');
   }
+  if (input.requestPool !== undefined && typeof (input.requestPool as { acquire?: unknown }).acquire !== 'function') {
+    throw new UsageError('invalid option requestPool: must be a RequestPool');
+  }
   const stallTimeoutMs = durationOption(input.stallTimeout, 'stallTimeout') ?? DEFAULTS.stallTimeoutMs;
   if (stallTimeoutMs < 1) throw new UsageError('invalid option stallTimeout: must be positive');
   return {
@@ -156,6 +166,7 @@ export function resolveFetchOptions(input: FetchOptions = {}): ResolvedFetchOpti
     fsync: checkBoolean(input.fsync, 'fsync') ?? true,
     signal: input.signal,
     onProgress: input.onProgress,
+    requestSlots: input.requestPool,
     headers: headersOption(input.headers),
     stallTimeoutMs,
     maxRedirects: checkInteger(input.maxRedirects, 'maxRedirects', 0, 50) ?? DEFAULTS.maxRedirects,

@@ -218,6 +218,12 @@ export class Scheduler {
     return this.split(accept);
   }
 
+  /** Whether take() would find something for this worker now (a queued task, or a range to split). */
+  hasWork(sourceId = '', accept: Accept = () => true): boolean {
+    if (this.queue.some((task) => this.mayServe(task.piece, sourceId) && accept(task))) return true;
+    return this.splitCandidate(accept) !== undefined;
+  }
+
   private mayServe(piece: number, sourceId: string): boolean {
     const owner = this.exclusive.get(piece);
     return owner === undefined || owner === sourceId;
@@ -283,6 +289,19 @@ export class Scheduler {
   }
 
   private split(accept: Accept): RangeTask | undefined {
+    const largest = this.splitCandidate(accept);
+    if (!largest) return undefined;
+    const half = Math.floor(largest.remaining / 2 / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
+    const mid = largest.end - Math.max(half, this.options.minSplitSize);
+    const stolen = new RangeTask(mid, largest.end, this.latency, largest.piece);
+    largest.end = mid;
+    this.active.add(stolen);
+    this.splits++;
+    return stolen;
+  }
+
+  /** The range in flight an idle worker would take the back half of, if any is worth it. */
+  private splitCandidate(accept: Accept): RangeTask | undefined {
     const now = performance.now();
     let largest: RangeTask | undefined;
     let largestEta = 0;
@@ -299,12 +318,6 @@ export class Scheduler {
     }
     const threshold = Math.max(this.options.minSplitEtaMs ?? DEFAULT_MIN_SPLIT_ETA_MS, 3 * this.latency.ms);
     if (!largest || largestEta < threshold || this.clientLoad() > MAX_LOAD_TO_SPLIT) return undefined;
-    const half = Math.floor(largest.remaining / 2 / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
-    const mid = largest.end - Math.max(half, this.options.minSplitSize);
-    const stolen = new RangeTask(mid, largest.end, this.latency, largest.piece);
-    largest.end = mid;
-    this.active.add(stolen);
-    this.splits++;
-    return stolen;
+    return largest;
   }
 }

@@ -1,7 +1,8 @@
 // A fixed set of reusable write buffers shared by every worker of a download. Incoming
 // socket buffers are copied into a slab at once and dropped, so they die young in V8's
 // nursery; slabs go to disk whole, as one pwrite each. Memory is the pool's size, however
-// many workers or gigabytes, and a worker that finds no free slab stops reading its socket.
+// many workers or gigabytes (made as they are first needed), and a worker that finds no
+// free slab stops reading its socket.
 
 export class SlabPool {
   private readonly free: Buffer[] = [];
@@ -9,17 +10,22 @@ export class SlabPool {
   /** Acquires that found no free slab: the disk is behind the network. */
   starvedAcquires = 0;
 
+  /** Slabs made so far: made when first needed, so a small file (or a hit) costs none. */
+  private made = 0;
+
   constructor(
     readonly slabSize: number,
-    count: number,
-  ) {
-    for (let i = 0; i < count; i++) this.free.push(Buffer.allocUnsafeSlow(slabSize));
-  }
+    private readonly count: number,
+  ) {}
 
   /** A free slab, waiting for one to be released if all are busy. */
   acquire(): Buffer | Promise<Buffer> {
     const slab = this.free.pop();
     if (slab) return slab;
+    if (this.made < this.count) {
+      this.made++;
+      return Buffer.allocUnsafeSlow(this.slabSize);
+    }
     this.starvedAcquires++;
     return new Promise((resolve) => this.waiting.push(resolve));
   }

@@ -2,16 +2,19 @@
 // commit. The revision is resolved once; the paginated tree listing names every file with
 // the digest the Hub vouches for (LFS sha256, else git sha1), so a file already in the node
 // cache is a hit before any request for its bytes. Files go through fetchCached (verified,
-// stored once per node) and are laid out in the standard HF cache (blobs hard-linked from the
-// node cache) or as plain files under --out.
+// stored once per node), all sharing one pool of requests (file-queue.ts: big files split
+// across it, small ones fetched whole in the gaps), and are laid out in the standard HF cache
+// (blobs hard-linked from the node cache) or as plain files under --out.
 import { existsSync, realpathSync, statSync } from 'node:fs';
 import { link, mkdir, rename, rm } from 'node:fs/promises';
 import { dirname, resolve, sep } from 'node:path';
-import picomatch from 'picomatch';
 import { HubOfflineError, UsageError, diskError } from '../core/errors.js';
 import { fetchCached, type CacheOutcome } from '../cache/cached-fetch.js';
 import { HfRepoCache, hubCacheDir } from '../cache/hf-layout.js';
+import { DEFAULTS } from '../core/defaults.js';
+import { runFileQueue, type QueueProgress } from '../fetch/file-queue.js';
 import type { FetchOptions } from '../fetch/options.js';
+import { RequestPool, type RequestSlots } from '../fetch/request-pool.js';
 import { HubApi, type TreeEntry } from '../sources/hf/api.js';
 import { hubEndpoint, hubOffline, hubToken } from '../sources/hf/config.js';
 import {
@@ -24,9 +27,12 @@ import {
   type HfRepoType,
 } from '../sources/hf/uri.js';
 import { verifyGitSha1 } from './verify.js';
-import { DEFAULTS } from '../core/defaults.js';
 
-export type PullFetchOptions = Omit<FetchOptions, 'sha256' | 'headers' | 'onProgress' | 'computeSha256'>;
+/** Engine options for every file; `workers` is the size of the pull's one pool of requests. */
+export type PullFetchOptions = Omit<
+  FetchOptions,
+  'sha256' | 'headers' | 'onProgress' | 'computeSha256' | 'requestPool'
+>;
 
 export interface PullParams {
   /** `org/repo[@rev]`, `hf://org/repo[@rev]`, `hf://datasets/org/name[@rev]`. */
@@ -51,9 +57,9 @@ export interface PullParams {
   cacheDir?: string;
   /** No request to the Hub: serve from the HF cache. Default HF_HUB_OFFLINE. */
   offline?: boolean;
-  /** Files fetched at once. Default DEFAULTS.hub.parallelFiles. */
+  /** Files in progress at once, at most. Default: the pool's size (fetch.workers). */
   parallelFiles?: number;
-  /** Engine options for each file (workers is per file). */
+  /** Engine options; `workers` is the requests in flight for the whole pull (one pool). */
   fetch?: PullFetchOptions;
   env?: NodeJS.ProcessEnv;
   onStatus?: (message: string) => void;
@@ -63,15 +69,8 @@ export interface PullParams {
   onProgress?: (progress: PullProgress) => void;
 }
 
-export interface PullProgress {
-  filesDone: number;
-  filesTotal: number;
-  /** Bytes in place (files done, and what the active ones have on disk). */
-  bytesDone: number;
-  bytesTotal: number;
-  /** Files being fetched now. */
-  active: { path: string; doneBytes: number; size: number }[];
-}
+/** The whole pull's progress: totals, and each active file's bytes. */
+export type PullProgress = QueueProgress;
 
 export type PullOutcome = CacheOutcome | 'present';
 
@@ -110,11 +109,16 @@ interface PlannedFile {
   gitSha1: string | undefined;
 }
 
-/** A glob filter in the spirit of the hf CLI's allow/ignore patterns. */
-export function pathFilter(
+/**
+ * A glob filter in the spirit of the hf CLI's allow/ignore patterns. picomatch is loaded
+ * only when there are patterns: a plain pull (and a second pull above all) starts faster.
+ */
+export async function pathFilter(
   include: readonly string[] = [],
   exclude: readonly string[] = [],
-): (path: string) => boolean {
+): Promise<(path: string) => boolean> {
+  if (include.length === 0 && exclude.length === 0) return () => true;
+  const { default: picomatch } = await import('picomatch');
   const compile = (patterns: readonly string[]): ((path: string) => boolean) => {
     const matchers = patterns.map((raw) => {
       const pattern = raw.endsWith('/') ? `${raw}**` : raw;
@@ -158,7 +162,7 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
   }
   const revision = params.revision ?? ref.revision ?? DEFAULT_REVISION;
   const repoCache = new HfRepoCache(params.hubCache ?? hubCacheDir(env), ref.repoType, ref.repoId);
-  const keep = pathFilter(params.include, params.exclude);
+  const keep = await pathFilter(params.include, params.exclude);
   const status = params.onStatus ?? (() => undefined);
   const out = params.out;
 
@@ -176,8 +180,14 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
   let commit: string;
   let files: PlannedFile[];
   try {
+    // A revision pulled before names a commit the HF cache knows: its listing is asked for
+    // alongside the revision (one round trip instead of two) and used if the revision still
+    // names that commit.
+    const known = COMMIT_HASH.test(revision) ? revision : repoCache.readRef(revision);
+    const guess = known ? api.listTree(ref, known) : undefined;
+    guess?.catch(() => undefined);
     commit = await api.resolveRevision(ref, revision);
-    const entries = await api.listTree(ref, commit);
+    const entries = guess && commit === known ? await guess : await api.listTree(ref, commit);
     files = entries.filter((e) => e.type === 'file' && keep(e.path)).map(planned);
   } finally {
     api.close();
@@ -185,33 +195,33 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
   for (const file of files) safeJoin(out ?? repoCache.snapshotDir(commit), file.path);
   if (files.length === 0) status(`no file of ${formatHfRef({ ...ref, revision })} matches the filters`);
   const headers = api.authHeaders();
+  const base = (file: PlannedFile): Omit<PulledFile, 'outcome' | 'transferredBytes' | 'location'> => ({
+    path: file.path,
+    size: file.size,
+    etag: file.etag,
+    lfs: file.sha256 !== undefined,
+  });
 
-  const bytesTotal = files.reduce((sum, f) => sum + f.size, 0);
-  const active = new Map<string, { path: string; doneBytes: number; size: number }>();
-  let filesDone = 0;
-  let bytesOfDoneFiles = 0;
-  let lastReport = 0;
-  const report = (force = false): void => {
-    if (!params.onProgress || (!force && performance.now() - lastReport < 100)) return;
-    lastReport = performance.now();
-    const list = [...active.values()];
-    params.onProgress({
-      filesDone,
-      filesTotal: files.length,
-      bytesDone: bytesOfDoneFiles + list.reduce((sum, a) => sum + a.doneBytes, 0),
-      bytesTotal,
-      active: list,
-    });
-  };
-
-  const fetchOne = async (file: PlannedFile): Promise<PulledFile> => {
-    const url = resolveUrl(endpoint, ref, commit, file.path);
-    const base = { path: file.path, size: file.size, etag: file.etag, lfs: file.sha256 !== undefined };
+  // Already in the HF cache (by Loom or the Hub's own clients): trusted as they trust it,
+  // and linked into this snapshot without a request or a slot of the pool.
+  const results: PulledFile[] = [];
+  const toFetch: PlannedFile[] = [];
+  for (const file of files) {
     if (!out && repoCache.hasBlob(file.etag, file.size)) {
-      // Already in the HF cache (by Loom or the Hub's own clients): trust it as they do.
       const location = await repoCache.linkSnapshot(commit, file.path, file.etag);
-      return { ...base, outcome: 'present', transferredBytes: 0, location };
+      results.push({ ...base(file), outcome: 'present', transferredBytes: 0, location });
+    } else {
+      toFetch.push(file);
     }
+  }
+  for (const [i, pulled] of results.entries()) params.onFile?.(pulled, { done: i + 1, total: files.length });
+
+  const pool = new RequestPool(params.fetch?.workers ?? DEFAULTS.workers);
+  const fetchOne = async (
+    file: PlannedFile,
+    { slots, signal, onBytes }: { slots: RequestSlots; signal: AbortSignal; onBytes: (doneBytes: number) => void },
+  ): Promise<PulledFile> => {
+    const url = resolveUrl(endpoint, ref, commit, file.path);
     // A small file is verified after fetchCached and before it takes its place; an LFS file
     // is verified by fetchCached itself (its sha256), so it can land at its place directly.
     const target = out ? safeJoin(out, file.path) : repoCache.blobPath(file.etag);
@@ -227,16 +237,17 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
     }
     const result = await fetchCached(url, landing, {
       ...params.fetch,
+      // Every file may use the whole pool: when the others are done, the last one gets it all.
+      workers: pool.size,
+      requestPool: slots,
+      signal,
       sha256: file.sha256,
       headers,
       cacheDir: params.cacheDir,
       // The URL names a commit: its bytes never change, so a cached copy needs no revalidation.
       offline: true,
       onStatus: (message) => status(`${file.path}: ${message}`),
-      onProgress: (p) => {
-        active.set(file.path, { path: file.path, doneBytes: p.doneBytes, size: file.size });
-        report();
-      },
+      onProgress: (p) => onBytes(p.doneBytes),
     });
     if (file.gitSha1) {
       await verifyGitSha1(landing, file.size, file.gitSha1, { url, label: file.path, cacheDir: params.cacheDir });
@@ -249,33 +260,19 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
       }
     }
     const location = out ? target : await repoCache.linkSnapshot(commit, file.path, file.etag);
-    return { ...base, outcome: result.cache, transferredBytes: result.stats.transferredBytes, location };
+    return { ...base(file), outcome: result.cache, transferredBytes: result.stats.transferredBytes, location };
   };
 
-  // Largest first, so the long transfers start at once and small files fill in around them.
-  const queue = [...files].sort((a, b) => b.size - a.size);
-  const results: PulledFile[] = [];
-  const parallel = Math.max(1, params.parallelFiles ?? DEFAULTS.hub.parallelFiles);
-  let failure: unknown;
-  const worker = async (): Promise<void> => {
-    while (failure === undefined) {
-      const file = queue.shift();
-      if (!file) return;
-      try {
-        const pulled = await fetchOne(file);
-        active.delete(file.path);
-        filesDone++;
-        bytesOfDoneFiles += file.size;
-        report(true);
-        results.push(pulled);
-        params.onFile?.(pulled, { done: results.length, total: files.length });
-      } catch (err) {
-        failure ??= err;
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(parallel, files.length) }, worker));
-  if (failure !== undefined) throw failure;
+  const fetched = await runFileQueue(toFetch, {
+    pool,
+    maxActive: Math.max(1, params.parallelFiles ?? pool.size),
+    signal: params.fetch?.signal,
+    run: fetchOne,
+    alreadyDone: { files: results.length, bytes: results.reduce((sum, f) => sum + f.size, 0) },
+    onDone: (_file, pulled, { done }) => params.onFile?.(pulled, { done: results.length + done, total: files.length }),
+    onProgress: params.onProgress,
+  });
+  results.push(...fetched);
   if (!out) await repoCache.writeRef(revision, commit);
   results.sort((a, b) => a.path.localeCompare(b.path));
   return {

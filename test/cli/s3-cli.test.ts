@@ -72,6 +72,23 @@ describe('loom fetch and loom pull with s3:// URIs', () => {
     }
   });
 
+  it("loom pull s3://…: S3's refusals are one line each with their exit code, and nothing lands", async () => {
+    await store.put(BUCKET, 'pull/denied/a.bin', randomBytes(10_000), { checksum: true });
+    const out = join(dir, 'denied');
+    const wrongKey = await runLoom(['pull', `s3://${BUCKET}/pull/denied/`, '--out', out], {
+      ...env,
+      AWS_SECRET_ACCESS_KEY: 'not-the-secret',
+    });
+    assert.equal(wrongKey.code, 2, wrongKey.stderr);
+    assert.match(wrongKey.stderr, /LOOM_ERR_S3_ACCESS_DENIED|SignatureDoesNotMatch/);
+    assert.equal(wrongKey.stderr.trim().split('\n').length, 1, wrongKey.stderr);
+    const noBucket = await runLoom(['pull', 's3://no-such-bucket/models/', '--out', out], env);
+    assert.equal(noBucket.code, 2, noBucket.stderr);
+    assert.match(noBucket.stderr, /NoSuchBucket/);
+    assert.equal(noBucket.stderr.trim().split('\n').length, 1, noBucket.stderr);
+    assert.equal(existsSync(join(out, 'a.bin')), false);
+  });
+
   it('loom pull s3://… without --out is a usage error that says to give --out', async () => {
     const run = await runLoom(['pull', `s3://${BUCKET}/pull/llama/`], env);
     assert.equal(run.code, 2);

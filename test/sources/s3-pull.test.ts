@@ -80,6 +80,30 @@ describe('fetchS3 and pullS3Prefix', () => {
     assert.equal(existsSync(join(out, 'x.bin')), false);
   });
 
+  it('pullS3Prefix fetches objects side by side through one pool, each object exact', async () => {
+    const objects = new Map<string, Buffer>();
+    objects.set('pool/big.bin', randomBytes(1024 * 1024 + 7));
+    for (let i = 0; i < 5; i++) objects.set(`pool/small-${i}.json`, randomBytes(20_000 + i));
+    for (const [key, bytes] of objects) await store.put(BUCKET, key, bytes, { checksum: true });
+    const out = join(dir, 'pool');
+    store.front.peakObjectsInFlight = 0;
+    store.front.bodyRate = 2 * 1024 * 1024;
+    try {
+      const results = await pullS3Prefix(`s3://${BUCKET}/pool/`, out, { ...base, workers: 3, s3: s3() });
+      assert.deepEqual(
+        results.map((r) => r.s3Check.check),
+        results.map(() => 'sha256-full-object'),
+      );
+    } finally {
+      store.front.bodyRate = undefined;
+    }
+    for (const [key, bytes] of objects) {
+      assert.equal(sha256Of(readFileSync(join(out, key.slice('pool/'.length)))), sha256Of(bytes), key);
+    }
+    // Not one object at a time: the small ones came while the big one streamed.
+    assert.ok(store.front.peakObjectsInFlight >= 2, `${store.front.peakObjectsInFlight} objects at once`);
+  });
+
   it('keys that would climb out of the output directory are refused', () => {
     assert.throws(() => s3KeyPath('/data/out', 'p/', 'p/../../etc/passwd'), UsageError);
     assert.throws(() => s3KeyPath('/data/out', 'p/', 'p/'), UsageError);

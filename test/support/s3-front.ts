@@ -53,6 +53,10 @@ export class S3Front {
   corrupt: { path: string; offset: number } | undefined;
   /** Called for each authenticated request before it is forwarded (tests change the store here). */
   onRequest: ((request: FrontRequest) => Promise<void>) | undefined;
+  /** Most distinct objects whose GET bodies were being sent at one moment. */
+  peakObjectsInFlight = 0;
+  /** Object paths with a GET body being sent now, and how many each. */
+  private readonly inFlight = new Map<string, number>();
   /** Largest difference between X-Amz-Date and now for header signatures (S3: 15 min). */
   maxSkewMs = 15 * 60_000;
   private readonly checksums = new Map<string, StoredChecksum>();
@@ -232,6 +236,13 @@ export class S3Front {
     objectPath: string,
     contentRange: string | string[] | undefined,
   ): Promise<void> {
+    this.inFlight.set(objectPath, (this.inFlight.get(objectPath) ?? 0) + 1);
+    this.peakObjectsInFlight = Math.max(this.peakObjectsInFlight, this.inFlight.size);
+    res.once('close', () => {
+      const left = (this.inFlight.get(objectPath) ?? 1) - 1;
+      if (left > 0) this.inFlight.set(objectPath, left);
+      else this.inFlight.delete(objectPath);
+    });
     let offset = Number(/^bytes (\d+)-/.exec(String(contentRange ?? ''))?.[1] ?? 0);
     const closed = new Promise<void>((resolve) => res.once('close', resolve));
     let gone = false;

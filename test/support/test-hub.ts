@@ -64,6 +64,8 @@ export interface TestHubStats {
   cdnRequests: number;
   /** Hub requests by kind: "revision", "tree", "paths-info", "resolve". */
   hubRequests: Record<string, number>;
+  /** Most requests for file bytes (CDN, and small files from the Hub) open at one moment. */
+  peakFileRequests: number;
 }
 
 export function gitBlobSha1(bytes: Buffer): string {
@@ -97,6 +99,7 @@ export class TestHub {
     cdnExpired: 0,
     cdnRequests: 0,
     hubRequests: {},
+    peakFileRequests: 0,
   };
   /** sha256s (LFS, from the CDN) and git sha1s (small files, from the Hub) sent with one byte flipped. */
   readonly corrupt = new Set<string>();
@@ -165,6 +168,7 @@ export class TestHub {
       cdnExpired: 0,
       cdnRequests: 0,
       hubRequests: {},
+      peakFileRequests: 0,
     });
   }
 
@@ -186,6 +190,15 @@ export class TestHub {
     if (stored.lfs) this.blobs.set(stored.sha256, stored);
     this.stored.set(file, stored);
     return stored;
+  }
+
+  private openFileRequests = 0;
+
+  /** Counts a request for file bytes as open until its response closes. */
+  private fileRequest(res: ServerResponse): void {
+    this.openFileRequests++;
+    this.stats.peakFileRequests = Math.max(this.stats.peakFileRequests, this.openFileRequests);
+    res.once('close', () => this.openFileRequests--);
   }
 
   private count(kind: string): void {
@@ -349,6 +362,7 @@ export class TestHub {
       res.writeHead(304, { etag }).end();
       return;
     }
+    if (req.method === 'GET') this.fileRequest(res);
     let bytes = stored.bytes;
     if (this.corrupt.has(stored.sha1)) {
       bytes = Buffer.from(bytes);
@@ -363,6 +377,7 @@ export class TestHub {
 
   private async serveCdn(req: IncomingMessage, res: ServerResponse): Promise<void> {
     this.stats.cdnRequests++;
+    if (req.method === 'GET') this.fileRequest(res);
     if (req.headers.authorization !== undefined) this.stats.cdnAuthorizationHeaders++;
     const url = new URL(req.url ?? '/', this.cdnOrigin);
     const sha256 = url.pathname.replace(/^\/blobs\//, '');
