@@ -47,7 +47,7 @@ export interface BarState {
 /** `retrying 3 ranges: 503, next in 2 s`. */
 export function formatRetryWait(wait: RetryWait): string {
   const ms = wait.nextInMs;
-  const next = ms >= 950 ? `${Math.round(ms / 1000)} s` : `${Math.max(100, Math.ceil(ms / 100) * 100)} ms`;
+  const next = ms >= 950 ? `${Math.round(ms / 1000)} s` : `${Math.max(100, Math.round(ms / 100) * 100)} ms`;
   return `retrying ${plural(wait.ranges, 'range')}: ${wait.reason}, next in ${next}`;
 }
 
