@@ -5,7 +5,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS } from '../core/defaults.js';
-import { UsageError } from '../core/errors.js';
+import { InvalidUrlError, UsageError } from '../core/errors.js';
 import { parseDuration, parseSize } from '../core/units.js';
 import type { FetchOptions } from '../fetch/options.js';
 
@@ -214,12 +214,24 @@ export function resolveOut(out: string | undefined, url: string): string {
   return isDirectory ? join(out, defaultOutFor(url)) : out;
 }
 
-/** The URL of a fetch: the argument or --url, not two different ones. */
+/** The schemes `loom fetch` takes, as its messages list them. */
+const CLI_SCHEMES = ['http', 'https', 'hf', 's3'];
+
+/** The URL of a fetch: the argument or --url, not two different ones, of a scheme Loom fetches. */
 export function urlOf(urlArg: string | undefined, flags: FetchFlags): string {
   const url = urlArg ?? flags.url;
   if (!url) throw new UsageError('no URL given', { hint: 'run loom fetch <url> -o <path>' });
   if (urlArg && flags.url && urlArg !== flags.url)
     throw new UsageError('two different URLs given (argument and --url)');
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)?.[1]?.toLowerCase();
+  if (scheme === undefined)
+    throw new InvalidUrlError(`"${url}" is not a URL`, {
+      hint: `give it with its scheme, e.g. https://${url}`,
+    });
+  if (!CLI_SCHEMES.includes(scheme))
+    throw new InvalidUrlError(`unsupported URL scheme "${scheme}:" in ${url}`, {
+      hint: `loom fetches ${CLI_SCHEMES.map((s) => `${s}://`).join(', ')} URLs`,
+    });
   return url;
 }
 

@@ -9,6 +9,7 @@ import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../../bench/origin/origin-server.js';
 import { resolveDigestPrefix } from '../../src/cli/cache-command.js';
 import { defaultOutFor } from '../../src/cli/fetch-flags.js';
+import { decideAfterFailure } from '../../src/fetch/retry-budget.js';
 import { randomContent, runLoom, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 
 const dir = tempDir();
@@ -79,6 +80,19 @@ describe('numbers on the command line', () => {
     const sha = await runLoom(['fetch', 'http://127.0.0.1:1/x', '-o', join(dir, 'x'), '--sha256', 'abc']);
     assert.equal(sha.code, 2);
     assert.match(sha.stderr, /^loom: error: invalid --sha256: must be 64 hex digits/);
+  });
+
+  it('says "after 1 attempt" in the library\'s own message too', () => {
+    const decision = decideAfterFailure(
+      Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }),
+      { attempts: 0 },
+      { failuresInARow: 0, maxConcurrency: 1 },
+      { attempts: 1, baseDelayMs: 1, factor: 2, maxDelayMs: 1, maxRetryAfterMs: 1 },
+      'bytes 0-9',
+      'http://h/x',
+    );
+    assert.equal(decision.kind, 'drop-source');
+    assert.match((decision as { reason: Error }).reason.message, /after 1 attempt: socket hang up/);
   });
 
   it('says "after 1 attempt" when --retries 1 gives up', async () => {
