@@ -30,6 +30,8 @@ export interface FetchFlags {
   json?: boolean;
   serve?: boolean;
   listen?: string;
+  advertise?: string;
+  legacyTtl?: number;
   progress: ProgressMode;
   controlPlane?: string;
   nodeId?: string;
@@ -92,6 +94,17 @@ function durationArg(positive: boolean) {
     if (positive && ms < 1) throw new UsageError('must be longer than 0');
     return ms;
   };
+}
+
+function httpUrlArg(value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new UsageError('must be a URL such as http://10.0.0.5:3000');
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError('must be an http or https URL');
+  return value.replace(/\/+$/, '');
 }
 
 function progressArg(value: string): ProgressMode {
@@ -176,6 +189,18 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   {
     flags: '--listen <host:port>',
     description: `address for --serve (default ${SERVE_LISTEN_DEFAULT}, the original tool's, or $LOOM_SERVE_LISTEN)`,
+  },
+  {
+    flags: '--advertise <url>',
+    description:
+      'with --serve: the URL other nodes reach this node at, as it registers itself (default: the --listen address; with a wildcard listen, the host name and a warning)',
+    parse: httpUrlArg,
+  },
+  {
+    flags: '--legacy-ttl <duration>',
+    description:
+      'with --serve: /register registrations expire after this long unless repeated (default: never, the life of the process, as in the original tool)',
+    parse: durationArg(true),
   },
 ];
 

@@ -146,6 +146,10 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
   let streamDir: string | undefined;
   try {
     const url = urlOf(urlArg, flags);
+    if (!flags.serve && (flags.advertise !== undefined || flags.legacyTtl !== undefined))
+      throw new UsageError(`${flags.advertise !== undefined ? '--advertise' : '--legacy-ttl'} goes with --serve`, {
+        hint: 'add --serve, or drop it',
+      });
     const toStdout = flags.out === '-';
     let out: string;
     if (toStdout) {
@@ -166,8 +170,13 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     const useCache = !toStdout && flags.cache && (await cacheUsable(flags, out));
     if (flags.serve) {
       const { startRegistry } = await import('./serve-registry.js');
-      registry = await startRegistry(flags.listen);
+      registry = await startRegistry({
+        listen: flags.listen,
+        advertise: flags.advertise,
+        legacyTtlMs: flags.legacyTtl,
+      });
       say(flags, `loom: registry bound to ${registry.address}; it serves once the download is done`);
+      if (registry.warning) say(flags, `loom: warning: ${registry.warning}`);
     }
     const mode = resolveProgressMode(flags);
     const view = createProgressView(toStdout ? streamLabel(url) : basename(out), mode);
@@ -220,7 +229,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       await registry.register(out);
       say(
         flags,
-        `loom: serving the registry on ${registry.address} until Ctrl-C (in this process, in memory; loom control-plane is the durable service)`,
+        `loom: serving the registry on ${registry.address} until Ctrl-C, this node registered as ${registry.advertised} (in this process, in memory; loom control-plane is the durable service)`,
       );
       await new Promise<void>((done) => {
         if (interrupt.signal.aborted) done();
