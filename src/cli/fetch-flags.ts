@@ -107,6 +107,16 @@ function httpUrlArg(value: string): string {
   return value.replace(/\/+$/, '');
 }
 
+/** A header line, checked here so its message names -H: a name HTTP allows, a value on one line. */
+function headerArg(value: string): string {
+  const at = value.indexOf(':');
+  if (at <= 0) throw new UsageError('must be of the form "Name: value"');
+  if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(value.slice(0, at).trim()))
+    throw new UsageError("the header name may hold only letters, digits and !#$%&'*+.^_`|~-");
+  if (/[\r\n]/.test(value)) throw new UsageError('must be on one line');
+  return value;
+}
+
 function progressArg(value: string): ProgressMode {
   const mode = PROGRESS_MODES.find((m) => m === value);
   if (!mode) throw new UsageError(`must be one of ${PROGRESS_MODES.join(', ')}`);
@@ -129,7 +139,12 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
     parse: sizeArg,
   },
   { flags: '--sha256 <hex>', description: 'expected sha256 of the file; a mismatch keeps nothing' },
-  { flags: '-H, --header <line>', description: "extra request header 'Name: value' (repeatable)", repeatable: true },
+  {
+    flags: '-H, --header <line>',
+    description: "extra request header 'Name: value' (repeatable)",
+    parse: headerArg,
+    repeatable: true,
+  },
   { flags: '--ca-cert <file>', description: 'also trust this PEM CA certificate (repeatable)', repeatable: true },
   {
     flags: '--stall-timeout <duration>',
