@@ -855,7 +855,7 @@ class BlobDownload {
     this.stats.retries++;
     this.waits.set(who, { until: performance.now() + delayMs, reason: shortReason(err) });
     // Said at once, not at the next tick: a display shows the wait as it starts.
-    this.tick();
+    this.reportProgress();
     try {
       await waitBeforeRetry(delayMs, signal);
     } finally {
@@ -875,6 +875,13 @@ class BlobDownload {
   }
 
   private tick(): void {
+    this.reportProgress();
+    this.checkServable();
+    this.checkPace();
+    this.journal.tick();
+  }
+
+  private reportProgress(): void {
     this.params.onProgress?.({
       totalBytes: this.size,
       doneBytes: this.ranges.size,
@@ -885,9 +892,6 @@ class BlobDownload {
       resumable: this.resumable,
       retrying: this.retryWait(),
     });
-    this.checkServable();
-    this.checkPace();
-    this.journal.tick();
   }
 
   /** Drops a source far behind the others (a peer trickling bytes holds up the verified prefix). */
