@@ -124,7 +124,10 @@ function progressArg(value: string): ProgressMode {
 }
 
 export const FETCH_FLAGS: readonly FlagSpec[] = [
-  { flags: '-o, --out <path>', description: 'output file (default: the file name in the URL)' },
+  {
+    flags: '-o, --out <path>',
+    description: 'output file (default: the file name in the URL); - writes it to stdout, in order',
+  },
   { flags: '--url <url>', description: 'the URL (the original tool spelled it so; same as the argument)' },
   {
     flags: '-w, --workers <n>',
