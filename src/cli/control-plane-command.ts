@@ -85,8 +85,13 @@ export function controlPlaneCommand(): Command {
           throw new UsageError('the cluster secret is shorter than 16 characters', {
             hint: 'use a long random secret, e.g. openssl rand -hex 32',
           });
-        const duration = (value: string | undefined, flag: string): number | undefined =>
-          value === undefined ? undefined : parseDuration(value, flag);
+        const duration = (value: string | undefined, flag: string): number | undefined => {
+          if (value === undefined) return undefined;
+          const ms = parseDuration(value, flag);
+          // A lifetime of 0 would expire everything as it is written.
+          if (ms < 1) throw new UsageError(`${flag} "${value}" must be longer than 0`);
+          return ms;
+        };
         const [{ openStore }, { buildControlPlane }] = await Promise.all([
           import('../control-plane/open-store.js'),
           import('../control-plane/server.js'),

@@ -5,7 +5,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, shownDefault } from '../core/defaults.js';
-import { UsageError } from '../core/errors.js';
+import { InvalidUrlError, UsageError } from '../core/errors.js';
 import { parseDuration, parseSize } from '../core/units.js';
 import type { FetchOptions } from '../fetch/options.js';
 
@@ -30,6 +30,8 @@ export interface FetchFlags {
   json?: boolean;
   serve?: boolean;
   listen?: string;
+  advertise?: string;
+  legacyTtl?: number;
   progress: ProgressMode;
   controlPlane?: string;
   nodeId?: string;
@@ -94,6 +96,27 @@ function durationArg(positive: boolean) {
   };
 }
 
+function httpUrlArg(value: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new UsageError('must be a URL such as http://10.0.0.5:3000');
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError('must be an http or https URL');
+  return value.replace(/\/+$/, '');
+}
+
+/** A header line, checked here so its message names -H: a name HTTP allows, a value on one line. */
+function headerArg(value: string): string {
+  const at = value.indexOf(':');
+  if (at <= 0) throw new UsageError('must be of the form "Name: value"');
+  if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(value.slice(0, at).trim()))
+    throw new UsageError("the header name may hold only letters, digits and !#$%&'*+.^_`|~-");
+  if (/[\r\n]/.test(value)) throw new UsageError('must be on one line');
+  return value;
+}
+
 function progressArg(value: string): ProgressMode {
   const mode = PROGRESS_MODES.find((m) => m === value);
   if (!mode) throw new UsageError(`must be one of ${PROGRESS_MODES.join(', ')}`);
@@ -101,7 +124,10 @@ function progressArg(value: string): ProgressMode {
 }
 
 export const FETCH_FLAGS: readonly FlagSpec[] = [
-  { flags: '-o, --out <path>', description: 'output file (default: the file name in the URL)' },
+  {
+    flags: '-o, --out <path>',
+    description: 'output file (default: the file name in the URL); - writes it to stdout, in order',
+  },
   { flags: '--url <url>', description: 'the URL (the original tool spelled it so; same as the argument)' },
   {
     flags: '-w, --workers <n>',
@@ -120,7 +146,12 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
     parse: sizeArg,
   },
   { flags: '--sha256 <hex>', description: 'expected sha256 of the file; a mismatch keeps nothing' },
-  { flags: '-H, --header <line>', description: "extra request header 'Name: value' (repeatable)", repeatable: true },
+  {
+    flags: '-H, --header <line>',
+    description: "extra request header 'Name: value' (repeatable)",
+    parse: headerArg,
+    repeatable: true,
+  },
   { flags: '--ca-cert <file>', description: 'also trust this PEM CA certificate (repeatable)', repeatable: true },
   {
     flags: '--stall-timeout <duration>',
@@ -181,6 +212,18 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
     flags: '--listen <host:port>',
     description: `address for --serve (default ${SERVE_LISTEN_DEFAULT}, the original tool's, or $LOOM_SERVE_LISTEN)`,
   },
+  {
+    flags: '--advertise <url>',
+    description:
+      'with --serve: the URL other nodes reach this node at, as it registers itself (default: the --listen address; with a wildcard listen, the host name and a warning)',
+    parse: httpUrlArg,
+  },
+  {
+    flags: '--legacy-ttl <duration>',
+    description:
+      'with --serve: /register registrations expire after this long unless repeated (default: never, the life of the process, as in the original tool)',
+    parse: durationArg(true),
+  },
 ];
 
 /** `Key: Value` -> [key, value]. */
@@ -218,12 +261,24 @@ export function resolveOut(out: string | undefined, url: string): string {
   return isDirectory ? join(out, defaultOutFor(url)) : out;
 }
 
-/** The URL of a fetch: the argument or --url, not two different ones. */
+/** The schemes `loom fetch` takes, as its messages list them. */
+const CLI_SCHEMES = ['http', 'https', 'hf', 's3'];
+
+/** The URL of a fetch: the argument or --url, not two different ones, of a scheme Loom fetches. */
 export function urlOf(urlArg: string | undefined, flags: FetchFlags): string {
   const url = urlArg ?? flags.url;
   if (!url) throw new UsageError('no URL given', { hint: 'run loom fetch <url> -o <path>' });
   if (urlArg && flags.url && urlArg !== flags.url)
     throw new UsageError('two different URLs given (argument and --url)');
+  const scheme = /^([a-z][a-z0-9+.-]*):\/\//i.exec(url)?.[1]?.toLowerCase();
+  if (scheme === undefined)
+    throw new InvalidUrlError(`"${url}" is not a URL`, {
+      hint: `give it with its scheme, e.g. https://${url}`,
+    });
+  if (!CLI_SCHEMES.includes(scheme))
+    throw new InvalidUrlError(`unsupported URL scheme "${scheme}:" in ${url}`, {
+      hint: `loom fetches ${CLI_SCHEMES.map((s) => `${s}://`).join(', ')} URLs`,
+    });
   return url;
 }
 

@@ -74,7 +74,7 @@ function digestCheck(result: FetchResult, expected: string | undefined): string 
 export function summaryLine(result: FetchResult | CachedFetchResult, expectedSha256?: string): string {
   const moved = result.stats.transferredBytes > 0 ? `, ${formatRate(bytesPerSecond(result))}` : '';
   return (
-    `loom: ${result.path}: ${formatBytes(result.size)} in ${formatSeconds(result.seconds)}${moved}, ` +
+    `loom: ${result.path === '-' ? 'stdout' : result.path}: ${formatBytes(result.size)} in ${formatSeconds(result.seconds)}${moved}, ` +
     `${origin(result)}; ${digestCheck(result, expectedSha256)}`
   );
 }

@@ -9,12 +9,14 @@ const PROGRAM_FLAGS = new Set(['-h', '--help', '-V', '--version']);
 /**
  * The original tool had no subcommands: `loom --url URL --out F --workers 16 [--serve]`.
  * A command line that starts with a fetch flag (or a URL, as curl's does) is `loom fetch`.
+ * Any `scheme://` counts as a URL, so `loom ftp://…` is told its scheme is not supported
+ * rather than that "ftp://…" is not a command.
  */
 export function impliedFetch(args: string[]): boolean {
   const first = args[0];
   if (first === undefined) return false;
   if (first.startsWith('-')) return !PROGRAM_FLAGS.has(first);
-  return /^https?:\/\//i.test(first);
+  return /^[a-z][a-z0-9+.-]*:\/\//i.test(first);
 }
 
 export async function main(argv: string[]): Promise<number> {

@@ -2,7 +2,8 @@
 // place, fitted to the terminal's width (the bar itself goes first, then the file name; rate,
 // ETA and connections stay as long as they can), cleared cleanly when the download ends or is
 // interrupted. Without a terminal (CI, container logs): a plain line every 5 s or every 10%.
-import type { FetchProgress } from '../fetch/download.js';
+// Both say retries and their waits as they happen ("retrying 3 ranges: 503, next in 2 s").
+import type { FetchProgress, RetryWait } from '../fetch/download.js';
 import { formatBytes, formatRate, plural } from '../core/units.js';
 import type { ProgressMode } from './fetch-flags.js';
 import { DEFAULTS } from '../core/defaults.js';
@@ -11,6 +12,8 @@ export interface ProgressView {
   update(progress: FetchProgress): void;
   /** Says what the download is doing instead of moving, e.g. "waiting for another process". */
   status(text: string): void;
+  /** A line of its own that stays (above the bar): something the user should know once. */
+  note(text: string): void;
   /** Removes the bar (if any) and draws no more; returns true when something was erased. */
   clear(): boolean;
   stop(): void;
@@ -36,8 +39,17 @@ export interface BarState {
   rate: number;
   activeRequests: number;
   retries: number;
+  /** Ranges waiting out a backoff right now. */
+  retrying?: RetryWait;
   /** Replaces the rate and ETA while the download is not moving (verifying, waiting). */
   phase?: string;
+}
+
+/** `retrying 3 ranges: 503, next in 2 s`. */
+export function formatRetryWait(wait: RetryWait): string {
+  const ms = wait.nextInMs;
+  const next = ms >= 950 ? `${Math.round(ms / 1000)} s` : `${Math.max(100, Math.round(ms / 100) * 100)} ms`;
+  return `retrying ${plural(wait.ranges, 'range')}: ${wait.reason}, next in ${next}`;
 }
 
 /** `7s`, `4m05s`, `1h02m`: an ETA that is always finite and short. */
@@ -77,7 +89,11 @@ export function renderBar(state: BarState, width: number): string {
     rate: state.phase ?? (state.rate > 0 ? formatRate(state.rate) : undefined),
     eta: state.phase ? undefined : etaOf(state),
     conns: plural(state.activeRequests, 'conn'),
-    retries: state.retries > 0 ? plural(state.retries, 'retry', 'retries') : undefined,
+    retries: state.retrying
+      ? formatRetryWait(state.retrying)
+      : state.retries > 0
+        ? plural(state.retries, 'retry', 'retries')
+        : undefined,
   };
   const compose = (keep: Keep, label: string, barWidth: number): string => {
     const fields = [
@@ -92,9 +108,13 @@ export function renderBar(state: BarState, width: number): string {
     ];
     return fields.filter((f): f is string => f !== undefined).join('  ');
   };
+  // A wait under way says more than the connection count: it stays longer.
   const drops: Keep[] = [
     { done: true, total: true, eta: true, conns: true, retries: true },
-    { done: true, total: true, eta: true, conns: true, retries: false },
+    state.retrying
+      ? { done: true, total: true, eta: true, conns: false, retries: true }
+      : { done: true, total: true, eta: true, conns: true, retries: false },
+    ...(state.retrying ? [{ done: true, total: false, eta: false, conns: false, retries: true }] : []),
     { done: true, total: true, eta: true, conns: false, retries: false },
     { done: true, total: false, eta: true, conns: false, retries: false },
     { done: true, total: false, eta: false, conns: false, retries: false },
@@ -158,6 +178,7 @@ interface Stream {
 const NONE: ProgressView = {
   update: () => undefined,
   status: () => undefined,
+  note: () => undefined,
   clear: () => false,
   stop: () => undefined,
 };
@@ -178,6 +199,7 @@ function barView(label: string, stream: Stream): ProgressView {
   let drawn = false;
   let stopped = false;
   let lastDrawAt = 0;
+  let shownWait = '';
   const draw = (force: boolean): void => {
     if (stopped || !last) return;
     const now = performance.now();
@@ -193,6 +215,7 @@ function barView(label: string, stream: Stream): ProgressView {
         rate: meter.rate,
         activeRequests: last.activeRequests,
         retries: last.retries,
+        retrying: last.retrying,
         phase: finishing ? 'verifying' : phase,
       },
       width,
@@ -212,7 +235,10 @@ function barView(label: string, stream: Stream): ProgressView {
       meter.sample(progress.transferredBytes);
       last = progress;
       phase = undefined;
-      draw(false);
+      // A wait that starts, ends or changes is drawn at once, not at the next frame.
+      const wait = progress.retrying ? `${progress.retrying.ranges} ${progress.retrying.reason}` : '';
+      draw(wait !== shownWait);
+      shownWait = wait;
     },
     status(text) {
       if (stopped) return;
@@ -221,6 +247,12 @@ function barView(label: string, stream: Stream): ProgressView {
         return;
       }
       phase = text;
+      draw(true);
+    },
+    note(text) {
+      if (stopped) return;
+      stream.write(`${drawn ? '\r\x1b[K' : ''}loom: ${text}\n`);
+      drawn = false;
       draw(true);
     },
     clear,
@@ -233,13 +265,23 @@ function linesView(label: string, stream: Stream): ProgressView {
   let lastLineAt = performance.now();
   let lastTenth = 0;
   let stopped = false;
+  let lastWait = '';
+  let lastWaitAt = 0;
   return {
     update(progress) {
       if (stopped) return;
       meter.sample(progress.transferredBytes);
+      const wait = progress.retrying;
+      const key = wait ? `${wait.ranges} ${wait.reason}` : '';
+      const now = performance.now();
+      // A wait is said when it starts, and again when it changes (at most once a second).
+      if (wait && key !== lastWait && (lastWait === '' || now - lastWaitAt >= 1000)) {
+        stream.write(`loom: ${label}: ${formatRetryWait(wait)}\n`);
+        lastWait = key;
+        lastWaitAt = now;
+      } else if (!wait) lastWait = '';
       const total = progress.totalBytes;
       const tenth = total ? Math.floor((10 * progress.doneBytes) / total) : 0;
-      const now = performance.now();
       const due = now - lastLineAt >= DEFAULTS.progressLineIntervalMs || (tenth > lastTenth && tenth < 10);
       if (tenth > lastTenth) lastTenth = tenth;
       if (!due) return;
@@ -253,6 +295,9 @@ function linesView(label: string, stream: Stream): ProgressView {
       stream.write(`loom: ${label}: ${parts.filter(Boolean).join(', ')}\n`);
     },
     status(text) {
+      if (!stopped) stream.write(`loom: ${text}\n`);
+    },
+    note(text) {
       if (!stopped) stream.write(`loom: ${text}\n`);
     },
     clear() {

@@ -4,7 +4,7 @@
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULTS } from '../core/defaults.js';
 import { EXIT, UsageError } from '../core/errors.js';
-import { formatBytes as formatSize } from '../core/units.js';
+import { formatBytes as formatSize, formatRate, formatSeconds, plural } from '../core/units.js';
 import { printJson, reportError, say } from './output.js';
 import { onInterrupt } from './signals.js';
 import type { PullProgress } from '../hub/pull.js';
@@ -110,7 +110,7 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
       say(
         flags,
         `loom: ${result.repoType} ${result.repo}@${result.revision} (commit ${result.commit.slice(0, 12)}): ` +
-          `${result.files.length} files, ${formatSize(result.bytes)} in ${result.seconds.toFixed(2)} s; ` +
+          `${plural(result.files.length, 'file')}, ${formatSize(result.bytes)} in ${formatSeconds(result.seconds)}; ` +
           `${fetched} downloaded (${formatSize(result.transferredBytes)}), ${result.files.length - fetched} already here`,
       );
       process.stdout.write(`${result.dir}\n`);
@@ -160,7 +160,7 @@ async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal, line: 
     if (line.live) {
       for (const r of results) say(flags, `loom: ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);
     }
-    say(flags, `loom: ${uri}: ${results.length} files, ${formatSize(bytes)} in ${seconds.toFixed(2)} s`);
+    say(flags, `loom: ${uri}: ${plural(results.length, 'file')}, ${formatSize(bytes)} in ${formatSeconds(seconds)}`);
     process.stdout.write(`${flags.out}\n`);
   }
   return EXIT.ok;
@@ -199,13 +199,13 @@ function progressLine(flags: PullFlags): ProgressLine {
       // Files already in place count toward the total, not toward the rate.
       startBytes ??= p.bytesDone;
       const seconds = (now - started) / 1000;
-      const rate = seconds > 0 ? (p.bytesDone - startBytes) / 1e6 / seconds : 0;
+      const rate = seconds > 0 ? (p.bytesDone - startBytes) / seconds : 0;
       const files = p.active
         .slice(0, 3)
         .map((a) => `${a.path.split('/').pop()} ${a.size ? Math.floor((a.doneBytes / a.size) * 100) : 100}%`)
         .join(', ');
       const more = p.active.length > 3 ? ` +${p.active.length - 3}` : '';
-      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${rate.toFixed(0)} MB/s${files ? ` | ${files}${more}` : ''}`;
+      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${formatRate(rate)}${files ? ` | ${files}${more}` : ''}`;
       if (!live) {
         if (now - lastLine < 5000) return;
         lastLine = now;

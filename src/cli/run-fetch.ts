@@ -2,21 +2,26 @@
 // that can fail before any byte is fetched (the output folder, the --serve port), then the
 // download or cache hit with its progress, the summary line and the exit code.
 import { constants } from 'node:fs';
-import { access, stat } from 'node:fs/promises';
-import { basename, dirname, resolve } from 'node:path';
-import { diskError, EXIT, LoomError, UsageError } from '../core/errors.js';
+import { access, mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, dirname, join, resolve } from 'node:path';
+import { AbortedError, cancelled, diskError, EXIT, LoomError, UsageError } from '../core/errors.js';
+import { formatBytes } from '../core/units.js';
 import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { createCacheRoot } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import type { FetchOptions } from '../fetch/options.js';
 import type { DownloadPlanner } from '../cache/download-planner.js';
-import { fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
+import { defaultOutFor, fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
 import { summaryLine, summaryOf } from './fetch-summary.js';
 import { printJson, reportError, say } from './output.js';
 import { createProgressView, resolveProgressMode } from './progress.js';
 import type { ServedRegistry } from './serve-registry.js';
 import { onInterrupt } from './signals.js';
+import { StdoutStream } from './stdout-stream.js';
+
+const NO_RANGES = 'this server does not support ranges: one stream, no resume';
 
 /** The library's option names in its messages, as the flags a CLI user typed. */
 const FLAG_OF_OPTION: Record<string, string> = {
@@ -115,24 +120,81 @@ async function fetchS3ForCli(uri: string, out: string, options: FetchOptions): P
   return { ...rest, url };
 }
 
+/** The name the progress shows for `-o -`: the URL's file name, else "stdout". */
+function streamLabel(url: string): string {
+  try {
+    return defaultOutFor(url);
+  } catch {
+    return 'stdout';
+  }
+}
+
+/** `-o -` goes with neither --json (stdout is the file) nor --serve (no file to register). */
+function checkStdoutFlags(flags: FetchFlags): void {
+  if (flags.json)
+    throw new UsageError('--json and -o - both write to stdout', {
+      hint: 'drop --json: the summary line goes to stderr',
+    });
+  if (flags.serve)
+    throw new UsageError('--serve registers the downloaded file, and -o - keeps none', { hint: 'give -o PATH' });
+}
+
 export async function runFetch(urlArg: string | undefined, flags: FetchFlags): Promise<number> {
   const interrupt = onInterrupt();
   let registry: ServedRegistry | undefined;
+  let stream: StdoutStream | undefined;
+  let streamDir: string | undefined;
   try {
     const url = urlOf(urlArg, flags);
-    const out = resolveOut(flags.out, url);
-    await checkOutputFolder(out);
-    const useCache = flags.cache && (await cacheUsable(flags, out));
+    if (!flags.serve && (flags.advertise !== undefined || flags.legacyTtl !== undefined))
+      throw new UsageError(`${flags.advertise !== undefined ? '--advertise' : '--legacy-ttl'} goes with --serve`, {
+        hint: 'add --serve, or drop it',
+      });
+    const toStdout = flags.out === '-';
+    let out: string;
+    if (toStdout) {
+      checkStdoutFlags(flags);
+      // Ranges arrive out of order: the file is assembled in a temporary folder and sent from there.
+      try {
+        streamDir = await mkdtemp(join(tmpdir(), 'loom-stdout-'));
+      } catch (err) {
+        throw diskError(err, `creating a temporary folder in ${tmpdir()} for -o -`, tmpdir());
+      }
+      out = join(streamDir, 'file');
+      const { partPathFor } = await import('../fetch/fetch-file.js');
+      stream = new StdoutStream(partPathFor(out));
+    } else {
+      out = resolveOut(flags.out, url);
+      await checkOutputFolder(out);
+    }
+    const useCache = !toStdout && flags.cache && (await cacheUsable(flags, out));
     if (flags.serve) {
       const { startRegistry } = await import('./serve-registry.js');
-      registry = await startRegistry(flags.listen);
+      registry = await startRegistry({
+        listen: flags.listen,
+        advertise: flags.advertise,
+        legacyTtlMs: flags.legacyTtl,
+      });
       say(flags, `loom: registry bound to ${registry.address}; it serves once the download is done`);
+      if (registry.warning) say(flags, `loom: warning: ${registry.warning}`);
     }
     const mode = resolveProgressMode(flags);
-    const view = createProgressView(basename(out), mode);
+    const view = createProgressView(toStdout ? streamLabel(url) : basename(out), mode);
     interrupt.beforeMessage = () => view.clear();
-    const options = fetchOptionsFrom(flags, interrupt.signal);
-    options.onProgress = (p) => view.update(p);
+    const signal = stream ? AbortSignal.any([interrupt.signal, stream.signal]) : interrupt.signal;
+    const options = fetchOptionsFrom(flags, signal);
+    // Without --sha256 the summary still names the digest of what went to stdout.
+    if (toStdout && !url.startsWith('s3://')) options.computeSha256 = true;
+    let toldNoRanges = false;
+    options.onProgress = (p) => {
+      if (!p.resumable && !toldNoRanges) {
+        toldNoRanges = true;
+        if (mode === 'none') say(flags, `loom: ${NO_RANGES}`);
+        else view.note(NO_RANGES);
+      }
+      stream?.onProgress(p);
+      view.update(p);
+    };
     let result: FetchResult | CachedFetchResult;
     try {
       const onStatus = (message: string): void =>
@@ -144,7 +206,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
           ? // hf:// (the Hub): resolved to its commit, fetched and verified by src/hub/fetch-hf-file.ts.
             await (
               await import('../hub/fetch-hf-file.js')
-            ).fetchHfFile(url, out, { ...options, cache: flags.cache, cacheDir: flags.cacheDir, onStatus })
+            ).fetchHfFile(url, out, { ...options, cache: useCache, cacheDir: flags.cacheDir, onStatus })
           : useCache
             ? await fetchCached(url, out, {
                 ...options,
@@ -154,6 +216,10 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
                 planner: await peerPlanner(flags, onStatus),
               })
             : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
+      if (stream) {
+        await stream.finish(result.path, result.size);
+        result = { ...result, path: '-' };
+      }
     } finally {
       view.stop();
     }
@@ -163,7 +229,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       await registry.register(out);
       say(
         flags,
-        `loom: serving the registry on ${registry.address} until Ctrl-C (in this process, in memory; loom control-plane is the durable service)`,
+        `loom: serving the registry on ${registry.address} until Ctrl-C, this node registered as ${registry.advertised} (in this process, in memory; loom control-plane is the durable service)`,
       );
       await new Promise<void>((done) => {
         if (interrupt.signal.aborted) done();
@@ -172,9 +238,22 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     }
     return EXIT.ok;
   } catch (err) {
-    return reportError(forCommandLine(err), flags);
+    await stream?.close();
+    const code = reportError(forCommandLine(stream ? streamFailure(err, stream) : err), flags);
+    if (stream && stream.sent > 0)
+      process.stderr.write(`loom: stdout got ${formatBytes(stream.sent)} of the file and is incomplete\n`);
+    return code;
   } finally {
+    await stream?.close();
+    if (streamDir) await rm(streamDir, { recursive: true, force: true });
     await registry?.close();
     interrupt.dispose();
   }
+}
+
+/** Why a `-o -` fetch failed: the copy's own failure, and a cancel that keeps nothing. */
+function streamFailure(err: unknown, stream: StdoutStream): unknown {
+  if (stream.failure) return stream.failure;
+  if (err instanceof AbortedError) return cancelled('-o - keeps nothing to resume from: a rerun starts over');
+  return err;
 }

@@ -12,6 +12,10 @@ import { SERVE_LISTEN_DEFAULT } from './fetch-flags.js';
 export interface ServedRegistry {
   /** `http://127.0.0.1:3000`: where it listens. */
   address: string;
+  /** What this node registers itself as: where other nodes reach it. */
+  advertised: string;
+  /** Said once when `advertised` is a guess (a wildcard listen without --advertise). */
+  warning: string | undefined;
   /** Registers this node as holding `out` (model name = the file's name). */
   register(out: string): Promise<void>;
   close(): Promise<void>;
@@ -33,12 +37,22 @@ function listenError(err: unknown, listen: string): Error {
   return err instanceof Error ? err : new Error(String(err));
 }
 
-export async function startRegistry(listenFlag: string | undefined): Promise<ServedRegistry> {
-  const listen = serveListen(listenFlag);
-  const [{ parseListen }, { SqliteStore: Store }, { buildControlPlane }] = await Promise.all([
+export interface RegistryOptions {
+  /** --listen; else $LOOM_SERVE_LISTEN, else 127.0.0.1:3000. */
+  listen?: string;
+  /** --advertise: the URL this node registers itself as. */
+  advertise?: string;
+  /** --legacy-ttl: /register registrations expire after this long (default: never). */
+  legacyTtlMs?: number;
+}
+
+export async function startRegistry(options: RegistryOptions = {}): Promise<ServedRegistry> {
+  const listen = serveListen(options.listen);
+  const [{ parseListen }, { SqliteStore: Store }, { buildControlPlane }, { advertiseUrl }] = await Promise.all([
     import('./control-plane-command.js'),
     import('../control-plane/sqlite-store.js'),
     import('../control-plane/server.js'),
+    import('../peer/agent.js'),
   ]);
   const { host, port } = parseListen(listen);
   const store: SqliteStore = new Store(':memory:');
@@ -46,7 +60,7 @@ export async function startRegistry(listenFlag: string | undefined): Promise<Ser
   let app: FastifyInstance | undefined;
   let address: string;
   try {
-    app = await buildControlPlane({ store, nodeTtlMs: 365 * 24 * 3600_000 });
+    app = await buildControlPlane({ store, nodeTtlMs: 365 * 24 * 3600_000, legacyTtlMs: options.legacyTtlMs });
     app.addHook('onRequest', async (_request, reply) => {
       if (serving) return;
       await reply
@@ -61,14 +75,22 @@ export async function startRegistry(listenFlag: string | undefined): Promise<Ser
     throw listenError(err, listen);
   }
   const server = app;
+  // Other nodes are told this address: never a loopback one standing in for a wildcard listen.
+  const bound = (server.server.address() as { port: number }).port;
+  // fastify names a loopback address for a wildcard listen; the banner says what was bound.
+  if (host === '0.0.0.0' || host === '::') address = `http://${host === '::' ? '[::]' : host}:${bound}`;
+  const guessed = options.advertise === undefined ? advertiseUrl(host, bound) : undefined;
+  const advertised = options.advertise ?? guessed!.url;
   return {
     address,
+    advertised,
+    warning: guessed?.warning?.replace('to peers', 'to other nodes'),
     async register(out) {
       serving = true;
       const response = await server.inject({
         method: 'POST',
         url: '/register',
-        payload: { node: address, model: basename(out) },
+        payload: { node: advertised, model: basename(out) },
       });
       if (response.statusCode !== 200) throw new Error(`registering ${basename(out)} failed: ${response.body}`);
     },

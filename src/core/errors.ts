@@ -388,10 +388,8 @@ export const ERROR_CODES: readonly ErrorCode[] = [
 ];
 
 /** The error every cancelled operation ends with (AbortSignal, Ctrl-C). */
-export function cancelled(): AbortedError {
-  return new AbortedError('download cancelled', {
-    hint: 'the partial download is kept; rerun the same command to resume',
-  });
+export function cancelled(hint = 'the partial download is kept; rerun the same command to resume'): AbortedError {
+  return new AbortedError('download cancelled', { hint });
 }
 
 interface SystemError {

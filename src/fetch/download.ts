@@ -10,6 +10,7 @@
 import { setMaxListeners } from 'node:events';
 import { rm } from 'node:fs/promises';
 import {
+  AbortedError,
   cancelled,
   BadResponseError,
   DigestMismatchError,
@@ -58,6 +59,31 @@ export interface FetchProgress {
   /** Requests with a response open right now. */
   activeRequests: number;
   retries: number;
+  /** Bytes from 0 on disk without a gap: what can already be read in order. */
+  contiguousBytes: number;
+  /** False once the server turned out to ignore Range: one stream, nothing to resume. */
+  resumable: boolean;
+  /** Ranges waiting to be tried again right now; undefined when none is. */
+  retrying: RetryWait | undefined;
+}
+
+/** The ranges waiting for their next attempt, as a progress display says it. */
+export interface RetryWait {
+  ranges: number;
+  /** Why the latest one failed, short: `503`, `ECONNRESET`, `stalled`. */
+  reason: string;
+  /** Until the soonest of them is tried again. */
+  nextInMs: number;
+}
+
+/** A failure in a few characters, for "retrying 3 ranges: 503". */
+function shortReason(err: unknown): string {
+  if (err instanceof HttpStatusError && err.status !== undefined) return String(err.status);
+  if (err instanceof StallError) return 'stalled';
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string' && /^E[A-Z]+$/.test(code)) return code;
+  if (err instanceof BadResponseError) return 'bad response';
+  return 'network error';
 }
 
 export interface DownloadResult {
@@ -134,6 +160,7 @@ export interface BlobDownloadHandle {
 }
 
 const PROGRESS_INTERVAL_MS = 100;
+const NOT_RESUMABLE = 'the server does not support ranges, so nothing was kept: a rerun starts over';
 const PROBE_SIZE = 1024 * 1024;
 const BACKGROUND_SYNC_BYTES = 128 * 1024 * 1024;
 /** Below this first-byte latency a request's round trip is not worth hiding. */
@@ -246,6 +273,8 @@ class BlobDownload {
   /** False for a server that ignores Range: its bytes cannot be resumed. */
   private resumable = true;
   private started = false;
+  /** Attempts waiting out their backoff: when each retries, and why it failed. */
+  private readonly waits = new Map<object, { until: number; reason: string }>();
 
   constructor(
     private readonly params: BlobDownloadParams,
@@ -301,14 +330,19 @@ class BlobDownload {
     const onUserAbort = (): void => this.fail(cancelled());
     userSignal?.addEventListener('abort', onUserAbort, { once: true });
     const ticker = setInterval(() => this.tick(), PROGRESS_INTERVAL_MS);
+    let succeeded = false;
     try {
       const result = await this.transfer();
+      succeeded = true;
       this.tick();
       return result;
     } catch (err) {
       this.fail(err);
       this.journal.save();
-      throw this.failure ?? err;
+      const failure = this.failure ?? err;
+      // A stream that ignored Range starts over on a rerun: keeping its bytes would promise a resume.
+      if (!this.resumable && failure instanceof AbortedError) throw cancelled(NOT_RESUMABLE);
+      throw failure;
     } finally {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);
@@ -318,6 +352,7 @@ class BlobDownload {
       await this.journal.settled();
       await this.backgroundSync;
       if (this.part) await this.part.close();
+      if (!this.resumable && !succeeded) await rm(this.params.partPath, { force: true });
     }
   }
 
@@ -497,8 +532,7 @@ class BlobDownload {
             this.dropSource(state, decision.reason);
             break;
           }
-          this.stats.retries++;
-          await waitBeforeRetry(decision.delayMs, this.signal);
+          await this.backoff(budget, err, decision.delayMs, this.signal);
         }
       }
     }
@@ -642,7 +676,6 @@ class BlobDownload {
           this.dropSource(state, decision.reason);
           return 'released';
         }
-        this.stats.retries++;
         if (decision.hold) task.holdUntil = performance.now() + decision.delayMs;
         // The pool's slot serves another file while this range waits (unless this worker's
         // next request is already open on it).
@@ -651,7 +684,7 @@ class BlobDownload {
           lease.slot!.release();
           lease.slot = undefined;
         }
-        await waitBeforeRetry(decision.delayMs, state.signal).catch((waitErr: unknown) => {
+        await this.backoff(task, err, decision.delayMs, state.signal).catch((waitErr: unknown) => {
           if (!state.dropped || this.signal.aborted) throw waitErr;
         });
         if (pause) {
@@ -833,8 +866,7 @@ class BlobDownload {
         );
         if (decision.kind === 'fatal') throw decision.error;
         if (decision.kind === 'drop-source') throw decision.reason;
-        this.stats.retries++;
-        await waitBeforeRetry(decision.delayMs, this.signal);
+        await this.backoff(budget, err, decision.delayMs, this.signal);
       }
     }
   }
@@ -889,17 +921,48 @@ class BlobDownload {
     };
   }
 
+  /** Waits `delayMs` before `who` tries again, shown to progress displays meanwhile. */
+  private async backoff(who: object, err: unknown, delayMs: number, signal: AbortSignal): Promise<void> {
+    this.stats.retries++;
+    this.waits.set(who, { until: performance.now() + delayMs, reason: shortReason(err) });
+    // Said at once, not at the next tick: a display shows the wait as it starts.
+    this.reportProgress();
+    try {
+      await waitBeforeRetry(delayMs, signal);
+    } finally {
+      this.waits.delete(who);
+    }
+  }
+
+  private retryWait(): RetryWait | undefined {
+    if (this.waits.size === 0) return undefined;
+    const waits = [...this.waits.values()];
+    const now = performance.now();
+    return {
+      ranges: waits.length,
+      reason: waits[waits.length - 1]!.reason,
+      nextInMs: Math.max(0, Math.min(...waits.map((w) => w.until)) - now),
+    };
+  }
+
   private tick(): void {
+    this.reportProgress();
+    this.checkServable();
+    this.checkPace();
+    this.journal.tick();
+  }
+
+  private reportProgress(): void {
     this.params.onProgress?.({
       totalBytes: this.size,
       doneBytes: this.ranges.size,
       transferredBytes: this.stats.transferredBytes,
       activeRequests: this.activeRequests,
       retries: this.stats.retries,
+      contiguousBytes: this.ranges.contiguousPrefix(),
+      resumable: this.resumable,
+      retrying: this.retryWait(),
     });
-    this.checkServable();
-    this.checkPace();
-    this.journal.tick();
   }
 
   /** Drops a source far behind the others (a peer trickling bytes holds up the verified prefix). */

@@ -11,6 +11,7 @@ import {
   SourceChangedError,
   isAbortError,
 } from '../core/errors.js';
+import { plural } from '../core/units.js';
 import { backoffDelay, isRetryable, type RetryOptions } from './retry-policy.js';
 
 export type FailureDecision =
@@ -72,7 +73,7 @@ function asLoomError(err: unknown, url: string, what: string): LoomError {
 function exhausted(err: unknown, url: string, attempts: number, what: string): LoomError {
   if (err instanceof HttpStatusError || err instanceof SourceChangedError) return err;
   const reason = err instanceof Error ? err.message : String(err);
-  return new NetworkError(`gave up on ${what} of ${url} after ${attempts} attempts: ${reason}`, {
+  return new NetworkError(`gave up on ${what} of ${url} after ${plural(attempts, 'attempt')}: ${reason}`, {
     url,
     cause: err,
     hint: 'check the network or the origin, then rerun: finished bytes are kept and resumed',

@@ -74,8 +74,15 @@ describe('loom fetch', () => {
 
   it('exits 2 with one line for an invalid URL, an unknown flag or a bad worker count', async () => {
     const cases: Array<[string[], RegExp]> = [
-      [['fetch', 'not-a-url', '-o', join(dir, 'x')], /not a valid URL/],
+      [['fetch', 'not-a-url', '-o', join(dir, 'x')], /"not-a-url" is not a URL; give it with its scheme/],
+      [['fetch', 'http://[bad', '-o', join(dir, 'x')], /not a valid URL/],
       [['fetch', 'ftp://host/file', '-o', join(dir, 'x')], /unsupported URL scheme/],
+      // Without a subcommand too: the scheme is what is wrong, not the command.
+      [
+        ['ftp://host/file', '-o', join(dir, 'x')],
+        /^loom: error: unsupported URL scheme "ftp:" in ftp:\/\/host\/file; loom fetches http:\/\/, https:\/\/, hf:\/\/, s3:\/\/ URLs\n$/,
+      ],
+      [['ftp://host/file'], /unsupported URL scheme "ftp:"/],
       [['fetch', 'http://127.0.0.1:1/x', '--bogus'], /unknown option '--bogus'/],
       [['fetch', 'http://127.0.0.1:1/x', '--workers', '-3'], /whole number from 1 to 256/],
       [['fetch', 'http://127.0.0.1:1/x', '--workers', '0'], /whole number from 1 to 256/],

@@ -9,6 +9,7 @@ import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { resolveDigestPrefix } from '../../src/cli/cache-command.js';
 import { defaultOutFor } from '../../src/cli/fetch-flags.js';
+import { decideAfterFailure } from '../../src/fetch/retry-budget.js';
 import { randomContent, runLoom, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 
 const dir = tempDir();
@@ -65,7 +66,7 @@ describe('numbers on the command line', () => {
     assert.ok(summary.bytesPerSecond > 0);
   });
 
-  it('names the flag, not the library option, in a value error', async () => {
+  it('names the flag, not the library option, in a value error', { timeout: 60_000 }, async () => {
     for (const [flag, value] of [
       ['--chunk-size', '1K'],
       ['--max-request-size', '1000'],
@@ -76,9 +77,28 @@ describe('numbers on the command line', () => {
       assert.match(run.stderr, new RegExp(`^loom: error: option '${flag} <[a-z]+>' argument '${value}' is invalid`));
       assert.doesNotMatch(run.stderr, /chunkSize|maxRequestSize|stallTimeout/);
     }
+    const header = await runLoom(['fetch', 'http://127.0.0.1:1/x', '-o', join(dir, 'x'), '-H', 'no colon']);
+    assert.equal(header.code, 2, header.stderr);
+    assert.match(header.stderr, /^loom: error: option '-H, --header <line>' argument 'no colon' is invalid/);
+    const ttl = await runLoom(['control-plane', '--legacy-ttl', '0', '--listen', '127.0.0.1:0']);
+    assert.equal(ttl.code, 2, ttl.stderr);
+    assert.match(ttl.stderr, /^loom: error: --legacy-ttl "0" must be longer than 0/);
     const sha = await runLoom(['fetch', 'http://127.0.0.1:1/x', '-o', join(dir, 'x'), '--sha256', 'abc']);
     assert.equal(sha.code, 2);
     assert.match(sha.stderr, /^loom: error: invalid --sha256: must be 64 hex digits/);
+  });
+
+  it('says "after 1 attempt" in the library\'s own message too', () => {
+    const decision = decideAfterFailure(
+      Object.assign(new Error('socket hang up'), { code: 'ECONNRESET' }),
+      { attempts: 0 },
+      { failuresInARow: 0, maxConcurrency: 1 },
+      { attempts: 1, baseDelayMs: 1, factor: 2, maxDelayMs: 1, maxRetryAfterMs: 1 },
+      'bytes 0-9',
+      'http://h/x',
+    );
+    assert.equal(decision.kind, 'drop-source');
+    assert.match((decision as { reason: Error }).reason.message, /after 1 attempt: socket hang up/);
   });
 
   it('says "after 1 attempt" when --retries 1 gives up', async () => {

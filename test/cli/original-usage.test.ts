@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { chmodSync, existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:net';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { after, describe, it } from 'node:test';
@@ -138,6 +139,104 @@ describe("the original tool's usage", () => {
       child.kill('SIGTERM');
     }
     assert.equal((await done).code, 0);
+  });
+
+  /** `loom --url … --serve ARGS` until its registry serves: its base URL and stderr; stop() ends it. */
+  async function serving(args: string[]) {
+    const server = await origin();
+    const child = spawn(
+      process.execPath,
+      [LOOM_BIN, '--url', server.url('/llama-2-7b.gguf'), '--out', join(dir, 'adv.gguf'), '--serve', ...args],
+      { env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    const done = collect(child);
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const port = Number(
+      (
+        await waitFor(
+          'the registry to serve',
+          () => /serving the registry on http:\/\/\S+:(\d+)/.exec(stderr) ?? undefined,
+        )
+      )[1],
+    );
+    return {
+      base: `http://127.0.0.1:${port}`,
+      port,
+      stderr: () => stderr,
+      stop: async () => {
+        child.kill('SIGINT');
+        return done;
+      },
+    };
+  }
+
+  it('--serve registers the --advertise URL; legacy registrations live as long as the process', async () => {
+    const node = await serving(['--listen', '127.0.0.1:0', '--advertise', 'http://node-a.example:3000/']);
+    try {
+      const own = (await (await fetch(`${node.base}/locate/adv.gguf`)).json()) as { nodes: string[] };
+      assert.deepEqual(own.nodes, ['http://node-a.example:3000']);
+      const registered = await fetch(`${node.base}/register`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ node: 'node1', model: 'm' }),
+      });
+      assert.deepEqual(await registered.json(), { ok: true, node: 'node1', model: 'm', ttlSeconds: null });
+      assert.doesNotMatch(node.stderr(), /warning/);
+    } finally {
+      assert.equal((await node.stop()).code, 0);
+    }
+  });
+
+  it('--serve on a wildcard address registers the host name, with a warning; --legacy-ttl sets an expiry', async () => {
+    const node = await serving(['--listen', '0.0.0.0:0', '--legacy-ttl', '10m']);
+    try {
+      const advertised = `http://${hostname()}:${node.port}`;
+      assert.match(
+        node.stderr(),
+        new RegExp(
+          `loom: warning: listening on 0\\.0\\.0\\.0: advertising ${advertised.replace(/\./g, '\\.')} to other nodes; pass --advertise URL`,
+        ),
+      );
+      assert.match(node.stderr(), new RegExp(`registry bound to http://0\\.0\\.0\\.0:${node.port};`));
+      const own = (await (await fetch(`${node.base}/locate/adv.gguf`)).json()) as { nodes: string[] };
+      assert.deepEqual(own.nodes, [advertised], 'not the loopback address');
+      const registered = await fetch(`${node.base}/register`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ node: 'node1', model: 'm' }),
+      });
+      assert.equal(((await registered.json()) as { ttlSeconds: number }).ttlSeconds, 600);
+    } finally {
+      assert.equal((await node.stop()).code, 0);
+    }
+  });
+
+  it('--advertise and --legacy-ttl without --serve are usage errors naming the flag', async () => {
+    for (const [flag, value] of [
+      ['--advertise', 'http://a:1'],
+      ['--legacy-ttl', '5m'],
+    ] as const) {
+      const result = await collect(
+        spawn(process.execPath, [LOOM_BIN, '--url', 'http://127.0.0.1:1/x', '--out', join(dir, 'x'), flag, value], {
+          env,
+          stdio: ['ignore', 'pipe', 'pipe'],
+        }),
+      );
+      assert.equal(result.code, 2, result.stderr);
+      assert.match(result.stderr, new RegExp(`^loom: error: ${flag} goes with --serve`));
+    }
+    const bad = await collect(
+      spawn(process.execPath, [LOOM_BIN, '--url', 'http://127.0.0.1:1/x', '--serve', '--advertise', 'node1:3000'], {
+        env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      }),
+    );
+    assert.equal(bad.code, 2);
+    assert.match(
+      bad.stderr,
+      /option '--advertise <url>' argument 'node1:3000' is invalid. must be an http or https URL/,
+    );
   });
 
   it('--serve on a busy port fails with exit 7 before fetching a byte', async () => {

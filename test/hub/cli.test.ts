@@ -59,6 +59,8 @@ describe('loom pull and loom fetch hf:// (CLI)', () => {
       HF_TOKEN_PATH: tokenFile,
     });
     assert.equal(viaPath.code, 0, viaPath.stderr);
+    // One file reads as one.
+    assert.match(viaPath.stderr, /\): 1 file, /);
     const refused = await runLoom(['pull', 'acme/gated-llm', '--hf-cache', join(root, 'c3')], env());
     assert.equal(refused.code, EXIT.usage);
     assert.match(refused.stderr, /^loom: error: the Hub refused the token \(HTTP 401\)/);
