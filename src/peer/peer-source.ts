@@ -176,9 +176,13 @@ export class PeerSource implements Source {
         });
         resolve(res);
       });
-      req.once('error', (err) => {
+      req.once('error', (err: NodeJS.ErrnoException) => {
         signal.removeEventListener('abort', onAbort);
-        reject(err);
+        // Nothing listens where the peer's agent was: it is gone (its node died or stopped).
+        // Retrying with backoff would keep this download on a dead peer for tens of seconds;
+        // it is passed over at once and its pieces go to the others (or, once its lease
+        // lapses, to the origin).
+        reject(err.code === 'ECONNREFUSED' ? this.strike(`its agent refused the connection (${err.message})`) : err);
       });
       req.end();
     });

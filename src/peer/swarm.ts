@@ -80,6 +80,8 @@ export type SwarmRole = 'swarm' | 'leader' | 'follower' | 'origin';
 
 /** How often a downloading node tells the control plane its verified pieces, at most. */
 const ANNOUNCE_MS = 100;
+/** Every how many refreshes a follower tries the lease and asks for the published digest. */
+const SLOW_EVERY = 4;
 
 interface TrackedPeer {
   holder: PeerHolder;
@@ -114,6 +116,7 @@ export class Swarm {
   private readonly droppedSlots = new Set<string>();
   private lease: { token: string } | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
+  private refreshes = 0;
   private addSlot: ((slot: SwarmSlot) => void) | undefined;
   /** The origin's slot, added to the download when a follower takes over the lease. */
   private originSlot: SwarmSlot | undefined;
@@ -295,14 +298,22 @@ export class Swarm {
   }
 
   private async refresh(): Promise<void> {
+    // Bitmaps change with every piece and are asked for at every refresh; the lease (TTL of
+    // seconds), the published digest and a leader's peers change rarely and are asked for
+    // every SLOW_EVERY refreshes: each question costs the control plane and this process
+    // CPU, times every node of a fleet that cold-starts at once.
+    const count = this.refreshes++;
+    const slow = count % SLOW_EVERY === 0;
     if (this.lease) {
+      // Renewed at least twice per TTL even when a renewal is late on a loaded machine.
+      if (count % 2 !== 0) return;
       const kept = await this.control.renewLease(this.plan.id, this.lease.token);
       if (!kept) this.status('lost the lease on this blob to another node; carrying on');
     }
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
-    if (this.originAllowed || this.lease) return;
+    if (this.originAllowed || this.lease || !slow) return;
     // The leader done: its blob is complete under the digest it published; take it from there
     // (and from every node that has it by now), never from the origin again.
     this.published ??= await this.publishedDigest();
