@@ -266,7 +266,6 @@ class BlobDownload {
   private unsyncedBytes = 0;
   private backgroundSync: Promise<void> | undefined;
   private lastByteAt: number | undefined;
-  private paceTickAt = performance.now();
   private paceWindowAt = performance.now();
   /** Since when no source can serve the work left (for sourceWaitMs). */
   private unservableSince: number | undefined;
@@ -969,12 +968,7 @@ class BlobDownload {
   private checkPace(): void {
     if (!this.started || this.finished || this.failure) return;
     const now = performance.now();
-    const elapsed = now - this.paceTickAt;
-    this.paceTickAt = now;
-    for (const state of this.sources.live()) {
-      state.busyConnectionMs += state.inFlight * elapsed;
-      state.totalBusyConnectionMs += state.inFlight * elapsed;
-    }
+    for (const state of this.sources.live()) state.accrue();
     if (now - this.paceWindowAt < PACE_WINDOW_MS) return;
     this.paceWindowAt = now;
     for (const { state, rate, best } of this.sources.farBehind()) {

@@ -33,8 +33,9 @@ export interface DroppedSource {
 
 /** One source's state within a download. */
 export class SourceState {
-  /** Tasks this source's workers hold (streaming or opening). */
-  inFlight = 0;
+  /** Tasks this source's workers hold (streaming or opening); see `inFlight`. */
+  private held = 0;
+  private heldSince = performance.now();
   /** Failed attempts since this source last sent a byte. */
   failuresInARow = 0;
   /** Body bytes written from this source. */
@@ -60,6 +61,30 @@ export class SourceState {
 
   get id(): string {
     return this.slot.id;
+  }
+
+  get inFlight(): number {
+    return this.held;
+  }
+
+  /**
+   * Busy connection time is added up at every change of the count, not sampled: a source
+   * whose requests open and finish between two samples (a peer on the same host) would
+   * otherwise show bytes without busy time, "faster than can be measured", and every
+   * other source would look far behind it.
+   */
+  set inFlight(count: number) {
+    this.accrue();
+    this.held = count;
+  }
+
+  /** Adds the connection time spent since the last change to the pace counters. */
+  accrue(): void {
+    const now = performance.now();
+    const busy = this.held * (now - this.heldSince);
+    this.heldSince = now;
+    this.busyConnectionMs += busy;
+    this.totalBusyConnectionMs += busy;
   }
 
   canServe(piece: number): boolean {

@@ -29,15 +29,23 @@ export interface PeerSourceOptions {
   minBytesPerSecond?: number;
   /** Time a response has before its pace is judged. Default 3 s. */
   paceGraceMs?: number;
+  /**
+   * The digest the blob is published under, once known, when `digest` is only its name
+   * while nobody knew the digest (a source id): a peer that finishes adopts the blob under
+   * its digest and answers 404 under the old name. Undefined: there is no other name.
+   */
+  publishedName?: () => Promise<string | undefined>;
 }
 
 const PACE_CHECK_MS = 500;
 
 export class PeerSource implements Source {
-  readonly url: string;
+  url: string;
   readonly label: string;
   private readonly agent: http.Agent;
-  private readonly target: URL;
+  private target: URL;
+  /** The peer said it holds the whole blob (`X-Loom-Complete: 1`): every piece may go to it. */
+  complete = false;
   /**
    * Why this peer is passed over for the rest of the download (it stalled or trickled).
    * A stalling peer that sends a little before each stall would otherwise be retried
@@ -73,6 +81,14 @@ export class PeerSource implements Source {
     return this.open(start, end, expect.size, signal);
   }
 
+  /** Asks for the blob under `digest` from now on (it was published under it). */
+  rename(digest: string): void {
+    const target = new URL(`/v1/blobs/${digest}`, this.options.baseUrl);
+    if (target.href === this.target.href) return;
+    this.target = target;
+    this.url = target.href;
+  }
+
   private async open(
     start: number,
     end: number,
@@ -80,7 +96,17 @@ export class PeerSource implements Source {
     signal: AbortSignal,
   ): Promise<RangeBody & { total: number }> {
     if (this.struck) throw this.struck;
-    const res = await this.request(start, end, signal);
+    const asked = this.target.href;
+    let res = await this.request(start, end, signal);
+    if (res.statusCode === 404 && this.options.publishedName) {
+      // A peer that finished serves the blob under its digest only: ask again under it.
+      const digest = await this.options.publishedName().catch(() => undefined);
+      if (digest) this.rename(digest);
+      if (this.target.href !== asked) {
+        res.resume();
+        res = await this.request(start, end, signal);
+      }
+    }
     const status = res.statusCode ?? 0;
     if (status !== 206) {
       res.resume();
@@ -113,6 +139,7 @@ export class PeerSource implements Source {
         { url: this.url },
       );
     }
+    if (res.headers['x-loom-complete'] === '1') this.complete = true;
     return { start, end: Number(range[2]) + 1, stream: res, total: Number(range[3]) };
   }
 
@@ -150,9 +177,13 @@ export class PeerSource implements Source {
         });
         resolve(res);
       });
-      req.once('error', (err) => {
+      req.once('error', (err: NodeJS.ErrnoException) => {
         signal.removeEventListener('abort', onAbort);
-        reject(err);
+        // Nothing listens where the peer's agent was: it is gone (its node died or stopped).
+        // Retrying with backoff would keep this download on a dead peer for tens of seconds;
+        // it is passed over at once and its pieces go to the others (or, once its lease
+        // lapses, to the origin).
+        reject(err.code === 'ECONNREFUSED' ? this.strike(`its agent refused the connection (${err.message})`) : err);
       });
       req.end();
     });

@@ -79,6 +79,22 @@ export interface SwarmOptions {
 
 export type SwarmRole = 'swarm' | 'leader' | 'follower' | 'origin';
 
+/** How often a downloading node tells the control plane its verified pieces, at most. */
+const ANNOUNCE_MS = 100;
+/** Every how many refreshes a follower tries the lease and asks for the published digest. */
+const SLOW_EVERY = 4;
+
+interface TrackedPeer {
+  holder: PeerHolder;
+  source: PeerSource;
+  pieces: Set<number>;
+}
+
+/** Whether a peer can serve piece `piece` now, as far as this node knows. */
+function holds(peer: TrackedPeer, piece: number): boolean {
+  return peer.holder.complete || peer.source.complete || peer.pieces.has(piece);
+}
+
 function holdsSomething(holder: PeerHolder): boolean {
   return holder.complete || (holder.pieces?.length ?? 0) > 0;
 }
@@ -94,13 +110,14 @@ export interface SwarmPlan {
 }
 
 export class Swarm {
-  private readonly peers = new Map<string, { holder: PeerHolder; source: PeerSource; pieces: Set<number> }>();
+  private readonly peers = new Map<string, TrackedPeer>();
   /** Nodes that served bad bytes: never asked again in this download. */
   private readonly excluded = new Set<string>();
   /** Slots the engine dropped (their node may still serve under another name). */
   private readonly droppedSlots = new Set<string>();
   private lease: { token: string } | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
+  private refreshes = 0;
   private addSlot: ((slot: SwarmSlot) => void) | undefined;
   /** The origin's slot, added to the download when a follower takes over the lease. */
   private originSlot: SwarmSlot | undefined;
@@ -110,6 +127,10 @@ export class Swarm {
   private originAllowed: boolean;
   private announcing: Promise<void> = Promise.resolve();
   private lastAnnounceAt = 0;
+  /** The announce of pieces verified since the last one, due at most ANNOUNCE_MS after it. */
+  private announceTimer: NodeJS.Timeout | undefined;
+  /** A question to the control plane for the published digest, shared while it is asked. */
+  private asking: Promise<string | undefined> | undefined;
   private verified = new Set<number>();
   plan: SwarmPlan;
 
@@ -185,7 +206,7 @@ export class Swarm {
     if (!this.originAllowed) return false;
     for (const [slotId, peer] of this.peers) {
       if (this.droppedSlots.has(slotId) || this.excluded.has(peer.holder.id)) continue;
-      if (peer.holder.complete || peer.pieces.has(piece)) return false;
+      if (holds(peer, piece)) return false;
     }
     return true;
   }
@@ -203,7 +224,7 @@ export class Swarm {
       source: peer.source,
       maxConcurrency: this.options.connectionsPerPeer ?? DEFAULTS.peers.connectionsPerPeer,
       preference: 0,
-      has: (piece) => peer.holder.complete || peer.pieces.has(piece),
+      has: (piece) => holds(peer, piece),
     };
   }
 
@@ -215,10 +236,21 @@ export class Swarm {
     const added: string[] = [];
     for (const holder of holders) {
       if (holder.id === this.options.nodeId || this.excluded.has(holder.id)) continue;
+      if (blobId !== this.plan.id && holder.complete) {
+        // A node this download already takes pieces from finished: it serves the whole blob
+        // under its digest now, through the same slot (no new slot that starts cold).
+        const same = this.peers.get(holder.id);
+        if (same && !this.droppedSlots.has(holder.id)) {
+          same.source.rename(blobId);
+          same.holder = { ...same.holder, complete: true };
+          continue;
+        }
+      }
       const slotId = blobId === this.plan.id ? holder.id : `${holder.id}/${blobId.slice(0, 12)}`;
       const known = this.peers.get(slotId);
       if (known) {
-        known.holder = holder;
+        // A node that finished leaves its partial under the source id: it stays complete.
+        known.holder = { ...holder, complete: holder.complete || known.holder.complete };
         for (const piece of holder.pieces ?? []) known.pieces.add(piece);
         continue;
       }
@@ -230,6 +262,7 @@ export class Swarm {
         token: this.options.agentToken,
         stallTimeoutMs: this.options.stallTimeoutMs,
         maxSockets: this.options.connectionsPerPeer ?? DEFAULTS.peers.connectionsPerPeer,
+        publishedName: blobId === this.plan.digest ? undefined : () => this.publishedDigest(),
       });
       this.peers.set(slotId, { holder, source, pieces: new Set(holder.pieces ?? []) });
       added.push(slotId);
@@ -255,18 +288,41 @@ export class Swarm {
     this.refreshTimer.unref();
   }
 
+  /**
+   * The digest the lease holder published for the source, once it has; one question at a
+   * time however many requests come back 404 at once.
+   */
+  private publishedDigest(): Promise<string | undefined> {
+    if (this.published) return Promise.resolve(this.published);
+    if (this.asking) return this.asking;
+    this.asking = this.control
+      .sourceDigest(this.key)
+      .then((digest) => (this.published ??= digest))
+      .catch(() => undefined)
+      .finally(() => (this.asking = undefined));
+    return this.asking;
+  }
+
   private async refresh(): Promise<void> {
+    // Bitmaps change with every piece and are asked for at every refresh; the lease (TTL of
+    // seconds), the published digest and a leader's peers change rarely and are asked for
+    // every SLOW_EVERY refreshes: each question costs the control plane and this process
+    // CPU, times every node of a fleet that cold-starts at once.
+    const count = this.refreshes++;
+    const slow = count % SLOW_EVERY === 0;
     if (this.lease) {
+      // Renewed at least twice per TTL even when a renewal is late on a loaded machine.
+      if (count % 2 !== 0) return;
       const kept = await this.control.renewLease(this.plan.id, this.lease.token);
       if (!kept) this.status('lost the lease on this blob to another node; carrying on');
     }
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
-    if (this.originAllowed || this.lease) return;
+    if (this.originAllowed || this.lease || !slow) return;
     // The leader done: its blob is complete under the digest it published; take it from there
     // (and from every node that has it by now), never from the origin again.
-    this.published ??= await this.control.sourceDigest(this.key);
+    this.published ??= await this.publishedDigest();
     if (this.published && this.published !== this.plan.id) {
       const complete = (await this.control.holders(this.published, this.locateQuery()))?.filter((h) => h.complete);
       for (const id of this.track(complete ?? [], this.plan.size, this.published)) this.addSlot?.(this.slotFor(id));
@@ -277,6 +333,13 @@ export class Swarm {
     // it died. This node takes over and fetches what no live peer holds from the origin.
     const lease = await this.control.lease(this.plan.id, this.options.nodeId);
     if (lease?.granted) {
+      // The holder may have published and released it between the two questions: finished,
+      // not dead. Then the blob is taken from it (next refresh), never from the origin.
+      this.published ??= await this.control.sourceDigest(this.key).catch(() => undefined);
+      if (this.published) {
+        await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
+        return;
+      }
       this.lease = { token: lease.token };
       this.originAllowed = true;
       this.status('the node fetching this blob from the origin is gone; this node takes over');
@@ -290,10 +353,15 @@ export class Swarm {
   /** A piece is on disk and verified: peers may take it from this node's agent. */
   pieceVerified(piece: number): void {
     this.verified.add(piece);
-    const now = Date.now();
-    if (now - this.lastAnnounceAt < 250) return;
-    this.lastAnnounceAt = now;
-    this.announce(false);
+    if (this.announceTimer) return;
+    // At most one announce per ANNOUNCE_MS, and the pieces verified meanwhile go in the next
+    // one, due at once when the last was long ago: peers learn of every piece within that.
+    const wait = Math.max(0, this.lastAnnounceAt + ANNOUNCE_MS - Date.now());
+    this.announceTimer = setTimeout(() => {
+      this.announceTimer = undefined;
+      this.lastAnnounceAt = Date.now();
+      this.announce(false);
+    }, wait);
   }
 
   private announce(complete: boolean, id = this.plan.id): void {
@@ -325,6 +393,8 @@ export class Swarm {
    * against (a follower waits for the leader's).
    */
   async finished(manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
+    if (this.announceTimer) clearTimeout(this.announceTimer);
+    this.announceTimer = undefined;
     if (this.plan.role !== 'follower' || this.lease) {
       await this.control.publish(this.key, manifest, verifiedAgainst, this.lease?.token).catch(() => undefined);
     }
@@ -351,6 +421,8 @@ export class Swarm {
   }
 
   async close(): Promise<void> {
+    if (this.announceTimer) clearTimeout(this.announceTimer);
+    this.announceTimer = undefined;
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
     this.refreshTimer = undefined;
     await this.announcing;

@@ -2,7 +2,8 @@
 // CLI (`bin/loom.cjs fetch --control-plane --node-id`, run `npm run build` first) is the
 // leader, on a rate-limited origin so it is still downloading when it is killed with
 // SIGKILL. Its agent stays up (a crashed fetch, not a crashed node) and so do the others,
-// which must finish with the exact bytes once the lease lapses.
+// which must finish with the exact bytes once the lease lapses, one of them taking over the
+// origin fetch. The followers run with the default retry policy, as `loom fetch` does.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -115,8 +116,6 @@ async function leaderKilled(wholeNode: boolean): Promise<void> {
           publishWaitMs: 20_000,
           onStatus: (m) => statuses.push(`${id}: ${m}`),
         }),
-        retryBaseDelay: 5,
-        retryMaxDelay: 50,
       }),
     );
     return run.then(() => out);
@@ -129,6 +128,14 @@ async function leaderKilled(wholeNode: boolean): Promise<void> {
   assert.equal(ended.signal, 'SIGKILL', `the leader was still running: ${ended.stderr}`);
 
   for (const out of await Promise.all(followers)) assert.equal(await sha256OfFile(out), content.sha256);
+  // One follower, not both, fetches what nobody holds from the origin.
+  assert.equal(statuses.filter((s) => s.endsWith('this node takes over')).length, 1, statuses.join('\n'));
+  if (wholeNode) {
+    // A dead node's port refuses: it is passed over at the first refusal, not after a
+    // retry budget of backoffs (1 s doubling: half a minute on a dead peer).
+    const dropped = statuses.filter((s) => s.includes('peer leader dropped'));
+    for (const status of dropped) assert.match(status, /refused the connection/);
+  }
 }
 
 describe('the leaseholder killed mid-download', () => {

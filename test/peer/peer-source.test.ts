@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { buffer } from 'node:stream/consumers';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type Fault } from '../support/origin-server.js';
+import { freePort } from '../support/ports.js';
 import { BadResponseError, HttpStatusError } from '../../src/core/errors.js';
 import { PeerSource } from '../../src/peer/peer-source.js';
 import { randomContent, sha256Of } from '../helpers/fixtures.js';
@@ -84,6 +85,57 @@ describe('PeerSource', () => {
     assert.equal(busy.retryable, true);
     assert.equal(busy.retryAfterMs, 2000);
     assert.equal(busy.status, 503);
+  });
+
+  it('a peer that finished answers 404 under the source id: the range is asked again under the published digest, and so is every later one', async () => {
+    fault = undefined;
+    const sourceId = 'ab'.repeat(32); // the name the blob had among peers before its digest was known
+    let asked = 0;
+    const source = new PeerSource({
+      nodeId: 'node-a',
+      baseUrl: agent.origin,
+      digest: sourceId,
+      size: SIZE,
+      stallTimeoutMs: 5_000,
+      maxSockets: 2,
+      publishedName: () => {
+        asked++;
+        return Promise.resolve(DIGEST);
+      },
+    });
+    after(() => source.close());
+    const first = await bytesOf(source, 0, 4096);
+    assert.equal(sha256Of(first), sha256Of(content.bytes.subarray(0, 4096)));
+    assert.deepEqual(
+      agent.requests.slice(-2).map((r) => [r.path, r.status]),
+      [
+        [`/v1/blobs/${sourceId}`, 404],
+        [`/v1/blobs/${DIGEST}`, 206],
+      ],
+    );
+    const second = await bytesOf(source, 4096, 8192);
+    assert.equal(sha256Of(second), sha256Of(content.bytes.subarray(4096, 8192)));
+    assert.equal(agent.requests.at(-1)?.path, `/v1/blobs/${DIGEST}`);
+    assert.equal(asked, 1, 'the published digest was asked for once');
+  });
+
+  it('a peer whose port refuses connections is passed over at once (not retried), and stays so', async () => {
+    const gone = await freePort();
+    const source = new PeerSource({
+      nodeId: 'node-gone',
+      baseUrl: `http://127.0.0.1:${gone}`,
+      digest: DIGEST,
+      size: SIZE,
+      stallTimeoutMs: 5_000,
+      maxSockets: 2,
+    });
+    after(() => source.close());
+    for (let i = 0; i < 2; i++) {
+      const err = await source.openRange(0, 10, expect, signal).catch((e: unknown) => e);
+      assert.ok(err instanceof HttpStatusError, String(err));
+      assert.equal(err.retryable, false);
+      assert.match(err.message, /peer node-gone passed over for this download: its agent refused the connection/);
+    }
   });
 
   it('refuses an agent URL that is not http', () => {
