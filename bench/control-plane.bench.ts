@@ -181,9 +181,14 @@ async function measure(target: Target, workload: Workload, script: string): Prom
   const loadBefore = loadavg()[0]!;
   let run: CommandRun;
   let beats: string;
+  let cpu: NodeJS.CpuUsage;
   try {
     await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, '-d3s', '-s', script, target.url]); // warm-up
+    // The control plane runs in this process: its CPU per request does not depend on how
+    // much of a core the machine's other work leaves it, as requests per second do.
+    const cpuBefore = process.cpuUsage();
     run = await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${SECONDS}s`, '-s', script, target.url]);
+    cpu = process.cpuUsage(cpuBefore);
   } finally {
     beats = await heartbeats.stop();
   }
@@ -199,13 +204,18 @@ async function measure(target: Target, workload: Workload, script: string): Prom
   const hb = /LOOM_HEARTBEATS (\d+) (\d+) (\d+) (\d+) ([\d.]+)/.exec(beats);
   if (!hb) throw new Error(`the heartbeat process printed no result: ${beats}`);
   const [sent, ok, failed, hbP99us, hbSeconds] = hb.slice(1).map(Number) as [number, number, number, number, number];
+  const heartbeatsPerSecond = ok / hbSeconds;
+  const cpuPerRequestUs = (cpu.user + cpu.system) / (requests + heartbeatsPerSecond * seconds);
   const row = {
     locatesPerSecond: Math.round(requests / seconds),
+    cpuPerRequestUs: Math.round(cpuPerRequestUs),
     p50ms: p50us / 1000,
     p99ms: p99us / 1000,
     errors,
-    heartbeatsPerSecond: Math.round(ok / hbSeconds),
-    heartbeatsFailed: failed + (sent - ok - failed),
+    heartbeatsPerSecond: Math.round(heartbeatsPerSecond),
+    heartbeatsFailed: failed,
+    // Still queued in the client when it stopped: the control plane did not keep up.
+    heartbeatsUnanswered: sent - ok - failed,
     heartbeatP99ms: hbP99us / 1000,
     load1: Number(((loadBefore + loadavg()[0]!) / 2).toFixed(2)),
   };
@@ -248,7 +258,8 @@ export async function locateScenario(): Promise<Record<string, unknown>> {
       'locates/s': med('locatesPerSecond'),
       'p50 ms': med('p50ms').toFixed(2),
       'p99 ms': med('p99ms').toFixed(2),
-      errors: runs.reduce((a, r) => a + r.errors!, 0),
+      errors: runs.reduce((a, r) => a + r.errors! + r.heartbeatsFailed!, 0),
+      'server CPU µs/req': med('cpuPerRequestUs'),
       'heartbeats/s': med('heartbeatsPerSecond'),
       'heartbeat p99 ms': med('heartbeatP99ms').toFixed(2),
       load1: med('load1').toFixed(2),

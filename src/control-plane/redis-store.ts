@@ -69,6 +69,9 @@ const INDEX_SHARDS = 16;
 
 const NODE_FIELDS = ['url', 'zone', 'slots', 'expiresAt', 'epoch', 'reg'];
 
+/** Each script's SHA1, computed once. */
+const SCRIPT_SHAS = new Map<string, string>();
+
 /**
  * Heartbeat. KEYS: node record, node holdings. ARGV: url, expiresAt, px (0 = no expiry),
  * now, epoch ('' = keep), zone, free slots, a new registration id. A node that is new,
@@ -440,9 +443,24 @@ export class RedisStore implements RegistryStore {
     }
   }
 
-  /** Runs a script on the slot of its keys (one slot: the callers' keys share a hash tag). */
-  private eval(script: string, keys: string[], args: Array<string | number>): Promise<unknown> {
-    return this.client.eval(script, { keys, arguments: args.map(String) });
+  /**
+   * Runs a script on the slot of its keys (one slot: the callers' keys share a hash tag), by
+   * its SHA1 so the text is not sent with every call; a server that lacks it (a restart, a
+   * new cluster master) gets the text once.
+   */
+  private async eval(script: string, keys: string[], args: Array<string | number>): Promise<unknown> {
+    let sha = SCRIPT_SHAS.get(script);
+    if (sha === undefined) {
+      sha = createHash('sha1').update(script).digest('hex');
+      SCRIPT_SHAS.set(script, sha);
+    }
+    const options = { keys, arguments: args.map(String) };
+    try {
+      return await this.client.evalSha(sha, options);
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+      return this.client.eval(script, options);
+    }
   }
 
   heartbeat(node: NodeRecord, now: number): Promise<HeartbeatOutcome> {

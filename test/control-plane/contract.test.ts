@@ -67,7 +67,8 @@ describe('control plane persistence and replicas', () => {
 
   it('keeps Redis keys under its prefix with hash tags, node records expiring by Redis TTL', async () => {
     const tagged = `${prefix}-layout`;
-    const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), { nodeTtlMs: 5_000 });
+    // A TTL that outlasts the test on a loaded machine: the record must still be there to be read.
+    const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), { nodeTtlMs: 60_000 });
     await ready(s.store);
     await beat(s, 'ttl-node');
     await s.call('PUT', `/v1/blobs/${D1}/replicas/ttl-node`, { complete: true });
@@ -87,7 +88,7 @@ describe('control plane persistence and replicas', () => {
         ].sort(),
       );
       const ttl = await client.pTTL(`${tagged}:{node:ttl-node}:rec`);
-      assert.ok(ttl > 0 && ttl <= 5_000, `node key TTL ${ttl} ms`);
+      assert.ok(ttl > 0 && ttl <= 60_000, `node key TTL ${ttl} ms`);
     } finally {
       await client.close();
     }
@@ -158,12 +159,11 @@ describe('control plane housekeeping', () => {
         return found.sort();
       };
       const shardless = async () => (await keys()).map((k) => k.replace(/\{nodes:\d+\}/, '{nodes:N}')).sort();
-      assert.deepEqual(await shardless(), [
-        `${tagged}:{${D1}}:complete`,
-        `${tagged}:{node:gone}:holds`,
-        `${tagged}:{node:gone}:rec`,
-        `${tagged}:{nodes:N}:index`,
-      ]);
+      // The record itself may already have lapsed by Redis TTL on a slow machine; the rest waits for the sweep.
+      assert.deepEqual(
+        (await shardless()).filter((k) => !k.endsWith(':rec')),
+        [`${tagged}:{${D1}}:complete`, `${tagged}:{node:gone}:holds`, `${tagged}:{nodes:N}:index`],
+      );
       await sleep(3_000);
       assert.deepEqual(await keys(), []);
 
