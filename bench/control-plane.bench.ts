@@ -1,26 +1,50 @@
-// Issue 4's scenario: locate requests per second and p99 latency with 10,000 live nodes and
-// 1,000 blobs (20 holders each) registered, for the SQLite and the Redis store, driven by
-// wrk from a second process over loopback.
+// Locate under load that looks like a fleet: 10,000 live nodes heartbeating every 10 s
+// during the run (1,000 PUTs a second from a process of their own), 1,000 blobs with 20
+// holders each and one blob with 10,000 holders (a quarter of them partial, with piece
+// lists). wrk drives locates from another process over loopback: a random ordinary blob
+// ("spread") or the 10,000-holder blob ("hot"), a random asker and zone, limit 8. Both
+// stores are seeded once and measured in interleaved rounds; the figures are medians.
+import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { FastifyInstance } from 'fastify';
 import { RedisStore } from '../src/control-plane/redis-store.js';
 import { SqliteStore } from '../src/control-plane/sqlite-store.js';
 import { buildControlPlane, type RegistryStore } from '../src/index.js';
-import { printTable, requireCommand, runChecked } from './lib.js';
+import { ROOT, median, printTable, requireCommand, runChecked, type CommandRun } from './lib.js';
 
 const NODES = 10_000;
 const BLOBS = 1_000;
 const HOLDERS_PER_BLOB = 20;
+const HOT_HOLDERS = 10_000;
+/** Pieces a partial holder of the hot blob has: a 100 GB blob has 746. */
+const HOT_PARTIAL_PIECES = 400;
+const HEARTBEAT_INTERVAL_MS = 10_000;
 const CONNECTIONS = Number(process.env.LOOM_BENCH_CONNECTIONS ?? 8);
+const ROUNDS = Number(process.env.LOOM_BENCH_ROUNDS ?? 3);
+const SECONDS = Number(process.env.LOOM_BENCH_SECONDS ?? 10);
+const REDIS_URL = process.env.LOOM_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const ZONES = ['zone-a', 'zone-b', 'zone-c', 'zone-d'];
+const LONG = 3_600_000;
 
-async function seed(store: RegistryStore, digests: string[]): Promise<void> {
-  const expiresAt = Date.now() + 3_600_000;
-  const batch = async (jobs: Array<() => Promise<unknown>>): Promise<void> => {
-    for (let i = 0; i < jobs.length; i += 500) await Promise.all(jobs.slice(i, i + 500).map((job) => job()));
-  };
+type Kind = 'sqlite' | 'redis';
+type Workload = 'spread' | 'hot';
+
+interface Target {
+  kind: Kind;
+  store: RegistryStore;
+  app: FastifyInstance;
+  url: string;
+}
+
+async function batch(jobs: Array<() => Promise<unknown>>): Promise<void> {
+  for (let i = 0; i < jobs.length; i += 500) await Promise.all(jobs.slice(i, i + 500).map((job) => job()));
+}
+
+async function seed(store: RegistryStore, digests: string[], hot: string): Promise<void> {
+  const now = Date.now();
   await batch(
     Array.from(
       { length: NODES },
@@ -31,10 +55,10 @@ async function seed(store: RegistryStore, digests: string[]): Promise<void> {
             url: `http://10.${i >> 8}.${i & 255}.1:7071`,
             zone: ZONES[i % ZONES.length],
             freeUploadSlots: i % 8,
-            expiresAt,
+            expiresAt: now + LONG,
             epoch: undefined,
           },
-          Date.now(),
+          now,
         ),
     ),
   );
@@ -56,6 +80,21 @@ async function seed(store: RegistryStore, digests: string[]): Promise<void> {
       );
     }
   });
+  const partialPieces = Array.from({ length: HOT_PARTIAL_PIECES }, (_, i) => i * 2);
+  for (let n = 0; n < HOT_HOLDERS; n++) {
+    replicas.push(() =>
+      store.putReplica(
+        {
+          digest: hot,
+          nodeId: `node-${n}`,
+          complete: n % 4 !== 0,
+          pieces: n % 4 === 0 ? partialPieces : undefined,
+          updatedAt: Date.now(),
+        },
+        Date.now(),
+      ),
+    );
+  }
   await batch(replicas);
 }
 
@@ -75,11 +114,11 @@ end
 `;
 }
 
-async function measure(kind: 'sqlite' | 'redis'): Promise<Record<string, string | number>> {
-  const dir = mkdtempSync(join(tmpdir(), 'loom-cp-bench-'));
-  const prefix = `loombench-${randomBytes(4).toString('hex')}`;
+async function open(kind: Kind, dir: string, digests: string[], hot: string): Promise<Target> {
   const store: RegistryStore =
-    kind === 'sqlite' ? new SqliteStore(join(dir, 'cp.db')) : new RedisStore({ url: 'redis://127.0.0.1:6379', prefix });
+    kind === 'sqlite'
+      ? new SqliteStore(join(dir, 'cp.db'))
+      : new RedisStore({ url: REDIS_URL, prefix: `loombench-${randomBytes(4).toString('hex')}` });
   for (let i = 0; i < 50; i++) {
     try {
       await store.ping();
@@ -88,48 +127,155 @@ async function measure(kind: 'sqlite' | 'redis'): Promise<Record<string, string 
       await new Promise((r) => setTimeout(r, 50));
     }
   }
-  const digests = Array.from({ length: BLOBS }, () => randomBytes(32).toString('hex'));
-  const app = await buildControlPlane({ store, nodeTtlMs: 3_600_000 });
+  // Long TTLs: the seeded nodes and partial replicas stay for the whole run; the
+  // heartbeats during the measurement still do a heartbeat's full work.
+  const app = await buildControlPlane({ store, nodeTtlMs: LONG, partialTtlMs: LONG });
+  const started = Date.now();
+  await seed(store, digests, hot);
+  console.log(`seeded ${kind} in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  return { kind, store, app, url };
+}
+
+async function close(target: Target): Promise<void> {
+  await target.app.close();
+  if (target.store instanceof RedisStore) await target.store.dropAll();
+  await target.store.close();
+}
+
+/** Starts the heartbeat process against `url`; resolves once it beats. */
+async function startHeartbeats(url: string): Promise<{ stop: () => Promise<string> }> {
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      join(ROOT, 'bench', 'clients', 'heartbeats.ts'),
+      url,
+      String(NODES),
+      String(HEARTBEAT_INTERVAL_MS),
+      ZONES.join(','),
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  let out = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (out.includes('LOOM_HEARTBEATS_RUNNING')) resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`the heartbeat process exited ${code}`)));
+  });
+  return {
+    stop: () =>
+      new Promise((resolve) => {
+        child.removeAllListeners('exit');
+        child.once('exit', () => resolve(out));
+        child.kill('SIGTERM');
+      }),
+  };
+}
+
+async function measure(target: Target, workload: Workload, script: string): Promise<Record<string, number>> {
+  const heartbeats = await startHeartbeats(target.url);
+  const loadBefore = loadavg()[0]!;
+  let run: CommandRun;
+  let beats: string;
+  let cpu: NodeJS.CpuUsage;
   try {
-    await seed(store, digests);
-    const url = await app.listen({ host: '127.0.0.1', port: 0 });
-    const script = join(dir, 'locate.lua');
-    writeFileSync(script, wrkScript(digests));
-    await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, '-d3s', '-s', script, url]); // warm-up
-    const run = await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, '-d10s', '-s', script, url]);
-    const match = /LOOM_RESULT (\d+) (\d+) (\d+) (\d+) ([\d.]+)/.exec(run.stdout);
-    if (!match) throw new Error(`wrk printed no result: ${run.stdout}`);
-    const [requests, errors, p50us, p99us, seconds] = match.slice(1).map(Number) as [
-      number,
-      number,
-      number,
-      number,
-      number,
-    ];
-    return {
-      store: kind,
-      nodes: NODES,
-      blobs: BLOBS,
-      'locates/s': Math.round(requests / seconds),
-      'p50 ms': (p50us / 1000).toFixed(2),
-      'p99 ms': (p99us / 1000).toFixed(2),
-      errors,
-    };
+    await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, '-d3s', '-s', script, target.url]); // warm-up
+    // The control plane runs in this process: its CPU per request does not depend on how
+    // much of a core the machine's other work leaves it, as requests per second do.
+    const cpuBefore = process.cpuUsage();
+    run = await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${SECONDS}s`, '-s', script, target.url]);
+    cpu = process.cpuUsage(cpuBefore);
   } finally {
-    await app.close();
-    if (store instanceof RedisStore) await store.dropAll();
-    await store.close();
-    rmSync(dir, { recursive: true, force: true });
+    beats = await heartbeats.stop();
   }
+  const match = /LOOM_RESULT (\d+) (\d+) (\d+) (\d+) ([\d.]+)/.exec(run.stdout);
+  if (!match) throw new Error(`wrk printed no result: ${run.stdout}`);
+  const [requests, errors, p50us, p99us, seconds] = match.slice(1).map(Number) as [
+    number,
+    number,
+    number,
+    number,
+    number,
+  ];
+  const hb = /LOOM_HEARTBEATS (\d+) (\d+) (\d+) (\d+) ([\d.]+)/.exec(beats);
+  if (!hb) throw new Error(`the heartbeat process printed no result: ${beats}`);
+  const [sent, ok, failed, hbP99us, hbSeconds] = hb.slice(1).map(Number) as [number, number, number, number, number];
+  const heartbeatsPerSecond = ok / hbSeconds;
+  const cpuPerRequestUs = (cpu.user + cpu.system) / (requests + heartbeatsPerSecond * seconds);
+  const row = {
+    locatesPerSecond: Math.round(requests / seconds),
+    cpuPerRequestUs: Math.round(cpuPerRequestUs),
+    p50ms: p50us / 1000,
+    p99ms: p99us / 1000,
+    errors,
+    heartbeatsPerSecond: Math.round(heartbeatsPerSecond),
+    heartbeatsFailed: failed,
+    // Still queued in the client when it stopped: the control plane did not keep up.
+    heartbeatsUnanswered: sent - ok - failed,
+    heartbeatP99ms: hbP99us / 1000,
+    load1: Number(((loadBefore + loadavg()[0]!) / 2).toFixed(2)),
+  };
+  console.log(`${target.kind} ${workload}: ${JSON.stringify(row)}`);
+  return row;
 }
 
 export async function locateScenario(): Promise<Record<string, unknown>> {
   requireCommand('wrk', 'apt-get install wrk');
-  const kinds = (process.env.LOOM_BENCH_STORES ?? 'sqlite,redis').split(',') as Array<'sqlite' | 'redis'>;
-  const rows = [];
-  for (const kind of kinds) rows.push(await measure(kind));
-  printTable(`Locate: wrk -t1 -c${CONNECTIONS} -d10s, 10,000 nodes, 1,000 blobs x 20 holders, limit 8`, rows);
-  return { rows };
+  const kinds = (process.env.LOOM_BENCH_STORES ?? 'sqlite,redis').split(',') as Kind[];
+  const workloads = (process.env.LOOM_BENCH_WORKLOADS ?? 'spread,hot').split(',') as Workload[];
+  const dir = mkdtempSync(join(tmpdir(), 'loom-cp-bench-'));
+  const digests = Array.from({ length: BLOBS }, () => randomBytes(32).toString('hex'));
+  const hot = randomBytes(32).toString('hex');
+  const scripts: Record<Workload, string> = { spread: join(dir, 'spread.lua'), hot: join(dir, 'hot.lua') };
+  writeFileSync(scripts.spread, wrkScript(digests));
+  writeFileSync(scripts.hot, wrkScript([hot]));
+  const targets: Target[] = [];
+  const samples = new Map<string, Array<Record<string, number>>>();
+  try {
+    for (const kind of kinds) targets.push(await open(kind, dir, digests, hot));
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const target of targets) {
+        for (const workload of workloads) {
+          const key = `${target.kind} ${workload}`;
+          samples.set(key, [...(samples.get(key) ?? []), await measure(target, workload, scripts[workload])]);
+        }
+      }
+    }
+  } finally {
+    for (const target of targets) await close(target);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const rows = [...samples].map(([key, runs]) => {
+    const [store, workload] = key.split(' ') as [Kind, Workload];
+    const med = (field: string): number => median(runs.map((r) => r[field]!));
+    return {
+      store,
+      workload,
+      'locates/s': med('locatesPerSecond'),
+      'p50 ms': med('p50ms').toFixed(2),
+      'p99 ms': med('p99ms').toFixed(2),
+      errors: runs.reduce((a, r) => a + r.errors! + r.heartbeatsFailed!, 0),
+      'server CPU µs/req': med('cpuPerRequestUs'),
+      'heartbeats/s': med('heartbeatsPerSecond'),
+      'heartbeat p99 ms': med('heartbeatP99ms').toFixed(2),
+      load1: med('load1').toFixed(2),
+    };
+  });
+  printTable(
+    `Locate (median of ${ROUNDS}): wrk -t1 -c${CONNECTIONS} -d${SECONDS}s, limit 8; ${NODES.toLocaleString('en')} nodes ` +
+      `heartbeating every ${HEARTBEAT_INTERVAL_MS / 1000} s; spread = ${BLOBS} blobs x ${HOLDERS_PER_BLOB} holders, ` +
+      `hot = 1 blob x ${HOT_HOLDERS.toLocaleString('en')} holders`,
+    rows,
+  );
+  return {
+    rows,
+    samples: Object.fromEntries(samples),
+    settings: { nodes: NODES, blobs: BLOBS, holdersPerBlob: HOLDERS_PER_BLOB, hotHolders: HOT_HOLDERS },
+  };
 }
 
-export const controlPlaneScenarios = { 'control-plane-locate': () => locateScenario() };
+export const controlPlaneScenarios = { 'control-plane': () => locateScenario() };

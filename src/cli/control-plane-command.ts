@@ -50,7 +50,10 @@ export function controlPlaneCommand(): Command {
   return new Command('control-plane')
     .description('run the registry of which node holds which blob')
     .option('--listen <host:port>', 'address to listen on', DEFAULTS.controlPlane.listen)
-    .option('--store <spec>', 'sqlite:PATH or redis://HOST:PORT/DB (default: SQLite under the cache root)')
+    .option(
+      '--store <spec>',
+      'sqlite:PATH, redis://HOST:PORT/DB or redis+cluster://HOST:PORT[,HOST:PORT…] (default: SQLite under the cache root)',
+    )
     .option(
       '--token-file <file>',
       'admin token: required for every write, and for reads too unless --open-reads (Authorization: Bearer <token>)',

@@ -1,11 +1,12 @@
-// Picks the store from --store: `sqlite:PATH`, `redis://HOST:PORT/DB` (or rediss://), or by
+// Picks the store from --store: `sqlite:PATH`, `redis://HOST:PORT/DB` (or rediss://),
+// `redis+cluster://HOST:PORT[,HOST:PORT…]` (or rediss+cluster://) for a Redis Cluster, or by
 // default a SQLite file under the cache root.
 import { join } from 'node:path';
 import { UsageError } from '../core/errors.js';
 import type { RegistryStore } from './model.js';
 
 export interface StoreSpec {
-  /** `sqlite:PATH` or `redis://…`; default sqlite under `defaultDir`. */
+  /** `sqlite:PATH`, `redis://…` or `redis+cluster://…`; default sqlite under `defaultDir`. */
   store?: string;
   defaultDir: string;
   /** Key prefix for Redis. Default `loom`. */
@@ -23,9 +24,11 @@ export async function openStore(spec: StoreSpec): Promise<RegistryStore> {
     const { SqliteStore } = await import('./sqlite-store.js');
     return new SqliteStore(path);
   }
-  if (value.startsWith('redis://') || value.startsWith('rediss://')) {
+  if (/^rediss?(\+cluster)?:\/\//.test(value)) {
     const { RedisStore } = await import('./redis-store.js');
     return new RedisStore({ url: value, prefix: spec.redisPrefix });
   }
-  throw new UsageError(`unknown store "${value}"`, { hint: 'use sqlite:PATH or redis://HOST:PORT/DB' });
+  throw new UsageError(`unknown store "${value}"`, {
+    hint: 'use sqlite:PATH, redis://HOST:PORT/DB or redis+cluster://HOST:PORT[,HOST:PORT…]',
+  });
 }

@@ -1,13 +1,24 @@
 // The store for fleets that run several control-plane replicas: Redis through the official
-// client. A node's record is a hash with the heartbeat's TTL, so Redis itself forgets dead
-// nodes; every read also checks liveness, so nothing stale is returned in between. Keys
-// carry a prefix and hash tags ({nodes}, {<digest>}) so the keys one script touches share a
-// Redis Cluster slot. Writes that must not interleave (heartbeat, lease, source, report)
-// are one Lua script or one MULTI. Locate reads a bounded random sample of holders (all of
-// them when there are few) and ranks it, so no request reads every holder of a blob.
-import { createHash } from 'node:crypto';
-import { createClient, type RedisClientType } from 'redis';
-import { StoreUnavailableError } from '../core/errors.js';
+// client, one server (`redis://`) or a Redis Cluster (`redis+cluster://`). A node's record
+// is a hash with the heartbeat's TTL, so Redis itself forgets dead nodes; every read also
+// checks liveness, so nothing stale is returned in between.
+//
+// Keys carry a prefix and a hash tag: a node's keys share the slot of `{node:<id>}`, a
+// blob's the slot of `{<digest>}`, so nodes and blobs spread over a cluster's slots and
+// every script touches one slot. What must not interleave is one script: a heartbeat (its
+// resync decision and the record), a replica's write, a report, a lease, a source mapping.
+// A write that spans a node and a blob (a replica) cannot be one script in a cluster; it
+// is made safe by the registration id instead: each heartbeat that starts a registration
+// (new node, lapsed, new epoch) draws a new `reg`, every replica carries the `reg` it was
+// recorded under, and locate answers only with replicas whose `reg` is their node's
+// current one. Replicas of an older registration are invisible at once and deleted after.
+//
+// Locate is one script on the blob's slot (a random sample of holders, quarantine and the
+// asker left out there), one pipelined read of the sampled nodes' records, a ranking of
+// that bounded sample, and a read of piece lists for the partial holders returned only.
+import { createHash, randomBytes } from 'node:crypto';
+import { createClient, createCluster, type RedisClientType, type RedisClusterType } from 'redis';
+import { StoreUnavailableError, UsageError } from '../core/errors.js';
 import { rankCandidates } from './locate.js';
 import {
   NEVER,
@@ -18,7 +29,6 @@ import {
   type LocateQuery,
   type ManifestWrite,
   type NodeRecord,
-  type Quarantine,
   type RegistryStore,
   type Replica,
   type SourceWrite,
@@ -30,6 +40,11 @@ import { sameManifest } from './sqlite-store.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export interface RedisStoreOptions {
+  /**
+   * `redis://[user:pass@]host:port[/db]` (or `rediss://`) for one server;
+   * `redis+cluster://[user:pass@]host:port[,host:port…]` (or `rediss+cluster://`) for a
+   * Redis Cluster, given one or more of its nodes.
+   */
   url: string;
   /** Prefix of every key. Default `loom`. */
   prefix?: string;
@@ -38,53 +53,219 @@ export interface RedisStoreOptions {
 /** A store operation that takes longer is answered with 503 (a hung Redis is a down Redis). */
 const OPERATION_TIMEOUT_MS = DEFAULTS.controlPlane.redisTimeoutMs;
 
-/** Lapsed nodes cleaned up per sweep at most (the sweep runs every few seconds). */
+/** Lapsed nodes and stale partials cleaned up per sweep at most (the sweep runs every few seconds). */
 const SWEEP_BATCH = 200;
 
-/** Holders of each kind read per locate, at least: exact ranking up to this many holders. */
+/** Holders of each kind sampled per locate, at least: exact ranking up to this many holders. */
 const MIN_SAMPLE = 64;
 
-interface StoredReplica {
-  updatedAt: number;
-  epoch?: string;
-  pieces?: number[];
-}
+/**
+ * Holders of a sample whose node records locate reads: this many times the limit, same zone
+ * first. Reading all 64 records cost twice the CPU of a locate of a 10,000-holder blob.
+ */
+const PICK_FACTOR = 2;
+
+/** The node index is split in this many keys (slots), so heartbeats spread over a cluster. */
+const INDEX_SHARDS = 16;
+
+const NODE_FIELDS = ['url', 'zone', 'slots', 'expiresAt', 'epoch', 'reg'];
+
+/** Each script's SHA1, computed once. */
+const SCRIPT_SHAS = new Map<string, string>();
 
 /**
- * Heartbeat. KEYS: node hash, node index. ARGV: url, expiresAt, px (0 = no expiry), id,
- * now, epoch ('' = keep), zone, free slots. Returns [resync (0 none, 1 all, 2 other epochs), epoch].
+ * Heartbeat. KEYS: node record, node holdings. ARGV: url, expiresAt, px (0 = no expiry),
+ * now, epoch ('' = keep), zone, free slots, a new registration id. A node that is new,
+ * lapsed or comes with a new epoch starts a registration: a new `reg`, its holdings handed
+ * back for deletion. Returns {resync (0/1), reg, digest, old reg, digest, old reg, …}.
  */
 const HEARTBEAT = `
-local oldExpires = redis.call('HGET', KEYS[1], 'expiresAt')
-local oldEpoch = redis.call('HGET', KEYS[1], 'epoch') or ''
-local epoch = ARGV[6]
+local old = redis.call('HMGET', KEYS[1], 'expiresAt', 'epoch', 'reg')
+local epoch = ARGV[5]
 local resync = 0
-if not oldExpires or tonumber(oldExpires) <= tonumber(ARGV[5]) then
+if not old[1] or not old[3] or tonumber(old[1]) <= tonumber(ARGV[4]) then
   resync = 1
-elseif epoch ~= '' and epoch ~= oldEpoch then
-  resync = 2
+elseif epoch ~= '' and epoch ~= (old[2] or '') then
+  resync = 1
 end
-if epoch == '' then epoch = oldEpoch end
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], 'url', ARGV[1], 'zone', ARGV[7], 'slots', ARGV[8], 'expiresAt', ARGV[2], 'epoch', epoch)
-if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
-redis.call('ZADD', KEYS[2], ARGV[2], ARGV[4])
-return {resync, epoch}
+if epoch == '' then epoch = old[2] or '' end
+local reply = {resync}
+local reg = old[3]
+if resync == 1 then
+  reg = ARGV[8]
+  local held = redis.call('HGETALL', KEYS[2])
+  redis.call('DEL', KEYS[2])
+  table.insert(reply, reg)
+  for i = 1, #held do table.insert(reply, held[i]) end
+else
+  table.insert(reply, reg)
+end
+redis.call('HSET', KEYS[1], 'url', ARGV[1], 'zone', ARGV[6], 'slots', ARGV[7], 'expiresAt', ARGV[2], 'epoch', epoch, 'reg', reg)
+if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) else redis.call('PERSIST', KEYS[1]) end
+return reply
 `;
 
 /**
- * Drops one node's replica of one blob unless it was recorded under `epoch`. KEYS: complete
- * hash, partial hash. ARGV: node, epoch. Returns 1 when the node no longer holds the blob.
+ * Records that a live node holds a blob. KEYS: node record, node holdings. ARGV: digest,
+ * now. Returns {registration id, zone}, or false when the node is not live.
  */
-const DROP_OTHER_EPOCH = `
-local held = 0
+const HOLD = `
+local rec = redis.call('HMGET', KEYS[1], 'expiresAt', 'reg', 'zone')
+if not rec[1] or not rec[2] or tonumber(rec[1]) <= tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[2], ARGV[1], rec[2])
+return {rec[2], rec[3] or ''}
+`;
+
+/**
+ * Writes a replica. KEYS: complete hash, partial hash, pieces hash (each node -> value).
+ * ARGV: node, "updatedAt:reg:zone" (the zone the node had, for locate's pick), complete
+ * ('1'/'0'), piece list (JSON).
+ */
+const PUT_REPLICA = `
+if ARGV[3] == '1' then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('HDEL', KEYS[3], ARGV[1])
+else
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 1
+`;
+
+/**
+ * Deletes a node's replica of a blob if it was recorded under registration `reg` (''
+ * = any). KEYS: complete, partial, pieces. ARGV: node, reg. Returns how many it deleted.
+ */
+const DROP_REPLICA = `
+local dropped = 0
 for i = 1, 2 do
   local v = redis.call('HGET', KEYS[i], ARGV[1])
-  if v then
-    if (cjson.decode(v).epoch or '') == ARGV[2] then held = 1 else redis.call('HDEL', KEYS[i], ARGV[1]) end
+  if v and (ARGV[2] == '' or string.match(v, '^%d+:(%x+):') == ARGV[2]) then
+    redis.call('HDEL', KEYS[i], ARGV[1])
+    if i == 2 then redis.call('HDEL', KEYS[3], ARGV[1]) end
+    dropped = dropped + 1
   end
 end
-return 1 - held
+return dropped
+`;
+
+/**
+ * Ends a node's registration: deregistration (ARGV[1] = '') or the sweep of a lapsed node
+ * (ARGV[1] = now: a node that beat again since is left alone). KEYS: record, holdings.
+ * Returns {1 if a record was deleted, digest, reg, …} or {-1} for a live node.
+ */
+const END_NODE = `
+if ARGV[1] ~= '' then
+  local expires = redis.call('HGET', KEYS[1], 'expiresAt')
+  if expires and tonumber(expires) > tonumber(ARGV[1]) then return {-1} end
+end
+local reply = {redis.call('DEL', KEYS[1])}
+local held = redis.call('HGETALL', KEYS[2])
+redis.call('DEL', KEYS[2])
+for i = 1, #held do table.insert(reply, held[i]) end
+return reply
+`;
+
+/** Removes a node from its index shard unless it beat since. KEYS: index. ARGV: id, now. */
+const UNINDEX_LAPSED = `
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
+return 1
+`;
+
+/**
+ * Locate's sample. KEYS: complete, partial, reports. ARGV: sample size, asker, partial
+ * cutoff, report cutoff, report threshold (0 = no quarantine), limit, '1' = partial holders
+ * only, the asker's zone, how many to pick. From a random sample of each kind it picks
+ * holders in the asker's zone first, then others; the caller ranks those by their nodes'
+ * load. Complete holders first; partial ones (updated after the cutoff) only when fewer
+ * than `limit` complete ones were picked. Returns {'1' if partial holders were sampled,
+ * else '0', node, reg, 'c' or updatedAt, …}.
+ */
+const LOCATE_SAMPLE = `
+local sample = tonumber(ARGV[1])
+local asker = ARGV[2]
+local threshold = tonumber(ARGV[5])
+local zone = ARGV[8]
+local want = tonumber(ARGV[9])
+local banned = {}
+if threshold > 0 then
+  local counts = {}
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[4], '+inf')) do
+    local node = string.match(m, '^([^\\n]*)')
+    counts[node] = (counts[node] or 0) + 1
+    if counts[node] >= threshold then banned[node] = true end
+  end
+end
+local out = {'0'}
+-- entries: node -> "updatedAt:reg:zone"; appends up to want picks, same zone first.
+local function pick(entries, kind, cutoff)
+  local near, far = {}, {}
+  for i = 1, #entries, 2 do
+    local node = entries[i]
+    local at, reg, z = string.match(entries[i + 1], '^(%d+):(%x+):(.*)$')
+    if node ~= asker and not banned[node] and (cutoff == nil or tonumber(at) > cutoff) then
+      local list = far
+      if z == zone and zone ~= '' then list = near end
+      table.insert(list, {node, reg, kind == 'c' and 'c' or at})
+    end
+  end
+  local n = 0
+  for _, list in ipairs({near, far}) do
+    for _, e in ipairs(list) do
+      if n >= want then return n end
+      table.insert(out, e[1])
+      table.insert(out, e[2])
+      table.insert(out, e[3])
+      n = n + 1
+    end
+  end
+  return n
+end
+local found = 0
+if ARGV[7] ~= '1' then
+  found = pick(redis.call('HRANDFIELD', KEYS[1], sample, 'WITHVALUES'), 'c', nil)
+end
+if found < tonumber(ARGV[6]) then
+  out[1] = '1'
+  pick(redis.call('HRANDFIELD', KEYS[2], sample, 'WITHVALUES'), 'p', tonumber(ARGV[3]))
+end
+return out
+`;
+
+/**
+ * Drops a partial replica not updated since the cutoff. KEYS: partial, pieces. ARGV: node,
+ * cutoff. Returns 1 when it was dropped, 2 when there was none, 0 when it was updated since.
+ */
+const DROP_STALE_PARTIAL = `
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 2 end
+if tonumber(string.match(v, '^(%d+):')) <= tonumber(ARGV[2]) then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+`;
+
+/**
+ * A report. KEYS: the blob's reports. ARGV: "node\nreporter", now, window, node. Returns
+ * how many distinct reporters the node has within the window.
+ */
+const REPORT = `
+local now = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('PEXPIRE', KEYS[1], window)
+local n = 0
+local prefix = ARGV[4] .. '\\n'
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - window), '+inf')) do
+  if string.sub(m, 1, #prefix) == prefix then n = n + 1 end
+end
+return n
 `;
 
 /**
@@ -142,20 +323,6 @@ redis.call('PEXPIRE', KEYS[1], 2 * tonumber(ARGV[2]) + 1000)
 return value
 `;
 
-/**
- * Drops a partial replica not updated since the cutoff. KEYS: partial hash. ARGV: node,
- * cutoff. Returns 1 when it was dropped, 2 when there was none, 0 when it was updated since.
- */
-const DROP_STALE_PARTIAL = `
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v then return 2 end
-if cjson.decode(v).updatedAt <= tonumber(ARGV[2]) then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-`;
-
 /** Source mapping. KEYS: source key. ARGV: digest, replace ('1'/'0'). */
 const PUT_SOURCE = `
 local old = redis.call('GET', KEYS[1])
@@ -166,23 +333,43 @@ if old then return 'replaced' end
 return 'created'
 `;
 
+type Redis = RedisClientType | RedisClusterType;
+
+/** A node's replica as a heartbeat, deregistration or sweep hands it back: delete it where it is still that registration's. */
+interface Holding {
+  digest: string;
+  reg: string;
+}
+
 export class RedisStore implements RegistryStore {
   readonly kind = 'redis' as const;
-  private readonly client: RedisClientType;
+  private readonly client: Redis;
   private readonly prefix: string;
   private lastError: string | undefined;
 
   constructor(private readonly options: RedisStoreOptions) {
     this.prefix = options.prefix ?? DEFAULTS.controlPlane.redisPrefix;
-    this.client = createClient({
-      url: options.url,
+    // A brace in the prefix would become the hash tag of every key, all in one slot.
+    if (/[{}]/.test(this.prefix)) throw new UsageError(`the Redis key prefix "${this.prefix}" must not contain { or }`);
+    const clientOptions = {
       // Fail fast while Redis is away (503 to the caller) instead of queueing requests.
       disableOfflineQueue: true,
-      // No per-command timer (the client's default makes an AbortSignal per command, which
-      // measured ~15% of the CPU of a locate); run() bounds each store operation instead.
-      commandOptions: { timeout: 0 },
-      socket: { connectTimeout: 2_000, reconnectStrategy: (retries) => Math.min(100 * (retries + 1), 2_000) },
-    });
+      socket: {
+        connectTimeout: 2_000,
+        reconnectStrategy: (retries: number) => Math.min(100 * (retries + 1), 2_000),
+      },
+    };
+    // No per-command timer (the client's default makes an AbortSignal per command, which
+    // measured ~15% of the CPU of a locate); run() bounds each store operation instead.
+    const commandOptions = { timeout: 0 };
+    const cluster = clusterRootNodes(options.url);
+    this.client = cluster
+      ? (createCluster({
+          rootNodes: cluster.map((url) => ({ url })),
+          defaults: clientOptions,
+          commandOptions,
+        }) as unknown as RedisClusterType)
+      : (createClient({ url: options.url, ...clientOptions, commandOptions }) as unknown as RedisClientType);
     this.client.on('error', (err: Error) => {
       this.lastError = err.message;
     });
@@ -191,24 +378,35 @@ export class RedisStore implements RegistryStore {
     });
   }
 
+  /** Whether this store talks to a Redis Cluster. */
+  get clustered(): boolean {
+    return clusterRootNodes(this.options.url) !== undefined;
+  }
+
   private key(...parts: string[]): string {
     return [this.prefix, ...parts].join(':');
   }
-  private nodeKey(id: string): string {
-    return this.key('{nodes}', 'node', id);
+  private recordKey(id: string): string {
+    return this.key(`{node:${id}}`, 'rec');
   }
-  private nodeIndexKey(): string {
-    return this.key('{nodes}', 'index');
-  }
-  /** The digests a node holds a replica of, so its replicas go with it. */
+  /** The blobs a node holds, each with the registration it was recorded under, so its replicas go with it. */
   private holdsKey(id: string): string {
-    return this.key('{nodes}', 'holds', id);
+    return this.key(`{node:${id}}`, 'holds');
+  }
+  private indexKey(shard: number): string {
+    return this.key(`{nodes:${shard}}`, 'index');
+  }
+  private indexKeyOf(id: string): string {
+    return this.indexKey(shardOf(id));
   }
   private blobKey(
     digest: string,
-    what: 'manifest' | 'complete' | 'partial' | 'reports' | 'leases' | 'fencing',
+    what: 'manifest' | 'complete' | 'partial' | 'pieces' | 'reports' | 'leases' | 'fencing',
   ): string {
     return this.key(`{${digest}}`, what);
+  }
+  private replicaKeys(digest: string): string[] {
+    return [this.blobKey(digest, 'complete'), this.blobKey(digest, 'partial'), this.blobKey(digest, 'pieces')];
   }
   private blobsKey(): string {
     return this.key('{blobs}', 'all');
@@ -246,92 +444,108 @@ export class RedisStore implements RegistryStore {
     }
   }
 
-  private eval(script: string, keys: string[], args: Array<string | number>): Promise<unknown> {
-    return this.client.eval(script, { keys, arguments: args.map(String) });
+  /**
+   * Runs a script on the slot of its keys (one slot: the callers' keys share a hash tag), by
+   * its SHA1 so the text is not sent with every call; a server that lacks it (a restart, a
+   * new cluster master) gets the text once.
+   */
+  private async eval(script: string, keys: string[], args: Array<string | number>): Promise<unknown> {
+    let sha = SCRIPT_SHAS.get(script);
+    if (sha === undefined) {
+      sha = createHash('sha1').update(script).digest('hex');
+      SCRIPT_SHAS.set(script, sha);
+    }
+    const options = { keys, arguments: args.map(String) };
+    try {
+      return await this.client.evalSha(sha, options);
+    } catch (err) {
+      if (!(err instanceof Error) || !err.message.startsWith('NOSCRIPT')) throw err;
+      return this.client.eval(script, options);
+    }
   }
 
   heartbeat(node: NodeRecord, now: number): Promise<HeartbeatOutcome> {
     return this.run(async () => {
       const px = node.expiresAt >= NEVER ? 0 : Math.max(1, node.expiresAt - now);
-      const [resync, epoch] = (await this.eval(
-        HEARTBEAT,
-        [this.nodeKey(node.id), this.nodeIndexKey()],
-        [node.url, node.expiresAt, px, node.id, now, node.epoch ?? '', node.zone ?? '', node.freeUploadSlots],
-      )) as [number, string];
-      if (resync === 1) await this.dropAllReplicas(node.id);
-      if (resync === 2) await this.dropOtherEpochs(node.id, epoch);
-      return { resync: resync !== 0 };
+      const [reply] = await Promise.all([
+        this.eval(
+          HEARTBEAT,
+          [this.recordKey(node.id), this.holdsKey(node.id)],
+          [
+            node.url,
+            node.expiresAt,
+            px,
+            now,
+            node.epoch ?? '',
+            node.zone ?? '',
+            node.freeUploadSlots,
+            randomBytes(8).toString('hex'),
+          ],
+        ) as Promise<Array<string | number>>,
+        this.client.zAdd(this.indexKeyOf(node.id), { score: node.expiresAt, value: node.id }),
+      ]);
+      const resync = Number(reply[0]) === 1;
+      if (resync) await this.dropHoldings(node.id, pairs(reply.slice(2).map(String)));
+      return { resync };
     });
   }
 
-  private async dropAllReplicas(id: string): Promise<void> {
-    const digests = await this.client.sMembers(this.holdsKey(id));
-    const multi = this.client.multi();
-    for (const digest of digests) {
-      multi.hDel(this.blobKey(digest, 'complete'), id);
-      multi.hDel(this.blobKey(digest, 'partial'), id);
-      multi.zRem(this.partialsKey(), `${digest}\n${id}`);
-    }
-    multi.del(this.holdsKey(id));
-    await multi.exec();
-  }
-
-  private async dropOtherEpochs(id: string, epoch: string): Promise<void> {
-    const digests = await this.client.sMembers(this.holdsKey(id));
-    const gone = await Promise.all(
-      digests.map((digest) =>
-        this.eval(DROP_OTHER_EPOCH, [this.blobKey(digest, 'complete'), this.blobKey(digest, 'partial')], [id, epoch]),
-      ),
+  /** Deletes replicas a node's ended registration left on its blobs (those it still holds under it). */
+  private async dropHoldings(id: string, holdings: Holding[]): Promise<void> {
+    await Promise.all(
+      holdings.flatMap(({ digest, reg }) => [
+        this.eval(DROP_REPLICA, this.replicaKeys(digest), [id, reg]),
+        this.client.zRem(this.partialsKey(), `${digest}\n${id}`),
+      ]),
     );
-    const dropped = digests.filter((_, i) => Number(gone[i]) === 1);
-    if (dropped.length) {
-      await this.client
-        .multi()
-        .sRem(this.holdsKey(id), dropped)
-        .zRem(
-          this.partialsKey(),
-          dropped.map((digest) => `${digest}\n${id}`),
-        )
-        .exec();
-    }
   }
 
   removeNode(id: string): Promise<boolean> {
     return this.run(async () => {
-      await this.dropAllReplicas(id);
-      const [deleted] = await this.client.multi().del(this.nodeKey(id)).zRem(this.nodeIndexKey(), id).exec();
-      return Number(deleted) > 0;
+      const [reply] = await Promise.all([
+        this.eval(END_NODE, [this.recordKey(id), this.holdsKey(id)], ['']) as Promise<Array<string | number>>,
+        this.client.zRem(this.indexKeyOf(id), id),
+      ]);
+      await this.dropHoldings(id, pairs(reply.slice(1).map(String)));
+      return Number(reply[0]) > 0;
     });
   }
 
-  /** Node records for `ids` that are still live (their hash exists and has not lapsed). */
-  private async liveRecords(ids: string[], now: number): Promise<Map<string, NodeRecord>> {
-    const live = new Map<string, NodeRecord>();
-    if (ids.length === 0) return live;
-    const multi = this.client.multi();
-    for (const id of ids) multi.hmGet(this.nodeKey(id), ['url', 'zone', 'slots', 'expiresAt', 'epoch']);
-    const rows = (await multi.execAsPipeline()) as unknown as Array<Array<string | null>>;
+  /** Node records for `ids` that are still live, read in one pipeline (per cluster node). */
+  private async liveRecords(ids: string[], now: number): Promise<Map<string, { node: NodeRecord; reg: string }>> {
+    const rows = await Promise.all(ids.map((id) => this.client.hmGet(this.recordKey(id), NODE_FIELDS)));
+    const live = new Map<string, { node: NodeRecord; reg: string }>();
     rows.forEach((row, i) => {
-      const [url, zone, slots, expiresAt, epoch] = row;
-      if (!url || !expiresAt || Number(expiresAt) <= now) return;
+      const [url, zone, slots, expiresAt, epoch, reg] = row as Array<string | null>;
+      if (!url || !expiresAt || !reg || Number(expiresAt) <= now) return;
       const id = ids[i]!;
       live.set(id, {
-        id,
-        url,
-        zone: zone || undefined,
-        freeUploadSlots: Number(slots),
-        expiresAt: Number(expiresAt),
-        epoch: epoch || undefined,
+        node: {
+          id,
+          url,
+          zone: zone || undefined,
+          freeUploadSlots: Number(slots),
+          expiresAt: Number(expiresAt),
+          epoch: epoch || undefined,
+        },
+        reg,
       });
     });
     return live;
   }
 
+  private async indexedIds(min: string, max: string): Promise<string[]> {
+    const shards = await Promise.all(
+      Array.from({ length: INDEX_SHARDS }, (_, shard) => this.client.zRangeByScore(this.indexKey(shard), min, max)),
+    );
+    return shards.flat();
+  }
+
   liveNodes(now: number): Promise<NodeRecord[]> {
     return this.run(async () => {
-      const ids = (await this.client.zRangeByScore(this.nodeIndexKey(), `(${now}`, '+inf')).sort();
+      const ids = (await this.indexedIds(`(${now}`, '+inf')).sort();
       const live = await this.liveRecords(ids, now);
-      return ids.flatMap((id) => live.get(id) ?? []);
+      return ids.flatMap((id) => live.get(id)?.node ?? []);
     });
   }
 
@@ -360,93 +574,107 @@ export class RedisStore implements RegistryStore {
 
   deleteManifest(digest: string): Promise<boolean> {
     return this.run(async () => {
-      const [deleted] = await this.client
-        .multi()
-        .del(this.blobKey(digest, 'manifest'))
-        .sRem(this.blobsKey(), digest)
-        .exec();
+      const [deleted] = await Promise.all([
+        this.client.del(this.blobKey(digest, 'manifest')),
+        this.client.sRem(this.blobsKey(), digest),
+      ]);
       return Number(deleted) > 0;
     });
   }
 
   putReplica(replica: Replica, now: number): Promise<boolean> {
     return this.run(async () => {
-      const [expiresAt, epoch] = await this.client.hmGet(this.nodeKey(replica.nodeId), ['expiresAt', 'epoch']);
-      if (!expiresAt || Number(expiresAt) <= now) return false;
-      const stored: StoredReplica = {
-        updatedAt: replica.updatedAt,
-        ...(epoch && { epoch }),
-        ...(!replica.complete && { pieces: replica.pieces ?? [] }),
-      };
-      const [into, from] = replica.complete ? (['complete', 'partial'] as const) : (['partial', 'complete'] as const);
-      const member = `${replica.digest}\n${replica.nodeId}`;
-      const multi = this.client
-        .multi()
-        .hSet(this.blobKey(replica.digest, into), replica.nodeId, JSON.stringify(stored))
-        .hDel(this.blobKey(replica.digest, from), replica.nodeId)
-        .sAdd(this.holdsKey(replica.nodeId), replica.digest);
-      if (replica.complete) multi.zRem(this.partialsKey(), member);
-      else multi.zAdd(this.partialsKey(), { score: replica.updatedAt, value: member });
-      await multi.exec();
+      const { digest, nodeId } = replica;
+      const held = await this.eval(HOLD, [this.recordKey(nodeId), this.holdsKey(nodeId)], [digest, now]);
+      if (!Array.isArray(held)) return false;
+      const [reg, zone] = held.map(String) as [string, string];
+      const member = `${digest}\n${nodeId}`;
+      await Promise.all([
+        this.eval(PUT_REPLICA, this.replicaKeys(digest), [
+          nodeId,
+          `${Math.floor(replica.updatedAt)}:${reg}:${zone}`,
+          replica.complete ? '1' : '0',
+          JSON.stringify(replica.pieces ?? []),
+        ]),
+        replica.complete
+          ? this.client.zRem(this.partialsKey(), member)
+          : this.client.zAdd(this.partialsKey(), { score: replica.updatedAt, value: member }),
+      ]);
       return true;
     });
   }
 
   removeReplica(digest: string, nodeId: string): Promise<boolean> {
     return this.run(async () => {
-      const [complete, partial] = await this.client
-        .multi()
-        .hDel(this.blobKey(digest, 'complete'), nodeId)
-        .hDel(this.blobKey(digest, 'partial'), nodeId)
-        .sRem(this.holdsKey(nodeId), digest)
-        .zRem(this.partialsKey(), `${digest}\n${nodeId}`)
-        .exec();
-      return Number(complete) + Number(partial) > 0;
+      const [dropped] = await Promise.all([
+        this.eval(DROP_REPLICA, this.replicaKeys(digest), [nodeId, '']),
+        this.client.hDel(this.holdsKey(nodeId), digest),
+        this.client.zRem(this.partialsKey(), `${digest}\n${nodeId}`),
+      ]);
+      return Number(dropped) > 0;
     });
   }
 
   locate(digest: string, query: LocateQuery): Promise<Candidate[]> {
     return this.run(async () => {
       const sample = Math.max(MIN_SAMPLE, 4 * query.limit);
-      const [complete, partial, excluded] = await Promise.all([
-        this.client.hRandFieldCountWithValues(this.blobKey(digest, 'complete'), sample),
-        this.client.hRandFieldCountWithValues(this.blobKey(digest, 'partial'), sample),
-        query.quarantine ? this.quarantined(digest, query.now, query.quarantine) : Promise.resolve(new Set<string>()),
-      ]);
-      const replicas: Replica[] = [];
-      for (const [entries, isComplete] of [
-        [complete, true],
-        [partial, false],
-      ] as const) {
-        for (const { field, value } of entries) {
-          const nodeId = String(field);
-          if (nodeId === query.asker || excluded.has(nodeId)) continue;
-          const r = JSON.parse(String(value)) as StoredReplica;
-          if (!isComplete && r.updatedAt <= query.now - query.partialTtlMs) continue;
-          replicas.push({ digest, nodeId, complete: isComplete, pieces: r.pieces, updatedAt: r.updatedAt });
+      const sampleOf = async (partialOnly: boolean): Promise<{ candidates: Candidate[]; withPartial: boolean }> => {
+        const reply = (await this.eval(
+          LOCATE_SAMPLE,
+          [this.blobKey(digest, 'complete'), this.blobKey(digest, 'partial'), this.blobKey(digest, 'reports')],
+          [
+            sample,
+            query.asker ?? '',
+            query.now - query.partialTtlMs,
+            query.now - (query.quarantine?.windowMs ?? 0),
+            query.quarantine?.threshold ?? 0,
+            query.limit,
+            partialOnly ? '1' : '0',
+            query.zone ?? '',
+            PICK_FACTOR * query.limit,
+          ],
+        )) as string[];
+        const ids: string[] = [];
+        for (let i = 1; i < reply.length; i += 3) ids.push(reply[i]!);
+        const live = await this.liveRecords(ids, query.now);
+        const candidates: Candidate[] = [];
+        for (let i = 1; i < reply.length; i += 3) {
+          const record = live.get(reply[i]!);
+          // A replica of an ended registration is not the node's any more.
+          if (!record || record.reg !== reply[i + 1]) continue;
+          const { node } = record;
+          const complete = reply[i + 2] === 'c';
+          candidates.push({
+            node,
+            replica: {
+              digest,
+              nodeId: node.id,
+              complete,
+              pieces: undefined,
+              updatedAt: complete ? 0 : Number(reply[i + 2]),
+            },
+          });
         }
+        return { candidates, withPartial: reply[0] === '1' };
+      };
+      const { candidates, withPartial } = await sampleOf(false);
+      // The sample left partial holders out because it found `limit` complete ones; some
+      // of those may be dead nodes', and then partial holders are wanted after all.
+      if (!withPartial && candidates.length < query.limit) candidates.push(...(await sampleOf(true)).candidates);
+      const ranked = rankCandidates(candidates, query);
+      const partial = ranked.filter((c) => !c.replica.complete);
+      if (partial.length) {
+        const lists = await this.client.hmGet(
+          this.blobKey(digest, 'pieces'),
+          partial.map((c) => c.node.id),
+        );
+        partial.forEach((c, i) => {
+          const list = lists[i];
+          c.replica.pieces = typeof list === 'string' ? (JSON.parse(list) as number[]) : [];
+        });
       }
-      const live = await this.liveRecords(
-        replicas.map((r) => r.nodeId),
-        query.now,
-      );
-      const candidates = replicas.flatMap((replica) => {
-        const node = live.get(replica.nodeId);
-        return node ? [{ node, replica }] : [];
-      });
-      return rankCandidates(candidates, query);
+      return ranked;
     });
-  }
-
-  /** Nodes reported at least `threshold` times for `digest` within the window. */
-  private async quarantined(digest: string, now: number, { windowMs, threshold }: Quarantine): Promise<Set<string>> {
-    const members = await this.client.zRangeByScore(this.blobKey(digest, 'reports'), `(${now - windowMs}`, '+inf');
-    const counts = new Map<string, number>();
-    for (const member of members) {
-      const node = member.split('\n')[0]!;
-      counts.set(node, (counts.get(node) ?? 0) + 1);
-    }
-    return new Set([...counts].filter(([, n]) => n >= threshold).map(([node]) => node));
   }
 
   putSource(key: string, digest: string, replace: boolean): Promise<SourceWrite> {
@@ -463,18 +691,11 @@ export class RedisStore implements RegistryStore {
   }
 
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number> {
-    return this.run(async () => {
-      const key = this.blobKey(digest, 'reports');
-      const replies = await this.client
-        .multi()
-        .zAdd(key, { score: now, value: `${nodeId}\n${reporter}` })
-        .zRemRangeByScore(key, '-inf', now - windowMs)
-        .pExpire(key, windowMs)
-        .zRangeByScore(key, `(${now - windowMs}`, '+inf')
-        .exec();
-      const members = replies[3] as unknown as string[];
-      return members.filter((m) => m.split('\n')[0] === nodeId).length;
-    });
+    return this.run(async () =>
+      Number(
+        await this.eval(REPORT, [this.blobKey(digest, 'reports')], [`${nodeId}\n${reporter}`, now, windowMs, nodeId]),
+      ),
+    );
   }
 
   acquireLease(
@@ -523,69 +744,87 @@ export class RedisStore implements RegistryStore {
   }
 
   /**
-   * Drops the replicas of nodes whose registration lapsed (Redis already forgot the nodes
-   * themselves) and partial replicas not updated within the partial TTL (locate leaves
-   * them out before that); reports and leases expire with their keys.
+   * Drops the replicas of nodes whose registration lapsed (Redis already forgot the nodes'
+   * records) and partial replicas not updated within the partial TTL (locate leaves them
+   * out before that); reports and leases expire with their keys.
    */
   sweep(now: number, policy: SweepPolicy): Promise<void> {
     return this.run(async () => {
-      // A bounded batch per run, so one sweep stays within the operation timeout.
-      const lapsed = await this.client.zRangeByScore(this.nodeIndexKey(), '-inf', now, {
-        LIMIT: { offset: 0, count: SWEEP_BATCH },
-      });
-      for (const id of lapsed) {
-        // A node that beat again since the range was read keeps its replicas.
-        const expiresAt = await this.client.hGet(this.nodeKey(id), 'expiresAt');
-        if (typeof expiresAt === 'string' && Number(expiresAt) > now) continue;
-        await this.dropAllReplicas(id);
-        await this.client.zRem(this.nodeIndexKey(), id);
-      }
+      // A bounded batch per shard and run, so one sweep stays within the operation timeout.
+      const shards = await Promise.all(
+        Array.from({ length: INDEX_SHARDS }, (_, shard) =>
+          this.client.zRangeByScore(this.indexKey(shard), '-inf', now, {
+            LIMIT: { offset: 0, count: Math.ceil(SWEEP_BATCH / INDEX_SHARDS) },
+          }),
+        ),
+      );
+      await Promise.all(
+        shards.flat().map(async (id) => {
+          // A node that beat again since the range was read keeps its replicas and its place.
+          const reply = (await this.eval(END_NODE, [this.recordKey(id), this.holdsKey(id)], [now])) as Array<
+            string | number
+          >;
+          if (Number(reply[0]) === -1) return;
+          await Promise.all([
+            this.dropHoldings(id, pairs(reply.slice(1).map(String))),
+            this.eval(UNINDEX_LAPSED, [this.indexKeyOf(id)], [id, now]),
+          ]);
+        }),
+      );
       const cutoff = now - policy.partialTtlMs;
       const stale = await this.client.zRangeByScore(this.partialsKey(), '-inf', cutoff, {
         LIMIT: { offset: 0, count: SWEEP_BATCH },
       });
-      for (const member of stale) {
-        const [digest, node] = member.split('\n') as [string, string];
-        const dropped = await this.eval(DROP_STALE_PARTIAL, [this.blobKey(digest, 'partial')], [node, cutoff]);
-        // An update since the range was read moved the member's score: only a stale one goes.
-        if (Number(dropped) === 1) {
-          await this.client.multi().sRem(this.holdsKey(node), digest).zRem(this.partialsKey(), member).exec();
-        } else if (Number(dropped) === 2) {
-          await this.client.zRem(this.partialsKey(), member);
-        }
-      }
+      await Promise.all(
+        stale.map(async (member) => {
+          const [digest, node] = member.split('\n') as [string, string];
+          const dropped = Number(
+            await this.eval(
+              DROP_STALE_PARTIAL,
+              [this.blobKey(digest, 'partial'), this.blobKey(digest, 'pieces')],
+              [node, cutoff],
+            ),
+          );
+          // An update since the range was read moved the member's score: only a stale one goes.
+          if (dropped === 1) await this.client.hDel(this.holdsKey(node), digest);
+          if (dropped !== 0) await this.client.zRem(this.partialsKey(), member);
+        }),
+      );
     });
   }
 
   counts(now: number): Promise<StoreCounts> {
     return this.run(async () => {
-      const [ids, blobs] = await Promise.all([
-        this.client.zRangeByScore(this.nodeIndexKey(), `(${now}`, '+inf'),
-        this.client.sCard(this.blobsKey()),
-      ]);
-      let replicas = 0;
-      if (ids.length) {
-        const multi = this.client.multi();
-        for (const id of ids) multi.sCard(this.holdsKey(id));
-        const sizes = (await multi.execAsPipeline()) as unknown as number[];
-        replicas = sizes.reduce((a, b) => a + Number(b), 0);
-      }
-      return { liveNodes: ids.length, blobs: Number(blobs), replicas };
+      const [ids, blobs] = await Promise.all([this.indexedIds(`(${now}`, '+inf'), this.client.sCard(this.blobsKey())]);
+      const sizes = await Promise.all(ids.map((id) => this.client.hLen(this.holdsKey(id))));
+      return { liveNodes: ids.length, blobs: Number(blobs), replicas: sizes.reduce((a, b) => a + Number(b), 0) };
     });
   }
 
   ping(): Promise<void> {
     return this.run(async () => {
-      await this.client.ping();
+      if ('masters' in this.client) {
+        const cluster = this.client;
+        await Promise.all(cluster.masters.map(async (master) => (await cluster.nodeClient(master)).ping()));
+      } else {
+        await (this.client as RedisClientType).ping();
+      }
     });
   }
 
-  /** Deletes every key under the prefix (tests and benchmarks clean up with it). */
+  /** Deletes every key under the prefix, on every master of a cluster (tests and benchmarks clean up with it). */
   async dropAll(): Promise<void> {
     await this.run(async () => {
-      for await (const keys of this.client.scanIterator({ MATCH: `${this.prefix}:*`, COUNT: 500 })) {
-        const batch = (Array.isArray(keys) ? keys : [keys]) as string[];
-        if (batch.length) await this.client.del(batch);
+      const servers: RedisClientType[] =
+        'masters' in this.client
+          ? await Promise.all(this.client.masters.map((m) => (this.client as RedisClusterType).nodeClient(m)))
+          : [this.client as RedisClientType];
+      for (const server of servers) {
+        for await (const keys of server.scanIterator({ MATCH: `${this.prefix}:*`, COUNT: 500 })) {
+          const batch = (Array.isArray(keys) ? keys : [keys]) as string[];
+          // One key per DEL: in a cluster a multi-key DEL must stay within one slot.
+          await Promise.all(batch.map((key) => server.del(key)));
+        }
       }
     });
   }
@@ -594,6 +833,35 @@ export class RedisStore implements RegistryStore {
     if (this.client.isOpen) await this.client.close().catch(() => undefined);
     else this.client.destroy();
   }
+}
+
+/** "redis+cluster://[auth@]h1:p1,h2:p2" -> ["redis://[auth@]h1:p1", …]; undefined for a plain URL. */
+function clusterRootNodes(url: string): string[] | undefined {
+  const match = /^(rediss?)\+cluster:\/\/(?:([^@/]*)@)?([^/?#]+)\/?$/.exec(url);
+  if (!match) {
+    if (/^rediss?\+cluster:/.test(url)) {
+      throw new UsageError(`cannot read the Redis Cluster URL ${redact(url)}`, {
+        hint: 'use redis+cluster://[user:password@]host:port[,host:port…] (no database: a cluster has only db 0)',
+      });
+    }
+    return undefined;
+  }
+  const [, scheme, auth, hosts] = match as unknown as [string, string, string | undefined, string];
+  return hosts.split(',').map((host) => `${scheme}://${auth ? `${auth}@` : ''}${host}`);
+}
+
+/** The index shard of a node id (FNV-1a): stable, and even over ids. */
+function shardOf(id: string): number {
+  let hash = 0x811c9dc5;
+  for (let i = 0; i < id.length; i++) hash = Math.imul(hash ^ id.charCodeAt(i), 0x01000193);
+  return (hash >>> 0) % INDEX_SHARDS;
+}
+
+/** [digest, reg, digest, reg, …] as holdings. */
+function pairs(flat: string[]): Holding[] {
+  const out: Holding[] = [];
+  for (let i = 0; i + 1 < flat.length; i += 2) out.push({ digest: flat[i]!, reg: flat[i + 1]! });
+  return out;
 }
 
 /** A lease stored as "fencing:expiresAt:node" (node ids may hold ':', so it comes last). */

@@ -85,8 +85,13 @@ const ADDED_COLUMNS: Array<[table: string, column: string, type: string]> = [
   ['replicas', 'rnd', 'INTEGER NOT NULL DEFAULT 0'],
 ];
 
-/** Indexes on added columns, created once the columns exist. */
-const LATE_INDEXES = 'CREATE INDEX IF NOT EXISTS replicas_pick ON replicas(digest, complete, rnd);';
+/**
+ * Indexes on added columns, created once the columns exist. Locate's window covers its
+ * columns, so sampling a blob with thousands of holders reads the index alone (half the CPU
+ * of the narrower replicas_pick it replaces, measured on 10,000 holders).
+ */
+const LATE_INDEXES = `DROP INDEX IF EXISTS replicas_pick;
+CREATE INDEX IF NOT EXISTS replicas_window ON replicas(digest, complete, rnd, node_id, updated_at);`;
 
 /** Holders of each kind read per locate, at least: exact ranking up to this many holders. */
 const MIN_SAMPLE = 64;
@@ -94,8 +99,8 @@ const MIN_SAMPLE = 64;
 /** The range of a replica's random position (its place in the sample order). */
 const RND_RANGE = 1_000_000_000;
 
-/** A locate row: id, url, zone, free_slots, expires_at, epoch, complete, pieces, updated_at. */
-type CandidateTuple = [string, string, string | null, number, number, string | null, number, string | null, number];
+/** A locate row: id, url, zone, free_slots, expires_at, epoch, updated_at. */
+type CandidateTuple = [string, string, string | null, number, number, string | null, number];
 
 interface NodeRow {
   id: string;
@@ -165,32 +170,31 @@ export class SqliteStore implements RegistryStore {
            updated_at = excluded.updated_at, epoch = excluded.epoch`,
       ),
       removeReplica: db.prepare('DELETE FROM replicas WHERE digest = ? AND node_id = ?'),
-      // Locate is the hot path, and a blob may have thousands of holders: each kind
-      // (complete, partial) is sampled from a random point of its index (every holder when
-      // there are at most @sample), then ranked and limited here. Rows come as arrays (raw)
-      // so no object is built per row, and piece lists are parsed only for the rows returned.
+      // Locate is the hot path, and a blob may have thousands of holders. One kind of
+      // holder (complete, else partial) is read at a time as a window of @sample rows from a
+      // random point of its index (wrapping round; every holder when there are at most
+      // @sample), then filtered, ranked and limited here. Rows come as arrays (raw) so no
+      // object is built per row, and piece lists are read only for the partial rows returned.
       locate: db
         .prepare(
           `WITH sample AS (
-             SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
-                WHERE digest = @digest AND complete = 1 AND rnd >= @start ORDER BY rnd LIMIT @sample)
-             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
-                WHERE digest = @digest AND complete = 1 AND rnd < @start ORDER BY rnd LIMIT @sample)
-             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
-                WHERE digest = @digest AND complete = 0 AND rnd >= @start ORDER BY rnd LIMIT @sample)
-             UNION ALL SELECT * FROM (SELECT node_id, complete, pieces, updated_at FROM replicas
-                WHERE digest = @digest AND complete = 0 AND rnd < @start ORDER BY rnd LIMIT @sample)
+             SELECT * FROM (SELECT node_id, updated_at FROM replicas
+                WHERE digest = @digest AND complete = @complete AND rnd >= @start ORDER BY rnd LIMIT @sample)
+             UNION ALL SELECT * FROM (SELECT node_id, updated_at FROM replicas
+                WHERE digest = @digest AND complete = @complete AND rnd < @start ORDER BY rnd LIMIT @sample)
+             LIMIT @sample
            )
-           SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, n.epoch, r.complete, r.pieces, r.updated_at
+           SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, n.epoch, r.updated_at
            FROM sample r JOIN nodes n ON n.id = r.node_id
            WHERE n.expires_at > @now AND r.node_id IS NOT @asker
-             AND (r.complete = 1 OR r.updated_at > @partialSince)
+             AND (@complete = 1 OR r.updated_at > @partialSince)
              AND (@threshold IS NULL OR (SELECT count(*) FROM reports p
                    WHERE p.digest = @digest AND p.node_id = r.node_id AND p.at > @reportSince) < @threshold)
-           ORDER BY r.complete DESC, coalesce(n.zone = @zone, 0) DESC, n.free_slots DESC, random()
+           ORDER BY coalesce(n.zone = @zone, 0) DESC, n.free_slots DESC, random()
            LIMIT @limit`,
         )
         .raw(true),
+      replicaPieces: db.prepare('SELECT pieces FROM replicas WHERE digest = ? AND node_id = ?').pluck(true),
       getSource: db.prepare('SELECT digest FROM sources WHERE key = ?'),
       putSource: db.prepare(
         `INSERT INTO sources (key, digest, updated_at) VALUES (?, ?, ?)
@@ -388,8 +392,9 @@ export class SqliteStore implements RegistryStore {
 
   locate(digest: string, query: LocateQuery): Promise<Candidate[]> {
     return this.run(() => {
-      const rows = this.sql.locate.all({
+      const params = {
         digest,
+        complete: 1,
         now: query.now,
         asker: query.asker ?? null,
         zone: query.zone ?? null,
@@ -399,17 +404,39 @@ export class SqliteStore implements RegistryStore {
         limit: query.limit,
         sample: Math.max(MIN_SAMPLE, 4 * query.limit),
         start: Math.floor(Math.random() * RND_RANGE),
-      }) as CandidateTuple[];
-      return rows.map(([id, url, zone, freeSlots, expiresAt, epoch, complete, pieces, updatedAt]) => ({
-        node: { id, url, zone: zone ?? undefined, freeUploadSlots: freeSlots, expiresAt, epoch: epoch ?? undefined },
-        replica: {
-          digest,
-          nodeId: id,
-          complete: complete === 1,
-          pieces: pieces ? (JSON.parse(pieces) as number[]) : undefined,
-          updatedAt,
-        },
-      }));
+      };
+      const candidates: Candidate[] = [];
+      const add = (rows: CandidateTuple[], complete: boolean): void => {
+        for (const [id, url, zone, freeSlots, expiresAt, epoch, updatedAt] of rows) {
+          const pieces = complete ? undefined : (this.sql.replicaPieces.get(digest, id) as string | null);
+          candidates.push({
+            node: {
+              id,
+              url,
+              zone: zone ?? undefined,
+              freeUploadSlots: freeSlots,
+              expiresAt,
+              epoch: epoch ?? undefined,
+            },
+            replica: {
+              digest,
+              nodeId: id,
+              complete,
+              pieces: pieces ? (JSON.parse(pieces) as number[]) : undefined,
+              updatedAt,
+            },
+          });
+        }
+      };
+      add(this.sql.locate.all(params) as CandidateTuple[], true);
+      // Partial holders rank after every complete one: read only when those fall short.
+      if (candidates.length < query.limit) {
+        add(
+          this.sql.locate.all({ ...params, complete: 0, limit: query.limit - candidates.length }) as CandidateTuple[],
+          false,
+        );
+      }
+      return candidates;
     });
   }
 

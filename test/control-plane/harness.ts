@@ -68,7 +68,12 @@ export async function stopService(service: Service): Promise<void> {
   services.splice(services.indexOf(service), 1);
 }
 
-export type StoreFactory = { name: 'sqlite' | 'redis'; make: (tag: string) => RegistryStore };
+export type StoreFactory = {
+  name: 'sqlite' | 'redis';
+  /** How the suite is titled, when not by name. */
+  label?: string;
+  make: (tag: string) => RegistryStore;
+};
 export const factories: StoreFactory[] = [
   { name: 'sqlite', make: (tag) => new SqliteStore(join(dir, `${tag}.db`)) },
   { name: 'redis', make: (tag) => new RedisStore({ url: REDIS_URL, prefix: `${prefix}-${tag}` }) },
