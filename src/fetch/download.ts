@@ -21,7 +21,13 @@ import {
   UsageError,
 } from '../core/errors.js';
 import { isValidManifest, pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../core/manifest.js';
-import type { ProbeExpectation, ProbeResult, RangeBody, Validator } from '../sources/source.js';
+import {
+  discardBody,
+  type ProbeExpectation,
+  type ProbeResult,
+  type RangeBody,
+  type Validator,
+} from '../sources/source.js';
 import {
   JournalKeeper,
   journalIdentity,
@@ -516,12 +522,8 @@ class BlobDownload {
       this.checkDone();
     }
     if (held) {
-      if (held.body instanceof Promise)
-        held.body.then(
-          (b) => b.stream.destroy(),
-          () => undefined,
-        );
-      else held.body?.stream.destroy();
+      if (held.body instanceof Promise) held.body.then(discardBody, () => undefined);
+      else if (held.body) discardBody(held.body);
       state.inFlight--;
       scheduler.release(held.task);
     }
@@ -566,7 +568,7 @@ class BlobDownload {
           this.activeRequests--;
         }
       } catch (err) {
-        opened?.stream.destroy();
+        if (opened) discardBody(opened);
         body = undefined;
         if (this.signal.aborted) throw this.failure ?? cancelled();
         if (state.dropped) return 'released';

@@ -2,7 +2,7 @@
 // slabs to read into, so a socket's bytes land where they will be written from (no copy),
 // and writes each slab at its file offset once it is full. Like SlabWriter, the pool's size
 // bounds memory, and a reader that finds no free slab waits (its socket stops reading).
-import type { BodySink } from '../sources/raw-http.js';
+import type { BodySink } from '../sources/source.js';
 import type { PartFile } from './part-file.js';
 import type { SlabPool } from './slab-pool.js';
 import { SlabWriter } from './slab-writer.js';
@@ -56,6 +56,8 @@ export class SlabSink extends SlabWriter implements BodySink {
 
   async ready(): Promise<void> {
     await this.pending;
+    // A failed write: the reader must stop, not wait for room that never comes.
+    if (this.failure) throw this.failure;
   }
 
   /** A slab still being acquired is released too, then the writes are waited for. */

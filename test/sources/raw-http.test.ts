@@ -7,7 +7,8 @@ import net, { type AddressInfo, type Socket } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { OriginServer } from '../../bench/origin/origin-server.js';
 import { AbortedError, StallError } from '../../src/core/errors.js';
-import { RawHttpClient, UnsupportedResponse, type BodySink } from '../../src/sources/raw-http.js';
+import { RawHttpClient, UnsupportedResponse } from '../../src/sources/raw-http.js';
+import type { BodySink } from '../../src/sources/source.js';
 import { randomContent, sha256Of } from '../helpers/fixtures.js';
 
 const SIZE = 3 * 1024 * 1024 + 777;
