@@ -82,7 +82,8 @@ async function pumpDirect(body: DirectBody, task: RangeTask, target: PumpTarget)
     region: () => slabs.region(),
     commit(length) {
       task.flowing();
-      task.pos += length;
+      // The sink drops what lies past the task's end (it moved in after the read began).
+      task.pos += Math.max(0, Math.min(length, Math.min(task.end, body.end) - task.pos));
       if (!progressed) {
         progressed = true;
         target.onProgress();

@@ -48,8 +48,10 @@ export class SlabSink extends SlabWriter implements BodySink {
   }
 
   commit(length: number): boolean {
-    this.filled += length;
     const end = this.limit();
+    // The region was handed out before the end moved in (a split): what lies past it is
+    // another worker's, and is dropped here.
+    this.filled += Math.max(0, Math.min(length, end - this.position));
     if (this.filled === this.slab!.length || this.position >= end) this.submit();
     return this.position < end && !this.failure;
   }

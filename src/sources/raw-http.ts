@@ -41,6 +41,8 @@ export interface RawHttpClientOptions {
 export class UnsupportedResponse extends Error {}
 
 const HEAD_BUFFER = 64 * 1024;
+/** A read into scratch while the sink has no room: small, as it is copied. */
+const SCRATCH_READ = 4 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
 const TOKEN = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const BAD_VALUE = /[\r\n\0]/;
@@ -154,11 +156,19 @@ class RawConnection {
     if (this.phase !== 'idle') reject?.(err);
   }
 
+  /**
+   * The buffer for the next read. Node asks for it right after each read, before the
+   * reading pauses or resumes, so it is chosen before the bytes are due: whoever receives
+   * them checks where they landed.
+   */
   private nextBuffer(): Buffer {
     if (this.phase === 'body' && this.sink) {
       const region = this.sink.region();
       // Never ask for more than the body holds: the bytes after it belong to no one.
       if (region) return region.length > this.remaining ? region.subarray(0, this.remaining) : region;
+      // No room in the sink (its slabs are all being written): the read after the pause
+      // goes here and is copied over, so keep it small; the next one goes to a slab again.
+      return this.scratch.subarray(0, SCRATCH_READ);
     }
     return this.scratchUsed < this.scratch.length ? this.scratch.subarray(this.scratchUsed) : this.scratch;
   }
@@ -166,7 +176,6 @@ class RawConnection {
   /** The `onread` callback: `n` bytes were read into `bytes`. Returns false to pause. */
   private received(n: number, bytes: Uint8Array): boolean {
     if (n > 0) this.answered = true;
-    if (this.phase === 'head') return this.receivedHead(n);
     if (this.phase === 'body') {
       if (bytes.buffer === this.scratch.buffer) {
         // Read into scratch (the sink had no room): copy it over.
@@ -174,6 +183,18 @@ class RawConnection {
       }
       return this.settle(n) === 'done' || this.readyForMore();
     }
+    // Head bytes belong at scratchUsed; the buffer was chosen at the last read, maybe with
+    // the scratch filled differently then (a small body that came whole with its head).
+    const at = bytes.buffer === this.scratch.buffer ? bytes.byteOffset : -1;
+    if (at !== this.scratchUsed) {
+      if (this.scratchUsed + n > this.scratch.length) {
+        this.fail(new NetworkError(`response head from ${this.where} larger than 64 KiB`));
+        return false;
+      }
+      if (at === -1) Buffer.from(bytes.buffer, bytes.byteOffset, n).copy(this.scratch, this.scratchUsed);
+      else this.scratch.copyWithin(this.scratchUsed, at, at + n);
+    }
+    if (this.phase === 'head') return this.receivedHead(n);
     // Bytes while held are the body's first, kept in scratch for readBody; bytes while idle
     // are a server talking out of turn (more than its Content-Length): the connection is done.
     if (this.phase === 'held') {
@@ -311,10 +332,14 @@ export class RawHttpClient {
       } catch (err) {
         release();
         if (signal?.aborted) throw cancelled();
-        // A kept-alive connection the server closed as we reused it: one fresh try, as
-        // nothing of this request was answered.
+        // A kept-alive connection the server closed as we reused it: one try on a new
+        // connection, as nothing of this request was answered. The other idle ones, kept
+        // as long, are likely closed too.
         const stale = connection.requests > 1 && !connection.answered && !(err instanceof StallError);
-        if (stale && attempt === 0) continue;
+        if (stale && attempt === 0) {
+          this.dropIdle(url.host);
+          continue;
+        }
         throw describeTransportError(err, { url });
       }
       let parsed: ParsedHead;
@@ -417,6 +442,14 @@ export class RawHttpClient {
     pool.idle = pool.idle.filter((c) => c.idle);
     pool.waiting.shift()?.();
     if (pool.open === 0 && pool.waiting.length === 0 && this.pools.get(key) === pool) this.pools.delete(key);
+  }
+
+  private dropIdle(key: string): void {
+    const pool = this.pools.get(key);
+    if (!pool) return;
+    const idle = pool.idle;
+    pool.idle = [];
+    for (const connection of idle) connection.destroy();
   }
 
   close(): void {
