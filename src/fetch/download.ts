@@ -20,6 +20,7 @@ import {
   StallError,
   UsageError,
 } from '../core/errors.js';
+import { DEFAULTS } from '../core/defaults.js';
 import { isValidManifest, pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../core/manifest.js';
 import {
   discardBody,
@@ -40,7 +41,8 @@ import {
 } from './journal.js';
 import { PartFile, type Preallocation } from './part-file.js';
 import { PieceLedger } from './piece-verifier.js';
-import { PrefixHasher } from './prefix-hasher.js';
+import { ThreadedPrefixHasher } from './hash-thread.js';
+import { PrefixHasher, type FinishedPrefixHasher } from './prefix-hasher.js';
 import { pump } from './range-pump.js';
 import { RangeSet } from './range-set.js';
 import { decideAfterFailure } from './retry-budget.js';
@@ -136,6 +138,8 @@ export interface BlobDownloadHandle {
 const PROGRESS_INTERVAL_MS = 100;
 const PROBE_SIZE = 1024 * 1024;
 const BACKGROUND_SYNC_BYTES = 128 * 1024 * 1024;
+/** From this size on the sha256 runs on a worker thread. */
+const HASH_THREAD_MIN_SIZE = 64 * 1024 * 1024;
 /** Below this first-byte latency a request's round trip is not worth hiding. */
 const EARLY_OPEN_MIN_LATENCY_MS = 20;
 
@@ -202,7 +206,7 @@ class BlobDownload {
   private readonly sha256In: string | undefined;
   private ranges = new RangeSet();
   private part: PartFile | undefined;
-  private hasher: PrefixHasher | undefined;
+  private hasher: FinishedPrefixHasher | undefined;
   /** Pieces checked against the trusted manifest (with one). */
   private ledger: PieceLedger | undefined;
   private resumedVerified: number[] = [];
@@ -296,6 +300,7 @@ class BlobDownload {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);
       await Promise.allSettled(this.workers);
+      this.hasher?.close();
       await this.journal.settled();
       await this.backgroundSync;
       if (this.part) await this.part.close();
@@ -427,7 +432,7 @@ class BlobDownload {
    * The hasher of the finished prefix: the whole-file sha256 when one is expected or asked
    * for, and with `produce` the piece digests too (each reported as verified as it passes).
    */
-  private prefixHasher(part: PartFile, produce: boolean): PrefixHasher | undefined {
+  private prefixHasher(part: PartFile, produce: boolean): FinishedPrefixHasher | undefined {
     if (!produce && !this.sha256In && !this.params.computeSha256) return undefined;
     const pieces = produce
       ? {
@@ -438,6 +443,9 @@ class BlobDownload {
           },
         }
       : undefined;
+    const size = this.size ?? 0;
+    // A thread costs ~30 ms to start and ~9 MB: worth it where the hash takes longer.
+    if (size >= HASH_THREAD_MIN_SIZE) return new ThreadedPrefixHasher(part.path, pieces, DEFAULTS.hashReadSize);
     return new PrefixHasher(part, pieces);
   }
 
@@ -733,6 +741,7 @@ class BlobDownload {
         if (body.end !== undefined) await this.part.preallocate(body.end, this.params.preallocation);
         this.pieceSize = body.end !== undefined ? pieceSizeFor(body.end) : 0;
         this.producedPieces.length = 0;
+        this.hasher?.close();
         this.hasher = undefined;
         // Piece digests need the size up front; a stream of unknown length gets only the whole digest.
         this.hasher = this.prefixHasher(this.part, this.params.produceManifest && body.end !== undefined);
