@@ -3,8 +3,8 @@
 // caller's buffers (the download's write slabs): no allocation per read, no stream machinery
 // per chunk, no parser callbacks per header. It parses one response head per request and
 // reads a Content-Length body; anything else (chunked bodies, TLS, redirects, probes,
-// proxies) stays with node:http. Measured on this machine: ~0.4 s of CPU per GiB for a whole
-// `loom fetch --no-cache` against ~1.2 s through node:http (README, "Benchmarks").
+// proxies) stays with node:http. Measured on this machine: 0.45 s of user CPU per GiB for a
+// whole `loom fetch --no-cache` against 1.48 s through node:http (README, "Benchmarks").
 import net from 'node:net';
 import { cancelled, NetworkError, StallError, UsageError } from '../core/errors.js';
 import { describeTransportError } from './http-retry.js';
