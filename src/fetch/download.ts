@@ -5,8 +5,9 @@
 // a finished, verified file goes (the output path, or the cache's blob store).
 //
 // The parts live beside it: sources and their health (source-set.ts), writing one response
-// (range-pump.ts), the retry budget (retry-budget.ts), piece checks (piece-verifier.ts,
-// prefix-hasher.ts), the plan (scheduler.ts) and the journal (journal.ts).
+// (range-pump.ts, into slabs: slab-writer.ts, slab-sink.ts), the retry budget
+// (retry-budget.ts), piece checks (piece-verifier.ts, prefix-hasher.ts, hash-thread.ts),
+// the plan (scheduler.ts) and the journal (journal.ts).
 import { setMaxListeners } from 'node:events';
 import { rm } from 'node:fs/promises';
 import {
