@@ -247,7 +247,7 @@ class BlobDownload {
     if (params.sources.length === 0) throw new UsageError('a download needs at least one source');
     for (const slot of params.sources) this.sources.add(slot);
     const total = params.sources.reduce((sum, s) => sum + s.maxConcurrency, 0);
-    this.slabs = slabPoolFor(Math.min(total, 256));
+    this.slabs = slabPoolFor(Math.min(total, 256), params.chunkSize);
     this.manifestIn = params.expected?.manifest;
     this.sha256In = params.expected?.sha256 ?? params.expectedSha256;
     this.checkExpected();

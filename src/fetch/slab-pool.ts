@@ -35,12 +35,15 @@ export class SlabPool {
  * Slabs for a pool serving `workers`: one filling per worker plus headroom for writes in
  * flight, sized so the pool takes about POOL_BYTES whatever the worker count (memory stays
  * flat from 16 to 64 workers). Fewer workers get larger slabs: each slab is one pwrite and a
- * few reads, and at 128 KiB those calls were a third of the user CPU of a download.
+ * few reads, and at 128 KiB those calls were a third of the user CPU of a download. A slab
+ * stays at most an eighth of a request, so bytes reach the disk (and the journal, which
+ * counts only written bytes) in steps small against a request: a download killed mid-way
+ * keeps nearly all it received.
  */
-export function slabPoolFor(workers: number): SlabPool {
+export function slabPoolFor(workers: number, requestSize: number): SlabPool {
   const count = workers + Math.max(8, Math.ceil(workers / 2));
   let size = MAX_SLAB_SIZE;
-  while (size > MIN_SLAB_SIZE && size * count > POOL_BYTES) size /= 2;
+  while (size > MIN_SLAB_SIZE && (size * count > POOL_BYTES || size * 8 > requestSize)) size /= 2;
   return new SlabPool(size, count);
 }
 
