@@ -38,7 +38,7 @@ const upTo = (target) => {
 parentPort.on('message', (message) => {
   try {
     upTo(message.end);
-    if (message.kind !== 'digest') return parentPort.postMessage({ kind: 'caught-up' });
+    if (message.kind !== 'digest') return;
     if (pieceHash && message.end % pieceSize !== 0) endPiece();
     closeSync(fd);
     parentPort.postMessage({ kind: 'digest', digest: hash.digest('hex') });
@@ -49,7 +49,6 @@ parentPort.on('message', (message) => {
 `;
 
 type FromWorker =
-  | { kind: 'caught-up' }
   | { kind: 'piece'; index: number; digest: string }
   | { kind: 'digest'; digest: string }
   | { kind: 'error'; message: string };
@@ -57,9 +56,6 @@ type FromWorker =
 export class ThreadedPrefixHasher implements FinishedPrefixHasher {
   private readonly worker: Worker;
   private target = 0;
-  /** The end last sent; one 'advance' is in flight at a time, so the queue never grows. */
-  private sent = 0;
-  private busy = false;
   private failure: Error | undefined;
   private result: { resolve: (digest: string) => void; reject: (err: Error) => void } | undefined;
 
@@ -71,10 +67,7 @@ export class ThreadedPrefixHasher implements FinishedPrefixHasher {
     // A hasher left behind by a failed download must not keep the process alive.
     this.worker.unref();
     this.worker.on('message', (message: FromWorker) => {
-      if (message.kind === 'caught-up') {
-        this.busy = false;
-        this.send();
-      } else if (message.kind === 'piece') pieces?.onPiece(message.index, message.digest);
+      if (message.kind === 'piece') pieces?.onPiece(message.index, message.digest);
       else if (message.kind === 'digest') this.result?.resolve(message.digest);
       else this.fail(new Error(message.message));
     });
@@ -84,21 +77,11 @@ export class ThreadedPrefixHasher implements FinishedPrefixHasher {
   advance(prefixEnd: number): void {
     if (prefixEnd <= this.target || this.failure) return;
     this.target = prefixEnd;
-    this.send();
-  }
-
-  private send(): void {
-    if (this.busy || this.target <= this.sent || this.failure) return;
-    this.busy = true;
-    this.sent = this.target;
-    this.worker.postMessage({ kind: 'advance', end: this.target });
+    this.worker.postMessage({ kind: 'advance', end: prefixEnd });
   }
 
   digest(size: number): Promise<string> {
     if (this.failure) return Promise.reject(this.failure);
-    // Nothing is sent after the digest request: it covers every byte.
-    this.busy = true;
-    this.sent = Math.max(this.sent, size);
     return new Promise<string>((resolve, reject) => {
       this.result = { resolve, reject };
       this.worker.postMessage({ kind: 'digest', end: size });
