@@ -1,7 +1,10 @@
-// Issue 2's scenarios: loom fetch against the sequential baseline and aria2c on an
-// object-store-like origin, against curl on plain loopback (HTTP and HTTPS), and peak RSS
-// across worker counts and file sizes.
+// Issues 2 and 8's scenarios: loom fetch against the sequential baseline and aria2c on an
+// object-store-like origin, against curl and aria2c on plain loopback (HTTP and HTTPS), and
+// peak RSS across worker counts and file sizes. Every run records its wall time, its CPU
+// seconds (user and system, from the kernel's rusage) and its peak RSS; loom's runs also
+// the seconds from the last byte to the digest.
 import { rmSync, mkdirSync } from 'node:fs';
+import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { OriginServer } from '../test/support/origin-server.js';
 import { startNginx } from './origin/nginx.js';
@@ -13,6 +16,7 @@ import {
   MiB,
   dataFile,
   hasCommand,
+  loadAverage,
   mbps,
   median,
   printTable,
@@ -80,60 +84,154 @@ async function interleave(
   return runs;
 }
 
-export async function objectStoreScenario(size = GiB): Promise<Record<string, unknown>> {
+/** Rounds per contender (LOOM_BENCH_ROUNDS, default 3): each figure is the median. */
+const ROUNDS = Math.max(1, Number(process.env.LOOM_BENCH_ROUNDS ?? 3));
+
+/** One run as the JSON keeps it. */
+interface Sample {
+  seconds: number;
+  userSeconds: number | undefined;
+  systemSeconds: number | undefined;
+  peakRssKiB: number;
+  /** From loom's --json summary; undefined for other tools and runs without a sha256. */
+  lastByteToDigestSeconds: number | undefined;
+}
+
+/** The medians of a contender's runs, per GiB where it says so. */
+interface Medians {
+  seconds: number;
+  mbPerSecond: number;
+  cpuSecondsPerGiB: number | undefined;
+  userSecondsPerGiB: number | undefined;
+  peakRssMiB: number;
+  lastByteToDigestSeconds: number | undefined;
+}
+
+function sampleOf(run: CommandRun): Sample {
+  let lastByteToDigestSeconds: number | undefined;
+  try {
+    const summary = JSON.parse(run.stdout) as { lastByteToDigestSeconds?: number | null };
+    lastByteToDigestSeconds = summary.lastByteToDigestSeconds ?? undefined;
+  } catch {
+    // not loom --json
+  }
+  return {
+    seconds: run.seconds,
+    userSeconds: run.userSeconds,
+    systemSeconds: run.systemSeconds,
+    peakRssKiB: run.peakRssKiB,
+    lastByteToDigestSeconds,
+  };
+}
+
+function mediansOf(samples: Sample[], size: number): Medians {
+  const defined = (values: Array<number | undefined>): number | undefined =>
+    values.every((v) => v !== undefined) ? median(values as number[]) : undefined;
+  const seconds = median(samples.map((s) => s.seconds));
+  const perGiB = (v: number | undefined): number | undefined => (v === undefined ? undefined : v / (size / GiB));
+  return {
+    seconds,
+    mbPerSecond: mbps(size, seconds),
+    cpuSecondsPerGiB: perGiB(
+      defined(samples.map((s) => (s.systemSeconds === undefined ? undefined : s.userSeconds! + s.systemSeconds))),
+    ),
+    userSecondsPerGiB: perGiB(defined(samples.map((s) => s.userSeconds))),
+    peakRssMiB: median(samples.map((s) => s.peakRssKiB)) / 1024,
+    lastByteToDigestSeconds: defined(samples.map((s) => s.lastByteToDigestSeconds)),
+  };
+}
+
+const fixed = (v: number | undefined, digits = 2): string => (v === undefined ? '-' : v.toFixed(digits));
+
+/**
+ * What every fetch scenario returns (and run.ts writes to bench/results/): the machine's
+ * load, and per contender its command, every sample and the medians.
+ */
+type ScenarioResult = {
+  size: number;
+  rounds: number;
+  cpus: number;
+  /** 1/5/15-minute load averages before and after: the machine is shared. */
+  loadAverage: { start: number[]; end: number[] };
+  contenders: Record<string, { command: string; samples: Sample[]; medians: Medians }>;
+  rows: Array<Record<string, string | number>>;
+};
+
+/** Runs `contenders` interleaved and gathers their samples and medians. */
+async function measure(
+  size: number,
+  contenders: Record<string, { command: string; run: () => Promise<CommandRun> }>,
+): Promise<Omit<ScenarioResult, 'rows'>> {
+  const start = loadAverage();
+  const runs = await interleave(
+    ROUNDS,
+    Object.fromEntries(Object.entries(contenders).map(([name, c]) => [name, c.run])),
+  );
+  const out: ScenarioResult['contenders'] = {};
+  for (const [name, samples] of Object.entries(runs)) {
+    const kept = samples.map(sampleOf);
+    out[name] = { command: contenders[name]!.command, samples: kept, medians: mediansOf(kept, size) };
+  }
+  return { size, rounds: ROUNDS, cpus: cpus().length, loadAverage: { start, end: loadAverage() }, contenders: out };
+}
+
+/** The table columns every fetch scenario shares. */
+function row(name: string, m: Medians): Record<string, string | number> {
+  return {
+    client: name,
+    seconds: m.seconds.toFixed(2),
+    'MB/s': m.mbPerSecond,
+    'CPU s/GiB': fixed(m.cpuSecondsPerGiB),
+    'user s/GiB': fixed(m.userSecondsPerGiB),
+    'peak RSS MiB': m.peakRssMiB.toFixed(1),
+    'last byte to digest s': fixed(m.lastByteToDigestSeconds, 3),
+  };
+}
+
+function loomCommand(extra: string[]): string {
+  return ['loom fetch URL -o OUT --json', ...extra].join(' ');
+}
+
+const ARIA2 = 'aria2c -x16 -s16 -k10M';
+
+export async function objectStoreScenario(size = GiB): Promise<ScenarioResult> {
   mkdirSync(OUT_DIR, { recursive: true });
   const file = dataFile(`object-${size}.bin`, size);
   const origin = await new OriginServer({ firstByteLatencyMs: 100, rateLimitBytesPerSecond: 50 * 1e6 }).listen();
   origin.setFile('/weights.bin', { file, size });
   const url = origin.url('/weights.bin');
+  const loomRun = (extra: string[]) => ({ command: loomCommand(extra), run: () => loom(url, extra) });
   try {
-    const contenders: Record<string, () => Promise<CommandRun>> = {
-      loom: () => loom(url),
-      'loom --no-cache': () => loom(url, ['--no-cache']),
+    const contenders: Record<string, { command: string; run: () => Promise<CommandRun> }> = {
+      'loom (defaults)': loomRun([]),
+      'loom --no-fsync': loomRun(['--no-fsync']),
+      'loom --no-cache': loomRun(['--no-cache']),
+      'loom --workers 1': loomRun(['--workers', '1']),
     };
-    if (hasCommand('aria2c')) contenders['aria2c -x16 -s16 -k10M'] = () => aria2(url);
-    const runs = await interleave(3, contenders);
-    const sequential = await loom(url, ['--workers', '1']);
-    const loomSeconds = median(runs.loom!.map((r) => r.seconds));
-    const rows = [
-      {
-        client: 'loom (defaults: 16 workers, 10 MiB chunks)',
-        seconds: loomSeconds.toFixed(2),
-        'MB/s': mbps(size, loomSeconds),
-        'loom is': '1.00x',
-      },
-      {
-        client: 'loom --workers 1 (sequential baseline)',
-        seconds: sequential.seconds.toFixed(2),
-        'MB/s': mbps(size, sequential.seconds),
-        'loom is': ratio(sequential.seconds, loomSeconds),
-      },
-    ];
-    const plain = median(runs['loom --no-cache']!.map((r) => r.seconds));
-    rows.push({
-      client: 'loom --no-cache (no sha256, no cache)',
-      seconds: plain.toFixed(2),
-      'MB/s': mbps(size, plain),
-      'loom is': ratio(plain, loomSeconds),
-    });
-    const aria = runs['aria2c -x16 -s16 -k10M'];
-    if (aria) {
-      const s = median(aria.map((r) => r.seconds));
-      rows.push({
-        client: 'aria2c -x16 -s16 -k10M',
-        seconds: s.toFixed(2),
-        'MB/s': mbps(size, s),
-        'loom is': ratio(s, loomSeconds),
-      });
-    }
-    printTable(`Object-store origin: ${size / GiB} GiB, 100 ms first byte, 50 MB/s per connection (median of 3)`, rows);
-    return { size, rows };
+    if (hasCommand('aria2c')) contenders[ARIA2] = { command: `${ARIA2} URL`, run: () => aria2(url) };
+    const measured = await measure(size, contenders);
+    const m = (name: string): Medians | undefined => measured.contenders[name]?.medians;
+    const defaults = m('loom (defaults)')!;
+    const noFsync = m('loom --no-fsync')!;
+    const aria = m(ARIA2);
+    const rows = Object.entries(measured.contenders).map(([name, c]) => ({
+      ...row(name, c.medians),
+      'loom defaults is': ratio(c.medians.seconds, defaults.seconds),
+      'loom --no-fsync is': ratio(c.medians.seconds, noFsync.seconds),
+    }));
+    printTable(
+      `Object-store origin: ${size / GiB} GiB, 100 ms first byte, 50 MB/s per connection (median of ${ROUNDS}, load ${measured.loadAverage.start[0]} → ${measured.loadAverage.end[0]})`,
+      rows,
+    );
+    if (aria) console.log(`loom --no-fsync vs ${ARIA2} (neither fsyncs): ${ratio(aria.seconds, noFsync.seconds)}`);
+    console.log(`loom defaults vs --workers 1: ${ratio(m('loom --workers 1')!.seconds, defaults.seconds)}`);
+    return { ...measured, rows };
   } finally {
     await origin.close();
   }
 }
 
-export async function loopbackScenario(size = GiB): Promise<Record<string, unknown>> {
+export async function loopbackScenario(size = GiB): Promise<ScenarioResult> {
   mkdirSync(OUT_DIR, { recursive: true });
   requireCommand('nginx', 'apt-get install nginx-light');
   const file = dataFile(`plain-${size}.bin`, size);
@@ -143,27 +241,34 @@ export async function loopbackScenario(size = GiB): Promise<Record<string, unkno
   try {
     const http = nginx.httpUrl(name);
     const https = nginx.httpsUrl(name);
-    const runs = await interleave(3, {
-      'loom http': () => loom(http),
-      'loom --no-cache http': () => loom(http, ['--no-cache']),
-      'loom --no-cache --no-fsync http': () => loom(http, ['--no-cache', '--no-fsync']),
-      'curl http': () => curl(http),
-      'loom https': () => loom(https, ['--ca-cert', ca.caCertFile]),
-      'loom --no-cache https': () => loom(https, ['--no-cache', '--ca-cert', ca.caCertFile]),
-      'curl https': () => curl(https, ['--cacert', ca.caCertFile]),
-    });
-    const secs = (k: string): number => median(runs[k]!.map((r) => r.seconds));
-    const rows = Object.keys(runs).map((k) => {
-      const scheme = k.endsWith('https') ? 'https' : 'http';
+    const loomRun = (url: string, extra: string[]) => ({ command: loomCommand(extra), run: () => loom(url, extra) });
+    const tls = ['--ca-cert', ca.caCertFile];
+    const contenders: Record<string, { command: string; run: () => Promise<CommandRun> }> = {
+      'loom http (defaults)': loomRun(http, []),
+      'loom --no-fsync http': loomRun(http, ['--no-fsync']),
+      'loom --no-cache http': loomRun(http, ['--no-cache']),
+      'loom --no-cache --no-fsync http': loomRun(http, ['--no-cache', '--no-fsync']),
+      'curl -o http': { command: 'curl -sS -f -o OUT URL', run: () => curl(http) },
+      'loom --no-cache --no-fsync https': loomRun(https, ['--no-cache', '--no-fsync', ...tls]),
+      'curl -o https': {
+        command: 'curl -sS -f -o OUT --cacert CA URL',
+        run: () => curl(https, ['--cacert', ca.caCertFile]),
+      },
+    };
+    if (hasCommand('aria2c')) contenders[`${ARIA2} http`] = { command: `${ARIA2} URL`, run: () => aria2(http) };
+    const measured = await measure(size, contenders);
+    const rows = Object.entries(measured.contenders).map(([client, c]) => {
+      const scheme = client.endsWith('https') ? 'https' : 'http';
       return {
-        client: k,
-        seconds: secs(k).toFixed(2),
-        'MB/s': mbps(size, secs(k)),
-        'vs curl same scheme': ratio(secs(`curl ${scheme}`), secs(k)),
+        ...row(client, c.medians),
+        'vs curl same scheme': ratio(measured.contenders[`curl -o ${scheme}`]!.medians.seconds, c.medians.seconds),
       };
     });
-    printTable(`Plain loopback nginx: ${size / GiB} GiB (median of 3; ratio > 1 means faster than curl)`, rows);
-    return { size, rows };
+    printTable(
+      `Plain loopback nginx: ${size / GiB} GiB (median of ${ROUNDS}, load ${measured.loadAverage.start[0]} → ${measured.loadAverage.end[0]}; ratio > 1 means faster than curl)`,
+      rows,
+    );
+    return { ...measured, rows };
   } finally {
     nginx.stop();
   }
@@ -174,29 +279,34 @@ export async function memoryScenario(): Promise<Record<string, unknown>> {
   const ca = makeTestCa();
   const nginx = await startNginx(DATA_DIR, { cert: ca.serverCert, key: ca.serverKey });
   const rows: Array<Record<string, string | number>> = [];
+  const cases: Record<string, { size: number; workers: number; samples: Sample[] }> = {};
+  const start = loadAverage();
   try {
-    for (const size of [GiB, 4 * GiB]) {
-      const file = dataFile(`plain-${size}.bin`, size);
-      const name = file.split('/').pop()!;
-      // Chunk size must not matter either: 10 MiB (default) and 64 MiB at 16 workers.
-      const variants: Array<[workers: number, chunk: string]> = [
-        [16, '10MiB'],
-        [16, '64MiB'],
-        [64, '10MiB'],
-      ];
-      for (const [workers, chunk] of variants) {
-        const run = await loom(nginx.httpUrl(name), ['--workers', String(workers), '--chunk-size', chunk]);
-        rows.push({
-          file: `${size / GiB} GiB`,
-          workers,
-          chunk,
-          'peak RSS (MiB)': (run.peakRssKiB / 1024).toFixed(1),
-          seconds: run.seconds.toFixed(2),
-        });
+    const variants: Array<[size: number, workers: number]> = [
+      [GiB, 16],
+      [GiB, 64],
+      [4 * GiB, 16],
+      [4 * GiB, 64],
+    ];
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const [size, workers] of variants) {
+        const name = dataFile(`plain-${size}.bin`, size).split('/').pop()!;
+        const run = await loom(nginx.httpUrl(name), ['--workers', String(workers)]);
+        (cases[`${size / GiB} GiB, ${workers} workers`] ??= { size, workers, samples: [] }).samples.push(sampleOf(run));
       }
     }
-    printTable('Peak RSS of loom fetch (VmHWM), nginx on loopback', rows);
-    return { rows };
+    for (const [key, c] of Object.entries(cases)) {
+      const m = mediansOf(c.samples, c.size);
+      rows.push({
+        case: key,
+        'peak RSS MiB (median)': m.peakRssMiB.toFixed(1),
+        'peak RSS MiB (max)': (Math.max(...c.samples.map((s) => s.peakRssKiB)) / 1024).toFixed(1),
+        seconds: m.seconds.toFixed(2),
+        'CPU s/GiB': fixed(m.cpuSecondsPerGiB),
+      });
+    }
+    printTable(`Peak RSS of loom fetch (defaults, cache on), nginx on loopback (median of ${ROUNDS})`, rows);
+    return { rounds: ROUNDS, cpus: cpus().length, loadAverage: { start, end: loadAverage() }, cases, rows };
   } finally {
     nginx.stop();
   }

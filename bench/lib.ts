@@ -1,7 +1,8 @@
 // Benchmark plumbing: data files, timing whole commands, peak RSS, medians and tables.
 // Every figure a scenario prints is a ratio against a baseline timed in the same run.
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, openSync, closeSync, writeSync, statSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, openSync, closeSync, writeSync, statSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { randomBytes } from 'node:crypto';
 import { join, resolve } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -54,20 +55,30 @@ export function requireCommand(name: string, install: string): void {
 
 export interface CommandRun {
   seconds: number;
-  /** Peak resident set size in KiB, from the kernel's VmHWM. */
+  /** Peak resident set size in KiB: the kernel's ru_maxrss (GNU time), else sampled VmHWM. */
   peakRssKiB: number;
-  /** User + system CPU seconds of the process, from /proc (sampled every 20 ms, so a little low). */
+  /** CPU seconds of the process and its children, from wait4's rusage; undefined without GNU time. */
+  userSeconds: number | undefined;
+  systemSeconds: number | undefined;
+  /** User + system CPU seconds: the rusage's, else sampled from /proc every 20 ms (a little low). */
   cpuSeconds: number;
   code: number | null;
   stdout: string;
   stderr: string;
 }
 
-/** Runs a command to completion, timing it and sampling its peak RSS. */
+/** GNU time reports the rusage the kernel keeps for a child (Node cannot read it). */
+const GNU_TIME = '/usr/bin/time';
+const hasGnuTime = existsSync(GNU_TIME);
+let timeFiles = 0;
+
+/** Runs a command to completion, timing it and taking its CPU seconds and peak RSS. */
 export function runCommand(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CommandRun> {
+  const timeFile = hasGnuTime ? join(tmpdir(), `loom-bench-time-${process.pid}-${timeFiles++}`) : undefined;
+  const [file, argv] = timeFile ? [GNU_TIME, ['-f', '%U %S %M', '-o', timeFile, command, ...args]] : [command, args];
   return new Promise((resolvePromise, reject) => {
     const started = performance.now();
-    const child = spawn(command, args, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(file, argv, { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
     let peak = 0;
@@ -92,17 +103,46 @@ export function runCommand(command: string, args: string[], env: NodeJS.ProcessE
     child.on('exit', () => sample());
     child.on('close', (code) => {
       clearInterval(timer);
+      const seconds = (performance.now() - started) / 1000;
+      const rusage = timeFile ? readRusage(timeFile) : undefined;
       resolvePromise({
-        seconds: (performance.now() - started) / 1000,
-        peakRssKiB: peak,
+        seconds,
+        peakRssKiB: rusage?.maxRssKiB ?? peak,
+        userSeconds: rusage?.user,
+        systemSeconds: rusage?.system,
         // Clock ticks are 1/100 s on Linux.
-        cpuSeconds: cpuTicks / 100,
+        cpuSeconds: rusage ? rusage.user + rusage.system : cpuTicks / 100,
         code,
         stdout,
         stderr,
       });
     });
   });
+}
+
+/** The last line GNU time wrote: user and system seconds and the peak RSS in KiB. */
+function readRusage(file: string): { user: number; system: number; maxRssKiB: number } | undefined {
+  try {
+    const line = readFileSync(file, 'utf8').trim().split('\n').pop() ?? '';
+    const [user, system, maxRssKiB] = line.split(' ').map(Number);
+    if (![user, system, maxRssKiB].every((n) => Number.isFinite(n))) return undefined;
+    return { user: user!, system: system!, maxRssKiB: maxRssKiB! };
+  } catch {
+    return undefined;
+  } finally {
+    rmSync(file, { force: true });
+  }
+}
+
+/** CPU seconds (user + system) of a run, per GiB moved; undefined without GNU time. */
+export function cpuPerGiB(run: CommandRun, bytes: number): number | undefined {
+  if (run.userSeconds === undefined || run.systemSeconds === undefined) return undefined;
+  return (run.userSeconds + run.systemSeconds) / (bytes / GiB);
+}
+
+/** The 1, 5 and 15 minute load averages: how busy the shared machine was. */
+export function loadAverage(): number[] {
+  return readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).map(Number);
 }
 
 export async function runChecked(command: string, args: string[], env: NodeJS.ProcessEnv = {}): Promise<CommandRun> {

@@ -32,6 +32,11 @@ export function summaryOf(result: FetchResult | CachedFetchResult): Record<strin
     restarts: result.stats.restarts,
     transferredBytes: result.stats.transferredBytes,
     resumedBytes: result.stats.resumedBytes,
+    // How long the sha256 took after the last byte arrived (null when none was computed).
+    lastByteToDigestSeconds:
+      result.stats.lastByteToDigestSeconds === undefined
+        ? null
+        : Number(result.stats.lastByteToDigestSeconds.toFixed(3)),
     // Where the bytes came from (origin, each peer by node id) and the sources dropped.
     bytesBySource: 'bytesBySource' in result ? result.bytesBySource : null,
     droppedSources: 'droppedSources' in result ? result.droppedSources : [],

@@ -5,8 +5,9 @@
 // a finished, verified file goes (the output path, or the cache's blob store).
 //
 // The parts live beside it: sources and their health (source-set.ts), writing one response
-// (range-pump.ts), the retry budget (retry-budget.ts), piece checks (piece-verifier.ts,
-// prefix-hasher.ts), the plan (scheduler.ts) and the journal (journal.ts).
+// (range-pump.ts, into slabs: slab-writer.ts, slab-sink.ts), the retry budget
+// (retry-budget.ts), piece checks (piece-verifier.ts, prefix-hasher.ts, hash-thread.ts),
+// the plan (scheduler.ts) and the journal (journal.ts).
 import { setMaxListeners } from 'node:events';
 import { rm } from 'node:fs/promises';
 import {
@@ -21,8 +22,15 @@ import {
   StallError,
   UsageError,
 } from '../core/errors.js';
+import { DEFAULTS } from '../core/defaults.js';
 import { isValidManifest, pieceCount, pieceRange, pieceSizeFor, type Manifest } from '../core/manifest.js';
-import type { ProbeExpectation, ProbeResult, RangeBody, Validator } from '../sources/source.js';
+import {
+  discardBody,
+  type ProbeExpectation,
+  type ProbeResult,
+  type RangeBody,
+  type Validator,
+} from '../sources/source.js';
 import {
   JournalKeeper,
   journalIdentity,
@@ -35,7 +43,8 @@ import {
 } from './journal.js';
 import { PartFile, type Preallocation } from './part-file.js';
 import { PieceLedger } from './piece-verifier.js';
-import { PrefixHasher } from './prefix-hasher.js';
+import { ThreadedPrefixHasher } from './hash-thread.js';
+import { PrefixHasher, type FinishedPrefixHasher } from './prefix-hasher.js';
 import { pump } from './range-pump.js';
 import { RangeSet } from './range-set.js';
 import type { RequestSlot, RequestSlots } from './request-pool.js';
@@ -163,6 +172,8 @@ const PROGRESS_INTERVAL_MS = 100;
 const NOT_RESUMABLE = 'the server does not support ranges, so nothing was kept: a rerun starts over';
 const PROBE_SIZE = 1024 * 1024;
 const BACKGROUND_SYNC_BYTES = 128 * 1024 * 1024;
+/** From this size on the sha256 runs on a worker thread. */
+const HASH_THREAD_MIN_SIZE = 64 * 1024 * 1024;
 /** Below this first-byte latency a request's round trip is not worth hiding. */
 const EARLY_OPEN_MIN_LATENCY_MS = 20;
 
@@ -246,7 +257,7 @@ class BlobDownload {
   private readonly sha256In: string | undefined;
   private ranges = new RangeSet();
   private part: PartFile | undefined;
-  private hasher: PrefixHasher | undefined;
+  private hasher: FinishedPrefixHasher | undefined;
   /** Pieces checked against the trusted manifest (with one). */
   private ledger: PieceLedger | undefined;
   private resumedVerified: number[] = [];
@@ -287,7 +298,7 @@ class BlobDownload {
     if (params.sources.length === 0) throw new UsageError('a download needs at least one source');
     for (const slot of params.sources) this.sources.add(slot);
     const total = params.sources.reduce((sum, s) => sum + s.maxConcurrency, 0);
-    this.slabs = slabPoolFor(Math.min(total, 256));
+    this.slabs = slabPoolFor(Math.min(total, 256), params.chunkSize);
     this.manifestIn = params.expected?.manifest;
     this.sha256In = params.expected?.sha256 ?? params.expectedSha256;
     this.checkExpected();
@@ -348,6 +359,7 @@ class BlobDownload {
       this.ended.abort();
       this.probeSlot?.release();
       await Promise.allSettled(this.workers);
+      this.hasher?.close();
       await this.journal.settled();
       await this.backgroundSync;
       if (this.part) await this.part.close();
@@ -488,7 +500,7 @@ class BlobDownload {
    * The hasher of the finished prefix: the whole-file sha256 when one is expected or asked
    * for, and with `produce` the piece digests too (each reported as verified as it passes).
    */
-  private prefixHasher(part: PartFile, produce: boolean): PrefixHasher | undefined {
+  private prefixHasher(part: PartFile, produce: boolean): FinishedPrefixHasher | undefined {
     if (!produce && !this.sha256In && !this.params.computeSha256) return undefined;
     const pieces = produce
       ? {
@@ -499,6 +511,9 @@ class BlobDownload {
           },
         }
       : undefined;
+    const size = this.size ?? 0;
+    // A thread costs ~30 ms to start and ~9 MB: worth it where the hash takes longer.
+    if (size >= HASH_THREAD_MIN_SIZE) return new ThreadedPrefixHasher(part.path, pieces, DEFAULTS.hashReadSize);
     return new PrefixHasher(part, pieces);
   }
 
@@ -602,12 +617,8 @@ class BlobDownload {
       lease.slot?.release();
     }
     if (held) {
-      if (held.body instanceof Promise)
-        held.body.then(
-          (b) => b.stream.destroy(),
-          () => undefined,
-        );
-      else held.body?.stream.destroy();
+      if (held.body instanceof Promise) held.body.then(discardBody, () => undefined);
+      else if (held.body) discardBody(held.body);
       state.inFlight--;
       scheduler.release(held.task);
     }
@@ -657,7 +668,7 @@ class BlobDownload {
           this.activeRequests--;
         }
       } catch (err) {
-        opened?.stream.destroy();
+        if (opened) discardBody(opened);
         body = undefined;
         if (this.signal.aborted) throw this.failure ?? cancelled();
         if (state.dropped) return 'released';
@@ -832,6 +843,7 @@ class BlobDownload {
         if (body.end !== undefined) await this.part.preallocate(body.end, this.params.preallocation);
         this.pieceSize = body.end !== undefined ? pieceSizeFor(body.end) : 0;
         this.producedPieces.length = 0;
+        this.hasher?.close();
         this.hasher = undefined;
         // Piece digests need the size up front; a stream of unknown length gets only the whole digest.
         this.hasher = this.prefixHasher(this.part, this.params.produceManifest && body.end !== undefined);

@@ -3,9 +3,8 @@
 // what workers wrote (from the page cache), never holding a chunk in memory. In the same
 // pass it can digest every piece, which is how the engine produces a manifest.
 //
-// It runs on the main thread. A worker thread was measured too: on these 2-core machines it
-// was not reliably faster (the CPU, not the thread, is the limit on loopback) and cost ~9 MB
-// of RSS, which the 100 MiB memory budget of a download cannot spare.
+// This one runs on the main thread, for small files and streams of unknown length; large
+// files hash on a worker thread (hash-thread.ts), beside the data path.
 import { createHash, type Hash } from 'node:crypto';
 import { DEFAULTS } from '../core/defaults.js';
 import type { PartFile } from './part-file.js';
@@ -16,7 +15,17 @@ export interface PieceDigests {
   onPiece: (index: number, digest: string) => void;
 }
 
-export class PrefixHasher {
+/** What the engine asks of a hasher of the finished prefix, on whichever thread. */
+export interface FinishedPrefixHasher {
+  /** Tells the hasher that [0, prefixEnd) is on disk; hashing continues in the background. */
+  advance(prefixEnd: number): void;
+  /** Hashes up to `size` and returns the hex digest. */
+  digest(size: number): Promise<string>;
+  /** Stops hashing (the download failed or is over). */
+  close(): void;
+}
+
+export class PrefixHasher implements FinishedPrefixHasher {
   private readonly hash: Hash = createHash('sha256');
   private pieceHash: Hash | undefined;
   private hashed = 0;
@@ -79,5 +88,9 @@ export class PrefixHasher {
     // The last piece is short unless the size is a multiple of the piece size.
     if (this.pieces && size % this.pieces.pieceSize !== 0) this.endPiece();
     return this.hash.digest('hex');
+  }
+
+  close(): void {
+    // Nothing runs but reads the download awaits.
   }
 }

@@ -37,10 +37,24 @@ export class SlabPool {
   }
 }
 
-/** Slabs for a pool serving `workers`: one filling per worker plus headroom for writes in flight. */
-export function slabPoolFor(workers: number): SlabPool {
-  return new SlabPool(SLAB_SIZE, workers + Math.max(8, Math.ceil(workers / 2)));
+/**
+ * Slabs for a pool serving `workers`: one filling per worker plus headroom for writes in
+ * flight, sized so the pool takes about POOL_BYTES whatever the worker count (memory stays
+ * flat from 16 to 64 workers). Fewer workers get larger slabs: each slab is one pwrite and a
+ * few reads, and at 128 KiB those calls were a third of the user CPU of a download. A slab
+ * stays at most an eighth of a request, so bytes reach the disk (and the journal, which
+ * counts only written bytes) in steps small against a request: a download killed mid-way
+ * keeps nearly all it received.
+ */
+export function slabPoolFor(workers: number, requestSize: number): SlabPool {
+  const count = workers + Math.max(8, Math.ceil(workers / 2));
+  let size = MAX_SLAB_SIZE;
+  while (size > MIN_SLAB_SIZE && (size * count > POOL_BYTES || size * 8 > requestSize)) size /= 2;
+  return new SlabPool(size, count);
 }
 
-/** 128 KiB: eight TLS records, 1/8192 of a GiB per syscall, 6 MiB for 16 workers. */
-export const SLAB_SIZE = 128 * 1024;
+/** 128 KiB: eight TLS records, 1/8192 of a GiB per syscall. */
+export const MIN_SLAB_SIZE = 128 * 1024;
+export const MAX_SLAB_SIZE = 1024 * 1024;
+/** 16 workers: 24 slabs of 512 KiB; 64 workers: 96 of 128 KiB. */
+const POOL_BYTES = 12 * 1024 * 1024;

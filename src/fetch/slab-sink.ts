@@ -2,7 +2,7 @@
 // slabs to read into, so a socket's bytes land where they will be written from (no copy),
 // and writes each slab at its file offset once it is full. Like SlabWriter, the pool's size
 // bounds memory, and a reader that finds no free slab waits (its socket stops reading).
-import type { BodySink } from '../sources/raw-http.js';
+import type { BodySink } from '../sources/source.js';
 import type { PartFile } from './part-file.js';
 import type { SlabPool } from './slab-pool.js';
 import { SlabWriter } from './slab-writer.js';
@@ -48,14 +48,18 @@ export class SlabSink extends SlabWriter implements BodySink {
   }
 
   commit(length: number): boolean {
-    this.filled += length;
     const end = this.limit();
+    // The region was handed out before the end moved in (a split): what lies past it is
+    // another worker's, and is dropped here.
+    this.filled += Math.max(0, Math.min(length, end - this.position));
     if (this.filled === this.slab!.length || this.position >= end) this.submit();
     return this.position < end && !this.failure;
   }
 
   async ready(): Promise<void> {
     await this.pending;
+    // A failed write: the reader must stop, not wait for room that never comes.
+    if (this.failure) throw this.failure;
   }
 
   /** A slab still being acquired is released too, then the writes are waited for. */

@@ -4,7 +4,7 @@
 // counts. Peers are reached directly (no proxy): they are inside the fleet's network.
 import http, { type IncomingMessage } from 'node:http';
 import { BadResponseError, cancelled, HttpStatusError, type LoomError, StallError } from '../core/errors.js';
-import type { ProbeExpectation, ProbeResult, RangeBody, Source } from '../sources/source.js';
+import type { ProbeExpectation, ProbeResult, Source, StreamBody } from '../sources/source.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export interface PeerSourceOptions {
@@ -77,7 +77,7 @@ export class PeerSource implements Source {
     return { size: body.total, acceptsRanges: true, validator: {}, body, finalUrl: this.url };
   }
 
-  async openRange(start: number, end: number, expect: ProbeExpectation, signal: AbortSignal): Promise<RangeBody> {
+  async openRange(start: number, end: number, expect: ProbeExpectation, signal: AbortSignal): Promise<StreamBody> {
     return this.open(start, end, expect.size, signal);
   }
 
@@ -94,7 +94,7 @@ export class PeerSource implements Source {
     end: number,
     size: number | undefined,
     signal: AbortSignal,
-  ): Promise<RangeBody & { total: number }> {
+  ): Promise<StreamBody & { total: number }> {
     if (this.struck) throw this.struck;
     const asked = this.target.href;
     let res = await this.request(start, end, signal);

@@ -2,6 +2,9 @@
 // keeps none of the user's headers, and an https -> http downgrade is refused unless
 // allowed), sends chunk requests to the final URL, and checks every response against the
 // probe and the range contract so that a lying server is caught before its bytes are trusted.
+// Probes, redirects, HTTPS and proxies go through node:http; a plain-HTTP range after the
+// probe goes through the raw client (raw-http.ts), which reads the body straight into the
+// engine's buffers at a fraction of the CPU. Both answers pass the same checks.
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import { Readable } from 'node:stream';
 import {
@@ -15,6 +18,7 @@ import {
 import { HttpClient } from './http-client.js';
 import { isRetryableStatus, parseRetryAfter } from './http-retry.js';
 import type { ProxySettings } from './proxy.js';
+import { RawHttpClient, type RawResponse } from './raw-http.js';
 import type { ProbeExpectation, ProbeResult, RangeBody, Source, Validator } from './source.js';
 
 export interface HttpSourceOptions {
@@ -72,10 +76,52 @@ export function parseContentRange(value: string | undefined): ContentRange | und
   };
 }
 
-function validatorOf(res: IncomingMessage): Validator {
+/** A response head as either client gives it, with what may be done with its body. */
+interface Answer {
+  status: number;
+  statusText: string;
+  headers: Readonly<Record<string, string | string[] | undefined>>;
+  /** Drops the body and its connection (a lie, a change: nothing more is wanted from it). */
+  discard(): void;
+  /** Reads the body away where that keeps the connection (node:http), else drops it. */
+  drain(): void;
+  /** The body of a 206, as bytes [start, end) of the file. */
+  body(start: number, end: number): RangeBody;
+}
+
+function fromIncoming(res: IncomingMessage): Answer {
+  return {
+    status: res.statusCode ?? 0,
+    statusText: res.statusMessage ?? '',
+    headers: res.headers,
+    discard: () => res.destroy(),
+    drain: () => res.resume(),
+    body: (start, end) => ({ start, end, stream: res }),
+  };
+}
+
+function fromRaw(res: RawResponse): Answer {
+  return {
+    status: res.status,
+    statusText: res.statusText,
+    headers: res.headers,
+    discard: () => res.destroy(),
+    drain: () => res.destroy(),
+    body: (start, end) => ({ start, end, readInto: (sink) => res.readBody(sink), destroy: () => res.destroy() }),
+  };
+}
+
+function header(answer: Answer, name: string): string | undefined {
+  const value = answer.headers[name];
+  return typeof value === 'string' ? value : undefined;
+}
+
+function validatorOf(answer: Answer): Validator {
   const validator: Validator = {};
-  if (typeof res.headers.etag === 'string') validator.etag = res.headers.etag;
-  if (typeof res.headers['last-modified'] === 'string') validator.lastModified = res.headers['last-modified'];
+  const etag = header(answer, 'etag');
+  const lastModified = header(answer, 'last-modified');
+  if (etag !== undefined) validator.etag = etag;
+  if (lastModified !== undefined) validator.lastModified = lastModified;
   return validator;
 }
 
@@ -91,22 +137,21 @@ function validatorChanged(expected: Validator, actual: Validator): boolean {
   return false;
 }
 
-function statusError(res: IncomingMessage, url: URL): HttpStatusError {
-  const status = res.statusCode ?? 0;
-  res.resume();
+function statusError(answer: Answer, url: URL): HttpStatusError {
+  const { status } = answer;
+  answer.drain();
   const hint =
     status === 401 || status === 403
       ? 'check the credentials (--header "Authorization: Bearer …") or that the URL has not expired'
       : status === 404
         ? 'check the URL'
         : undefined;
-  const retryAfter = res.headers['retry-after'];
-  return new HttpStatusError(`HTTP ${status} ${res.statusMessage ?? ''} from ${url.href}`.replace('  ', ' '), {
+  return new HttpStatusError(`HTTP ${status} ${answer.statusText} from ${url.href}`.replace('  ', ' '), {
     url: url.href,
     status,
     hint,
     retryable: isRetryableStatus(status),
-    retryAfterMs: parseRetryAfter(typeof retryAfter === 'string' ? retryAfter : undefined),
+    retryAfterMs: parseRetryAfter(header(answer, 'retry-after')),
   });
 }
 
@@ -115,6 +160,9 @@ export class HttpSource implements Source {
   readonly label: string;
   private readonly origin: URL;
   private readonly client: HttpClient;
+  /** The lean path for plain-HTTP ranges; off for good once a server sends a body it cannot delimit. */
+  private readonly raw: RawHttpClient;
+  private rawOff = false;
   private readonly baseHeaders: OutgoingHttpHeaders;
   /** Where ranges are fetched after redirects, and the headers that may go there. */
   private target: { url: URL; headers: OutgoingHttpHeaders };
@@ -133,6 +181,7 @@ export class HttpSource implements Source {
       connectTimeoutMs: options.stallTimeoutMs,
       proxy: options.proxy,
     });
+    this.raw = new RawHttpClient({ maxConnections: options.maxSockets });
     this.baseHeaders = { ...BASE_HEADERS, ...lowerCaseKeys(options.headers ?? {}) };
     this.target = { url: this.origin, headers: this.baseHeaders };
   }
@@ -185,11 +234,12 @@ export class HttpSource implements Source {
     const [start, end] = firstRange;
     const { res, url, headers } = await this.follow(`bytes=${start}-${end - 1}`, {}, signal);
     this.target = { url, headers };
-    const status = res.statusCode ?? 0;
-    const validator = validatorOf(res);
-    rejectEncoded(res, url);
+    const answer = fromIncoming(res);
+    const { status } = answer;
+    const validator = validatorOf(answer);
+    rejectEncoded(answer, url);
     if (status === 206) {
-      const range = checkedRange(res, url, start, end, undefined);
+      const range = checkedRange(answer, url, start, end, undefined);
       return {
         size: range.total,
         acceptsRanges: true,
@@ -205,7 +255,7 @@ export class HttpSource implements Source {
     }
     if (status === 416) {
       // Only an empty file cannot serve its first byte.
-      const range = /\*\/(\d+)/.exec(String(res.headers['content-range'] ?? ''));
+      const range = /\*\/(\d+)/.exec(header(answer, 'content-range') ?? '');
       if (range && Number(range[1]) === 0 && start === 0) {
         res.resume();
         return {
@@ -217,33 +267,33 @@ export class HttpSource implements Source {
         };
       }
     }
-    throw statusError(res, url);
+    throw statusError(answer, url);
   }
 
   async openRange(start: number, end: number, expect: ProbeExpectation, signal: AbortSignal): Promise<RangeBody> {
-    const res = await this.requestRange(start, end, expect, signal);
-    const status = res.statusCode ?? 0;
+    const answer = await this.requestRange(start, end, expect, signal);
+    const { status } = answer;
     const url = this.target.url;
-    const actual = validatorOf(res);
+    const actual = validatorOf(answer);
     if (status === 206) {
       if (validatorChanged(expect.validator, actual)) {
-        res.destroy();
+        answer.discard();
         throw changed(url, expect.validator, actual);
       }
-      rejectEncoded(res, url);
-      const range = parseContentRange(res.headers['content-range']);
+      rejectEncoded(answer, url);
+      const range = parseContentRange(header(answer, 'content-range'));
       const sameVersion = Boolean(actual.etag ?? actual.lastModified) && !validatorChanged(expect.validator, actual);
       // Without a validator to say otherwise, another total means the file was replaced.
       if (range?.total !== undefined && range.total !== expect.size && !sameVersion) {
-        res.destroy();
+        answer.discard();
         throw changed(url, expect.validator, actual, `size ${expect.size} became ${range.total}`);
       }
       // A shorter range than asked is legal (RFC 9110 14.4): the engine asks for the rest.
-      const checked = checkedRange(res, url, start, end, expect.size);
-      return { start, end: checked.end, stream: res };
+      const checked = checkedRange(answer, url, start, end, expect.size);
+      return answer.body(start, checked.end);
     }
     if (status === 200) {
-      res.destroy();
+      answer.discard();
       // With If-Range, a full answer means the validator no longer matches.
       if (validatorChanged(expect.validator, actual) || (!actual.etag && !actual.lastModified)) {
         throw changed(url, expect.validator, actual);
@@ -253,10 +303,10 @@ export class HttpSource implements Source {
       });
     }
     if (status === 416) {
-      res.resume();
+      answer.drain();
       throw changed(url, expect.validator, actual, `range ${start}-${end - 1} is no longer satisfiable`);
     }
-    throw statusError(res, url);
+    throw statusError(answer, url);
   }
 
   private async requestRange(
@@ -264,25 +314,34 @@ export class HttpSource implements Source {
     end: number,
     expect: ProbeExpectation,
     signal: AbortSignal,
-  ): Promise<IncomingMessage> {
-    const ifRange = ifRangeValue(expect.validator);
-    const send = (): Promise<IncomingMessage> =>
-      this.client.request(this.target.url, {
-        headers: {
-          ...this.target.headers,
-          range: `bytes=${start}-${end - 1}`,
-          ...(ifRange && { 'if-range': ifRange }),
-        },
-        signal,
-        stallTimeoutMs: this.options.stallTimeoutMs,
-      });
-    const res = await send();
+  ): Promise<Answer> {
+    const answer = await this.sendRange(start, end, expect, signal);
     const redirected = this.target.url.href !== this.origin.href;
-    if (!redirected || !EXPIRED_URL.has(res.statusCode ?? 0)) return res;
+    if (!redirected || !EXPIRED_URL.has(answer.status)) return answer;
     // A signed URL from a redirect has expired: ask the origin for a fresh one, once.
-    res.resume();
+    answer.drain();
     await this.refreshTarget(signal);
-    return send();
+    return this.sendRange(start, end, expect, signal);
+  }
+
+  /** One range request to the current target: the raw client for plain HTTP, else node:http. */
+  private async sendRange(start: number, end: number, expect: ProbeExpectation, signal: AbortSignal): Promise<Answer> {
+    const ifRange = ifRangeValue(expect.validator);
+    const { url } = this.target;
+    const headers: OutgoingHttpHeaders = {
+      ...this.target.headers,
+      range: `bytes=${start}-${end - 1}`,
+      ...(ifRange && { 'if-range': ifRange }),
+    };
+    const stallTimeoutMs = this.options.stallTimeoutMs;
+    if (!this.rawOff && url.protocol === 'http:' && this.client.proxyFor(url) === undefined) {
+      const res = await this.raw.get({ url, headers: headerStrings(headers), signal, stallTimeoutMs });
+      if (res.status !== 206 || res.contentLength !== undefined) return fromRaw(res);
+      // A 206 without a length (chunked): node:http reads this server's ranges from now on.
+      res.destroy();
+      this.rawOff = true;
+    }
+    return fromIncoming(await this.client.request(url, { headers, signal, stallTimeoutMs }));
   }
 
   private refreshTarget(signal: AbortSignal): Promise<void> {
@@ -303,23 +362,24 @@ export class HttpSource implements Source {
     if (validator.lastModified) conditions['if-modified-since'] = validator.lastModified;
     if (!validator.etag && !validator.lastModified) return 'changed';
     const { res, url } = await this.follow('bytes=0-0', conditions, signal, timeoutMs);
-    const status = res.statusCode ?? 0;
-    if (status === 304) {
-      res.resume();
+    const answer = fromIncoming(res);
+    if (answer.status === 304) {
+      answer.drain();
       return 'fresh';
     }
-    if (status === 200 || status === 206) {
-      res.destroy();
+    if (answer.status === 200 || answer.status === 206) {
+      answer.discard();
       // A server that ignores conditions still tells the version in its validators.
-      const actual = validatorOf(res);
+      const actual = validatorOf(answer);
       const same = (actual.etag ?? actual.lastModified) !== undefined && !validatorChanged(validator, actual);
       return same ? 'fresh' : 'changed';
     }
-    throw statusError(res, url);
+    throw statusError(answer, url);
   }
 
   close(): void {
     this.client.close();
+    this.raw.close();
   }
 }
 
@@ -341,18 +401,18 @@ function changed(url: URL, expected: Validator, actual: Validator, detail?: stri
  * the probed size, and Content-Length agrees. Anything else is a lie, never a file.
  */
 function checkedRange(
-  res: IncomingMessage,
+  answer: Answer,
   url: URL,
   start: number,
   end: number,
   size: number | undefined,
 ): ContentRange & { total: number } {
-  const range = parseContentRange(res.headers['content-range']);
-  const problem = rangeProblem(range, res.headers['content-length'], start, end, size);
+  const range = parseContentRange(header(answer, 'content-range'));
+  const problem = rangeProblem(range, header(answer, 'content-length'), start, end, size);
   if (problem || !range || range.total === undefined) {
-    res.destroy();
+    answer.discard();
     throw new BadResponseError(
-      `${url.host} answered bytes=${start}-${end - 1} with ${problem ?? 'a bad range'} (Content-Range "${res.headers['content-range'] ?? '(none)'}")`,
+      `${url.host} answered bytes=${start}-${end - 1} with ${problem ?? 'a bad range'} (Content-Range "${header(answer, 'content-range') ?? '(none)'}")`,
       { url: url.href },
     );
   }
@@ -377,16 +437,25 @@ function rangeProblem(
   return undefined;
 }
 
-function rejectEncoded(res: IncomingMessage, url: URL): void {
-  const encoding = res.headers['content-encoding'];
+function rejectEncoded(answer: Answer, url: URL): void {
+  const encoding = header(answer, 'content-encoding');
   if (encoding && encoding !== 'identity') {
-    res.destroy();
+    answer.discard();
     // A compressed body's ranges are ranges of the compressed bytes: no retry changes that.
     throw new ContentEncodingError(`${url.host} sent Content-Encoding ${encoding} although identity was asked for`, {
       url: url.href,
       hint: 'the server (or a proxy) compresses this file; fetch it with another tool or URL',
     });
   }
+}
+
+/** node:http's header values as the raw client sends them. */
+function headerStrings(headers: OutgoingHttpHeaders): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [name, value] of Object.entries(headers)) {
+    if (value !== undefined) out[name] = Array.isArray(value) ? value.join(', ') : String(value);
+  }
+  return out;
 }
 
 function lowerCaseKeys(headers: Record<string, string>): OutgoingHttpHeaders {

@@ -11,10 +11,45 @@ export interface Validator {
 }
 
 /** Bytes of the file on the wire: [start, end) of the body, `end` undefined when unknown. */
-export interface RangeBody {
+export type RangeBody = StreamBody | DirectBody;
+
+/** A body read as a stream of buffers the source allocates (node:http, S3, peers). */
+export interface StreamBody {
   start: number;
   end: number | undefined;
   stream: Readable;
+}
+
+/**
+ * A body the source reads straight into the engine's buffers (the lean data path, plain
+ * HTTP): no buffer is allocated per read and no stream runs per chunk.
+ */
+export interface DirectBody {
+  start: number;
+  end: number;
+  /** Reads the body into `sink`; resolves when all of it is there or the sink wants no more. */
+  readInto(sink: BodySink): Promise<void>;
+  /** Drops the body unread, and its connection. */
+  destroy(): void;
+}
+
+/** Where a direct body goes: regions of the engine's memory, filled in order. */
+export interface BodySink {
+  /** A region to read the next bytes into; undefined when none is free right now. */
+  region(): Buffer | undefined;
+  /**
+   * `length` bytes were written at the start of the last region handed out. Returns false
+   * to stop taking this body (the rest is not wanted; the connection is then closed).
+   */
+  commit(length: number): boolean;
+  /** Resolves when region() can answer again; rejects when the sink has failed. */
+  ready(): Promise<void>;
+}
+
+/** Drops a body unread, whichever kind it is. */
+export function discardBody(body: RangeBody): void {
+  if ('stream' in body) body.stream.destroy();
+  else body.destroy();
 }
 
 export interface ProbeResult {
@@ -24,7 +59,7 @@ export interface ProbeResult {
   acceptsRanges: boolean;
   validator: Validator;
   /** The probe's own response, already open: its bytes are used, not re-fetched. */
-  body: RangeBody;
+  body: StreamBody;
   /** The URL the bytes came from after redirects (for logs and --json). */
   finalUrl: string;
 }

@@ -34,6 +34,7 @@ describe('loom fetch', () => {
     assert.equal(summary.bytes, SIZE);
     assert.equal(summary.sha256, content.sha256);
     assert.equal(summary.resumedBytes, 0);
+    assert.equal(typeof summary.lastByteToDigestSeconds, 'number', 'the sha256 was computed, so its delay is known');
     assert.equal(typeof summary.mbPerSecond, 'number');
     assert.ok((summary.requests as number) >= 1);
     assert.equal(await sha256OfFile(out), content.sha256);

@@ -7,8 +7,10 @@ import net, { type AddressInfo, type Socket } from 'node:net';
 import { after, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { AbortedError, StallError } from '../../src/core/errors.js';
-import { RawHttpClient, UnsupportedResponse, type BodySink } from '../../src/sources/raw-http.js';
+import { RawHttpClient, UnsupportedResponse } from '../../src/sources/raw-http.js';
+import type { BodySink } from '../../src/sources/source.js';
 import { randomContent, sha256Of } from '../helpers/fixtures.js';
+import { unacceptingListener } from '../support/unaccepting-listener.js';
 
 const SIZE = 3 * 1024 * 1024 + 777;
 const content = randomContent(SIZE);
@@ -67,6 +69,47 @@ describe('RawHttpClient', () => {
     }
     assert.equal(origin.requests.length, 2);
     assert.equal(origin.openConnections - opened, 1, 'both requests went over one keep-alive connection');
+  });
+
+  it('reads small bodies that arrive whole with their head, back to back on one connection', async () => {
+    const own = await new OriginServer().listen();
+    own.setFile('/blob', content.bytes);
+    after(() => own.close());
+    const client = new RawHttpClient();
+    after(() => client.close());
+    const url = new URL(own.url('/blob'));
+    for (const [start, end] of [
+      [0, 100],
+      [100, 300],
+      [300, 301],
+      [5000, 9000],
+    ] as const) {
+      const res = await client.get({ url, headers: { range: `bytes=${start}-${end - 1}` }, stallTimeoutMs: 5_000 });
+      assert.equal(res.headers['content-range'], `bytes ${start}-${end - 1}/${SIZE}`);
+      const sink = collector(1024);
+      await res.readBody(sink);
+      assert.equal(sha256Of(sink.bytes()), sha256Of(content.bytes.subarray(start, end)));
+    }
+    assert.equal(own.openConnections, 1, 'all four over one keep-alive connection');
+  });
+
+  it('opens no more connections than its limit: a request waits for one to be free', async () => {
+    const own = await new OriginServer().listen();
+    own.setFile('/blob', content.bytes);
+    after(() => own.close());
+    const client = new RawHttpClient({ maxConnections: 1 });
+    after(() => client.close());
+    const url = new URL(own.url('/blob'));
+    const get = (start: number, end: number) =>
+      client.get({ url, headers: { range: `bytes=${start}-${end - 1}` }, stallTimeoutMs: 5_000 });
+    const first = get(0, 1000);
+    const second = get(1000, 2000);
+    const a = collector(1024);
+    await (await first).readBody(a);
+    const b = collector(1024);
+    await (await second).readBody(b);
+    assert.deepEqual(Buffer.concat([a.bytes(), b.bytes()]), content.bytes.subarray(0, 2000));
+    assert.equal(own.openConnections, 1);
   });
 
   it('closes the connection when the sink wants no more, and the next request still works', async () => {
@@ -160,6 +203,21 @@ describe('RawHttpClient', () => {
     const reading = held.readBody(collector(1024));
     controller.abort();
     await assert.rejects(reading, AbortedError);
+  });
+
+  it('gives up on a host that takes no connection within the stall timeout', { timeout: 30_000 }, async () => {
+    const listener = await unacceptingListener();
+    after(() => listener.close());
+    const client = new RawHttpClient();
+    after(() => client.close());
+    await assert.rejects(
+      client.get({ url: new URL(`http://127.0.0.1:${listener.port}/x`), headers: {}, stallTimeoutMs: 300 }),
+      (err) => {
+        assert.ok(err instanceof StallError, String(err));
+        assert.match(err.message, new RegExp(`no connection to 127\\.0\\.0\\.1:${listener.port} within 300 ms`));
+        return true;
+      },
+    );
   });
 
   it('parses a response head that arrives in pieces, with body bytes in the same read as its end', async () => {
