@@ -283,6 +283,8 @@ class BlobDownload {
     this.journal = new JournalKeeper(this.journalPath, params.journalIntervalMs, () => this.journalNow());
     // Every request in flight listens for the abort: hundreds of listeners are expected.
     setMaxListeners(0, this.controller.signal);
+    // Each worker waiting for a pool slot listens on it: a pull's 16 workers exceed Node's 10.
+    setMaxListeners(0, this.ended.signal);
     this.sources = new SourceSet(this.controller.signal);
     if (params.sources.length === 0) throw new UsageError('a download needs at least one source');
     for (const slot of params.sources) this.sources.add(slot);
