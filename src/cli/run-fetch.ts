@@ -11,6 +11,7 @@ import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { createCacheRoot } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
+import { withoutResume } from '../fetch/retry-budget.js';
 import type { FetchOptions } from '../fetch/options.js';
 import type { DownloadPlanner } from '../cache/download-planner.js';
 import { defaultOutFor, fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
@@ -251,9 +252,11 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
   }
 }
 
+const STREAM_KEEPS_NOTHING = '-o - keeps nothing to resume from: a rerun starts over';
+
 /** Why a `-o -` fetch failed: the copy's own failure, and a cancel that keeps nothing. */
 function streamFailure(err: unknown, stream: StdoutStream): unknown {
   if (stream.failure) return stream.failure;
-  if (err instanceof AbortedError) return cancelled('-o - keeps nothing to resume from: a rerun starts over');
-  return err;
+  if (err instanceof AbortedError) return cancelled(STREAM_KEEPS_NOTHING);
+  return withoutResume(err, STREAM_KEEPS_NOTHING);
 }

@@ -39,7 +39,7 @@ import { PrefixHasher } from './prefix-hasher.js';
 import { pump } from './range-pump.js';
 import { RangeSet } from './range-set.js';
 import type { RequestSlot, RequestSlots } from './request-pool.js';
-import { decideAfterFailure } from './retry-budget.js';
+import { decideAfterFailure, withoutResume } from './retry-budget.js';
 import { waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { clientLoadMonitor, RangeTask, Scheduler } from './scheduler.js';
 import { slabPoolFor, type SlabPool } from './slab-pool.js';
@@ -343,7 +343,7 @@ class BlobDownload {
       const failure = this.failure ?? err;
       // A stream that ignored Range starts over on a rerun: keeping its bytes would promise a resume.
       if (!this.resumable && failure instanceof AbortedError) throw cancelled(NOT_RESUMABLE);
-      throw failure;
+      throw this.resumable ? failure : withoutResume(failure, NOT_RESUMABLE);
     } finally {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);

@@ -113,6 +113,29 @@ describe('a server without Range support', () => {
     assert.equal(existsSync(`${out}.part.journal`), false);
   });
 
+  it('promises no resume when it gives up midway: the bytes were not kept', async () => {
+    const server = await origin({ acceptRanges: false, fault: () => ({ kind: 'reset', afterBytes: 100_000 }) });
+    const out = join(dir, 'norange-cut.bin');
+    const run = await runLoom([
+      'fetch',
+      server.url('/model.bin'),
+      '-o',
+      out,
+      '--no-cache',
+      '--retries',
+      '2',
+      '--retry-base-delay',
+      '10ms',
+    ]);
+    assert.equal(run.code, 3, run.stderr);
+    assert.doesNotMatch(run.stderr, /kept and resumed/);
+    assert.match(
+      run.stderr,
+      /then rerun: the server does not support ranges, so nothing was kept: a rerun starts over\n/,
+    );
+    assert.equal(existsSync(`${out}.part`), false);
+  });
+
   it('says so once in plain lines, and the download completes', async () => {
     const server = await origin({ acceptRanges: false });
     const out = join(dir, 'norange-lines.bin');
@@ -215,6 +238,9 @@ describe('-o - streams the file to stdout', () => {
       run.stderr.endsWith(`loom: stdout got ${formatBytes(run.bytes)} of the file and is incomplete\n`),
       run.stderr,
     );
+    // The temporary file is gone: the error promises no resume.
+    assert.doesNotMatch(run.stderr, /kept and resumed/);
+    assert.match(run.stderr, /then rerun: -o - keeps nothing to resume from: a rerun starts over\n/);
   });
 
   it('stops with exit 5 when the reader closes the pipe, leaving nothing behind', async () => {
