@@ -252,6 +252,31 @@ describe('-o - streams the file to stdout', () => {
     assert.deepEqual(leftovers(), before);
   });
 
+  it('stops cleanly on SIGHUP (the terminal went away), leaving nothing in the temporary folder', async () => {
+    const server = await origin({ rateLimitBytesPerSecond: 512 * 1024 });
+    const before = leftovers();
+    const child = spawn(process.execPath, [LOOM_BIN, 'fetch', server.url('/model.bin'), '-o', '-', '-w', '2'], {
+      env: { ...process.env, LOOM_CACHE_DIR: join(dir, 'cache') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    let bytes = 0;
+    const someOut = new Promise<void>((resolve) =>
+      child.stdout.on('data', (d: Buffer) => {
+        bytes += d.length;
+        resolve();
+      }),
+    );
+    await someOut;
+    child.kill('SIGHUP');
+    assert.equal(await closed, 130, stderr);
+    assert.ok(bytes < SIZE, `${bytes} bytes out`);
+    assert.match(stderr, /loom: SIGHUP: stopping/);
+    assert.deepEqual(leftovers(), before, 'the temporary folder is gone');
+  });
+
   it('refuses --json (stdout is the file) and --serve (no file to register)', async () => {
     const json = await runLoom(['fetch', 'http://127.0.0.1:1/x', '-o', '-', '--json']);
     assert.equal(json.code, 2);
