@@ -5,7 +5,7 @@ import { constants } from 'node:fs';
 import { access, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { AbortedError, cancelled, diskError, EXIT, LoomError, UsageError } from '../core/errors.js';
+import { AbortedError, cancelled, diskError, DiskFullError, EXIT, LoomError, UsageError } from '../core/errors.js';
 import { formatBytes } from '../core/units.js';
 import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
@@ -240,7 +240,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     return EXIT.ok;
   } catch (err) {
     await stream?.close();
-    const code = reportError(forCommandLine(stream ? streamFailure(err, stream) : err), flags);
+    const code = reportError(forCommandLine(stream ? streamFailure(err, stream, streamDir) : err), flags);
     if (stream && stream.sent > 0)
       process.stderr.write(`loom: stdout got ${formatBytes(stream.sent)} of the file and is incomplete\n`);
     return code;
@@ -255,8 +255,16 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
 const STREAM_KEEPS_NOTHING = '-o - keeps nothing to resume from: a rerun starts over';
 
 /** Why a `-o -` fetch failed: the copy's own failure, and a cancel that keeps nothing. */
-function streamFailure(err: unknown, stream: StdoutStream): unknown {
+function streamFailure(err: unknown, stream: StdoutStream, streamDir: string | undefined): unknown {
   if (stream.failure) return stream.failure;
   if (err instanceof AbortedError) return cancelled(STREAM_KEEPS_NOTHING);
+  // The file is assembled in $TMPDIR, not at an --out the user chose, and is not kept.
+  if (err instanceof DiskFullError && streamDir && err.path?.startsWith(streamDir)) {
+    return new DiskFullError(err.message.slice(0, err.hint ? -`; ${err.hint}`.length : undefined), {
+      path: err.path,
+      cause: err,
+      hint: `-o - assembles the file in ${dirname(streamDir)} first: free space there or set TMPDIR to a folder with room`,
+    });
+  }
   return withoutResume(err, STREAM_KEEPS_NOTHING);
 }

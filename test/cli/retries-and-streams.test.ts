@@ -13,6 +13,7 @@ import { formatRetryWait, renderBar } from '../../src/cli/progress.js';
 import { formatBytes } from '../../src/core/units.js';
 import { LOOM_BIN, randomContent, runLoom, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 import { frames, loomOnTerminal, screen } from './terminal.js';
+import { mountTmpfs } from '../helpers/tmpfs.js';
 
 const dir = tempDir();
 const SIZE = 6 * 1024 * 1024;
@@ -275,6 +276,24 @@ describe('-o - streams the file to stdout', () => {
     assert.ok(bytes < SIZE, `${bytes} bytes out`);
     assert.match(stderr, /loom: SIGHUP: stopping/);
     assert.deepEqual(leftovers(), before, 'the temporary folder is gone');
+  });
+
+  it('with a full $TMPDIR says to free space there or move TMPDIR, not to choose another --out', async () => {
+    const server = await origin();
+    const small = mountTmpfs(1024 * 1024);
+    const child = spawn(process.execPath, [LOOM_BIN, 'fetch', server.url('/model.bin'), '-o', '-'], {
+      env: { ...process.env, TMPDIR: small, LOOM_CACHE_DIR: join(dir, 'cache') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.resume();
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    assert.equal(code, 5, stderr);
+    assert.match(stderr, /not enough space for .*: 6\.29 MB needed/);
+    assert.match(stderr, /-o - assembles the file in .* first: free space there or set TMPDIR to a folder with room\n/);
+    assert.doesNotMatch(stderr, /--out|rerun to resume/);
+    assert.deepEqual(readdirSync(small), [], 'nothing left in the full folder');
   });
 
   it('refuses --json (stdout is the file) and --serve (no file to register)', async () => {
