@@ -176,6 +176,7 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
     token: hubToken(params.token, env),
     caCertFiles: params.fetch?.caCertFiles,
     signal: params.fetch?.signal,
+    onRetry: status,
   });
   let commit: string;
   let files: PlannedFile[];

@@ -379,8 +379,14 @@ describe('loom pull (library) against a test Hub', () => {
 
     it('429: waits as Retry-After says and carries on, else fails with a typed error', async () => {
       hub.rateLimit = { remaining: 2, retryAfterSeconds: 1 };
-      const result = (await pull({})) as { files: unknown[] };
+      const said: string[] = [];
+      const result = (await pull({ onStatus: (m) => said.push(m) })) as { files: unknown[] };
       assert.equal(result.files.length, mainFiles.length);
+      // Each wait is said before it starts, not left silent.
+      assert.deepEqual(said, [
+        'the Hub answered HTTP 429 for hf://acme/tiny-llm@main; retrying in 1 s (attempt 2 of 4)',
+        'the Hub answered HTTP 429 for hf://acme/tiny-llm@main; retrying in 1 s (attempt 3 of 4)',
+      ]);
       assert.equal(hub.rateLimit.remaining, 0);
       hub.rateLimit = { remaining: 100, retryAfterSeconds: 0 };
       await assert.rejects(pull({}), HubRateLimitedError);

@@ -34,6 +34,8 @@ export interface HubApiOptions {
   baseDelayMs?: number;
   stallTimeoutMs?: number;
   signal?: AbortSignal;
+  /** Told before each wait for a retry (a 429, a 5xx, a cut connection): the wait is not silent. */
+  onRetry?: (message: string) => void;
 }
 
 /** One entry of the tree API. */
@@ -211,7 +213,7 @@ export class HubApi {
             hint: 'check the network and HF_ENDPOINT (or set HF_HUB_OFFLINE=1 to use the local cache)',
           });
         }
-        await this.wait(this.backoff(attempt));
+        await this.waitToRetry(this.backoff(attempt), (err as Error).message, ref, attempt);
         continue;
       }
       const status = res.statusCode ?? 0;
@@ -227,8 +229,16 @@ export class HubApi {
           { url, status, hint: 'retry later; a token (HF_TOKEN) gets a higher limit' },
         );
       }
-      await this.wait(retryAfter ?? this.backoff(attempt));
+      await this.waitToRetry(retryAfter ?? this.backoff(attempt), `HTTP ${status}`, ref, attempt);
     }
+  }
+
+  private async waitToRetry(ms: number, reason: string, ref: HfRef, attempt: number): Promise<void> {
+    const wait = ms >= 950 ? `${Math.round(ms / 1000)} s` : `${Math.max(100, Math.round(ms / 100) * 100)} ms`;
+    this.options.onRetry?.(
+      `the Hub answered ${reason} for ${formatHfRef(ref)}; retrying in ${wait} (attempt ${attempt + 1} of ${this.attempts})`,
+    );
+    await this.wait(ms);
   }
 
   private backoff(attempt: number): number {
