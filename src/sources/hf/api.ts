@@ -19,6 +19,7 @@ import {
   RedirectError,
   cancelled,
 } from '../../core/errors.js';
+import { formatWait } from '../../core/units.js';
 import { HttpClient } from '../http-client.js';
 import { formatHfRef, resolveUrl, type HfRef, type HfRepoType } from './uri.js';
 
@@ -234,9 +235,8 @@ export class HubApi {
   }
 
   private async waitToRetry(ms: number, reason: string, ref: HfRef, attempt: number): Promise<void> {
-    const wait = ms >= 950 ? `${Math.round(ms / 1000)} s` : `${Math.max(100, Math.round(ms / 100) * 100)} ms`;
     this.options.onRetry?.(
-      `the Hub answered ${reason} for ${formatHfRef(ref)}; retrying in ${wait} (attempt ${attempt + 1} of ${this.attempts})`,
+      `the Hub answered ${reason} for ${formatHfRef(ref)}; retrying in ${formatWait(ms)} (attempt ${attempt + 1} of ${this.attempts})`,
     );
     await this.wait(ms);
   }
