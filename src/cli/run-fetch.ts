@@ -5,7 +5,7 @@ import { constants } from 'node:fs';
 import { access, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { AbortedError, cancelled, diskError, DiskFullError, EXIT, LoomError, UsageError } from '../core/errors.js';
+import { AbortedError, cancelled, diskError, DiskFullError, EXIT, UsageError } from '../core/errors.js';
 import { formatBytes } from '../core/units.js';
 import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
@@ -38,17 +38,11 @@ const FLAG_OF_OPTION: Record<string, string> = {
   maxRetryAfter: '--max-retry-after',
 };
 
-/** A library error, reworded for the command line: flag names, and "1 attempt" not "1 attempts". */
+/** A library error, reworded for the command line: the flag's name, not the option's. */
 function forCommandLine(err: unknown): unknown {
-  if (!(err instanceof LoomError)) return err;
-  let message = err.message;
-  if (err instanceof UsageError)
-    message = message.replace(/^invalid option (\w+)/, (all, name: string) =>
-      FLAG_OF_OPTION[name] ? `invalid ${FLAG_OF_OPTION[name]}` : all,
-    );
-  // The engine words its counts for any number; one reads as a singular.
-  message = message.replace(/\b1 (attempt|request|range|retr)(s|ies)\b/g, (_, word: string) =>
-    word === 'retr' ? '1 retry' : `1 ${word}`,
+  if (!(err instanceof UsageError)) return err;
+  const message = err.message.replace(/^invalid option (\w+)/, (all, name: string) =>
+    FLAG_OF_OPTION[name] ? `invalid ${FLAG_OF_OPTION[name]}` : all,
   );
   if (message === err.message) return err;
   Object.defineProperty(err, 'message', { value: message });
