@@ -80,18 +80,28 @@ interface Partial {
   mtimeMs: number;
 }
 
-/** Files in the cache the index does not account for. */
+/** A blob's file name: its sha256. */
+const BLOB_NAME = /^[0-9a-f]{64}$/;
+/** What Loom names a file in tmp/: a source's key hash (32 hex) or a blob's digest, then suffixes. */
+const PARTIAL_NAME = /^(?:[0-9a-f]{32}|[0-9a-f]{64})\./;
+
+/**
+ * Files in the cache the index does not account for. Only names Loom gives count: a
+ * --cache-dir pointed at the wrong folder (`/`, whose tmp/ is /tmp) must not have gc
+ * delete files that are not Loom's.
+ */
 function strayFiles(cache: CacheHandle): { unindexed: UnindexedBlob[]; partials: Partial[] } {
   const { layout, index } = cache;
   const indexed = new Set(index.blobs().map((b) => b.digest));
   const unindexed: UnindexedBlob[] = [];
   for (const digest of listDir(layout.blobs)) {
-    if (indexed.has(digest)) continue;
+    if (indexed.has(digest) || !BLOB_NAME.test(digest)) continue;
     const stats = statSync(join(layout.blobs, digest), { throwIfNoEntry: false });
     if (stats?.isFile()) unindexed.push({ digest, size: stats.size });
   }
   const partials = new Map<string, Partial>();
   for (const file of listDir(layout.tmp)) {
+    if (!PARTIAL_NAME.test(file)) continue;
     const stats = statSync(join(layout.tmp, file), { throwIfNoEntry: false });
     if (!stats?.isFile()) continue;
     const name = file.split('.')[0]!;

@@ -4,7 +4,7 @@
 // interrupted. Without a terminal (CI, container logs): a plain line every 5 s or every 10%.
 // Both say retries and their waits as they happen ("retrying 3 ranges: 503, next in 2 s").
 import type { FetchProgress, RetryWait } from '../fetch/download.js';
-import { formatBytes, formatRate, plural } from '../core/units.js';
+import { formatBytes, formatRate, formatWait, plural } from '../core/units.js';
 import type { ProgressMode } from './fetch-flags.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -47,9 +47,7 @@ export interface BarState {
 
 /** `retrying 3 ranges: 503, next in 2 s`. */
 export function formatRetryWait(wait: RetryWait): string {
-  const ms = wait.nextInMs;
-  const next = ms >= 950 ? `${Math.round(ms / 1000)} s` : `${Math.max(100, Math.round(ms / 100) * 100)} ms`;
-  return `retrying ${plural(wait.ranges, 'range')}: ${wait.reason}, next in ${next}`;
+  return `retrying ${plural(wait.ranges, 'range')}: ${wait.reason}, next in ${formatWait(wait.nextInMs)}`;
 }
 
 /** `7s`, `4m05s`, `1h02m`: an ETA that is always finite and short. */

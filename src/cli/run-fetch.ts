@@ -5,12 +5,13 @@ import { constants } from 'node:fs';
 import { access, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
-import { AbortedError, cancelled, diskError, EXIT, LoomError, UsageError } from '../core/errors.js';
+import { AbortedError, cancelled, diskError, DiskFullError, EXIT, UsageError } from '../core/errors.js';
 import { formatBytes } from '../core/units.js';
 import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { createCacheRoot } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
+import { withoutResume } from '../fetch/retry-budget.js';
 import type { FetchOptions } from '../fetch/options.js';
 import type { DownloadPlanner } from '../cache/download-planner.js';
 import { defaultOutFor, fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
@@ -37,17 +38,11 @@ const FLAG_OF_OPTION: Record<string, string> = {
   maxRetryAfter: '--max-retry-after',
 };
 
-/** A library error, reworded for the command line: flag names, and "1 attempt" not "1 attempts". */
+/** A library error, reworded for the command line: the flag's name, not the option's. */
 function forCommandLine(err: unknown): unknown {
-  if (!(err instanceof LoomError)) return err;
-  let message = err.message;
-  if (err instanceof UsageError)
-    message = message.replace(/^invalid option (\w+)/, (all, name: string) =>
-      FLAG_OF_OPTION[name] ? `invalid ${FLAG_OF_OPTION[name]}` : all,
-    );
-  // The engine words its counts for any number; one reads as a singular.
-  message = message.replace(/\b1 (attempt|request|range|retr)(s|ies)\b/g, (_, word: string) =>
-    word === 'retr' ? '1 retry' : `1 ${word}`,
+  if (!(err instanceof UsageError)) return err;
+  const message = err.message.replace(/^invalid option (\w+)/, (all, name: string) =>
+    FLAG_OF_OPTION[name] ? `invalid ${FLAG_OF_OPTION[name]}` : all,
   );
   if (message === err.message) return err;
   Object.defineProperty(err, 'message', { value: message });
@@ -239,7 +234,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     return EXIT.ok;
   } catch (err) {
     await stream?.close();
-    const code = reportError(forCommandLine(stream ? streamFailure(err, stream) : err), flags);
+    const code = reportError(forCommandLine(stream ? streamFailure(err, stream, streamDir) : err), flags);
     if (stream && stream.sent > 0)
       process.stderr.write(`loom: stdout got ${formatBytes(stream.sent)} of the file and is incomplete\n`);
     return code;
@@ -251,9 +246,19 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
   }
 }
 
+const STREAM_KEEPS_NOTHING = '-o - keeps nothing to resume from: a rerun starts over';
+
 /** Why a `-o -` fetch failed: the copy's own failure, and a cancel that keeps nothing. */
-function streamFailure(err: unknown, stream: StdoutStream): unknown {
+function streamFailure(err: unknown, stream: StdoutStream, streamDir: string | undefined): unknown {
   if (stream.failure) return stream.failure;
-  if (err instanceof AbortedError) return cancelled('-o - keeps nothing to resume from: a rerun starts over');
-  return err;
+  if (err instanceof AbortedError) return cancelled(STREAM_KEEPS_NOTHING);
+  // The file is assembled in $TMPDIR, not at an --out the user chose, and is not kept.
+  if (err instanceof DiskFullError && streamDir && err.path?.startsWith(streamDir)) {
+    return new DiskFullError(err.message.slice(0, err.hint ? -`; ${err.hint}`.length : undefined), {
+      path: err.path,
+      cause: err,
+      hint: `-o - assembles the file in ${dirname(streamDir)} first: free space there or set TMPDIR to a folder with room`,
+    });
+  }
+  return withoutResume(err, STREAM_KEEPS_NOTHING);
 }

@@ -4,7 +4,7 @@
 import { mkdir } from 'node:fs/promises';
 import { dirname, relative, resolve, sep } from 'node:path';
 import { DEFAULTS } from '../core/defaults.js';
-import { UsageError } from '../core/errors.js';
+import { diskError, UsageError } from '../core/errors.js';
 import type { DownloadResult } from '../fetch/download.js';
 import { runFileQueue, type QueueProgress } from '../fetch/file-queue.js';
 import { partPathFor } from '../fetch/fetch-file.js';
@@ -136,5 +136,11 @@ export async function pullS3Prefix(
     onDone: (_target, result, progress) => pull.onFile?.(result, progress),
     onProgress: pull.onProgress,
   });
+  // The directory the pull names exists even when the prefix held no object.
+  try {
+    await mkdir(outDir, { recursive: true });
+  } catch (err) {
+    throw diskError(err, `creating ${outDir}`, outDir);
+  }
   return results.sort((a, b) => (a.uri < b.uri ? -1 : a.uri > b.uri ? 1 : 0));
 }

@@ -1,5 +1,6 @@
-// Ctrl-C and SIGTERM: the first asks the running operation to stop cleanly (journal saved,
-// exit 130); a second one exits at once.
+// Ctrl-C, SIGTERM and SIGHUP (the terminal or ssh session went away): the first asks the
+// running operation to stop cleanly (journal saved, temporary files removed, exit 130); a
+// second one exits at once.
 export interface Interrupt {
   signal: AbortSignal;
   /** Called before the "stopping" line is written: erases the progress bar; true if it did. */
@@ -14,6 +15,7 @@ export function onInterrupt(): Interrupt {
     dispose() {
       process.off('SIGINT', handler);
       process.off('SIGTERM', handler);
+      process.off('SIGHUP', handler);
     },
   };
   function handler(sig: NodeJS.Signals): void {
@@ -25,5 +27,6 @@ export function onInterrupt(): Interrupt {
   }
   process.on('SIGINT', handler);
   process.on('SIGTERM', handler);
+  process.on('SIGHUP', handler);
   return interrupt;
 }

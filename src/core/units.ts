@@ -74,6 +74,11 @@ export function formatSize(bytes: number): string {
   return String(bytes);
 }
 
+/** A wait as people read it: `2 s`, `300 ms` (never under 100 ms). */
+export function formatWait(ms: number): string {
+  return ms >= 950 ? `${Math.round(ms / 1000)} s` : `${Math.max(100, Math.round(ms / 100) * 100)} ms`;
+}
+
 /** A duration as a flag takes it (the inverse of parseDuration): `30s`, `2m`, `500ms`. */
 export function formatDuration(ms: number): string {
   for (const [unit, factor] of [

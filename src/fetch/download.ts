@@ -48,7 +48,7 @@ import { PrefixHasher, type FinishedPrefixHasher } from './prefix-hasher.js';
 import { pump } from './range-pump.js';
 import { RangeSet } from './range-set.js';
 import type { RequestSlot, RequestSlots } from './request-pool.js';
-import { decideAfterFailure } from './retry-budget.js';
+import { decideAfterFailure, withoutResume } from './retry-budget.js';
 import { waitBeforeRetry, type RetryOptions } from './retry-policy.js';
 import { clientLoadMonitor, RangeTask, Scheduler } from './scheduler.js';
 import { slabPoolFor, type SlabPool } from './slab-pool.js';
@@ -294,6 +294,8 @@ class BlobDownload {
     this.journal = new JournalKeeper(this.journalPath, params.journalIntervalMs, () => this.journalNow());
     // Every request in flight listens for the abort: hundreds of listeners are expected.
     setMaxListeners(0, this.controller.signal);
+    // Each worker waiting for a pool slot listens on it: a pull's 16 workers exceed Node's 10.
+    setMaxListeners(0, this.ended.signal);
     this.sources = new SourceSet(this.controller.signal);
     if (params.sources.length === 0) throw new UsageError('a download needs at least one source');
     for (const slot of params.sources) this.sources.add(slot);
@@ -352,7 +354,7 @@ class BlobDownload {
       const failure = this.failure ?? err;
       // A stream that ignored Range starts over on a rerun: keeping its bytes would promise a resume.
       if (!this.resumable && failure instanceof AbortedError) throw cancelled(NOT_RESUMABLE);
-      throw failure;
+      throw this.resumable ? failure : withoutResume(failure, NOT_RESUMABLE);
     } finally {
       clearInterval(ticker);
       userSignal?.removeEventListener('abort', onUserAbort);

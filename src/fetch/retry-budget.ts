@@ -70,12 +70,28 @@ function asLoomError(err: unknown, url: string, what: string): LoomError {
   return new NetworkError(`${what} of ${url} failed: ${reason}`, { url, cause: err });
 }
 
+const RETRY_LATER = 'check the network or the origin, then rerun';
+const RESUMED = `${RETRY_LATER}: finished bytes are kept and resumed`;
+
+/**
+ * A download that gave up keeps its finished bytes for a rerun, and its error says so; where
+ * nothing was kept after all (a server without ranges, `-o -`), the error says `why` instead.
+ */
+export function withoutResume(err: unknown, why: string): unknown {
+  if (!(err instanceof NetworkError) || err.hint !== RESUMED) return err;
+  return new NetworkError(err.message.slice(0, -`; ${RESUMED}`.length), {
+    url: err.url,
+    cause: err.cause,
+    hint: `${RETRY_LATER}: ${why}`,
+  });
+}
+
 function exhausted(err: unknown, url: string, attempts: number, what: string): LoomError {
   if (err instanceof HttpStatusError || err instanceof SourceChangedError) return err;
   const reason = err instanceof Error ? err.message : String(err);
   return new NetworkError(`gave up on ${what} of ${url} after ${plural(attempts, 'attempt')}: ${reason}`, {
     url,
     cause: err,
-    hint: 'check the network or the origin, then rerun: finished bytes are kept and resumed',
+    hint: RESUMED,
   });
 }

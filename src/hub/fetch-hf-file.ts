@@ -31,7 +31,13 @@ export async function fetchHfFile(
   const { cache = true, token, env = process.env, cacheDir, onStatus, revalidateTimeoutMs, offline, ...rest } = options;
   void offline;
   if (hubOffline(env)) return fromHfCache(uri, out, env);
-  const target = await hfFileSource(uri, { token, env, caCertFiles: rest.caCertFiles, signal: rest.signal });
+  const target = await hfFileSource(uri, {
+    token,
+    env,
+    caCertFiles: rest.caCertFiles,
+    signal: rest.signal,
+    onRetry: onStatus,
+  });
   const fetchOptions: FetchOptions = {
     ...rest,
     sha256: rest.sha256 ?? target.sha256,

@@ -176,6 +176,7 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
     token: hubToken(params.token, env),
     caCertFiles: params.fetch?.caCertFiles,
     signal: params.fetch?.signal,
+    onRetry: status,
   });
   let commit: string;
   let files: PlannedFile[];
@@ -193,7 +194,12 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
     api.close();
   }
   for (const file of files) safeJoin(out ?? repoCache.snapshotDir(commit), file.path);
-  if (files.length === 0) status(`no file of ${formatHfRef({ ...ref, revision })} matches the filters`);
+  if (files.length === 0) {
+    const filtered = (params.include?.length ?? 0) + (params.exclude?.length ?? 0) > 0;
+    status(
+      `${filtered ? 'no file of' : 'the repo'} ${formatHfRef({ ...ref, revision })} ${filtered ? 'matches the filters' : 'has no files'}`,
+    );
+  }
   const headers = api.authHeaders();
   const base = (file: PlannedFile): Omit<PulledFile, 'outcome' | 'transferredBytes' | 'location'> => ({
     path: file.path,
@@ -273,6 +279,14 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
     onProgress: params.onProgress,
   });
   results.push(...fetched);
+  // The folder the pull names exists even when no file landed in it (nothing matched), so a
+  // script can cd into it and an offline pull finds the snapshot.
+  const dir = out ?? repoCache.snapshotDir(commit);
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (err) {
+    throw diskError(err, `creating ${dir}`);
+  }
   if (!out) await repoCache.writeRef(revision, commit);
   results.sort((a, b) => a.path.localeCompare(b.path));
   return {
@@ -280,7 +294,7 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
     repoType: ref.repoType,
     revision,
     commit,
-    dir: out ?? repoCache.snapshotDir(commit),
+    dir,
     layout: out ? 'plain' : 'hf-cache',
     files: results,
     bytes: results.reduce((sum, f) => sum + f.size, 0),

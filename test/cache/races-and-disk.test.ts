@@ -13,6 +13,7 @@ import {
   readdirSync,
   rmSync,
   statSync,
+  utimesSync,
   writeFileSync,
   writeSync,
 } from 'node:fs';
@@ -203,6 +204,28 @@ describe('a full disk', () => {
       assert.equal(again.remainingBytes, SIZE);
       assert.deepEqual(readdirSync(layout.blobs), [content.sha256]);
       assert.equal(listCache(cache).totalBytes, SIZE);
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('gc neither counts nor removes files Loom did not name (a --cache-dir pointed at the wrong folder)', async () => {
+    const cacheDir = freshCache();
+    const layout = cacheLayout(cacheDir);
+    const cache = await openCache(cacheDir);
+    try {
+      // What /tmp holds when --cache-dir is /: other programs' files, old enough to look abandoned.
+      const old = new Date(Date.now() - 3 * 60 * 60 * 1000);
+      for (const name of ['notes.txt', 'build.part', 'x.part.journal']) {
+        writeFileSync(join(layout.tmp, name), 'not loom\n');
+        utimesSync(join(layout.tmp, name), old, old);
+      }
+      writeFileSync(join(layout.blobs, 'README'), 'not a blob\n');
+      assert.equal(listCache(cache).totalBytes, 0);
+      const report = await gcCache(cache, 0);
+      assert.deepEqual([report.removedPartials, report.removedUnindexed], [[], []]);
+      assert.deepEqual(readdirSync(layout.tmp).sort(), ['build.part', 'notes.txt', 'x.part.journal']);
+      assert.deepEqual(readdirSync(layout.blobs), ['README']);
     } finally {
       cache.close();
     }

@@ -13,6 +13,7 @@ import { formatRetryWait, renderBar } from '../../src/cli/progress.js';
 import { formatBytes } from '../../src/core/units.js';
 import { LOOM_BIN, randomContent, runLoom, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 import { frames, loomOnTerminal, screen } from './terminal.js';
+import { mountTmpfs } from '../helpers/tmpfs.js';
 
 const dir = tempDir();
 const SIZE = 6 * 1024 * 1024;
@@ -111,6 +112,29 @@ describe('a server without Range support', () => {
     );
     assert.equal(existsSync(`${out}.part`), false, 'no partial file to resume from');
     assert.equal(existsSync(`${out}.part.journal`), false);
+  });
+
+  it('promises no resume when it gives up midway: the bytes were not kept', async () => {
+    const server = await origin({ acceptRanges: false, fault: () => ({ kind: 'reset', afterBytes: 100_000 }) });
+    const out = join(dir, 'norange-cut.bin');
+    const run = await runLoom([
+      'fetch',
+      server.url('/model.bin'),
+      '-o',
+      out,
+      '--no-cache',
+      '--retries',
+      '2',
+      '--retry-base-delay',
+      '10ms',
+    ]);
+    assert.equal(run.code, 3, run.stderr);
+    assert.doesNotMatch(run.stderr, /kept and resumed/);
+    assert.match(
+      run.stderr,
+      /then rerun: the server does not support ranges, so nothing was kept: a rerun starts over\n/,
+    );
+    assert.equal(existsSync(`${out}.part`), false);
   });
 
   it('says so once in plain lines, and the download completes', async () => {
@@ -215,6 +239,9 @@ describe('-o - streams the file to stdout', () => {
       run.stderr.endsWith(`loom: stdout got ${formatBytes(run.bytes)} of the file and is incomplete\n`),
       run.stderr,
     );
+    // The temporary file is gone: the error promises no resume.
+    assert.doesNotMatch(run.stderr, /kept and resumed/);
+    assert.match(run.stderr, /then rerun: -o - keeps nothing to resume from: a rerun starts over\n/);
   });
 
   it('stops with exit 5 when the reader closes the pipe, leaving nothing behind', async () => {
@@ -224,6 +251,49 @@ describe('-o - streams the file to stdout', () => {
     assert.equal(run.code, 5, run.stderr);
     assert.match(run.stderr, /writing to stdout failed after .*: the reading end of the pipe was closed/);
     assert.deepEqual(leftovers(), before);
+  });
+
+  it('stops cleanly on SIGHUP (the terminal went away), leaving nothing in the temporary folder', async () => {
+    const server = await origin({ rateLimitBytesPerSecond: 512 * 1024 });
+    const before = leftovers();
+    const child = spawn(process.execPath, [LOOM_BIN, 'fetch', server.url('/model.bin'), '-o', '-', '-w', '2'], {
+      env: { ...process.env, LOOM_CACHE_DIR: join(dir, 'cache') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const closed = new Promise<number | null>((resolve) => child.on('close', (code) => resolve(code)));
+    let bytes = 0;
+    const someOut = new Promise<void>((resolve) =>
+      child.stdout.on('data', (d: Buffer) => {
+        bytes += d.length;
+        resolve();
+      }),
+    );
+    await someOut;
+    child.kill('SIGHUP');
+    assert.equal(await closed, 130, stderr);
+    assert.ok(bytes < SIZE, `${bytes} bytes out`);
+    assert.match(stderr, /loom: SIGHUP: stopping/);
+    assert.deepEqual(leftovers(), before, 'the temporary folder is gone');
+  });
+
+  it('with a full $TMPDIR says to free space there or move TMPDIR, not to choose another --out', async () => {
+    const server = await origin();
+    const small = mountTmpfs(1024 * 1024);
+    const child = spawn(process.execPath, [LOOM_BIN, 'fetch', server.url('/model.bin'), '-o', '-'], {
+      env: { ...process.env, TMPDIR: small, LOOM_CACHE_DIR: join(dir, 'cache') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.stdout.resume();
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    assert.equal(code, 5, stderr);
+    assert.match(stderr, /not enough space for .*: 6\.29 MB needed/);
+    assert.match(stderr, /-o - assembles the file in .* first: free space there or set TMPDIR to a folder with room\n/);
+    assert.doesNotMatch(stderr, /--out|rerun to resume/);
+    assert.deepEqual(readdirSync(small), [], 'nothing left in the full folder');
   });
 
   it('refuses --json (stdout is the file) and --serve (no file to register)', async () => {

@@ -118,4 +118,24 @@ describe('downloads sharing a RequestPool', () => {
       await server.close();
     }
   });
+
+  it('many workers waiting for a slot of a small pool raise no listener-leak warning', async () => {
+    const file = randomContent(4 * 1024 * 1024);
+    const server = await new OriginServer().listen();
+    server.setFile('/many.bin', file.bytes);
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => void warnings.push(`${warning.name}: ${warning.message}`);
+    process.on('warning', onWarning);
+    try {
+      const options = { workers: 16, chunkSize: '256KiB', fsync: false, requestPool: new RequestPool(1) } as const;
+      await fetchFile(server.url('/many.bin'), join(dir, 'many.bin'), options);
+      // Warnings are emitted on the next tick.
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(await sha256OfFile(join(dir, 'many.bin')), file.sha256);
+      assert.deepEqual(warnings, []);
+    } finally {
+      process.off('warning', onWarning);
+      await server.close();
+    }
+  });
 });

@@ -18,7 +18,7 @@ import {
 import { pullRepo, type PullParams, type PullProgress } from '../../src/hub/pull.js';
 import { hfFileSource } from '../../src/sources/hf/index.js';
 import { sha256Of, tempDir } from '../helpers/fixtures.js';
-import { TestHub, gitBlobSha1, sha256Hex, type TestHubFile } from '../support/test-hub.js';
+import { TestHub, commitHash, gitBlobSha1, sha256Hex, type TestHubFile } from '../support/test-hub.js';
 import { MAIN, OTHER_TOKEN, TOKEN, V1, mainFiles, testRepos, v1Files } from './fixtures.js';
 
 const etagOf = (file: TestHubFile): string =>
@@ -167,6 +167,47 @@ describe('loom pull (library) against a test Hub', () => {
       noOriginal.files.map((f) => f.path),
       ['config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'tokenizer.json'],
     );
+  });
+
+  it('names a folder that exists when no file matches, and a later offline pull finds the snapshot', async () => {
+    const dir = fresh('hf-none');
+    const none = await pullRepo({ ...base(), repo: 'acme/tiny-llm', hubCache: dir, include: ['*.nothing'] });
+    assert.deepEqual(none.files, []);
+    assert.deepEqual(readdirSync(none.dir), [], 'the snapshot folder printed exists, empty');
+    const offline = await pullRepo({
+      ...base(),
+      repo: 'acme/tiny-llm',
+      hubCache: dir,
+      include: ['*.nothing'],
+      env: { HF_HUB_OFFLINE: '1' },
+    });
+    assert.equal(offline.dir, none.dir);
+    const out = fresh('out-none');
+    const plain = await pullRepo({ ...base(), repo: 'acme/tiny-llm', hubCache: dir, out, include: ['*.nothing'] });
+    assert.equal(plain.dir, out);
+    assert.deepEqual(readdirSync(out), []);
+  });
+
+  it('says a repo with no files has none (not that the filters matched nothing)', async () => {
+    const empty = await TestHub.start({
+      repos: [{ id: 'acme/empty', commits: [{ sha: commitHash('empty'), files: [] }] }],
+      tokens: [TOKEN],
+    });
+    try {
+      const said: string[] = [];
+      const dir = fresh('hf-empty');
+      const result = await pullRepo({
+        ...base(),
+        endpoint: empty.endpoint,
+        repo: 'acme/empty',
+        hubCache: dir,
+        onStatus: (m) => said.push(m),
+      });
+      assert.deepEqual(said, ['the repo hf://acme/empty@main has no files']);
+      assert.deepEqual(readdirSync(result.dir), []);
+    } finally {
+      await empty.close();
+    }
   });
 
   it('writes plain files under --out', async () => {
@@ -338,8 +379,14 @@ describe('loom pull (library) against a test Hub', () => {
 
     it('429: waits as Retry-After says and carries on, else fails with a typed error', async () => {
       hub.rateLimit = { remaining: 2, retryAfterSeconds: 1 };
-      const result = (await pull({})) as { files: unknown[] };
+      const said: string[] = [];
+      const result = (await pull({ onStatus: (m) => said.push(m) })) as { files: unknown[] };
       assert.equal(result.files.length, mainFiles.length);
+      // Each wait is said before it starts, not left silent.
+      assert.deepEqual(said, [
+        'the Hub answered HTTP 429 for hf://acme/tiny-llm@main; retrying in 1 s (attempt 2 of 4)',
+        'the Hub answered HTTP 429 for hf://acme/tiny-llm@main; retrying in 1 s (attempt 3 of 4)',
+      ]);
       assert.equal(hub.rateLimit.remaining, 0);
       hub.rateLimit = { remaining: 100, retryAfterSeconds: 0 };
       await assert.rejects(pull({}), HubRateLimitedError);

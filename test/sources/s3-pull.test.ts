@@ -3,7 +3,7 @@
 // of several listing pages lands complete under the output directory.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { DigestMismatchError, UsageError } from '../../src/core/errors.js';
@@ -102,6 +102,13 @@ describe('fetchS3 and pullS3Prefix', () => {
     }
     // Not one object at a time: the small ones came while the big one streamed.
     assert.ok(store.front.peakObjectsInFlight >= 2, `${store.front.peakObjectsInFlight} objects at once`);
+  });
+
+  it('pullS3Prefix of a prefix with no object leaves the directory it names, empty', async () => {
+    const out = join(dir, 'nothing-here');
+    const results = await pullS3Prefix(`s3://${BUCKET}/no/such/prefix/`, out, { ...base, s3: s3() });
+    assert.deepEqual(results, []);
+    assert.deepEqual(readdirSync(out), []);
   });
 
   it('keys that would climb out of the output directory are refused', () => {

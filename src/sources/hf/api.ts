@@ -19,6 +19,7 @@ import {
   RedirectError,
   cancelled,
 } from '../../core/errors.js';
+import { formatWait } from '../../core/units.js';
 import { HttpClient } from '../http-client.js';
 import { formatHfRef, resolveUrl, type HfRef, type HfRepoType } from './uri.js';
 
@@ -34,6 +35,8 @@ export interface HubApiOptions {
   baseDelayMs?: number;
   stallTimeoutMs?: number;
   signal?: AbortSignal;
+  /** Told before each wait for a retry (a 429, a 5xx, a cut connection): the wait is not silent. */
+  onRetry?: (message: string) => void;
 }
 
 /** One entry of the tree API. */
@@ -211,7 +214,7 @@ export class HubApi {
             hint: 'check the network and HF_ENDPOINT (or set HF_HUB_OFFLINE=1 to use the local cache)',
           });
         }
-        await this.wait(this.backoff(attempt));
+        await this.waitToRetry(this.backoff(attempt), (err as Error).message, ref, attempt);
         continue;
       }
       const status = res.statusCode ?? 0;
@@ -227,8 +230,15 @@ export class HubApi {
           { url, status, hint: 'retry later; a token (HF_TOKEN) gets a higher limit' },
         );
       }
-      await this.wait(retryAfter ?? this.backoff(attempt));
+      await this.waitToRetry(retryAfter ?? this.backoff(attempt), `HTTP ${status}`, ref, attempt);
     }
+  }
+
+  private async waitToRetry(ms: number, reason: string, ref: HfRef, attempt: number): Promise<void> {
+    this.options.onRetry?.(
+      `the Hub answered ${reason} for ${formatHfRef(ref)}; retrying in ${formatWait(ms)} (attempt ${attempt + 1} of ${this.attempts})`,
+    );
+    await this.wait(ms);
   }
 
   private backoff(attempt: number): number {

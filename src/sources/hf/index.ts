@@ -20,6 +20,8 @@ export interface HfSourceOptions {
   caCertFiles?: readonly string[];
   signal?: AbortSignal;
   env?: NodeJS.ProcessEnv;
+  /** Told before each wait for a retry of a Hub request. */
+  onRetry?: (message: string) => void;
 }
 
 /** What fetchCached needs to fetch one Hub file, and what to check it against. */
@@ -56,6 +58,7 @@ export async function hfFileSource(uri: string, options: HfSourceOptions = {}): 
     token,
     caCertFiles: options.caCertFiles,
     signal: options.signal,
+    onRetry: options.onRetry,
   });
   try {
     const meta = await api.fileMeta(ref, ref.revision ?? DEFAULT_REVISION, ref.path);
