@@ -31,6 +31,8 @@ export interface PlannedDownload {
   verifiedAgainst: VerifiedAgainst;
   started(handle: BlobDownloadHandle): void;
   pieceVerified(index: number): void;
+  /** Body bytes received so far (as the engine reports progress). */
+  progress?(transferredBytes: number): void;
   dropped(id: string, reason: LoomError): void;
   /**
    * The bytes are complete: checks them where they could not be checked piece by piece (a

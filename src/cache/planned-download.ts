@@ -55,6 +55,7 @@ export async function downloadWithPlan(
       sourceWaitMs: plan.sourceWaitMs,
       onProgress: (progress) => {
         size ??= progress.totalBytes;
+        plan.progress?.(progress.transferredBytes);
         options.onProgress?.(progress);
       },
       onPieceVerified: markVerified,

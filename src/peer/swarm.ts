@@ -30,7 +30,7 @@ export interface PeerHolder {
   pieces: number[] | null;
 }
 
-export type LeaseAnswer = { granted: true; token: string; expiresAt: number } | { granted: false };
+export type LeaseAnswer = { granted: true; token: string; expiresAt: number; ttlMs: number } | { granted: false };
 
 /** What the swarm needs from the control plane (ControlPlaneClient implements it). */
 export interface SwarmControl {
@@ -72,8 +72,10 @@ export interface SwarmOptions {
   stallTimeoutMs: number;
   /** How often holders are asked again while downloading. Default 250 ms. */
   refreshMs?: number;
-  /** How long a node without the lease waits for the lease holder's first piece. Default 15 s. */
+  /** How long a node that cannot lead (`--no-origin`) waits for a first holder. Default 15 s. */
   followerWaitMs?: number;
+  /** A lease holder that received no byte for this long stops renewing its lease. Default 15 s. */
+  leaseIdleMs?: number;
   onStatus?: (message: string) => void;
 }
 
@@ -132,6 +134,12 @@ export class Swarm {
   /** A question to the control plane for the published digest, shared while it is asked. */
   private asking: Promise<string | undefined> | undefined;
   private verified = new Set<number>();
+  /** Body bytes received so far and when they last grew (a lease is renewed only while they do). */
+  private transferred = 0;
+  private lastProgressAt = Date.now();
+  private idleSaid = false;
+  private lostSaid = false;
+  private renewTimer: NodeJS.Timeout | undefined;
   plan: SwarmPlan;
 
   constructor(
@@ -183,12 +191,19 @@ export class Swarm {
         const lease = await this.control.lease(id, this.options.nodeId);
         if (lease === undefined) return this.plan; // the control plane stopped answering
         if (lease.granted) {
-          this.lease = { token: lease.token };
+          this.holdLease(lease);
           this.plan.role = 'leader';
           return this.plan;
         }
+        // Another node holds the lease: it is alive and receiving bytes (a holder renews only
+        // while it does), so this node waits for its first piece however long that takes on
+        // a loaded machine or a slow origin. Giving up after a fixed time sent every follower
+        // to the origin as well: N copies. A holder that dies or stalls stops renewing, and
+        // this loop then gets the lease and leads.
+      } else if (Date.now() > deadline) {
+        // Peers only: nothing to take over; wait only so long for a first holder.
+        return this.plan;
       }
-      if (Date.now() > deadline) return this.plan;
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
@@ -310,12 +325,8 @@ export class Swarm {
     // CPU, times every node of a fleet that cold-starts at once.
     const count = this.refreshes++;
     const slow = count % SLOW_EVERY === 0;
-    if (this.lease) {
-      // Renewed at least twice per TTL even when a renewal is late on a loaded machine.
-      if (count % 2 !== 0) return;
-      const kept = await this.control.renewLease(this.plan.id, this.lease.token);
-      if (!kept) this.status('lost the lease on this blob to another node; carrying on');
-    }
+    // A leader's peers change rarely (it takes little from them): asked every other refresh.
+    if (this.lease && count % 2 !== 0) return;
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
@@ -340,7 +351,7 @@ export class Swarm {
         await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
         return;
       }
-      this.lease = { token: lease.token };
+      this.holdLease(lease);
       this.originAllowed = true;
       this.status('the node fetching this blob from the origin is gone; this node takes over');
       if (this.originSlot && !this.originAdded) {
@@ -348,6 +359,54 @@ export class Swarm {
         this.addSlot?.(this.originSlot);
       }
     }
+  }
+
+  /**
+   * Holds the lease just granted: renewed every third of its TTL on a timer of its own, so
+   * a renewal never waits behind the holder queries of a slow refresh (on a loaded machine
+   * they took longer than the TTL: the lease lapsed under a live leader, another node took
+   * it and the origin sent a second copy). Renewed only while bytes arrive: the others wait
+   * on this node for as long as it holds the lease, so a download stuck on its origin lets
+   * the lease lapse and another node leads.
+   */
+  private holdLease(grant: { token: string; ttlMs: number }): void {
+    this.lease = { token: grant.token };
+    this.lastProgressAt = Date.now();
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    let renewing = false;
+    this.renewTimer = setInterval(
+      () => {
+        if (renewing || !this.lease) return;
+        const idleMs = Date.now() - this.lastProgressAt;
+        if (idleMs >= (this.options.leaseIdleMs ?? DEFAULTS.peers.leaseIdleMs)) {
+          if (!this.idleSaid)
+            this.status(`no byte for ${Math.round(idleMs / 1000)} s: the lease lapses, another node may fetch it`);
+          this.idleSaid = true;
+          return;
+        }
+        renewing = true;
+        void this.control
+          .renewLease(this.plan.id, this.lease.token)
+          .then((kept) => {
+            if (!kept && !this.lostSaid) {
+              this.lostSaid = true;
+              this.status('lost the lease on this blob to another node; carrying on');
+            }
+          })
+          .catch(() => undefined)
+          .finally(() => (renewing = false));
+      },
+      Math.max(100, Math.floor(grant.ttlMs / 3)),
+    );
+    this.renewTimer.unref();
+  }
+
+  /** The download's body bytes so far: growing, it keeps this node's lease renewed. */
+  progress(transferredBytes: number): void {
+    if (transferredBytes <= this.transferred) return;
+    this.transferred = transferredBytes;
+    this.lastProgressAt = Date.now();
+    this.idleSaid = false;
   }
 
   /** A piece is on disk and verified: peers may take it from this node's agent. */
@@ -425,6 +484,8 @@ export class Swarm {
     this.announceTimer = undefined;
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
     this.refreshTimer = undefined;
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.renewTimer = undefined;
     await this.announcing;
     if (this.lease) await this.control.releaseLease(this.plan.id, this.lease.token).catch(() => undefined);
     for (const peer of this.peers.values()) peer.source.close();
