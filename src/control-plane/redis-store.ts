@@ -18,6 +18,9 @@ import {
   type LocateQuery,
   type ManifestWrite,
   type NodeRecord,
+  PIECES_TTL_MS,
+  type PieceRecord,
+  type PiecesWrite,
   type Quarantine,
   type RegistryStore,
   type Replica,
@@ -166,6 +169,18 @@ if old then return 'replaced' end
 return 'created'
 `;
 
+/**
+ * Piece digests under a lease. KEYS: the record's hash. ARGV: fencing token, record JSON,
+ * TTL ms. Returns 'stale' when the stored record has a newer fencing token.
+ */
+const PUT_PIECES = `
+local fencing = redis.call('HGET', KEYS[1], 'fencing')
+if fencing and tonumber(fencing) > tonumber(ARGV[1]) then return 'stale' end
+redis.call('HSET', KEYS[1], 'fencing', ARGV[1], 'record', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 'written'
+`;
+
 export class RedisStore implements RegistryStore {
   readonly kind = 'redis' as const;
   private readonly client: RedisClientType;
@@ -206,7 +221,7 @@ export class RedisStore implements RegistryStore {
   }
   private blobKey(
     digest: string,
-    what: 'manifest' | 'complete' | 'partial' | 'reports' | 'leases' | 'fencing',
+    what: 'manifest' | 'complete' | 'partial' | 'reports' | 'leases' | 'fencing' | 'pieces',
   ): string {
     return this.key(`{${digest}}`, what);
   }
@@ -459,6 +474,24 @@ export class RedisStore implements RegistryStore {
     return this.run(async () => {
       const value = await this.client.get(this.sourceKey(key));
       return typeof value === 'string' ? value : undefined;
+    });
+  }
+
+  putPieces(id: string, record: PieceRecord): Promise<PiecesWrite> {
+    return this.run(
+      async () =>
+        (await this.eval(
+          PUT_PIECES,
+          [this.blobKey(id, 'pieces')],
+          [record.fencingToken, JSON.stringify(record), PIECES_TTL_MS],
+        )) as PiecesWrite,
+    );
+  }
+
+  getPieces(id: string): Promise<PieceRecord | undefined> {
+    return this.run(async () => {
+      const value = await this.client.hGet(this.blobKey(id, 'pieces'), 'record');
+      return typeof value === 'string' ? (JSON.parse(value) as PieceRecord) : undefined;
     });
   }
 

@@ -119,7 +119,7 @@ export class PeerPlanner implements DownloadPlanner {
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),
-      pieceVerified: (index) => swarm.pieceVerified(index),
+      pieceVerified: (index, digest, layout) => swarm.pieceVerified(index, digest, layout),
       progress: (bytes) => swarm.progress(bytes),
       dropped: (id, reason) => swarm.dropped(id, reason),
       finished: async (result) => {

@@ -64,6 +64,15 @@ export class ClientSwarmControl implements SwarmControl {
     await this.client.announce(id, node, replica);
   }
 
+  async putPieces(
+    id: string,
+    lease: string,
+    record: { size: number; pieceSize: number; pieces: string[] },
+  ): Promise<void> {
+    // 403/409: the lease lapsed or was taken over; the new holder publishes its own.
+    await this.client.send('PUT', `/v1/sources/${id}/pieces`, { lease, ...record });
+  }
+
   async publish(
     key: string,
     manifest: Manifest,

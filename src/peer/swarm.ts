@@ -41,6 +41,11 @@ export interface SwarmControl {
   renewLease(id: string, token: string): Promise<boolean>;
   releaseLease(id: string, token: string): Promise<void>;
   announce(id: string, node: string, replica: { complete: boolean; pieces?: number[] }): Promise<void>;
+  /**
+   * Publishes the digests of the pieces hashed so far (a prefix) under the source id `id`,
+   * as the holder of lease `lease` on it.
+   */
+  putPieces(id: string, lease: string, record: { size: number; pieceSize: number; pieces: string[] }): Promise<void>;
   /** Publishes the manifest and maps the source to its digest (as the lease holder `lease`). */
   publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst, lease: string | undefined): Promise<void>;
   report(digest: string, node: string, reason: string): Promise<void>;
@@ -134,6 +139,11 @@ export class Swarm {
   /** A question to the control plane for the published digest, shared while it is asked. */
   private asking: Promise<string | undefined> | undefined;
   private verified = new Set<number>();
+  /** Piece digests this node hashed (no manifest known): a leader publishes them as they come. */
+  private readonly pieceDigests = new Map<number, string>();
+  private layout: { size: number; pieceSize: number } | undefined;
+  /** How many piece digests (a prefix) were last published. */
+  private publishedPieces = 0;
   /** Body bytes received so far and when they last grew (a lease is renewed only while they do). */
   private transferred = 0;
   private lastProgressAt = Date.now();
@@ -409,9 +419,17 @@ export class Swarm {
     this.idleSaid = false;
   }
 
-  /** A piece is on disk and verified: peers may take it from this node's agent. */
-  pieceVerified(piece: number): void {
+  /**
+   * A piece is on disk and verified: peers may take it from this node's agent. The lease
+   * holder of a blob whose digest nobody knows yet also publishes the piece's sha256 under
+   * the source id with its next announce, so the others can check each piece a peer sends.
+   */
+  pieceVerified(piece: number, digest?: string, layout?: { size: number; pieceSize: number }): void {
     this.verified.add(piece);
+    if (digest !== undefined && layout !== undefined && !this.plan.manifest) {
+      this.pieceDigests.set(piece, digest);
+      this.layout ??= layout;
+    }
     if (this.announceTimer) return;
     // At most one announce per ANNOUNCE_MS, and the pieces verified meanwhile go in the next
     // one, due at once when the last was long ago: peers learn of every piece within that.
@@ -425,9 +443,41 @@ export class Swarm {
 
   private announce(complete: boolean, id = this.plan.id): void {
     const pieces = complete ? undefined : [...this.verified].sort((a, b) => a - b);
+    const digests = complete ? undefined : this.digestPrefix();
+    const lease = this.lease;
+    const layout = this.layout;
     this.announcing = this.announcing
-      .then(() => this.control.announce(id, this.options.nodeId, { complete, pieces }))
+      .then(async () => {
+        // Digests first: a follower told of a piece can then check it.
+        if (digests && lease && layout) {
+          await this.control
+            .putPieces(this.plan.id, lease.token, { ...layout, pieces: digests })
+            .catch(() => undefined);
+        }
+        await this.control.announce(id, this.options.nodeId, { complete, pieces });
+      })
       .catch(() => undefined);
+  }
+
+  /** Publishes the piece digests not yet published (the last pieces, verified together at the end). */
+  private publishDigests(): void {
+    const digests = this.digestPrefix();
+    const lease = this.lease;
+    const layout = this.layout;
+    if (!digests || !lease || !layout) return;
+    this.announcing = this.announcing
+      .then(() => this.control.putPieces(this.plan.id, lease.token, { ...layout, pieces: digests }))
+      .catch(() => undefined);
+  }
+
+  /** The digests of pieces 0..k-1 this node hashed, when it leads and there are new ones. */
+  private digestPrefix(): string[] | undefined {
+    if (!this.lease || this.plan.manifest) return undefined;
+    const prefix: string[] = [];
+    for (let i = 0; this.pieceDigests.has(i); i++) prefix.push(this.pieceDigests.get(i)!);
+    if (prefix.length === 0 || prefix.length === this.publishedPieces) return undefined;
+    this.publishedPieces = prefix.length;
+    return prefix;
   }
 
   /** A peer served bytes that failed verification: never asked again here, and reported. */
@@ -454,6 +504,7 @@ export class Swarm {
   async finished(manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
     if (this.announceTimer) clearTimeout(this.announceTimer);
     this.announceTimer = undefined;
+    this.publishDigests();
     if (this.plan.role !== 'follower' || this.lease) {
       await this.control.publish(this.key, manifest, verifiedAgainst, this.lease?.token).catch(() => undefined);
     }

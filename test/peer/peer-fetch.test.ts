@@ -9,6 +9,8 @@ import { after, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
+import { sourceBlobId } from '../../src/cache/source-id.js';
+import { sourceKey } from '../../src/cache/source-key.js';
 import { LoomError } from '../../src/core/errors.js';
 import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
@@ -142,6 +144,18 @@ describe('fetch with peers', () => {
     const runs = await Promise.all(fleet.map((n) => fetchOn(n, cp)));
     for (const run of runs) assert.equal(await sha256OfFile(run.out), content.sha256);
     assert.ok(origin.bytesServed <= SIZE * 1.1, `origin sent ${origin.bytesServed} bytes for a ${SIZE}-byte file`);
+    // The leader published each piece's digest under the source id as it hashed it: the
+    // same digests as the manifest of the finished blob.
+    const published = (await (await fetch(`${cp}/v1/sources/${sourceBlobId(sourceKey(URL_))}/pieces`)).json()) as {
+      pieces: string[];
+      pieceSize: number;
+    };
+    const manifest = (await (await fetch(`${cp}/v1/blobs/${content.sha256}`)).json()) as {
+      pieces: string[];
+      pieceSize: number;
+    };
+    assert.equal(manifest.pieces.length, 3);
+    assert.deepEqual([published.pieceSize, published.pieces], [manifest.pieceSize, manifest.pieces]);
   });
 });
 
