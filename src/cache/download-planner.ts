@@ -30,7 +30,10 @@ export interface PlannedDownload {
   /** What the finished blob's digest is checked against (kept with its manifest). */
   verifiedAgainst: VerifiedAgainst;
   started(handle: BlobDownloadHandle): void;
-  pieceVerified(index: number): void;
+  /** Piece `index` of the blob (`layout`) is on disk and verified; `digest` is its sha256. */
+  pieceVerified(index: number, digest: string, layout: { size: number; pieceSize: number }): void;
+  /** Body bytes received so far (as the engine reports progress). */
+  progress?(transferredBytes: number): void;
   dropped(id: string, reason: LoomError): void;
   /**
    * The bytes are complete: checks them where they could not be checked piece by piece (a

@@ -43,7 +43,7 @@ export async function downloadWithPlan(
     }
     record.markVerified(index, digest);
     record.flush();
-    plan.pieceVerified(index);
+    plan.pieceVerified(index, digest, { size: size!, pieceSize: manifest?.pieceSize ?? pieceSizeFor(size!) });
   };
   try {
     const handle = startBlobDownload({
@@ -55,6 +55,7 @@ export async function downloadWithPlan(
       sourceWaitMs: plan.sourceWaitMs,
       onProgress: (progress) => {
         size ??= progress.totalBytes;
+        plan.progress?.(progress.transferredBytes);
         options.onProgress?.(progress);
       },
       onPieceVerified: markVerified,

@@ -85,6 +85,25 @@ export interface Lease {
 
 export type LeaseGrant = ({ granted: true } & Lease) | { granted: false; holders: Array<Omit<Lease, 'token'>> };
 
+/**
+ * The piece digests of a blob its lease holder has hashed so far, named by the source's id
+ * while the blob's digest is unknown: `pieces[i]` is the sha256 of piece i (a prefix of the
+ * blob's pieces, as the holder hashes them in order). Written under a lease only; a write
+ * under an older fencing token than the record's is refused.
+ */
+export interface PieceRecord {
+  size: number;
+  pieceSize: number;
+  pieces: string[];
+  fencingToken: number;
+  updatedAt: number;
+}
+
+export type PiecesWrite = 'written' | 'stale';
+
+/** A piece record not written for this long is deleted by the sweep (its download is long over). */
+export const PIECES_TTL_MS = 60 * 60 * 1000;
+
 /** What a heartbeat did: whether the node's replicas were dropped (new node, lapsed, new epoch). */
 export interface HeartbeatOutcome {
   resync: boolean;
@@ -118,6 +137,9 @@ export interface RegistryStore {
   /** Maps a source key; an existing mapping to another digest changes only with `replace`. */
   putSource(key: string, digest: string, replace: boolean): Promise<SourceWrite>;
   getSource(key: string): Promise<string | undefined>;
+  /** Records piece digests unless the stored record has a newer fencing token ('stale'). */
+  putPieces(id: string, record: PieceRecord): Promise<PiecesWrite>;
+  getPieces(id: string): Promise<PieceRecord | undefined>;
   /** Records a report against a replica; returns how many distinct reporters it has in the window. */
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number>;
   /**
@@ -137,7 +159,10 @@ export interface RegistryStore {
   /** Extends a live lease; undefined when it lapsed or was released. */
   renewLease(digest: string, token: string, ttlMs: number, now: number): Promise<Lease | undefined>;
   releaseLease(digest: string, token: string): Promise<boolean>;
-  /** Deletes what has lapsed: nodes (and their replicas), stale partial replicas, old reports, leases. */
+  /**
+   * Deletes what has lapsed: nodes (and their replicas), stale partial replicas, old reports,
+   * leases, piece records not written for an hour.
+   */
   sweep(now: number, policy: SweepPolicy): Promise<void>;
   counts(now: number): Promise<StoreCounts>;
   /** Throws StoreUnavailableError when the store cannot be reached. */

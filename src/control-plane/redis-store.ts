@@ -29,6 +29,9 @@ import {
   type LocateQuery,
   type ManifestWrite,
   type NodeRecord,
+  PIECES_TTL_MS,
+  type PieceRecord,
+  type PiecesWrite,
   type RegistryStore,
   type Replica,
   type SourceWrite,
@@ -341,6 +344,18 @@ interface Holding {
   reg: string;
 }
 
+/**
+ * Piece digests under a lease. KEYS: the record's hash. ARGV: fencing token, record JSON,
+ * TTL ms. Returns 'stale' when the stored record has a newer fencing token.
+ */
+const PUT_PIECES = `
+local fencing = redis.call('HGET', KEYS[1], 'fencing')
+if fencing and tonumber(fencing) > tonumber(ARGV[1]) then return 'stale' end
+redis.call('HSET', KEYS[1], 'fencing', ARGV[1], 'record', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return 'written'
+`;
+
 export class RedisStore implements RegistryStore {
   readonly kind = 'redis' as const;
   private readonly client: Redis;
@@ -401,7 +416,7 @@ export class RedisStore implements RegistryStore {
   }
   private blobKey(
     digest: string,
-    what: 'manifest' | 'complete' | 'partial' | 'pieces' | 'reports' | 'leases' | 'fencing',
+    what: 'manifest' | 'complete' | 'partial' | 'pieces' | 'reports' | 'leases' | 'fencing' | 'source-pieces',
   ): string {
     return this.key(`{${digest}}`, what);
   }
@@ -687,6 +702,24 @@ export class RedisStore implements RegistryStore {
     return this.run(async () => {
       const value = await this.client.get(this.sourceKey(key));
       return typeof value === 'string' ? value : undefined;
+    });
+  }
+
+  putPieces(id: string, record: PieceRecord): Promise<PiecesWrite> {
+    return this.run(
+      async () =>
+        (await this.eval(
+          PUT_PIECES,
+          [this.blobKey(id, 'source-pieces')],
+          [record.fencingToken, JSON.stringify(record), PIECES_TTL_MS],
+        )) as PiecesWrite,
+    );
+  }
+
+  getPieces(id: string): Promise<PieceRecord | undefined> {
+    return this.run(async () => {
+      const value = await this.client.hGet(this.blobKey(id, 'source-pieces'), 'record');
+      return typeof value === 'string' ? (JSON.parse(value) as PieceRecord) : undefined;
     });
   }
 

@@ -126,6 +126,30 @@ export const sourceBody = z.strictObject({
   lease: z.string().min(1).max(128).optional(),
 });
 
+export const piecesParams = z.strictObject({ id: digest });
+
+/** Piece digests a lease holder has hashed so far (a prefix of the blob's pieces). */
+export const piecesBody = z
+  .strictObject({
+    /** The writer's lease on the source id. */
+    lease: z.string().min(1).max(128),
+    size: z
+      .number()
+      .int()
+      .min(0)
+      .max(2 ** 53 - 1),
+    pieceSize: z
+      .number()
+      .int()
+      .min(1)
+      .max(2 ** 40),
+    pieces: z.array(digest).max(MAX_PIECES, `must hold at most ${MAX_PIECES} piece digests`),
+  })
+  .refine((m) => m.pieces.length <= Math.max(1, Math.ceil(m.size / m.pieceSize)), {
+    message: 'must hold at most one digest per piece (ceil(size / pieceSize))',
+    path: ['pieces'],
+  });
+
 export const reportBody = z.strictObject({
   digest,
   node: nodeId,

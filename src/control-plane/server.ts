@@ -28,6 +28,8 @@ import {
   manifestBody,
   nodeParams,
   peersQuery,
+  piecesBody,
+  piecesParams,
   replicaBody,
   replicaParams,
   reportBody,
@@ -429,6 +431,57 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     const digest = await store.getSource(key);
     if (!digest) throw new NotFoundError(`no digest recorded for ${key}`);
     return { key, digest };
+  });
+
+  // Piece digests as the lease holder hashes them, under the source's id while the blob's
+  // digest is unknown: followers check each piece a peer sends against them. Only the
+  // holder of a live lease on the id writes them (a node may not vouch for bytes it did not
+  // hash from the origin); a holder whose lease was taken over (older fencing token) cannot
+  // overwrite its successor's record.
+  app.put(
+    '/v1/sources/:id/pieces',
+    {
+      schema: { params: piecesParams, body: piecesBody },
+      bodyLimit: CONTROL_PLANE_DEFAULTS.manifestBodyLimit,
+    },
+    async (request) => {
+      const { caller, body } = request;
+      const { id } = request.params;
+      Authenticator.requireCredential(caller);
+      const lease = await store.getLease(id, body.lease, Date.now());
+      if (!lease || (caller.kind === 'node' && lease.node !== caller.id)) {
+        throw new ForbiddenError(
+          `${caller.kind === 'node' ? `node ${caller.id}` : 'the caller'} holds no live lease on ${id}: it cannot publish its piece digests`,
+          { hint: "piece digests come from the node fetching the blob from its origin under the blob's lease" },
+        );
+      }
+      const outcome = await store.putPieces(id, {
+        size: body.size,
+        pieceSize: body.pieceSize,
+        pieces: body.pieces,
+        fencingToken: lease.fencingToken,
+        updatedAt: Date.now(),
+      });
+      if (outcome === 'stale') {
+        throw new ConflictError(`a newer lease holder has published the pieces of ${id}`, {
+          hint: 'the lease was taken over; this node no longer leads',
+        });
+      }
+      return { id, pieces: body.pieces.length, fencingToken: lease.fencingToken };
+    },
+  );
+
+  app.get('/v1/sources/:id/pieces', { schema: { params: piecesParams } }, async (request) => {
+    const { id } = request.params;
+    const record = await store.getPieces(id);
+    if (!record) throw new NotFoundError(`no piece digests published for ${id}`);
+    return {
+      id,
+      size: record.size,
+      pieceSize: record.pieceSize,
+      pieces: record.pieces,
+      fencingToken: record.fencingToken,
+    };
   });
 
   // Reports: the reporter is the authenticated node; only an admin or an open control plane names one.

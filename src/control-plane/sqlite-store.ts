@@ -4,6 +4,7 @@
 // leftovers. Every statement is prepared once; locate samples, ranks and limits in its query.
 import Database from 'better-sqlite3';
 import { StoreUnavailableError } from '../core/errors.js';
+import { PIECES_TTL_MS } from './model.js';
 import type {
   Candidate,
   HeartbeatOutcome,
@@ -13,6 +14,8 @@ import type {
   Manifest,
   ManifestWrite,
   NodeRecord,
+  PieceRecord,
+  PiecesWrite,
   RegistryStore,
   Replica,
   SourceWrite,
@@ -71,6 +74,14 @@ CREATE TABLE IF NOT EXISTS leases (
   expires_at INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS leases_digest ON leases(digest, expires_at);
+CREATE TABLE IF NOT EXISTS source_pieces (
+  id TEXT PRIMARY KEY,
+  size INTEGER NOT NULL,
+  piece_size INTEGER NOT NULL,
+  pieces TEXT NOT NULL,
+  fencing INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS lease_fencing (
   digest TEXT PRIMARY KEY,
   last INTEGER NOT NULL
@@ -228,6 +239,14 @@ export class SqliteStore implements RegistryStore {
       sweepPartials: db.prepare('DELETE FROM replicas WHERE complete = 0 AND updated_at <= ?'),
       sweepReports: db.prepare('DELETE FROM reports WHERE at <= ?'),
       sweepLeases: db.prepare('DELETE FROM leases WHERE expires_at <= ?'),
+      getPieces: db.prepare('SELECT size, piece_size, pieces, fencing, updated_at FROM source_pieces WHERE id = ?'),
+      putPieces: db.prepare(
+        `INSERT INTO source_pieces (id, size, piece_size, pieces, fencing, updated_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT(id) DO UPDATE SET size = excluded.size, piece_size = excluded.piece_size,
+           pieces = excluded.pieces, fencing = excluded.fencing, updated_at = excluded.updated_at
+         WHERE excluded.fencing >= source_pieces.fencing`,
+      ),
+      sweepPieces: db.prepare('DELETE FROM source_pieces WHERE updated_at <= ?'),
       countNodes: db.prepare('SELECT count(*) AS n FROM nodes WHERE expires_at > ?'),
       countBlobs: db.prepare('SELECT count(*) AS n FROM manifests'),
       countReplicas: db.prepare(
@@ -310,6 +329,7 @@ export class SqliteStore implements RegistryStore {
         this.sql.sweepPartials.run(now - policy.partialTtlMs);
         this.sql.sweepReports.run(now - policy.reportWindowMs);
         this.sql.sweepLeases.run(now);
+        this.sql.sweepPieces.run(now - PIECES_TTL_MS);
       }),
     };
   }
@@ -450,6 +470,35 @@ export class SqliteStore implements RegistryStore {
 
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number> {
     return this.run(() => this.tx.report(digest, nodeId, reporter, now, windowMs));
+  }
+
+  putPieces(id: string, record: PieceRecord): Promise<PiecesWrite> {
+    return this.run(() => {
+      const { changes } = this.sql.putPieces.run(
+        id,
+        record.size,
+        record.pieceSize,
+        JSON.stringify(record.pieces),
+        record.fencingToken,
+        record.updatedAt,
+      );
+      return changes > 0 ? 'written' : 'stale';
+    });
+  }
+
+  getPieces(id: string): Promise<PieceRecord | undefined> {
+    return this.run(() => {
+      const row = this.sql.getPieces.get(id) as
+        { size: number; piece_size: number; pieces: string; fencing: number; updated_at: number } | undefined;
+      if (!row) return undefined;
+      return {
+        size: row.size,
+        pieceSize: row.piece_size,
+        pieces: JSON.parse(row.pieces) as string[],
+        fencingToken: row.fencing,
+        updatedAt: row.updated_at,
+      };
+    });
   }
 
   acquireLease(

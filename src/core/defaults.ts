@@ -115,8 +115,13 @@ export const DEFAULTS = {
     connectionsPerPeer: 4,
     /** A request to a peer that sends nothing this long is aborted. */
     stallTimeoutMs: 5_000,
-    /** How long a node without the lease waits for the lease holder's first piece. */
+    /** How long a node that cannot lead (`--no-origin`) waits for a first holder of the blob. */
     followerWaitMs: 15_000,
+    /**
+     * A lease holder that received no byte for this long stops renewing its lease, so another
+     * node leads; while it receives bytes, the others wait for its pieces however long.
+     */
+    leaseIdleMs: 15_000,
     /** How long a follower waits for the leader to publish the digest it checks against. */
     publishWaitMs: 60_000,
     /** How often holders are asked again while downloading. */

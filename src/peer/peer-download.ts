@@ -33,8 +33,13 @@ export interface PeerFetchOptions {
   originConnections?: number;
   /** A request to a peer that sends nothing this long is aborted. Default 5 s. */
   stallTimeoutMs?: number;
-  /** How long a node without the lease waits for the lease holder's first piece. Default 15 s. */
+  /**
+   * How long a node that cannot lead (`--no-origin`) waits for a first holder. A node that can
+   * waits for as long as the lease holder keeps its lease. Default 15 s.
+   */
   followerWaitMs?: number;
+  /** A lease holder that received no byte for this long stops renewing its lease. Default 15 s. */
+  leaseIdleMs?: number;
   /** How long a follower waits for the leader to publish the digest it checks against. Default 60 s. */
   publishWaitMs?: number;
   onStatus?: (message: string) => void;
@@ -73,6 +78,7 @@ export class PeerPlanner implements DownloadPlanner {
       // A peer is one source of many: one that goes quiet is left for another within seconds.
       stallTimeoutMs: options.stallTimeoutMs ?? DEFAULTS.peers.stallTimeoutMs,
       followerWaitMs: options.followerWaitMs,
+      leaseIdleMs: options.leaseIdleMs,
       onStatus: options.onStatus,
     });
     const plan = await swarm.prepare(args.pinned);
@@ -113,7 +119,8 @@ export class PeerPlanner implements DownloadPlanner {
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),
-      pieceVerified: (index) => swarm.pieceVerified(index),
+      pieceVerified: (index, digest, layout) => swarm.pieceVerified(index, digest, layout),
+      progress: (bytes) => swarm.progress(bytes),
       dropped: (id, reason) => swarm.dropped(id, reason),
       finished: async (result) => {
         const digest = result.sha256!;

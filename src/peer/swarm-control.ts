@@ -42,14 +42,18 @@ export class ClientSwarmControl implements SwarmControl {
   async lease(id: string, node: string): Promise<LeaseAnswer | undefined> {
     const answer = await this.client.send('POST', `/v1/blobs/${id}/leases`, { node });
     if (!answer.ok) return undefined;
-    const body = answer.body as { granted?: boolean; token?: string; expiresAt?: number };
-    if (body.granted === true && typeof body.token === 'string')
-      return { granted: true, token: body.token, expiresAt: body.expiresAt ?? 0 };
+    const body = answer.body as { granted?: boolean; token?: string; expiresAt?: number; ttlSeconds?: number };
+    if (body.granted === true && typeof body.token === 'string') {
+      const ttlMs = typeof body.ttlSeconds === 'number' && body.ttlSeconds > 0 ? body.ttlSeconds * 1000 : 5_000;
+      return { granted: true, token: body.token, expiresAt: body.expiresAt ?? 0, ttlMs };
+    }
     return { granted: false };
   }
 
+  /** False only when the control plane says the lease is gone; an unanswered renewal may have held. */
   async renewLease(id: string, token: string): Promise<boolean> {
-    return (await this.client.send('PUT', `/v1/blobs/${id}/leases/${token}`)).ok;
+    const answer = await this.client.send('PUT', `/v1/blobs/${id}/leases/${token}`);
+    return answer.ok || answer.status !== 404;
   }
 
   async releaseLease(id: string, token: string): Promise<void> {
@@ -58,6 +62,15 @@ export class ClientSwarmControl implements SwarmControl {
 
   async announce(id: string, node: string, replica: { complete: boolean; pieces?: number[] }): Promise<void> {
     await this.client.announce(id, node, replica);
+  }
+
+  async putPieces(
+    id: string,
+    lease: string,
+    record: { size: number; pieceSize: number; pieces: string[] },
+  ): Promise<void> {
+    // 403/409: the lease lapsed or was taken over; the new holder publishes its own.
+    await this.client.send('PUT', `/v1/sources/${id}/pieces`, { lease, ...record });
   }
 
   async publish(

@@ -30,7 +30,7 @@ export interface PeerHolder {
   pieces: number[] | null;
 }
 
-export type LeaseAnswer = { granted: true; token: string; expiresAt: number } | { granted: false };
+export type LeaseAnswer = { granted: true; token: string; expiresAt: number; ttlMs: number } | { granted: false };
 
 /** What the swarm needs from the control plane (ControlPlaneClient implements it). */
 export interface SwarmControl {
@@ -41,6 +41,11 @@ export interface SwarmControl {
   renewLease(id: string, token: string): Promise<boolean>;
   releaseLease(id: string, token: string): Promise<void>;
   announce(id: string, node: string, replica: { complete: boolean; pieces?: number[] }): Promise<void>;
+  /**
+   * Publishes the digests of the pieces hashed so far (a prefix) under the source id `id`,
+   * as the holder of lease `lease` on it.
+   */
+  putPieces(id: string, lease: string, record: { size: number; pieceSize: number; pieces: string[] }): Promise<void>;
   /** Publishes the manifest and maps the source to its digest (as the lease holder `lease`). */
   publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst, lease: string | undefined): Promise<void>;
   report(digest: string, node: string, reason: string): Promise<void>;
@@ -72,8 +77,10 @@ export interface SwarmOptions {
   stallTimeoutMs: number;
   /** How often holders are asked again while downloading. Default 250 ms. */
   refreshMs?: number;
-  /** How long a node without the lease waits for the lease holder's first piece. Default 15 s. */
+  /** How long a node that cannot lead (`--no-origin`) waits for a first holder. Default 15 s. */
   followerWaitMs?: number;
+  /** A lease holder that received no byte for this long stops renewing its lease. Default 15 s. */
+  leaseIdleMs?: number;
   onStatus?: (message: string) => void;
 }
 
@@ -132,6 +139,17 @@ export class Swarm {
   /** A question to the control plane for the published digest, shared while it is asked. */
   private asking: Promise<string | undefined> | undefined;
   private verified = new Set<number>();
+  /** Piece digests this node hashed (no manifest known): a leader publishes them as they come. */
+  private readonly pieceDigests = new Map<number, string>();
+  private layout: { size: number; pieceSize: number } | undefined;
+  /** How many piece digests (a prefix) were last published. */
+  private publishedPieces = 0;
+  /** Body bytes received so far and when they last grew (a lease is renewed only while they do). */
+  private transferred = 0;
+  private lastProgressAt = Date.now();
+  private idleSaid = false;
+  private lostSaid = false;
+  private renewTimer: NodeJS.Timeout | undefined;
   plan: SwarmPlan;
 
   constructor(
@@ -183,12 +201,19 @@ export class Swarm {
         const lease = await this.control.lease(id, this.options.nodeId);
         if (lease === undefined) return this.plan; // the control plane stopped answering
         if (lease.granted) {
-          this.lease = { token: lease.token };
+          this.holdLease(lease);
           this.plan.role = 'leader';
           return this.plan;
         }
+        // Another node holds the lease: it is alive and receiving bytes (a holder renews only
+        // while it does), so this node waits for its first piece however long that takes on
+        // a loaded machine or a slow origin. Giving up after a fixed time sent every follower
+        // to the origin as well: N copies. A holder that dies or stalls stops renewing, and
+        // this loop then gets the lease and leads.
+      } else if (Date.now() > deadline) {
+        // Peers only: nothing to take over; wait only so long for a first holder.
+        return this.plan;
       }
-      if (Date.now() > deadline) return this.plan;
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
@@ -310,12 +335,8 @@ export class Swarm {
     // CPU, times every node of a fleet that cold-starts at once.
     const count = this.refreshes++;
     const slow = count % SLOW_EVERY === 0;
-    if (this.lease) {
-      // Renewed at least twice per TTL even when a renewal is late on a loaded machine.
-      if (count % 2 !== 0) return;
-      const kept = await this.control.renewLease(this.plan.id, this.lease.token);
-      if (!kept) this.status('lost the lease on this blob to another node; carrying on');
-    }
+    // A leader's peers change rarely (it takes little from them): asked every other refresh.
+    if (this.lease && count % 2 !== 0) return;
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
@@ -340,7 +361,7 @@ export class Swarm {
         await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
         return;
       }
-      this.lease = { token: lease.token };
+      this.holdLease(lease);
       this.originAllowed = true;
       this.status('the node fetching this blob from the origin is gone; this node takes over');
       if (this.originSlot && !this.originAdded) {
@@ -350,9 +371,65 @@ export class Swarm {
     }
   }
 
-  /** A piece is on disk and verified: peers may take it from this node's agent. */
-  pieceVerified(piece: number): void {
+  /**
+   * Holds the lease just granted: renewed every third of its TTL on a timer of its own, so
+   * a renewal never waits behind the holder queries of a slow refresh (on a loaded machine
+   * they took longer than the TTL: the lease lapsed under a live leader, another node took
+   * it and the origin sent a second copy). Renewed only while bytes arrive: the others wait
+   * on this node for as long as it holds the lease, so a download stuck on its origin lets
+   * the lease lapse and another node leads.
+   */
+  private holdLease(grant: { token: string; ttlMs: number }): void {
+    this.lease = { token: grant.token };
+    this.lastProgressAt = Date.now();
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    let renewing = false;
+    this.renewTimer = setInterval(
+      () => {
+        if (renewing || !this.lease) return;
+        const idleMs = Date.now() - this.lastProgressAt;
+        if (idleMs >= (this.options.leaseIdleMs ?? DEFAULTS.peers.leaseIdleMs)) {
+          if (!this.idleSaid)
+            this.status(`no byte for ${Math.round(idleMs / 1000)} s: the lease lapses, another node may fetch it`);
+          this.idleSaid = true;
+          return;
+        }
+        renewing = true;
+        void this.control
+          .renewLease(this.plan.id, this.lease.token)
+          .then((kept) => {
+            if (!kept && !this.lostSaid) {
+              this.lostSaid = true;
+              this.status('lost the lease on this blob to another node; carrying on');
+            }
+          })
+          .catch(() => undefined)
+          .finally(() => (renewing = false));
+      },
+      Math.max(100, Math.floor(grant.ttlMs / 3)),
+    );
+    this.renewTimer.unref();
+  }
+
+  /** The download's body bytes so far: growing, it keeps this node's lease renewed. */
+  progress(transferredBytes: number): void {
+    if (transferredBytes <= this.transferred) return;
+    this.transferred = transferredBytes;
+    this.lastProgressAt = Date.now();
+    this.idleSaid = false;
+  }
+
+  /**
+   * A piece is on disk and verified: peers may take it from this node's agent. The lease
+   * holder of a blob whose digest nobody knows yet also publishes the piece's sha256 under
+   * the source id with its next announce, so the others can check each piece a peer sends.
+   */
+  pieceVerified(piece: number, digest?: string, layout?: { size: number; pieceSize: number }): void {
     this.verified.add(piece);
+    if (digest !== undefined && layout !== undefined && !this.plan.manifest) {
+      this.pieceDigests.set(piece, digest);
+      this.layout ??= layout;
+    }
     if (this.announceTimer) return;
     // At most one announce per ANNOUNCE_MS, and the pieces verified meanwhile go in the next
     // one, due at once when the last was long ago: peers learn of every piece within that.
@@ -366,9 +443,41 @@ export class Swarm {
 
   private announce(complete: boolean, id = this.plan.id): void {
     const pieces = complete ? undefined : [...this.verified].sort((a, b) => a - b);
+    const digests = complete ? undefined : this.digestPrefix();
+    const lease = this.lease;
+    const layout = this.layout;
     this.announcing = this.announcing
-      .then(() => this.control.announce(id, this.options.nodeId, { complete, pieces }))
+      .then(async () => {
+        // Digests first: a follower told of a piece can then check it.
+        if (digests && lease && layout) {
+          await this.control
+            .putPieces(this.plan.id, lease.token, { ...layout, pieces: digests })
+            .catch(() => undefined);
+        }
+        await this.control.announce(id, this.options.nodeId, { complete, pieces });
+      })
       .catch(() => undefined);
+  }
+
+  /** Publishes the piece digests not yet published (the last pieces, verified together at the end). */
+  private publishDigests(): void {
+    const digests = this.digestPrefix();
+    const lease = this.lease;
+    const layout = this.layout;
+    if (!digests || !lease || !layout) return;
+    this.announcing = this.announcing
+      .then(() => this.control.putPieces(this.plan.id, lease.token, { ...layout, pieces: digests }))
+      .catch(() => undefined);
+  }
+
+  /** The digests of pieces 0..k-1 this node hashed, when it leads and there are new ones. */
+  private digestPrefix(): string[] | undefined {
+    if (!this.lease || this.plan.manifest) return undefined;
+    const prefix: string[] = [];
+    for (let i = 0; this.pieceDigests.has(i); i++) prefix.push(this.pieceDigests.get(i)!);
+    if (prefix.length === 0 || prefix.length === this.publishedPieces) return undefined;
+    this.publishedPieces = prefix.length;
+    return prefix;
   }
 
   /** A peer served bytes that failed verification: never asked again here, and reported. */
@@ -395,6 +504,7 @@ export class Swarm {
   async finished(manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
     if (this.announceTimer) clearTimeout(this.announceTimer);
     this.announceTimer = undefined;
+    this.publishDigests();
     if (this.plan.role !== 'follower' || this.lease) {
       await this.control.publish(this.key, manifest, verifiedAgainst, this.lease?.token).catch(() => undefined);
     }
@@ -425,6 +535,8 @@ export class Swarm {
     this.announceTimer = undefined;
     if (this.refreshTimer) clearTimeout(this.refreshTimer);
     this.refreshTimer = undefined;
+    if (this.renewTimer) clearInterval(this.renewTimer);
+    this.renewTimer = undefined;
     await this.announcing;
     if (this.lease) await this.control.releaseLease(this.plan.id, this.lease.token).catch(() => undefined);
     for (const peer of this.peers.values()) peer.source.close();

@@ -9,6 +9,8 @@ import { after, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
+import { sourceBlobId } from '../../src/cache/source-id.js';
+import { sourceKey } from '../../src/cache/source-key.js';
 import { LoomError } from '../../src/core/errors.js';
 import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
@@ -46,17 +48,21 @@ async function node(cp: string): Promise<Node> {
   return { id, cacheDir, agent: await startTestAgent(closers, cp, id, cacheDir) };
 }
 
-function fetchOn(n: Node, cp: string, extra: { useOrigin?: boolean; messages?: string[] } = {}) {
+function fetchOn(
+  n: Node,
+  cp: string,
+  extra: { useOrigin?: boolean; messages?: string[]; url?: string; followerWaitMs?: number } = {},
+) {
   const out = join(dir, `${n.id}-${Math.random().toString(36).slice(2)}.bin`);
   const planner = new PeerPlanner({
     controlPlane: cp,
     nodeId: n.id,
     useOrigin: extra.useOrigin,
-    followerWaitMs: 3_000,
+    followerWaitMs: extra.followerWaitMs ?? 3_000,
     publishWaitMs: 10_000,
     onStatus: (m) => extra.messages?.push(m),
   });
-  return fetchCached(URL_, out, {
+  return fetchCached(extra.url ?? URL_, out, {
     cacheDir: n.cacheDir,
     planner,
     retryBaseDelay: 5,
@@ -138,6 +144,51 @@ describe('fetch with peers', () => {
     const runs = await Promise.all(fleet.map((n) => fetchOn(n, cp)));
     for (const run of runs) assert.equal(await sha256OfFile(run.out), content.sha256);
     assert.ok(origin.bytesServed <= SIZE * 1.1, `origin sent ${origin.bytesServed} bytes for a ${SIZE}-byte file`);
+    // The leader published each piece's digest under the source id as it hashed it: the
+    // same digests as the manifest of the finished blob.
+    const published = (await (await fetch(`${cp}/v1/sources/${sourceBlobId(sourceKey(URL_))}/pieces`)).json()) as {
+      pieces: string[];
+      pieceSize: number;
+    };
+    const manifest = (await (await fetch(`${cp}/v1/blobs/${content.sha256}`)).json()) as {
+      pieces: string[];
+      pieceSize: number;
+    };
+    assert.equal(manifest.pieces.length, 3);
+    assert.deepEqual([published.pieceSize, published.pieces], [manifest.pieceSize, manifest.pieces]);
+  });
+});
+
+/** Lease requests the control plane answered (granted or not), from its metrics. */
+async function leaseAsks(cp: string): Promise<number> {
+  const text = await (await fetch(`${cp}/metrics`)).text();
+  const line = text
+    .split('\n')
+    .find((l) => l.startsWith('loom_cp_http_requests_total{') && l.includes('leases"') && l.includes('"POST"'));
+  return Number(line?.split(' ').pop() ?? 0);
+}
+
+describe('fetch with peers, the leader slow to its first piece', () => {
+  it('the others wait for its pieces as long as it holds the lease, never going to the origin', async () => {
+    // Every origin request is held until the nodes without the lease have asked for it many
+    // more times than fit in their followerWaitMs (each ask is 200 ms after the last): a
+    // follower that gave up on a fixed wait would have gone to the origin by then. This is
+    // what a loaded machine or a slow origin does to a leader's first 16 MiB piece.
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    const slow = await new OriginServer({ fault: () => ({ kind: 'hold', until: gate }) }).listen();
+    closers.push(() => slow.close());
+    slow.setFile('/models/slow.bin', content.bytes);
+    const cp = await controlPlane();
+    const fleet = [await node(cp), await node(cp), await node(cp)];
+    const runs = Promise.all(
+      fleet.map((n) => fetchOn(n, cp, { url: slow.url('/models/slow.bin'), followerWaitMs: 400 })),
+    );
+    await waitFor('the followers asking for the lease again and again', async () => (await leaseAsks(cp)) >= 13, 15_000)
+      .catch(() => undefined)
+      .finally(open);
+    for (const run of await runs) assert.equal(await sha256OfFile(run.out), content.sha256);
+    assert.ok(slow.bytesServed <= SIZE * 1.1, `origin sent ${slow.bytesServed} bytes for a ${SIZE}-byte file`);
   });
 });
 
