@@ -31,6 +31,8 @@ export async function checkedBlob(
     index.restamp(digest, now);
     return now;
   }
+  // Said, because it takes a second or more per GiB where a hit takes milliseconds.
+  status(`the cached copy of ${digest} changed on disk since it was recorded; checking its sha256`);
   const actual = await sha256OfFile(blobPath(layout, digest)).catch(() => undefined);
   if (actual === digest) {
     index.restamp(digest, now);

@@ -47,6 +47,7 @@ interface StampColumns {
   ino: number | null;
   mtime_ms: number | null;
   ctime_ms: number | null;
+  nlink: number | null;
 }
 
 interface SourceRow extends StampColumns {
@@ -91,6 +92,7 @@ const ADDED_BLOB_COLUMNS: Array<[string, string]> = [
   ['ino', 'INTEGER'],
   ['mtime_ms', 'REAL'],
   ['ctime_ms', 'REAL'],
+  ['nlink', 'INTEGER'],
 ];
 
 function isSqliteError(err: unknown): err is Error & { code: string } {
@@ -172,7 +174,7 @@ export class CacheIndex {
   source(key: string): SourceEntry | undefined {
     const row = this.db
       .prepare(
-        'SELECT s.*, b.ino, b.mtime_ms, b.ctime_ms FROM sources s LEFT JOIN blobs b ON b.digest = s.digest WHERE s.key = ?',
+        'SELECT s.*, b.ino, b.mtime_ms, b.ctime_ms, b.nlink FROM sources s LEFT JOIN blobs b ON b.digest = s.digest WHERE s.key = ?',
       )
       .get(key) as SourceRow | undefined;
     return row && toSource(row);
@@ -238,23 +240,32 @@ export class CacheIndex {
   restamp(digest: string, stamp: BlobStamp): void {
     const done = this.bestEffortWrite(`record the state of blob ${digest}`, () =>
       this.db
-        .prepare('UPDATE blobs SET ino = ?, mtime_ms = ?, ctime_ms = ? WHERE digest = ?')
-        .run(stamp.ino, stamp.mtimeMs, stamp.ctimeMs, digest),
+        .prepare('UPDATE blobs SET ino = ?, mtime_ms = ?, ctime_ms = ?, nlink = ? WHERE digest = ?')
+        .run(stamp.ino, stamp.mtimeMs, stamp.ctimeMs, stamp.nlink ?? null, digest),
     );
     if (!done) return;
     const rows = this.db.prepare('SELECT * FROM sources WHERE digest = ?').all(digest) as SourceRow[];
     for (const row of rows)
-      this.restoreHint({ ...toSource({ ...row, ino: null, mtime_ms: null, ctime_ms: null }), stamp });
+      this.restoreHint({ ...toSource({ ...row, ino: null, mtime_ms: null, ctime_ms: null, nlink: null }), stamp });
   }
 
   private recordBlob(digest: string, size: number, now: number, stamp: BlobStamp | undefined): void {
     this.db
       .prepare(
-        `INSERT INTO blobs (digest, size, created_at, last_used_at, ino, mtime_ms, ctime_ms) VALUES (?, ?, ?, ?, ?, ?, ?)
+        `INSERT INTO blobs (digest, size, created_at, last_used_at, ino, mtime_ms, ctime_ms, nlink) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
          ON CONFLICT(digest) DO UPDATE SET last_used_at = excluded.last_used_at, ino = excluded.ino,
-           mtime_ms = excluded.mtime_ms, ctime_ms = excluded.ctime_ms`,
+           mtime_ms = excluded.mtime_ms, ctime_ms = excluded.ctime_ms, nlink = excluded.nlink`,
       )
-      .run(digest, size, now, now, stamp?.ino ?? null, stamp?.mtimeMs ?? null, stamp?.ctimeMs ?? null);
+      .run(
+        digest,
+        size,
+        now,
+        now,
+        stamp?.ino ?? null,
+        stamp?.mtimeMs ?? null,
+        stamp?.ctimeMs ?? null,
+        stamp?.nlink ?? null,
+      );
   }
 
   /** Records a use at `at`; an older time than the one recorded changes nothing. */
@@ -299,7 +310,13 @@ export class CacheIndex {
 
 function stampOfRow(row: StampColumns & { size: number }): BlobStamp | undefined {
   if (row.ino === null || row.mtime_ms === null || row.ctime_ms === null) return undefined;
-  return { ino: row.ino, size: row.size, mtimeMs: row.mtime_ms, ctimeMs: row.ctime_ms };
+  return {
+    ino: row.ino,
+    size: row.size,
+    mtimeMs: row.mtime_ms,
+    ctimeMs: row.ctime_ms,
+    ...(row.nlink === null ? {} : { nlink: row.nlink }),
+  };
 }
 
 function toSource(row: SourceRow): SourceEntry {

@@ -3,7 +3,17 @@
 // for another process; an origin that refuses the caller is not answered from the cache;
 // a copy fetched with credentials is not served to a caller without them.
 import assert from 'node:assert/strict';
-import { chmodSync, closeSync, existsSync, mkdirSync, openSync, statSync, utimesSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
@@ -83,10 +93,35 @@ describe('blob stamps', () => {
     await fetchCached(url, join(dir, 'chmod-1.bin'), { ...FAST, cacheDir });
     chmodSync(join(cacheDir, 'blobs', 'sha256', content.sha256), 0o400);
     server.resetStats();
-    const hit = await fetchCached(url, join(dir, 'chmod-2.bin'), { ...FAST, cacheDir });
+    const messages: string[] = [];
+    const hit = await fetchCached(url, join(dir, 'chmod-2.bin'), {
+      ...FAST,
+      cacheDir,
+      onStatus: (m) => messages.push(m),
+    });
     assert.equal(hit.cache, 'hit');
     assert.equal(server.bytesServed, 0);
     assert.equal(await sha256OfFile(join(dir, 'chmod-2.bin')), content.sha256);
+    assert.match(messages.join('\n'), /changed on disk since it was recorded; checking its sha256/);
+  });
+
+  it('deleting an output (a hard link to the blob) does not make the next hit rehash the blob', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    const url = server.url('/model.bin');
+    for (let round = 1; round <= 3; round++) {
+      const out = join(dir, `deleted-${round}.bin`);
+      const messages: string[] = [];
+      const result = await fetchCached(url, out, { ...FAST, cacheDir, onStatus: (m) => messages.push(m) });
+      assert.equal(await sha256OfFile(out), content.sha256);
+      if (round > 1) {
+        assert.equal(result.cache, 'hit');
+        assert.doesNotMatch(messages.join('\n'), /checking its sha256/, `round ${round}: ${messages.join('; ')}`);
+      }
+      // As a container's output folder goes when its pod does: the link count (and ctime) move.
+      rmSync(out);
+    }
+    assert.equal(server.bytesServed, SIZE, 'one download');
   });
 });
 
