@@ -183,9 +183,11 @@ interface ProgressLine {
 function progressLine(flags: PullFlags): ProgressLine {
   const quiet = Boolean(flags.quiet || flags.json);
   const live = Boolean(process.stderr.isTTY) && !quiet;
-  const started = performance.now();
+  // The rate counts from the first progress the engine gives, not from when the listing
+  // began: the listing and a 429's wait are not transfer time.
+  let started: number | undefined;
   let startBytes: number | undefined;
-  let lastLine = started;
+  let lastLine = performance.now();
   let drawn = false;
   const clear = (): void => {
     if (drawn) process.stderr.write('\r\x1b[2K');
@@ -198,6 +200,7 @@ function progressLine(flags: PullFlags): ProgressLine {
       const now = performance.now();
       // Files already in place count toward the total, not toward the rate.
       startBytes ??= p.bytesDone;
+      started ??= now;
       const seconds = (now - started) / 1000;
       const rate = seconds > 0 ? (p.bytesDone - startBytes) / seconds : 0;
       const files = p.active
@@ -205,7 +208,7 @@ function progressLine(flags: PullFlags): ProgressLine {
         .map((a) => `${a.path.split('/').pop()} ${a.size ? Math.floor((a.doneBytes / a.size) * 100) : 100}%`)
         .join(', ');
       const more = p.active.length > 3 ? ` +${p.active.length - 3}` : '';
-      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}, ${formatRate(rate)}${files ? ` | ${files}${more}` : ''}`;
+      const text = `loom: ${p.filesDone}/${p.filesTotal} files, ${formatSize(p.bytesDone)} / ${formatSize(p.bytesTotal)}${rate > 0 ? `, ${formatRate(rate)}` : ''}${files ? ` | ${files}${more}` : ''}`;
       if (!live) {
         if (now - lastLine < 5000) return;
         lastLine = now;

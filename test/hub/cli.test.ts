@@ -38,6 +38,20 @@ describe('loom pull and loom fetch hf:// (CLI)', () => {
     assert.match(run.stderr, /7 files, .* 7 downloaded/);
   });
 
+  it('without a terminal, the progress line leaves the Hub\'s 429 waits out of the rate (no "0 B/s")', async () => {
+    hub.rateLimit = { remaining: 3, retryAfterSeconds: 2 };
+    try {
+      const home = join(root, 'hf-home-rate');
+      const run = await runLoom(['pull', 'acme/tiny-llm', '--no-fsync'], { ...env(), HF_HOME: home });
+      assert.equal(run.code, 0, run.stderr);
+      const progress = run.stderr.split('\n').filter((line) => /^loom: \d+\/\d+ files, /.test(line));
+      assert.ok(progress.length > 0, `a progress line after the waits: ${run.stderr}`);
+      for (const line of progress) assert.doesNotMatch(line, /\b0 B\/s/, line);
+    } finally {
+      hub.rateLimit = { remaining: 0, retryAfterSeconds: 0 };
+    }
+  });
+
   it('finds the token in the file the hf CLI writes ($HF_HOME/token), and in HF_TOKEN_PATH', async () => {
     const denied = await runLoom(['pull', 'acme/gated-llm'], env());
     assert.equal(denied.code, EXIT.usage);
