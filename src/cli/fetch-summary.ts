@@ -42,6 +42,7 @@ export function summaryOf(result: FetchResult | CachedFetchResult): Record<strin
     droppedSources: 'droppedSources' in result ? result.droppedSources : [],
     // s3:// only: which of S3's stored checksums the bytes were checked against.
     ...('s3Check' in result ? { s3Check: result.s3Check } : {}),
+    ...('hubCheck' in result ? { hubCheck: result.hubCheck } : {}),
   };
 }
 
@@ -71,6 +72,10 @@ function digestCheck(result: FetchResult, expected: string | undefined): string 
   const s3Check = 's3Check' in result ? (result.s3Check as { check: string }).check : 'none';
   if (s3Check === 'sha256-full-object') return "sha256 matches S3's stored checksum";
   if (s3Check === 'sha256-composite') return "every part's sha256 matches S3's stored checksums";
+  const hubCheck = 'hubCheck' in result ? (result.hubCheck as string) : 'none';
+  if (hubCheck === 'sha256') return "sha256 matches the Hub's (X-Linked-Etag)";
+  if (hubCheck === 'git-sha1') return "git blob sha1 matches the Hub's";
+  if (hubCheck === 'hf-cache') return 'from the HF cache (HF_HUB_OFFLINE), checked when it was stored';
   if (result.sha256) return `sha256 ${result.sha256.slice(0, 12)}… (not checked: no --sha256)`;
   return 'no digest check (no --sha256)';
 }

@@ -22,15 +22,18 @@ export interface HfFetchOptions extends FetchOptions, CacheOptions {
   env?: NodeJS.ProcessEnv;
 }
 
+/** What a file from the Hub was checked against (`--json`: hubCheck). */
+export type HubCheck = 'sha256' | 'git-sha1' | 'hf-cache';
+
 export async function fetchHfFile(
   uri: string,
   out: string,
   options: HfFetchOptions = {},
-): Promise<CachedFetchResult | FetchResult> {
+): Promise<(CachedFetchResult | FetchResult) & { hubCheck: HubCheck | 'none' }> {
   // `offline` (LOOM_OFFLINE) is moot here: a commit's file never changes, so it is always on.
   const { cache = true, token, env = process.env, cacheDir, onStatus, revalidateTimeoutMs, offline, ...rest } = options;
   void offline;
-  if (hubOffline(env)) return fromHfCache(uri, out, env);
+  if (hubOffline(env)) return { ...(await fromHfCache(uri, out, env)), hubCheck: 'hf-cache' };
   const target = await hfFileSource(uri, {
     token,
     env,
@@ -69,7 +72,10 @@ export async function fetchHfFile(
       throw diskError(err, `placing ${out}`);
     }
   }
-  return { ...result, url: uri, path: out };
+  // An LFS file's sha256 (X-Linked-Etag) was the download's expected digest; a small file's
+  // git blob sha1 was checked above.
+  const hubCheck = target.gitSha1 ? 'git-sha1' : fetchOptions.sha256 ? 'sha256' : 'none';
+  return { ...result, url: uri, path: out, hubCheck };
 }
 
 async function fromHfCache(uri: string, out: string, env: NodeJS.ProcessEnv): Promise<FetchResult> {

@@ -116,6 +116,7 @@ describe('loom pull and loom fetch hf:// (CLI)', () => {
     });
     assert.equal(run.code, 0, run.stderr);
     assert.equal(JSON.parse(run.stdout).sha256, sha256Hex(lfs.bytes));
+    assert.equal(JSON.parse(run.stdout).hubCheck, 'sha256');
     assert.equal(sha256Of(readFileSync(out)), sha256Hex(lfs.bytes));
     assert.equal(hub.stats.cdnAuthorizationHeaders, 0);
     assert.ok(hub.stats.cdnRequests > 0);
@@ -123,6 +124,9 @@ describe('loom pull and loom fetch hf:// (CLI)', () => {
     const config = join(root, 'config-v1.json');
     const small = await runLoom(['fetch', 'hf://acme/tiny-llm@v1/config.json', '-o', config], env());
     assert.equal(small.code, 0, small.stderr);
+    // The summary names the check made (it said "not checked: no --sha256").
+    assert.match(small.stderr, /git blob sha1 matches the Hub's/);
+    assert.doesNotMatch(small.stderr, /not checked/);
     assert.ok(readFileSync(config).equals(v1Files[1]!.bytes));
   });
 
