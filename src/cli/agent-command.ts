@@ -49,7 +49,7 @@ export function agentCommand(): Command {
       '--peer-token-file <file>',
       'bearer token peers must present instead of the --token-file one (env LOOM_PEER_TOKEN)',
     )
-    .option('--max-uploads <n>', `uploads at once; above it peers get 503 (default ${DEFAULTS.agent.maxUploads})`)
+    .option('--max-uploads <n>', `uploads at once; above it peers get 503 (default: ${DEFAULTS.agent.maxUploads})`)
     .option('--cache-dir <dir>', 'cache root (env LOOM_CACHE_DIR)')
     .action(async (flags: AgentFlags) => {
       try {

@@ -63,20 +63,20 @@ export function controlPlaneCommand(): Command {
       '--cluster-secret <secret>',
       'per-node tokens hex(HMAC-SHA256(secret, "loom-node:" + id)): a node may write only as itself (env LOOM_CLUSTER_SECRET)',
     )
-    .option('--node-ttl <duration>', `how long a heartbeat keeps a node live (default ${shown('nodeTtlMs')})`)
+    .option('--node-ttl <duration>', `how long a heartbeat keeps a node live (default: ${shown('nodeTtlMs')})`)
     .option(
       '--partial-ttl <duration>',
-      `a partial replica not updated for this long is not located (default ${shown('partialTtlMs')})`,
+      `a partial replica not updated for this long is not located (default: ${shown('partialTtlMs')})`,
     )
     .option(
       '--lease-ttl <duration>',
-      `how long an origin-fetch lease lasts unless renewed (default ${shown('leaseTtlMs')})`,
+      `how long an origin-fetch lease lasts unless renewed (default: ${shown('leaseTtlMs')})`,
     )
     .option(
       '--legacy-ttl <duration>',
       'expire /register registrations after this long unless repeated (default: never, as the original tool)',
     )
-    .option('--redis-prefix <prefix>', `prefix of every Redis key (default ${DEFAULTS.controlPlane.redisPrefix})`)
+    .option('--redis-prefix <prefix>', `prefix of every Redis key (default: ${DEFAULTS.controlPlane.redisPrefix})`)
     .option('--cache-dir <dir>', 'cache root, where the default SQLite store lives')
     .option('--log', 'log every request (JSON, pino)')
     .action(async (flags: ControlPlaneFlags) => {

@@ -17,7 +17,7 @@ function commanderOption(spec: FlagSpec): Option {
       }
     : (value: string): unknown => value;
   if (spec.repeatable)
-    option.argParser((value: string, previous: unknown[]) => [...previous, checked(value)]).default([]);
+    option.argParser((value: string, previous: unknown[]) => [...previous, checked(value)]).default([], 'none');
   else if (parse) option.argParser(checked);
   if (spec.defaultValue !== undefined) option.default(spec.defaultValue);
   return option;

@@ -137,7 +137,7 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   },
   {
     flags: '--chunk-size <size>',
-    description: `planning and split unit (default ${shownDefault('chunkSize', DEFAULTS.chunkSize)})`,
+    description: `planning and split unit (default: ${shownDefault('chunkSize', DEFAULTS.chunkSize)})`,
     parse: sizeArg,
   },
   {
@@ -155,22 +155,22 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   { flags: '--ca-cert <file>', description: 'also trust this PEM CA certificate (repeatable)', repeatable: true },
   {
     flags: '--stall-timeout <duration>',
-    description: `abort a request that sends nothing this long; a bare number is seconds (default ${shownDefault('stallTimeoutMs', DEFAULTS.stallTimeoutMs)})`,
+    description: `abort a request that sends nothing this long; a bare number is seconds (default: ${shownDefault('stallTimeoutMs', DEFAULTS.stallTimeoutMs)})`,
     parse: durationArg(true),
   },
   {
     flags: '--retries <n>',
-    description: `attempts per range, the first included (default ${DEFAULTS.retry.attempts})`,
+    description: `attempts per range, the first included (default: ${DEFAULTS.retry.attempts})`,
     parse: integerIn(1, 100),
   },
   {
     flags: '--retry-base-delay <duration>',
-    description: `first backoff ceiling, doubling per attempt; a bare number is seconds (default ${shownDefault('baseDelayMs', DEFAULTS.retry.baseDelayMs)})`,
+    description: `first backoff ceiling, doubling per attempt; a bare number is seconds (default: ${shownDefault('baseDelayMs', DEFAULTS.retry.baseDelayMs)})`,
     parse: durationArg(false),
   },
   {
     flags: '--max-retry-after <duration>',
-    description: `fail rather than wait a longer Retry-After; a bare number is seconds (default ${shownDefault('maxRetryAfterMs', DEFAULTS.retry.maxRetryAfterMs)})`,
+    description: `fail rather than wait a longer Retry-After; a bare number is seconds (default: ${shownDefault('maxRetryAfterMs', DEFAULTS.retry.maxRetryAfterMs)})`,
     parse: durationArg(false),
   },
   { flags: '--no-fsync', description: 'skip the flush to disk before the rename (faster, not crash-safe)' },
@@ -202,7 +202,7 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   },
   {
     flags: '--node-id <id>',
-    description: "this node's id, as its agent registers it (default $LOOM_NODE_ID, else the host name)",
+    description: "this node's id, as its agent registers it (default: $LOOM_NODE_ID, else the host name)",
   },
   { flags: '--zone <zone>', description: "this node's zone: peers in it are preferred" },
   { flags: '--no-origin', description: 'peers only: fail clearly when no peer can serve the file' },
@@ -210,7 +210,7 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   { flags: '--peer-token-file <file>', description: "bearer token peers' agents ask for (also $LOOM_PEER_TOKEN)" },
   {
     flags: '--listen <host:port>',
-    description: `address for --serve (default ${SERVE_LISTEN_DEFAULT}, the original tool's, or $LOOM_SERVE_LISTEN)`,
+    description: `address for --serve (default: ${SERVE_LISTEN_DEFAULT}, the original tool's, or $LOOM_SERVE_LISTEN)`,
   },
   {
     flags: '--advertise <url>',

@@ -45,9 +45,15 @@ export function pullCommand(): Command {
       '<repo>',
       'org/repo[@revision], hf://org/repo[@revision], hf://datasets/org/name or s3://bucket/prefix/ (with --out)',
     )
-    .option('--revision <rev>', `branch, tag or commit (instead of @revision; default ${DEFAULTS.hub.revision})`)
-    .option('--include <glob>', 'only paths matching (repeatable); ** crosses directories', collect, [])
-    .option('--exclude <glob>', 'leave out paths matching (repeatable)', collect, [])
+    .option('--revision <rev>', `branch, tag or commit (instead of @revision; default: ${DEFAULTS.hub.revision})`)
+    .addOption(
+      new Option('--include <glob>', 'only paths matching (repeatable); ** crosses directories')
+        .argParser(collect)
+        .default([], 'none'),
+    )
+    .addOption(
+      new Option('--exclude <glob>', 'leave out paths matching (repeatable)').argParser(collect).default([], 'none'),
+    )
     .option('-o, --out <dir>', 'plain files (hard links) in DIR instead of the HF cache')
     .option('--token <token>', 'Hub token (default: HF_TOKEN, HF_TOKEN_PATH, $HF_HOME/token)')
     .addOption(new Option('--repo-type <type>', 'repo type').choices(['model', 'dataset', 'space']))
@@ -63,7 +69,11 @@ export function pullCommand(): Command {
       DEFAULTS.workers,
     )
     .option('--parallel-files <n>', 'files in progress at once, at most, 1-256 (default: --workers)', integerIn(1, 256))
-    .option('--ca-cert <file>', 'also trust this PEM CA certificate (repeatable)', collect, [])
+    .addOption(
+      new Option('--ca-cert <file>', 'also trust this PEM CA certificate (repeatable)')
+        .argParser(collect)
+        .default([], 'none'),
+    )
     .option('--no-fsync', 'skip the flush to disk before each rename')
     .option('-q, --quiet', 'print nothing but errors and the directory')
     .option('--json', 'print one JSON summary on stdout');

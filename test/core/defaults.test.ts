@@ -33,10 +33,10 @@ describe('defaults', () => {
     const help = (flag: string) => FETCH_FLAGS.find((f) => f.flags.includes(flag))!;
     assert.match(
       help('--chunk-size').description,
-      new RegExp(`default ${shownDefault('chunkSize', DEFAULTS.chunkSize)}`),
+      new RegExp(`default: ${shownDefault('chunkSize', DEFAULTS.chunkSize)}`),
     );
-    assert.match(help('--stall-timeout').description, /default 30s/);
-    assert.match(help('--retries').description, new RegExp(`default ${DEFAULTS.retry.attempts}\\)`));
+    assert.match(help('--stall-timeout').description, /default: 30s/);
+    assert.match(help('--retries').description, new RegExp(`default: ${DEFAULTS.retry.attempts}\\)`));
     assert.equal(help('--workers').defaultValue, DEFAULTS.workers);
     assert.match(help('--listen').description, new RegExp(DEFAULTS.serveListen.replaceAll('.', '\\.')));
   });
