@@ -4,7 +4,7 @@ import { UsageError } from '../core/errors.js';
 import { FETCH_FLAGS, type FetchFlags, type FlagSpec } from './fetch-flags.js';
 import { runFetch } from './run-fetch.js';
 
-function commanderOption(spec: FlagSpec): Option {
+export function commanderOption(spec: FlagSpec): Option {
   const option = new Option(spec.flags, spec.description);
   const parse = spec.parse;
   const checked = parse

@@ -3,6 +3,8 @@
 // per file on stderr, and one JSON document with --json.
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { DEFAULTS } from '../core/defaults.js';
+import { commanderOption } from './fetch-command.js';
+import { FETCH_FLAGS, type ProgressMode } from './fetch-flags.js';
 import { EXIT, UsageError } from '../core/errors.js';
 import { formatBytes as formatSize, formatRate, formatSeconds, plural } from '../core/units.js';
 import { printJson, reportError, say } from './output.js';
@@ -24,7 +26,15 @@ interface PullFlags {
   fsync: boolean;
   quiet?: boolean;
   json?: boolean;
+  progress: ProgressMode;
+  stallTimeout?: number;
+  retries?: number;
+  retryBaseDelay?: number;
+  maxRetryAfter?: number;
 }
+
+/** Flags a pull shares with `loom fetch`, with the same parsing, help and defaults. */
+const SHARED_FETCH_FLAGS = ['--stall-timeout', '--retries', '--retry-base-delay', '--max-retry-after', '--progress'];
 
 const collect = (value: string, previous: string[]): string[] => [...previous, value];
 
@@ -77,6 +87,9 @@ export function pullCommand(): Command {
     .option('--no-fsync', 'skip the flush to disk before each rename')
     .option('-q, --quiet', 'print nothing but errors and the directory')
     .option('--json', 'print one JSON summary on stdout');
+  for (const spec of FETCH_FLAGS) {
+    if (SHARED_FETCH_FLAGS.some((flag) => spec.flags.startsWith(flag))) command.addOption(commanderOption(spec));
+  }
   command.action(async (repo: string, flags: PullFlags) => {
     process.exitCode = await runPull(repo, flags);
   });
@@ -105,7 +118,16 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
       hubCache: flags.hfCache,
       cacheDir: flags.cacheDir,
       parallelFiles: flags.parallelFiles,
-      fetch: { workers: flags.workers, caCertFiles: flags.caCert, fsync: flags.fsync, signal: interrupt.signal },
+      fetch: {
+        workers: flags.workers,
+        caCertFiles: flags.caCert,
+        fsync: flags.fsync,
+        stallTimeout: flags.stallTimeout,
+        retryAttempts: flags.retries,
+        retryBaseDelay: flags.retryBaseDelay,
+        maxRetryAfter: flags.maxRetryAfter,
+        signal: interrupt.signal,
+      },
       onStatus: (message) => line.line(`loom: ${message}`),
       onFile: (file, { done, total }) => {
         if (!line.live) say(flags, `loom: [${done}/${total}] ${file.path} ${formatSize(file.size)} (${file.outcome})`);
@@ -144,7 +166,16 @@ async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal, line: 
   const results = await pullS3Prefix(
     uri,
     flags.out,
-    { workers: flags.workers, caCertFiles: flags.caCert, fsync: flags.fsync, signal },
+    {
+      workers: flags.workers,
+      caCertFiles: flags.caCert,
+      fsync: flags.fsync,
+      stallTimeout: flags.stallTimeout,
+      retryAttempts: flags.retries,
+      retryBaseDelay: flags.retryBaseDelay,
+      maxRetryAfter: flags.maxRetryAfter,
+      signal,
+    },
     {
       parallelFiles: flags.parallelFiles,
       onProgress: (progress) => line.update(progress),
@@ -191,8 +222,8 @@ interface ProgressLine {
  * one (CI, logs) the same line every 5 s, besides the line per finished file.
  */
 function progressLine(flags: PullFlags): ProgressLine {
-  const quiet = Boolean(flags.quiet || flags.json);
-  const live = Boolean(process.stderr.isTTY) && !quiet;
+  const quiet = Boolean(flags.quiet || flags.json) || flags.progress === 'none';
+  const live = !quiet && (flags.progress === 'bar' || (flags.progress !== 'lines' && Boolean(process.stderr.isTTY)));
   // The rate counts from the first progress the engine gives, not from when the listing
   // began: the listing and a 429's wait are not transfer time.
   let started: number | undefined;

@@ -52,6 +52,23 @@ describe('loom pull and loom fetch hf:// (CLI)', () => {
     }
   });
 
+  it("takes loom fetch's --progress, --retries and --stall-timeout, with their checks", async () => {
+    hub.rateLimit = { remaining: 3, retryAfterSeconds: 2 };
+    try {
+      const quiet = await runLoom(
+        ['pull', 'acme/tiny-llm', '--no-fsync', '--progress', 'none', '--retries', '5', '--stall-timeout', '10'],
+        { ...env(), HF_HOME: join(root, 'hf-home-flags') },
+      );
+      assert.equal(quiet.code, 0, quiet.stderr);
+      assert.doesNotMatch(quiet.stderr, /^loom: \d+\/\d+ files, /m, 'no progress line with --progress none');
+    } finally {
+      hub.rateLimit = { remaining: 0, retryAfterSeconds: 0 };
+    }
+    const bad = await runLoom(['pull', 'acme/tiny-llm', '--progress', 'sideways'], env());
+    assert.equal(bad.code, EXIT.usage);
+    assert.match(bad.stderr, /--progress/);
+  });
+
   it('finds the token in the file the hf CLI writes ($HF_HOME/token), and in HF_TOKEN_PATH', async () => {
     const denied = await runLoom(['pull', 'acme/gated-llm'], env());
     assert.equal(denied.code, EXIT.usage);
