@@ -10,6 +10,9 @@ import type { CacheIndex } from './cache-index.js';
 import { blobPath, type CacheLayout } from './cache-root.js';
 import { readHint, writeHint, type HitHint } from './hit-hints.js';
 
+/** Blobs this large or larger are not rehashed without saying so. */
+export const REHASH_NOTICE_BYTES = 64 * 1024 * 1024;
+
 /**
  * The blob's stamp when it may be served (there, `size` bytes, and as recorded or rehashed
  * intact); undefined when it is missing or damaged (then removed).
@@ -31,8 +34,10 @@ export async function checkedBlob(
     index.restamp(digest, now);
     return now;
   }
-  // Said, because it takes a second or more per GiB where a hit takes milliseconds.
-  status(`the cached copy of ${digest} changed on disk since it was recorded; checking its sha256`);
+  // Said for a large blob, because it takes a second or more per GiB where a hit takes
+  // milliseconds; a small one is checked in no time worth a line.
+  if (size >= REHASH_NOTICE_BYTES)
+    status(`the cached copy of ${digest} changed on disk since it was recorded; checking its sha256`);
   const actual = await sha256OfFile(blobPath(layout, digest)).catch(() => undefined);
   if (actual === digest) {
     index.restamp(digest, now);
