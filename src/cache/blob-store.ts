@@ -18,12 +18,13 @@ import {
 } from 'node:fs';
 import { CacheError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
-import { blobPath, type CacheLayout } from './cache-root.js';
+import { blobPath, checkCacheRootFolder, type CacheLayout } from './cache-root.js';
 
 /** How a blob reached the output path. */
 export type Materialization = 'hardlink' | 'reflink' | 'copy';
 
 export async function ensureLayout(layout: CacheLayout): Promise<void> {
+  checkCacheRootFolder(layout.root);
   try {
     // The root first, on its own: a recursive mkdir reports a read-only parent as ENOENT.
     await fsp.mkdir(layout.root).catch((err: { code?: string }) => {

@@ -5,14 +5,66 @@
 //   locks/               one lock per source being downloaded
 //   index.db             SQLite: source key -> digest, sizes, validators, use times
 //   hints/               a copy of each index row as a small file, read by the hit fast path
+import { readdirSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
+import { CacheError, UsageError } from '../core/errors.js';
 
+/**
+ * An empty --cache-dir or LOOM_CACHE_DIR is an error, not the default: `--cache-dir "$DIR"`
+ * with DIR unset must not make `cache rm` or `gc` act on ~/.cache/loom.
+ */
 export function resolveCacheRoot(flag?: string, env: NodeJS.ProcessEnv = process.env): string {
-  if (flag) return resolve(flag);
-  if (env.LOOM_CACHE_DIR) return resolve(env.LOOM_CACHE_DIR);
+  if (flag !== undefined) return resolve(nonEmpty(flag, '--cache-dir'));
+  if (env.LOOM_CACHE_DIR !== undefined) return resolve(nonEmpty(env.LOOM_CACHE_DIR, 'LOOM_CACHE_DIR'));
   if (env.XDG_CACHE_HOME) return join(resolve(env.XDG_CACHE_HOME), 'loom');
   return join(homedir(), '.cache', 'loom');
+}
+
+function nonEmpty(value: string, name: string): string {
+  if (value.trim() === '')
+    throw new UsageError(`${name} is empty`, { hint: `give ${name} a directory, or leave it out for the default` });
+  return value;
+}
+
+/**
+ * What a root may hold besides an index: the layout, the control plane's default store, and
+ * SQLite's side files. A root holding only these is a cache whose index is not made yet (a
+ * crash between the folders and the index), not someone else's folder.
+ */
+const LOOM_NAMES = new Set(
+  ['blobs', 'tmp', 'locks', 'hints', 'manifests'].concat(
+    ...['index.db', 'control-plane.db'].map((db) => [db, `${db}-wal`, `${db}-shm`, `${db}-journal`]),
+  ),
+);
+
+/**
+ * Throws a CacheError when `root` is not a folder Loom may make its layout in: a file, or a
+ * folder holding other things and no index.db (a mistyped --cache-dir, or `/`, whose tmp/
+ * gc would empty). A missing or empty folder, or an existing cache, passes.
+ */
+export function checkCacheRootFolder(root: string): void {
+  let entries: string[];
+  try {
+    if (!statSync(root).isDirectory())
+      throw new CacheError(`cache root ${root} is not a directory`, {
+        path: root,
+        hint: 'give --cache-dir (or LOOM_CACHE_DIR) a directory',
+      });
+    entries = readdirSync(root);
+  } catch (err) {
+    // Anything else (EACCES…) is said by the mkdir that follows, with its reason.
+    if (err instanceof CacheError) throw err;
+    return;
+  }
+  if (entries.includes('index.db')) return;
+  const foreign = entries.filter((name) => !LOOM_NAMES.has(name)).sort();
+  if (foreign.length === 0) return;
+  const shown = foreign.slice(0, 3).join(', ') + (foreign.length > 3 ? ', …' : '');
+  throw new CacheError(`${root} is not a Loom cache: it holds other files (${shown}) and no index.db`, {
+    path: root,
+    hint: 'give --cache-dir (or LOOM_CACHE_DIR) an empty or new directory, or an existing Loom cache; Loom writes nothing into this one',
+  });
 }
 
 export interface CacheLayout {

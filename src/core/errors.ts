@@ -424,11 +424,17 @@ export function diskError(err: unknown, what: string, file?: string): LoomError 
         hint: 'choose a writable location',
       });
     case 'ENOENT':
-    case 'ENOTDIR':
       return new DiskAccessError(`directory does not exist while ${what}`, {
         path,
         cause: err,
         hint: 'create the directory first or choose another path',
+      });
+    case 'ENOTDIR':
+      // A file where a folder is expected (`--cache-dir model.bin/x`): creating it cannot help.
+      return new DiskAccessError(`a part of the path is not a directory while ${what}`, {
+        path,
+        cause: err,
+        hint: 'a file stands where a directory is expected; choose another path',
       });
     case 'EISDIR':
       return new DiskAccessError(`path is a directory while ${what}`, {

@@ -2,7 +2,7 @@
 // missing or read-only, and cache commands on a cache root that does not exist (nothing is
 // created) or cannot exist (an answer at once, not a spin).
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
@@ -93,4 +93,59 @@ describe('loom cache on a bad cache root', () => {
       assert.match(run.stderr, /^loom: error: cache root \/proc\/nope cannot be created: /);
     });
   }
+
+  for (const command of [['ls'], ['verify'], ['gc', '--max-size', '1'], ['rm', 'abcd']]) {
+    it(`cache ${command[0]} on a folder that is not a cache refuses (exit 6) and writes nothing there`, async () => {
+      const root = tempDir('not-a-cache-');
+      writeFileSync(join(root, 'mine.txt'), 'x\n');
+      const run = await runLoom(['cache', ...command, '--cache-dir', root]);
+      assert.equal(run.code, 6, run.stderr);
+      assert.match(run.stderr, /is not a Loom cache: it holds other files \(mine\.txt\) and no index\.db/);
+      assert.deepEqual(readdirSync(root), ['mine.txt']);
+    });
+  }
+
+  it('fetch with a cache root that is not a cache downloads straight to --out and writes nothing there', async () => {
+    const origin_ = await origin();
+    const root = tempDir('not-a-cache-');
+    writeFileSync(join(root, 'mine.txt'), 'x\n');
+    const out = join(tempDir(), 'f.bin');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', out, '--cache-dir', root]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(run.stderr, /cache unusable \(.* is not a Loom cache: .*\); downloading straight to /);
+    assert.equal(await sha256OfFile(out), content.sha256);
+    assert.deepEqual(readdirSync(root), ['mine.txt']);
+  });
+
+  it('an empty folder is still a cache root: ls makes the layout and lists nothing', async () => {
+    const root = tempDir('empty-cache-');
+    const run = await runLoom(['cache', 'ls', '--cache-dir', root]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, `0 blobs, 0 B in ${root}\n`);
+    assert.ok(existsSync(join(root, 'index.db')));
+  });
+
+  it('a file as the cache root is "not a directory" (exit 6), for the file and for a path below it', async () => {
+    const file = join(tempDir(), 'some.bin');
+    writeFileSync(file, 'x');
+    const run = await runLoom(['cache', 'ls', '--cache-dir', file]);
+    assert.equal(run.code, 6, run.stderr);
+    assert.match(run.stderr, /^loom: error: cache root .*some\.bin is not a directory/);
+    const below = await runLoom(['cache', 'ls', '--cache-dir', join(file, 'x')]);
+    assert.equal(below.code, 6, below.stderr);
+    assert.match(below.stderr, /not a directory/);
+    assert.doesNotMatch(below.stderr, /does not exist|create the directory/);
+  });
+
+  it('an empty --cache-dir or LOOM_CACHE_DIR is an error (exit 2), not the default cache', async () => {
+    const home = tempDir('home-');
+    const env = { HOME: home, XDG_CACHE_HOME: '' };
+    const rm = await runLoom(['cache', 'rm', 'abcd', '--cache-dir', ''], env);
+    assert.equal(rm.code, 2, rm.stderr);
+    assert.match(rm.stderr, /^loom: error: --cache-dir is empty/);
+    const ls = await runLoom(['cache', 'ls'], { ...env, LOOM_CACHE_DIR: '' });
+    assert.equal(ls.code, 2, ls.stderr);
+    assert.match(ls.stderr, /^loom: error: LOOM_CACHE_DIR is empty/);
+    assert.deepEqual(readdirSync(home), [], 'nothing was made under HOME');
+  });
 });

@@ -92,10 +92,11 @@ describe('agent server: complete blobs', () => {
 
   it('answers the 4xx table: bad digests and path-like ids 400, unknown 404, bad ranges 416', async () => {
     const root = await makeCache();
-    // A file beside the cache that a path-like id would reach if paths were built from input.
-    writeFileSync(join(root, 'secret'), 'not for peers');
     const bytes = randomBytes(1000);
     const digest = await putBlob(root, bytes);
+    // A file beside the cache that a path-like id would reach if paths were built from input;
+    // put there once the cache exists (a folder holding it and no index is not a cache).
+    writeFileSync(join(root, 'secret'), 'not for peers');
     const { base } = await start(root);
 
     for (const id of [
