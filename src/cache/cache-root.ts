@@ -33,7 +33,8 @@ function nonEmpty(value: string, name: string): string {
  * crash between the folders and the index), not someone else's folder.
  */
 const LOOM_NAMES = new Set(
-  ['blobs', 'tmp', 'locks', 'hints', 'manifests'].concat(
+  // lost+found: a cache on a volume of its own (a DaemonSet's dedicated disk) has one at its root.
+  ['blobs', 'tmp', 'locks', 'hints', 'manifests', 'lost+found'].concat(
     ...['index.db', 'control-plane.db'].map((db) => [db, `${db}-wal`, `${db}-shm`, `${db}-journal`]),
   ),
 );

@@ -2,7 +2,7 @@
 // missing or read-only, and cache commands on a cache root that does not exist (nothing is
 // created) or cannot exist (an answer at once, not a spin).
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
@@ -115,6 +115,14 @@ describe('loom cache on a bad cache root', () => {
     assert.match(run.stderr, /cache unusable \(.* is not a Loom cache: .*\); downloading straight to /);
     assert.equal(await sha256OfFile(out), content.sha256);
     assert.deepEqual(readdirSync(root), ['mine.txt']);
+  });
+
+  it("a volume's own root (only lost+found in it) is still a cache root", async () => {
+    const root = tempDir('volume-cache-');
+    mkdirSync(join(root, 'lost+found'));
+    const run = await runLoom(['cache', 'ls', '--cache-dir', root]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, `0 blobs, 0 B in ${root}\n`);
   });
 
   it('an empty folder is still a cache root: ls makes the layout and lists nothing', async () => {
