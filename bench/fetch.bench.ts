@@ -50,12 +50,10 @@ function curl(url: string, extra: string[] = []): Promise<CommandRun> {
   return runChecked('curl', ['-sS', '-f', '-o', out, ...extra, url]).finally(() => rmSync(out, { force: true }));
 }
 
-function aria2(url: string): Promise<CommandRun> {
-  const out = 'aria2.bin';
+/** aria2c into OUT_DIR; `split` is its connections and piece flags (the issue's -x16 -s16 -k10M by default). */
+export function aria2(url: string, split = ['-x16', '-s16', '-k10M'], out = 'aria2.bin'): Promise<CommandRun> {
   return runChecked('aria2c', [
-    '-x16',
-    '-s16',
-    '-k10M',
+    ...split,
     '-d',
     OUT_DIR,
     '-o',

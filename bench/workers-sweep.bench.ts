@@ -3,21 +3,10 @@
 // object-store-like origin (100 ms to first byte, 50 MB/s per connection). The file is
 // small enough (256 MiB, LOOM_BENCH_SWEEP_MIB to change) for the sweep to take a few
 // minutes on a 2-core machine.
-import { mkdirSync, rmSync } from 'node:fs';
-import { join } from 'node:path';
+import { mkdirSync } from 'node:fs';
 import { OriginServer } from '../test/support/origin-server.js';
-import { OUT_DIR, curl, loom } from './fetch.bench.js';
-import {
-  MiB,
-  dataFile,
-  hasCommand,
-  mbps,
-  median,
-  printTable,
-  requireCommand,
-  runChecked,
-  type CommandRun,
-} from './lib.js';
+import { OUT_DIR, aria2, curl, loom } from './fetch.bench.js';
+import { MiB, dataFile, hasCommand, mbps, median, printTable, requireCommand, type CommandRun } from './lib.js';
 
 export const WORKER_COUNTS = [1, 2, 4, 8, 16, 32];
 /** aria2c refuses -x above 16; past that only -s (the number of pieces) grows. */
@@ -48,26 +37,9 @@ export interface WorkersSweepResult {
  * aria2c with N connections and N pieces. -k1M lets it cut the file into N pieces at every
  * N here (its default minimum piece of 20 MiB would cap a 256 MiB file at 12).
  */
-function aria2(url: string, connections: number): Promise<CommandRun> {
-  const out = 'aria2-sweep.bin';
-  return runChecked('aria2c', [
-    `-x${Math.min(connections, ARIA2_MAX_CONNECTIONS)}`,
-    `-s${connections}`,
-    '-k1M',
-    '-d',
-    OUT_DIR,
-    '-o',
-    out,
-    '--allow-overwrite=true',
-    '--auto-file-renaming=false',
-    '--console-log-level=error',
-    '--summary-interval=0',
-    '--download-result=hide',
-    url,
-  ]).finally(() => {
-    rmSync(join(OUT_DIR, out), { force: true });
-    rmSync(join(OUT_DIR, `${out}.aria2`), { force: true });
-  });
+function aria2Sweep(url: string, connections: number): Promise<CommandRun> {
+  const split = [`-x${Math.min(connections, ARIA2_MAX_CONNECTIONS)}`, `-s${connections}`, '-k1M'];
+  return aria2(url, split, 'aria2-sweep.bin');
 }
 
 export async function workersSweep(
@@ -95,7 +67,7 @@ export async function workersSweep(
       record('sequential', 1, round, await curl(url));
       for (const workers of WORKER_COUNTS) {
         record('loom', workers, round, await loom(url, ['--workers', String(workers)]));
-        if (withAria2) record('aria2c', workers, round, await aria2(url, workers));
+        if (withAria2) record('aria2c', workers, round, await aria2Sweep(url, workers));
       }
       console.log(`round ${round + 1} of ${rounds} done`);
     }
