@@ -96,6 +96,20 @@ export function pullCommand(): Command {
   return command;
 }
 
+/** The engine options every file of a pull gets, Hub or S3, from the flags. */
+function pullFetchOptions(flags: PullFlags, signal: AbortSignal) {
+  return {
+    workers: flags.workers,
+    caCertFiles: flags.caCert,
+    fsync: flags.fsync,
+    stallTimeout: flags.stallTimeout,
+    retryAttempts: flags.retries,
+    retryBaseDelay: flags.retryBaseDelay,
+    maxRetryAfter: flags.maxRetryAfter,
+    signal,
+  };
+}
+
 export async function runPull(repo: string, flags: PullFlags): Promise<number> {
   const interrupt = onInterrupt();
   let view: ProgressLine | undefined;
@@ -118,16 +132,7 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
       hubCache: flags.hfCache,
       cacheDir: flags.cacheDir,
       parallelFiles: flags.parallelFiles,
-      fetch: {
-        workers: flags.workers,
-        caCertFiles: flags.caCert,
-        fsync: flags.fsync,
-        stallTimeout: flags.stallTimeout,
-        retryAttempts: flags.retries,
-        retryBaseDelay: flags.retryBaseDelay,
-        maxRetryAfter: flags.maxRetryAfter,
-        signal: interrupt.signal,
-      },
+      fetch: pullFetchOptions(flags, interrupt.signal),
       onStatus: (message) => line.line(`loom: ${message}`),
       onFile: (file, { done, total }) => {
         if (!line.live) say(flags, `loom: [${done}/${total}] ${file.path} ${formatSize(file.size)} (${file.outcome})`);
@@ -163,28 +168,14 @@ async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal, line: 
   }
   const { pullS3Prefix } = await import('./s3-fetch.js');
   const started = performance.now();
-  const results = await pullS3Prefix(
-    uri,
-    flags.out,
-    {
-      workers: flags.workers,
-      caCertFiles: flags.caCert,
-      fsync: flags.fsync,
-      stallTimeout: flags.stallTimeout,
-      retryAttempts: flags.retries,
-      retryBaseDelay: flags.retryBaseDelay,
-      maxRetryAfter: flags.maxRetryAfter,
-      signal,
+  const results = await pullS3Prefix(uri, flags.out, pullFetchOptions(flags, signal), {
+    parallelFiles: flags.parallelFiles,
+    onProgress: (progress) => line.update(progress),
+    onFile: (r, { done, total }) => {
+      if (!line.live)
+        say(flags, `loom: [${done}/${total}] ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);
     },
-    {
-      parallelFiles: flags.parallelFiles,
-      onProgress: (progress) => line.update(progress),
-      onFile: (r, { done, total }) => {
-        if (!line.live)
-          say(flags, `loom: [${done}/${total}] ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);
-      },
-    },
-  );
+  });
   line.stop();
   const bytes = results.reduce((sum, r) => sum + r.size, 0);
   const seconds = (performance.now() - started) / 1000;

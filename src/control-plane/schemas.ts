@@ -84,19 +84,24 @@ export const heartbeatBody = z.strictObject({
 export const VERIFIED_AGAINST = ['sha256-pinned', 'hub-sha256', 's3-checksum', 'first-origin-fetch'] as const;
 export type VerifiedAgainst = (typeof VERIFIED_AGAINST)[number];
 
+/** A blob's size, piece size and piece digests: a manifest's, and the lease holder's list so far. */
+const pieceListFields = {
+  size: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 53 - 1),
+  pieceSize: z
+    .number()
+    .int()
+    .min(1)
+    .max(2 ** 40),
+  pieces: z.array(digest).max(MAX_PIECES, `must hold at most ${MAX_PIECES} piece digests`),
+};
+
 export const manifestBody = z
   .strictObject({
-    size: z
-      .number()
-      .int()
-      .min(0)
-      .max(2 ** 53 - 1),
-    pieceSize: z
-      .number()
-      .int()
-      .min(1)
-      .max(2 ** 40),
-    pieces: z.array(digest).max(MAX_PIECES, `must hold at most ${MAX_PIECES} piece digests`),
+    ...pieceListFields,
     verifiedAgainst: z.enum(VERIFIED_AGAINST, {
       message: `must be one of ${VERIFIED_AGAINST.join(', ')}`,
     }),
@@ -133,17 +138,7 @@ export const piecesBody = z
   .strictObject({
     /** The writer's lease on the source id. */
     lease: z.string().min(1).max(128),
-    size: z
-      .number()
-      .int()
-      .min(0)
-      .max(2 ** 53 - 1),
-    pieceSize: z
-      .number()
-      .int()
-      .min(1)
-      .max(2 ** 40),
-    pieces: z.array(digest).max(MAX_PIECES, `must hold at most ${MAX_PIECES} piece digests`),
+    ...pieceListFields,
   })
   .refine((m) => m.pieces.length <= Math.max(1, Math.ceil(m.size / m.pieceSize)), {
     message: 'must hold at most one digest per piece (ceil(size / pieceSize))',
