@@ -8,10 +8,9 @@ import { OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';
-import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
-import { startTestControlPlane } from './peer-fixtures.js';
+import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
 
 const SIZE = 20 * 1024 * 1024 + 321; // two pieces
 const content = randomContent(SIZE);
@@ -73,16 +72,7 @@ describe('fetch with peers, races and outages', { timeout: 120_000 }, () => {
       ['cp-leader', leaderCache],
       ['cp-follower', followerCache],
     ] as const) {
-      const agent = await Agent.start({
-        controlPlane: cp.url,
-        cacheRoot,
-        nodeId: id,
-        listen: { host: '127.0.0.1', port: 0 },
-        scanIntervalMs: 200,
-        log: () => undefined,
-      });
-      closers.push(() => agent.stop(0));
-      await waitFor(`${id} registered`, () => agent.isRegistered);
+      await startTestAgent(closers, cp.url, id, cacheRoot);
     }
     const leader = fetchOn('cp-leader', leaderCache, url, cp.url);
     const blobId = sourceBlobId(sourceKey(url));
