@@ -12,7 +12,7 @@ import { MiB } from '../../bench/lib.js';
 import { describeMachine } from '../../bench/machine.js';
 import { RESULTS_DIR, type ResultDocument } from '../../bench/results.js';
 import type { WorkersSample, WorkersSweepResult } from '../../bench/workers-sweep.bench.js';
-import { REPO_ROOT, tempDir } from '../helpers/fixtures.js';
+import { REPO_ROOT, collect, tempDir } from '../helpers/fixtures.js';
 
 function document<T>(scenario: string, result: T): ResultDocument<T> {
   return {
@@ -135,11 +135,9 @@ describe('npm run bench', () => {
       env: { ...process.env, PATH: bin },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-    assert.equal(code, 0, out);
+    const run = await collect(child);
+    const out = run.stdout + run.stderr;
+    assert.equal(run.code, 0, out);
     assert.match(out, /not installed \(what needs them is skipped\): .*nginx/);
     assert.match(out, /\| fetch-loopback +\| skipped: nginx is not installed \(apt-get install nginx-light\) +\|/);
     assert.deepEqual(readdirSync(RESULTS_DIR), before);

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { REPO_ROOT } from '../helpers/fixtures.js';
+import { REPO_ROOT, collect } from '../helpers/fixtures.js';
 
 function isAlive(pid: number): boolean {
   try {
@@ -22,11 +22,9 @@ describe('npm run demo', () => {
       cwd: REPO_ROOT,
       stdio: ['ignore', 'pipe', 'pipe'],
     });
-    let out = '';
-    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
-    assert.equal(code, 0, out);
+    const run = await collect(child);
+    const out = run.stdout + run.stderr;
+    assert.equal(run.code, 0, out);
     for (const scenario of [
       '1 connection',
       'loom fetch, defaults',
