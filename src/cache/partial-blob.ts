@@ -6,7 +6,7 @@
 // of one and a fast download does not spend its time rewriting it.
 import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { partPath, type CacheLayout } from './cache-root.js';
+import type { CacheLayout } from './cache-root.js';
 
 /** What `tmp/<id>.pieces.json` holds. */
 export interface PartialBlobState {
@@ -18,10 +18,6 @@ export interface PartialBlobState {
   pieces: string[];
   /** Indexes of the pieces whose bytes are on disk and verified. */
   verified: number[];
-}
-
-export function partialPartPath(layout: CacheLayout, id: string): string {
-  return partPath(layout, id);
 }
 
 export function partialRecordPath(layout: CacheLayout, id: string): string {

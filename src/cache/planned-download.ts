@@ -7,9 +7,9 @@ import { join } from 'node:path';
 import { pieceSizeFor } from '../core/manifest.js';
 import type { BlobDownloadResult, DownloadOptions } from '../fetch/download.js';
 import { adoptBlob } from './blob-store.js';
-import type { CacheLayout } from './cache-root.js';
+import { partPath, type CacheLayout } from './cache-root.js';
 import type { PlannedDownload, VerifiedAgainst } from './download-planner.js';
-import { PartialBlobRecord, partialPartPath } from './partial-blob.js';
+import { PartialBlobRecord } from './partial-blob.js';
 
 export async function downloadWithPlan(
   layout: CacheLayout,
@@ -17,7 +17,7 @@ export async function downloadWithPlan(
   options: DownloadOptions,
 ): Promise<BlobDownloadResult> {
   const { startBlobDownload, discardPart } = await import('../fetch/download.js');
-  const part = partialPartPath(layout, plan.id);
+  const part = partPath(layout, plan.id);
   const manifest = plan.expected.manifest;
   let size = plan.expected.size;
   let record: PartialBlobRecord | undefined;

@@ -7,8 +7,8 @@
 // verified. A file that is missing, half-written or does not describe its own name is
 // treated as no partial at all, never as something to serve.
 import { promises as fsp } from 'node:fs';
-import type { CacheLayout } from '../cache/cache-root.js';
-import { partialPartPath, partialRecordPath, type PartialBlobState } from '../cache/partial-blob.js';
+import { partPath, type CacheLayout } from '../cache/cache-root.js';
+import { partialRecordPath, type PartialBlobState } from '../cache/partial-blob.js';
 import { pieceCount } from '../core/manifest.js';
 
 /** The contents of `<digest>.pieces.json`, as the cache writes it (src/cache/partial-blob.ts). */
@@ -87,7 +87,7 @@ export class PartialBlobReader {
     }
     const blob: PartialBlob = {
       ...file,
-      partPath: partialPartPath(this.layout, digest),
+      partPath: partPath(this.layout, digest),
       verifiedSet: new Set(file.verified),
     };
     this.parsed.set(digest, { ino: stat.ino, ctimeNs: stat.ctimeNs, size: stat.size, blob });

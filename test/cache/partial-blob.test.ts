@@ -3,8 +3,8 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, readFileSync, mkdirSync } from 'node:fs';
 import { describe, it } from 'node:test';
-import { cacheLayout } from '../../src/cache/cache-root.js';
-import { PartialBlobRecord, partialPartPath, type PartialBlobState } from '../../src/cache/partial-blob.js';
+import { cacheLayout, partPath } from '../../src/cache/cache-root.js';
+import { PartialBlobRecord, type PartialBlobState } from '../../src/cache/partial-blob.js';
 import { tempDir, waitFor } from '../helpers/fixtures.js';
 
 const layout = cacheLayout(tempDir());
@@ -25,7 +25,7 @@ describe('PartialBlobRecord', () => {
       pieces: ['b'.repeat(64), '', 'c'.repeat(64)],
       verified: [0, 2],
     });
-    assert.equal(partialPartPath(layout, ID), `${layout.tmp}/${ID}.part`);
+    assert.equal(partPath(layout, ID), `${layout.tmp}/${ID}.part`);
     // Written through a temp file: nothing else is left in tmp/.
     assert.deepEqual(readdirSync(layout.tmp), [`${ID}.pieces.json`]);
     record.remove();
