@@ -2,11 +2,21 @@
 // (milliseconds, whatever the size); a miss downloads once per node (single flight), hashes
 // while writing, and stores the blob by its sha256 before linking it to the output path.
 // When the cache itself cannot be used, the download goes straight to the output path.
+// A download that does not match the caller's --sha256 is still what the origin serves: it is
+// kept in the cache (never at the output), so a process waiting for the same URL takes it,
+// or fails at once if it is pinned to another digest, instead of downloading it again.
 // A hit is served from its hint file when it can be; SQLite and the engine load only when
 // the hint cannot answer.
 import { statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
+import {
+  AbortedError,
+  CacheError,
+  DigestMismatchError,
+  DiskAccessError,
+  DiskFullError,
+  LoomError,
+} from '../core/errors.js';
 import type { BlobDownloadResult, DownloadResult } from '../fetch/download.js';
 import type { DownloadPlanner } from './download-planner.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
@@ -32,6 +42,12 @@ export interface CacheOptions {
   onStatus?: (message: string) => void;
   /** Other nodes to take the bytes from (src/peer/peer-download.ts). Default: none. */
   planner?: DownloadPlanner;
+  /**
+   * The expected sha256 is the source's own (the Hub's listing), not a caller's pin: bytes
+   * that do not match it are damaged, and are not kept in the cache. Default false: a
+   * download that does not match the caller's `sha256` is kept there as what the URL serves.
+   */
+  sha256FromSource?: boolean;
 }
 
 export type CacheOutcome = 'hit' | 'miss' | 'bypass';
@@ -49,7 +65,7 @@ export async function fetchCached(
   out: string,
   options: FetchOptions & CacheOptions = {},
 ): Promise<CachedFetchResult> {
-  const { cacheDir, offline, revalidateTimeoutMs, onStatus, planner, ...fetchOptions } = options;
+  const { cacheDir, offline, revalidateTimeoutMs, onStatus, planner, sha256FromSource, ...fetchOptions } = options;
   const resolved = resolveFetchOptions(fetchOptions);
   const started = performance.now();
   const key = cacheKey(url, resolved.headers);
@@ -164,6 +180,8 @@ export async function fetchCached(
         onWait: () => status('waiting for another process on this node that is downloading it'),
         onOwnerGone: (pid) =>
           status(`the process that was downloading it (pid ${pid}) is gone; taking over its partial`),
+        onOwnerFailed: (pid, message) =>
+          status(`the process that was downloading it (pid ${pid}) failed (${message}); downloading it here`),
         isDone: async () => (await cache.recordedSince(key, seen)) !== undefined,
       });
       if (lock !== 'done') break;
@@ -174,6 +192,9 @@ export async function fetchCached(
 
     let download: DownloadResult | BlobDownloadResult;
     let admitted: CachedCopy;
+    // The caller's pin is checked here, not by the engine (which removes bytes that miss it):
+    // the download is kept as what the URL serves, for the processes waiting for it.
+    const checkPinHere = expected !== undefined && !sha256FromSource;
     try {
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
       // The part file a download from the origin leaves for admit to store (a planned
@@ -181,7 +202,13 @@ export async function fetchCached(
       let part: string | undefined;
       const fromOrigin = async (): Promise<DownloadResult> => {
         part = lock.part;
-        return downloadToPart(source, part, { ...resolved, computeSha256: true, signal });
+        const engineExpects = checkPinHere ? undefined : expected;
+        return downloadToPart(source, part, {
+          ...resolved,
+          expectedSha256: engineExpects,
+          computeSha256: true,
+          signal,
+        });
       };
       const plan = planner ? await planner.plan({ url, origin: source, pinned: expected }) : undefined;
       if (plan) {
@@ -203,6 +230,20 @@ export async function fetchCached(
         download = await fromOrigin();
       }
       admitted = await cache.admit(key, { ...download, sha256: download.sha256! }, part);
+      if (checkPinHere && admitted.digest !== expected) {
+        throw new DigestMismatchError(
+          `sha256 mismatch for ${source.url}: expected ${expected}, got ${admitted.digest}`,
+          {
+            url: source.url,
+            expected,
+            actual: admitted.digest,
+            hint: `nothing was written to ${out}; the node cache keeps the download as what the origin serves`,
+          },
+        );
+      }
+    } catch (err) {
+      lock.recordFailure(failureReason(err));
+      throw err;
     } finally {
       await lock.release();
     }
@@ -220,6 +261,12 @@ export async function fetchCached(
     source.close();
     cache.close();
   }
+}
+
+/** How a waiter is told why this process gave up the download. */
+function failureReason(err: unknown): string {
+  if (err instanceof AbortedError) return 'it was cancelled';
+  return err instanceof Error ? err.message : String(err);
 }
 
 function sameValidator(a: Validator, b: Validator | undefined): boolean {

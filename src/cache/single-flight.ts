@@ -7,9 +7,12 @@
 // the lock itself: the kernel lists the holder's pid (/proc/locks), read for messages only.
 // Lock files are never removed: a waiter holding an open handle on a removed file would lock
 // a file nobody else sees. A waiter that gets the lock after its owner died resumes the
-// owner's partial file (same path, same journal).
+// owner's partial file (same path, same journal). An owner that fails (an error, a digest
+// other than its pin, a cancel) says so in `locks/source-<hash>.failed.json` before it lets
+// the lock go, so the waiter that takes the lock next can tell a failure from a death: an
+// exited process is not a dead one.
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type Database from 'better-sqlite3';
 import { AbortedError, CacheError } from '../core/errors.js';
@@ -18,6 +21,11 @@ import type { CacheLayout } from './cache-root.js';
 
 export interface HeldLock {
   release(): Promise<void>;
+  /**
+   * Records why this owner gives up (before `release`), for the process that takes the lock
+   * next. Best effort: without the record that process says the owner is gone.
+   */
+  recordFailure(message: string): void;
   /**
    * Aborts when the lock is lost. A kernel lock is only lost with its process, so this never
    * fires; it stays for callers written against lock files that could be taken over.
@@ -31,6 +39,8 @@ export interface WaitOptions {
   onWait?: () => void;
   /** Called when the lock comes free because the process holding it died. */
   onOwnerGone?: (pid: number) => void;
+  /** Called when the lock comes free because the process holding it failed, with its reason. */
+  onOwnerFailed?: (pid: number, message: string) => void;
   /**
    * Polled while waiting, and once more when the lock is taken (waited for or not: the owner
    * may have finished between the caller's look and its first try): true when another process
@@ -46,6 +56,37 @@ export function keyHash(key: string): string {
 
 export function sourceLockPath(layout: CacheLayout, hash: string): string {
   return `${layout.locks}/source-${hash}.lock`;
+}
+
+/** Where an owner that failed leaves its reason for the next one. */
+export function sourceFailurePath(layout: CacheLayout, hash: string): string {
+  return `${layout.locks}/source-${hash}.failed.json`;
+}
+
+interface FailureRecord {
+  pid: number;
+  message: string;
+}
+
+function readFailure(path: string): FailureRecord | undefined {
+  try {
+    const value = JSON.parse(readFileSync(path, 'utf8')) as Partial<FailureRecord> | null;
+    return value && Number.isSafeInteger(value.pid) && typeof value.message === 'string'
+      ? { pid: value.pid!, message: value.message }
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+function writeFailure(path: string, record: FailureRecord): void {
+  const temp = `${path}.${process.pid}.tmp`;
+  try {
+    writeFileSync(temp, JSON.stringify(record));
+    renameSync(temp, path);
+  } catch {
+    rmSync(temp, { force: true });
+  }
 }
 
 type DatabaseConstructor = typeof Database;
@@ -158,7 +199,9 @@ export async function acquireSourceLock(
   options: WaitOptions,
 ): Promise<HeldLock | 'done'> {
   const DatabaseClass = await loadDatabase();
-  const path = sourceLockPath(layout, keyHash(key));
+  const hash = keyHash(key);
+  const path = sourceLockPath(layout, hash);
+  const failurePath = sourceFailurePath(layout, hash);
   let announced = false;
   let holder: number | undefined;
   for (;;) {
@@ -169,13 +212,23 @@ export async function acquireSourceLock(
         unlock(db);
         return 'done';
       }
-      if (holder !== undefined && !isRunning(holder)) options.onOwnerGone?.(holder);
+      // Written by the last owner, if it failed: every owner removes the record it finds.
+      const failure = readFailure(failurePath);
+      rmSync(failurePath, { force: true });
+      if (announced && failure && (holder === undefined || failure.pid === holder)) {
+        options.onOwnerFailed?.(failure.pid, failure.message);
+      } else if (holder !== undefined && !isRunning(holder)) {
+        options.onOwnerGone?.(holder);
+      }
       let released = false;
       return {
         release: async () => {
           if (released) return;
           released = true;
           unlock(db);
+        },
+        recordFailure: (message) => {
+          if (!released) writeFailure(failurePath, { pid: process.pid, message });
         },
         lost: new AbortController().signal,
       };

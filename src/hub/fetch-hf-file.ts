@@ -55,6 +55,8 @@ export async function fetchHfFile(
       onStatus,
       revalidateTimeoutMs,
       offline: true,
+      // Without --sha256 the digest is the Hub's: bytes that miss it are damaged, kept nowhere.
+      sha256FromSource: rest.sha256 === undefined,
     });
   } else {
     const { fetchFile } = await import('../fetch/fetch-file.js');

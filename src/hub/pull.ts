@@ -248,6 +248,8 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
       requestPool: slots,
       signal,
       sha256: file.sha256,
+      // The Hub's digest: bytes that miss it are damaged, and kept nowhere.
+      sha256FromSource: true,
       headers,
       cacheDir: params.cacheDir,
       // The URL names a commit: its bytes never change, so a cached copy needs no revalidation.
