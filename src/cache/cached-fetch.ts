@@ -7,7 +7,7 @@
 // or fails at once if it is pinned to another digest, instead of downloading it again.
 // A hit is served from its hint file when it can be; SQLite and the engine load only when
 // the hint cannot answer.
-import { statSync } from 'node:fs';
+import { renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import {
   AbortedError,
@@ -15,6 +15,7 @@ import {
   DigestMismatchError,
   DiskAccessError,
   DiskFullError,
+  diskError,
   LoomError,
 } from '../core/errors.js';
 import type { BlobDownloadResult, DownloadResult } from '../fetch/download.js';
@@ -25,7 +26,7 @@ import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from '../fetc
 import { sourceFor } from '../sources/index.js';
 import type { Validator } from '../sources/source.js';
 import type { Materialization } from './blob-store.js';
-import { resolveCacheRoot } from './cache-root.js';
+import { blobPath, resolveCacheRoot } from './cache-root.js';
 import { isFresh, isOriginRefusal, type FreshnessCheck } from './freshness.js';
 import { NodeCache, type CachedCopy, type Claim, type OpenNodeCache } from './node-cache.js';
 import { cacheKey } from './source-key.js';
@@ -48,6 +49,12 @@ export interface CacheOptions {
    * download that does not match the caller's `sha256` is kept there as what the URL serves.
    */
   sha256FromSource?: boolean;
+  /**
+   * A check of a new download's bytes (the Hub's git sha1 of a small file), run on the
+   * finished file before it enters the cache or reaches `out`: bytes that fail it are kept
+   * nowhere, and the index records only what passed, so a hit needs no check again.
+   */
+  verifyDownload?: (path: string) => Promise<void>;
 }
 
 export type CacheOutcome = 'hit' | 'miss' | 'bypass';
@@ -65,7 +72,16 @@ export async function fetchCached(
   out: string,
   options: FetchOptions & CacheOptions = {},
 ): Promise<CachedFetchResult> {
-  const { cacheDir, offline, revalidateTimeoutMs, onStatus, planner, sha256FromSource, ...fetchOptions } = options;
+  const {
+    cacheDir,
+    offline,
+    revalidateTimeoutMs,
+    onStatus,
+    planner,
+    sha256FromSource,
+    verifyDownload,
+    ...fetchOptions
+  } = options;
   const resolved = resolveFetchOptions(fetchOptions);
   const started = performance.now();
   const key = cacheKey(url, resolved.headers);
@@ -132,7 +148,7 @@ export async function fetchCached(
   } catch (err) {
     source.close();
     status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
-    return bypass(url, out, fetchOptions);
+    return bypass(url, out, fetchOptions, verifyDownload);
   }
 
   const serve = async (copy: CachedCopy, waited: boolean) => hit(copy, await cache.place(copy, out), waited);
@@ -172,7 +188,7 @@ export async function fetchCached(
     }
 
     // A miss: load the download engine and the lock (a hit never pays for them).
-    const { downloadToPart } = await import('../fetch/download.js');
+    const { discardPart, downloadToPart } = await import('../fetch/download.js');
     let lock: Claim | 'done';
     for (;;) {
       lock = await cache.claim(key, {
@@ -229,6 +245,14 @@ export async function fetchCached(
       } else {
         download = await fromOrigin();
       }
+      if (verifyDownload) {
+        // A planned download stored its blob itself: one that fails stays unindexed (gc's).
+        const path = part ?? blobPath(cache.layout, download.sha256!);
+        await verifyDownload(path).catch(async (err: unknown) => {
+          if (part !== undefined) await discardPart(part);
+          throw err;
+        });
+      }
       admitted = await cache.admit(key, { ...download, sha256: download.sha256! }, part);
       if (checkPinHere && admitted.digest !== expected) {
         throw new DigestMismatchError(
@@ -254,7 +278,7 @@ export async function fetchCached(
     if (sharedFull) throw sharedFull;
     if (isCacheSideFailure(err, cache.root)) {
       status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
-      return bypass(url, out, fetchOptions);
+      return bypass(url, out, fetchOptions, verifyDownload);
     }
     throw err;
   } finally {
@@ -273,10 +297,28 @@ function sameValidator(a: Validator, b: Validator | undefined): boolean {
   return b !== undefined && a.etag === b.etag && a.lastModified === b.lastModified;
 }
 
-async function bypass(url: string, out: string, options: FetchOptions): Promise<CachedFetchResult> {
+async function bypass(
+  url: string,
+  out: string,
+  options: FetchOptions,
+  verifyDownload: ((path: string) => Promise<void>) | undefined,
+): Promise<CachedFetchResult> {
   const { fetchFile } = await import('../fetch/fetch-file.js');
-  const direct = await fetchFile(url, out, options);
-  return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
+  if (!verifyDownload) {
+    const direct = await fetchFile(url, out, options);
+    return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
+  }
+  // Checked under another name, so that `out` only ever holds bytes that passed.
+  const landing = `${out}.loom-unverified`;
+  const direct = await fetchFile(url, landing, options);
+  try {
+    await verifyDownload(landing);
+    renameSync(landing, out);
+  } catch (err) {
+    rmSync(landing, { force: true });
+    throw err instanceof LoomError ? err : diskError(err, `placing ${out}`);
+  }
+  return { ...direct, path: out, cache: 'bypass', materialization: undefined, waited: false };
 }
 
 /**

@@ -4,7 +4,9 @@
 //   {hub}/…/snapshots/{commit}/{path}  -> ../../blobs/{etag}   relative symlinks
 //   {hub}/…/refs/{revision}                                    the commit, no newline
 //   {hub}/.locks/{repo folder}/{etag}.lock                     created while a blob is written
-// A blob is written as {etag}.incomplete and renamed into place once verified.
+// A blob appears whole: it is a hard link of the node cache's verified blob, made under a
+// temporary name and renamed into place (the Hub's clients write {etag}.incomplete first).
+// Without the node cache, it is downloaded beside its place and renamed once verified.
 import { existsSync, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
 import { mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
@@ -91,8 +93,8 @@ export class HfRepoCache {
     }
   }
 
-  /** Where a blob is written before it is verified; its lock file is created alongside. */
-  async prepareBlob(etag: string): Promise<string> {
+  /** Creates blobs/ and the blob's lock file, as the Python client leaves it. */
+  async prepareBlob(etag: string): Promise<void> {
     try {
       await mkdir(join(this.dir, 'blobs'), { recursive: true });
       await mkdir(this.lockDir, { recursive: true });
@@ -101,7 +103,6 @@ export class HfRepoCache {
     } catch (err) {
       throw diskError(err, `preparing ${this.dir}`);
     }
-    return `${this.blobPath(etag)}.incomplete`;
   }
 
   /** The relative target of a snapshot symlink: ../../blobs/{etag} plus one ../ per directory. */

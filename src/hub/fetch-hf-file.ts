@@ -13,7 +13,7 @@ import type { FetchOptions } from '../fetch/options.js';
 import { hfFileSource } from '../sources/hf/index.js';
 import { hubOffline } from '../sources/hf/config.js';
 import { COMMIT_HASH, DEFAULT_REVISION, formatHfRef, parseHfRef } from '../sources/hf/uri.js';
-import { verifyGitSha1 } from './verify.js';
+import { checkGitSha1, verifyGitSha1 } from './verify.js';
 
 export interface HfFetchOptions extends FetchOptions, CacheOptions {
   /** false: straight to `out`, bypassing the node cache (--no-cache). Default true. */
@@ -46,10 +46,13 @@ export async function fetchHfFile(
     sha256: rest.sha256 ?? target.sha256,
     headers: { ...rest.headers, ...target.headers },
   };
-  const landing = target.gitSha1 ? `${out}.loom-incomplete` : out;
+  const gitSha1 = target.gitSha1;
+  const label = formatHfRef(target.ref);
   let result: CachedFetchResult | FetchResult;
   if (cache) {
-    result = await fetchCached(target.url, landing, {
+    // A small file's git sha1 is checked before the download is stored or placed, so a cached
+    // copy is one that passed, and the hit is not read again.
+    result = await fetchCached(target.url, out, {
       ...fetchOptions,
       cacheDir,
       onStatus,
@@ -57,21 +60,21 @@ export async function fetchHfFile(
       offline: true,
       // Without --sha256 the digest is the Hub's: bytes that miss it are damaged, kept nowhere.
       sha256FromSource: rest.sha256 === undefined,
+      verifyDownload: gitSha1
+        ? (path) => checkGitSha1(path, target.size, gitSha1, { url: target.url, label })
+        : undefined,
     });
   } else {
     const { fetchFile } = await import('../fetch/fetch-file.js');
+    const landing = gitSha1 ? `${out}.loom-incomplete` : out;
     result = await fetchFile(target.url, landing, fetchOptions);
-  }
-  if (target.gitSha1) {
-    await verifyGitSha1(landing, target.size, target.gitSha1, {
-      url: target.url,
-      label: formatHfRef(target.ref),
-      cacheDir: cache ? cacheDir : undefined,
-    });
-    try {
-      await rename(landing, out);
-    } catch (err) {
-      throw diskError(err, `placing ${out}`);
+    if (gitSha1) {
+      await verifyGitSha1(landing, target.size, gitSha1, { url: target.url, label });
+      try {
+        await rename(landing, out);
+      } catch (err) {
+        throw diskError(err, `placing ${out}`);
+      }
     }
   }
   // An LFS file's sha256 (X-Linked-Etag) was the download's expected digest; a small file's

@@ -6,7 +6,7 @@
 // across it, small ones fetched whole in the gaps), and are laid out in the standard HF cache
 // (blobs hard-linked from the node cache) or as plain files under --out.
 import { existsSync, realpathSync, statSync } from 'node:fs';
-import { link, mkdir, rename, rm } from 'node:fs/promises';
+import { link, mkdir, rm } from 'node:fs/promises';
 import { dirname, resolve, sep } from 'node:path';
 import { HubOfflineError, UsageError, diskError } from '../core/errors.js';
 import { fetchCached, type CacheOutcome } from '../cache/cached-fetch.js';
@@ -26,7 +26,7 @@ import {
   type HfRef,
   type HfRepoType,
 } from '../sources/hf/uri.js';
-import { verifyGitSha1 } from './verify.js';
+import { checkGitSha1 } from './verify.js';
 
 /** Engine options for every file; `workers` is the size of the pull's one pool of requests. */
 export type PullFetchOptions = Omit<
@@ -228,20 +228,22 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
     { slots, signal, onBytes }: { slots: RequestSlots; signal: AbortSignal; onBytes: (doneBytes: number) => void },
   ): Promise<PulledFile> => {
     const url = resolveUrl(endpoint, ref, commit, file.path);
-    // A small file is verified after fetchCached and before it takes its place; an LFS file
-    // is verified by fetchCached itself (its sha256), so it can land at its place directly.
+    // fetchCached checks the bytes (an LFS file's sha256, a small file's git sha1) before they
+    // are stored or placed, and places the verified blob itself: a hard link made under a
+    // temporary name and renamed into place, the stamp it leaves recorded. Renaming its link
+    // again here would move the blob's ctime, and the next hit would rehash it.
     const target = out ? safeJoin(out, file.path) : repoCache.blobPath(file.etag);
-    const landing = out
-      ? file.gitSha1
-        ? `${target}.loom-incomplete`
-        : target
-      : await repoCache.prepareBlob(file.etag);
-    try {
-      await mkdir(dirname(landing), { recursive: true });
-    } catch (err) {
-      throw diskError(err, `creating ${dirname(landing)}`);
+    if (out) {
+      try {
+        await mkdir(dirname(target), { recursive: true });
+      } catch (err) {
+        throw diskError(err, `creating ${dirname(target)}`);
+      }
+    } else {
+      await repoCache.prepareBlob(file.etag);
     }
-    const result = await fetchCached(url, landing, {
+    const gitSha1 = file.gitSha1;
+    const result = await fetchCached(url, target, {
       ...params.fetch,
       // Every file may use the whole pool: when the others are done, the last one gets it all.
       workers: pool.size,
@@ -250,6 +252,7 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
       sha256: file.sha256,
       // The Hub's digest: bytes that miss it are damaged, and kept nowhere.
       sha256FromSource: true,
+      verifyDownload: gitSha1 ? (path) => checkGitSha1(path, file.size, gitSha1, { url, label: file.path }) : undefined,
       headers,
       cacheDir: params.cacheDir,
       // The URL names a commit: its bytes never change, so a cached copy needs no revalidation.
@@ -257,16 +260,6 @@ export async function pullRepo(params: PullParams): Promise<PullResult> {
       onStatus: (message) => status(`${file.path}: ${message}`),
       onProgress: (p) => onBytes(p.doneBytes),
     });
-    if (file.gitSha1) {
-      await verifyGitSha1(landing, file.size, file.gitSha1, { url, label: file.path, cacheDir: params.cacheDir });
-    }
-    if (landing !== target) {
-      try {
-        await rename(landing, target);
-      } catch (err) {
-        throw diskError(err, `placing ${target}`);
-      }
-    }
     const location = out ? target : await repoCache.linkSnapshot(commit, file.path, file.etag);
     return { ...base(file), outcome: result.cache, transferredBytes: result.stats.transferredBytes, location };
   };

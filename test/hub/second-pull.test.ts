@@ -1,0 +1,142 @@
+// A second `loom pull` of an unchanged repo, as a user runs it (the built binary): nothing
+// from the Hub or its CDN, and no file read again, whether it goes to the same HF cache
+// (files already there), to a new one (a new container sharing the node's cache) or to
+// --out. What the node cache recorded of each blob (inode, size, mtime, ctime) must still be
+// what is on disk after a pull, else the next hit rehashes it; and each process's bytes read
+// (/proc/self/io, written at exit by a preloaded module) must stay below one file's size.
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { after, before, describe, it } from 'node:test';
+import { blobPath, cacheLayout } from '../../src/cache/cache-root.js';
+import { runLoom, tempDir } from '../helpers/fixtures.js';
+import { TestHub, commitHash, gitBlobSha1, type TestHubFile } from '../support/test-hub.js';
+import { TOKEN } from './fixtures.js';
+
+const MiB = 1024 * 1024;
+const files: TestHubFile[] = [
+  { path: 'model-00001-of-00002.safetensors', bytes: randomBytes(8 * MiB) },
+  { path: 'model-00002-of-00002.safetensors', bytes: randomBytes(8 * MiB) },
+  // A large file kept out of LFS: named and checked by its git blob sha1, served by the Hub.
+  { path: 'tokenizer.model', bytes: randomBytes(4 * MiB), lfs: false },
+  { path: 'config.json', bytes: Buffer.from('{"model_type":"llama","hidden_size":64}\n') },
+  { path: 'nested/generation_config.json', bytes: Buffer.from('{"do_sample":false}\n') },
+];
+const SMALLEST_CHECKED = 4 * MiB;
+const lfsBytes = files.filter((f) => f.lfs !== false && f.bytes.length >= 1024).reduce((s, f) => s + f.bytes.length, 0);
+const hubBytes = files.filter((f) => f.lfs === false || f.bytes.length < 1024).reduce((s, f) => s + f.bytes.length, 0);
+const COMMIT = commitHash('second-pull main');
+
+describe('a second loom pull of an unchanged repo', () => {
+  let hub: TestHub;
+  const root = tempDir('loom-second-pull-');
+  const nodeCache = join(root, 'node-cache');
+  const ioReporter = join(root, 'io-report.mjs');
+  let runs = 0;
+
+  before(async () => {
+    hub = await TestHub.start({
+      repos: [{ id: 'acme/second', commits: [{ sha: COMMIT, files }] }],
+      tokens: [TOKEN],
+    });
+    writeFileSync(
+      ioReporter,
+      [
+        "import { readFileSync, writeFileSync } from 'node:fs';",
+        "process.on('exit', () => writeFileSync(process.env.LOOM_TEST_IO_REPORT, readFileSync('/proc/self/io')));",
+      ].join('\n'),
+    );
+  });
+  after(() => hub.close());
+
+  /** `loom pull` with its outcomes, the Hub's bytes, and the bytes the process read. */
+  async function pull(hfHome: string, extra: string[] = []) {
+    const report = join(root, `io-${++runs}.txt`);
+    hub.resetStats();
+    const run = await runLoom(['pull', 'acme/second', '--json', '--no-fsync', ...extra], {
+      HF_ENDPOINT: hub.endpoint,
+      HF_HOME: hfHome,
+      HF_HUB_CACHE: '',
+      HF_TOKEN: TOKEN,
+      HF_HUB_OFFLINE: '',
+      LOOM_CACHE_DIR: nodeCache,
+      LOOM_TEST_IO_REPORT: report,
+      NODE_OPTIONS: `--import=${pathToFileURL(ioReporter).href}`,
+    });
+    assert.equal(run.code, 0, run.stderr);
+    const summary = JSON.parse(run.stdout) as { files: { path: string; outcome: string }[]; transferredBytes: number };
+    const readBytes = Number(/^rchar: (\d+)$/m.exec(readFileSync(report, 'utf8'))![1]);
+    return {
+      outcomes: [...new Set(summary.files.map((f) => f.outcome))],
+      transferredBytes: summary.transferredBytes,
+      hubBytes: hub.stats.cdnBytes + hub.stats.hubFileBytes,
+      readBytes,
+    };
+  }
+
+  /** Blobs whose node-cache record (hint and index stamp) is not what is on disk: the next hit would rehash them. */
+  function staleRecords(): string[] {
+    const layout = cacheLayout(nodeCache);
+    const stale: string[] = [];
+    for (const name of readdirSync(layout.hints)) {
+      const hint = JSON.parse(readFileSync(join(layout.hints, name), 'utf8')) as {
+        key: string;
+        digest: string;
+        stamp: { ino: number; size: number; mtimeMs: number; ctimeMs: number };
+      };
+      const now = statSync(blobPath(layout, hint.digest));
+      const { ino, size, mtimeMs, ctimeMs } = hint.stamp;
+      if (now.ino !== ino || now.size !== size || now.mtimeMs !== mtimeMs || now.ctimeMs !== ctimeMs) {
+        stale.push(hint.key.replace(/#.*/, '').split('/').pop()!);
+      }
+    }
+    return stale.sort();
+  }
+
+  it('takes nothing from the Hub and reads no file again: same HF cache, a new one, --out', async () => {
+    const first = await pull(join(root, 'hf-a'));
+    assert.deepEqual(first.outcomes, ['miss']);
+    assert.equal(first.hubBytes, lfsBytes + hubBytes);
+    assert.equal(readdirSync(join(nodeCache, 'hints')).length, files.length);
+    assert.deepEqual(staleRecords(), [], 'the node cache recorded each blob as the pull left it');
+
+    // A new container: its own HF cache, the node's cache shared. Every file a hit, none read.
+    const fresh = await pull(join(root, 'hf-b'));
+    assert.deepEqual(fresh.outcomes, ['hit']);
+    assert.equal(fresh.hubBytes, 0);
+    assert.equal(fresh.transferredBytes, 0);
+    assert.ok(fresh.readBytes < SMALLEST_CHECKED, `the pull read ${fresh.readBytes} bytes`);
+    assert.deepEqual(staleRecords(), []);
+
+    // The same HF cache again: every file already there.
+    const again = await pull(join(root, 'hf-a'));
+    assert.deepEqual(again.outcomes, ['present']);
+    assert.equal(again.hubBytes, 0);
+    assert.ok(again.readBytes < SMALLEST_CHECKED, `the pull read ${again.readBytes} bytes`);
+
+    // Plain files, twice.
+    const out = join(root, 'out');
+    for (const round of [1, 2]) {
+      const plain = await pull(join(root, 'hf-a'), ['--out', out]);
+      assert.deepEqual(plain.outcomes, ['hit'], `--out round ${round}`);
+      assert.equal(plain.hubBytes, 0);
+      assert.ok(plain.readBytes < SMALLEST_CHECKED, `--out round ${round}: the pull read ${plain.readBytes} bytes`);
+      assert.deepEqual(staleRecords(), [], `--out round ${round}`);
+      for (const file of files) assert.ok(readFileSync(join(out, file.path)).equals(file.bytes), file.path);
+    }
+    // Every file exact through both snapshots, and nothing half-written left beside the blobs.
+    for (const hf of ['hf-a', 'hf-b']) {
+      const repo = join(root, hf, 'hub', 'models--acme--second');
+      for (const file of files) {
+        assert.ok(readFileSync(join(repo, 'snapshots', COMMIT, file.path)).equals(file.bytes), file.path);
+      }
+      assert.deepEqual(
+        readdirSync(join(repo, 'blobs')).filter((n) => n.includes('.')),
+        [],
+      );
+    }
+    assert.ok(existsSync(join(root, 'hf-b', 'hub', 'models--acme--second', 'blobs', gitBlobSha1(files[2]!.bytes))));
+  });
+});
