@@ -10,7 +10,6 @@
 import { renameSync, rmSync, statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import {
-  AbortedError,
   CacheError,
   DigestMismatchError,
   DiskAccessError,
@@ -287,9 +286,11 @@ export async function fetchCached(
   }
 }
 
-/** How a waiter is told why this process gave up the download. */
+/** How a waiter is told why this process gave up the download: the message without its hint (meant for this user). */
 function failureReason(err: unknown): string {
-  if (err instanceof AbortedError) return 'it was cancelled';
+  if (err instanceof LoomError && err.hint && err.message.endsWith(`; ${err.hint}`)) {
+    return err.message.slice(0, -(err.hint.length + 2));
+  }
   return err instanceof Error ? err.message : String(err);
 }
 
