@@ -179,4 +179,27 @@ describe('single flight with pinned digests', () => {
     assert.doesNotMatch(w.stderr, notGone);
     assert.equal(await sha256OfFile(waiter.out), content.sha256);
   });
+
+  it('an owner stopped with Ctrl-C is said to be cancelled, not gone; the waiter resumes its partial', async () => {
+    const server = await origin();
+    const cacheDir = freshCache();
+    const url = server.url('/model.bin');
+    const owner = fetchProcess(url, 'cancelled-owner', cacheDir);
+    await holdsTheLock(cacheDir, owner.child.pid);
+    const waiter = fetchProcess(url, 'after-cancel', cacheDir);
+    await waiting(waiter);
+    await waitFor('the owner to have 2 MiB', () => server.bytesServed >= 2 * 1024 * 1024, 30_000);
+    owner.child.kill('SIGINT');
+    const [o, w] = await Promise.all([owner.done, waiter.done]);
+    assert.equal(o.code, 130, o.stderr);
+    assert.equal(w.code, 0, w.stderr);
+    assert.match(
+      w.stderr,
+      new RegExp(`the process that was downloading it \\(pid ${owner.child.pid}\\) failed \\(download cancelled\\)`),
+    );
+    assert.doesNotMatch(w.stderr, notGone);
+    assert.match(w.stderr, /resumed from the partial file/, 'the waiter resumed the partial the owner kept');
+    assert.equal(await sha256OfFile(waiter.out), content.sha256);
+    assert.ok(server.bytesServed < 2 * SIZE, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
+  });
 });
