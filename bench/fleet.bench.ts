@@ -4,7 +4,7 @@
 // has a verified copy, against one node alone with the origin to itself; then the same
 // with one node whose cached blob was corrupted (it serves bad pieces).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chmodSync, mkdirSync, openSync, rmSync, writeSync, closeSync } from 'node:fs';
+import { chmodSync, mkdirSync, openSync, readFileSync, rmSync, writeSync, closeSync } from 'node:fs';
 import { join } from 'node:path';
 import { OriginServer } from '../test/support/origin-server.js';
 import { freePort } from '../test/support/ports.js';
@@ -18,6 +18,8 @@ interface Node {
   cacheDir: string;
   out: string;
   agent: ChildProcess | undefined;
+  /** The agent's base URL, for its /metrics. */
+  agentUrl?: string;
 }
 
 interface FleetRun {
@@ -36,7 +38,9 @@ async function waitForNodes(cpUrl: string, count: number): Promise<void> {
   throw new Error(`only some of ${count} agents registered with ${cpUrl}`);
 }
 
-async function startControlPlane(db: string): Promise<{ url: string; stop: () => Promise<void> }> {
+async function startControlPlane(
+  db: string,
+): Promise<{ url: string; pid: number | undefined; stop: () => Promise<void> }> {
   const port = await freePort();
   const child = spawn(
     process.execPath,
@@ -52,6 +56,7 @@ async function startControlPlane(db: string): Promise<{ url: string; stop: () =>
   }
   return {
     url,
+    pid: child.pid,
     stop: async () => {
       if (child.exitCode !== null) return;
       const exited = new Promise((r) => child.once('exit', r));
@@ -63,6 +68,7 @@ async function startControlPlane(db: string): Promise<{ url: string; stop: () =>
 
 async function startAgent(node: Node, cpUrl: string): Promise<void> {
   const port = await freePort();
+  node.agentUrl = `http://127.0.0.1:${port}`;
   node.agent = spawn(
     process.execPath,
     [
@@ -123,15 +129,82 @@ async function runFleet(
   return { seconds, originBytes: origin.bytesServed, runs };
 }
 
-/** What one node's `loom fetch --json` said: time, retries and where its bytes came from. */
-function nodeFigures(stdout: string): Record<string, unknown> {
-  const s = JSON.parse(stdout) as Record<string, unknown>;
+/** What one node's `loom fetch --json` said: time, retries and where its bytes came from; its CPU. */
+function nodeFigures(run: CommandRun): Record<string, unknown> {
+  const s = JSON.parse(run.stdout) as Record<string, unknown>;
   return {
     seconds: s.seconds,
+    cpuSeconds: Number(run.cpuSeconds.toFixed(2)),
     retries: s.retries,
     requests: s.requests,
     bytesBySource: s.bytesBySource,
     dropped: s.droppedSources,
+  };
+}
+
+/** CPU seconds (user + system) a live process has used so far, from /proc; 0 once it is gone. */
+function cpuOf(pid: number | undefined): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(fields[11]) + Number(fields[12])) / 100;
+  } catch {
+    return 0;
+  }
+}
+
+/** Sums the samples of one Prometheus counter, by the value of `label` when given. */
+async function scrape(url: string, metric: string, label?: string): Promise<Record<string, number>> {
+  const text = await fetch(`${url}/metrics`)
+    .then((r) => r.text())
+    .catch(() => '');
+  const sums: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(metric)) continue;
+    const labels = /\{(.*)\}/.exec(line)?.[1] ?? '';
+    const key = label ? (new RegExp(`${label}="([^"]*)"`).exec(labels)?.[1] ?? '') : 'all';
+    sums[key] = (sums[key] ?? 0) + Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return sums;
+}
+
+/**
+ * What serving cost during one fleet run: each agent's CPU seconds and bytes served, the
+ * control plane's CPU and its requests by route (from its /metrics) per follower-second.
+ */
+async function fleetCost(
+  nodes: Node[],
+  cp: { url: string; pid: number | undefined },
+  run: () => Promise<FleetRun>,
+): Promise<{ result: FleetRun; cost: Record<string, unknown> }> {
+  const agentsBefore = nodes.map((n) => cpuOf(n.agent?.pid));
+  const cpBefore = cpuOf(cp.pid);
+  const requestsBefore = await scrape(cp.url, 'loom_cp_http_requests_total', 'route');
+  const result = await run();
+  const agentsCpu = nodes.map((n, i) => Number((cpuOf(n.agent?.pid) - agentsBefore[i]!).toFixed(2)));
+  const served = await Promise.all(
+    nodes.map(async (n) => (await scrape(n.agentUrl ?? '', 'loom_agent_bytes_served_total')).all ?? 0),
+  );
+  const requests = await scrape(cp.url, 'loom_cp_http_requests_total', 'route');
+  const nodeSeconds = result.runs.reduce((sum, r) => sum + r.seconds, 0);
+  const perNodeSecond: Record<string, number> = {};
+  for (const [route, count] of Object.entries(requests)) {
+    const delta = count - (requestsBefore[route] ?? 0);
+    if (delta > 0) perNodeSecond[route] = Number((delta / nodeSeconds).toFixed(2));
+  }
+  const total = Object.values(perNodeSecond).reduce((a, b) => a + b, 0);
+  return {
+    result,
+    cost: {
+      agentCpuSeconds: agentsCpu,
+      agentMiBServed: served.map((b) => Math.round(b / MiB)),
+      agentCpuSecondsPerGiBServed: agentsCpu.map((c, i) =>
+        served[i]! > 0 ? Number(((c * 1024 * MiB) / served[i]!).toFixed(2)) : null,
+      ),
+      fetchCpuSeconds: result.runs.map((r) => Number(r.cpuSeconds.toFixed(2))),
+      controlPlaneCpuSeconds: Number((cpuOf(cp.pid) - cpBefore).toFixed(2)),
+      controlPlaneRequestsPerNodeSecond: { total: Number(total.toFixed(2)), ...perNodeSecond },
+    },
   };
 }
 
@@ -159,6 +232,7 @@ export async function fleetScenario(
   const samples = { alone: [] as number[], noPeers: [] as number[], peers: [] as number[] };
   const bytes = { noPeers: [] as number[], peers: [] as number[], badPeer: [] as number[] };
   const perNode: unknown[] = [];
+  const costs: unknown[] = [];
   let badPeer: { seconds: number; excluded: boolean; exact: boolean } | undefined;
   try {
     for (let round = 0; round < rounds; round++) {
@@ -178,9 +252,10 @@ export async function fleetScenario(
       try {
         for (const node of nodes) await startAgent(node, cp.url);
         await waitForNodes(cp.url, count);
-        const peers = await runFleet(origin, url, nodes, cp.url);
+        const { result: peers, cost } = await fleetCost(nodes, cp, () => runFleet(origin, url, nodes, cp.url));
         samples.peers.push(peers.seconds);
-        perNode.push(peers.runs.map((r) => nodeFigures(r.stdout)));
+        perNode.push(peers.runs.map((r) => nodeFigures(r)));
+        costs.push(cost);
         bytes.peers.push(peers.originBytes);
         if (round === 0) badPeer = await withBadPeer(origin, url, nodes, cp.url, peers);
       } finally {
@@ -226,8 +301,11 @@ export async function fleetScenario(
       },
     ]);
   }
-  if (process.env.LOOM_BENCH_VERBOSE) console.log(JSON.stringify(perNode, null, 1));
-  return { size: SIZE, origin: ORIGIN, rounds, samples, bytes, rows, badPeer, perNode };
+  if (process.env.LOOM_BENCH_VERBOSE) {
+    console.log(JSON.stringify(perNode, null, 1));
+    console.log(JSON.stringify(costs, null, 1));
+  }
+  return { size: SIZE, origin: ORIGIN, rounds, samples, bytes, rows, badPeer, perNode, costs };
 }
 
 /**

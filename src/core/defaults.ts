@@ -124,7 +124,10 @@ export const DEFAULTS = {
     leaseIdleMs: 15_000,
     /** How long a follower waits for the leader to publish the digest it checks against. */
     publishWaitMs: 60_000,
-    /** How often holders are asked again while downloading. */
+    /**
+     * How often holders are asked again while downloading; every fourth time only while the
+     * peers known hold 8+ pieces this node lacks (swarm.ts).
+     */
     refreshMs: 250,
     /** A peer slower than this (after paceGraceMs) is dropped: far below any peer on the fleet's network. */
     minBytesPerSecond: 512 * 1024,

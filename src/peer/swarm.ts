@@ -90,6 +90,11 @@ export type SwarmRole = 'swarm' | 'leader' | 'follower' | 'origin';
 const ANNOUNCE_MS = 100;
 /** Every how many refreshes a follower tries the lease and asks for the published digest. */
 const SLOW_EVERY = 4;
+/**
+ * Pieces to take from known peers above which holders are asked only every SLOW_EVERY
+ * refreshes: twice what a peer's connections (4) have in flight at once.
+ */
+const BACKLOG_PIECES = 8;
 
 interface TrackedPeer {
   holder: PeerHolder;
@@ -236,6 +241,21 @@ export class Swarm {
     return true;
   }
 
+  /**
+   * Whether the live peers known hold at least BACKLOG_PIECES pieces this node has not
+   * verified yet (a complete one holds them all): work enough until the next slow refresh.
+   */
+  private backlogged(): boolean {
+    const waiting = new Set<number>();
+    for (const [slotId, peer] of this.peers) {
+      if (this.droppedSlots.has(slotId) || this.excluded.has(peer.holder.id)) continue;
+      if (peer.holder.complete || peer.source.complete) return true;
+      for (const piece of peer.pieces) if (!this.verified.has(piece)) waiting.add(piece);
+      if (waiting.size >= BACKLOG_PIECES) return true;
+    }
+    return false;
+  }
+
   /** The peer sources known now, for the engine. */
   peerSlots(): SwarmSlot[] {
     return [...this.peers.keys()].map((id) => this.slotFor(id));
@@ -335,8 +355,12 @@ export class Swarm {
     // CPU, times every node of a fleet that cold-starts at once.
     const count = this.refreshes++;
     const slow = count % SLOW_EVERY === 0;
-    // A leader's peers change rarely (it takes little from them): asked every other refresh.
-    if (this.lease && count % 2 !== 0) return;
+    // A leader's peers change rarely (it takes little from them), and a node with more
+    // pieces to take from the peers it knows than it can have in flight learns nothing it
+    // needs from a fresher bitmap: both ask every SLOW_EVERY refreshes (new holders, to
+    // spread the load), not every one. In a fleet cold start the followers spend most of
+    // their time so, behind the leader's complete blob.
+    if (!slow && (this.lease || this.backlogged())) return;
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));

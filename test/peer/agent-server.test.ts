@@ -20,7 +20,7 @@ after(async () => {
 
 async function start(
   root: string,
-  options: { token?: string; maxUploads?: number; idleTimeoutMs?: number } = {},
+  options: { token?: string; maxUploads?: number; idleTimeoutMs?: number; readChunkBytes?: number } = {},
 ): Promise<{ server: AgentServer; base: string }> {
   const server = new AgentServer({ cacheRoot: root, ...options });
   const { port } = await server.listen('127.0.0.1', 0);
@@ -341,6 +341,44 @@ describe('agent server: limits, auth, in-use and metrics', () => {
     const again = await get(`${base}/v1/blobs/${small}`);
     assert.equal(again.status, 200);
     assert.equal(sha256Of(again.body), small);
+  });
+
+  it('sends concurrent ranges exact through its reused read buffers, and again after a reader went away mid-body', async () => {
+    const root = await makeCache();
+    const bytes = randomBytes(6 * 1024 * 1024 + 333);
+    const digest = await putBlob(root, bytes);
+    // An odd chunk size: every body is many reads, none aligned with the range.
+    const { server, base } = await start(root, { readChunkBytes: 65_537 });
+    const ranges = Array.from({ length: 8 }, (_, i) => [i * 700_001, i * 700_001 + 1_500_000] as const);
+    const serveAll = () =>
+      Promise.all(
+        ranges.map(async ([start, end]) => {
+          const part = await get(`${base}/v1/blobs/${digest}`, { range: `bytes=${start}-${end}` });
+          assert.equal(part.status, 206);
+          assert.equal(sha256Of(part.body), sha256Of(bytes.subarray(start, end + 1)), `${start}-${end}`);
+        }),
+      );
+    // A reader that holds off at first: the socket's buffers fill and writes wait in the
+    // agent; a buffer read into again before its write went out would corrupt the body.
+    const late = await new Promise<Buffer>((resolve, reject) => {
+      http.get(`${base}/v1/blobs/${digest}`, { agent: false }, (res) => {
+        res.pause();
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => resolve(Buffer.concat(chunks)));
+        res.on('error', reject);
+        setTimeout(() => res.resume(), 300);
+      });
+    });
+    assert.equal(sha256Of(late), digest);
+    await serveAll();
+    const gone = await stalledGet(`${base}/v1/blobs/${digest}`);
+    assert.equal(gone.status, 200);
+    gone.destroy();
+    await waitFor('upload ended', () => server.uploadsInFlight === 0);
+    await serveAll();
+    const whole = await get(`${base}/v1/blobs/${digest}`);
+    assert.equal(sha256Of(whole.body), digest);
   });
 
   it('cuts a peer that stops reading after the idle timeout, freeing its upload slot', async () => {

@@ -5,9 +5,11 @@ import assert from 'node:assert/strict';
 import { buffer } from 'node:stream/consumers';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type Fault } from '../support/origin-server.js';
+import { RawOrigin, type RawFault } from '../support/raw-origin.js';
 import { freePort } from '../support/ports.js';
-import { BadResponseError, HttpStatusError } from '../../src/core/errors.js';
+import { BadResponseError, HttpStatusError, LoomError } from '../../src/core/errors.js';
 import { PeerSource } from '../../src/peer/peer-source.js';
+import type { DirectBody } from '../../src/sources/source.js';
 import { randomContent, sha256Of } from '../helpers/fixtures.js';
 
 const SIZE = 1024 * 1024;
@@ -35,11 +37,36 @@ function peer(): PeerSource {
 const expect = { size: SIZE, validator: {} };
 const signal = new AbortController().signal;
 
+/** Reads a direct body as the engine does: into regions of `regionSize` bytes. */
+async function readAll(body: DirectBody, regionSize = 64 * 1024, got?: Buffer[]): Promise<Buffer> {
+  const parts: Buffer[] = got ?? [];
+  let region = Buffer.alloc(regionSize);
+  let filled = 0;
+  const keepPartial = (): void => {
+    if (filled > 0) parts.push(region.subarray(0, filled));
+    region = Buffer.alloc(regionSize);
+    filled = 0;
+  };
+  await body
+    .readInto({
+      region: () => region.subarray(filled),
+      commit(length) {
+        filled += length;
+        if (filled === region.length) {
+          parts.push(region);
+          region = Buffer.alloc(regionSize);
+          filled = 0;
+        }
+        return true;
+      },
+      ready: async () => undefined,
+    })
+    .finally(keepPartial);
+  return Buffer.concat(parts);
+}
+
 async function bytesOf(source: PeerSource, start: number, end: number): Promise<Buffer> {
-  const body = await source.openRange(start, end, expect, signal);
-  const chunks: Buffer[] = [];
-  for await (const chunk of body.stream as AsyncIterable<Buffer>) chunks.push(chunk);
-  return Buffer.concat(chunks);
+  return readAll(await source.openRange(start, end, expect, signal));
 }
 
 describe('PeerSource', () => {
@@ -159,5 +186,150 @@ describe('PeerSource', () => {
     assert.equal(probe.size, SIZE);
     assert.equal(probe.acceptsRanges, true);
     assert.deepEqual(await buffer(probe.body.stream), content.bytes.subarray(0, 16));
+  });
+});
+
+/** A peer scripted byte by byte (test/support/raw-origin.ts), serving the blob at any path. */
+async function scripted(fault: (index: number) => RawFault | undefined): Promise<RawOrigin> {
+  const server = await new RawOrigin(content.bytes, (request) => fault(request.index)).listen();
+  after(() => server.close());
+  return server;
+}
+
+function peerAt(server: RawOrigin, options: { stallTimeoutMs?: number; paceGraceMs?: number } = {}): PeerSource {
+  const source = new PeerSource({
+    nodeId: 'node-b',
+    baseUrl: server.url('/'),
+    digest: DIGEST,
+    size: SIZE,
+    stallTimeoutMs: options.stallTimeoutMs ?? 5_000,
+    maxSockets: 1,
+    ...(options.paceGraceMs !== undefined && { paceGraceMs: options.paceGraceMs }),
+  });
+  after(() => source.close());
+  return source;
+}
+
+describe('PeerSource on the raw data path (a scripted peer)', () => {
+  it('reads ranges into the engine regions over one kept-alive connection, a 503 and a 404 body read away on it', async () => {
+    const busy = ['HTTP/1.1 503 Service Unavailable', 'Retry-After: 1', 'Content-Length: 19'];
+    const missing = ['HTTP/1.1 404 Not Found', 'Content-Length: 19'];
+    const server = await scripted((i) =>
+      i === 2
+        ? { kind: 'answer', head: busy, body: '{"error":"busy!!!"}' }
+        : i === 3
+          ? { kind: 'answer', head: missing, body: '{"error":"gone!!!"}' }
+          : undefined,
+    );
+    const source = peerAt(server);
+    const first = await bytesOf(source, 0, 200_000);
+    assert.equal(sha256Of(first), sha256Of(content.bytes.subarray(0, 200_000)));
+    const busyErr = await source.openRange(200_000, 300_000, expect, signal).catch((e: unknown) => e);
+    assert.ok(busyErr instanceof HttpStatusError && busyErr.status === 503 && busyErr.retryable, String(busyErr));
+    const missingErr = await source.openRange(200_000, 300_000, expect, signal).catch((e: unknown) => e);
+    assert.ok(missingErr instanceof HttpStatusError && missingErr.status === 404 && !missingErr.retryable);
+    // Regions smaller than a read, and not a divisor of the range: every byte lands in place.
+    const rest = readAll(await source.openRange(200_000, SIZE, expect, signal), 4093);
+    assert.equal(sha256Of(await rest), sha256Of(content.bytes.subarray(200_000)));
+    assert.equal(server.requests.length, 4);
+    assert.equal(server.connections, 1, 'every request, the refused ones too, on one connection');
+  });
+
+  it('rejects a Content-Length that disagrees with the Content-Range, before reading a byte', async () => {
+    const server = await scripted(() => ({
+      kind: 'answer',
+      head: ['HTTP/1.1 206 Partial Content', `Content-Range: bytes 0-1023/${SIZE}`, 'Content-Length: 2048'],
+      body: content.bytes.subarray(0, 2048),
+    }));
+    const err = await peerAt(server)
+      .openRange(0, 1024, expect, signal)
+      .catch((e: unknown) => e);
+    assert.ok(err instanceof BadResponseError, String(err));
+    assert.match(err.message, /Content-Length 2048/);
+  });
+
+  it('rejects a 206 without a Content-Length (chunked): an agent always sends one', async () => {
+    const server = await scripted(() => ({ kind: 'chunked' }));
+    const err = await peerAt(server)
+      .openRange(0, 1024, expect, signal)
+      .catch((e: unknown) => e);
+    assert.ok(err instanceof BadResponseError, String(err));
+  });
+
+  it('a peer that closes mid-body: the read fails after exactly the bytes sent, and the next range is exact', async () => {
+    const server = await scripted((i) => (i === 1 ? { kind: 'cut', afterBytes: 100_000 } : undefined));
+    const source = peerAt(server);
+    const got: Buffer[] = [];
+    const err = await readAll(await source.openRange(0, 500_000, expect, signal), 64 * 1024, got).catch(
+      (e: unknown) => e,
+    );
+    assert.ok(err instanceof LoomError, String(err));
+    const prefix = Buffer.concat(got);
+    assert.equal(prefix.length, 100_000);
+    assert.equal(sha256Of(prefix), sha256Of(content.bytes.subarray(0, 100_000)));
+    // Not passed over: a cut connection is retried (on a new connection).
+    const next = await bytesOf(source, 100_000, 500_000);
+    assert.equal(sha256Of(next), sha256Of(content.bytes.subarray(100_000, 500_000)));
+    assert.equal(server.connections, 2);
+  });
+
+  it('a peer that stalls mid-body is passed over: the read fails, later ones at once without a request', async () => {
+    const stalling = await new OriginServer({ fault: () => ({ kind: 'stall', afterBytes: 64 * 1024 }) }).listen();
+    after(() => stalling.close());
+    stalling.setFile(`/v1/blobs/${DIGEST}`, content.bytes);
+    const source = new PeerSource({
+      nodeId: 'node-stall',
+      baseUrl: stalling.origin,
+      digest: DIGEST,
+      size: SIZE,
+      stallTimeoutMs: 300,
+      maxSockets: 1,
+    });
+    after(() => source.close());
+    const err = await bytesOf(source, 0, SIZE).catch((e: unknown) => e);
+    assert.ok(err instanceof HttpStatusError && !err.retryable, String(err));
+    assert.match(err.message, /passed over for this download: .*mid-response/);
+    const asked = stalling.requests.length;
+    const again = await source.openRange(0, 10, expect, signal).catch((e: unknown) => e);
+    assert.equal(again, err);
+    assert.equal(stalling.requests.length, asked, 'no request to a peer passed over');
+  });
+
+  it('a peer that trickles is passed over once its grace is spent', async () => {
+    const slow = await new OriginServer({ fault: () => ({ kind: 'slow', bytesPerSecond: 16 * 1024 }) }).listen();
+    after(() => slow.close());
+    slow.setFile(`/v1/blobs/${DIGEST}`, content.bytes);
+    const source = new PeerSource({
+      nodeId: 'node-slow',
+      baseUrl: slow.origin,
+      digest: DIGEST,
+      size: SIZE,
+      stallTimeoutMs: 5_000,
+      maxSockets: 1,
+      paceGraceMs: 600,
+    });
+    after(() => source.close());
+    const err = await bytesOf(source, 0, SIZE).catch((e: unknown) => e);
+    assert.ok(err instanceof HttpStatusError && !err.retryable, String(err));
+    assert.match(err.message, /passed over for this download: \d+ KiB\/s, below 512 KiB\/s/);
+  });
+
+  it('a probe through the raw path streams exactly the first range and learns the size', async () => {
+    const server = await scripted(() => undefined);
+    const source = new PeerSource({
+      nodeId: 'node-b',
+      baseUrl: server.url('/'),
+      digest: DIGEST,
+      size: undefined,
+      stallTimeoutMs: 5_000,
+      maxSockets: 1,
+    });
+    after(() => source.close());
+    const probe = await source.probe([0, 700_000], signal);
+    assert.equal(probe.size, SIZE);
+    assert.equal(sha256Of(await buffer(probe.body.stream)), sha256Of(content.bytes.subarray(0, 700_000)));
+    // The connection went back to the pool once the stream was read.
+    await bytesOf(source, 700_000, SIZE);
+    assert.equal(server.connections, 1);
   });
 });

@@ -241,4 +241,21 @@ describe('RawHttpClient', () => {
     await res.readBody(sink);
     assert.equal(sink.bytes().toString(), 'hello world');
   });
+
+  it('destroying a response after its body was read leaves its kept-alive connection to the next request', async () => {
+    const client = new RawHttpClient({ maxConnections: 1 });
+    after(() => client.close());
+    const opened = origin.openConnections;
+    const url = new URL(origin.url('/blob'));
+    const first = await client.get({ url, headers: { range: 'bytes=0-99999' }, stallTimeoutMs: 5_000 });
+    await first.readBody(collector(64 * 1024));
+    const second = await client.get({ url, headers: { range: 'bytes=100000-299999' }, stallTimeoutMs: 5_000 });
+    // A late destroy of the first (a stream wrapper ending, a caller cleaning up) must not
+    // cut the connection the second is reading on.
+    first.destroy();
+    const sink = collector(64 * 1024);
+    await second.readBody(sink);
+    assert.equal(sha256Of(sink.bytes()), sha256Of(content.bytes.subarray(100_000, 300_000)));
+    assert.equal(origin.openConnections - opened, 1);
+  });
 });
