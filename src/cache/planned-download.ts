@@ -60,6 +60,7 @@ export async function downloadWithPlan(
       },
       onPieceVerified: markVerified,
       onSourceDropped: (id, reason) => plan.dropped(id, reason),
+      pieceDigest: plan.pieceDigest && ((index, layout) => plan.pieceDigest!(index, layout)),
     });
     plan.started(handle);
     let result: BlobDownloadResult | undefined;
