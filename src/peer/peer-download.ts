@@ -80,6 +80,7 @@ export class PeerPlanner implements DownloadPlanner {
       stallTimeoutMs: options.stallTimeoutMs ?? DEFAULTS.peers.stallTimeoutMs,
       followerWaitMs: options.followerWaitMs,
       leaseIdleMs: options.leaseIdleMs,
+      publishWaitMs: options.publishWaitMs,
       onStatus: options.onStatus,
     });
     const plan = await swarm.prepare(args.pinned);
@@ -117,6 +118,7 @@ export class PeerPlanner implements DownloadPlanner {
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : 60_000,
       replanOnFailure: plan.role === 'follower',
+      discardOnFailure: plan.role === 'follower',
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),

@@ -79,6 +79,8 @@ export class ClientSwarmControl implements SwarmControl {
 
   async pieces(id: string): Promise<PieceRecord | undefined> {
     const answer = await this.client.send('GET', `/v1/sources/${id}/pieces`);
+    // No answer is not "none published": the caller waits only so long for one.
+    if (answer.status === undefined || answer.status >= 500) throw new Error(answer.message);
     if (!answer.ok) return undefined;
     const body = answer.body as Partial<PieceRecord> | undefined;
     if (

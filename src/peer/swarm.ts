@@ -21,7 +21,7 @@
 //   leader's lease lapses, a follower takes it and becomes the leader: pieces from the
 //   origin need no digest, and it publishes its own.
 // - origin: no control plane, or it does not answer: today's fetch.
-import { DigestMismatchError, type LoomError } from '../core/errors.js';
+import { DigestMismatchError, NoSourceError, type LoomError } from '../core/errors.js';
 import type { Manifest } from '../core/manifest.js';
 import type { Source } from '../sources/source.js';
 import { PeerSource } from './peer-source.js';
@@ -52,7 +52,7 @@ export interface SwarmControl {
    * as the holder of lease `lease` on it.
    */
   putPieces(id: string, lease: string, record: { size: number; pieceSize: number; pieces: string[] }): Promise<void>;
-  /** The piece digests the lease holder published under `id` so far (a prefix), if any. */
+  /** The piece digests the lease holder published under `id` so far (a prefix), if any; throws without an answer. */
   pieces(id: string): Promise<PieceRecord | undefined>;
   /** Publishes the manifest and maps the source to its digest (as the lease holder `lease`). */
   publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst, lease: string | undefined): Promise<void>;
@@ -96,6 +96,12 @@ export interface SwarmOptions {
   followerWaitMs?: number;
   /** A lease holder that received no byte for this long stops renewing its lease. Default 15 s. */
   leaseIdleMs?: number;
+  /**
+   * How long a piece waits for the control plane to answer with its published digest when
+   * it does not answer at all (a slow leader is waited for as long as it holds its lease).
+   * Default 60 s.
+   */
+  publishWaitMs?: number;
   onStatus?: (message: string) => void;
 }
 
@@ -154,6 +160,8 @@ export class Swarm {
   /** The question for them now, and when the last one was asked (asked again only so often). */
   private askingPieces: Promise<void> | undefined;
   private lastPiecesAt = 0;
+  /** When the control plane last answered a question for piece digests. */
+  private piecesAnsweredAt = Date.now();
   /** The digest each piece a peer sent was checked against: the final manifest must agree. */
   private readonly checked = new Map<number, string>();
   /** Pieces no published digest will come for (this node leads now): the origin serves them. */
@@ -394,7 +402,18 @@ export class Swarm {
       const wait = this.lastPiecesAt + spacing - Date.now();
       if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
       this.lastPiecesAt = Date.now();
-      let record = await this.control.pieces(this.sourceId).catch(() => undefined);
+      let record: PieceRecord | undefined;
+      try {
+        record = await this.control.pieces(this.sourceId);
+        this.piecesAnsweredAt = Date.now();
+      } catch (err) {
+        const waitMs = this.options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs;
+        if (Date.now() - this.piecesAnsweredAt < waitMs) return;
+        throw new NoSourceError(
+          `the control plane did not answer for ${Math.round(waitMs / 1000)} s: no digest to check the pieces taken from peers against (${(err as Error).message})`,
+          { hint: 'rerun once the control plane answers: nothing unchecked was kept' },
+        );
+      }
       if ((record?.pieces.length ?? 0) * layout.pieceSize < layout.size) {
         // The leader done: its manifest holds every piece (its last digests may not have gone out).
         const published = this.published ?? (await this.publishedDigest());
