@@ -286,6 +286,8 @@ class BlobDownload {
   private countedEnd = 0;
   /** Pieces waiting for the digest they are judged against. */
   private judging = 0;
+  /** Whether the prefix hasher judges each piece before it counts (params.pieceDigest). */
+  private judgesPieces = false;
   private activeRequests = 0;
   private failure: unknown;
   private finished = false;
@@ -527,7 +529,8 @@ class BlobDownload {
    */
   private prefixHasher(part: PartFile, produce: boolean): FinishedPrefixHasher | undefined {
     if (!produce && !this.sha256In && !this.params.computeSha256) return undefined;
-    const judged = this.params.pieceDigest !== undefined && this.size !== undefined && this.resumable;
+    const judged = produce && this.params.pieceDigest !== undefined && this.size !== undefined && this.resumable;
+    this.judgesPieces = judged && this.manifestIn === undefined && this.pieceSize > 0;
     const pieces: PieceDigests | undefined = produce
       ? {
           pieceSize: this.pieceSize,
@@ -822,11 +825,6 @@ class BlobDownload {
     }
   }
 
-  /** Whether pieces are judged before they count (no manifest, params.pieceDigest). */
-  private get judgesPieces(): boolean {
-    return this.params.pieceDigest !== undefined && this.manifestIn === undefined && this.pieceSize > 0;
-  }
-
   private wroteJudged(sourceId: string, at: number, length: number): void {
     const first = Math.floor(at / this.pieceSize);
     const last = Math.floor((at + length - 1) / this.pieceSize);
@@ -881,15 +879,17 @@ class BlobDownload {
   /**
    * A judged piece does not match the digest published for it (or none will come): its bytes
    * are taken off the part file's ranges and refetched, and a single peer that sent them is
-   * dropped (several: refetched from one source only, so a second failure names it).
+   * dropped (several, or bytes from an earlier run: refetched from one source only, so a
+   * second failure names it).
    */
   private pieceRefused(index: number, senders: string[], actual: string, expected: string | undefined): void {
     const start = index * this.pieceSize;
     const end = Math.min(start + this.pieceSize, this.size!);
     this.ranges.remove(start, end);
     this.senders.delete(index);
-    this.resumedPieces.delete(index);
-    if (expected !== undefined && senders.length === 1) {
+    // Bytes from an earlier run may be the bad ones: then nobody in this run is to blame.
+    const resumed = this.resumedPieces.delete(index);
+    if (expected !== undefined && senders.length === 1 && !resumed) {
       const state = this.sources.all.find((s) => s.id === senders[0]);
       const reason = new DigestMismatchError(
         `piece ${index} (bytes ${start}-${end - 1}) from ${senders[0]} has sha256 ${actual}, the lease holder published ${expected}`,

@@ -404,7 +404,9 @@ export class Swarm {
       this.lastPiecesAt = Date.now();
       let record: PieceRecord | undefined;
       try {
-        record = await this.control.pieces(this.sourceId);
+        // Under the blob's name among peers, as the lease holder publishes them (the source id,
+        // or the digest when it was pinned).
+        record = await this.control.pieces(this.plan.id);
         this.piecesAnsweredAt = Date.now();
       } catch (err) {
         const waitMs = this.options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs;
@@ -416,7 +418,7 @@ export class Swarm {
       }
       if ((record?.pieces.length ?? 0) * layout.pieceSize < layout.size) {
         // The leader done: its manifest holds every piece (its last digests may not have gone out).
-        const published = this.published ?? (await this.publishedDigest());
+        const published = this.plan.digest ?? this.published ?? (await this.publishedDigest());
         if (published) record = (await this.control.manifest(published).catch(() => undefined)) ?? record;
       }
       if (!record) return;

@@ -2,17 +2,23 @@
 // once the judge accepts it; a piece the judge is still deciding holds the hasher at its end
 // however far the prefix grows; a refused piece sends the whole-file hash back to the
 // piece's start, so once its bytes are replaced on disk the digest is the good file's, with
-// no trace of the refused bytes, and each piece is reported once, with its good digest.
+// no trace of the refused bytes, and each piece is reported once, with its good digest. And
+// the engine with pieceDigest (a follower's download): a peer's bad piece is refused, its
+// peer dropped, the piece refetched, and only pieces with peer bytes are asked about.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
+import { OriginServer } from '../support/origin-server.js';
+import { downloadBlob, type SourceSlot } from '../../src/fetch/download.js';
 import { ThreadedPrefixHasher } from '../../src/fetch/hash-thread.js';
+import { resolveFetchOptions } from '../../src/fetch/options.js';
 import { PartFile } from '../../src/fetch/part-file.js';
 import { PrefixHasher, type FinishedPrefixHasher, type PieceDigests } from '../../src/fetch/prefix-hasher.js';
-import { randomContent, tempDir, waitFor } from '../helpers/fixtures.js';
+import { sourceFor } from '../../src/sources/index.js';
+import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 
 const dir = tempDir('loom-piece-judge-');
 const PIECE = 256 * 1024;
@@ -131,3 +137,78 @@ for (const [name, make] of kinds) {
     });
   });
 }
+
+describe('downloadBlob with pieceDigest (no manifest)', () => {
+  it('refuses a peer piece that does not match, drops the peer, refetches, and counts only good pieces', async () => {
+    const BIG = 2 * 16 * 1024 * 1024 + 123; // three 16 MiB pieces
+    const big = randomContent(BIG);
+    const digests = [0, 1, 2].map((i) => sha(big.bytes.subarray(i * 16 * 1024 * 1024, (i + 1) * 16 * 1024 * 1024)));
+    const corrupt = Buffer.from(big.bytes);
+    corrupt[16 * 1024 * 1024 + 99] ^= 0xff;
+    const servers = await Promise.all([big.bytes, big.bytes, corrupt].map(() => new OriginServer().listen()));
+    after(() => Promise.all(servers.map((server) => server.close())));
+    const [originServer, goodServer, badServer] = servers as [OriginServer, OriginServer, OriginServer];
+    originServer.setFile('/blob', big.bytes);
+    goodServer.setFile('/blob', big.bytes);
+    badServer.setFile('/blob', corrupt);
+    const source = (server: OriginServer) =>
+      sourceFor(server.url('/blob'), { maxRedirects: 0, stallTimeoutMs: 5_000, maxSockets: 4 });
+    let badDropped = false;
+    // Piece 1 only the bad peer has (until it is dropped), piece 2 only the origin.
+    const slots: SourceSlot[] = [
+      {
+        id: 'origin',
+        kind: 'origin',
+        source: source(originServer),
+        maxConcurrency: 2,
+        preference: 1,
+        has: (p) => p === 2,
+      },
+      {
+        id: 'good',
+        kind: 'peer',
+        source: source(goodServer),
+        maxConcurrency: 2,
+        preference: 0,
+        has: (p) => p === 0 || (p === 1 && badDropped),
+      },
+      { id: 'bad', kind: 'peer', source: source(badServer), maxConcurrency: 2, preference: 0, has: (p) => p === 1 },
+    ];
+    const asked: number[] = [];
+    const counted: Array<[number, string]> = [];
+    const part = join(dir, 'judged-download.part');
+    const result = await downloadBlob({
+      ...resolveFetchOptions({ chunkSize: '4MiB', retryBaseDelay: 5, retryMaxDelay: 20, retryAttempts: 3 }),
+      computeSha256: true,
+      sources: slots,
+      partPath: part,
+      produceManifest: true,
+      sourceWaitMs: 10_000,
+      onPieceVerified: (i, d) => counted.push([i, d]),
+      onSourceDropped: (id) => (badDropped ||= id === 'bad'),
+      // The digests come later than the bytes, as a leader's do.
+      pieceDigest: (index) => {
+        asked.push(index);
+        return new Promise((resolve) => setTimeout(() => resolve(digests[index]), 30));
+      },
+    });
+    for (const slot of slots) slot.source.close();
+    assert.equal(await sha256OfFile(part), big.sha256);
+    assert.equal(result.sha256, big.sha256);
+    assert.deepEqual(result.manifest?.pieces, digests);
+    assert.deepEqual(
+      result.droppedSources.map((d) => [d.id, d.code]),
+      [['bad', 'LOOM_ERR_DIGEST_MISMATCH']],
+    );
+    assert.deepEqual(
+      counted,
+      digests.map((d, i) => [i, d]),
+    );
+    // Piece 1 was asked about twice (the bad bytes, then the good peer's); piece 2 (origin only) never.
+    assert.deepEqual(
+      [...asked].sort((x, y) => x - y),
+      [0, 1, 1],
+    );
+    assert.ok(result.bytesBySource.bad! > 0 && result.bytesBySource.good! > 0);
+  });
+});
