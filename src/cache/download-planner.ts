@@ -36,6 +36,16 @@ export interface PlannedDownload {
   progress?(transferredBytes: number): void;
   dropped(id: string, reason: LoomError): void;
   /**
+   * Without a manifest: the digest a piece with bytes from a peer must have, once known
+   * (BlobDownloadParams.pieceDigest); absent: pieces are not checked one by one.
+   */
+  pieceDigest?(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined>;
+  /**
+   * A failed download's part is not kept for a resume: it may hold bytes from peers not yet
+   * checked, which a rerun from the origin alone (no control plane) would take unchecked.
+   */
+  discardOnFailure?: boolean;
+  /**
    * The bytes are complete: checks them where they could not be checked piece by piece (a
    * follower without a manifest) and publishes what this node now holds. Throws a
    * DigestMismatchError when they cannot be trusted.

@@ -60,6 +60,7 @@ export async function downloadWithPlan(
       },
       onPieceVerified: markVerified,
       onSourceDropped: (id, reason) => plan.dropped(id, reason),
+      pieceDigest: plan.pieceDigest && ((index, layout) => plan.pieceDigest!(index, layout)),
     });
     plan.started(handle);
     let result: BlobDownloadResult | undefined;
@@ -70,7 +71,11 @@ export async function downloadWithPlan(
     } catch (err) {
       // Bytes that could not be trusted (or checked: complete, but refused by the planner)
       // are not kept for a resume either.
-      if ((err as { code?: string }).code === 'LOOM_ERR_DIGEST_MISMATCH' || result !== undefined) {
+      if (
+        (err as { code?: string }).code === 'LOOM_ERR_DIGEST_MISMATCH' ||
+        result !== undefined ||
+        plan.discardOnFailure
+      ) {
         await discardPart(part);
       }
       throw err;

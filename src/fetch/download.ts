@@ -44,7 +44,7 @@ import {
 import { PartFile, type Preallocation } from './part-file.js';
 import { PieceLedger } from './piece-verifier.js';
 import { ThreadedPrefixHasher } from './hash-thread.js';
-import { PrefixHasher, type FinishedPrefixHasher } from './prefix-hasher.js';
+import { PrefixHasher, type FinishedPrefixHasher, type PieceDigests, type PieceVerdict } from './prefix-hasher.js';
 import { pump } from './range-pump.js';
 import { RangeSet } from './range-set.js';
 import type { RequestSlot, RequestSlots } from './request-pool.js';
@@ -146,6 +146,16 @@ export interface BlobDownloadParams extends DownloadOptions {
   onPieceVerified?(index: number, digest: string): void;
   /** A source was dropped for this download: bad bytes, dead, far too slow. */
   onSourceDropped?(id: string, reason: LoomError): void;
+  /**
+   * Without a manifest: the sha256 piece `index` must have when some of its bytes came from
+   * a peer (or from an earlier run), resolved once it is known (a follower asks for the
+   * digests the lease holder publishes as it hashes). Until then the piece waits: it is not
+   * hashed into the whole-file digest nor reported verified. A mismatch takes the piece off
+   * the part file, drops the source that sent it and refetches it; `undefined` (no digest
+   * will come) refetches it without blame. Pieces only the origin wrote in this run count
+   * without it. Absent: every piece counts as the prefix passes it.
+   */
+  pieceDigest?(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined>;
   /**
    * How long a download with work left but no source able to serve it waits for one (a
    * peer's has() turning true, addSource) before failing with NoSourceError. Default 0.
@@ -268,6 +278,16 @@ class BlobDownload {
   private validator: Validator = {};
   private identity = '';
   private readonly producedPieces: string[] = [];
+  /** Sources that wrote into each piece not yet counted (pieces judged with params.pieceDigest). */
+  private readonly senders = new Map<number, Set<string>>();
+  /** Pieces with bytes from an earlier run: who wrote them is unknown, so they are judged. */
+  private readonly resumedPieces = new Set<number>();
+  /** The end of the pieces counted so far (judged pieces: the download waits for all). */
+  private countedEnd = 0;
+  /** Pieces waiting for the digest they are judged against. */
+  private judging = 0;
+  /** Whether the prefix hasher judges each piece before it counts (params.pieceDigest). */
+  private judgesPieces = false;
   private activeRequests = 0;
   private failure: unknown;
   private finished = false;
@@ -481,6 +501,11 @@ class BlobDownload {
       );
       return;
     }
+    if (this.params.pieceDigest && this.pieceSize > 0) {
+      for (const [start, end] of this.ranges.toJSON())
+        for (let piece = Math.floor(start / this.pieceSize); piece * this.pieceSize < end; piece++)
+          this.resumedPieces.add(piece);
+    }
     this.hasher = this.prefixHasher(part, this.params.produceManifest);
     this.hasher?.advance(this.ranges.contiguousPrefix());
   }
@@ -504,13 +529,15 @@ class BlobDownload {
    */
   private prefixHasher(part: PartFile, produce: boolean): FinishedPrefixHasher | undefined {
     if (!produce && !this.sha256In && !this.params.computeSha256) return undefined;
-    const pieces = produce
+    const judged = produce && this.params.pieceDigest !== undefined && this.size !== undefined && this.resumable;
+    this.judgesPieces = judged && this.manifestIn === undefined && this.pieceSize > 0;
+    const pieces: PieceDigests | undefined = produce
       ? {
           pieceSize: this.pieceSize,
-          onPiece: (index: number, digest: string) => {
-            this.producedPieces[index] = digest;
-            this.params.onPieceVerified?.(index, digest);
-          },
+          size: this.size,
+          onPiece: (index: number, digest: string) => this.pieceCounted(index, digest),
+          judge: judged ? (index: number, digest: string) => this.judgePiece(index, digest) : undefined,
+          failed: (err: unknown) => this.fail(err),
         }
       : undefined;
     const size = this.size ?? 0;
@@ -566,6 +593,8 @@ class BlobDownload {
   private complete(): boolean {
     const scheduler = this.scheduler;
     if (!scheduler || scheduler.inFlight > 0 || scheduler.queued().length > 0) return false;
+    // Judged pieces: the bytes are all here only once every piece has passed its check.
+    if (this.judgesPieces && this.countedEnd < (this.size ?? 0)) return false;
     return this.ledger?.complete ?? true;
   }
 
@@ -746,6 +775,7 @@ class BlobDownload {
       this.sources.live().length === 0 ||
       (scheduler.inFlight === 0 &&
         (this.ledger?.pending ?? 0) === 0 &&
+        this.judging === 0 &&
         scheduler.queued().length > 0 &&
         scheduler.queued().every((t) => !this.sources.anyCanServe(t.piece)));
     if (!stuck) {
@@ -779,6 +809,7 @@ class BlobDownload {
     state.bytes += length;
     this.lastByteAt = performance.now();
     this.ledger?.wrote(state.id, at, length);
+    if (this.judgesPieces) this.wroteJudged(state.id, at, length);
     this.hasher?.advance(this.ranges.contiguousPrefix());
     this.journal.received(length, this.size ?? 0);
     this.unsyncedBytes += length;
@@ -792,6 +823,82 @@ class BlobDownload {
           this.backgroundSync = undefined;
         });
     }
+  }
+
+  private wroteJudged(sourceId: string, at: number, length: number): void {
+    const first = Math.floor(at / this.pieceSize);
+    const last = Math.floor((at + length - 1) / this.pieceSize);
+    for (let piece = first; piece <= last; piece++) {
+      let senders = this.senders.get(piece);
+      if (!senders) this.senders.set(piece, (senders = new Set()));
+      senders.add(sourceId);
+    }
+  }
+
+  /** A piece the prefix hasher passed counts (produced manifest, onPieceVerified). */
+  private pieceCounted(index: number, digest: string): void {
+    this.producedPieces[index] = digest;
+    this.senders.delete(index);
+    this.scheduler?.settled(index);
+    this.countedEnd = Math.max(this.countedEnd, Math.min((index + 1) * this.pieceSize, this.size ?? Infinity));
+    this.params.onPieceVerified?.(index, digest);
+    this.checkDone();
+  }
+
+  /**
+   * Whether piece `index` (hashing to `digest`) counts: at once when only the origin wrote it
+   * in this run, else once it matches the digest params.pieceDigest gives for it. A mismatch
+   * takes its bytes off the ranges before the hasher hears the verdict (it goes back to the
+   * piece's start and must not advance over the bad bytes again).
+   */
+  private judgePiece(index: number, digest: string): PieceVerdict {
+    const senders = [...(this.senders.get(index) ?? [])];
+    const kinds = senders.map((id) => this.sources.all.find((s) => s.id === id)?.slot.kind);
+    if (!this.resumedPieces.has(index) && senders.length > 0 && kinds.every((kind) => kind === 'origin')) return true;
+    const size = this.size!;
+    this.judging++;
+    return this.params.pieceDigest!(index, { size, pieceSize: this.pieceSize }).then(
+      (expected) => {
+        this.judging--;
+        if (this.failure || this.finished) return false;
+        if (expected === digest) {
+          this.resumedPieces.delete(index);
+          return true;
+        }
+        this.pieceRefused(index, senders, digest, expected);
+        return false;
+      },
+      (err: unknown) => {
+        this.judging--;
+        this.fail(err);
+        return false;
+      },
+    );
+  }
+
+  /**
+   * A judged piece does not match the digest published for it (or none will come): its bytes
+   * are taken off the part file's ranges and refetched, and a single peer that sent them is
+   * dropped (several, or bytes from an earlier run: refetched from one source only, so a
+   * second failure names it).
+   */
+  private pieceRefused(index: number, senders: string[], actual: string, expected: string | undefined): void {
+    const start = index * this.pieceSize;
+    const end = Math.min(start + this.pieceSize, this.size!);
+    this.ranges.remove(start, end);
+    this.senders.delete(index);
+    // Bytes from an earlier run may be the bad ones: then nobody in this run is to blame.
+    const resumed = this.resumedPieces.delete(index);
+    if (expected !== undefined && senders.length === 1 && !resumed) {
+      const state = this.sources.all.find((s) => s.id === senders[0]);
+      const reason = new DigestMismatchError(
+        `piece ${index} (bytes ${start}-${end - 1}) from ${senders[0]} has sha256 ${actual}, the lease holder published ${expected}`,
+        { expected, actual, url: state?.slot.source.url },
+      );
+      if (state) this.dropSource(state, reason);
+    }
+    this.scheduler?.refetch(index, start, end);
+    this.checkServable();
   }
 
   private pieceVerified(index: number): void {

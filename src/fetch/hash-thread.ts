@@ -4,6 +4,10 @@
 // page cache) with its own descriptor, as the main-thread hasher does, and reports each
 // piece's digest in order. Measured on this machine (README, "Benchmarks"): with the hash on
 // the main thread the digest was ready ~1 s after the last byte of 1 GiB.
+//
+// Pieces judged before they count (see prefix-hasher.ts): the worker keeps a copy of the
+// whole-file hash at each piece start, stops at the piece's end and waits for the verdict
+// the main thread posts; a refusal sends it back to that copy.
 import { Worker } from 'node:worker_threads';
 import type { FinishedPrefixHasher, PieceDigests } from './prefix-hasher.js';
 
@@ -12,36 +16,63 @@ const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const { openSync, readSync, closeSync } = require('node:fs');
-const { path, pieceSize, readSize } = workerData;
+const { path, pieceSize, size, judged, readSize } = workerData;
 const fd = openSync(path, 'r');
 const buffer = Buffer.allocUnsafe(readSize);
-const hash = createHash('sha256');
+let hash = createHash('sha256');
+let checkpoint = judged ? hash.copy() : undefined;
 let pieceHash = pieceSize > 0 ? createHash('sha256') : undefined;
 let hashed = 0;
+let pieceStart = 0;
+let target = 0;
+let waiting = false;
+let digestAt = -1;
+const pieceEnd = () => Math.min(pieceStart + pieceSize, size >= 0 ? size : Infinity);
 const endPiece = () => {
-  parentPort.postMessage({ kind: 'piece', index: Math.ceil(hashed / pieceSize) - 1, digest: pieceHash.digest('hex') });
+  const digest = pieceHash.digest('hex');
   pieceHash = createHash('sha256');
+  parentPort.postMessage({ kind: 'piece', index: Math.floor(pieceStart / pieceSize), digest });
+  if (judged) waiting = true;
+  else pieceStart = hashed;
 };
-const upTo = (target) => {
-  while (hashed < target) {
+const pump = () => {
+  while (!waiting && hashed < target) {
     let length = Math.min(buffer.length, target - hashed);
-    if (pieceHash) length = Math.min(length, (Math.floor(hashed / pieceSize) + 1) * pieceSize - hashed);
+    if (pieceHash) length = Math.min(length, pieceEnd() - hashed);
     const read = readSync(fd, buffer, 0, length, hashed);
     if (read === 0) throw new Error('unexpected end of ' + path + ' at ' + hashed);
     const bytes = buffer.subarray(0, read);
     hash.update(bytes);
     if (pieceHash) pieceHash.update(bytes);
     hashed += read;
-    if (pieceHash && hashed % pieceSize === 0) endPiece();
+    if (pieceHash && hashed === pieceEnd()) endPiece();
   }
+  if (waiting || digestAt < 0 || hashed < digestAt) return;
+  if (pieceHash && hashed > pieceStart) {
+    endPiece();
+    if (waiting) return;
+  }
+  closeSync(fd);
+  digestAt = -1;
+  parentPort.postMessage({ kind: 'digest', digest: hash.digest('hex') });
 };
 parentPort.on('message', (message) => {
   try {
-    upTo(message.end);
-    if (message.kind !== 'digest') return;
-    if (pieceHash && message.end % pieceSize !== 0) endPiece();
-    closeSync(fd);
-    parentPort.postMessage({ kind: 'digest', digest: hash.digest('hex') });
+    if (message.kind === 'verdict') {
+      waiting = false;
+      if (message.accept) {
+        pieceStart = hashed;
+        checkpoint = hash.copy();
+      } else {
+        hash = checkpoint.copy();
+        hashed = pieceStart;
+        target = pieceStart;
+      }
+    } else {
+      target = Math.max(target, message.end);
+      if (message.kind === 'digest') digestAt = message.end;
+    }
+    pump();
   } catch (err) {
     parentPort.postMessage({ kind: 'error', message: String(err && err.message ? err.message : err) });
   }
@@ -58,20 +89,45 @@ export class ThreadedPrefixHasher implements FinishedPrefixHasher {
   private target = 0;
   private failure: Error | undefined;
   private result: { resolve: (digest: string) => void; reject: (err: Error) => void } | undefined;
+  private readonly onFailed: ((err: unknown) => void) | undefined;
 
   constructor(path: string, pieces: PieceDigests | undefined, readSize: number) {
+    this.onFailed = pieces?.failed;
     this.worker = new Worker(WORKER_SOURCE, {
       eval: true,
-      workerData: { path, pieceSize: pieces?.pieceSize ?? 0, readSize },
+      workerData: {
+        path,
+        pieceSize: pieces?.pieceSize ?? 0,
+        size: pieces?.size ?? -1,
+        judged: pieces?.judge !== undefined,
+        readSize,
+      },
     });
     // A hasher left behind by a failed download must not keep the process alive.
     this.worker.unref();
     this.worker.on('message', (message: FromWorker) => {
-      if (message.kind === 'piece') pieces?.onPiece(message.index, message.digest);
+      if (message.kind === 'piece') this.piece(pieces!, message.index, message.digest);
       else if (message.kind === 'digest') this.result?.resolve(message.digest);
       else this.fail(new Error(message.message));
     });
     this.worker.on('error', (err) => this.fail(err));
+  }
+
+  /** The worker ended piece `index`: judged (the worker waits for the verdict), then counted. */
+  private piece(pieces: PieceDigests, index: number, digest: string): void {
+    if (!pieces.judge) {
+      pieces.onPiece(index, digest);
+      return;
+    }
+    const answer = (accept: boolean): void => {
+      // Refused: the caller took the piece off the prefix; advance() starts again from its start.
+      if (!accept) this.target = index * pieces.pieceSize;
+      this.worker.postMessage({ kind: 'verdict', accept });
+      if (accept) pieces.onPiece(index, digest);
+    };
+    const verdict = pieces.judge(index, digest);
+    if (typeof verdict === 'boolean') answer(verdict);
+    else verdict.then(answer, (err: unknown) => this.fail(err instanceof Error ? err : new Error(String(err))));
   }
 
   advance(prefixEnd: number): void {
@@ -93,7 +149,9 @@ export class ThreadedPrefixHasher implements FinishedPrefixHasher {
   }
 
   private fail(err: Error): void {
-    this.failure ??= err;
-    this.result?.reject(this.failure);
+    if (this.failure) return;
+    this.failure = err;
+    this.result?.reject(err);
+    this.onFailed?.(err);
   }
 }

@@ -3,16 +3,36 @@
 // what workers wrote (from the page cache), never holding a chunk in memory. In the same
 // pass it can digest every piece, which is how the engine produces a manifest.
 //
+// A piece may also have to be judged before it counts (a follower's piece taken from a
+// peer, checked against the digest the lease holder published): the hasher then keeps a
+// copy of the running whole-file hash at each piece start, stops at the piece's end until
+// the judge answers, and on a refusal goes back to that copy, so bytes that were refused
+// never reach the whole-file digest and every byte is still hashed once.
+//
 // This one runs on the main thread, for small files and streams of unknown length; large
 // files hash on a worker thread (hash-thread.ts), beside the data path.
 import { createHash, type Hash } from 'node:crypto';
 import { DEFAULTS } from '../core/defaults.js';
 import type { PartFile } from './part-file.js';
 
+/** Whether a piece counts: now, or once its check is done. */
+export type PieceVerdict = boolean | Promise<boolean>;
+
 export interface PieceDigests {
   pieceSize: number;
-  /** Called as the prefix passes the end of each piece, in order. */
+  /** The file's size, when known: the last (short) piece then ends in the pass, not at digest(). */
+  size?: number;
+  /** Called as the prefix passes the end of each piece that counts, in order. */
   onPiece: (index: number, digest: string) => void;
+  /**
+   * Whether piece `index`, which hashes to `digest`, counts. Refused (false): the hasher goes
+   * back to the piece's start, and the caller takes the piece's bytes off the finished prefix
+   * before answering, so it advances again only over their replacement. Absent: every piece
+   * counts.
+   */
+  judge?: (index: number, digest: string) => PieceVerdict;
+  /** Reading the file failed (a download waiting for the judged prefix must stop). */
+  failed?: (err: unknown) => void;
 }
 
 /** What the engine asks of a hasher of the finished prefix, on whichever thread. */
@@ -26,9 +46,12 @@ export interface FinishedPrefixHasher {
 }
 
 export class PrefixHasher implements FinishedPrefixHasher {
-  private readonly hash: Hash = createHash('sha256');
+  private hash: Hash = createHash('sha256');
+  /** The whole-file hash at `pieceStart`, while pieces are judged. */
+  private checkpoint: Hash | undefined;
   private pieceHash: Hash | undefined;
   private hashed = 0;
+  private pieceStart = 0;
   private target = 0;
   private running: Promise<void> | undefined;
   private failure: unknown;
@@ -41,6 +64,7 @@ export class PrefixHasher implements FinishedPrefixHasher {
   ) {
     this.buffer = Buffer.allocUnsafe(readSize);
     if (pieces) this.pieceHash = createHash('sha256');
+    if (pieces?.judge) this.checkpoint = this.hash.copy();
   }
 
   /** Tells the hasher that [0, prefixEnd) is on disk; hashing continues in the background. */
@@ -52,32 +76,48 @@ export class PrefixHasher implements FinishedPrefixHasher {
     });
   }
 
+  /** Where the piece being hashed ends. */
+  private pieceEnd(): number {
+    const { pieceSize, size } = this.pieces!;
+    return Math.min(this.pieceStart + pieceSize, size ?? Infinity);
+  }
+
   private async run(): Promise<void> {
     try {
       while (this.hashed < this.target) {
         let length = Math.min(this.buffer.length, this.target - this.hashed);
-        if (this.pieces) {
-          const pieceEnd = (Math.floor(this.hashed / this.pieces.pieceSize) + 1) * this.pieces.pieceSize;
-          length = Math.min(length, pieceEnd - this.hashed);
-        }
+        if (this.pieces) length = Math.min(length, this.pieceEnd() - this.hashed);
         const read = await this.file.read(this.buffer, length, this.hashed);
         if (read === 0) throw new Error(`unexpected end of ${this.file.path} at ${this.hashed}`);
         const bytes = this.buffer.subarray(0, read);
         this.hash.update(bytes);
         this.pieceHash?.update(bytes);
         this.hashed += read;
-        if (this.pieces && this.hashed % this.pieces.pieceSize === 0) this.endPiece();
+        if (this.pieces && this.hashed === this.pieceEnd()) await this.endPiece();
       }
     } catch (err) {
       this.failure ??= err;
+      this.pieces?.failed?.(err);
     }
   }
 
-  private endPiece(): void {
-    const { pieceSize, onPiece } = this.pieces!;
-    const index = Math.ceil(this.hashed / pieceSize) - 1;
-    onPiece(index, this.pieceHash!.digest('hex'));
+  private async endPiece(): Promise<void> {
+    const { pieceSize, onPiece, judge } = this.pieces!;
+    const index = Math.floor(this.pieceStart / pieceSize);
+    const digest = this.pieceHash!.digest('hex');
     this.pieceHash = createHash('sha256');
+    const verdict = judge ? judge(index, digest) : true;
+    if (verdict === true || (verdict !== false && (await verdict))) {
+      this.pieceStart = this.hashed;
+      if (this.checkpoint) this.checkpoint = this.hash.copy();
+      onPiece(index, digest);
+      return;
+    }
+    // Refused: the piece's bytes are hashed again once their replacement is on disk (the
+    // caller took them off the prefix before answering, so advance() starts from here).
+    this.hash = this.checkpoint!.copy();
+    this.hashed = this.pieceStart;
+    this.target = this.pieceStart;
   }
 
   /** Hashes up to `size` and returns the hex digest. */
@@ -85,8 +125,9 @@ export class PrefixHasher implements FinishedPrefixHasher {
     this.advance(size);
     while (this.running) await this.running;
     if (this.failure) throw this.failure;
-    // The last piece is short unless the size is a multiple of the piece size.
-    if (this.pieces && size % this.pieces.pieceSize !== 0) this.endPiece();
+    // The last piece is short unless the size is a multiple of the piece size (and it was
+    // not ended in the pass because the size was not known).
+    if (this.pieces && this.hashed > this.pieceStart) await this.endPiece();
     return this.hash.digest('hex');
   }
 

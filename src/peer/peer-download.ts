@@ -57,6 +57,7 @@ export class PeerPlanner implements DownloadPlanner {
     this.nodeId = options.nodeId ?? defaultNodeId();
     this.control = new ClientSwarmControl(
       new ControlPlaneClient({ baseUrl: options.controlPlane, token: options.token, nodeId: this.nodeId }),
+      this.nodeId,
     );
   }
 
@@ -79,6 +80,7 @@ export class PeerPlanner implements DownloadPlanner {
       stallTimeoutMs: options.stallTimeoutMs ?? DEFAULTS.peers.stallTimeoutMs,
       followerWaitMs: options.followerWaitMs,
       leaseIdleMs: options.leaseIdleMs,
+      publishWaitMs: options.publishWaitMs,
       onStatus: options.onStatus,
     });
     const plan = await swarm.prepare(args.pinned);
@@ -116,17 +118,22 @@ export class PeerPlanner implements DownloadPlanner {
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : 60_000,
       replanOnFailure: plan.role === 'follower',
+      discardOnFailure: plan.role === 'follower',
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),
       pieceVerified: (index, digest, layout) => swarm.pieceVerified(index, digest, layout),
       progress: (bytes) => swarm.progress(bytes),
       dropped: (id, reason) => swarm.dropped(id, reason),
+      // A follower checks each piece a peer sent against the digest the lease holder published
+      // (a leader takes none from peers, unless it took the lease over: see Swarm.slotFor).
+      pieceDigest: plan.manifest ? undefined : (index, layout) => swarm.expectedPiece(index, layout),
       finished: async (result) => {
         const digest = result.sha256!;
         if (plan.role === 'follower' && !plan.manifest) {
-          // Its pieces could not be checked one by one: the whole file is, against the digest
-          // the leader (the first node to fetch it from the origin) publishes.
+          // Its pieces were checked one by one against the digests the lease holder published
+          // as it hashed them; the whole file is too, against the digest the leader (the first
+          // node to fetch it from the origin) publishes, and so is the leader's manifest.
           const trusted = await swarm.trustedDigest(options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs, digest);
           if (trusted === undefined) {
             // Not a bad byte found, only nothing to check against (the control plane went
@@ -142,6 +149,13 @@ export class PeerPlanner implements DownloadPlanner {
                 ? `the bytes taken from peers hash to ${digest}, the fleet's record says ${trusted}: nothing was kept`
                 : `no node published the digest of ${args.url} to check the bytes taken from peers against: nothing was kept`,
               { url: args.url, expected: trusted, actual: digest, hint: 'rerun: the fetch then checks every piece' },
+            );
+          }
+          const disagreement = await swarm.disagreement(trusted);
+          if (disagreement) {
+            throw new DigestMismatchError(
+              `the fleet's manifest of ${trusted} disagrees with the piece digests its lease holder published: ${disagreement}; nothing was kept`,
+              { url: args.url, hint: 'an admin removes the bad manifest (DELETE /v1/blobs/<digest>), then rerun' },
             );
           }
         }

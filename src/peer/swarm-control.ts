@@ -3,12 +3,16 @@
 // answers undefined and every write is skipped, so the fetch goes on from the origin.
 import type { Manifest } from '../core/manifest.js';
 import type { ControlPlaneClient } from '../control-plane/client.js';
-import type { LeaseAnswer, PeerHolder, SwarmControl, VerifiedAgainst } from './swarm.js';
+import type { LeaseAnswer, PeerHolder, PieceRecord, SwarmControl, VerifiedAgainst } from './swarm.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
 export class ClientSwarmControl implements SwarmControl {
-  constructor(private readonly client: ControlPlaneClient) {}
+  /** `nodeId`: this node, named as the reporter of bad peers (an open control plane needs it). */
+  constructor(
+    private readonly client: ControlPlaneClient,
+    private readonly nodeId?: string,
+  ) {}
 
   async sourceDigest(key: string): Promise<string | undefined> {
     const answer = await this.client.send('GET', `/v1/sources?key=${encodeURIComponent(key)}`);
@@ -73,6 +77,23 @@ export class ClientSwarmControl implements SwarmControl {
     await this.client.send('PUT', `/v1/sources/${id}/pieces`, { lease, ...record });
   }
 
+  async pieces(id: string): Promise<PieceRecord | undefined> {
+    const answer = await this.client.send('GET', `/v1/sources/${id}/pieces`);
+    // No answer is not "none published": the caller waits only so long for one.
+    if (answer.status === undefined || answer.status >= 500) throw new Error(answer.message);
+    if (!answer.ok) return undefined;
+    const body = answer.body as Partial<PieceRecord> | undefined;
+    if (
+      !body ||
+      typeof body.size !== 'number' ||
+      typeof body.pieceSize !== 'number' ||
+      !Array.isArray(body.pieces) ||
+      !body.pieces.every((p) => typeof p === 'string' && HEX64.test(p))
+    )
+      return undefined;
+    return { size: body.size, pieceSize: body.pieceSize, pieces: body.pieces };
+  }
+
   async publish(
     key: string,
     manifest: Manifest,
@@ -86,6 +107,12 @@ export class ClientSwarmControl implements SwarmControl {
   }
 
   async report(digest: string, node: string, reason: string): Promise<void> {
-    await this.client.send('POST', '/v1/reports', { digest, node, reason: reason.slice(0, 500) });
+    const reporter = this.nodeId && { reporter: this.nodeId };
+    await this.client.send('POST', '/v1/reports', {
+      digest,
+      node,
+      reason: reason.slice(0, 500),
+      ...reporter,
+    });
   }
 }

@@ -10,12 +10,18 @@
 //   publish each piece as it is hashed (others take it from this node's agent), and at the
 //   end publish the source -> digest mapping and the manifest (the first node to fetch from
 //   the origin is the trust anchor when the source vouches for no digest).
-// - follower: another live node holds the lease: take its pieces as they land. Without a
-//   manifest yet they cannot be checked one by one, so the whole file is checked at the end
-//   against the digest the leader publishes (or the pinned one); nothing unchecked is kept.
-//   When the leader's lease lapses, a follower takes it and becomes the leader.
+// - follower: another live node holds the lease: take its pieces as they land. There is no
+//   manifest yet, but the leader publishes each piece's sha256 under the source id as it
+//   hashes it (before it announces the piece): a piece a peer sent counts only once it
+//   matches that digest (asked for again only when a piece needs one this node lacks; the
+//   piece waits meanwhile, neither hashed into the whole-file digest nor served). A peer
+//   whose piece does not match is dropped and reported, and the piece refetched. At the end
+//   the whole file is checked against the digest the leader publishes (or the pinned one)
+//   and the leader's manifest against the digests the pieces were checked with. When the
+//   leader's lease lapses, a follower takes it and becomes the leader: pieces from the
+//   origin need no digest, and it publishes its own.
 // - origin: no control plane, or it does not answer: today's fetch.
-import type { LoomError } from '../core/errors.js';
+import { DigestMismatchError, NoSourceError, type LoomError } from '../core/errors.js';
 import type { Manifest } from '../core/manifest.js';
 import type { Source } from '../sources/source.js';
 import { PeerSource } from './peer-source.js';
@@ -46,9 +52,18 @@ export interface SwarmControl {
    * as the holder of lease `lease` on it.
    */
   putPieces(id: string, lease: string, record: { size: number; pieceSize: number; pieces: string[] }): Promise<void>;
+  /** The piece digests the lease holder published under `id` so far (a prefix), if any; throws without an answer. */
+  pieces(id: string): Promise<PieceRecord | undefined>;
   /** Publishes the manifest and maps the source to its digest (as the lease holder `lease`). */
   publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst, lease: string | undefined): Promise<void>;
   report(digest: string, node: string, reason: string): Promise<void>;
+}
+
+/** Piece digests published under a source id: pieces 0..n-1 of a blob of `size` bytes. */
+export interface PieceRecord {
+  size: number;
+  pieceSize: number;
+  pieces: string[];
 }
 
 export type VerifiedAgainst = 'sha256-pinned' | 'hub-sha256' | 's3-checksum' | 'first-origin-fetch';
@@ -81,6 +96,12 @@ export interface SwarmOptions {
   followerWaitMs?: number;
   /** A lease holder that received no byte for this long stops renewing its lease. Default 15 s. */
   leaseIdleMs?: number;
+  /**
+   * How long a piece waits for the control plane to answer with its published digest when
+   * it does not answer at all (a slow leader is waited for as long as it holds its lease).
+   * Default 60 s.
+   */
+  publishWaitMs?: number;
   onStatus?: (message: string) => void;
 }
 
@@ -139,6 +160,18 @@ export class Swarm {
   private originAllowed: boolean;
   private announcing: Promise<void> = Promise.resolve();
   private lastAnnounceAt = 0;
+  /** Piece digests the lease holder published (a follower checks peers' pieces against them). */
+  private readonly leaderDigests: string[] = [];
+  /** The question for them now, and when the last one was asked (asked again only so often). */
+  private askingPieces: Promise<void> | undefined;
+  private lastPiecesAt = 0;
+  /** When the control plane last answered a question for piece digests. */
+  private piecesAnsweredAt = Date.now();
+  /** The digest each piece a peer sent was checked against: the final manifest must agree. */
+  private readonly checked = new Map<number, string>();
+  /** Pieces no published digest will come for (this node leads now): the origin serves them. */
+  private readonly originOnly = new Set<number>();
+  private closed = false;
   /** The announce of pieces verified since the last one, due at most ANNOUNCE_MS after it. */
   private announceTimer: NodeJS.Timeout | undefined;
   /** A question to the control plane for the published digest, shared while it is asked. */
@@ -234,6 +267,7 @@ export class Swarm {
   /** Whether the origin may serve piece i now: only pieces no live peer holds. */
   originHas(piece: number): boolean {
     if (!this.originAllowed) return false;
+    if (!this.peerMayServe(piece)) return true;
     for (const [slotId, peer] of this.peers) {
       if (this.droppedSlots.has(slotId) || this.excluded.has(peer.holder.id)) continue;
       if (holds(peer, piece)) return false;
@@ -269,8 +303,18 @@ export class Swarm {
       source: peer.source,
       maxConcurrency: this.options.connectionsPerPeer ?? DEFAULTS.peers.connectionsPerPeer,
       preference: 0,
-      has: (piece) => holds(peer, piece),
+      has: (piece) => this.peerMayServe(piece) && holds(peer, piece),
     };
+  }
+
+  /**
+   * Whether a peer may serve piece `piece` here: a lease holder takes from peers only pieces
+   * whose digest the (earlier) lease holder published, which it can check them against; the
+   * others come from the origin.
+   */
+  private peerMayServe(piece: number): boolean {
+    if (this.originOnly.has(piece)) return false;
+    return !this.lease || this.plan.manifest !== undefined || this.leaderDigests[piece] !== undefined;
   }
 
   /**
@@ -348,6 +392,83 @@ export class Swarm {
     return this.asking;
   }
 
+  /**
+   * The sha256 piece `index` of the blob (`layout`) must have, for a follower that took some
+   * of its bytes from a peer: the one the lease holder published under the source id, asked
+   * for when this node lacks it (not more often than every refresh) and waited for. Undefined
+   * when none will come: this node holds the lease now, so the piece goes to the origin.
+   */
+  async expectedPiece(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined> {
+    for (let askedAsHolder = false; ;) {
+      const known = this.leaderDigests[index];
+      if (known !== undefined) {
+        this.checked.set(index, known);
+        return known;
+      }
+      if (this.closed) return undefined;
+      if (this.lease && askedAsHolder) {
+        this.originOnly.add(index);
+        return undefined;
+      }
+      askedAsHolder = this.lease !== undefined;
+      await this.askPieces(layout);
+    }
+  }
+
+  /** Asks the control plane for the published piece digests: one question at a time, spaced. */
+  private askPieces(layout: { size: number; pieceSize: number }): Promise<void> {
+    this.askingPieces ??= (async () => {
+      const spacing = this.options.refreshMs ?? DEFAULTS.peers.refreshMs;
+      const wait = this.lastPiecesAt + spacing - Date.now();
+      if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+      this.lastPiecesAt = Date.now();
+      let record: PieceRecord | undefined;
+      try {
+        // Under the blob's name among peers, as the lease holder publishes them (the source id,
+        // or the digest when it was pinned).
+        record = await this.control.pieces(this.plan.id);
+        this.piecesAnsweredAt = Date.now();
+      } catch (err) {
+        const waitMs = this.options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs;
+        if (Date.now() - this.piecesAnsweredAt < waitMs) return;
+        throw new NoSourceError(
+          `the control plane did not answer for ${Math.round(waitMs / 1000)} s: no digest to check the pieces taken from peers against (${(err as Error).message})`,
+          { hint: 'rerun once the control plane answers: nothing unchecked was kept' },
+        );
+      }
+      if ((record?.pieces.length ?? 0) * layout.pieceSize < layout.size) {
+        // The leader done: its manifest holds every piece (its last digests may not have gone out).
+        const published = this.plan.digest ?? this.published ?? (await this.publishedDigest());
+        if (published) record = (await this.control.manifest(published).catch(() => undefined)) ?? record;
+      }
+      if (!record) return;
+      if (record.size !== layout.size || record.pieceSize !== layout.pieceSize) {
+        throw new DigestMismatchError(
+          `the node fetching this blob from the origin published pieces of ${record.size} bytes (pieces of ${record.pieceSize}); this download has ${layout.size} (pieces of ${layout.pieceSize}): the origin changed?`,
+          { hint: 'rerun once the other node has finished: nothing unchecked was kept' },
+        );
+      }
+      record.pieces.forEach((digest, i) => (this.leaderDigests[i] = digest));
+    })().finally(() => (this.askingPieces = undefined));
+    return this.askingPieces;
+  }
+
+  /**
+   * Why the manifest of `digest` the fleet now records cannot be trusted by this follower:
+   * a piece it checked against the lease holder's published digests has another one there.
+   */
+  async disagreement(digest: string): Promise<string | undefined> {
+    if (this.checked.size === 0) return undefined;
+    const manifest = await this.control.manifest(digest).catch(() => undefined);
+    if (!manifest) return undefined;
+    for (const [index, checkedWith] of this.checked) {
+      if (manifest.pieces[index] !== checkedWith) {
+        return `piece ${index} was checked against ${checkedWith}, the manifest of ${digest} says ${manifest.pieces[index] ?? 'nothing'}`;
+      }
+    }
+    return undefined;
+  }
+
   private async refresh(): Promise<void> {
     // Bitmaps change with every piece and are asked for at every refresh; the lease (TTL of
     // seconds), the published digest and a leader's peers change rarely and are asked for
@@ -387,6 +508,8 @@ export class Swarm {
       }
       this.holdLease(lease);
       this.originAllowed = true;
+      // The digests the old holder published: pieces peers hold can still be checked against them.
+      if (this.layout) void this.askPieces(this.layout).catch(() => undefined);
       this.status('the node fetching this blob from the origin is gone; this node takes over');
       if (this.originSlot && !this.originAdded) {
         this.originAdded = true;
@@ -516,7 +639,9 @@ export class Swarm {
     // drop this slot only.
     if (reason.code === 'LOOM_ERR_DIGEST_MISMATCH') {
       this.excluded.add(node);
-      if (this.plan.digest) void this.control.report(this.plan.digest, node, reason.message).catch(() => undefined);
+      // Under the name it holds the blob by here: the digest, or the source id while that is
+      // unknown (a follower's peer), so its replica there is the one counted against.
+      void this.control.report(this.plan.id, node, reason.message).catch(() => undefined);
     }
   }
 
@@ -555,6 +680,7 @@ export class Swarm {
   }
 
   async close(): Promise<void> {
+    this.closed = true;
     if (this.announceTimer) clearTimeout(this.announceTimer);
     this.announceTimer = undefined;
     if (this.refreshTimer) clearTimeout(this.refreshTimer);

@@ -1,0 +1,198 @@
+// A cold start with a liar among the peers: the leader (the lease holder) fetches the blob
+// from a slow origin, and while it does, a fake agent announced through the real control
+// plane as a partial holder serves a follower a bad piece. The follower has no manifest; it
+// checks each piece a peer sent against the digest the leader publishes for it as it hashes
+// it, so the liar is dropped and reported mid-download, the piece is taken again from the
+// leader, and the follower's fetch succeeds with the exact bytes (before, the whole file was
+// checked at the end only, and the follower's fetch failed with a digest mismatch). And a
+// leader whose final manifest disagrees with the piece digests it published (a lying node
+// under a stale lease) fails the follower's fetch clearly, with nothing kept.
+import assert from 'node:assert/strict';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { OriginServer } from '../support/origin-server.js';
+import { fetchCached } from '../../src/cache/cached-fetch.js';
+import { sourceBlobId } from '../../src/cache/source-id.js';
+import { sourceKey } from '../../src/cache/source-key.js';
+import { LoomError } from '../../src/core/errors.js';
+import { PeerPlanner } from '../../src/peer/peer-download.js';
+import { randomContent, sha256Of, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
+import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+
+const MiB = 1024 * 1024;
+const PIECE = 16 * MiB;
+// Five pieces, past the 64 MiB from which the engine hashes on a worker thread (the fleet's case).
+const SIZE = 4 * PIECE + 54321;
+const content = randomContent(SIZE);
+const closers: Array<() => Promise<unknown> | unknown> = [];
+after(async () => {
+  for (const close of closers.reverse()) await close();
+});
+const dir = tempDir('loom-follower-liar-');
+
+async function send(cp: string, method: string, path: string, body: unknown): Promise<Response> {
+  const res = await fetch(`${cp}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  assert.ok(res.ok, `${method} ${path}: ${res.status}`);
+  return res;
+}
+
+function fetchAs(cp: string, id: string, url: string, onStatus?: (m: string) => void) {
+  return fetchCached(url, join(dir, `${id}.bin`), {
+    cacheDir: join(dir, id),
+    planner: new PeerPlanner({
+      controlPlane: cp,
+      nodeId: id,
+      stallTimeoutMs: 2_000,
+      followerWaitMs: 5_000,
+      publishWaitMs: 30_000,
+      onStatus,
+    }),
+  });
+}
+
+describe('a follower served a bad piece by a peer while the leader is still fetching', () => {
+  it(
+    'drops and reports the peer, takes the piece again, and ends with the exact bytes',
+    { timeout: 120_000 },
+    async () => {
+      // 16 connections at 512 KiB/s: the leader needs about 8 s for the file.
+      const origin = await new OriginServer({ rateLimitBytesPerSecond: 512 * 1024 }).listen();
+      closers.push(() => origin.close());
+      origin.setFile('/models/m.bin', content.bytes);
+      const url = origin.url('/models/m.bin');
+      const blobId = sourceBlobId(sourceKey(url));
+      const cp = (await startTestControlPlane(closers)).url;
+      await startTestAgent(closers, cp, 'leader', join(dir, 'leader'));
+      await startTestAgent(closers, cp, 'follower', join(dir, 'follower'));
+
+      const leader = fetchAs(cp, 'leader', url);
+      leader.catch(() => undefined);
+      await waitFor(
+        'the leader announcing its first piece',
+        async () => {
+          const res = await fetch(`${cp}/v1/blobs/${blobId}/peers`);
+          const peers = ((await res.json()) as { peers?: Array<{ id: string; pieces: number[] | null }> }).peers ?? [];
+          return peers.some((p) => p.id === 'leader' && (p.pieces?.length ?? 0) > 0);
+        },
+        60_000,
+      );
+
+      // The liar: a fake agent holding every piece under the source id, piece 1 with a flipped byte.
+      const bad = Buffer.from(content.bytes);
+      bad[PIECE + 4321] ^= 0xff;
+      const liar = await new OriginServer().listen();
+      closers.push(() => liar.close());
+      liar.setFile(`/v1/blobs/${blobId}`, bad);
+      const announceLiar = async (): Promise<void> => {
+        await send(cp, 'PUT', '/v1/nodes/liar', { url: liar.origin, freeUploadSlots: 4 });
+        await send(cp, 'PUT', `/v1/blobs/${blobId}/replicas/liar`, { complete: false, pieces: [0, 1, 2, 3, 4] });
+      };
+      await announceLiar();
+      // Kept fresh however long the loaded machine takes (partials and nodes lapse after 30 s).
+      const keepFresh = setInterval(() => void announceLiar().catch(() => undefined), 5_000);
+      closers.push(() => clearInterval(keepFresh));
+
+      const statuses: string[] = [];
+      const follower = await fetchAs(cp, 'follower', url, (m) => statuses.push(m));
+      const fromLeader = await leader;
+      clearInterval(keepFresh);
+
+      assert.equal(await sha256OfFile(join(dir, 'follower.bin')), content.sha256);
+      assert.equal(await sha256OfFile(join(dir, 'leader.bin')), content.sha256);
+      assert.equal(follower.sha256, content.sha256);
+      assert.equal(fromLeader.sha256, content.sha256);
+      const result = follower as unknown as {
+        bytesBySource: Record<string, number>;
+        droppedSources: Array<{ id: string; code: string; message: string }>;
+      };
+      assert.ok((result.bytesBySource.liar ?? 0) > 0, `the liar served the follower: ${JSON.stringify(result)}`);
+      const dropped = result.droppedSources.find((d) => d.id === 'liar');
+      assert.equal(dropped?.code, 'LOOM_ERR_DIGEST_MISMATCH', JSON.stringify(result.droppedSources));
+      assert.match(dropped.message, /piece 1 /);
+      assert.ok(
+        statuses.some((s) => s.startsWith('peer liar dropped')),
+        statuses.join('\n'),
+      );
+      // The follower reported it under the id the liar announced it by: a second reporter makes two.
+      const report = await send(cp, 'POST', '/v1/reports', { digest: blobId, node: 'liar', reporter: 'test' });
+      assert.equal(((await report.json()) as { reports: number }).reports, 2);
+      // The origin sent one copy to the leader and at most the follower's first request (1 MiB).
+      assert.ok(origin.bytesServed <= SIZE + MiB, `the origin sent ${origin.bytesServed} bytes`);
+    },
+  );
+
+  it(
+    'fails clearly, keeping nothing, when the final manifest disagrees with the published piece digests',
+    { timeout: 60_000 },
+    async () => {
+      const origin = await new OriginServer().listen();
+      closers.push(() => origin.close());
+      origin.setFile('/models/lying.bin', content.bytes);
+      const url = origin.url('/models/lying.bin');
+      const blobId = sourceBlobId(sourceKey(url));
+      const cp = (await startTestControlPlane(closers)).url;
+      // A fake leader: it holds the lease, publishes the true piece digests and serves the true
+      // bytes as a partial holder...
+      const lease = (await (await send(cp, 'POST', `/v1/blobs/${blobId}/leases`, { node: 'fakeleader' })).json()) as {
+        token: string;
+      };
+      const renew = setInterval(
+        () => void fetch(`${cp}/v1/blobs/${blobId}/leases/${lease.token}`, { method: 'PUT' }),
+        300,
+      );
+      closers.push(() => clearInterval(renew));
+      const pieces = [0, 1, 2, 3, 4].map((i) => sha256Of(content.bytes.subarray(i * PIECE, (i + 1) * PIECE)));
+      await send(cp, 'PUT', `/v1/sources/${blobId}/pieces`, {
+        lease: lease.token,
+        size: SIZE,
+        pieceSize: PIECE,
+        pieces,
+      });
+      const fake = await new OriginServer().listen();
+      closers.push(() => fake.close());
+      fake.setFile(`/v1/blobs/${blobId}`, content.bytes);
+      await send(cp, 'PUT', '/v1/nodes/fakeleader', { url: fake.origin, freeUploadSlots: 4 });
+      await send(cp, 'PUT', `/v1/blobs/${blobId}/replicas/fakeleader`, { complete: false, pieces: [0, 1, 2, 3, 4] });
+
+      // ...and once the follower follows it, maps the source to the true digest with a manifest
+      // whose piece 2 is another one.
+      let planned!: () => void;
+      const following = new Promise<void>((resolve) => (planned = resolve));
+      const run = fetchAs(cp, 'follower2', url, (m) => {
+        if (m.startsWith('another node is fetching it')) planned();
+      });
+      run.catch(() => undefined);
+      await following;
+      const lie = [...pieces.slice(0, 2), 'e'.repeat(64), ...pieces.slice(3)];
+      await send(cp, 'PUT', `/v1/blobs/${content.sha256}`, {
+        size: SIZE,
+        pieceSize: PIECE,
+        pieces: lie,
+        verifiedAgainst: 'first-origin-fetch',
+      });
+      await send(cp, 'PUT', '/v1/sources', { key: sourceKey(url), digest: content.sha256, lease: lease.token });
+
+      await assert.rejects(run, (err: unknown) => {
+        assert.ok(err instanceof LoomError, String(err));
+        assert.equal(err.code, 'LOOM_ERR_DIGEST_MISMATCH');
+        assert.match(err.message, /disagrees with the piece digests its lease holder published: piece 2 /);
+        return true;
+      });
+      clearInterval(renew);
+      assert.equal(existsSync(join(dir, 'follower2.bin')), false);
+      const cache = join(dir, 'follower2');
+      const kept = readdirSync(cache, { recursive: true, withFileTypes: true }).filter(
+        (e) => e.isFile() && (e.name.endsWith('.part') || /^[0-9a-f]{64}$/.test(e.name)),
+      );
+      assert.deepEqual(
+        kept.map((e) => e.name),
+        [],
+      );
+    },
+  );
+});
