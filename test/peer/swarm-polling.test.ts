@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, it } from 'node:test';
 import type { Manifest } from '../../src/core/manifest.js';
-import { Swarm, type LeaseAnswer, type PeerHolder, type SwarmControl } from '../../src/peer/swarm.js';
+import { Swarm, type LeaseAnswer, type PeerHolder, type PieceRecord, type SwarmControl } from '../../src/peer/swarm.js';
 import { waitFor } from '../helpers/fixtures.js';
 
 const ID = 'ab'.repeat(32);
@@ -39,6 +39,9 @@ class CountingControl implements SwarmControl {
   }
   putPieces(): Promise<void> {
     return Promise.resolve();
+  }
+  pieces(): Promise<PieceRecord | undefined> {
+    return Promise.resolve(undefined);
   }
   publish(): Promise<void> {
     return Promise.resolve();
