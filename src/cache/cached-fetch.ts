@@ -221,6 +221,7 @@ export async function fetchCached(
         return downloadToPart(source, part, {
           ...resolved,
           expectedSha256: engineExpects,
+          journalSha256: checkPinHere ? expected : undefined,
           computeSha256: true,
           signal,
         });

@@ -114,6 +114,12 @@ export interface DownloadOptions {
   retry: RetryOptions;
   /** The file's sha256 must equal this (lower-case hex). */
   expectedSha256: string | undefined;
+  /**
+   * A digest the caller checks after the download (the node cache's --sha256 pin, checked
+   * there so a download that misses it is still kept): keys the resume journal by it, so a
+   * re-signed URL of the same object resumes; the engine does not check the bytes against it.
+   */
+  journalSha256?: string | undefined;
   /** Hash even without an expected digest (the cache needs the digest). */
   computeSha256: boolean;
   journalIntervalMs: number;
@@ -399,7 +405,11 @@ class BlobDownload {
 
   private async transfer(): Promise<BlobDownloadResult> {
     const knownSize = this.manifestIn?.size ?? this.params.expected?.size;
-    this.identity = journalIdentity(this.manifestIn?.digest ?? this.sha256In, this.primaryUrl);
+    this.identity = journalIdentity(
+      this.manifestIn?.digest ?? this.sha256In,
+      this.primaryUrl,
+      this.params.journalSha256,
+    );
     let journal = await readJournal(this.journalPath, this.identity);
     let probed: { state: SourceState; probe: ProbeResult } | undefined;
     // A known size with a known digest needs no probe: every source is only asked for ranges.

@@ -44,9 +44,15 @@ function isJournal(value: unknown): value is JournalState {
   );
 }
 
-/** The identity a journal is keyed by: the digest when known, else the URL. */
-export function journalIdentity(sha256: string | undefined, url: string): string {
-  return sha256 ? `sha256:${sha256}` : `url:${url}`;
+/**
+ * The identity a journal is keyed by: the digest when the engine checks the bytes against it;
+ * else a digest the caller checks afterwards (a node cache's --sha256 pin), which names the
+ * blob across re-signed URLs but, unchecked here, still needs the validator to match; else
+ * the URL.
+ */
+export function journalIdentity(sha256: string | undefined, url: string, callerSha256?: string): string {
+  if (sha256) return `sha256:${sha256}`;
+  return callerSha256 ? `pin:${callerSha256}` : `url:${url}`;
 }
 
 export function journalPathFor(partPath: string): string {
@@ -95,8 +101,9 @@ export async function removeJournal(path: string): Promise<void> {
 }
 
 /**
- * True when a journal describes the version found now. A journal keyed by digest needs only
- * the size to agree (the digest is the identity); one keyed by URL needs the validator too.
+ * True when a journal describes the version found now. A journal keyed by a digest the engine
+ * checks needs only the size to agree (the digest is the identity); one keyed by URL or by a
+ * digest checked only afterwards needs the validator too (nothing would catch two versions mixed).
  */
 export function journalMatches(journal: JournalState, size: number, validator: Validator): boolean {
   if (journal.size !== size) return false;

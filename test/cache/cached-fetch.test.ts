@@ -109,6 +109,70 @@ describe('fetchCached', () => {
     cache.close();
   });
 
+  it('resumes a pinned partial under a re-signed URL, and never mixes two versions', async () => {
+    // Slow enough to interrupt: 1 MiB/s per connection.
+    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    const cacheDir = freshCache();
+    const interrupted = async (signature: string, pin: string) => {
+      const stop = new AbortController();
+      const run = fetchCached(server.url(`/model.bin?X-Amz-Signature=${signature}`), join(dir, `r-${signature}.bin`), {
+        ...FAST,
+        cacheDir,
+        sha256: pin,
+        signal: stop.signal,
+      });
+      await waitFor('2 MiB served', () => server.bytesServed >= 2 * 1024 * 1024);
+      stop.abort();
+      await assert.rejects(run);
+    };
+    await interrupted('one', content.sha256);
+    server.resetStats();
+    const resumed = await fetchCached(server.url('/model.bin?X-Amz-Signature=two'), join(dir, 'r2.bin'), {
+      ...FAST,
+      cacheDir,
+      sha256: content.sha256,
+    });
+    assert.equal(await sha256OfFile(join(dir, 'r2.bin')), content.sha256);
+    assert.ok(resumed.stats.resumedBytes > 0, 'the partial of the first signature was resumed');
+    assert.ok(server.bytesServed < SIZE, `the origin served ${server.bytesServed} of ${SIZE} bytes`);
+
+    // The object changes (new ETag) under an interrupted pinned partial: the partial is not
+    // resumed (the pin is checked only after the download), so the node cache records exactly
+    // what the URL serves now, not a mix of the two versions.
+    const other = randomContent(SIZE);
+    const cacheDir2 = freshCache();
+    const path = '/changing.bin';
+    server.setFile(path, { content: content.bytes, etag: '"v1"' });
+    const stop = new AbortController();
+    const first = fetchCached(server.url(`${path}?X-Amz-Signature=a`), join(dir, 'c1.bin'), {
+      ...FAST,
+      cacheDir: cacheDir2,
+      sha256: content.sha256,
+      signal: stop.signal,
+    });
+    server.resetStats();
+    await waitFor('2 MiB served', () => server.bytesServed >= 2 * 1024 * 1024);
+    stop.abort();
+    await assert.rejects(first);
+    server.setFile(path, { content: other.bytes, etag: '"v2"' });
+    await assert.rejects(
+      fetchCached(server.url(`${path}?X-Amz-Signature=b`), join(dir, 'c2.bin'), {
+        ...FAST,
+        cacheDir: cacheDir2,
+        sha256: content.sha256,
+      }),
+      /sha256 mismatch/,
+    );
+    assert.equal(existsSync(join(dir, 'c2.bin')), false);
+    const cache = await openCache(cacheDir2);
+    assert.deepEqual(
+      cache.index.blobs().map((blob) => blob.digest),
+      [other.sha256],
+      'the cache holds the new version whole',
+    );
+    cache.close();
+  });
+
   it('misses when the ETag changed, and keeps serving hits of the new version', async () => {
     const server = await origin();
     const cacheDir = freshCache();
