@@ -2,6 +2,7 @@
 // flags that parse cleanly starts without commander (see fetch-argv.ts); everything else,
 // help and usage errors included, goes through the commander program.
 import { parseFetchArgv } from './fetch-argv.js';
+import { startMemoryLog } from './process-memory.js';
 import { runFetch } from './run-fetch.js';
 
 const PROGRAM_FLAGS = new Set(['-h', '--help', '-V', '--version']);
@@ -20,6 +21,15 @@ export function impliedFetch(args: string[]): boolean {
 }
 
 export async function main(argv: string[]): Promise<number> {
+  const stopMemoryLog = startMemoryLog();
+  try {
+    return await run(argv);
+  } finally {
+    stopMemoryLog();
+  }
+}
+
+async function run(argv: string[]): Promise<number> {
   const args = impliedFetch(argv.slice(2)) ? ['fetch', ...argv.slice(2)] : argv.slice(2);
   if (args[0] === 'fetch') {
     const parsed = parseFetchArgv(args.slice(1));

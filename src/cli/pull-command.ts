@@ -8,6 +8,7 @@ import { FETCH_FLAGS, type ProgressMode } from './fetch-flags.js';
 import { EXIT, UsageError } from '../core/errors.js';
 import { formatBytes as formatSize, formatRate, formatSeconds, plural } from '../core/units.js';
 import { printJson, reportError, say } from './output.js';
+import { holdYoungGenerationAfter } from './process-memory.js';
 import { onInterrupt } from './signals.js';
 import type { PullProgress } from '../hub/pull.js';
 
@@ -137,7 +138,10 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
       onFile: (file, { done, total }) => {
         if (!line.live) say(flags, `loom: [${done}/${total}] ${file.path} ${formatSize(file.size)} (${file.outcome})`);
       },
-      onProgress: (progress) => line.update(progress),
+      onProgress: (progress) => {
+        line.update(progress);
+        holdYoungGenerationAfter(progress.bytesDone);
+      },
     });
     line.stop();
     if (flags.json) {
@@ -170,7 +174,10 @@ async function pullS3(uri: string, flags: PullFlags, signal: AbortSignal, line: 
   const started = performance.now();
   const results = await pullS3Prefix(uri, flags.out, pullFetchOptions(flags, signal), {
     parallelFiles: flags.parallelFiles,
-    onProgress: (progress) => line.update(progress),
+    onProgress: (progress) => {
+      line.update(progress);
+      holdYoungGenerationAfter(progress.bytesDone);
+    },
     onFile: (r, { done, total }) => {
       if (!line.live)
         say(flags, `loom: [${done}/${total}] ${r.uri} -> ${r.path} ${formatSize(r.size)} (${r.s3Check.check})`);

@@ -17,6 +17,7 @@ import type { DownloadPlanner } from '../cache/download-planner.js';
 import { defaultOutFor, fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
 import { summaryLine, summaryOf } from './fetch-summary.js';
 import { printJson, reportError, say } from './output.js';
+import { holdYoungGenerationAfter } from './process-memory.js';
 import { createProgressView, resolveProgressMode } from './progress.js';
 import type { ServedRegistry } from './serve-registry.js';
 import { onInterrupt } from './signals.js';
@@ -189,6 +190,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       }
       stream?.onProgress(p);
       view.update(p);
+      holdYoungGenerationAfter(p.transferredBytes);
     };
     let result: FetchResult | CachedFetchResult;
     try {

@@ -9,6 +9,8 @@ import { SlabWriter } from './slab-writer.js';
 
 export class SlabSink extends SlabWriter implements BodySink {
   private pending: Promise<void> | undefined;
+  /** The last region handed out: asked for again before the next read, it is reused. */
+  private lastRegion: Buffer | undefined;
 
   /**
    * @param limit where this range ends now: it shrinks when an idle worker takes the back
@@ -44,7 +46,17 @@ export class SlabSink extends SlabWriter implements BodySink {
       this.slab = slab;
     }
     const room = Math.min(this.slab.length - this.filled, this.limit() - this.position);
-    return room > 0 ? this.slab.subarray(this.filled, this.filled + room) : undefined;
+    if (room <= 0) return undefined;
+    // The raw client asks twice per read (is there room? then where?): one view, not two.
+    const last = this.lastRegion;
+    if (
+      last &&
+      last.buffer === this.slab.buffer &&
+      last.byteOffset === this.slab.byteOffset + this.filled &&
+      last.length === room
+    )
+      return last;
+    return (this.lastRegion = this.slab.subarray(this.filled, this.filled + room));
   }
 
   commit(length: number): boolean {

@@ -144,10 +144,17 @@ export class SourceSet {
    */
   shouldTake(state: SourceState, piece: number): boolean {
     if (!state.canServe(piece)) return false;
-    return !this.states.some(
-      (other) =>
-        other !== state && other.slot.preference < state.slot.preference && other.hasCapacity && other.canServe(piece),
-    );
+    // A loop, not some() with a closure: idle workers ask this for every range in flight.
+    for (const other of this.states) {
+      if (
+        other !== state &&
+        other.slot.preference < state.slot.preference &&
+        other.hasCapacity &&
+        other.canServe(piece)
+      )
+        return false;
+    }
+    return true;
   }
 
   /**

@@ -41,7 +41,13 @@ export interface RawHttpClientOptions {
 /** A response this client does not read (no Content-Length): the caller falls back. */
 export class UnsupportedResponse extends Error {}
 
+/** The largest response head read. */
 const HEAD_BUFFER = 64 * 1024;
+/**
+ * A connection's scratch starts this small and grows (up to HEAD_BUFFER) only for a larger
+ * head: heads are a few hundred bytes, and 64 KiB each was 4 MiB of RSS at 64 connections.
+ */
+const SCRATCH_START = 16 * 1024;
 /** A read into scratch while the sink has no room: small, as it is copied. */
 const SCRATCH_READ = 4 * 1024;
 const HEAD_END = Buffer.from('\r\n\r\n');
@@ -53,7 +59,7 @@ type Phase = 'idle' | 'head' | 'held' | 'body';
 /** One keep-alive connection; one request at a time. */
 class RawConnection {
   readonly socket: net.Socket;
-  private readonly scratch = Buffer.allocUnsafeSlow(HEAD_BUFFER);
+  private scratch = Buffer.allocUnsafeSlow(SCRATCH_START);
   private scratchUsed = 0;
   private phase: Phase = 'idle';
   private sink: BodySink | undefined;
@@ -188,7 +194,7 @@ class RawConnection {
     // the scratch filled differently then (a small body that came whole with its head).
     const at = bytes.buffer === this.scratch.buffer ? bytes.byteOffset : -1;
     if (at !== this.scratchUsed) {
-      if (this.scratchUsed + n > this.scratch.length) {
+      if (this.scratchUsed + n > this.scratch.length && !this.growScratch(this.scratchUsed + n)) {
         this.fail(new NetworkError(`response head from ${this.where} larger than 64 KiB`));
         return false;
       }
@@ -211,7 +217,7 @@ class RawConnection {
     for (;;) {
       const end = this.scratch.subarray(0, this.scratchUsed).indexOf(HEAD_END);
       if (end === -1) {
-        if (this.scratchUsed === this.scratch.length)
+        if (this.scratchUsed === this.scratch.length && !this.growScratch(this.scratchUsed + 1))
           this.fail(new NetworkError(`response head from ${this.where} larger than 64 KiB`));
         return true;
       }
@@ -229,6 +235,19 @@ class RawConnection {
       onHead?.(Buffer.from(this.scratch.subarray(0, end)), bodyStart);
       return false;
     }
+  }
+
+  /**
+   * Makes room for `needed` bytes of head (and the body bytes that came with it) in scratch,
+   * keeping what it holds; false when that is more than HEAD_BUFFER. A read already headed
+   * for the old scratch is copied over by received(), as it no longer lands at scratchUsed.
+   */
+  private growScratch(needed: number): boolean {
+    if (needed > HEAD_BUFFER) return false;
+    const grown = Buffer.allocUnsafeSlow(Math.min(HEAD_BUFFER, Math.max(needed, 2 * this.scratch.length)));
+    this.scratch.copy(grown, 0, 0, this.scratchUsed);
+    this.scratch = grown;
+    return true;
   }
 
   /** Copies bytes that landed elsewhere into the sink's regions. Returns false to pause. */

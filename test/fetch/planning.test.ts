@@ -29,6 +29,37 @@ describe('RangeSet', () => {
     assert.equal(set.covers(31, 39), true);
     assert.equal(set.covers(15, 35), false);
   });
+
+  it('agrees with a byte map after thousands of adds in any order (it merges in place)', () => {
+    const total = 4096;
+    let seed = 7;
+    const next = (n: number): number => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    for (let round = 0; round < 20; round++) {
+      const set = new RangeSet();
+      const present = new Uint8Array(total);
+      for (let i = 0; i < 200; i++) {
+        const start = next(total);
+        const end = Math.min(total, start + 1 + next(64));
+        set.add(start, end);
+        present.fill(1, start, end);
+        const expected: Array<[number, number]> = [];
+        for (let at = 0; at < total; at++) {
+          if (!present[at]) continue;
+          if (expected.length && expected[expected.length - 1]![1] === at) expected[expected.length - 1]![1] = at + 1;
+          else expected.push([at, at + 1]);
+        }
+        assert.deepEqual(set.toJSON(), expected);
+      }
+      // What toJSON handed out is a copy: later adds do not change it.
+      const snapshot = set.toJSON();
+      const copy = JSON.stringify(snapshot);
+      set.add(0, total);
+      assert.equal(JSON.stringify(snapshot), copy);
+    }
+  });
 });
 
 describe('planning', () => {

@@ -258,4 +258,37 @@ describe('RawHttpClient', () => {
     assert.equal(sha256Of(sink.bytes()), sha256Of(content.bytes.subarray(100_000, 300_000)));
     assert.equal(origin.openConnections - opened, 1);
   });
+
+  it('reads a head larger than its first scratch buffer (40 KiB of headers), and refuses one over 64 KiB', async () => {
+    const body = randomContent(100_000).bytes;
+    const server = net.createServer((socket) => {
+      // The client hangs up on the head over 64 KiB.
+      socket.on('error', () => undefined);
+      socket.on('data', (request) => {
+        const big = request.toString('latin1').startsWith('GET /big ');
+        const filler = 'x'.repeat(big ? 70_000 : 40_000);
+        // In three writes, the last with the head's end and the start of the body.
+        socket.write(
+          `HTTP/1.1 206 Partial Content\r\nContent-Length: ${body.length}\r\nX-Filler: ${filler.slice(0, 10_000)}`,
+        );
+        setTimeout(() => socket.write(filler.slice(10_000)), 10);
+        setTimeout(() => socket.write(Buffer.concat([Buffer.from('\r\n\r\n'), body])), 20);
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    after(() => server.close());
+    const client = new RawHttpClient();
+    after(() => client.close());
+    const { port } = server.address() as AddressInfo;
+    const res = await client.get({ url: new URL(`http://127.0.0.1:${port}/x`), headers: {}, stallTimeoutMs: 5_000 });
+    assert.equal(res.status, 206);
+    assert.equal(res.headers['x-filler']!.length, 40_000);
+    const sink = collector(16 * 1024);
+    await res.readBody(sink);
+    assert.equal(sha256Of(sink.bytes()), sha256Of(body));
+    await assert.rejects(
+      client.get({ url: new URL(`http://127.0.0.1:${port}/big`), headers: {}, stallTimeoutMs: 5_000 }),
+      /larger than 64 KiB/,
+    );
+  });
 });
