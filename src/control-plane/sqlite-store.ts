@@ -2,6 +2,11 @@
 // expiry time written by each heartbeat and checked on every read, so a dead node is gone
 // from answers the moment its TTL lapses; the control plane's sweep timer deletes the
 // leftovers. Every statement is prepared once; locate samples, ranks and limits in its query.
+// The WAL is checkpointed by a worker thread with a connection of its own: a checkpoint
+// syncs the file to disk, and on the event loop (SQLite's automatic checkpoint runs inside
+// the commit that fills the WAL) that stalled every request behind it (up to 100 ms here).
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { StoreUnavailableError } from '../core/errors.js';
 import { PIECES_TTL_MS } from './model.js';
@@ -104,6 +109,36 @@ const ADDED_COLUMNS: Array<[table: string, column: string, type: string]> = [
 const LATE_INDEXES = `DROP INDEX IF EXISTS replicas_pick;
 CREATE INDEX IF NOT EXISTS replicas_window ON replicas(digest, complete, rnd, node_id, updated_at);`;
 
+/** How often the checkpoint thread copies the WAL into the database file. */
+const CHECKPOINT_INTERVAL_MS = 250;
+
+/** The WAL file is cut back to this size once checkpointed (it is reused from its start). */
+const WAL_SIZE_LIMIT = 64 * 1024 * 1024;
+
+// Plain CommonJS, evaluated in the worker: the CLI bundle has no separate file to point at.
+// PASSIVE never waits for the store's own connection (nor makes it wait); frames a reader
+// still needs are copied by a later round. Closed by a message, so the last connection to
+// close (this one) checkpoints what is left and removes the WAL.
+const CHECKPOINT_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const Database = require(workerData.module);
+const db = new Database(workerData.path, { timeout: 5000 });
+let failed = false;
+const timer = setInterval(() => {
+  try {
+    db.pragma('wal_checkpoint(PASSIVE)');
+    failed = false;
+  } catch (err) {
+    if (!failed) parentPort.postMessage({ kind: 'error', message: String(err && err.message ? err.message : err) });
+    failed = true;
+  }
+}, workerData.intervalMs);
+parentPort.on('message', () => {
+  clearInterval(timer);
+  try { db.close(); } finally { parentPort.close(); }
+});
+`;
+
 /** Holders of each kind read per locate, at least: exact ranking up to this many holders. */
 const MIN_SAMPLE = 64;
 
@@ -142,11 +177,35 @@ export class SqliteStore implements RegistryStore {
   private readonly db: Database.Database;
   private readonly sql;
   private readonly tx;
+  private readonly checkpointer: Worker | undefined;
+  /** The checkpoint thread's last failure, if any (it keeps trying). */
+  checkpointError: string | undefined;
 
   constructor(readonly path: string) {
     this.db = new Database(path, { timeout: 5_000 });
-    this.db.pragma('journal_mode = WAL');
+    const wal = this.db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
     this.db.pragma('synchronous = NORMAL');
+    if (wal) {
+      // Checkpoints happen on the checkpoint thread, never inside a request's commit.
+      this.db.pragma('wal_autocheckpoint = 0');
+      this.db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
+      this.checkpointer = new Worker(CHECKPOINT_SOURCE, {
+        eval: true,
+        workerData: {
+          path,
+          module: createRequire(import.meta.url).resolve('better-sqlite3'),
+          intervalMs: CHECKPOINT_INTERVAL_MS,
+        },
+      });
+      // A store nobody closed must not keep the process alive.
+      this.checkpointer.unref();
+      this.checkpointer.on('message', (message: { kind: 'error'; message: string }) => {
+        this.checkpointError = message.message;
+      });
+      this.checkpointer.on('error', (err) => {
+        this.checkpointError = err.message;
+      });
+    }
     this.db.exec(SCHEMA);
     for (const [table, column, type] of ADDED_COLUMNS) {
       const columns = this.db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>;
@@ -545,9 +604,15 @@ export class SqliteStore implements RegistryStore {
     });
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
     this.db.close();
-    return Promise.resolve();
+    const worker = this.checkpointer;
+    if (!worker) return;
+    // Closed last, the checkpoint thread's connection copies what is left and removes the WAL.
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    worker.ref(); // this wait keeps the process alive until the thread is done
+    worker.postMessage('close');
+    await exited;
   }
 }
 
