@@ -4,12 +4,18 @@
 // lists). wrk drives locates from another process over loopback: a random ordinary blob
 // ("spread") or the 10,000-holder blob ("hot"), a random asker and zone, limit 8. Both
 // stores are seeded once and measured in interleaved rounds; the figures are medians.
+// "noop" is the floor of this machine in the same rounds: wrk against a fastify route in the
+// same process that answers a fixed body of the same size, with the store's heartbeats still
+// coming in, so locates/s over noop's is the share of the load generator's rate the control
+// plane's own work leaves. LOOM_BENCH_CPU_PROFILE=DIR writes a V8 CPU profile of the process
+// per measured run (read them with bench/cpuprofile.ts).
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { Session } from 'node:inspector/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { FastifyInstance } from 'fastify';
+import Fastify, { type FastifyInstance } from 'fastify';
 import { RedisStore } from '../src/control-plane/redis-store.js';
 import { SqliteStore } from '../src/control-plane/sqlite-store.js';
 import { buildControlPlane, type RegistryStore } from '../src/index.js';
@@ -28,9 +34,10 @@ const SECONDS = Number(process.env.LOOM_BENCH_SECONDS ?? 10);
 const REDIS_URL = process.env.LOOM_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
 const ZONES = ['zone-a', 'zone-b', 'zone-c', 'zone-d'];
 const LONG = 3_600_000;
+const PROFILE_DIR = process.env.LOOM_BENCH_CPU_PROFILE;
 
 type Kind = 'sqlite' | 'redis';
-type Workload = 'spread' | 'hot';
+type Workload = 'spread' | 'hot' | 'noop';
 
 interface Target {
   kind: Kind;
@@ -137,6 +144,30 @@ async function open(kind: Kind, dir: string, digests: string[], hot: string): Pr
   return { kind, store, app, url };
 }
 
+/**
+ * The floor: a fastify route with no hooks, validation or store that answers what a locate
+ * of 8 complete holders answers (the same bytes every time).
+ */
+async function openNoop(): Promise<{ app: FastifyInstance; url: string }> {
+  const body = JSON.stringify({
+    digest: 'f'.repeat(64),
+    peers: Array.from({ length: 8 }, (_, i) => ({
+      id: `node-${1000 + i}`,
+      url: `http://10.3.${232 + i}.1:7071`,
+      zone: ZONES[i % ZONES.length],
+      complete: true,
+      pieces: null,
+      freeUploadSlots: 7,
+    })),
+  });
+  const app = Fastify({ logger: false });
+  app.get('/v1/blobs/:digest/peers', (_request, reply) => {
+    void reply.type('application/json; charset=utf-8').send(body);
+  });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  return { app, url };
+}
+
 async function close(target: Target): Promise<void> {
   await target.app.close();
   if (target.store instanceof RedisStore) await target.store.dropAll();
@@ -176,18 +207,44 @@ async function startHeartbeats(url: string): Promise<{ stop: () => Promise<strin
   };
 }
 
-async function measure(target: Target, workload: Workload, script: string): Promise<Record<string, number>> {
+/** Profiles this process (the control plane's) while `run` runs, into PROFILE_DIR/name. */
+async function profiled<T>(name: string, run: () => Promise<T>): Promise<T> {
+  if (!PROFILE_DIR) return run();
+  const session = new Session();
+  session.connect();
+  try {
+    await session.post('Profiler.enable');
+    await session.post('Profiler.start');
+    const result = await run();
+    const { profile } = await session.post('Profiler.stop');
+    mkdirSync(PROFILE_DIR, { recursive: true });
+    writeFileSync(join(PROFILE_DIR, `${name}.cpuprofile`), JSON.stringify(profile));
+    return result;
+  } finally {
+    session.disconnect();
+  }
+}
+
+async function measure(
+  target: Target,
+  workload: Workload,
+  script: string,
+  wrkUrl: string,
+  round: number,
+): Promise<Record<string, number>> {
   const heartbeats = await startHeartbeats(target.url);
   const loadBefore = loadavg()[0]!;
   let run: CommandRun;
   let beats: string;
   let cpu: NodeJS.CpuUsage;
   try {
-    await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, '-d3s', '-s', script, target.url]); // warm-up
+    await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, '-d3s', '-s', script, wrkUrl]); // warm-up
     // The control plane runs in this process: its CPU per request does not depend on how
     // much of a core the machine's other work leaves it, as requests per second do.
     const cpuBefore = process.cpuUsage();
-    run = await runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${SECONDS}s`, '-s', script, target.url]);
+    run = await profiled(`${target.kind}-${workload}-${round + 1}`, () =>
+      runChecked('wrk', ['-t1', `-c${CONNECTIONS}`, `-d${SECONDS}s`, '-s', script, wrkUrl]),
+    );
     cpu = process.cpuUsage(cpuBefore);
   } finally {
     beats = await heartbeats.stop();
@@ -226,36 +283,48 @@ async function measure(target: Target, workload: Workload, script: string): Prom
 export async function locateScenario(): Promise<Record<string, unknown>> {
   requireCommand('wrk', 'apt-get install wrk');
   const kinds = (process.env.LOOM_BENCH_STORES ?? 'sqlite,redis').split(',') as Kind[];
-  const workloads = (process.env.LOOM_BENCH_WORKLOADS ?? 'spread,hot').split(',') as Workload[];
+  const workloads = (process.env.LOOM_BENCH_WORKLOADS ?? 'spread,hot,noop').split(',') as Workload[];
   const dir = mkdtempSync(join(tmpdir(), 'loom-cp-bench-'));
   const digests = Array.from({ length: BLOBS }, () => randomBytes(32).toString('hex'));
   const hot = randomBytes(32).toString('hex');
-  const scripts: Record<Workload, string> = { spread: join(dir, 'spread.lua'), hot: join(dir, 'hot.lua') };
+  const scripts: Record<Workload, string> = {
+    spread: join(dir, 'spread.lua'),
+    hot: join(dir, 'hot.lua'),
+    noop: join(dir, 'spread.lua'),
+  };
   writeFileSync(scripts.spread, wrkScript(digests));
   writeFileSync(scripts.hot, wrkScript([hot]));
   const targets: Target[] = [];
   const samples = new Map<string, Array<Record<string, number>>>();
+  const noop = workloads.includes('noop') ? await openNoop() : undefined;
   try {
     for (const kind of kinds) targets.push(await open(kind, dir, digests, hot));
     for (let round = 0; round < ROUNDS; round++) {
       for (const target of targets) {
         for (const workload of workloads) {
           const key = `${target.kind} ${workload}`;
-          samples.set(key, [...(samples.get(key) ?? []), await measure(target, workload, scripts[workload])]);
+          const wrkUrl = workload === 'noop' ? noop!.url : target.url;
+          const row = await measure(target, workload, scripts[workload], wrkUrl, round);
+          samples.set(key, [...(samples.get(key) ?? []), row]);
         }
       }
     }
   } finally {
+    await noop?.app.close();
     for (const target of targets) await close(target);
     rmSync(dir, { recursive: true, force: true });
   }
   const rows = [...samples].map(([key, runs]) => {
     const [store, workload] = key.split(' ') as [Kind, Workload];
     const med = (field: string): number => median(runs.map((r) => r[field]!));
+    // Against the floor measured in the same round (the load changes between rounds).
+    const floor = samples.get(`${store} noop`);
+    const ofNoop = floor ? median(runs.map((r, i) => r.locatesPerSecond! / floor[i]!.locatesPerSecond!)) : undefined;
     return {
       store,
       workload,
       'locates/s': med('locatesPerSecond'),
+      'of noop': ofNoop === undefined ? '' : ofNoop.toFixed(2),
       'p50 ms': med('p50ms').toFixed(2),
       'p99 ms': med('p99ms').toFixed(2),
       errors: runs.reduce((a, r) => a + r.errors! + r.heartbeatsFailed!, 0),

@@ -7,6 +7,11 @@ export class ControlPlaneMetrics {
   readonly registry = new Registry();
   readonly requests: Counter<'route' | 'method' | 'status'>;
   readonly latency: Histogram<'route' | 'method'>;
+  /**
+   * Each label set's series, looked up once: prom-client hashes and checks the labels on
+   * every inc/observe otherwise (~1.5% of a locate's CPU in a profile).
+   */
+  private readonly series = new Map<string, { count: () => void; observe: (seconds: number) => void }>();
 
   constructor(store: RegistryStore) {
     this.requests = new Counter({
@@ -47,5 +52,19 @@ export class ControlPlaneMetrics {
         },
       });
     }
+  }
+
+  /** Counts a finished request and its latency. */
+  record(route: string, method: string, status: number, seconds: number): void {
+    const key = `${route} ${method} ${status}`;
+    let series = this.series.get(key);
+    if (!series) {
+      const counter = this.requests.labels({ route, method, status: String(status) });
+      const histogram = this.latency.labels({ route, method });
+      series = { count: () => counter.inc(), observe: (value) => histogram.observe(value) };
+      this.series.set(key, series);
+    }
+    series.count();
+    series.observe(seconds);
   }
 }

@@ -97,6 +97,7 @@ const PEERS_RESPONSE = {
   },
 } as const;
 const OPEN_ROUTES = new Set(['/healthz', '/readyz', '/metrics']);
+const OPEN_CALLER: Caller = { kind: 'open' };
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -176,14 +177,13 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       request.caller = { kind: 'open' };
       return;
     }
-    request.caller = auth.identify(request.headers.authorization, claimedNode(request));
+    // An open control plane (no token, no secret) has no caller to tell apart.
+    request.caller = auth.required ? auth.identify(request.headers.authorization, claimedNode(request)) : OPEN_CALLER;
     if (WRITE_METHODS.has(request.method) || !options.openReads) Authenticator.requireCredential(request.caller);
   });
 
   app.addHook('onResponse', async (request, reply) => {
-    const route = request.routeOptions.url ?? 'unmatched';
-    metrics.requests.inc({ route, method: request.method, status: String(reply.statusCode) });
-    metrics.latency.observe({ route, method: request.method }, reply.elapsedTime / 1000);
+    metrics.record(request.routeOptions.url ?? 'unmatched', request.method, reply.statusCode, reply.elapsedTime / 1000);
   });
 
   app.setErrorHandler((error: Error & { statusCode?: number; code?: string }, request, reply) => {

@@ -1,9 +1,18 @@
 // The default store: one SQLite file (better-sqlite3, WAL), no set-up. Liveness is an
 // expiry time written by each heartbeat and checked on every read, so a dead node is gone
 // from answers the moment its TTL lapses; the control plane's sweep timer deletes the
-// leftovers. Every statement is prepared once; locate samples, ranks and limits in its query.
+// leftovers. Every statement is prepared once. Locate reads a bounded sample of a blob's
+// holders from an index and their nodes from a copy of the nodes table this store keeps in
+// memory (written through by its heartbeats, removals and sweeps), then ranks in locate.ts:
+// one control-plane process per SQLite file.
+// The WAL is checkpointed by a worker thread with a connection of its own: a checkpoint
+// syncs the file to disk, and on the event loop (SQLite's automatic checkpoint runs inside
+// the commit that fills the WAL) that stalled every request behind it (up to 100 ms here).
+import { createRequire } from 'node:module';
+import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { StoreUnavailableError } from '../core/errors.js';
+import { rankCandidates } from './locate.js';
 import { PIECES_TTL_MS } from './model.js';
 import type {
   Candidate,
@@ -99,10 +108,43 @@ const ADDED_COLUMNS: Array<[table: string, column: string, type: string]> = [
 /**
  * Indexes on added columns, created once the columns exist. Locate's window covers its
  * columns, so sampling a blob with thousands of holders reads the index alone (half the CPU
- * of the narrower replicas_pick it replaces, measured on 10,000 holders).
+ * of the narrower replicas_pick it replaces, measured on 10,000 holders). The sweep finds
+ * stale partial replicas through replicas_partial: scanning the table for them (piece lists
+ * and all) took 8-37 ms of the event loop every 10 s with 30,000 replicas, 0.2 ms with it.
  */
 const LATE_INDEXES = `DROP INDEX IF EXISTS replicas_pick;
-CREATE INDEX IF NOT EXISTS replicas_window ON replicas(digest, complete, rnd, node_id, updated_at);`;
+CREATE INDEX IF NOT EXISTS replicas_window ON replicas(digest, complete, rnd, node_id, updated_at);
+CREATE INDEX IF NOT EXISTS replicas_partial ON replicas(updated_at) WHERE complete = 0;`;
+
+/** How often the checkpoint thread copies the WAL into the database file. */
+const CHECKPOINT_INTERVAL_MS = 250;
+
+/** The WAL file is cut back to this size once checkpointed (it is reused from its start). */
+const WAL_SIZE_LIMIT = 64 * 1024 * 1024;
+
+// Plain CommonJS, evaluated in the worker: the CLI bundle has no separate file to point at.
+// PASSIVE never waits for the store's own connection (nor makes it wait); frames a reader
+// still needs are copied by a later round. Closed by a message, so the last connection to
+// close (this one) checkpoints what is left and removes the WAL.
+const CHECKPOINT_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads');
+const Database = require(workerData.module);
+const db = new Database(workerData.path, { timeout: 5000 });
+let failed = false;
+const timer = setInterval(() => {
+  try {
+    db.pragma('wal_checkpoint(PASSIVE)');
+    failed = false;
+  } catch (err) {
+    if (!failed) parentPort.postMessage({ kind: 'error', message: String(err && err.message ? err.message : err) });
+    failed = true;
+  }
+}, workerData.intervalMs);
+parentPort.on('message', () => {
+  clearInterval(timer);
+  try { db.close(); } finally { parentPort.close(); }
+});
+`;
 
 /** Holders of each kind read per locate, at least: exact ranking up to this many holders. */
 const MIN_SAMPLE = 64;
@@ -110,8 +152,17 @@ const MIN_SAMPLE = 64;
 /** The range of a replica's random position (its place in the sample order). */
 const RND_RANGE = 1_000_000_000;
 
-/** A locate row: id, url, zone, free_slots, expires_at, epoch, updated_at. */
-type CandidateTuple = [string, string, string | null, number, number, string | null, number];
+/** A sampled holder: a complete one's node id, a partial one's [node id, updated_at]. */
+type SampleRow = string | [string, number];
+
+/** A window of one kind of a blob's holders from (`>=`) or before (`<`) a random point. */
+function window(db: Database.Database, complete: number, from: '>=' | '<'): Database.Statement {
+  const statement = db.prepare(
+    `SELECT node_id${complete ? '' : ', updated_at'} FROM replicas
+     WHERE digest = ? AND complete = ${complete} AND rnd ${from} ? ORDER BY rnd LIMIT ?`,
+  );
+  return complete ? statement.pluck(true) : statement.raw(true);
+}
 
 interface NodeRow {
   id: string;
@@ -142,11 +193,41 @@ export class SqliteStore implements RegistryStore {
   private readonly db: Database.Database;
   private readonly sql;
   private readonly tx;
+  private readonly checkpointer: Worker | undefined;
+  /**
+   * The nodes table as committed, for locate: looking 64 sampled holders' nodes up in SQLite
+   * was two thirds of a locate's CPU (two B-tree searches each). Written only after the
+   * transaction that changes the table commits.
+   */
+  private readonly nodes = new Map<string, NodeRecord>();
+  /** The checkpoint thread's last failure, if any (it keeps trying). */
+  checkpointError: string | undefined;
 
   constructor(readonly path: string) {
     this.db = new Database(path, { timeout: 5_000 });
-    this.db.pragma('journal_mode = WAL');
+    const wal = this.db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
     this.db.pragma('synchronous = NORMAL');
+    if (wal) {
+      // Checkpoints happen on the checkpoint thread, never inside a request's commit.
+      this.db.pragma('wal_autocheckpoint = 0');
+      this.db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
+      this.checkpointer = new Worker(CHECKPOINT_SOURCE, {
+        eval: true,
+        workerData: {
+          path,
+          module: createRequire(import.meta.url).resolve('better-sqlite3'),
+          intervalMs: CHECKPOINT_INTERVAL_MS,
+        },
+      });
+      // A store nobody closed must not keep the process alive.
+      this.checkpointer.unref();
+      this.checkpointer.on('message', (message: { kind: 'error'; message: string }) => {
+        this.checkpointError = message.message;
+      });
+      this.checkpointer.on('error', (err) => {
+        this.checkpointError = err.message;
+      });
+    }
     this.db.exec(SCHEMA);
     for (const [table, column, type] of ADDED_COLUMNS) {
       const columns = this.db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>;
@@ -182,29 +263,18 @@ export class SqliteStore implements RegistryStore {
       ),
       removeReplica: db.prepare('DELETE FROM replicas WHERE digest = ? AND node_id = ?'),
       // Locate is the hot path, and a blob may have thousands of holders. One kind of
-      // holder (complete, else partial) is read at a time as a window of @sample rows from a
-      // random point of its index (wrapping round; every holder when there are at most
-      // @sample), then filtered, ranked and limited here. Rows come as arrays (raw) so no
-      // object is built per row, and piece lists are read only for the partial rows returned.
-      locate: db
-        .prepare(
-          `WITH sample AS (
-             SELECT * FROM (SELECT node_id, updated_at FROM replicas
-                WHERE digest = @digest AND complete = @complete AND rnd >= @start ORDER BY rnd LIMIT @sample)
-             UNION ALL SELECT * FROM (SELECT node_id, updated_at FROM replicas
-                WHERE digest = @digest AND complete = @complete AND rnd < @start ORDER BY rnd LIMIT @sample)
-             LIMIT @sample
-           )
-           SELECT n.id, n.url, n.zone, n.free_slots, n.expires_at, n.epoch, r.updated_at
-           FROM sample r JOIN nodes n ON n.id = r.node_id
-           WHERE n.expires_at > @now AND r.node_id IS NOT @asker
-             AND (@complete = 1 OR r.updated_at > @partialSince)
-             AND (@threshold IS NULL OR (SELECT count(*) FROM reports p
-                   WHERE p.digest = @digest AND p.node_id = r.node_id AND p.at > @reportSince) < @threshold)
-           ORDER BY coalesce(n.zone = @zone, 0) DESC, n.free_slots DESC, random()
-           LIMIT @limit`,
-        )
-        .raw(true),
+      // holder (complete, else partial) is read at a time as a window of `sample` rows from
+      // a random point of its index (wrapping round; every holder when there are at most
+      // `sample`), the kind written into the text (a bound number is a double, and comparing
+      // it with the index's integers cost more than the rest of the read). Complete holders
+      // come as bare ids (pluck: half the CPU of a row array each), partial ones as [id,
+      // updated_at] arrays. Piece lists are read only for the partial rows returned.
+      windowFrom: [0, 1].map((complete) => window(db, complete, '>=')),
+      windowBefore: [0, 1].map((complete) => window(db, complete, '<')),
+      quarantined: db
+        .prepare('SELECT node_id FROM reports WHERE digest = ? AND at > ? GROUP BY node_id HAVING count(*) >= ?')
+        .pluck(true),
+      allNodes: db.prepare('SELECT id, url, zone, free_slots, expires_at, epoch FROM nodes'),
       replicaPieces: db.prepare('SELECT pieces FROM replicas WHERE digest = ? AND node_id = ?').pluck(true),
       getSource: db.prepare('SELECT digest FROM sources WHERE key = ?'),
       putSource: db.prepare(
@@ -254,19 +324,22 @@ export class SqliteStore implements RegistryStore {
       ),
       ping: db.prepare('SELECT 1'),
     };
+    for (const row of this.sql.allNodes.all() as NodeRow[]) this.nodes.set(row.id, nodeOf(row));
     this.tx = {
-      heartbeat: db.transaction((node: NodeRecord, now: number): HeartbeatOutcome => {
+      heartbeat: db.transaction((node: NodeRecord, now: number): HeartbeatOutcome & { epoch: string | undefined } => {
         const old = this.sql.nodeState.get(node.id) as { epoch: string | null; expires_at: number } | undefined;
         this.sql.heartbeat.run({ ...node, zone: node.zone ?? null, epoch: node.epoch ?? null });
+        // The row keeps its epoch when the heartbeat names none (coalesce in the upsert).
+        const epoch = node.epoch ?? old?.epoch ?? undefined;
         if (!old || old.expires_at <= now) {
           this.sql.dropNodeReplicas.run(node.id);
-          return { resync: true };
+          return { resync: true, epoch };
         }
         if (node.epoch !== undefined && node.epoch !== old.epoch) {
           this.sql.dropOtherEpochs.run(node.id, node.epoch);
-          return { resync: true };
+          return { resync: true, epoch };
         }
-        return { resync: false };
+        return { resync: false, epoch };
       }),
       removeNode: db.transaction((id: string): boolean => {
         this.sql.dropNodeReplicas.run(id);
@@ -345,24 +418,23 @@ export class SqliteStore implements RegistryStore {
   }
 
   heartbeat(node: NodeRecord, now: number): Promise<HeartbeatOutcome> {
-    return this.run(() => this.tx.heartbeat(node, now));
+    return this.run(() => {
+      const { resync, epoch } = this.tx.heartbeat(node, now);
+      this.nodes.set(node.id, { ...node, epoch });
+      return { resync };
+    });
   }
 
   removeNode(id: string): Promise<boolean> {
-    return this.run(() => this.tx.removeNode(id));
+    return this.run(() => {
+      const removed = this.tx.removeNode(id);
+      this.nodes.delete(id);
+      return removed;
+    });
   }
 
   liveNodes(now: number): Promise<NodeRecord[]> {
-    return this.run(() =>
-      (this.sql.liveNodes.all(now) as NodeRow[]).map((r) => ({
-        id: r.id,
-        url: r.url,
-        zone: r.zone ?? undefined,
-        freeUploadSlots: r.free_slots,
-        expiresAt: r.expires_at,
-        epoch: r.epoch ?? undefined,
-      })),
-    );
+    return this.run(() => (this.sql.liveNodes.all(now) as NodeRow[]).map(nodeOf));
   }
 
   putManifest(manifest: StoredManifest): Promise<ManifestWrite> {
@@ -412,51 +484,44 @@ export class SqliteStore implements RegistryStore {
 
   locate(digest: string, query: LocateQuery): Promise<Candidate[]> {
     return this.run(() => {
-      const params = {
-        digest,
-        complete: 1,
-        now: query.now,
-        asker: query.asker ?? null,
-        zone: query.zone ?? null,
-        partialSince: query.now - query.partialTtlMs,
-        threshold: query.quarantine?.threshold ?? null,
-        reportSince: query.now - (query.quarantine?.windowMs ?? 0),
-        limit: query.limit,
-        sample: Math.max(MIN_SAMPLE, 4 * query.limit),
-        start: Math.floor(Math.random() * RND_RANGE),
-      };
-      const candidates: Candidate[] = [];
-      const add = (rows: CandidateTuple[], complete: boolean): void => {
-        for (const [id, url, zone, freeSlots, expiresAt, epoch, updatedAt] of rows) {
-          const pieces = complete ? undefined : (this.sql.replicaPieces.get(digest, id) as string | null);
-          candidates.push({
-            node: {
-              id,
-              url,
-              zone: zone ?? undefined,
-              freeUploadSlots: freeSlots,
-              expiresAt,
-              epoch: epoch ?? undefined,
-            },
-            replica: {
+      const sample = Math.max(MIN_SAMPLE, 4 * query.limit);
+      const quarantined = query.quarantine
+        ? new Set(
+            this.sql.quarantined.all(
               digest,
-              nodeId: id,
-              complete,
-              pieces: pieces ? (JSON.parse(pieces) as number[]) : undefined,
-              updatedAt,
-            },
-          });
+              query.now - query.quarantine.windowMs,
+              query.quarantine.threshold,
+            ) as string[],
+          )
+        : undefined;
+      const partialSince = query.now - query.partialTtlMs;
+      const candidates: Candidate[] = [];
+      const add = (complete: boolean): void => {
+        const kind = complete ? 1 : 0;
+        const start = Math.floor(Math.random() * RND_RANGE);
+        const rows = this.sql.windowFrom[kind]!.all(digest, start, sample) as SampleRow[];
+        if (rows.length < sample)
+          rows.push(...(this.sql.windowBefore[kind]!.all(digest, start, sample - rows.length) as SampleRow[]));
+        for (const row of rows) {
+          // A complete replica's last update is not used (Redis does not keep it either).
+          const id = typeof row === 'string' ? row : row[0];
+          const updatedAt = typeof row === 'string' ? 0 : row[1];
+          const node = this.nodes.get(id);
+          if (!node || node.expiresAt <= query.now || id === query.asker || quarantined?.has(id)) continue;
+          if (!complete && updatedAt <= partialSince) continue;
+          candidates.push({ node, replica: { digest, nodeId: id, complete, pieces: undefined, updatedAt } });
         }
       };
-      add(this.sql.locate.all(params) as CandidateTuple[], true);
+      add(true);
       // Partial holders rank after every complete one: read only when those fall short.
-      if (candidates.length < query.limit) {
-        add(
-          this.sql.locate.all({ ...params, complete: 0, limit: query.limit - candidates.length }) as CandidateTuple[],
-          false,
-        );
+      if (candidates.length < query.limit) add(false);
+      const ranked = rankCandidates(candidates, query);
+      for (const candidate of ranked) {
+        if (candidate.replica.complete) continue;
+        const pieces = this.sql.replicaPieces.get(digest, candidate.node.id) as string | null;
+        candidate.replica.pieces = pieces ? (JSON.parse(pieces) as number[]) : undefined;
       }
-      return candidates;
+      return ranked;
     });
   }
 
@@ -528,7 +593,10 @@ export class SqliteStore implements RegistryStore {
   }
 
   sweep(now: number, policy: SweepPolicy): Promise<void> {
-    return this.run(() => this.tx.sweep(now, policy));
+    return this.run(() => {
+      this.tx.sweep(now, policy);
+      for (const [id, node] of this.nodes) if (node.expiresAt <= now) this.nodes.delete(id);
+    });
   }
 
   counts(now: number): Promise<StoreCounts> {
@@ -545,10 +613,27 @@ export class SqliteStore implements RegistryStore {
     });
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
     this.db.close();
-    return Promise.resolve();
+    const worker = this.checkpointer;
+    if (!worker) return;
+    // Closed last, the checkpoint thread's connection copies what is left and removes the WAL.
+    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+    worker.ref(); // this wait keeps the process alive until the thread is done
+    worker.postMessage('close');
+    await exited;
   }
+}
+
+function nodeOf(row: NodeRow): NodeRecord {
+  return {
+    id: row.id,
+    url: row.url,
+    zone: row.zone ?? undefined,
+    freeUploadSlots: row.free_slots,
+    expiresAt: row.expires_at,
+    epoch: row.epoch ?? undefined,
+  };
 }
 
 function toLease(row: LeaseRow): Lease {

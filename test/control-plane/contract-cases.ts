@@ -90,6 +90,33 @@ export function contractSuite(factory: StoreFactory): void {
       assert.deepEqual(((await s.call('GET', `/v1/blobs/${D2}/peers`)).body as { peers: unknown[] }).peers, []);
     });
 
+    it('locates each holder as its last heartbeat describes it, and forgets one that left', async () => {
+      const s = await service(factory);
+      await beat(s, 'mover', { zone: 'z1', freeUploadSlots: 1 });
+      await beat(s, 'stayer', { zone: 'z1', freeUploadSlots: 5 });
+      await beat(s, 'leaver', { zone: 'z1', freeUploadSlots: 9 });
+      for (const id of ['mover', 'stayer', 'leaver'])
+        assert.equal((await s.call('PUT', `/v1/blobs/${D1}/replicas/${id}`, { complete: true })).status, 200);
+      assert.deepEqual(await peerIds(s, D1, '?zone=z1'), ['leaver', 'stayer', 'mover']);
+      // A new address, zone and load, with the replica kept (same registration, no epoch).
+      const moved = await beat(s, 'mover', { url: 'http://mover-2.test:7071', zone: 'z2', freeUploadSlots: 7 });
+      assert.equal((moved.body as { resync: boolean }).resync, false);
+      assert.equal((await s.call('DELETE', '/v1/nodes/leaver')).status, 204);
+      const res = await s.call('GET', `/v1/blobs/${D1}/peers?zone=z2`);
+      const peers = (res.body as { peers: Array<{ id: string; url: string; zone: string; freeUploadSlots: number }> })
+        .peers;
+      assert.deepEqual(
+        peers.map((p) => [p.id, p.url, p.zone, p.freeUploadSlots]),
+        [
+          ['mover', 'http://mover-2.test:7071', 'z2', 7],
+          ['stayer', 'http://stayer.test:7071', 'z1', 5],
+        ],
+      );
+      // Back after leaving: a new registration that holds nothing until it announces again.
+      assert.equal((await beat(s, 'leaver', { zone: 'z2', freeUploadSlots: 9 })).status, 200);
+      assert.deepEqual(await peerIds(s, D1, '?zone=z2'), ['mover', 'stayer']);
+    });
+
     it('shuffles holders that rank equal, so a fleet spreads over them', async () => {
       const s = await service(factory);
       for (let i = 0; i < 10; i++) {
