@@ -1,9 +1,9 @@
-// Parses `loom fetch` arguments with node:util instead of commander, from the same flag
-// table. A cache hit is mostly process start-up, and commander is the largest module the
-// CLI loads; argv that does not parse cleanly here (help, a typo, a bad value) goes to
-// commander, which owns the usage messages.
+// Parses `loom fetch` (and `loom pull`) arguments with node:util instead of commander, from
+// the same flag tables. A cache hit is mostly process start-up, and commander is the largest
+// module the CLI loads; argv that does not parse cleanly here (help, a typo, a bad value)
+// goes to commander, which owns the usage messages.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import { FETCH_FLAGS, type FetchFlags } from './fetch-flags.js';
+import { FETCH_FLAGS, type FetchFlags, type FlagSpec } from './fetch-flags.js';
 
 export interface ParsedFetch {
   url: string | undefined;
@@ -18,7 +18,7 @@ interface FlagShape {
 
 function shapeOf(flags: string): FlagShape {
   const match = /^(?:-(\w), )?--([\w-]+)( <[^>]+>)?$/.exec(flags);
-  if (!match) throw new Error(`fetch flag spelled unexpectedly: ${flags}`);
+  if (!match) throw new Error(`flag spelled unexpectedly: ${flags}`);
   return { short: match[1], long: match[2]!, takesValue: match[3] !== undefined };
 }
 
@@ -26,8 +26,22 @@ const camel = (name: string): string => name.replace(/-(\w)/g, (_, c: string) =>
 
 /** The flags of `args` (what follows `loom fetch`), or undefined when commander should answer. */
 export function parseFetchArgv(args: string[]): ParsedFetch | undefined {
+  const parsed = parseFlagArgv(FETCH_FLAGS, args);
+  if (!parsed || parsed.positionals.length > 1) return undefined;
+  return { url: parsed.positionals[0], flags: parsed.flags as unknown as FetchFlags };
+}
+
+/**
+ * `args` read against a flag table as commander would read it (the same names, defaults,
+ * repeatable lists and value parsers), or undefined when anything is off: an unknown flag,
+ * a missing value, a value the parser refuses.
+ */
+export function parseFlagArgv(
+  specs: readonly FlagSpec[],
+  args: string[],
+): { positionals: string[]; flags: Record<string, unknown> } | undefined {
   const options: NonNullable<ParseArgsConfig['options']> = {};
-  const shapes = FETCH_FLAGS.map((spec) => ({ spec, shape: shapeOf(spec.flags) }));
+  const shapes = specs.map((spec) => ({ spec, shape: shapeOf(spec.flags) }));
   for (const { spec, shape } of shapes) {
     options[shape.long] = {
       type: shape.takesValue ? 'string' : 'boolean',
@@ -41,7 +55,6 @@ export function parseFetchArgv(args: string[]): ParsedFetch | undefined {
   } catch {
     return undefined;
   }
-  if (parsed.positionals.length > 1) return undefined;
   const flags: Record<string, unknown> = {};
   try {
     for (const { spec, shape } of shapes) {
@@ -62,5 +75,5 @@ export function parseFetchArgv(args: string[]): ParsedFetch | undefined {
   } catch {
     return undefined;
   }
-  return { url: parsed.positionals[0], flags: flags as unknown as FetchFlags };
+  return { positionals: parsed.positionals, flags };
 }

@@ -59,7 +59,7 @@ export interface FlagSpec {
   defaultValue?: unknown;
 }
 
-function integerIn(min: number, max: number) {
+export function integerIn(min: number, max: number) {
   return (value: string): number => {
     const n = Number(value);
     if (!/^-?\d+$/.test(value.trim()) || n < min || n > max) {
