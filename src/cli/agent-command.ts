@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { EXIT, UsageError } from '../core/errors.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { parseListen, readToken } from './control-plane-command.js';
+import { listenError } from './listen-error.js';
 import { reportError } from './output.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -77,10 +78,7 @@ export function agentCommand(): Command {
           peerToken,
           maxUploads,
         }).catch((err: unknown) => {
-          const code = (err as { code?: string }).code;
-          if (code === 'EADDRINUSE' || code === 'EACCES' || code === 'EADDRNOTAVAIL')
-            throw new UsageError(`cannot listen on ${flags.listen}: ${code}`, { hint: 'choose another --listen' });
-          throw err;
+          throw listenError(err, `${listen.host}:${listen.port}`, 'choose another address with --listen HOST:PORT');
         });
         process.stderr.write(
           `loom: agent ${nodeId} serving ${cacheRoot} on ${listen.host}:${agent.boundPort} as ${agent.advertisedUrl}` +

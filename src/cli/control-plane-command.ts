@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { EXIT, UsageError } from '../core/errors.js';
 import { parseDuration } from '../core/units.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
+import { listenError } from './listen-error.js';
 import { reportError } from './output.js';
 import { DEFAULTS, shownDefault } from '../core/defaults.js';
 
@@ -95,6 +96,14 @@ export function controlPlaneCommand(): Command {
           if (ms < 1) throw new UsageError(`${flag} "${value}" must be longer than 0`);
           return ms;
         };
+        // Every flag is read before the store opens: a store left open (its checkpoint
+        // thread, a Redis connection) would keep a process that failed on a flag alive.
+        const lifetimes = {
+          nodeTtlMs: duration(flags.nodeTtl, '--node-ttl'),
+          partialTtlMs: duration(flags.partialTtl, '--partial-ttl'),
+          leaseTtlMs: duration(flags.leaseTtl, '--lease-ttl'),
+          legacyTtlMs: duration(flags.legacyTtl, '--legacy-ttl'),
+        };
         const [{ openStore }, { buildControlPlane }] = await Promise.all([
           import('../control-plane/open-store.js'),
           import('../control-plane/server.js'),
@@ -104,18 +113,26 @@ export function controlPlaneCommand(): Command {
           defaultDir: resolveCacheRoot(flags.cacheDir),
           redisPrefix: flags.redisPrefix,
         });
-        const app = await buildControlPlane({
-          store,
-          token,
-          clusterSecret,
-          openReads: flags.openReads,
-          nodeTtlMs: duration(flags.nodeTtl, '--node-ttl'),
-          partialTtlMs: duration(flags.partialTtl, '--partial-ttl'),
-          leaseTtlMs: duration(flags.leaseTtl, '--lease-ttl'),
-          legacyTtlMs: duration(flags.legacyTtl, '--legacy-ttl'),
-          logger: flags.log ?? false,
-        });
-        const address = await app.listen({ host, port });
+        let app: Awaited<ReturnType<typeof buildControlPlane>> | undefined;
+        let address: string;
+        try {
+          app = await buildControlPlane({
+            store,
+            token,
+            clusterSecret,
+            openReads: flags.openReads,
+            ...lifetimes,
+            logger: flags.log ?? false,
+          });
+          address = await app.listen({ host, port }).catch((err: unknown) => {
+            throw listenError(err, `${host}:${port}`, 'choose another address with --listen HOST:PORT');
+          });
+        } catch (err) {
+          // A busy port, say: nothing of the store may outlive the error.
+          await app?.close();
+          await store.close();
+          throw err;
+        }
         process.stderr.write(
           `loom: control plane on ${address} (store: ${store.kind}, ${accessLine(flags, token, clusterSecret)})\n`,
         );

@@ -5,9 +5,9 @@
 // tool, the registry serves after the download.
 import { basename } from 'node:path';
 import type { FastifyInstance } from 'fastify';
-import { ListenError } from '../core/errors.js';
 import type { SqliteStore } from '../control-plane/sqlite-store.js';
 import { SERVE_LISTEN_DEFAULT } from './fetch-flags.js';
+import { listenError } from './listen-error.js';
 
 export interface ServedRegistry {
   /** `http://127.0.0.1:3000`: where it listens. */
@@ -24,17 +24,6 @@ export interface ServedRegistry {
 /** --listen, else $LOOM_SERVE_LISTEN, else the original tool's 127.0.0.1:3000. */
 export function serveListen(flag: string | undefined, env: NodeJS.ProcessEnv = process.env): string {
   return flag ?? (env.LOOM_SERVE_LISTEN || SERVE_LISTEN_DEFAULT);
-}
-
-function listenError(err: unknown, listen: string): Error {
-  const code = (err as { code?: string }).code;
-  const hint = 'choose another address with --listen HOST:PORT (or LOOM_SERVE_LISTEN)';
-  if (code === 'EADDRINUSE') return new ListenError(`${listen} is already in use`, { hint, cause: err });
-  if (code === 'EACCES' || code === 'EPERM')
-    return new ListenError(`not allowed to listen on ${listen}`, { hint, cause: err });
-  if (code === 'EADDRNOTAVAIL' || code === 'ENOTFOUND')
-    return new ListenError(`${listen} is not an address of this machine`, { hint, cause: err });
-  return err instanceof Error ? err : new Error(String(err));
 }
 
 export interface RegistryOptions {
@@ -72,7 +61,7 @@ export async function startRegistry(options: RegistryOptions = {}): Promise<Serv
   } catch (err) {
     await app?.close();
     await store.close();
-    throw listenError(err, listen);
+    throw listenError(err, listen, 'choose another address with --listen HOST:PORT (or LOOM_SERVE_LISTEN)');
   }
   const server = app;
   // Other nodes are told this address: never a loopback one standing in for a wildcard listen.

@@ -1,8 +1,10 @@
 // What cannot work is said before the download, not after it: an output folder that is
 // missing or read-only, and cache commands on a cache root that does not exist (nothing is
-// created) or cannot exist (an answer at once, not a spin).
+// created) or cannot exist (an answer at once, not a spin); server commands whose address or
+// flags cannot work.
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, readdirSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
@@ -12,7 +14,7 @@ import { mountTmpfs } from '../helpers/tmpfs.js';
 const dir = tempDir();
 const content = randomContent(2 * 1024 * 1024);
 let server: OriginServer;
-after(() => server.close());
+after(() => server?.close());
 
 async function origin(): Promise<OriginServer> {
   server ??= await new OriginServer().listen();
@@ -156,4 +158,56 @@ describe('loom cache on a bad cache root', () => {
     assert.match(ls.stderr, /^loom: error: LOOM_CACHE_DIR is empty/);
     assert.deepEqual(readdirSync(home), [], 'nothing was made under HOME');
   });
+});
+
+describe('server commands that cannot start', () => {
+  // Each run must end by itself: a store or server opened before the failure would keep the
+  // process alive (the control plane's SQLite checkpoint thread did, after a bad --legacy-ttl).
+  it(
+    'loom control-plane and loom agent on a busy port exit 7 naming the address, and stop',
+    { timeout: 30_000 },
+    async () => {
+      const blocker = createServer();
+      await new Promise<void>((resolve) => blocker.listen(0, '127.0.0.1', resolve));
+      after(() => blocker.close());
+      const { port } = blocker.address() as AddressInfo;
+      const cacheDir = join(dir, 'busy-cache');
+      mkdirSync(cacheDir, { recursive: true });
+      const plane = await runLoom(['control-plane', '--listen', `127.0.0.1:${port}`, '--cache-dir', cacheDir]);
+      assert.equal(plane.code, 7, plane.stderr);
+      assert.match(plane.stderr, new RegExp(`^loom: error: 127\\.0\\.0\\.1:${port} is already in use`));
+      const agent = await runLoom([
+        'agent',
+        '--control-plane',
+        'http://127.0.0.1:9',
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--cache-dir',
+        cacheDir,
+      ]);
+      assert.equal(agent.code, 7, agent.stderr);
+      assert.match(agent.stderr, new RegExp(`loom: error: 127\\.0\\.0\\.1:${port} is already in use`));
+    },
+  );
+
+  it(
+    'loom control-plane with a bad lifetime exits 2 at once, without opening its store',
+    { timeout: 30_000 },
+    async () => {
+      const cacheDir = join(dir, 'ttl-cache');
+      mkdirSync(cacheDir, { recursive: true });
+      const run = await runLoom([
+        'control-plane',
+        '--partial-ttl',
+        '0',
+        '--listen',
+        '127.0.0.1:0',
+        '--cache-dir',
+        cacheDir,
+      ]);
+      assert.equal(run.code, 2, run.stderr);
+      assert.match(run.stderr, /^loom: error: --partial-ttl "0" must be longer than 0/);
+      assert.deepEqual(readdirSync(cacheDir), [], 'no store file was made');
+    },
+  );
 });
