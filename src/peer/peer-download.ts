@@ -9,7 +9,7 @@ import { sourceKey } from '../cache/source-key.js';
 import { ControlPlaneClient } from '../control-plane/client.js';
 import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
-import { Swarm } from './swarm.js';
+import { ORIGIN_SLOT_ID, Swarm } from './swarm.js';
 import { ClientSwarmControl } from './swarm-control.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -85,7 +85,7 @@ export class PeerPlanner implements DownloadPlanner {
     });
     const plan = await swarm.prepare(args.pinned);
     const originSlot: SourceSlot = {
-      id: 'origin',
+      id: ORIGIN_SLOT_ID,
       kind: 'origin',
       source: args.origin,
       maxConcurrency: options.originConnections ?? DEFAULTS.workers,

@@ -123,6 +123,19 @@ interface TrackedPeer {
   pieces: Set<number>;
 }
 
+/** The origin's slot id in a download (peer-download.ts): no peer's slot may take it. */
+export const ORIGIN_SLOT_ID = 'origin';
+
+/**
+ * A peer's slot id: its node id, except for a node named like the origin's slot (a host
+ * called 'origin': the default node id is the host name), whose slot would otherwise clash
+ * with the origin's (the engine refuses two sources of one id, and judges a piece by the
+ * kind of the slots that wrote it). Node ids hold no '/', so this one names no other node.
+ */
+function peerSlotId(nodeId: string): string {
+  return nodeId === ORIGIN_SLOT_ID ? `${nodeId}/peer` : nodeId;
+}
+
 /** Whether a peer can serve piece `piece` now, as far as this node knows. */
 function holds(peer: TrackedPeer, piece: number): boolean {
   return peer.holder.complete || peer.source.complete || peer.pieces.has(piece);
@@ -328,14 +341,14 @@ export class Swarm {
       if (blobId !== this.plan.id && holder.complete) {
         // A node this download already takes pieces from finished: it serves the whole blob
         // under its digest now, through the same slot (no new slot that starts cold).
-        const same = this.peers.get(holder.id);
-        if (same && !this.droppedSlots.has(holder.id)) {
+        const same = this.peers.get(peerSlotId(holder.id));
+        if (same && !this.droppedSlots.has(peerSlotId(holder.id))) {
           same.source.rename(blobId);
           same.holder = { ...same.holder, complete: true };
           continue;
         }
       }
-      const slotId = blobId === this.plan.id ? holder.id : `${holder.id}/${blobId.slice(0, 12)}`;
+      const slotId = blobId === this.plan.id ? peerSlotId(holder.id) : `${holder.id}/${blobId.slice(0, 12)}`;
       const known = this.peers.get(slotId);
       if (known) {
         // A node that finished leaves its partial under the source id: it stays complete.
