@@ -114,7 +114,7 @@ export class PeerPlanner implements DownloadPlanner {
     options.onStatus?.(describe(plan.role, peers.length));
     return {
       id: plan.id,
-      expected: { sha256: plan.digest, size: plan.manifest?.size, manifest: plan.manifest },
+      expected: { sha256: plan.digest, size: plan.size, manifest: plan.manifest },
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : 60_000,
       replanOnFailure: plan.role === 'follower',

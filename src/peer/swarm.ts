@@ -241,7 +241,14 @@ export class Swarm {
         // Pieces checked one by one against the manifest (swarm), or the whole file at the
         // end against the digest the leader publishes (follower).
         this.plan.role = manifest ? 'swarm' : 'follower';
-        this.track(holders, manifest?.size);
+        if (!manifest) {
+          // The lease holder publishes the blob's size with its piece digests: known here, it
+          // is checked on every peer's answer, the first one too (a --no-origin follower asks
+          // a peer first), instead of taken from whichever peer answers first.
+          const record = await this.control.pieces(id).catch(() => undefined);
+          if (record) this.plan.size = record.size;
+        }
+        this.track(holders, this.plan.size);
         // Only partial holders: one of them is fetching it from the origin under the lease;
         // this node uses the origin only if it takes the lease over (its holder died).
         if (!holders.some((h) => h.complete)) this.originAllowed = false;
