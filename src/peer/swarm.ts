@@ -184,6 +184,8 @@ export class Swarm {
   private readonly checked = new Map<number, string>();
   /** Pieces no published digest will come for (this node leads now): the origin serves them. */
   private readonly originOnly = new Set<number>();
+  /** When a node that may not lead last looked whether the lease is free (leaseFree). */
+  private lastLeaseLookAt = 0;
   private closed = false;
   /** The announce of pieces verified since the last one, due at most ANNOUNCE_MS after it. */
   private announceTimer: NodeJS.Timeout | undefined;
@@ -419,7 +421,7 @@ export class Swarm {
    * when none will come: this node holds the lease now, so the piece goes to the origin.
    */
   async expectedPiece(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined> {
-    for (let askedAsHolder = false; ;) {
+    for (let askedAsHolder = false, holderGone = false; ;) {
       const known = this.leaderDigests[index];
       if (known !== undefined) {
         this.checked.set(index, known);
@@ -430,9 +432,34 @@ export class Swarm {
         this.originOnly.add(index);
         return undefined;
       }
+      if (holderGone) {
+        throw new NoSourceError(
+          `the node fetching this blob from the origin is gone without publishing the digest of piece ${index}, which a peer sent: nothing can check it, and --no-origin keeps this node from taking its place`,
+          { hint: 'rerun without --no-origin, or once another node has fetched it: nothing unchecked was kept' },
+        );
+      }
       askedAsHolder = this.lease !== undefined;
+      // A node that may not lead never takes a dead holder's lease over (the refresh does that
+      // for the others): it looks whether anybody holds it still, then asks once more (a
+      // holder that finished released it after publishing).
+      if (!this.options.useOrigin) holderGone = await this.leaseFree();
       await this.askPieces(layout);
     }
+  }
+
+  /**
+   * For a node that may not lead: whether nobody holds the blob's lease now (taken and given
+   * back at once, so a node that can lead gets it at its next try). Asked every SLOW_EVERY
+   * refreshes at most.
+   */
+  private async leaseFree(): Promise<boolean> {
+    const spacing = SLOW_EVERY * (this.options.refreshMs ?? DEFAULTS.peers.refreshMs);
+    if (Date.now() - this.lastLeaseLookAt < spacing) return false;
+    this.lastLeaseLookAt = Date.now();
+    const lease = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
+    if (!lease?.granted) return false;
+    await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
+    return true;
   }
 
   /** Asks the control plane for the published piece digests: one question at a time, spaced. */
