@@ -421,7 +421,7 @@ export class Swarm {
    * when none will come: this node holds the lease now, so the piece goes to the origin.
    */
   async expectedPiece(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined> {
-    for (let askedAsHolder = false, holderGone = false; ;) {
+    for (let askedAsHolder = false, asked = false, holderGone = false; ;) {
       const known = this.leaderDigests[index];
       if (known !== undefined) {
         this.checked.set(index, known);
@@ -440,9 +440,10 @@ export class Swarm {
       }
       askedAsHolder = this.lease !== undefined;
       // A node that may not lead never takes a dead holder's lease over (the refresh does that
-      // for the others): it looks whether anybody holds it still, then asks once more (a
-      // holder that finished released it after publishing).
-      if (!this.options.useOrigin) holderGone = await this.leaseFree();
+      // for the others): once asked in vain, it looks whether anybody holds the lease still,
+      // then asks once more (a holder that finished released it after publishing).
+      if (asked && !this.options.useOrigin) holderGone = await this.leaseFree();
+      asked = true;
       await this.askPieces(layout);
     }
   }
