@@ -115,6 +115,11 @@ export class PeerSource implements Source {
     return this.body(await this.open(start, end, expect.size, signal));
   }
 
+  /** The name the blob is asked for by now: the digest given, or the one it was renamed to. */
+  get blob(): string {
+    return this.target.pathname.slice('/v1/blobs/'.length);
+  }
+
   /** Asks for the blob under `digest` from now on (it was published under it). */
   rename(digest: string): void {
     const target = new URL(`/v1/blobs/${digest}`, this.options.baseUrl);

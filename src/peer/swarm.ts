@@ -687,9 +687,9 @@ export class Swarm {
     // drop this slot only.
     if (reason.code === 'LOOM_ERR_DIGEST_MISMATCH') {
       this.excluded.add(node);
-      // Under the name it holds the blob by here: the digest, or the source id while that is
-      // unknown (a follower's peer), so its replica there is the one counted against.
-      void this.control.report(this.plan.id, node, reason.message).catch(() => undefined);
+      // Under the name it serves the blob by here (the digest, or the source id for a partial
+      // holder while the digest is unknown), so its replica there is the one counted against.
+      void this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
     }
   }
 
