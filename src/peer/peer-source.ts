@@ -189,6 +189,8 @@ export class PeerSource implements Source {
         },
         signal,
         stallTimeoutMs: this.options.stallTimeoutMs,
+        // An agent sends its head at once: one that trickles it is given up like a silent one.
+        headTimeoutMs: this.options.stallTimeoutMs,
       });
     } catch (err) {
       // Nothing listens where the peer's agent was: it is gone (its node died or stopped).

@@ -31,6 +31,11 @@ export interface RawRequest {
   signal?: AbortSignal;
   /** Abort when no byte arrives for this long, and a connection not made within it. */
   stallTimeoutMs: number;
+  /**
+   * Abort when the whole response head has not arrived this long after the request was sent
+   * (a server trickling its head a byte at a time resets the stall timer at every byte).
+   */
+  headTimeoutMs?: number;
 }
 
 export interface RawHttpClientOptions {
@@ -107,16 +112,30 @@ class RawConnection {
     this.socket.setTimeout(ms);
   }
 
-  /** Sends a request; resolves with the response head once it has arrived. */
-  send(request: string): Promise<{ head: Buffer; bodyStart: number }> {
+  /** Sends a request; resolves with the response head once it has arrived (within `headTimeoutMs`). */
+  send(request: string, headTimeoutMs?: number): Promise<{ head: Buffer; bodyStart: number }> {
     if (this.failure) return Promise.reject(this.failure);
     this.phase = 'head';
     this.scratchUsed = 0;
     this.requests++;
     this.answered = false;
     return new Promise((resolve, reject) => {
-      this.onHead = (head, bodyStart) => resolve({ head, bodyStart });
-      this.onFailure = reject;
+      const late =
+        headTimeoutMs === undefined
+          ? undefined
+          : setTimeout(
+              () =>
+                this.fail(new StallError(`no complete response head from ${this.where} within ${headTimeoutMs} ms`)),
+              headTimeoutMs,
+            );
+      this.onHead = (head, bodyStart) => {
+        clearTimeout(late);
+        resolve({ head, bodyStart });
+      };
+      this.onFailure = (err) => {
+        clearTimeout(late);
+        reject(err);
+      };
       this.socket.write(request);
       this.socket.resume();
     });
@@ -329,7 +348,7 @@ export class RawHttpClient {
       const release = (): void => signal?.removeEventListener('abort', onAbort);
       let head: { head: Buffer; bodyStart: number };
       try {
-        head = await connection.send(text);
+        head = await connection.send(text, request.headTimeoutMs);
       } catch (err) {
         release();
         if (signal?.aborted) throw cancelled();
