@@ -126,7 +126,8 @@ export class PeerPlanner implements DownloadPlanner {
       progress: (bytes) => swarm.progress(bytes),
       dropped: (id, reason) => swarm.dropped(id, reason),
       // A follower checks each piece a peer sent against the digest the lease holder published
-      // (a leader takes none from peers, unless it took the lease over: see Swarm.slotFor).
+      // (a lease holder takes from peers only pieces with a published digest: a follower that
+      // took the lease over, a leader resuming its partial; see Swarm.peerMayServe).
       pieceDigest: plan.manifest ? undefined : (index, layout) => swarm.expectedPiece(index, layout),
       finished: async (result) => {
         const digest = result.sha256!;

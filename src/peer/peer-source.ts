@@ -1,7 +1,8 @@
 // A peer's agent as a Source of one blob: ranges of `GET /v1/blobs/:digest` on another node.
 // The agent is not trusted: every answer is checked against the range asked for and the
-// blob's size, and the engine verifies each piece against the trusted manifest before it
-// counts. Peers are reached directly (no proxy): they are inside the fleet's network.
+// blob's size, and the engine checks each piece before it counts, against the trusted
+// manifest, or (a follower, before any manifest exists) against the digest the lease holder
+// published for it. Peers are reached directly (no proxy): they are inside the fleet's network.
 //
 // Ranges go through the raw client (src/sources/raw-http.ts): the body is read straight
 // into the engine's write slabs, with no allocation or stream per chunk. Agents answer
