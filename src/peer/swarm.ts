@@ -184,8 +184,10 @@ export class Swarm {
   private readonly checked = new Map<number, string>();
   /** Pieces no published digest will come for (this node leads now): the origin serves them. */
   private readonly originOnly = new Set<number>();
-  /** When a node that may not lead last looked whether the lease is free (leaseFree). */
+  /** When a node that may not lead last looked whether the lease is free (holderGone). */
   private lastLeaseLookAt = 0;
+  /** Since when it has found the lease free at every look (undefined: held at the last one). */
+  private leaseFreeSince: number | undefined;
   private closed = false;
   /** The announce of pieces verified since the last one, due at most ANNOUNCE_MS after it. */
   private announceTimer: NodeJS.Timeout | undefined;
@@ -441,26 +443,35 @@ export class Swarm {
       askedAsHolder = this.lease !== undefined;
       // A node that may not lead never takes a dead holder's lease over (the refresh does that
       // for the others): once asked in vain, it looks whether anybody holds the lease still,
-      // then asks once more (a holder that finished released it after publishing).
-      if (asked && !this.options.useOrigin) holderGone = await this.leaseFree();
+      // and gives up once nobody has for peers.publishWaitMs (a node that can lead takes a
+      // free lease within seconds, and publishes the digests from then on); it asks once more
+      // before (a holder that finished released it after publishing).
+      if (asked && !this.options.useOrigin) holderGone = await this.holderGone();
       asked = true;
       await this.askPieces(layout);
     }
   }
 
   /**
-   * For a node that may not lead: whether nobody holds the blob's lease now (taken and given
-   * back at once, so a node that can lead gets it at its next try). Asked every SLOW_EVERY
-   * refreshes at most.
+   * For a node that may not lead: whether nobody has held the blob's lease for
+   * peers.publishWaitMs, at every look (the lease taken and given back at once, so a node
+   * that can lead gets it at its next try). Looked at every SLOW_EVERY refreshes at most.
    */
-  private async leaseFree(): Promise<boolean> {
+  private async holderGone(): Promise<boolean> {
     const spacing = SLOW_EVERY * (this.options.refreshMs ?? DEFAULTS.peers.refreshMs);
-    if (Date.now() - this.lastLeaseLookAt < spacing) return false;
-    this.lastLeaseLookAt = Date.now();
-    const lease = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
-    if (!lease?.granted) return false;
-    await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
-    return true;
+    const now = Date.now();
+    if (now - this.lastLeaseLookAt >= spacing) {
+      this.lastLeaseLookAt = now;
+      const lease = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
+      if (lease?.granted) {
+        await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
+        this.leaseFreeSince ??= now;
+      } else if (lease) {
+        this.leaseFreeSince = undefined;
+      }
+    }
+    const waitMs = this.options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs;
+    return this.leaseFreeSince !== undefined && Date.now() - this.leaseFreeSince >= waitMs;
   }
 
   /** Asks the control plane for the published piece digests: one question at a time, spaced. */
