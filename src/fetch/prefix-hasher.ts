@@ -132,6 +132,9 @@ export class PrefixHasher implements FinishedPrefixHasher {
   }
 
   close(): void {
-    // Nothing runs but reads the download awaits.
+    // Nothing to stop: reads run only while the download awaits them, except after a judged
+    // piece's verdict comes late (the download failed meanwhile): a refusal reads nothing
+    // more, and a read of the closed part file fails into `failed`, which a failed download
+    // ignores.
   }
 }

@@ -9,7 +9,7 @@ import { sourceKey } from '../cache/source-key.js';
 import { ControlPlaneClient } from '../control-plane/client.js';
 import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
-import { Swarm } from './swarm.js';
+import { ORIGIN_SLOT_ID, Swarm } from './swarm.js';
 import { ClientSwarmControl } from './swarm-control.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -85,7 +85,7 @@ export class PeerPlanner implements DownloadPlanner {
     });
     const plan = await swarm.prepare(args.pinned);
     const originSlot: SourceSlot = {
-      id: 'origin',
+      id: ORIGIN_SLOT_ID,
       kind: 'origin',
       source: args.origin,
       maxConcurrency: options.originConnections ?? DEFAULTS.workers,
@@ -114,7 +114,7 @@ export class PeerPlanner implements DownloadPlanner {
     options.onStatus?.(describe(plan.role, peers.length));
     return {
       id: plan.id,
-      expected: { sha256: plan.digest, size: plan.manifest?.size, manifest: plan.manifest },
+      expected: { sha256: plan.digest, size: plan.size, manifest: plan.manifest },
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : 60_000,
       replanOnFailure: plan.role === 'follower',
@@ -126,7 +126,8 @@ export class PeerPlanner implements DownloadPlanner {
       progress: (bytes) => swarm.progress(bytes),
       dropped: (id, reason) => swarm.dropped(id, reason),
       // A follower checks each piece a peer sent against the digest the lease holder published
-      // (a leader takes none from peers, unless it took the lease over: see Swarm.slotFor).
+      // (a lease holder takes from peers only pieces with a published digest: a follower that
+      // took the lease over, a leader resuming its partial; see Swarm.peerMayServe).
       pieceDigest: plan.manifest ? undefined : (index, layout) => swarm.expectedPiece(index, layout),
       finished: async (result) => {
         const digest = result.sha256!;

@@ -1,7 +1,8 @@
 // A peer's agent as a Source of one blob: ranges of `GET /v1/blobs/:digest` on another node.
 // The agent is not trusted: every answer is checked against the range asked for and the
-// blob's size, and the engine verifies each piece against the trusted manifest before it
-// counts. Peers are reached directly (no proxy): they are inside the fleet's network.
+// blob's size, and the engine checks each piece before it counts, against the trusted
+// manifest, or (a follower, before any manifest exists) against the digest the lease holder
+// published for it. Peers are reached directly (no proxy): they are inside the fleet's network.
 //
 // Ranges go through the raw client (src/sources/raw-http.ts): the body is read straight
 // into the engine's write slabs, with no allocation or stream per chunk. Agents answer
@@ -115,6 +116,11 @@ export class PeerSource implements Source {
     return this.body(await this.open(start, end, expect.size, signal));
   }
 
+  /** The name the blob is asked for by now: the digest given, or the one it was renamed to. */
+  get blob(): string {
+    return this.target.pathname.slice('/v1/blobs/'.length);
+  }
+
   /** Asks for the blob under `digest` from now on (it was published under it). */
   rename(digest: string): void {
     const target = new URL(`/v1/blobs/${digest}`, this.options.baseUrl);
@@ -184,6 +190,8 @@ export class PeerSource implements Source {
         },
         signal,
         stallTimeoutMs: this.options.stallTimeoutMs,
+        // An agent sends its head at once: one that trickles it is given up like a silent one.
+        headTimeoutMs: this.options.stallTimeoutMs,
       });
     } catch (err) {
       // Nothing listens where the peer's agent was: it is gone (its node died or stopped).

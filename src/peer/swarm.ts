@@ -123,6 +123,19 @@ interface TrackedPeer {
   pieces: Set<number>;
 }
 
+/** The origin's slot id in a download (peer-download.ts): no peer's slot may take it. */
+export const ORIGIN_SLOT_ID = 'origin';
+
+/**
+ * A peer's slot id: its node id, except for a node named like the origin's slot (a host
+ * called 'origin': the default node id is the host name), whose slot would otherwise clash
+ * with the origin's (the engine refuses two sources of one id, and judges a piece by the
+ * kind of the slots that wrote it). Node ids hold no '/', so this one names no other node.
+ */
+function peerSlotId(nodeId: string): string {
+  return nodeId === ORIGIN_SLOT_ID ? `${nodeId}/peer` : nodeId;
+}
+
 /** Whether a peer can serve piece `piece` now, as far as this node knows. */
 function holds(peer: TrackedPeer, piece: number): boolean {
   return peer.holder.complete || peer.source.complete || peer.pieces.has(piece);
@@ -171,6 +184,10 @@ export class Swarm {
   private readonly checked = new Map<number, string>();
   /** Pieces no published digest will come for (this node leads now): the origin serves them. */
   private readonly originOnly = new Set<number>();
+  /** When a node that may not lead last looked whether the lease is free (holderGone). */
+  private lastLeaseLookAt = 0;
+  /** Since when it has found the lease free at every look (undefined: held at the last one). */
+  private leaseFreeSince: number | undefined;
   private closed = false;
   /** The announce of pieces verified since the last one, due at most ANNOUNCE_MS after it. */
   private announceTimer: NodeJS.Timeout | undefined;
@@ -228,7 +245,14 @@ export class Swarm {
         // Pieces checked one by one against the manifest (swarm), or the whole file at the
         // end against the digest the leader publishes (follower).
         this.plan.role = manifest ? 'swarm' : 'follower';
-        this.track(holders, manifest?.size);
+        if (!manifest) {
+          // The lease holder publishes the blob's size with its piece digests: known here, it
+          // is checked on every peer's answer, the first one too (a --no-origin follower asks
+          // a peer first), instead of taken from whichever peer answers first.
+          const record = await this.control.pieces(id).catch(() => undefined);
+          if (record) this.plan.size = record.size;
+        }
+        this.track(holders, this.plan.size);
         // Only partial holders: one of them is fetching it from the origin under the lease;
         // this node uses the origin only if it takes the lease over (its holder died).
         if (!holders.some((h) => h.complete)) this.originAllowed = false;
@@ -328,14 +352,14 @@ export class Swarm {
       if (blobId !== this.plan.id && holder.complete) {
         // A node this download already takes pieces from finished: it serves the whole blob
         // under its digest now, through the same slot (no new slot that starts cold).
-        const same = this.peers.get(holder.id);
-        if (same && !this.droppedSlots.has(holder.id)) {
+        const same = this.peers.get(peerSlotId(holder.id));
+        if (same && !this.droppedSlots.has(peerSlotId(holder.id))) {
           same.source.rename(blobId);
           same.holder = { ...same.holder, complete: true };
           continue;
         }
       }
-      const slotId = blobId === this.plan.id ? holder.id : `${holder.id}/${blobId.slice(0, 12)}`;
+      const slotId = blobId === this.plan.id ? peerSlotId(holder.id) : `${holder.id}/${blobId.slice(0, 12)}`;
       const known = this.peers.get(slotId);
       if (known) {
         // A node that finished leaves its partial under the source id: it stays complete.
@@ -399,7 +423,7 @@ export class Swarm {
    * when none will come: this node holds the lease now, so the piece goes to the origin.
    */
   async expectedPiece(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined> {
-    for (let askedAsHolder = false; ;) {
+    for (let askedAsHolder = false, asked = false, holderGone = false; ;) {
       const known = this.leaderDigests[index];
       if (known !== undefined) {
         this.checked.set(index, known);
@@ -410,9 +434,44 @@ export class Swarm {
         this.originOnly.add(index);
         return undefined;
       }
+      if (holderGone) {
+        throw new NoSourceError(
+          `the node fetching this blob from the origin is gone without publishing the digest of piece ${index}, which a peer sent: nothing can check it, and --no-origin keeps this node from taking its place`,
+          { hint: 'rerun without --no-origin, or once another node has fetched it: nothing unchecked was kept' },
+        );
+      }
       askedAsHolder = this.lease !== undefined;
+      // A node that may not lead never takes a dead holder's lease over (the refresh does that
+      // for the others): once asked in vain, it looks whether anybody holds the lease still,
+      // and gives up once nobody has for peers.publishWaitMs (a node that can lead takes a
+      // free lease within seconds, and publishes the digests from then on); it asks once more
+      // before (a holder that finished released it after publishing).
+      if (asked && !this.options.useOrigin) holderGone = await this.holderGone();
+      asked = true;
       await this.askPieces(layout);
     }
+  }
+
+  /**
+   * For a node that may not lead: whether nobody has held the blob's lease for
+   * peers.publishWaitMs, at every look (the lease taken and given back at once, so a node
+   * that can lead gets it at its next try). Looked at every SLOW_EVERY refreshes at most.
+   */
+  private async holderGone(): Promise<boolean> {
+    const spacing = SLOW_EVERY * (this.options.refreshMs ?? DEFAULTS.peers.refreshMs);
+    const now = Date.now();
+    if (now - this.lastLeaseLookAt >= spacing) {
+      this.lastLeaseLookAt = now;
+      const lease = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
+      if (lease?.granted) {
+        await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
+        this.leaseFreeSince ??= now;
+      } else if (lease) {
+        this.leaseFreeSince = undefined;
+      }
+    }
+    const waitMs = this.options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs;
+    return this.leaseFreeSince !== undefined && Date.now() - this.leaseFreeSince >= waitMs;
   }
 
   /** Asks the control plane for the published piece digests: one question at a time, spaced. */
@@ -639,9 +698,9 @@ export class Swarm {
     // drop this slot only.
     if (reason.code === 'LOOM_ERR_DIGEST_MISMATCH') {
       this.excluded.add(node);
-      // Under the name it holds the blob by here: the digest, or the source id while that is
-      // unknown (a follower's peer), so its replica there is the one counted against.
-      void this.control.report(this.plan.id, node, reason.message).catch(() => undefined);
+      // Under the name it serves the blob by here (the digest, or the source id for a partial
+      // holder while the digest is unknown), so its replica there is the one counted against.
+      void this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
     }
   }
 

@@ -2,8 +2,9 @@
 // `net.Socket`s opened with the `onread` option, so the kernel's bytes land straight in the
 // caller's buffers (the download's write slabs): no allocation per read, no stream machinery
 // per chunk, no parser callbacks per header. It parses one response head per request and
-// reads a Content-Length body; anything else (chunked bodies, TLS, redirects, probes,
-// proxies) stays with node:http. Measured on this machine: 0.45 s of user CPU per GiB for a
+// reads a Content-Length body; anything else (chunked bodies, TLS, redirects, an origin's
+// probes, proxies) stays with node:http (a peer's probe comes here too, read through
+// bodyStream). Measured on this machine: 0.45 s of user CPU per GiB for a
 // whole `loom fetch --no-cache` against 1.48 s through node:http (README, "Benchmarks").
 import net from 'node:net';
 import { Readable } from 'node:stream';
@@ -31,6 +32,11 @@ export interface RawRequest {
   signal?: AbortSignal;
   /** Abort when no byte arrives for this long, and a connection not made within it. */
   stallTimeoutMs: number;
+  /**
+   * Abort when the whole response head has not arrived this long after the request was sent
+   * (a server trickling its head a byte at a time resets the stall timer at every byte).
+   */
+  headTimeoutMs?: number;
 }
 
 export interface RawHttpClientOptions {
@@ -113,16 +119,30 @@ class RawConnection {
     this.socket.setTimeout(ms);
   }
 
-  /** Sends a request; resolves with the response head once it has arrived. */
-  send(request: string): Promise<{ head: Buffer; bodyStart: number }> {
+  /** Sends a request; resolves with the response head once it has arrived (within `headTimeoutMs`). */
+  send(request: string, headTimeoutMs?: number): Promise<{ head: Buffer; bodyStart: number }> {
     if (this.failure) return Promise.reject(this.failure);
     this.phase = 'head';
     this.scratchUsed = 0;
     this.requests++;
     this.answered = false;
     return new Promise((resolve, reject) => {
-      this.onHead = (head, bodyStart) => resolve({ head, bodyStart });
-      this.onFailure = reject;
+      const late =
+        headTimeoutMs === undefined
+          ? undefined
+          : setTimeout(
+              () =>
+                this.fail(new StallError(`no complete response head from ${this.where} within ${headTimeoutMs} ms`)),
+              headTimeoutMs,
+            );
+      this.onHead = (head, bodyStart) => {
+        clearTimeout(late);
+        resolve({ head, bodyStart });
+      };
+      this.onFailure = (err) => {
+        clearTimeout(late);
+        reject(err);
+      };
       this.socket.write(request);
       this.socket.resume();
     });
@@ -348,7 +368,7 @@ export class RawHttpClient {
       const release = (): void => signal?.removeEventListener('abort', onAbort);
       let head: { head: Buffer; bodyStart: number };
       try {
-        head = await connection.send(text);
+        head = await connection.send(text, request.headTimeoutMs);
       } catch (err) {
         release();
         if (signal?.aborted) throw cancelled();

@@ -2,12 +2,13 @@
 // honest answer, and a typed error (retryable or not, as the status deserves) for every
 // answer that breaks the range contract.
 import assert from 'node:assert/strict';
+import net, { type AddressInfo } from 'node:net';
 import { buffer } from 'node:stream/consumers';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type Fault } from '../support/origin-server.js';
 import { RawOrigin, type RawFault } from '../support/raw-origin.js';
 import { freePort } from '../support/ports.js';
-import { BadResponseError, HttpStatusError, LoomError } from '../../src/core/errors.js';
+import { BadResponseError, HttpStatusError, LoomError, StallError } from '../../src/core/errors.js';
 import { PeerSource } from '../../src/peer/peer-source.js';
 import type { DirectBody } from '../../src/sources/source.js';
 import { randomContent, sha256Of } from '../helpers/fixtures.js';
@@ -332,4 +333,46 @@ describe('PeerSource on the raw data path (a scripted peer)', () => {
     await bytesOf(source, 700_000, SIZE);
     assert.equal(server.connections, 1);
   });
+});
+
+describe('PeerSource against a peer that never finishes its response head', () => {
+  it(
+    'gives the request up after the stall timeout, however slowly the head trickles in',
+    { timeout: 20_000 },
+    async () => {
+      // A slowloris answer: a byte of head every 100 ms, never the blank line. Each byte resets
+      // a per-read stall timer; the head as a whole must arrive within the stall timeout.
+      const sockets = new Set<net.Socket>();
+      const server = net.createServer((socket) => {
+        sockets.add(socket);
+        socket.on('error', () => undefined);
+        const head = Buffer.from(
+          `HTTP/1.1 206 Partial Content\r\nContent-Length: 1024\r\n${'X-Pad: a\r\n'.repeat(1000)}`,
+        );
+        let at = 0;
+        const timer = setInterval(() => {
+          if (socket.destroyed || at >= head.length) return clearInterval(timer);
+          socket.write(head.subarray(at, ++at));
+        }, 100);
+        socket.on('close', () => clearInterval(timer));
+      });
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      after(async () => {
+        for (const socket of sockets) socket.destroy();
+        await new Promise<void>((resolve) => server.close(() => resolve()));
+      });
+      const source = new PeerSource({
+        nodeId: 'node-slowloris',
+        baseUrl: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+        digest: DIGEST,
+        size: SIZE,
+        stallTimeoutMs: 1_000,
+        maxSockets: 1,
+      });
+      after(() => source.close());
+      const err = await source.openRange(0, 1024, expect, signal).catch((e: unknown) => e);
+      assert.ok(err instanceof StallError, String(err));
+      assert.match(err.message, /head/);
+    },
+  );
 });
