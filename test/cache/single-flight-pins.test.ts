@@ -5,11 +5,14 @@
 // owner that failed is said to have failed, not to be gone, and the waiter then tries itself.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
-import { lockHolderPid } from '../../src/cache/single-flight.js';
+import { cacheLayout } from '../../src/cache/cache-root.js';
+import { keyHash, lockHolderPid, sourceFailurePath } from '../../src/cache/single-flight.js';
+import { cacheKey } from '../../src/cache/source-key.js';
 import {
   collect,
   randomContent,
@@ -201,5 +204,33 @@ describe('single flight with pinned digests', () => {
     assert.match(w.stderr, /resumed from the partial file/, 'the waiter resumed the partial the owner kept');
     assert.equal(await sha256OfFile(waiter.out), content.sha256);
     assert.ok(server.bytesServed < 2 * SIZE, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
+  });
+
+  it('something else at the failed-owner record (a directory, a symlink to a FIFO) neither fails nor hangs a fetch', async () => {
+    const server = await origin({ rateLimitBytesPerSecond: undefined });
+    const url = server.url('/model.bin');
+    const record = (cacheDir: string) => sourceFailurePath(cacheLayout(cacheDir), keyHash(cacheKey(url)));
+    // A directory: it cannot be read nor removed as a file.
+    const withDir = freshCache();
+    mkdirSync(record(withDir), { recursive: true });
+    // A symlink to a FIFO nobody writes: reading it would block while holding the lock.
+    const withFifo = freshCache();
+    mkdirSync(join(withFifo, 'locks'));
+    const fifo = join(dir, 'nobody-writes.fifo');
+    execFileSync('mkfifo', [fifo]);
+    symlinkSync(fifo, record(withFifo));
+    for (const [cacheDir, name] of [
+      [withDir, 'planted-dir'],
+      [withFifo, 'planted-fifo'],
+    ] as const) {
+      server.resetStats();
+      const fetching = fetchProcess(url, name, cacheDir);
+      const timer = setTimeout(() => fetching.child.kill('SIGKILL'), 30_000);
+      const run = await fetching.done.finally(() => clearTimeout(timer));
+      assert.equal(run.signal, null, `${name}: the fetch hung on the record and was killed`);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(await sha256OfFile(fetching.out), content.sha256);
+      assert.equal(server.bytesServed, SIZE);
+    }
   });
 });
