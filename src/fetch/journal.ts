@@ -13,7 +13,7 @@ const JOURNAL_VERSION = 2;
 
 export interface JournalState {
   version: typeof JOURNAL_VERSION;
-  /** `sha256:<hex>` when the blob's digest is known, else `url:<url>`. */
+  /** `sha256:<hex>` when the engine checks the digest, `pin:<hex>` when the caller does, else `url:<url>`. */
   identity: string;
   size: number;
   validator: Validator;
@@ -60,9 +60,22 @@ export function journalPathFor(partPath: string): string {
 }
 
 /**
- * Reads the journal of the blob named `identity`. A missing or unreadable one is absent; so
- * is one left by another blob at the same path, which is deleted (it says nothing about
- * this one).
+ * True when a journal of identity `journal` may describe the bytes of a download of identity
+ * `current`: the same one; or, in the node cache (the only place pins key journals, its part
+ * named by the source), a pin and a pin or the URL, either way: neither is checked by the
+ * engine, so journalMatches needs the validator to match, and a process pinned to a digest
+ * resumes the partial of an unpinned one (or one pinned otherwise) that died, and back.
+ */
+function sameBlob(journal: string, current: string): boolean {
+  if (journal === current) return true;
+  const unchecked = (identity: string) => identity.startsWith('pin:') || identity.startsWith('url:');
+  return (journal.startsWith('pin:') || current.startsWith('pin:')) && unchecked(journal) && unchecked(current);
+}
+
+/**
+ * Reads the journal of the blob named `identity` (sameBlob). A missing or unreadable one is
+ * absent; so is one left by another blob at the same path, which is deleted (it says nothing
+ * about this one).
  */
 export async function readJournal(path: string, identity: string): Promise<JournalState | undefined> {
   let parsed: unknown;
@@ -71,7 +84,7 @@ export async function readJournal(path: string, identity: string): Promise<Journ
   } catch {
     return undefined;
   }
-  if (isJournal(parsed) && parsed.identity === identity) return parsed;
+  if (isJournal(parsed) && sameBlob(parsed.identity, identity)) return parsed;
   await removeJournal(path);
   return undefined;
 }

@@ -233,4 +233,33 @@ describe('single flight with pinned digests', () => {
       assert.equal(server.bytesServed, SIZE);
     }
   });
+
+  for (const [ownerFlags, waiterFlags, what] of [
+    [['--sha256', content.sha256], [], 'pinned owner, unpinned waiter'],
+    [[], ['--sha256', content.sha256], 'unpinned owner, pinned waiter'],
+  ] as const) {
+    it(`an owner killed -9 mid-download is taken over and its partial resumed (${what})`, async () => {
+      const server = await origin();
+      const cacheDir = freshCache();
+      const url = server.url('/model.bin');
+      const name = what.replace(/\W+/g, '-');
+      const owner = fetchProcess(url, `killed-${name}`, cacheDir, [...ownerFlags]);
+      await holdsTheLock(cacheDir, owner.child.pid);
+      const waiter = fetchProcess(url, `takes-over-${name}`, cacheDir, [...waiterFlags]);
+      await waiting(waiter);
+      // Past the first journal (written every 500 ms, and per 1/32 of the file).
+      await waitFor('the owner to have 3 MiB', () => server.bytesServed >= 3 * 1024 * 1024, 30_000);
+      owner.child.kill('SIGKILL');
+      const [, w] = await Promise.all([owner.done, waiter.done]);
+      assert.equal(w.code, 0, w.stderr);
+      assert.match(w.stderr, new RegExp(`\\(pid ${owner.child.pid}\\) is gone; taking over its partial`));
+      assert.match(w.stderr, /resumed from the partial file/, 'the waiter resumed the partial the owner kept');
+      assert.equal(await sha256OfFile(waiter.out), content.sha256);
+      // The owner's 3 MiB and the rest: not the whole file again.
+      assert.ok(
+        server.bytesServed < SIZE + 2 * 1024 * 1024,
+        `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`,
+      );
+    });
+  }
 });
