@@ -117,13 +117,21 @@ export async function removeJournal(path: string): Promise<void> {
  * True when a journal describes the version found now. A journal keyed by a digest the engine
  * checks needs only the size to agree (the digest is the identity); one keyed by URL or by a
  * digest checked only afterwards needs the validator too (nothing would catch two versions mixed).
+ * Without any validator, then and now, a download pinned by its caller (`current` is `pin:`)
+ * resumes on the size alone, as it did when the engine checked pins: the caller's check
+ * catches a mix, and the node cache keeps nothing of a resumed download that misses its pin.
  */
-export function journalMatches(journal: JournalState, size: number, validator: Validator): boolean {
+export function journalMatches(journal: JournalState, size: number, validator: Validator, current?: string): boolean {
   if (journal.size !== size) return false;
   if (journal.identity.startsWith('sha256:')) return true;
   // Without a validator there is no way to know the bytes on disk are of this version.
-  if (!validator.etag && !validator.lastModified) return false;
+  if (!hasValidator(validator)) return current?.startsWith('pin:') === true && !hasValidator(journal.validator);
   return journal.validator.etag === validator.etag && journal.validator.lastModified === validator.lastModified;
+}
+
+/** True when the origin names the version it serves (ETag or Last-Modified). */
+export function hasValidator(validator: Validator): boolean {
+  return Boolean(validator.etag || validator.lastModified);
 }
 
 /**
