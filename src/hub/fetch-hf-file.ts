@@ -9,7 +9,7 @@ import { fetchCached, type CacheOptions, type CachedFetchResult } from '../cache
 import { HfRepoCache, hubCacheDir } from '../cache/hf-layout.js';
 import { emptyStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
-import type { FetchOptions } from '../fetch/options.js';
+import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { hfFileSource } from '../sources/hf/index.js';
 import { hubOffline } from '../sources/hf/config.js';
 import { COMMIT_HASH, DEFAULT_REVISION, formatHfRef, parseHfRef } from '../sources/hf/uri.js';
@@ -44,7 +44,7 @@ export async function fetchHfFile(
   // The Hub's sha256 of an LFS file at a commit is its identity: a pin it contradicts can
   // match no intact download, and a pin it agrees with must not demote it to a pin (bytes
   // that miss a pin are kept in the node cache as what the URL serves; damaged ones must not).
-  const pin = rest.sha256?.toLowerCase();
+  const pin = rest.sha256 === undefined ? undefined : resolveFetchOptions({ sha256: rest.sha256 }).expectedSha256;
   if (target.sha256 !== undefined && pin !== undefined && pin !== target.sha256) {
     throw new DigestMismatchError(
       `sha256 mismatch for ${uri}: expected ${pin}, the Hub gives ${target.sha256} for this file at commit ${target.commit}`,

@@ -70,6 +70,12 @@ describe('loom fetch hf://… --sha256 of an LFS file', () => {
     assert.equal(existsSync(out), false);
   });
 
+  it('a --sha256 that is not 64 hex digits is a usage error, as for any fetch', async () => {
+    const run = await runLoom(['fetch', uri, '-o', join(root, 'bad-pin.bin'), '--sha256', 'xyz'], env());
+    assert.equal(run.code, EXIT.usage, run.stderr);
+    assert.match(run.stderr, /must be 64 hex digits/);
+  });
+
   it("pinned to the Hub's digest, intact: lands exact", async () => {
     const out = join(root, 'intact.bin');
     const run = await runLoom(['fetch', uri, '-o', out, '--sha256', hubSha256], env());
