@@ -120,6 +120,18 @@ describe('single flight with pinned digests', () => {
     assert.ok(server.bytesServed <= SIZE + 4, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
   });
 
+  it('loom fetch --help says what a missed --sha256 leaves: nothing at the output, the download in the node cache', async () => {
+    const help = await collect(startLoom(['fetch', '--help']));
+    assert.equal(help.code, 0, help.stderr);
+    // The option's description, however the help wraps it.
+    const text = help.stdout.replace(/\s+/g, ' ');
+    const line = text.slice(text.indexOf('--sha256 <hex>'), text.indexOf('-H, --header'));
+    assert.ok(line.length > 0, help.stdout);
+    assert.doesNotMatch(line, /keeps nothing/);
+    assert.match(line, /nothing at the output/);
+    assert.match(line, /node cache keeps/);
+  });
+
   it('an unpinned owner: a waiter pinned wrong fails at once naming both digests, one pinned right takes it', async () => {
     const server = await origin();
     const cacheDir = freshCache();
