@@ -187,7 +187,13 @@ export async function fetchCached(
     }
 
     // A miss: load the download engine and the lock (a hit never pays for them).
-    const { discardPart, downloadToPart } = await import('../fetch/download.js');
+    const [{ discardPart, downloadToPart }, { hasValidator }] = await Promise.all([
+      import('../fetch/download.js'),
+      import('../fetch/journal.js'),
+    ]);
+    // A download that resumed a partial with no validator to tell it is of the same version.
+    const resumedUnvalidated = (done: DownloadResult | BlobDownloadResult) =>
+      done.stats.resumedBytes > 0 && !hasValidator(done.validator);
     let lock: Claim | 'done';
     for (;;) {
       lock = await cache.claim(key, {
@@ -252,6 +258,20 @@ export async function fetchCached(
           if (part !== undefined) await discardPart(part);
           throw err;
         });
+      }
+      if (checkPinHere && part !== undefined && download.sha256 !== expected && resumedUnvalidated(download)) {
+        // A partial resumed without a validator (journal.ts) may mix two versions: not what
+        // the origin serves, so not kept for anyone.
+        await discardPart(part);
+        throw new DigestMismatchError(
+          `sha256 mismatch for ${source.url}: expected ${expected}, got ${download.sha256}`,
+          {
+            url: source.url,
+            expected,
+            actual: download.sha256,
+            hint: `nothing was kept: the download resumed a partial file and the origin sends no ETag or Last-Modified, so it may mix two versions`,
+          },
+        );
       }
       admitted = await cache.admit(key, { ...download, sha256: download.sha256! }, part);
       if (checkPinHere && admitted.digest !== expected) {

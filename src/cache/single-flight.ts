@@ -12,7 +12,19 @@
 // the lock go, so the waiter that takes the lock next can tell a failure from a death: an
 // exited process is not a dead one.
 import { createHash } from 'node:crypto';
-import { readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  constants,
+  fstatSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type Database from 'better-sqlite3';
 import { AbortedError, CacheError } from '../core/errors.js';
@@ -68,14 +80,42 @@ interface FailureRecord {
   message: string;
 }
 
+/** A record is a few hundred bytes: anything larger is not one. */
+const FAILURE_RECORD_MAX_BYTES = 64 * 1024;
+
+/**
+ * The record if `path` is one: a regular file, opened without following a symlink and
+ * without blocking (a FIFO planted there would hang the owner while it holds the lock).
+ */
 function readFailure(path: string): FailureRecord | undefined {
+  let fd: number;
   try {
-    const value = JSON.parse(readFileSync(path, 'utf8')) as Partial<FailureRecord> | null;
+    fd = openSync(path, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK);
+  } catch {
+    return undefined;
+  }
+  try {
+    const stats = fstatSync(fd);
+    if (!stats.isFile() || stats.size > FAILURE_RECORD_MAX_BYTES) return undefined;
+    const buffer = Buffer.alloc(stats.size);
+    const read = readSync(fd, buffer, 0, stats.size, 0);
+    const value = JSON.parse(buffer.subarray(0, read).toString('utf8')) as Partial<FailureRecord> | null;
     return value && Number.isSafeInteger(value.pid) && typeof value.message === 'string'
       ? { pid: value.pid!, message: value.message }
       : undefined;
   } catch {
     return undefined;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Removes the last owner's record: best effort, like writing it (a directory there stays, unread). */
+function removeFailure(path: string): void {
+  try {
+    rmSync(path, { force: true });
+  } catch {
+    /* not a file: never read as a record, and a new one cannot replace it */
   }
 }
 
@@ -214,7 +254,7 @@ export async function acquireSourceLock(
       }
       // Written by the last owner, if it failed: every owner removes the record it finds.
       const failure = readFailure(failurePath);
-      rmSync(failurePath, { force: true });
+      removeFailure(failurePath);
       if (announced && failure && (holder === undefined || failure.pid === holder)) {
         options.onOwnerFailed?.(failure.pid, failure.message);
       } else if (holder !== undefined && !isRunning(holder)) {

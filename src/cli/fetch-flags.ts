@@ -145,7 +145,11 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
     description: 'largest single request (default: one chunk)',
     parse: sizeArg,
   },
-  { flags: '--sha256 <hex>', description: 'expected sha256 of the file; a mismatch keeps nothing' },
+  {
+    flags: '--sha256 <hex>',
+    description:
+      'expected sha256 of the file; a mismatch fails with nothing at the output (the node cache keeps what the origin sent, unless the Hub gave another digest)',
+  },
   {
     flags: '-H, --header <line>',
     description: "extra request header 'Name: value' (repeatable)",

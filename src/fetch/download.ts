@@ -445,7 +445,7 @@ class BlobDownload {
     this.expect = { size, validator: this.validator };
     this.part = await PartFile.open(this.params.partPath);
     const partSize = await this.part.size();
-    if (journal && partSize === size && journalMatches(journal, size, this.validator)) {
+    if (journal && partSize === size && journalMatches(journal, size, this.validator, this.identity)) {
       this.ranges = new RangeSet(journal.ranges);
       if (this.manifestIn && journal.pieceSize === this.pieceSize) this.resumedVerified = journal.verified;
       this.stats.resumedBytes = this.ranges.size;

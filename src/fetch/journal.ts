@@ -13,7 +13,7 @@ const JOURNAL_VERSION = 2;
 
 export interface JournalState {
   version: typeof JOURNAL_VERSION;
-  /** `sha256:<hex>` when the blob's digest is known, else `url:<url>`. */
+  /** `sha256:<hex>` when the engine checks the digest, `pin:<hex>` when the caller does, else `url:<url>`. */
   identity: string;
   size: number;
   validator: Validator;
@@ -60,9 +60,22 @@ export function journalPathFor(partPath: string): string {
 }
 
 /**
- * Reads the journal of the blob named `identity`. A missing or unreadable one is absent; so
- * is one left by another blob at the same path, which is deleted (it says nothing about
- * this one).
+ * True when a journal of identity `journal` may describe the bytes of a download of identity
+ * `current`: the same one; or, in the node cache (the only place pins key journals, its part
+ * named by the source), a pin and a pin or the URL, either way: neither is checked by the
+ * engine, so journalMatches needs the validator to match, and a process pinned to a digest
+ * resumes the partial of an unpinned one (or one pinned otherwise) that died, and back.
+ */
+function sameBlob(journal: string, current: string): boolean {
+  if (journal === current) return true;
+  const unchecked = (identity: string) => identity.startsWith('pin:') || identity.startsWith('url:');
+  return (journal.startsWith('pin:') || current.startsWith('pin:')) && unchecked(journal) && unchecked(current);
+}
+
+/**
+ * Reads the journal of the blob named `identity` (sameBlob). A missing or unreadable one is
+ * absent; so is one left by another blob at the same path, which is deleted (it says nothing
+ * about this one).
  */
 export async function readJournal(path: string, identity: string): Promise<JournalState | undefined> {
   let parsed: unknown;
@@ -71,7 +84,7 @@ export async function readJournal(path: string, identity: string): Promise<Journ
   } catch {
     return undefined;
   }
-  if (isJournal(parsed) && parsed.identity === identity) return parsed;
+  if (isJournal(parsed) && sameBlob(parsed.identity, identity)) return parsed;
   await removeJournal(path);
   return undefined;
 }
@@ -104,13 +117,21 @@ export async function removeJournal(path: string): Promise<void> {
  * True when a journal describes the version found now. A journal keyed by a digest the engine
  * checks needs only the size to agree (the digest is the identity); one keyed by URL or by a
  * digest checked only afterwards needs the validator too (nothing would catch two versions mixed).
+ * Without any validator, then and now, a download pinned by its caller (`current` is `pin:`)
+ * resumes on the size alone, as it did when the engine checked pins: the caller's check
+ * catches a mix, and the node cache keeps nothing of a resumed download that misses its pin.
  */
-export function journalMatches(journal: JournalState, size: number, validator: Validator): boolean {
+export function journalMatches(journal: JournalState, size: number, validator: Validator, current?: string): boolean {
   if (journal.size !== size) return false;
   if (journal.identity.startsWith('sha256:')) return true;
   // Without a validator there is no way to know the bytes on disk are of this version.
-  if (!validator.etag && !validator.lastModified) return false;
+  if (!hasValidator(validator)) return current?.startsWith('pin:') === true && !hasValidator(journal.validator);
   return journal.validator.etag === validator.etag && journal.validator.lastModified === validator.lastModified;
+}
+
+/** True when the origin names the version it serves (ETag or Last-Modified). */
+export function hasValidator(validator: Validator): boolean {
+  return Boolean(validator.etag || validator.lastModified);
 }
 
 /**

@@ -4,12 +4,12 @@
 // small ones here). With HF_HUB_OFFLINE the file comes from the HF cache, with no request.
 import { existsSync, realpathSync } from 'node:fs';
 import { link, rename, rm } from 'node:fs/promises';
-import { HubOfflineError, diskError } from '../core/errors.js';
+import { DigestMismatchError, HubOfflineError, diskError } from '../core/errors.js';
 import { fetchCached, type CacheOptions, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { HfRepoCache, hubCacheDir } from '../cache/hf-layout.js';
 import { emptyStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
-import type { FetchOptions } from '../fetch/options.js';
+import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { hfFileSource } from '../sources/hf/index.js';
 import { hubOffline } from '../sources/hf/config.js';
 import { COMMIT_HASH, DEFAULT_REVISION, formatHfRef, parseHfRef } from '../sources/hf/uri.js';
@@ -41,6 +41,21 @@ export async function fetchHfFile(
     signal: rest.signal,
     onRetry: onStatus,
   });
+  // The Hub's sha256 of an LFS file at a commit is its identity: a pin it contradicts can
+  // match no intact download, and a pin it agrees with must not demote it to a pin (bytes
+  // that miss a pin are kept in the node cache as what the URL serves; damaged ones must not).
+  const pin = rest.sha256 === undefined ? undefined : resolveFetchOptions({ sha256: rest.sha256 }).expectedSha256;
+  if (target.sha256 !== undefined && pin !== undefined && pin !== target.sha256) {
+    throw new DigestMismatchError(
+      `sha256 mismatch for ${uri}: expected ${pin}, the Hub gives ${target.sha256} for this file at commit ${target.commit}`,
+      {
+        url: target.url,
+        expected: pin,
+        actual: target.sha256,
+        hint: 'nothing was downloaded; check the --sha256 (a file at a commit never changes)',
+      },
+    );
+  }
   const fetchOptions: FetchOptions = {
     ...rest,
     sha256: rest.sha256 ?? target.sha256,
@@ -58,8 +73,9 @@ export async function fetchHfFile(
       onStatus,
       revalidateTimeoutMs,
       offline: true,
-      // Without --sha256 the digest is the Hub's: bytes that miss it are damaged, kept nowhere.
-      sha256FromSource: rest.sha256 === undefined,
+      // The Hub's digest, even when --sha256 repeats it: bytes that miss it are damaged, kept
+      // nowhere. A pin of a small file is the caller's (its git sha1 is checked first).
+      sha256FromSource: target.sha256 !== undefined || pin === undefined,
       verifyDownload: gitSha1
         ? (path) => checkGitSha1(path, target.size, gitSha1, { url: target.url, label })
         : undefined,

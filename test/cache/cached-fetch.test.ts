@@ -173,6 +173,54 @@ describe('fetchCached', () => {
     cache.close();
   });
 
+  it('an origin without validators: a pinned partial resumes, and a mix of two versions is kept nowhere', async () => {
+    // Neither ETag nor Last-Modified: only the pin can tell a resumed partial from another version.
+    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    const path = '/no-validator.bin';
+    server.setFile(path, { content: content.bytes, etag: null, lastModified: null });
+    const interrupted = async (cacheDir: string, name: string) => {
+      const stop = new AbortController();
+      const run = fetchCached(server.url(path), join(dir, `${name}.bin`), {
+        ...FAST,
+        cacheDir,
+        sha256: content.sha256,
+        signal: stop.signal,
+      });
+      server.resetStats();
+      await waitFor('2 MiB served', () => server.bytesServed >= 2 * 1024 * 1024);
+      stop.abort();
+      await assert.rejects(run);
+    };
+    const cacheDir = freshCache();
+    await interrupted(cacheDir, 'nv-1');
+    server.resetStats();
+    const resumed = await fetchCached(server.url(path), join(dir, 'nv-2.bin'), {
+      ...FAST,
+      cacheDir,
+      sha256: content.sha256,
+    });
+    assert.equal(await sha256OfFile(join(dir, 'nv-2.bin')), content.sha256);
+    assert.ok(resumed.stats.resumedBytes > 0, 'the pinned partial was resumed');
+    assert.ok(server.bytesServed < SIZE, `the origin served ${server.bytesServed} of ${SIZE} bytes`);
+
+    // The object changes under the partial: the resumed mix misses the pin and is kept
+    // nowhere (not recorded as what the URL serves); a rerun downloads the new version whole.
+    const mixedCache = freshCache();
+    server.setFile(path, { content: content.bytes, etag: null, lastModified: null });
+    await interrupted(mixedCache, 'nv-3');
+    const other = randomContent(SIZE);
+    server.setFile(path, { content: other.bytes, etag: null, lastModified: null });
+    await assert.rejects(
+      fetchCached(server.url(path), join(dir, 'nv-4.bin'), { ...FAST, cacheDir: mixedCache, sha256: content.sha256 }),
+      /sha256 mismatch/,
+    );
+    assert.equal(existsSync(join(dir, 'nv-4.bin')), false);
+    const cache = await openCache(mixedCache);
+    assert.deepEqual(cache.index.blobs(), [], 'nothing recorded from a resumed mix');
+    cache.close();
+    assert.deepEqual(readdirSync(join(mixedCache, 'blobs', 'sha256')), []);
+  });
+
   it('misses when the ETag changed, and keeps serving hits of the new version', async () => {
     const server = await origin();
     const cacheDir = freshCache();

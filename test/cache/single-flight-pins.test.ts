@@ -5,11 +5,14 @@
 // owner that failed is said to have failed, not to be gone, and the waiter then tries itself.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
-import { lockHolderPid } from '../../src/cache/single-flight.js';
+import { cacheLayout } from '../../src/cache/cache-root.js';
+import { keyHash, lockHolderPid, sourceFailurePath } from '../../src/cache/single-flight.js';
+import { cacheKey } from '../../src/cache/source-key.js';
 import {
   collect,
   randomContent,
@@ -117,6 +120,18 @@ describe('single flight with pinned digests', () => {
     assert.ok(server.bytesServed <= SIZE + 4, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
   });
 
+  it('loom fetch --help says what a missed --sha256 leaves: nothing at the output, the download in the node cache', async () => {
+    const help = await collect(startLoom(['fetch', '--help']));
+    assert.equal(help.code, 0, help.stderr);
+    // The option's description, however the help wraps it.
+    const text = help.stdout.replace(/\s+/g, ' ');
+    const line = text.slice(text.indexOf('--sha256 <hex>'), text.indexOf('-H, --header'));
+    assert.ok(line.length > 0, help.stdout);
+    assert.doesNotMatch(line, /keeps nothing/);
+    assert.match(line, /nothing at the output/);
+    assert.match(line, /node cache keeps/);
+  });
+
   it('an unpinned owner: a waiter pinned wrong fails at once naming both digests, one pinned right takes it', async () => {
     const server = await origin();
     const cacheDir = freshCache();
@@ -202,4 +217,61 @@ describe('single flight with pinned digests', () => {
     assert.equal(await sha256OfFile(waiter.out), content.sha256);
     assert.ok(server.bytesServed < 2 * SIZE, `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`);
   });
+
+  it('something else at the failed-owner record (a directory, a symlink to a FIFO) neither fails nor hangs a fetch', async () => {
+    const server = await origin({ rateLimitBytesPerSecond: undefined });
+    const url = server.url('/model.bin');
+    const record = (cacheDir: string) => sourceFailurePath(cacheLayout(cacheDir), keyHash(cacheKey(url)));
+    // A directory: it cannot be read nor removed as a file.
+    const withDir = freshCache();
+    mkdirSync(record(withDir), { recursive: true });
+    // A symlink to a FIFO nobody writes: reading it would block while holding the lock.
+    const withFifo = freshCache();
+    mkdirSync(join(withFifo, 'locks'));
+    const fifo = join(dir, 'nobody-writes.fifo');
+    execFileSync('mkfifo', [fifo]);
+    symlinkSync(fifo, record(withFifo));
+    for (const [cacheDir, name] of [
+      [withDir, 'planted-dir'],
+      [withFifo, 'planted-fifo'],
+    ] as const) {
+      server.resetStats();
+      const fetching = fetchProcess(url, name, cacheDir);
+      const timer = setTimeout(() => fetching.child.kill('SIGKILL'), 30_000);
+      const run = await fetching.done.finally(() => clearTimeout(timer));
+      assert.equal(run.signal, null, `${name}: the fetch hung on the record and was killed`);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(await sha256OfFile(fetching.out), content.sha256);
+      assert.equal(server.bytesServed, SIZE);
+    }
+  });
+
+  for (const [ownerFlags, waiterFlags, what] of [
+    [['--sha256', content.sha256], [], 'pinned owner, unpinned waiter'],
+    [[], ['--sha256', content.sha256], 'unpinned owner, pinned waiter'],
+  ] as const) {
+    it(`an owner killed -9 mid-download is taken over and its partial resumed (${what})`, async () => {
+      const server = await origin();
+      const cacheDir = freshCache();
+      const url = server.url('/model.bin');
+      const name = what.replace(/\W+/g, '-');
+      const owner = fetchProcess(url, `killed-${name}`, cacheDir, [...ownerFlags]);
+      await holdsTheLock(cacheDir, owner.child.pid);
+      const waiter = fetchProcess(url, `takes-over-${name}`, cacheDir, [...waiterFlags]);
+      await waiting(waiter);
+      // Past the first journal (written every 500 ms, and per 1/32 of the file).
+      await waitFor('the owner to have 3 MiB', () => server.bytesServed >= 3 * 1024 * 1024, 30_000);
+      owner.child.kill('SIGKILL');
+      const [, w] = await Promise.all([owner.done, waiter.done]);
+      assert.equal(w.code, 0, w.stderr);
+      assert.match(w.stderr, new RegExp(`\\(pid ${owner.child.pid}\\) is gone; taking over its partial`));
+      assert.match(w.stderr, /resumed from the partial file/, 'the waiter resumed the partial the owner kept');
+      assert.equal(await sha256OfFile(waiter.out), content.sha256);
+      // The owner's 3 MiB and the rest: not the whole file again.
+      assert.ok(
+        server.bytesServed < SIZE + 2 * 1024 * 1024,
+        `origin served ${server.bytesServed} bytes for a ${SIZE}-byte file`,
+      );
+    });
+  }
 });
