@@ -211,8 +211,9 @@ export class Scheduler {
 
   /** The next task for an idle worker of source `sourceId`, or undefined when none fits. */
   take(sourceId = '', accept: Accept = () => true): RangeTask | undefined {
-    const behind = this.stragglerCandidate(accept);
-    if (behind) return this.cut(behind);
+    const behind = this.straggler(accept);
+    if (behind.cut) return this.cut(behind.cut);
+    if (behind.hold) return undefined;
     for (let i = 0; i < this.queue.length; i++) {
       const task = this.queue[i]!;
       if (!this.mayServe(task.piece, sourceId) || !accept(task)) continue;
@@ -226,8 +227,11 @@ export class Scheduler {
 
   /** Whether take() would find something for this worker now (a queued task, or a range to split). */
   hasWork(sourceId = '', accept: Accept = () => true): boolean {
+    const behind = this.straggler(accept);
+    if (behind.cut) return true;
+    if (behind.hold) return false;
     if (this.queue.some((task) => this.mayServe(task.piece, sourceId) && accept(task))) return true;
-    return this.stragglerCandidate(accept) !== undefined || this.splitCandidate(accept) !== undefined;
+    return this.splitCandidate(accept) !== undefined;
   }
 
   private mayServe(piece: number, sourceId: string): boolean {
@@ -324,34 +328,45 @@ export class Scheduler {
   }
 
   /**
-   * The earliest range in flight that is far behind the others: at its own rate it would
-   * finish after a request started now at the others' median rate, so the bytes handed out
-   * after it arrive first and the finished prefix (and the hash, which can only follow it)
-   * stops there. Its back half goes to the asking worker before any new range is started.
+   * What to do about the earliest range in flight that is far behind the others: at its own
+   * rate it would finish after a request started now at the others' median rate, so the
+   * bytes handed out after it arrive first and the finished prefix (and the hash, which can
+   * only follow it) stops there. `cut`: its back half goes to the asking worker before any
+   * new range is started. `hold`: this process is the bottleneck, so no range is cut (the
+   * bytes its socket already holds past the cut would be wasted); while the prefix is more
+   * than a pool's worth of requests behind where new ranges start, none is started either:
+   * a busy process then shares its time among fewer responses, the straggler's among them,
+   * and another connection would add no speed anyway.
    */
-  private stragglerCandidate(accept: Accept): RangeTask | undefined {
-    if (this.active.size < 2) return undefined;
+  private straggler(accept: Accept): { cut?: RangeTask; hold: boolean } {
+    const none = { hold: false };
+    if (this.active.size < 2) return none;
     const now = performance.now();
     const rates: number[] = [];
     for (const task of this.active) {
       const rate = task.rate(now);
       if (rate !== undefined) rates.push(rate);
     }
-    if (rates.length < 2) return undefined;
+    if (rates.length < 2) return none;
     rates.sort((a, b) => a - b);
     const median = rates[rates.length >> 1]!;
     // What a request started now would take: a round trip, then a request's worth of bytes.
     const freshMs = Math.max(this.minEtaMs(), this.latency.ms + this.requestSize / median);
     // A range still queued below a straggler is handed out first anyway (file order).
     const queuedFrom = this.queue[0]?.start ?? Infinity;
-    let earliest: RangeTask | undefined;
+    let behind: RangeTask | undefined;
+    let cuttable: RangeTask | undefined;
     for (const task of this.active) {
-      if (task.pos >= queuedFrom || (earliest && task.pos >= earliest.pos)) continue;
-      if (!this.splittable(task, now, accept) || task.rate(now) === undefined) continue;
-      if (task.etaMs(now) > freshMs) earliest = task;
+      if (task.pos >= queuedFrom || task.rate(now) === undefined || task.etaMs(now) <= freshMs) continue;
+      if (!behind || task.pos < behind.pos) behind = task;
+      if ((!cuttable || task.pos < cuttable.pos) && this.splittable(task, now, accept)) cuttable = task;
     }
-    if (!earliest || this.clientLoad() > MAX_LOAD_TO_SPLIT) return undefined;
-    return earliest;
+    if (!behind) return none;
+    if (this.clientLoad() <= MAX_LOAD_TO_SPLIT) {
+      return cuttable ? { cut: cuttable, hold: false } : none;
+    }
+    const hold = queuedFrom !== Infinity && queuedFrom - behind.pos > this.options.workers * this.requestSize;
+    return { hold };
   }
 
   /** The range in flight an idle worker would take the back half of, if any is worth it. */

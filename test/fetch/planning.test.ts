@@ -131,7 +131,7 @@ describe('planning', () => {
     assert.equal(scheduler.splits, 1);
   });
 
-  it('cuts a range far behind the others before handing out the next one, unless loaded or told to wait', async () => {
+  it('cuts a range far behind the others before handing out the next one; loaded, holds new ranges instead', async () => {
     let load = 0.3;
     const scheduler = new Scheduler({ ...options, workers: 3, minSplitEtaMs: 0, clientLoad: () => load }, [
       [0, 100 * MiB],
@@ -149,6 +149,14 @@ describe('planning', () => {
     load = 0.3;
     assert.equal(scheduler.take()?.start, 40 * MiB, 'a range waiting out a Retry-After is not cut');
     slow.holdUntil = undefined;
+    load = 0.95;
+    assert.equal(
+      scheduler.take(),
+      undefined,
+      'loaded, and the prefix now more than a pool of requests behind: no new range ahead of it',
+    );
+    assert.equal(scheduler.hasWork(), false);
+    load = 0.3;
     const stolen = scheduler.take()!;
     assert.deepEqual([stolen.start, stolen.end], [5 * MiB + 64 * 1024, 10 * MiB], 'its back half, not the next chunk');
     assert.equal(slow.end, stolen.start);
