@@ -2,7 +2,8 @@
 // object-store-like origin, against curl and aria2c on plain loopback (HTTP and HTTPS), and
 // peak RSS across worker counts and file sizes. Every run records its wall time, its CPU
 // seconds (user and system, from the kernel's rusage) and its peak RSS; loom's runs also
-// the seconds from the last byte to the digest.
+// the seconds from the last byte to the digest, and how far the finished prefix (which the
+// hash follows) was behind the end of the file when that last byte arrived.
 import { rmSync, mkdirSync } from 'node:fs';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -93,6 +94,8 @@ interface Sample {
   peakRssKiB: number;
   /** From loom's --json summary; undefined for other tools and runs without a sha256. */
   lastByteToDigestSeconds: number | undefined;
+  /** Likewise: bytes past the finished prefix when the last byte arrived (hashed after it). */
+  prefixBehindAtLastByte: number | undefined;
 }
 
 /** The medians of a contender's runs, per GiB where it says so. */
@@ -103,13 +106,19 @@ interface Medians {
   userSecondsPerGiB: number | undefined;
   peakRssMiB: number;
   lastByteToDigestSeconds: number | undefined;
+  prefixBehindAtLastByteMiB: number | undefined;
 }
 
 function sampleOf(run: CommandRun): Sample {
   let lastByteToDigestSeconds: number | undefined;
+  let prefixBehindAtLastByte: number | undefined;
   try {
-    const summary = JSON.parse(run.stdout) as { lastByteToDigestSeconds?: number | null };
+    const summary = JSON.parse(run.stdout) as {
+      lastByteToDigestSeconds?: number | null;
+      prefixBehindAtLastByte?: number | null;
+    };
     lastByteToDigestSeconds = summary.lastByteToDigestSeconds ?? undefined;
+    prefixBehindAtLastByte = summary.prefixBehindAtLastByte ?? undefined;
   } catch {
     // not loom --json
   }
@@ -119,6 +128,7 @@ function sampleOf(run: CommandRun): Sample {
     systemSeconds: run.systemSeconds,
     peakRssKiB: run.peakRssKiB,
     lastByteToDigestSeconds,
+    prefixBehindAtLastByte,
   };
 }
 
@@ -127,6 +137,7 @@ function mediansOf(samples: Sample[], size: number): Medians {
     values.every((v) => v !== undefined) ? median(values as number[]) : undefined;
   const seconds = median(samples.map((s) => s.seconds));
   const perGiB = (v: number | undefined): number | undefined => (v === undefined ? undefined : v / (size / GiB));
+  const perMiB = (v: number | undefined): number | undefined => (v === undefined ? undefined : v / MiB);
   return {
     seconds,
     mbPerSecond: mbps(size, seconds),
@@ -136,6 +147,7 @@ function mediansOf(samples: Sample[], size: number): Medians {
     userSecondsPerGiB: perGiB(defined(samples.map((s) => s.userSeconds))),
     peakRssMiB: median(samples.map((s) => s.peakRssKiB)) / 1024,
     lastByteToDigestSeconds: defined(samples.map((s) => s.lastByteToDigestSeconds)),
+    prefixBehindAtLastByteMiB: perMiB(defined(samples.map((s) => s.prefixBehindAtLastByte))),
   };
 }
 
@@ -183,6 +195,7 @@ function row(name: string, m: Medians): Record<string, string | number> {
     'user s/GiB': fixed(m.userSecondsPerGiB),
     'peak RSS MiB': m.peakRssMiB.toFixed(1),
     'last byte to digest s': fixed(m.lastByteToDigestSeconds, 3),
+    'prefix behind at last byte MiB': fixed(m.prefixBehindAtLastByteMiB, 1),
   };
 }
 

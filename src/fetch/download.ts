@@ -303,6 +303,8 @@ class BlobDownload {
   private unsyncedBytes = 0;
   private backgroundSync: Promise<void> | undefined;
   private lastByteAt: number | undefined;
+  /** The finished prefix before the latest write (stats.prefixBehindAtLastByte). */
+  private prefixBeforeLastByte = 0;
   private paceWindowAt = performance.now();
   /** Since when no source can serve the work left (for sourceWaitMs). */
   private unservableSince: number | undefined;
@@ -814,6 +816,7 @@ class BlobDownload {
   }
 
   private record(state: SourceState, at: number, length: number): void {
+    this.prefixBeforeLastByte = this.ranges.contiguousPrefix();
     this.ranges.add(at, at + length);
     this.stats.transferredBytes += length;
     state.bytes += length;
@@ -1020,6 +1023,7 @@ class BlobDownload {
     }
     if (this.lastByteAt !== undefined && sha256 !== undefined) {
       this.stats.lastByteToDigestSeconds = Math.max(0, (performance.now() - this.lastByteAt) / 1000);
+      this.stats.prefixBehindAtLastByte = size - this.prefixBeforeLastByte;
     }
     const expected = this.sha256In;
     if (expected && sha256 !== expected) {

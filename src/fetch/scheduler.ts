@@ -1,9 +1,13 @@
 // Plans which byte ranges the workers fetch, and keeps the pool busy to the last byte:
 // missing bytes are cut into requests of a chunk each, never across a piece boundary, and
 // handed out in file order, so the finished (and hashed) prefix follows the download
-// closely. A worker that finds nothing queued takes the back half of the largest range still
-// in flight, unless this process is itself the bottleneck, the range is waiting out a
-// server's Retry-After, or its piece is being refetched from one source only.
+// closely. Two rules cut a range in flight in two, giving its back half to an idle worker:
+// a range far behind the others (it would finish after a request started now) is cut
+// before any new range is started ahead of it, so one slow early range does not hold the
+// prefix (and the hash) back; and a worker that finds nothing queued takes the back half
+// of the range that will take longest. Neither cuts a range while this process is itself
+// the bottleneck, while the range waits out a server's Retry-After, or while its piece is
+// being refetched from one source only.
 import type { ByteRange } from './range-set.js';
 
 /** Smoothed time from sending a request to its first byte, shared by a download's tasks. */
@@ -207,6 +211,9 @@ export class Scheduler {
 
   /** The next task for an idle worker of source `sourceId`, or undefined when none fits. */
   take(sourceId = '', accept: Accept = () => true): RangeTask | undefined {
+    const behind = this.straggler(accept);
+    if (behind.cut) return this.cut(behind.cut);
+    if (behind.hold) return undefined;
     for (let i = 0; i < this.queue.length; i++) {
       const task = this.queue[i]!;
       if (!this.mayServe(task.piece, sourceId) || !accept(task)) continue;
@@ -220,6 +227,9 @@ export class Scheduler {
 
   /** Whether take() would find something for this worker now (a queued task, or a range to split). */
   hasWork(sourceId = '', accept: Accept = () => true): boolean {
+    const behind = this.straggler(accept);
+    if (behind.cut) return true;
+    if (behind.hold) return false;
     if (this.queue.some((task) => this.mayServe(task.piece, sourceId) && accept(task))) return true;
     return this.splitCandidate(accept) !== undefined;
   }
@@ -290,14 +300,73 @@ export class Scheduler {
 
   private split(accept: Accept): RangeTask | undefined {
     const largest = this.splitCandidate(accept);
-    if (!largest) return undefined;
-    const half = Math.floor(largest.remaining / 2 / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
-    const mid = largest.end - Math.max(half, this.options.minSplitSize);
-    const stolen = new RangeTask(mid, largest.end, this.latency, largest.piece);
-    largest.end = mid;
+    return largest && this.cut(largest);
+  }
+
+  /** Gives the back half of `task` (aligned, at least minSplitSize) to a new task, in flight. */
+  private cut(task: RangeTask): RangeTask {
+    const half = Math.floor(task.remaining / 2 / SPLIT_ALIGNMENT) * SPLIT_ALIGNMENT;
+    const mid = task.end - Math.max(half, this.options.minSplitSize);
+    const stolen = new RangeTask(mid, task.end, this.latency, task.piece);
+    task.end = mid;
     this.active.add(stolen);
     this.splits++;
     return stolen;
+  }
+
+  /** Whether `task` may be cut at all, whichever rule asks. */
+  private splittable(task: RangeTask, now: number, accept: Accept): boolean {
+    if (task.remaining < 2 * this.options.minSplitSize) return false;
+    // The server asked for a pause on this range: another request for it now would be refused too.
+    if (task.holdUntil !== undefined && task.holdUntil > now) return false;
+    return !this.exclusive.has(task.piece) && accept(task);
+  }
+
+  /** A range must be expected to take longer than this to be worth a new request. */
+  private minEtaMs(): number {
+    return Math.max(this.options.minSplitEtaMs ?? DEFAULT_MIN_SPLIT_ETA_MS, 3 * this.latency.ms);
+  }
+
+  /**
+   * What to do about the earliest range in flight that is far behind the others: at its own
+   * rate it would finish after a request started now at the others' median rate, so the
+   * bytes handed out after it arrive first and the finished prefix (and the hash, which can
+   * only follow it) stops there. `cut`: its back half goes to the asking worker before any
+   * new range is started. `hold`: this process is the bottleneck, so no range is cut (the
+   * bytes its socket already holds past the cut would be wasted); while the prefix is more
+   * than a pool's worth of requests behind where new ranges start, none is started either:
+   * a busy process then shares its time among fewer responses, the straggler's among them,
+   * and another connection would add no speed anyway.
+   */
+  private straggler(accept: Accept): { cut?: RangeTask; hold: boolean } {
+    const none = { hold: false };
+    if (this.active.size < 2) return none;
+    const now = performance.now();
+    const rates: number[] = [];
+    for (const task of this.active) {
+      const rate = task.rate(now);
+      if (rate !== undefined) rates.push(rate);
+    }
+    if (rates.length < 2) return none;
+    rates.sort((a, b) => a - b);
+    const median = rates[rates.length >> 1]!;
+    // What a request started now would take: a round trip, then a request's worth of bytes.
+    const freshMs = Math.max(this.minEtaMs(), this.latency.ms + this.requestSize / median);
+    // A range still queued below a straggler is handed out first anyway (file order).
+    const queuedFrom = this.queue[0]?.start ?? Infinity;
+    let behind: RangeTask | undefined;
+    let cuttable: RangeTask | undefined;
+    for (const task of this.active) {
+      if (task.pos >= queuedFrom || task.rate(now) === undefined || task.etaMs(now) <= freshMs) continue;
+      if (!behind || task.pos < behind.pos) behind = task;
+      if ((!cuttable || task.pos < cuttable.pos) && this.splittable(task, now, accept)) cuttable = task;
+    }
+    if (!behind) return none;
+    if (this.clientLoad() <= MAX_LOAD_TO_SPLIT) {
+      return cuttable ? { cut: cuttable, hold: false } : none;
+    }
+    const hold = queuedFrom !== Infinity && queuedFrom - behind.pos > this.options.workers * this.requestSize;
+    return { hold };
   }
 
   /** The range in flight an idle worker would take the back half of, if any is worth it. */
@@ -306,18 +375,14 @@ export class Scheduler {
     let largest: RangeTask | undefined;
     let largestEta = 0;
     for (const task of this.active) {
-      if (task.remaining < 2 * this.options.minSplitSize) continue;
-      // The server asked for a pause on this range: another request for it now would be refused too.
-      if (task.holdUntil !== undefined && task.holdUntil > now) continue;
-      if (this.exclusive.has(task.piece) || !accept(task)) continue;
+      if (!this.splittable(task, now, accept)) continue;
       const eta = task.etaMs(now);
       if (!largest || eta > largestEta || (eta === largestEta && task.remaining > largest.remaining)) {
         largest = task;
         largestEta = eta;
       }
     }
-    const threshold = Math.max(this.options.minSplitEtaMs ?? DEFAULT_MIN_SPLIT_ETA_MS, 3 * this.latency.ms);
-    if (!largest || largestEta < threshold || this.clientLoad() > MAX_LOAD_TO_SPLIT) return undefined;
+    if (!largest || largestEta < this.minEtaMs() || this.clientLoad() > MAX_LOAD_TO_SPLIT) return undefined;
     return largest;
   }
 }

@@ -17,6 +17,11 @@ export interface DownloadStats {
    * checked; undefined when nothing was hashed or nothing was received.
    */
   lastByteToDigestSeconds: number | undefined;
+  /**
+   * Bytes between the end of the finished prefix and the end of the file just before the
+   * last byte arrived: the prefix hash can reach them only after it. Undefined as above.
+   */
+  prefixBehindAtLastByte: number | undefined;
 }
 
 export function emptyStats(): DownloadStats {
@@ -28,5 +33,6 @@ export function emptyStats(): DownloadStats {
     restarts: 0,
     splits: 0,
     lastByteToDigestSeconds: undefined,
+    prefixBehindAtLastByte: undefined,
   };
 }

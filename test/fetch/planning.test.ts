@@ -131,6 +131,53 @@ describe('planning', () => {
     assert.equal(scheduler.splits, 1);
   });
 
+  it('cuts a range far behind the others before handing out the next one; loaded, holds new ranges instead', async () => {
+    let load = 0.3;
+    const scheduler = new Scheduler({ ...options, workers: 3, minSplitEtaMs: 0, clientLoad: () => load }, [
+      [0, 100 * MiB],
+    ]);
+    const [slow, a, b] = [scheduler.take()!, scheduler.take()!, scheduler.take()!];
+    for (const task of [slow, a, b]) task.flowing();
+    await sleep(40);
+    // Two ranges are half done; the first, which holds the finished prefix, has barely moved.
+    slow.pos += 64 * 1024;
+    a.pos += 5 * MiB;
+    b.pos += 5 * MiB;
+    load = 0.95;
+    assert.equal(scheduler.take()?.start, 30 * MiB, 'a saturated client goes on in file order');
+    slow.holdUntil = performance.now() + 60_000;
+    load = 0.3;
+    assert.equal(scheduler.take()?.start, 40 * MiB, 'a range waiting out a Retry-After is not cut');
+    slow.holdUntil = undefined;
+    load = 0.95;
+    assert.equal(
+      scheduler.take(),
+      undefined,
+      'loaded, and the prefix now more than a pool of requests behind: no new range ahead of it',
+    );
+    assert.equal(scheduler.hasWork(), false);
+    load = 0.3;
+    const stolen = scheduler.take()!;
+    assert.deepEqual([stolen.start, stolen.end], [5 * MiB + 64 * 1024, 10 * MiB], 'its back half, not the next chunk');
+    assert.equal(slow.end, stolen.start);
+    assert.equal(scheduler.queued()[0]!.start, 50 * MiB, 'the queue waits');
+    assert.equal(scheduler.splits, 1);
+  });
+
+  it('does not cut the range holding the prefix while it keeps pace with the others', async () => {
+    const scheduler = new Scheduler({ ...options, workers: 3, minSplitEtaMs: 0, clientLoad: () => 0.3 }, [
+      [0, 100 * MiB],
+    ]);
+    const [first, a, b] = [scheduler.take()!, scheduler.take()!, scheduler.take()!];
+    for (const task of [first, a, b]) task.flowing();
+    await sleep(40);
+    first.pos += 9 * MiB;
+    a.pos += 5 * MiB;
+    b.pos += 5 * MiB;
+    assert.equal(scheduler.take()?.start, 30 * MiB);
+    assert.equal(scheduler.splits, 0);
+  });
+
   it('does not split while this process is the bottleneck', () => {
     let load = 0.95;
     const scheduler = new Scheduler({ ...options, workers: 2, minSplitEtaMs: 0, clientLoad: () => load }, [
