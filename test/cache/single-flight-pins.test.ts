@@ -9,7 +9,7 @@ import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
-import { lockHolderPid } from '../../src/cache/single-flight.js';
+import { lockHolderPid } from '../../src/core/file-lock.js';
 import {
   collect,
   randomContent,
