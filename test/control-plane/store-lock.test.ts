@@ -37,6 +37,21 @@ async function startControlPlane(args: string[]): Promise<Running> {
   return { child, url, done };
 }
 
+/**
+ * Runs `loom control-plane ARGS`, expected to fail at start: one that listens instead (the
+ * file was not locked) is stopped, so the test fails on its exit code rather than hanging.
+ */
+async function startRefused(args: string[]): Promise<RunResult> {
+  const child = startLoom(['control-plane', '--listen', '127.0.0.1:0', ...args]);
+  running.push(child);
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const done = collect(child);
+  await waitFor('an exit or a banner', () => child.exitCode !== null || /control plane on/.test(stderr), 30_000);
+  if (child.exitCode === null) child.kill('SIGTERM');
+  return done;
+}
+
 async function call(url: string, method: string, path: string, body?: unknown) {
   const res = await fetch(`${url}${path}`, {
     method,
@@ -63,7 +78,7 @@ describe('one control-plane process per SQLite file', () => {
     assert.equal((await call(first.url, 'PUT', `/v1/blobs/${D1}`, manifest)).status, 201);
     assert.equal((await call(first.url, 'PUT', `/v1/blobs/${D1}/replicas/holder`, { complete: true })).status, 200);
 
-    const second = await collect(startLoom(['control-plane', '--listen', '127.0.0.1:0', ...flags]));
+    const second = await startRefused(flags);
     assert.equal(second.code, EXIT.locked, second.stderr);
     assert.equal(second.code, 8);
     assert.equal(
@@ -97,7 +112,7 @@ describe('one control-plane process per SQLite file', () => {
   it('the default store under --cache-dir: its lock file leaves the folder a Loom cache', async () => {
     const root = join(tempDir(), 'cache');
     const first = await startControlPlane(['--cache-dir', root]);
-    const second = await collect(startLoom(['control-plane', '--listen', '127.0.0.1:0', '--cache-dir', root]));
+    const second = await startRefused(['--cache-dir', root]);
     assert.equal(second.code, 8, second.stderr);
     assert.match(second.stderr, /the SQLite store .*control-plane\.db is in use by another process \(pid \d+\)/);
     assert.equal((await call(first.url, 'GET', '/readyz')).status, 200);
@@ -131,7 +146,7 @@ describe('SqliteStore in one process', () => {
     // The refused store left the first one's lock alone (closing any descriptor of a file
     // drops this process's POSIX locks on it): another process is refused too.
     assert.throws(() => new SqliteStore(path), StoreLockedError);
-    const other = await runLoom(['control-plane', '--listen', '127.0.0.1:0', '--store', `sqlite:${path}`]);
+    const other = await startRefused(['--store', `sqlite:${path}`]);
     assert.equal(other.code, 8, other.stderr);
     assert.match(other.stderr, new RegExp(`in use by another process \\(pid ${process.pid}\\)`));
     await store.close();
