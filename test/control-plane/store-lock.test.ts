@@ -26,28 +26,32 @@ after(() => {
   for (const child of running) if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
 });
 
-/** Starts `loom control-plane ARGS` on an ephemeral port and waits for its banner's address. */
-async function startControlPlane(args: string[]): Promise<Running> {
+/** Starts `loom control-plane ARGS` on an ephemeral port; `banner` yields its address once it listens. */
+function launch(args: string[]): { child: ChildProcess; done: Promise<RunResult>; banner: () => string | undefined } {
   const child = startLoom(['control-plane', '--listen', '127.0.0.1:0', ...args]);
   running.push(child);
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const done = collect(child);
-  const url = await waitFor('the banner', () => /control plane on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr)?.[1]);
-  return { child, url, done };
+  return {
+    child,
+    done: collect(child),
+    banner: () => /control plane on (http:\/\/127\.0\.0\.1:\d+)/.exec(stderr)?.[1],
+  };
+}
+
+/** A control plane that listens: waits for its banner's address. */
+async function startControlPlane(args: string[]): Promise<Running> {
+  const { child, done, banner } = launch(args);
+  return { child, done, url: await waitFor('the banner', banner) };
 }
 
 /**
- * Runs `loom control-plane ARGS`, expected to fail at start: one that listens instead (the
- * file was not locked) is stopped, so the test fails on its exit code rather than hanging.
+ * A control plane expected to fail at start: one that listens instead (the file was not
+ * locked) is stopped, so the test fails on its exit code rather than hanging.
  */
 async function startRefused(args: string[]): Promise<RunResult> {
-  const child = startLoom(['control-plane', '--listen', '127.0.0.1:0', ...args]);
-  running.push(child);
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-  const done = collect(child);
-  await waitFor('an exit or a banner', () => child.exitCode !== null || /control plane on/.test(stderr), 30_000);
+  const { child, done, banner } = launch(args);
+  await waitFor('an exit or a banner', () => child.exitCode !== null || banner() !== undefined, 30_000);
   if (child.exitCode === null) child.kill('SIGTERM');
   return done;
 }
