@@ -34,7 +34,8 @@ function nonEmpty(value: string, name: string): string {
  */
 const LOOM_NAMES = new Set(
   // lost+found: a cache on a volume of its own (a DaemonSet's dedicated disk) has one at its root.
-  ['blobs', 'tmp', 'locks', 'hints', 'manifests', 'lost+found'].concat(
+  // control-plane.db-lock: the control plane's hold on its store (src/control-plane/sqlite-store.ts).
+  ['blobs', 'tmp', 'locks', 'hints', 'manifests', 'lost+found', 'control-plane.db-lock'].concat(
     ...['index.db', 'control-plane.db'].map((db) => [db, `${db}-wal`, `${db}-shm`, `${db}-journal`]),
   ),
 );

@@ -1,7 +1,7 @@
 // One download per source per node: the first process takes the source's lock and
 // downloads; the others wait, then take the finished blob. The lock is a POSIX record lock
-// (fcntl) on `locks/source-<hash>.lock`, taken through SQLite (better-sqlite3 is already
-// loaded on a miss, and Node has no flock of its own): the kernel releases it when its
+// (fcntl) on `locks/source-<hash>.lock`, taken through SQLite (src/core/file-lock.ts;
+// better-sqlite3 is already loaded on a miss): the kernel releases it when its
 // process ends, however it ends, so a lock is never taken over from a live owner (a hung or
 // stopped one included) and two waiters can never both own a source. The owner record is
 // the lock itself: the kernel lists the holder's pid (/proc/locks), read for messages only.
@@ -26,8 +26,8 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { setTimeout as sleep } from 'node:timers/promises';
-import type Database from 'better-sqlite3';
 import { AbortedError, CacheError } from '../core/errors.js';
+import { loadSqlite, lockHolderPid, tryLockFile, type FileLock, type SqliteClass } from '../core/file-lock.js';
 import { isProcessAlive } from '../core/processes.js';
 import type { CacheLayout } from './cache-root.js';
 
@@ -129,63 +129,16 @@ function writeFailure(path: string, record: FailureRecord): void {
   }
 }
 
-type DatabaseConstructor = typeof Database;
-let databaseClass: DatabaseConstructor | undefined;
-async function loadDatabase(): Promise<DatabaseConstructor> {
-  databaseClass ??= (await import('better-sqlite3')).default;
-  return databaseClass;
-}
-
 /**
- * Tries once to take the kernel lock on `path` (creating the empty file if needed). Returns
- * the connection that holds it, or undefined when another process (or connection) holds it.
+ * Tries once to take the kernel lock on `path` (src/core/file-lock.ts). Returns the lock, or
+ * undefined when another process (or connection) holds it.
  */
-function tryLock(DatabaseClass: DatabaseConstructor, path: string): Database.Database | undefined {
-  let db: Database.Database;
+function tryLock(DatabaseClass: SqliteClass, path: string): FileLock | undefined {
   try {
-    // Never open the file any other way: closing any descriptor of a file drops every POSIX
-    // lock this process holds on it (SQLite keeps its own descriptors in step).
-    db = new DatabaseClass(path, { timeout: 0 });
+    return tryLockFile(DatabaseClass, path);
   } catch (err) {
     throw new CacheError(`cannot lock ${path}: ${(err as Error).message}`, { cause: err, path });
   }
-  try {
-    // An empty file is an empty database: EXCLUSIVE takes the write lock, and with the
-    // journal in memory nothing is written (a lock can be taken on a full disk).
-    db.pragma('journal_mode = MEMORY');
-    db.exec('BEGIN EXCLUSIVE');
-    return db;
-  } catch (err) {
-    db.close();
-    if ((err as { code?: string }).code === 'SQLITE_BUSY') return undefined;
-    throw new CacheError(`cannot lock ${path}: ${(err as Error).message}`, { cause: err, path });
-  }
-}
-
-function unlock(db: Database.Database): void {
-  try {
-    db.exec('ROLLBACK');
-  } catch {
-    /* nothing was written */
-  }
-  db.close();
-}
-
-/** The pid holding a POSIX lock on `path`, as the kernel lists it (Linux), if any. */
-export function lockHolderPid(path: string): number | undefined {
-  try {
-    const ino = statSync(path).ino;
-    for (const line of readFileSync('/proc/locks', 'utf8').split('\n')) {
-      const fields = line.trim().split(/\s+/);
-      // "1: POSIX  ADVISORY  WRITE 3785 fe:00:1474579 1073741824 1073742335"
-      if (fields[1] !== 'POSIX' || !fields[5]?.endsWith(`:${ino}`)) continue;
-      const pid = Number(fields[4]);
-      if (Number.isSafeInteger(pid) && pid > 0) return pid;
-    }
-  } catch {
-    /* no /proc/locks (not Linux), or no lock file: the pid is only for messages */
-  }
-  return undefined;
 }
 
 /** Alive and not a zombie: a killed process releases its locks before its parent reaps it. */
@@ -210,13 +163,13 @@ export async function takeFreeSourceLock(
 ): Promise<(() => void) | 'held' | 'no-lock'> {
   const path = sourceLockPath(layout, hash);
   if (!statSync(path, { throwIfNoEntry: false })) return 'no-lock';
-  const db = tryLock(await loadDatabase(), path);
-  return db ? () => unlock(db) : 'held';
+  const lock = tryLock(await loadSqlite(), path);
+  return lock ? () => lock.release() : 'held';
 }
 
 /** True when some process holds the lock of some source: a download is running on this node. */
 export async function anySourceLockHeld(layout: CacheLayout): Promise<boolean> {
-  const DatabaseClass = await loadDatabase();
+  const DatabaseClass = await loadSqlite();
   let names: string[];
   try {
     names = readdirSync(layout.locks);
@@ -225,9 +178,9 @@ export async function anySourceLockHeld(layout: CacheLayout): Promise<boolean> {
   }
   for (const name of names) {
     if (!/^source-[0-9a-f]+\.lock$/.test(name)) continue;
-    const db = tryLock(DatabaseClass, `${layout.locks}/${name}`);
-    if (!db) return true;
-    unlock(db);
+    const lock = tryLock(DatabaseClass, `${layout.locks}/${name}`);
+    if (!lock) return true;
+    lock.release();
   }
   return false;
 }
@@ -238,7 +191,7 @@ export async function acquireSourceLock(
   key: string,
   options: WaitOptions,
 ): Promise<HeldLock | 'done'> {
-  const DatabaseClass = await loadDatabase();
+  const DatabaseClass = await loadSqlite();
   const hash = keyHash(key);
   const path = sourceLockPath(layout, hash);
   const failurePath = sourceFailurePath(layout, hash);
@@ -246,10 +199,10 @@ export async function acquireSourceLock(
   let holder: number | undefined;
   for (;;) {
     if (options.signal?.aborted) throw new AbortedError('cancelled while waiting for another download');
-    const db = tryLock(DatabaseClass, path);
-    if (db) {
+    const lock = tryLock(DatabaseClass, path);
+    if (lock) {
       if (await options.isDone().catch(() => false)) {
-        unlock(db);
+        lock.release();
         return 'done';
       }
       // Written by the last owner, if it failed: every owner removes the record it finds.
@@ -265,7 +218,7 @@ export async function acquireSourceLock(
         release: async () => {
           if (released) return;
           released = true;
-          unlock(db);
+          lock.release();
         },
         recordFailure: (message) => {
           if (!released) writeFailure(failurePath, { pid: process.pid, message });

@@ -4,14 +4,20 @@
 // leftovers. Every statement is prepared once. Locate reads a bounded sample of a blob's
 // holders from an index and their nodes from a copy of the nodes table this store keeps in
 // memory (written through by its heartbeats, removals and sweeps), then ranks in locate.ts:
-// one control-plane process per SQLite file.
+// one control-plane process per SQLite file. That is enforced: an open store holds a kernel
+// lock on `<file>-lock` beside the database (src/core/file-lock.ts), released by close or by
+// the death of its process however it dies, and a second store on the file fails at once
+// (StoreLockedError), in another process or this one.
 // The WAL is checkpointed by a worker thread with a connection of its own: a checkpoint
 // syncs the file to disk, and on the event loop (SQLite's automatic checkpoint runs inside
 // the commit that fills the WAL) that stalled every request behind it (up to 100 ms here).
+import { realpathSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { basename, dirname, join } from 'node:path';
 import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
-import { StoreUnavailableError } from '../core/errors.js';
+import { StoreLockedError, StoreUnavailableError } from '../core/errors.js';
+import { lockHolderPid, tryLockFile, type FileLock } from '../core/file-lock.js';
 import { rankCandidates } from './locate.js';
 import { PIECES_TTL_MS } from './model.js';
 import type {
@@ -194,6 +200,8 @@ export class SqliteStore implements RegistryStore {
   private readonly sql;
   private readonly tx;
   private readonly checkpointer: Worker | undefined;
+  /** This store's hold on its file (none in memory), released last by close. */
+  private readonly lock: FileLock | undefined;
   /**
    * The nodes table as committed, for locate: looking 64 sampled holders' nodes up in SQLite
    * was two thirds of a locate's CPU (two B-tree searches each). Written only after the
@@ -204,13 +212,16 @@ export class SqliteStore implements RegistryStore {
   checkpointError: string | undefined;
 
   constructor(readonly path: string) {
-    this.db = new Database(path, { timeout: 5_000 });
-    const wal = this.db.pragma('journal_mode = WAL', { simple: true }) === 'wal';
-    this.db.pragma('synchronous = NORMAL');
-    if (wal) {
-      // Checkpoints happen on the checkpoint thread, never inside a request's commit.
-      this.db.pragma('wal_autocheckpoint = 0');
-      this.db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
+    // Before anything is read: a second store would copy the nodes table and then miss the
+    // first one's writes.
+    this.lock = lockStore(path);
+    try {
+      this.db = openDatabase(path);
+    } catch (err) {
+      this.lock?.release();
+      throw err;
+    }
+    if (this.db.pragma('journal_mode', { simple: true }) === 'wal') {
       this.checkpointer = new Worker(CHECKPOINT_SOURCE, {
         eval: true,
         workerData: {
@@ -228,12 +239,6 @@ export class SqliteStore implements RegistryStore {
         this.checkpointError = err.message;
       });
     }
-    this.db.exec(SCHEMA);
-    for (const [table, column, type] of ADDED_COLUMNS) {
-      const columns = this.db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>;
-      if (!columns.some((c) => c.name === column)) this.db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
-    }
-    this.db.exec(LATE_INDEXES);
     const db = this.db;
     this.sql = {
       nodeState: db.prepare('SELECT epoch, expires_at FROM nodes WHERE id = ?'),
@@ -616,12 +621,76 @@ export class SqliteStore implements RegistryStore {
   async close(): Promise<void> {
     this.db.close();
     const worker = this.checkpointer;
-    if (!worker) return;
-    // Closed last, the checkpoint thread's connection copies what is left and removes the WAL.
-    const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
-    worker.ref(); // this wait keeps the process alive until the thread is done
-    worker.postMessage('close');
-    await exited;
+    if (worker) {
+      // Closed last, the checkpoint thread's connection copies what is left and removes the WAL.
+      const exited = new Promise<void>((resolve) => worker.once('exit', () => resolve()));
+      worker.ref(); // this wait keeps the process alive until the thread is done
+      worker.postMessage('close');
+      await exited;
+    }
+    // Only now may another store open the file: the WAL is written back and gone.
+    this.lock?.release();
+  }
+}
+
+/**
+ * Takes the lock of the store at `path` (none in memory): `<file>-lock` beside the database,
+ * named after the file's real path (as SQLite names its WAL), so a link to it finds the same
+ * lock. Throws StoreLockedError when another store holds it.
+ */
+function lockStore(path: string): FileLock | undefined {
+  if (path === '' || path === ':memory:') return undefined;
+  let lockPath = `${path}-lock`;
+  let lock: FileLock | undefined;
+  try {
+    let real: string;
+    try {
+      real = realpathSync(path);
+    } catch {
+      real = join(realpathSync(dirname(path)), basename(path)); // a new database
+    }
+    lockPath = `${real}-lock`;
+    lock = tryLockFile(Database, lockPath);
+  } catch (err) {
+    throw new StoreUnavailableError(`cannot lock the SQLite store ${path} (${lockPath}): ${(err as Error).message}`, {
+      cause: err,
+      path,
+    });
+  }
+  if (lock) return lock;
+  const pid = lockHolderPid(lockPath);
+  const holder =
+    pid === process.pid
+      ? `another store in this process (pid ${pid})`
+      : `another process${pid === undefined ? '' : ` (pid ${pid})`}`;
+  throw new StoreLockedError(`the SQLite store ${path} is in use by ${holder}: one control plane per SQLite file`, {
+    path,
+    hint:
+      'stop the other control plane, give this one another file (--store sqlite:PATH), ' +
+      'or run several control planes on one Redis (--store redis://HOST:PORT/DB)',
+  });
+}
+
+/** Opens the database, in WAL mode where the file allows, with the schema brought up to date. */
+function openDatabase(path: string): Database.Database {
+  const db = new Database(path, { timeout: 5_000 });
+  try {
+    if (db.pragma('journal_mode = WAL', { simple: true }) === 'wal') {
+      // Checkpoints happen on the checkpoint thread, never inside a request's commit.
+      db.pragma('wal_autocheckpoint = 0');
+      db.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT}`);
+    }
+    db.pragma('synchronous = NORMAL');
+    db.exec(SCHEMA);
+    for (const [table, column, type] of ADDED_COLUMNS) {
+      const columns = db.prepare(`PRAGMA table_info(${table})`).all() as Array<{ name: string }>;
+      if (!columns.some((c) => c.name === column)) db.exec(`ALTER TABLE ${table} ADD COLUMN ${column} ${type}`);
+    }
+    db.exec(LATE_INDEXES);
+    return db;
+  } catch (err) {
+    db.close();
+    throw err;
   }
 }
 

@@ -12,6 +12,7 @@ export const EXIT = {
   disk: 5,
   cache: 6,
   listen: 7,
+  locked: 8,
   interrupted: 130,
 } as const;
 
@@ -205,6 +206,13 @@ export class StoreUnavailableError extends LoomError {
   override readonly httpStatus = 503;
 }
 
+/** Another control-plane process (or store) has the SQLite store's file open: one per file. */
+export class StoreLockedError extends LoomError {
+  readonly code = 'LOOM_ERR_STORE_LOCKED';
+  readonly exitCode = EXIT.locked;
+  override readonly httpStatus = 409;
+}
+
 /** The host name of a URL or proxy does not resolve (DNS ENOTFOUND): retrying cannot help. */
 export class HostNotFoundError extends LoomError {
   readonly code = 'LOOM_ERR_HOST_NOT_FOUND';
@@ -357,6 +365,7 @@ export const ERROR_CLASSES = [
   NotFoundError,
   ConflictError,
   StoreUnavailableError,
+  StoreLockedError,
   HostNotFoundError,
   TlsError,
   ConnectionRefusedError,

@@ -18,7 +18,7 @@ import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { withBlobInUse } from '../../src/cache/blob-store.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
-import { lockHolderPid } from '../../src/cache/single-flight.js';
+import { lockHolderPid } from '../../src/core/file-lock.js';
 import { fetchCached, gcCache, openCache, sourceKey } from '../../src/index.js';
 import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';

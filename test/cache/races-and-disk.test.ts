@@ -23,7 +23,8 @@ import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { hintPath } from '../../src/cache/hit-hints.js';
-import { acquireSourceLock, keyHash, lockHolderPid } from '../../src/cache/single-flight.js';
+import { acquireSourceLock, keyHash } from '../../src/cache/single-flight.js';
+import { lockHolderPid } from '../../src/core/file-lock.js';
 import { fetchCached, gcCache, listCache, openCache, sourceKey } from '../../src/index.js';
 import {
   collect,

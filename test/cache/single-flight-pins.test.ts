@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
-import { keyHash, lockHolderPid, sourceFailurePath } from '../../src/cache/single-flight.js';
+import { keyHash, sourceFailurePath } from '../../src/cache/single-flight.js';
 import { cacheKey } from '../../src/cache/source-key.js';
+import { lockHolderPid } from '../../src/core/file-lock.js';
 import {
   collect,
   randomContent,
