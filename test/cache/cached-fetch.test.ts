@@ -1,46 +1,22 @@
 // The node cache end to end: hits by hard link, freshness, presigned URLs, single flight
 // across processes, takeover after a kill, and what happens when the cache is unusable.
 import assert from 'node:assert/strict';
-import {
-  chmodSync,
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readlinkSync,
-  statSync,
-  writeSync,
-} from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, readdirSync, readlinkSync, statSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../support/origin-server.js';
+import { describe, it } from 'node:test';
 import { withBlobInUse } from '../../src/cache/blob-store.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { lockHolderPid } from '../../src/core/file-lock.js';
 import { fetchCached, gcCache, openCache, sourceKey } from '../../src/index.js';
 import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
+import { cacheTestBed } from './cache-fixtures.js';
 
 const SIZE = 6 * 1024 * 1024 + 7;
 const content = randomContent(SIZE);
 const dir = tempDir();
-const servers: OriginServer[] = [];
-async function origin(options: OriginOptions = {}, path = '/model.bin'): Promise<OriginServer> {
-  const server = await new OriginServer(options).listen();
-  server.setFile(path, content.bytes);
-  servers.push(server);
-  return server;
-}
-after(() => Promise.all(servers.map((s) => s.close())));
-
-let counter = 0;
-function freshCache(): string {
-  const cacheDir = join(dir, `cache-${++counter}`);
-  mkdirSync(cacheDir);
-  return cacheDir;
-}
+const { origin, freshCache } = cacheTestBed(content.bytes, dir);
 
 const FAST = { workers: 4, chunkSize: '1MiB', retryBaseDelay: 5 } as const;
 

@@ -3,42 +3,18 @@
 // for another process; an origin that refuses the caller is not answered from the cache;
 // a copy fetched with credentials is not served to a caller without them.
 import assert from 'node:assert/strict';
-import {
-  chmodSync,
-  closeSync,
-  existsSync,
-  mkdirSync,
-  openSync,
-  rmSync,
-  statSync,
-  utimesSync,
-  writeSync,
-} from 'node:fs';
+import { chmodSync, closeSync, existsSync, openSync, rmSync, statSync, utimesSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../support/origin-server.js';
+import { describe, it } from 'node:test';
 import { fetchCached } from '../../src/index.js';
 import { REHASH_NOTICE_BYTES } from '../../src/cache/blob-check.js';
 import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
+import { cacheTestBed } from './cache-fixtures.js';
 
 const SIZE = 3 * 1024 * 1024 + 11;
 const content = randomContent(SIZE);
 const dir = tempDir();
-const servers: OriginServer[] = [];
-async function origin(options: OriginOptions = {}): Promise<OriginServer> {
-  const server = await new OriginServer(options).listen();
-  server.setFile('/model.bin', content.bytes);
-  servers.push(server);
-  return server;
-}
-after(() => Promise.all(servers.map((s) => s.close())));
-
-let counter = 0;
-function freshCache(): string {
-  const cacheDir = join(dir, `cache-${++counter}`);
-  mkdirSync(cacheDir);
-  return cacheDir;
-}
+const { origin, freshCache } = cacheTestBed(content.bytes, dir);
 const FAST = { workers: 2, chunkSize: '1MiB', retryBaseDelay: 5 } as const;
 
 /** Writes `bytes` at `offset` through `path`, as root may even on a read-only file. */

@@ -8,7 +8,6 @@ import type { ChildProcess } from 'node:child_process';
 import {
   closeSync,
   existsSync,
-  mkdirSync,
   openSync,
   readdirSync,
   rmSync,
@@ -19,8 +18,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../support/origin-server.js';
+import { describe, it } from 'node:test';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { hintPath } from '../../src/cache/hit-hints.js';
 import { acquireSourceLock, keyHash } from '../../src/cache/single-flight.js';
@@ -37,25 +35,12 @@ import {
   type RunResult,
 } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
+import { cacheTestBed } from './cache-fixtures.js';
 
 const SIZE = 6 * 1024 * 1024 + 5;
 const content = randomContent(SIZE);
 const dir = tempDir();
-const servers: OriginServer[] = [];
-async function origin(options: OriginOptions = {}): Promise<OriginServer> {
-  const server = await new OriginServer(options).listen();
-  server.setFile('/model.bin', content.bytes);
-  servers.push(server);
-  return server;
-}
-after(() => Promise.all(servers.map((s) => s.close())));
-
-let counter = 0;
-function freshCache(): string {
-  const cacheDir = join(dir, `cache-${++counter}`);
-  mkdirSync(cacheDir);
-  return cacheDir;
-}
+const { origin, freshCache } = cacheTestBed(content.bytes, dir);
 
 /** A `loom fetch` whose stderr can be watched while it runs. */
 function fetchProcess(url: string, out: string, env: NodeJS.ProcessEnv, flags: string[] = []) {

@@ -8,8 +8,7 @@ import type { ChildProcess } from 'node:child_process';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, symlinkSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
-import { OriginServer, type OriginOptions } from '../support/origin-server.js';
+import { describe, it } from 'node:test';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { keyHash, sourceFailurePath } from '../../src/cache/single-flight.js';
 import { cacheKey } from '../../src/cache/source-key.js';
@@ -23,28 +22,15 @@ import {
   waitFor,
   type RunResult,
 } from '../helpers/fixtures.js';
+import { cacheTestBed } from './cache-fixtures.js';
 
 const SIZE = 6 * 1024 * 1024 + 5;
 const content = randomContent(SIZE);
 const WRONG = 'e'.repeat(64);
 const OTHER_WRONG = 'a'.repeat(64);
 const dir = tempDir();
-const servers: OriginServer[] = [];
-async function origin(options: OriginOptions = {}): Promise<OriginServer> {
-  // 1 MiB/s a connection, two connections: the owner takes about three seconds.
-  const server = await new OriginServer({ rateLimitBytesPerSecond: 1024 * 1024, ...options }).listen();
-  server.setFile('/model.bin', content.bytes);
-  servers.push(server);
-  return server;
-}
-after(() => Promise.all(servers.map((s) => s.close())));
-
-let counter = 0;
-function freshCache(): string {
-  const cacheDir = join(dir, `cache-${++counter}`);
-  mkdirSync(cacheDir);
-  return cacheDir;
-}
+// 1 MiB/s a connection, two connections: the owner takes about three seconds.
+const { origin, freshCache } = cacheTestBed(content.bytes, dir, { rateLimitBytesPerSecond: 1024 * 1024 });
 
 interface Fetching {
   child: ChildProcess;
