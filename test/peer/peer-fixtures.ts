@@ -1,16 +1,22 @@
 // Fixtures for the agent's tests: a node cache with complete blobs and downloads in progress
-// (the .part file and its pieces.json, written the way the cache writes them), and raw HTTP
-// requests that keep a path exactly as given.
+// (the .part file and its pieces.json, written the way the cache writes them), raw HTTP
+// requests that keep a path exactly as given, and a fleet's parts for peer tests (control
+// plane, agents, a stand-in lease holder).
+import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
+import { after } from 'node:test';
 import { ensureLayout } from '../../src/cache/blob-store.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { openCache } from '../../src/cache/cache-admin.js';
 import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
 import { buildControlPlane } from '../../src/control-plane/server.js';
+import { sourceBlobId } from '../../src/cache/source-id.js';
+import { sourceKey } from '../../src/cache/source-key.js';
 import { Agent } from '../../src/peer/agent.js';
+import { OriginServer } from '../support/origin-server.js';
 import { sha256Of, tempDir, waitFor } from '../helpers/fixtures.js';
 
 export async function makeCache(): Promise<string> {
@@ -108,6 +114,105 @@ export function errorOf(answer: RawAnswer): { code?: string; message: string } {
 /** Things a peer test starts and must stop, in reverse order (agents before their caches). */
 export type Closers = Array<() => Promise<unknown> | unknown>;
 
+/** A test file's closers, run in reverse order once all its tests are done. */
+export function closersRunAfterAll(): Closers {
+  const closers: Closers = [];
+  after(async () => {
+    for (const close of closers.reverse()) await close();
+  });
+  return closers;
+}
+
+/** One JSON request to the control plane; anything but a 2xx fails the test, naming the call. */
+export async function controlPlaneRequest(cp: string, method: string, path: string, body: unknown): Promise<Response> {
+  const res = await fetch(`${cp}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify(body),
+  });
+  assert.ok(res.ok, `${method} ${path}: ${res.status}`);
+  return res;
+}
+
+/** Waits until `node` has announced at least one verified piece of `blobId` to the control plane. */
+export async function waitForFirstPiece(cp: string, blobId: string, node: string, timeoutMs: number): Promise<void> {
+  await waitFor(
+    `the ${node} announcing its first piece`,
+    async () => {
+      const res = await fetch(`${cp}/v1/blobs/${blobId}/peers`);
+      const peers = ((await res.json()) as { peers?: Array<{ id: string; pieces: number[] | null }> }).peers ?? [];
+      return peers.some((p) => p.id === node && (p.pieces?.length ?? 0) > 0);
+    },
+    timeoutMs,
+  );
+}
+
+export interface StandInLeaseHolder {
+  /** The source's blob id, under which the lease is held and the pieces are served. */
+  blobId: string;
+  /** The lease's token. */
+  token: string;
+  /** Every piece's sha256, published or not. */
+  pieces: string[];
+  /** Serves the whole blob at /v1/blobs/:blobId. */
+  server: OriginServer;
+  /** Lets the lease lapse (the holder died), or ends the renewals once a test is done. */
+  stopRenewing(): void;
+  /** Publishes the blob as the holder does once done: its manifest (`pieces`, by default the
+   *  true ones) and the source's mapping to `digest`. */
+  publish(digest: string, pieces?: string[]): Promise<void>;
+}
+
+/**
+ * A node fetching `url` from the origin for the fleet, played by the test: it takes the
+ * source's lease, renews it every 300 ms, publishes the digests of the first `publishedPieces`
+ * pieces (all by default), serves the whole blob, and announces itself as a partial holder of
+ * `announced` pieces.
+ */
+export async function standInLeaseHolder(options: {
+  cp: string;
+  url: string;
+  content: Buffer;
+  pieceSize: number;
+  closers: Closers;
+  node?: string;
+  publishedPieces?: number;
+  announced: number[];
+}): Promise<StandInLeaseHolder> {
+  const { cp, url, content, pieceSize, closers, node = 'holder', announced } = options;
+  const key = sourceKey(url);
+  const blobId = sourceBlobId(key);
+  const lease = (await (await controlPlaneRequest(cp, 'POST', `/v1/blobs/${blobId}/leases`, { node })).json()) as {
+    token: string;
+  };
+  const renew = setInterval(() => void fetch(`${cp}/v1/blobs/${blobId}/leases/${lease.token}`, { method: 'PUT' }), 300);
+  const stopRenewing = (): void => clearInterval(renew);
+  closers.push(stopRenewing);
+  const pieces: string[] = [];
+  for (let at = 0; at < content.length; at += pieceSize) pieces.push(sha256Of(content.subarray(at, at + pieceSize)));
+  await controlPlaneRequest(cp, 'PUT', `/v1/sources/${blobId}/pieces`, {
+    lease: lease.token,
+    size: content.length,
+    pieceSize,
+    pieces: pieces.slice(0, options.publishedPieces ?? pieces.length),
+  });
+  const server = await new OriginServer().listen();
+  closers.push(() => server.close());
+  server.setFile(`/v1/blobs/${blobId}`, content);
+  await controlPlaneRequest(cp, 'PUT', `/v1/nodes/${node}`, { url: server.origin, freeUploadSlots: 4 });
+  await controlPlaneRequest(cp, 'PUT', `/v1/blobs/${blobId}/replicas/${node}`, { complete: false, pieces: announced });
+  const publish = async (digest: string, published = pieces): Promise<void> => {
+    await controlPlaneRequest(cp, 'PUT', `/v1/blobs/${digest}`, {
+      size: content.length,
+      pieceSize,
+      pieces: published,
+      verifiedAgainst: 'first-origin-fetch',
+    });
+    await controlPlaneRequest(cp, 'PUT', '/v1/sources', { key, digest, lease: lease.token });
+  };
+  return { blobId, token: lease.token, pieces, server, stopRenewing, publish };
+}
+
 /** A control plane on SQLite in memory, leases of 2 s; stopped by `closers` (or `close`). */
 export async function startTestControlPlane(closers: Closers): Promise<{ url: string; close: () => Promise<void> }> {
   const store = new SqliteStore(':memory:');
@@ -137,4 +242,35 @@ export async function startTestAgent(closers: Closers, cp: string, id: string, c
   closers.push(() => agent.stop(0));
   await waitFor(`${id} registered`, () => agent.isRegistered);
   return agent;
+}
+
+export interface FollowerScene {
+  /** Serves the blob at /models/m.bin (`url`); counts what a follower took from it. */
+  origin: OriginServer;
+  url: string;
+  cp: string;
+  holder: StandInLeaseHolder;
+}
+
+/**
+ * A follower's fleet: an origin serving `content`, a control plane, the agent of node
+ * `follower` (its cache in `dir`/follower) and a stand-in lease holder fetching the blob.
+ */
+export async function startFollowerScene(options: {
+  closers: Closers;
+  dir: string;
+  content: Buffer;
+  pieceSize: number;
+  publishedPieces?: number;
+  announced: number[];
+}): Promise<FollowerScene> {
+  const { closers, dir, content } = options;
+  const origin = await new OriginServer().listen();
+  closers.push(() => origin.close());
+  origin.setFile('/models/m.bin', content);
+  const url = origin.url('/models/m.bin');
+  const cp = (await startTestControlPlane(closers)).url;
+  await startTestAgent(closers, cp, 'follower', join(dir, 'follower'));
+  const holder = await standInLeaseHolder({ ...options, cp, url });
+  return { origin, url, cp, holder };
 }

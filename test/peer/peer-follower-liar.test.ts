@@ -10,36 +10,30 @@
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';
 import { LoomError } from '../../src/core/errors.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
-import { randomContent, sha256Of, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
-import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
+import {
+  closersRunAfterAll,
+  controlPlaneRequest as send,
+  standInLeaseHolder,
+  startTestAgent,
+  startTestControlPlane,
+  waitForFirstPiece,
+} from './peer-fixtures.js';
 
 const MiB = 1024 * 1024;
 const PIECE = 16 * MiB;
 // Five pieces, past the 64 MiB from which the engine hashes on a worker thread (the fleet's case).
 const SIZE = 4 * PIECE + 54321;
 const content = randomContent(SIZE);
-const closers: Array<() => Promise<unknown> | unknown> = [];
-after(async () => {
-  for (const close of closers.reverse()) await close();
-});
+const closers = closersRunAfterAll();
 const dir = tempDir('loom-follower-liar-');
-
-async function send(cp: string, method: string, path: string, body: unknown): Promise<Response> {
-  const res = await fetch(`${cp}${path}`, {
-    method,
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  assert.ok(res.ok, `${method} ${path}: ${res.status}`);
-  return res;
-}
 
 function fetchAs(cp: string, id: string, url: string, onStatus?: (m: string) => void) {
   return fetchCached(url, join(dir, `${id}.bin`), {
@@ -72,15 +66,7 @@ describe('a follower served a bad piece by a peer while the leader is still fetc
 
       const leader = fetchAs(cp, 'leader', url);
       leader.catch(() => undefined);
-      await waitFor(
-        'the leader announcing its first piece',
-        async () => {
-          const res = await fetch(`${cp}/v1/blobs/${blobId}/peers`);
-          const peers = ((await res.json()) as { peers?: Array<{ id: string; pieces: number[] | null }> }).peers ?? [];
-          return peers.some((p) => p.id === 'leader' && (p.pieces?.length ?? 0) > 0);
-        },
-        60_000,
-      );
+      await waitForFirstPiece(cp, blobId, 'leader', 60_000);
 
       // The liar: a fake agent holding every piece under the source id, piece 1 with a flipped byte.
       const bad = Buffer.from(content.bytes);
@@ -134,30 +120,18 @@ describe('a follower served a bad piece by a peer while the leader is still fetc
       closers.push(() => origin.close());
       origin.setFile('/models/lying.bin', content.bytes);
       const url = origin.url('/models/lying.bin');
-      const blobId = sourceBlobId(sourceKey(url));
       const cp = (await startTestControlPlane(closers)).url;
       // A fake leader: it holds the lease, publishes the true piece digests and serves the true
       // bytes as a partial holder...
-      const lease = (await (await send(cp, 'POST', `/v1/blobs/${blobId}/leases`, { node: 'fakeleader' })).json()) as {
-        token: string;
-      };
-      const renew = setInterval(
-        () => void fetch(`${cp}/v1/blobs/${blobId}/leases/${lease.token}`, { method: 'PUT' }),
-        300,
-      );
-      closers.push(() => clearInterval(renew));
-      const pieces = [0, 1, 2, 3, 4].map((i) => sha256Of(content.bytes.subarray(i * PIECE, (i + 1) * PIECE)));
-      await send(cp, 'PUT', `/v1/sources/${blobId}/pieces`, {
-        lease: lease.token,
-        size: SIZE,
+      const fake = await standInLeaseHolder({
+        cp,
+        url,
+        content: content.bytes,
         pieceSize: PIECE,
-        pieces,
+        closers,
+        node: 'fakeleader',
+        announced: [0, 1, 2, 3, 4],
       });
-      const fake = await new OriginServer().listen();
-      closers.push(() => fake.close());
-      fake.setFile(`/v1/blobs/${blobId}`, content.bytes);
-      await send(cp, 'PUT', '/v1/nodes/fakeleader', { url: fake.origin, freeUploadSlots: 4 });
-      await send(cp, 'PUT', `/v1/blobs/${blobId}/replicas/fakeleader`, { complete: false, pieces: [0, 1, 2, 3, 4] });
 
       // ...and once the follower follows it, maps the source to the true digest with a manifest
       // whose piece 2 is another one.
@@ -168,14 +142,8 @@ describe('a follower served a bad piece by a peer while the leader is still fetc
       });
       run.catch(() => undefined);
       await following;
-      const lie = [...pieces.slice(0, 2), 'e'.repeat(64), ...pieces.slice(3)];
-      await send(cp, 'PUT', `/v1/blobs/${content.sha256}`, {
-        size: SIZE,
-        pieceSize: PIECE,
-        pieces: lie,
-        verifiedAgainst: 'first-origin-fetch',
-      });
-      await send(cp, 'PUT', '/v1/sources', { key: sourceKey(url), digest: content.sha256, lease: lease.token });
+      const lie = [...fake.pieces.slice(0, 2), 'e'.repeat(64), ...fake.pieces.slice(3)];
+      await fake.publish(content.sha256, lie);
 
       await assert.rejects(run, (err: unknown) => {
         assert.ok(err instanceof LoomError, String(err));
@@ -183,7 +151,7 @@ describe('a follower served a bad piece by a peer while the leader is still fetc
         assert.match(err.message, /disagrees with the piece digests its lease holder published: piece 2 /);
         return true;
       });
-      clearInterval(renew);
+      fake.stopRenewing();
       assert.equal(existsSync(join(dir, 'follower2.bin')), false);
       const cache = join(dir, 'follower2');
       const kept = readdirSync(cache, { recursive: true, withFileTypes: true }).filter(

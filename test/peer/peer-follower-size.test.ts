@@ -6,77 +6,38 @@
 // ('the node fetching this blob from the origin published pieces of N bytes...').
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
-import { sourceBlobId } from '../../src/cache/source-id.js';
-import { sourceKey } from '../../src/cache/source-key.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
-import { randomContent, sha256Of, sha256OfFile, tempDir } from '../helpers/fixtures.js';
-import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
+import { closersRunAfterAll, controlPlaneRequest as send, startFollowerScene } from './peer-fixtures.js';
 
 const MiB = 1024 * 1024;
 const PIECE = 16 * MiB;
 const SIZE = 2 * PIECE + 4321;
 const content = randomContent(SIZE);
-const closers: Array<() => Promise<unknown> | unknown> = [];
-after(async () => {
-  for (const close of closers.reverse()) await close();
-});
+const closers = closersRunAfterAll();
 const dir = tempDir('loom-follower-size-');
-
-async function send(cp: string, method: string, path: string, body: unknown): Promise<Response> {
-  const res = await fetch(`${cp}${path}`, {
-    method,
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  assert.ok(res.ok, `${method} ${path}: ${res.status}`);
-  return res;
-}
 
 describe('a --no-origin follower whose first peer lies about the size', () => {
   it('passes the liar over and takes the exact bytes from the honest lease holder', { timeout: 60_000 }, async () => {
-    const origin = await new OriginServer().listen();
-    closers.push(() => origin.close());
-    origin.setFile('/models/m.bin', content.bytes);
-    const url = origin.url('/models/m.bin');
-    const blobId = sourceBlobId(sourceKey(url));
-    const cp = (await startTestControlPlane(closers)).url;
-    await startTestAgent(closers, cp, 'follower', join(dir, 'follower'));
-
     // The lease holder (a stand-in agent): the lease, every piece's digest, every piece served.
-    const lease = (await (await send(cp, 'POST', `/v1/blobs/${blobId}/leases`, { node: 'holder' })).json()) as {
-      token: string;
-    };
-    const renew = setInterval(
-      () => void fetch(`${cp}/v1/blobs/${blobId}/leases/${lease.token}`, { method: 'PUT' }),
-      300,
-    );
-    closers.push(() => clearInterval(renew));
-    const pieces = [0, 1, 2].map((i) => sha256Of(content.bytes.subarray(i * PIECE, (i + 1) * PIECE)));
-    await send(cp, 'PUT', `/v1/sources/${blobId}/pieces`, { lease: lease.token, size: SIZE, pieceSize: PIECE, pieces });
-    const holder = await new OriginServer().listen();
-    closers.push(() => holder.close());
-    holder.setFile(`/v1/blobs/${blobId}`, content.bytes);
+    const { origin, url, cp, holder } = await startFollowerScene({
+      closers,
+      dir,
+      content: content.bytes,
+      pieceSize: PIECE,
+      announced: [0, 1, 2],
+    });
+    const { blobId } = holder;
     // The liar: "complete" (ranked first), with the same bytes and one more MiB.
     const liar = await new OriginServer().listen();
     closers.push(() => liar.close());
     liar.setFile(`/v1/blobs/${blobId}`, Buffer.concat([content.bytes, Buffer.alloc(MiB, 7)]));
-    await send(cp, 'PUT', '/v1/nodes/holder', { url: holder.origin, freeUploadSlots: 4 });
-    await send(cp, 'PUT', `/v1/blobs/${blobId}/replicas/holder`, { complete: false, pieces: [0, 1, 2] });
     await send(cp, 'PUT', '/v1/nodes/liar', { url: liar.origin, freeUploadSlots: 64 });
     await send(cp, 'PUT', `/v1/blobs/${blobId}/replicas/liar`, { complete: true });
 
-    const publish = async (): Promise<void> => {
-      await send(cp, 'PUT', `/v1/blobs/${content.sha256}`, {
-        size: SIZE,
-        pieceSize: PIECE,
-        pieces,
-        verifiedAgainst: 'first-origin-fetch',
-      });
-      await send(cp, 'PUT', '/v1/sources', { key: sourceKey(url), digest: content.sha256, lease: lease.token });
-    };
     const statuses: string[] = [];
     const result = await fetchCached(url, join(dir, 'follower.bin'), {
       cacheDir: join(dir, 'follower'),
@@ -90,13 +51,13 @@ describe('a --no-origin follower whose first peer lies about the size', () => {
         onStatus: (m) => {
           statuses.push(m);
           // Following it: the holder finishes and publishes the blob (the follower's final check).
-          if (m.startsWith('another node is fetching it')) void publish();
+          if (m.startsWith('another node is fetching it')) void holder.publish(content.sha256);
         },
       }),
       retryBaseDelay: 5,
       retryMaxDelay: 50,
     });
-    clearInterval(renew);
+    holder.stopRenewing();
     assert.equal(result.sha256, content.sha256, statuses.join('\n'));
     assert.equal(await sha256OfFile(join(dir, 'follower.bin')), content.sha256);
     assert.equal(origin.bytesServed, 0, 'no byte from the origin');

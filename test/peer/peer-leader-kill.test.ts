@@ -14,7 +14,7 @@ import { sourceKey } from '../../src/cache/source-key.js';
 import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { collect, randomContent, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
-import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+import { startTestAgent, startTestControlPlane, waitForFirstPiece } from './peer-fixtures.js';
 
 const SIZE = 40 * 1024 * 1024 + 777; // three pieces
 const content = randomContent(SIZE);
@@ -91,15 +91,7 @@ async function leaderKilled(wholeNode: boolean): Promise<void> {
   killed.push(leader);
   // The others join once the leader has announced its first verified piece: they follow it.
   const blobId = sourceBlobId(sourceKey(url));
-  await waitFor(
-    'the leader announcing its first piece',
-    async () => {
-      const res = await fetch(`${cp}/v1/blobs/${blobId}/peers`);
-      const peers = ((await res.json()) as { peers?: Array<{ id: string; pieces: number[] | null }> }).peers ?? [];
-      return peers.some((p) => p.id === 'leader' && (p.pieces?.length ?? 0) > 0);
-    },
-    30_000,
-  );
+  await waitForFirstPiece(cp, blobId, 'leader', 30_000);
 
   const statuses: string[] = [];
   const followers = followerIds.map((id) => {

@@ -5,61 +5,31 @@
 // under the source id, where it holds nothing: the reports counted against no replica.
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
-import { sourceBlobId } from '../../src/cache/source-id.js';
-import { sourceKey } from '../../src/cache/source-key.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
-import { randomContent, sha256Of, sha256OfFile, tempDir } from '../helpers/fixtures.js';
-import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
+import { closersRunAfterAll, controlPlaneRequest as send, startFollowerScene } from './peer-fixtures.js';
 
 const MiB = 1024 * 1024;
 const PIECE = 16 * MiB;
 const SIZE = 2 * PIECE + 4321;
 const content = randomContent(SIZE);
-const closers: Array<() => Promise<unknown> | unknown> = [];
-after(async () => {
-  for (const close of closers.reverse()) await close();
-});
+const closers = closersRunAfterAll();
 const dir = tempDir('loom-report-name-');
-
-async function send(cp: string, method: string, path: string, body: unknown): Promise<Response> {
-  const res = await fetch(`${cp}${path}`, {
-    method,
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify(body),
-  });
-  assert.ok(res.ok, `${method} ${path}: ${res.status}`);
-  return res;
-}
 
 describe('a follower served a bad piece by a complete holder of the published digest', () => {
   it('reports it under that digest, and ends with the exact bytes', { timeout: 90_000 }, async () => {
-    const origin = await new OriginServer().listen();
-    closers.push(() => origin.close());
-    origin.setFile('/models/m.bin', content.bytes);
-    const url = origin.url('/models/m.bin');
-    const blobId = sourceBlobId(sourceKey(url));
-    const cp = (await startTestControlPlane(closers)).url;
-    await startTestAgent(closers, cp, 'follower', join(dir, 'follower'));
-
     // The lease holder (a stand-in): every piece's digest published, piece 0 announced.
-    const lease = (await (await send(cp, 'POST', `/v1/blobs/${blobId}/leases`, { node: 'holder' })).json()) as {
-      token: string;
-    };
-    const renew = setInterval(
-      () => void fetch(`${cp}/v1/blobs/${blobId}/leases/${lease.token}`, { method: 'PUT' }),
-      300,
-    );
-    closers.push(() => clearInterval(renew));
-    const pieces = [0, 1, 2].map((i) => sha256Of(content.bytes.subarray(i * PIECE, (i + 1) * PIECE)));
-    await send(cp, 'PUT', `/v1/sources/${blobId}/pieces`, { lease: lease.token, size: SIZE, pieceSize: PIECE, pieces });
-    const holder = await new OriginServer().listen();
-    closers.push(() => holder.close());
-    holder.setFile(`/v1/blobs/${blobId}`, content.bytes);
-    await send(cp, 'PUT', '/v1/nodes/holder', { url: holder.origin, freeUploadSlots: 4 });
-    await send(cp, 'PUT', `/v1/blobs/${blobId}/replicas/holder`, { complete: false, pieces: [0] });
+    const { url, cp, holder } = await startFollowerScene({
+      closers,
+      dir,
+      content: content.bytes,
+      pieceSize: PIECE,
+      announced: [0],
+    });
+    const { blobId } = holder;
     const bad = Buffer.from(content.bytes);
     bad[PIECE + 99] ^= 0xff;
     const liar = await new OriginServer().listen();
@@ -69,13 +39,7 @@ describe('a follower served a bad piece by a complete holder of the published di
     // Once followed: the blob is published (manifest and source mapping), and the liar claims
     // it whole under its digest. Once the liar is dropped, the holder announces the rest.
     const published = async (): Promise<void> => {
-      await send(cp, 'PUT', `/v1/blobs/${content.sha256}`, {
-        size: SIZE,
-        pieceSize: PIECE,
-        pieces,
-        verifiedAgainst: 'first-origin-fetch',
-      });
-      await send(cp, 'PUT', '/v1/sources', { key: sourceKey(url), digest: content.sha256, lease: lease.token });
+      await holder.publish(content.sha256);
       await send(cp, 'PUT', '/v1/nodes/liar', { url: liar.origin, freeUploadSlots: 4 });
       await send(cp, 'PUT', `/v1/blobs/${content.sha256}/replicas/liar`, { complete: true });
     };
@@ -98,7 +62,7 @@ describe('a follower served a bad piece by a complete holder of the published di
       retryBaseDelay: 5,
       retryMaxDelay: 50,
     });
-    clearInterval(renew);
+    holder.stopRenewing();
     assert.equal(result.sha256, content.sha256, statuses.join('\n'));
     assert.equal(await sha256OfFile(join(dir, 'follower.bin')), content.sha256);
     assert.ok(
