@@ -213,8 +213,10 @@ export class AgentServer {
 
   /** Opens the complete blob, else the partial download; undefined when the cache has neither. */
   private async openBlob(digest: string): Promise<OpenBlob | undefined> {
-    // Twice at most: a download that finishes between reading its pieces file and opening its
-    // .part file has just become a complete blob.
+    // Twice at most: a download that finishes (its .part moved under its digest, then its
+    // pieces file removed) after the look for the complete blob, before its pieces file is
+    // read or its .part opened, has just become a complete blob: looked for again. Answering
+    // 404 there dropped a peer listed with every piece (a fleet cold start, a loaded machine).
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         const handle = await fsp.open(blobPath(this.layout, digest), 'r');
@@ -229,7 +231,7 @@ export class AgentServer {
         if (!isMissing(err)) throw err;
       }
       const partial = await this.partials.read(digest);
-      if (!partial) return undefined;
+      if (!partial) continue;
       try {
         const handle = await fsp.open(partial.partPath, 'r');
         return { handle, size: partial.size, partial };

@@ -557,6 +557,23 @@ export class Swarm {
     // A lease that can be had again means its holder stopped renewing it without publishing:
     // it died. This node takes over and fetches what no live peer holds from the origin.
     const lease = await this.control.lease(this.plan.id, this.options.nodeId);
+    if (lease?.granted && this.plan.manifest) {
+      // A node that knows the manifest (swarm) kept off the origin only while another node
+      // fetched the blob from it under the lease. A free lease means nobody does any more (the
+      // holder finished, or died): the origin may serve what no live peer holds, each piece
+      // checked against the manifest. Waiting on instead left a node whose peers were all
+      // dropped (one answered 404 for pieces it was listed with: its node restarted, or its
+      // download moved on) with no source at all until it failed: the published digest said
+      // "finished", and a dropped slot is never asked again. A peer that holds a piece still
+      // serves it (originHas): a finished holder keeps the origin's egress at nothing here.
+      await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
+      this.originAllowed = true;
+      if (this.originSlot && !this.originAdded) {
+        this.originAdded = true;
+        this.addSlot?.(this.originSlot);
+      }
+      return;
+    }
     if (lease?.granted) {
       // The holder may have published and released it between the two questions: finished,
       // not dead. Then the blob is taken from it (next refresh), never from the origin.

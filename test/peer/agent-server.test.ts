@@ -3,11 +3,11 @@
 // token auth, the upload limit, in-use protection from gc, and the metrics it counts.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { rmSync, writeFileSync } from 'node:fs';
+import { renameSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { cacheLayout } from '../../src/cache/cache-root.js';
+import { blobPath, cacheLayout } from '../../src/cache/cache-root.js';
 import { gcCache, openCache, removeFromCache } from '../../src/cache/cache-admin.js';
 import { AgentServer, parseRange } from '../../src/peer/agent-server.js';
 import { sha256Of, tempDir, waitFor } from '../helpers/fixtures.js';
@@ -465,5 +465,36 @@ describe('agent server: limits, auth, in-use and metrics', () => {
     const { base } = await start(root);
     assert.equal((await rawRequest(base, `/v1/blobs/${digest}`)).status, 404);
     assert.equal((await rawRequest(base, `/v1/blobs/${encodeURIComponent(join(outside, digest))}`)).status, 400);
+  });
+});
+
+describe('agent server: a download finishing while it is asked', () => {
+  // The downloader moves the .part under its digest, then removes the pieces file. A request
+  // that looked for the complete blob just before the move and for the pieces file just after
+  // the removal answered 404 for a blob it holds whole: a peer listed with every piece was
+  // dropped for it (the demo's three fresh nodes: "dropped: node-c (LOOM_ERR_HTTP_STATUS)").
+  it('never answers 404 for a range of a blob whose every piece is verified, as the blob is adopted', async () => {
+    const root = await makeCache();
+    const { base } = await start(root);
+    const layout = cacheLayout(root);
+    const piece = 16 * 1024;
+    const refused: string[] = [];
+    for (let round = 0; round < 150 && refused.length === 0; round++) {
+      const bytes = randomBytes(piece * 4);
+      const partial = putPartial(root, bytes, piece, [0, 1, 2, 3]);
+      const url = `${base}/v1/blobs/${partial.digest}`;
+      const asked = Array.from({ length: 12 }, (_, i) =>
+        get(url, { range: `bytes=${(i % 4) * piece}-${(i % 4) * piece + 999}` }),
+      );
+      // The finishing download: adoptBlob, then the pieces record removed (planned-download.ts).
+      await new Promise((resolve) => setTimeout(resolve, round % 3));
+      renameSync(join(layout.tmp, `${partial.digest}.part`), blobPath(layout, partial.digest));
+      rmSync(join(layout.tmp, `${partial.digest}.pieces.json`));
+      for (const [i, answer] of (await Promise.all(asked)).entries()) {
+        if (answer.status !== 206) refused.push(`round ${round}: HTTP ${answer.status} ${answer.body.toString()}`);
+        else assert.deepEqual(answer.body, bytes.subarray((i % 4) * piece, (i % 4) * piece + 1000));
+      }
+    }
+    assert.deepEqual(refused, []);
   });
 });
