@@ -95,7 +95,11 @@ export class PeerPlanner implements DownloadPlanner {
     };
     if (plan.role === 'origin') {
       await swarm.close();
-      if (!useOrigin) {
+      if (useOrigin) {
+        // Said once, so a mistyped --control-plane does not silently turn every node's fetch
+        // into a whole origin download.
+        options.onStatus?.('the control plane did not answer as one: fetching from the origin alone, without peers');
+      } else {
         throw new NoSourceError(`no peer holds ${args.url} and --no-origin forbids the origin`, {
           url: args.url,
           hint: 'fetch it on one node without --no-origin first, or check that its agent is running',

@@ -35,7 +35,11 @@ export class ClientSwarmControl implements SwarmControl {
     const answer = await this.client.send('GET', `/v1/blobs/${id}/peers?${params}`);
     if (answer.status === undefined || answer.status >= 500) return undefined;
     if (!answer.ok) return [];
-    return ((answer.body as { peers?: PeerHolder[] }).peers ?? []).map((p) => ({
+    // A 2xx without a holder list is not a control plane (a wrong URL: an agent, a web
+    // server): treated as none, so the fetch goes on from the origin instead of waiting.
+    const peers = (answer.body as { peers?: unknown } | undefined)?.peers;
+    if (!Array.isArray(peers)) return undefined;
+    return (peers as PeerHolder[]).map((p) => ({
       id: p.id,
       url: p.url,
       complete: p.complete,
@@ -46,7 +50,10 @@ export class ClientSwarmControl implements SwarmControl {
   async lease(id: string, node: string): Promise<LeaseAnswer | undefined> {
     const answer = await this.client.send('POST', `/v1/blobs/${id}/leases`, { node });
     if (!answer.ok) return undefined;
-    const body = answer.body as { granted?: boolean; token?: string; expiresAt?: number; ttlSeconds?: number };
+    const body = answer.body as
+      { granted?: boolean; token?: string; expiresAt?: number; ttlSeconds?: number } | undefined;
+    // Not a lease answer: not a control plane (see holders()).
+    if (typeof body?.granted !== 'boolean') return undefined;
     if (body.granted === true && typeof body.token === 'string') {
       const ttlMs = typeof body.ttlSeconds === 'number' && body.ttlSeconds > 0 ? body.ttlSeconds * 1000 : 5_000;
       return { granted: true, token: body.token, expiresAt: body.expiresAt ?? 0, ttlMs };
