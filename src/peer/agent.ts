@@ -12,7 +12,6 @@
 import { randomUUID } from 'node:crypto';
 import { watch, promises as fsp, type FSWatcher } from 'node:fs';
 import { hostname } from 'node:os';
-import { UsageError } from '../core/errors.js';
 import {
   ControlPlaneClient,
   heartbeatInterval,
@@ -22,13 +21,12 @@ import {
 } from '../control-plane/client.js';
 import { AGENT_SERVER_DEFAULTS, AgentServer } from './agent-server.js';
 import { readCachedManifest } from './cached-manifest.js';
+import { checkHttpUrl, checkNodeId, checkZone } from './node-identity.js';
 import { PartialBlobReader } from './partial-blobs.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export const AGENT_DEFAULTS = DEFAULTS.agent;
 
-const NODE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-const ZONE = /^[A-Za-z0-9._-]{1,64}$/;
 const DIGEST = /^[0-9a-f]{64}$/;
 
 export interface AgentOptions {
@@ -79,18 +77,6 @@ export function advertiseUrl(
   };
 }
 
-function checkHttpUrl(value: string, flag: string): string {
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new UsageError(`${flag} "${value}" is not a URL`, { hint: 'e.g. http://10.0.0.5:7071' });
-  }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:')
-    throw new UsageError(`${flag} "${value}" must be an http or https URL`);
-  return value.replace(/\/+$/, '');
-}
-
 export class Agent {
   /** Boot id: new at every start, so the control plane drops what an earlier run announced. */
   readonly epoch = randomUUID();
@@ -124,13 +110,8 @@ export class Agent {
   private syncQueued: Promise<void> | undefined;
 
   private constructor(private readonly options: AgentOptions) {
-    if (!NODE_ID.test(options.nodeId))
-      throw new UsageError(`node id "${options.nodeId}" is not valid`, {
-        hint: 'use 1-128 letters, digits and . _ : - (--node-id, LOOM_NODE_ID)',
-      });
-    if (options.zone !== undefined && !ZONE.test(options.zone))
-      throw new UsageError(`zone "${options.zone}" may contain only letters, digits and . _ - (64 at most)`);
-    this.nodeId = options.nodeId;
+    this.nodeId = checkNodeId(options.nodeId);
+    checkZone(options.zone);
     this.client = new ControlPlaneClient({
       baseUrl: checkHttpUrl(options.controlPlane, '--control-plane'),
       token: options.token,

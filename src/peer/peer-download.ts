@@ -11,6 +11,7 @@ import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
 import { ORIGIN_SLOT_ID, Swarm } from './swarm.js';
 import { ClientSwarmControl } from './swarm-control.js';
+import { checkHttpUrl, checkNodeId, checkZone } from './node-identity.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export interface PeerFetchOptions {
@@ -54,9 +55,11 @@ export class PeerPlanner implements DownloadPlanner {
   private readonly nodeId: string;
 
   constructor(private readonly options: PeerFetchOptions) {
-    this.nodeId = options.nodeId ?? defaultNodeId();
+    this.nodeId = checkNodeId(options.nodeId ?? defaultNodeId());
+    checkZone(options.zone);
+    const baseUrl = checkHttpUrl(options.controlPlane, '--control-plane');
     this.control = new ClientSwarmControl(
-      new ControlPlaneClient({ baseUrl: options.controlPlane, token: options.token, nodeId: this.nodeId }),
+      new ControlPlaneClient({ baseUrl, token: options.token, nodeId: this.nodeId }),
       this.nodeId,
     );
   }

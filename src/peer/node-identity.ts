@@ -1,0 +1,34 @@
+// What names a node to its fleet, checked the same way by the agent and by a fetch that
+// takes part in the fleet: its id, its zone and the control plane's URL. A bad one is a usage
+// error at once, not a fetch that silently skips its peers.
+import { UsageError } from '../core/errors.js';
+
+const NODE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const ZONE = /^[A-Za-z0-9._-]{1,64}$/;
+
+export function checkNodeId(nodeId: string): string {
+  if (!NODE_ID.test(nodeId))
+    throw new UsageError(`node id "${nodeId}" is not valid`, {
+      hint: 'use 1-128 letters, digits and . _ : - (--node-id, LOOM_NODE_ID)',
+    });
+  return nodeId;
+}
+
+export function checkZone(zone: string | undefined): string | undefined {
+  if (zone !== undefined && !ZONE.test(zone))
+    throw new UsageError(`zone "${zone}" may contain only letters, digits and . _ - (64 at most)`);
+  return zone;
+}
+
+/** An http(s) URL given to `flag`, without trailing slashes. */
+export function checkHttpUrl(value: string, flag: string): string {
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new UsageError(`${flag} "${value}" is not a URL`, { hint: 'e.g. http://10.0.0.5:7071' });
+  }
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new UsageError(`${flag} "${value}" must be an http or https URL`);
+  return value.replace(/\/+$/, '');
+}
