@@ -92,8 +92,11 @@ export function controlPlaneCommand(): Command {
         const duration = (value: string | undefined, flag: string): number | undefined => {
           if (value === undefined) return undefined;
           const ms = parseDuration(value, flag);
-          // A lifetime of 0 would expire everything as it is written.
+          // A lifetime of 0 would expire everything as it is written; one under a second
+          // expires a node before its next heartbeat (sent at a third of --node-ttl) arrives.
           if (ms < 1) throw new UsageError(`${flag} "${value}" must be longer than 0`);
+          if (ms < MIN_LIFETIME_MS)
+            throw new UsageError(`${flag} "${value}" is too short to work`, { hint: 'give 1s or more' });
           return ms;
         };
         // Every flag is read before the store opens: a store left open (its checkpoint
@@ -149,6 +152,9 @@ export function controlPlaneCommand(): Command {
       }
     });
 }
+
+/** The shortest lifetime a flag may give: heartbeats and renewals cross a network in it. */
+const MIN_LIFETIME_MS = 1_000;
 
 /** What the banner says the credentials protect, exactly. */
 function accessLine(flags: ControlPlaneFlags, token: string | undefined, clusterSecret: string | undefined): string {

@@ -208,6 +208,18 @@ describe('server commands that cannot start', () => {
       assert.equal(run.code, 2, run.stderr);
       assert.match(run.stderr, /^loom: error: --partial-ttl "0" must be longer than 0/);
       assert.deepEqual(readdirSync(cacheDir), [], 'no store file was made');
+      // A node would expire before its next heartbeat.
+      const short = await runLoom([
+        'control-plane',
+        '--node-ttl',
+        '1ms',
+        '--listen',
+        '127.0.0.1:0',
+        '--cache-dir',
+        cacheDir,
+      ]);
+      assert.equal(short.code, 2, short.stderr);
+      assert.match(short.stderr, /^loom: error: --node-ttl "1ms" is too short to work; give 1s or more/);
     },
   );
 });
