@@ -232,7 +232,7 @@ export async function fetchCached(
           signal,
         });
       };
-      const plan = planner ? await planner.plan({ url, origin: source, pinned: expected }) : undefined;
+      const plan = planner ? await planner.plan({ url, origin: source, pinned: expected, signal }) : undefined;
       if (plan) {
         const { downloadWithPlan } = await import('./planned-download.js');
         try {
@@ -243,7 +243,7 @@ export async function fetchCached(
           if (!plan.replanOnFailure || signal.aborted || (err as LoomError).code === 'LOOM_ERR_DIGEST_MISMATCH')
             throw err;
           status(`${(err as Error).message}; asking the fleet again`);
-          const again = await planner!.plan({ url, origin: source, pinned: expected });
+          const again = await planner!.plan({ url, origin: source, pinned: expected, signal });
           download = again
             ? await downloadWithPlan(cache.layout, again, { ...resolved, computeSha256: true, signal })
             : await fromOrigin();

@@ -14,8 +14,14 @@ export interface DownloadPlanner {
   /**
    * Inside this node's lock, before downloading: where the bytes come from. `pinned` is a
    * digest the caller vouches for. Undefined: download from the origin alone, as without one.
+   * `signal` stops the planning (waiting for another node's first piece) as it stops a download.
    */
-  plan(args: { url: string; origin: Source; pinned: string | undefined }): Promise<PlannedDownload | undefined>;
+  plan(args: {
+    url: string;
+    origin: Source;
+    pinned: string | undefined;
+    signal?: AbortSignal;
+  }): Promise<PlannedDownload | undefined>;
 }
 
 export interface PlannedDownload {

@@ -9,7 +9,7 @@ import { sourceKey } from '../cache/source-key.js';
 import { ControlPlaneClient } from '../control-plane/client.js';
 import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
-import { ORIGIN_SLOT_ID, Swarm } from './swarm.js';
+import { ORIGIN_SLOT_ID, Swarm, type SwarmPlan } from './swarm.js';
 import { ClientSwarmControl } from './swarm-control.js';
 import { checkHttpUrl, checkNodeId, checkZone } from './node-identity.js';
 import { DEFAULTS } from '../core/defaults.js';
@@ -68,7 +68,12 @@ export class PeerPlanner implements DownloadPlanner {
     return this.control.sourceDigest(sourceKey(url)).catch(() => undefined);
   }
 
-  async plan(args: { url: string; origin: Source; pinned: string | undefined }): Promise<PlannedDownload | undefined> {
+  async plan(args: {
+    url: string;
+    origin: Source;
+    pinned: string | undefined;
+    signal?: AbortSignal;
+  }): Promise<PlannedDownload | undefined> {
     const { options } = this;
     const useOrigin = options.useOrigin ?? true;
     const key = sourceKey(args.url);
@@ -86,7 +91,13 @@ export class PeerPlanner implements DownloadPlanner {
       publishWaitMs: options.publishWaitMs,
       onStatus: options.onStatus,
     });
-    const plan = await swarm.prepare(args.pinned);
+    let plan: SwarmPlan;
+    try {
+      plan = await swarm.prepare(args.pinned, args.signal);
+    } catch (err) {
+      await swarm.close();
+      throw err;
+    }
     const originSlot: SourceSlot = {
       id: ORIGIN_SLOT_ID,
       kind: 'origin',

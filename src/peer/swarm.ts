@@ -21,7 +21,8 @@
 //   leader's lease lapses, a follower takes it and becomes the leader: pieces from the
 //   origin need no digest, and it publishes its own.
 // - origin: no control plane, or it does not answer: today's fetch.
-import { DigestMismatchError, NoSourceError, type LoomError } from '../core/errors.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { cancelled, DigestMismatchError, NoSourceError, type LoomError } from '../core/errors.js';
 import type { Manifest } from '../core/manifest.js';
 import type { Source } from '../sources/source.js';
 import { PeerSource } from './peer-source.js';
@@ -221,8 +222,11 @@ export class Swarm {
     this.options.onStatus?.(message);
   }
 
-  /** Decides this node's role; `pinned` is a digest the user or the source vouched for. */
-  async prepare(pinned: string | undefined): Promise<SwarmPlan> {
+  /**
+   * Decides this node's role; `pinned` is a digest the user or the source vouched for.
+   * `signal` (Ctrl-C) ends a wait for another node's first piece with a cancellation.
+   */
+  async prepare(pinned: string | undefined, signal?: AbortSignal): Promise<SwarmPlan> {
     let digest = pinned ?? (await this.control.sourceDigest(this.key));
     let manifest = digest ? await this.control.manifest(digest) : undefined;
     this.plan = { role: 'origin', id: digest ?? this.sourceId, digest, manifest, size: manifest?.size };
@@ -276,7 +280,9 @@ export class Swarm {
         // Peers only: nothing to take over; wait only so long for a first holder.
         return this.plan;
       }
-      await new Promise((resolve) => setTimeout(resolve, 200));
+      await sleep(200, undefined, { signal }).catch(() => {
+        throw cancelled();
+      });
     }
   }
 
