@@ -14,7 +14,7 @@ import { ControlPlaneClient } from '../../src/control-plane/client.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { ClientSwarmControl } from '../../src/peer/swarm-control.js';
 import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
-import { startTestAgent, startTestControlPlane, type Closers } from './peer-fixtures.js';
+import { startTestAgent, startTestControlPlane, type Closers, peerFetcher } from './peer-fixtures.js';
 
 const SIZE = 20 * 1024 * 1024 + 321; // two pieces
 const content = randomContent(SIZE);
@@ -24,16 +24,7 @@ after(async () => {
 });
 const dir = tempDir('loom-peer-dropped-holder-');
 
-let outs = 0;
-function fetchOn(nodeId: string, cacheDir: string, url: string, cp: string): Promise<string> {
-  const out = join(dir, `out-${++outs}.bin`);
-  return fetchCached(url, out, {
-    cacheDir,
-    planner: new PeerPlanner({ controlPlane: cp, nodeId, followerWaitMs: 3_000, publishWaitMs: 10_000 }),
-    retryBaseDelay: 5,
-    retryMaxDelay: 50,
-  }).then(() => out);
-}
+const fetchOn = peerFetcher(dir);
 
 describe('a node whose only peer is dropped', { timeout: 120_000 }, () => {
   it('goes to the origin once nobody holds the lease, and ends exact', async () => {

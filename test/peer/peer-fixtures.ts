@@ -16,6 +16,8 @@ import { buildControlPlane } from '../../src/control-plane/server.js';
 import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';
 import { Agent } from '../../src/peer/agent.js';
+import { fetchCached } from '../../src/cache/cached-fetch.js';
+import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { OriginServer } from '../support/origin-server.js';
 import { sha256Of, tempDir, waitFor } from '../helpers/fixtures.js';
 
@@ -273,4 +275,23 @@ export async function startFollowerScene(options: {
   await startTestAgent(closers, cp, 'follower', join(dir, 'follower'));
   const holder = await standInLeaseHolder({ ...options, cp, url });
   return { origin, url, cp, holder };
+}
+
+/**
+ * `fetchOn(nodeId, cacheDir, url, cp)`: a fetch through the node cache with peers found through
+ * control plane `cp` (short waits and retries for tests), to a new file in `dir`; resolves to its path.
+ */
+export function peerFetcher(
+  dir: string,
+): (nodeId: string, cacheDir: string, url: string, cp: string) => Promise<string> {
+  let outs = 0;
+  return (nodeId, cacheDir, url, cp) => {
+    const out = join(dir, `out-${++outs}.bin`);
+    return fetchCached(url, out, {
+      cacheDir,
+      planner: new PeerPlanner({ controlPlane: cp, nodeId, followerWaitMs: 3_000, publishWaitMs: 10_000 }),
+      retryBaseDelay: 5,
+      retryMaxDelay: 50,
+    }).then(() => out);
+  };
 }

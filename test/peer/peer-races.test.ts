@@ -5,12 +5,10 @@ import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
-import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';
-import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
-import { startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+import { startTestAgent, startTestControlPlane, peerFetcher } from './peer-fixtures.js';
 
 const SIZE = 20 * 1024 * 1024 + 321; // two pieces
 const content = randomContent(SIZE);
@@ -32,16 +30,7 @@ async function slowOrigin(bytesPerSecond = 512 * 1024): Promise<{ origin: Origin
   return { origin, url: origin.url('/models/m.bin') };
 }
 
-let outs = 0;
-function fetchOn(nodeId: string, cacheDir: string, url: string, cp: string) {
-  const out = join(dir, `out-${++outs}.bin`);
-  return fetchCached(url, out, {
-    cacheDir,
-    planner: new PeerPlanner({ controlPlane: cp, nodeId, followerWaitMs: 3_000, publishWaitMs: 10_000 }),
-    retryBaseDelay: 5,
-    retryMaxDelay: 50,
-  }).then(() => out);
-}
+const fetchOn = peerFetcher(dir);
 
 describe('fetch with peers, races and outages', { timeout: 120_000 }, () => {
   it('two fetches of one file on one node at once both end exact, and the origin sends one copy', async () => {
