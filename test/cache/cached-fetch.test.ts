@@ -432,7 +432,9 @@ describe('loom fetch and loom cache, several processes', () => {
     const blob = join(cacheDir, 'blobs', 'sha256', content.sha256);
     chmodSync(blob, 0o644);
     const fd = openSync(blob, 'r+');
-    writeSync(fd, Buffer.from([0x42]), 0, 1, 1000);
+    // Flip the byte: writing a fixed value left the blob unchanged whenever the random content
+    // already held it there (1 run in 256).
+    writeSync(fd, Buffer.from([content.bytes[1000]! ^ 0xff]), 0, 1, 1000);
     closeSync(fd);
     const bad = await runLoom(['cache', 'verify', '--json'], env);
     assert.equal(bad.code, 4);
