@@ -13,7 +13,7 @@ import { isProcessAlive } from '../core/processes.js';
 import { blobInUse, ensureLayout, sha256OfFile } from './blob-store.js';
 import { CacheIndex, type BlobEntry } from './cache-index.js';
 import { blobPath, cacheLayout, type CacheLayout } from './cache-root.js';
-import { copiesDir } from './copy-stamps.js';
+import { copiesDir, copyRecordStale } from './copy-stamps.js';
 import { sourceKey, sourceKeyOf } from './source-key.js';
 
 export interface CacheHandle {
@@ -89,7 +89,7 @@ interface Partial {
 }
 
 /**
- * A file left by a write that did not finish, or a record of a download that is over: its
+ * A file left by a write that did not finish, or a record of something that is over: its
  * owner is the process holding the lock `locks/source-<lock>.lock` while it writes (a source,
  * or a planned download's id), or the process whose pid the name carries.
  */
@@ -97,7 +97,8 @@ interface Leftover {
   path: string;
   size: number;
   mtimeMs: number;
-  owner: { lock: string } | { pid: number };
+  /** None: a copy's record whose copy is gone or changed (nothing reads it again). */
+  owner: { lock: string } | { pid: number } | 'none';
 }
 
 /** A blob's file name: its sha256. */
@@ -108,6 +109,8 @@ const PARTIAL_NAME = /^(?:[0-9a-f]{32}|[0-9a-f]{64})\./;
 const TEMP_SUFFIX = /\.(\d+)\.tmp$/;
 /** A failed owner's record being written (single-flight.ts writeFailure), under its source's lock. */
 const FAILURE_TEMP = /^source-([0-9a-f]{32})\.failed\.json\.\d+\.tmp$/;
+/** A copy's record (copy-stamps.ts). */
+const COPY_RECORD = /^[0-9a-f]{32}\.json$/;
 /** The temp files of the records written beside the layout: manifests, copies, hints. */
 const RECORD_TEMP = /^(?:[0-9a-f]{64}|[0-9a-f]{32}|[0-9a-f]{16})\.json\.(\d+)\.tmp$/;
 
@@ -160,6 +163,10 @@ function strayFiles(cache: CacheHandle): { unindexed: UnindexedBlob[]; partials:
       const temp = RECORD_TEMP.exec(file);
       if (temp) pushLeftover(leftovers, join(dir, file), { pid: Number(temp[1]) });
     }
+  }
+  for (const file of listDir(copiesDir(layout))) {
+    const path = join(copiesDir(layout), file);
+    if (COPY_RECORD.test(file) && copyRecordStale(path)) pushLeftover(leftovers, path, 'none');
   }
   return { unindexed, partials: partials.sort((a, b) => a.mtimeMs - b.mtimeMs), leftovers };
 }
@@ -251,7 +258,9 @@ export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = fal
   // each under its owner's lock (taken, so that no download starts writing it meanwhile).
   for (const leftover of strays.leftovers) {
     let release: (() => void) | undefined;
-    if ('lock' in leftover.owner) {
+    if (leftover.owner === 'none') {
+      // Nobody's: removed as found.
+    } else if ('lock' in leftover.owner) {
       const lock = await takeFreeSourceLock(cache.layout, leftover.owner.lock);
       if (lock === 'held') continue;
       if (lock === 'no-lock' && Date.now() - leftover.mtimeMs < UNLOCKED_PARTIAL_GRACE_MS) continue;

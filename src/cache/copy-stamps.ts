@@ -56,15 +56,30 @@ export function unchangedCopy(
   out: string,
   existing: Stats,
 ): CopyMethod | undefined {
-  if (!existing.isFile()) return undefined;
   const record = readRecord(recordPath(layout, out));
-  if (!record || record.digest !== digest || record.path !== resolve(out) || record.dev !== existing.dev)
-    return undefined;
+  if (!record || record.digest !== digest || record.path !== resolve(out)) return undefined;
+  return unchangedRecord(record, existing);
+}
+
+function unchangedRecord(record: CopyRecord, existing: Stats): CopyMethod | undefined {
+  if (!existing.isFile() || record.dev !== existing.dev) return undefined;
   const now = stampOf(existing);
   const then = record.stamp;
   const same =
     now.ino === then.ino && now.size === then.size && now.mtimeMs === then.mtimeMs && now.ctimeMs === then.ctimeMs;
   return same ? record.method : undefined;
+}
+
+/**
+ * Whether the record at `path` (in copies/) no longer describes a file: the copy is gone,
+ * replaced or changed (a placement would copy again), or the record is unreadable. For gc,
+ * which removes such records.
+ */
+export function copyRecordStale(path: string): boolean {
+  const record = readRecord(path);
+  if (!record) return true;
+  const stats = statSync(record.path, { throwIfNoEntry: false });
+  return !stats || unchangedRecord(record, stats) === undefined;
 }
 
 /** Records the copy of `digest` just renamed to `out`. */

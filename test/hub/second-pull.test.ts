@@ -5,13 +5,14 @@
 // what is on disk after a pull, else the next hit rehashes it; and each process's bytes read
 // (/proc/self/io, written at exit by a preloaded module) must stay below one file's size.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import {
   closeSync,
   existsSync,
   openSync,
   readFileSync,
   readdirSync,
+  rmSync,
   statSync,
   utimesSync,
   writeFileSync,
@@ -186,5 +187,17 @@ describe('a second loom pull of an unchanged repo', () => {
       readdirSync(out).filter((n) => n.includes('.loom')),
       [],
     );
+
+    // One record per copy in the node cache; gc drops the record of a copy that is gone.
+    const copies = join(nodeCache, 'copies');
+    const recordOf = (path: string) => `${createHash('sha256').update(path).digest('hex').slice(0, 32)}.json`;
+    assert.deepEqual(readdirSync(copies).sort(), files.map((f) => recordOf(join(out, f.path))).sort());
+    rmSync(join(out, files[2]!.path));
+    const gc = await runLoom(['cache', 'gc', '--max-size', '1TiB', '--json'], { LOOM_CACHE_DIR: nodeCache });
+    assert.equal(gc.code, 0, gc.stderr);
+    const report = JSON.parse(gc.stdout) as { removedLeftovers: string[]; evicted: unknown[] };
+    assert.deepEqual(report.removedLeftovers, [`copies/${recordOf(join(out, files[2]!.path))}`]);
+    assert.deepEqual(report.evicted, []);
+    assert.equal(readdirSync(copies).length, files.length - 1);
   });
 });
