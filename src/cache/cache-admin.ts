@@ -185,9 +185,10 @@ function listDir(dir: string): string[] {
 }
 
 /**
- * A partial without a source lock of its name (one the engine keeps under the blob's
- * digest) is left alone this long after its last write: nothing else says whether a
- * download is still writing it.
+ * A partial (or leftover) without a lock file of its name is left alone this long after its
+ * last write: nothing else says whether a download is still writing it. Every download
+ * holds one now (a source's under its key hash, a planned one under its id: single-flight.ts
+ * holdPartialLock); a planned download of an older Loom did not.
  */
 const UNLOCKED_PARTIAL_GRACE_MS = 60 * 60 * 1000;
 
