@@ -325,22 +325,31 @@ async function bypass(
   options: FetchOptions,
   verifyDownload: ((path: string) => Promise<void>) | undefined,
 ): Promise<CachedFetchResult> {
-  const { fetchFile } = await import('../fetch/fetch-file.js');
+  const { fetchFile, partPathFor } = await import('../fetch/fetch-file.js');
   if (!verifyDownload) {
     const direct = await fetchFile(url, out, options);
     return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
   }
-  // Checked under another name, so that `out` only ever holds bytes that passed.
-  const landing = `${out}.loom-unverified`;
-  const direct = await fetchFile(url, landing, options);
+  // Checked under another name, so that `out` only ever holds bytes that passed. The lock
+  // of `out`'s own part is held from the download to the rename: the landing's lock ends
+  // with its download, and another run taking it then replaced the landing while this one
+  // checked it, so that this one renamed unchecked bytes to `out`.
+  const { lockPart } = await import('../fetch/part-lock.js');
+  const unlock = await lockPart(partPathFor(out));
   try {
-    await verifyDownload(landing);
-    renameSync(landing, out);
-  } catch (err) {
-    rmSync(landing, { force: true });
-    throw err instanceof LoomError ? err : diskError(err, `placing ${out}`);
+    const landing = `${out}.loom-unverified`;
+    const direct = await fetchFile(url, landing, options);
+    try {
+      await verifyDownload(landing);
+      renameSync(landing, out);
+    } catch (err) {
+      rmSync(landing, { force: true });
+      throw err instanceof LoomError ? err : diskError(err, `placing ${out}`);
+    }
+    return { ...direct, path: out, cache: 'bypass', materialization: undefined, waited: false };
+  } finally {
+    await unlock();
   }
-  return { ...direct, path: out, cache: 'bypass', materialization: undefined, waited: false };
 }
 
 /**

@@ -139,6 +139,9 @@ export function cacheCommand(): Command {
             const verb = report.dryRun ? 'would evict' : 'evicted';
             for (const blob of report.evicted) say(flags, `loom: ${verb} ${blob.digest} (${formatBytes(blob.size)})`);
             for (const digest of report.skippedInUse) say(flags, `loom: kept ${digest}: in use`);
+            const removed = report.dryRun ? 'would remove' : 'removed';
+            for (const path of report.removedLeftovers)
+              say(flags, `loom: ${removed} ${path}: left by a process that is gone`);
             say(
               flags,
               `loom: ${verb} ${plural(report.evicted.length, 'blob')}, ${formatBytes(report.freedBytes)}; ${formatBytes(report.remainingBytes)} remain`,
