@@ -196,11 +196,17 @@ export interface VerifyReport {
   checked: number;
   /** Blobs whose bytes no longer match their name, or that are missing; removed. */
   corrupt: string[];
+  /**
+   * For a corrupt blob that other paths hard-link (outputs and HF cache files placed from the
+   * cache): how many. They hold the same damaged bytes, and removing the blob does not mend
+   * them; the user must fetch them again.
+   */
+  corruptLinks: Record<string, number>;
 }
 
 /** Rehashes every blob; removes the ones that do not match (a later fetch downloads them again). */
 export async function verifyCache(cache: CacheHandle, onBlob?: (digest: string) => void): Promise<VerifyReport> {
-  const report: VerifyReport = { checked: 0, corrupt: [] };
+  const report: VerifyReport = { checked: 0, corrupt: [], corruptLinks: {} };
   for (const blob of cache.index.blobs()) {
     onBlob?.(blob.digest);
     report.checked++;
@@ -208,6 +214,8 @@ export async function verifyCache(cache: CacheHandle, onBlob?: (digest: string) 
     const actual = await sha256OfFile(path).catch(() => undefined);
     if (actual !== blob.digest) {
       report.corrupt.push(blob.digest);
+      const otherLinks = (statSync(path, { throwIfNoEntry: false })?.nlink ?? 1) - 1;
+      if (otherLinks > 0) report.corruptLinks[blob.digest] = otherLinks;
       await dropBlob(cache, blob);
     }
   }

@@ -506,7 +506,10 @@ describe('loom fetch and loom cache, several processes', () => {
     closeSync(fd);
     const bad = await runLoom(['cache', 'verify', '--json'], env);
     assert.equal(bad.code, 4);
-    assert.deepEqual((JSON.parse(bad.stdout) as { corrupt: string[] }).corrupt, [content.sha256]);
+    const verdict = JSON.parse(bad.stdout) as { corrupt: string[]; corruptLinks: Record<string, number> };
+    assert.deepEqual(verdict.corrupt, [content.sha256]);
+    // v.bin is a hard link to the blob: it holds the damaged bytes too, and verify says so.
+    assert.deepEqual(verdict.corruptLinks, { [content.sha256]: 1 });
     assert.equal(existsSync(blob), false);
 
     assert.equal((await runLoom(['fetch', server.url('/model.bin'), '-o', join(dir, 'v2.bin'), '-q'], env)).code, 0);
