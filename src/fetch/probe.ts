@@ -1,13 +1,14 @@
 // The first request of a download, made when its size is unknown or its digest is (so the
 // server's answer tells both the size and whether it honours Range): which bytes it asks for,
 // and which source answers it. Its response is not wasted: a worker carries on with it.
-import { cancelled, type LoomError } from '../core/errors.js';
+import { cancelled, HttpStatusError, type LoomError } from '../core/errors.js';
 import type { ProbeResult } from '../sources/source.js';
 import type { DownloadProgress } from './download-progress.js';
 import type { JournalState } from './journal.js';
 import { RangeSet } from './range-set.js';
 import { decideAfterFailure } from './retry-budget.js';
 import type { RetryOptions } from './retry-policy.js';
+import { RangeTask } from './scheduler.js';
 import type { SourceSet, SourceState } from './source-set.js';
 import type { DownloadStats } from './stats.js';
 
@@ -38,12 +39,39 @@ export interface ProbeHost {
  * most one chunk and at most 1 MiB, within one piece: small enough that a small file is
  * still shared out evenly once its size is known.
  */
-export function firstRange(journal: JournalState | undefined, chunkSize: number): readonly [number, number] {
+function firstRange(journal: JournalState | undefined, chunkSize: number): readonly [number, number] {
   const length = Math.min(chunkSize, PROBE_SIZE);
   const first = journal ? new RangeSet(journal.ranges).missing(journal.size)[0] : undefined;
   if (!journal || !first || journal.pieceSize <= 0) return [0, length];
   const pieceEnd = (Math.floor(first[0] / journal.pieceSize) + 1) * journal.pieceSize;
   return [first[0], Math.min(first[1], first[0] + length, pieceEnd)];
+}
+
+/**
+ * Makes the first request, for the first missing bytes of `journal`'s file (byte 0 without
+ * one). A 416 there means the file shrank since the journal was written: `forgetJournal`,
+ * and ask again from byte 0; the journal returned is then undefined.
+ */
+export async function probeFirst(
+  host: ProbeHost,
+  journal: JournalState | undefined,
+  chunkSize: number,
+  forgetJournal: () => Promise<void>,
+): Promise<{ probed: Probed; journal: JournalState | undefined }> {
+  const range = firstRange(journal, chunkSize);
+  try {
+    return { probed: await probeSources(host, range), journal };
+  } catch (err) {
+    if (!(err instanceof HttpStatusError && err.status === 416 && range[0] > 0)) throw err;
+    await forgetJournal();
+    return { probed: await probeSources(host, firstRange(undefined, chunkSize)), journal: undefined };
+  }
+}
+
+/** The probe's response as a task of the plan: the worker of its source carries on with it. */
+export function probeTask(probe: ProbeResult, pieceSize: number): RangeTask {
+  const { body } = probe;
+  return new RangeTask(body.start, body.end ?? body.start, undefined, Math.floor(body.start / pieceSize));
 }
 
 /** Probes the sources in order of preference (origins first among equals) until one answers. */
