@@ -111,13 +111,21 @@ export function cacheCommand(): Command {
           const report = await verifyCache(handle);
           if (flags.json) printJson({ ok: report.corrupt.length === 0, ...report });
           else {
-            for (const digest of report.corrupt) say(flags, `loom: corrupt blob removed: ${digest}`);
+            for (const digest of report.corrupt) {
+              const links = report.corruptLinks[digest];
+              say(
+                flags,
+                links
+                  ? `loom: corrupt blob removed: ${digest}; ${plural(links, 'other hard link')} (outputs or HF cache files placed from the cache) still hold the damaged bytes: delete them and fetch again`
+                  : `loom: corrupt blob removed: ${digest}`,
+              );
+            }
             say(flags, `loom: ${plural(report.checked, 'blob')} checked, ${report.corrupt.length} corrupt`);
           }
           return report.corrupt.length ? EXIT.integrity : EXIT.ok;
         },
         (root, flags) => {
-          if (flags.json) printJson({ ok: true, exists: false, checked: 0, corrupt: [] });
+          if (flags.json) printJson({ ok: true, exists: false, checked: 0, corrupt: [], corruptLinks: {} });
           else say(flags, `loom: ${nothingCached(root)}: nothing to verify`);
           return EXIT.ok;
         },
@@ -139,6 +147,9 @@ export function cacheCommand(): Command {
             const verb = report.dryRun ? 'would evict' : 'evicted';
             for (const blob of report.evicted) say(flags, `loom: ${verb} ${blob.digest} (${formatBytes(blob.size)})`);
             for (const digest of report.skippedInUse) say(flags, `loom: kept ${digest}: in use`);
+            const removed = report.dryRun ? 'would remove' : 'removed';
+            for (const path of report.removedLeftovers)
+              say(flags, `loom: ${removed} ${path}: left by a process that is gone`);
             say(
               flags,
               `loom: ${verb} ${plural(report.evicted.length, 'blob')}, ${formatBytes(report.freedBytes)}; ${formatBytes(report.remainingBytes)} remain`,

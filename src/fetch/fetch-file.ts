@@ -46,7 +46,10 @@ export async function fetchFile(url: string, out: string, options: FetchOptions 
 /**
  * fetchFile, then `check` on the finished file before it is renamed to `out`: it waits under
  * another name meanwhile, removed when the check (or the rename) fails, so `out` only ever
- * holds bytes that passed. The check's own LoomError is thrown as it is.
+ * holds bytes that passed. The check's own LoomError is thrown as it is. The lock of `out`'s
+ * own part is held from the download to the rename: the landing's lock ends with its
+ * download, and another run taking it then replaced the landing while this one checked it,
+ * so that this one renamed unchecked bytes to `out`.
  */
 export async function fetchFileChecked(
   url: string,
@@ -54,14 +57,20 @@ export async function fetchFileChecked(
   options: FetchOptions,
   check: (path: string) => Promise<void>,
 ): Promise<FetchResult> {
-  const landing = `${out}.loom-unverified`;
-  const result = await fetchFile(url, landing, options);
+  const { lockPart } = await import('./part-lock.js');
+  const unlock = await lockPart(partPathFor(out));
   try {
-    await check(landing);
-    await rename(landing, out);
-  } catch (err) {
-    await rm(landing, { force: true });
-    throw err instanceof LoomError ? err : diskError(err, `placing ${out}`);
+    const landing = `${out}.loom-unverified`;
+    const result = await fetchFile(url, landing, options);
+    try {
+      await check(landing);
+      await rename(landing, out);
+    } catch (err) {
+      await rm(landing, { force: true });
+      throw err instanceof LoomError ? err : diskError(err, `placing ${out}`);
+    }
+    return { ...result, path: out };
+  } finally {
+    await unlock();
   }
-  return { ...result, path: out };
 }
