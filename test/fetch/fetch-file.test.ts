@@ -417,49 +417,6 @@ describe('fetchFileChecked', () => {
     assert.equal(existsSync(`${out}.loom-unverified`), false);
   });
 
-  it('holds the output while it checks: a second run to it is refused, and the output holds the checked bytes', async () => {
-    const server = await origin();
-    server.setFile('/held.bin', content.bytes);
-    const out = join(dir, 'held.bin');
-    const v2 = randomContent(SIZE);
-    let aChecked: string | undefined;
-    let releaseA!: () => void;
-    let aChecking!: () => void;
-    let bChecking!: () => void;
-    const aGate = new Promise<void>((r) => (releaseA = r));
-    const aIsChecking = new Promise<void>((r) => (aChecking = r));
-    const bIsChecking = new Promise<void>((r) => (bChecking = r));
-    let releaseB!: () => void;
-    const bGate = new Promise<void>((r) => (releaseB = r));
-    const a = fetchFileChecked(server.url('/held.bin'), out, FAST, async (path) => {
-      aChecked = await sha256OfFile(path);
-      aChecking();
-      await aGate;
-    });
-    await aIsChecking;
-    assert.equal(aChecked, content.sha256);
-    // The origin now serves other bytes: the second run's must not reach the output through
-    // the first one's rename.
-    server.setFile('/held.bin', v2.bytes);
-    const b = fetchFileChecked(server.url('/held.bin'), out, FAST, async () => {
-      bChecking();
-      await bGate;
-    }).then(
-      (r) => r,
-      (err: unknown) => err as Error & { code?: string },
-    );
-    await Promise.race([bIsChecking, b]);
-    releaseA();
-    await a;
-    releaseB();
-    const second = await b;
-    assert.equal(await sha256OfFile(out), content.sha256, 'the output holds what the first run checked');
-    assert.ok(second instanceof Error, 'the second run is refused while the first holds the output');
-    assert.equal(second.code, 'LOOM_ERR_OUTPUT_BUSY', second.message);
-    const left = (await readdir(dir)).filter((name) => name.startsWith('held.bin'));
-    assert.deepEqual(left, ['held.bin'], 'nothing left beside the output');
-  });
-
   it('leaves nothing at the output nor beside it when the check refuses the bytes', async () => {
     const server = await origin();
     server.setFile('/refused.bin', content.bytes);
