@@ -7,16 +7,9 @@
 // or fails at once if it is pinned to another digest, instead of downloading it again.
 // A hit is served from its hint file when it can be; SQLite and the engine load only when
 // the hint cannot answer.
-import { renameSync, rmSync, statSync } from 'node:fs';
+import { statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
-import {
-  CacheError,
-  DigestMismatchError,
-  DiskAccessError,
-  DiskFullError,
-  diskError,
-  LoomError,
-} from '../core/errors.js';
+import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
 import type { BlobDownloadResult, DownloadResult } from '../fetch/download.js';
 import type { DownloadPlanner } from './download-planner.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
@@ -325,31 +318,11 @@ async function bypass(
   options: FetchOptions,
   verifyDownload: ((path: string) => Promise<void>) | undefined,
 ): Promise<CachedFetchResult> {
-  const { fetchFile, partPathFor } = await import('../fetch/fetch-file.js');
-  if (!verifyDownload) {
-    const direct = await fetchFile(url, out, options);
-    return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
-  }
-  // Checked under another name, so that `out` only ever holds bytes that passed. The lock
-  // of `out`'s own part is held from the download to the rename: the landing's lock ends
-  // with its download, and another run taking it then replaced the landing while this one
-  // checked it, so that this one renamed unchecked bytes to `out`.
-  const { lockPart } = await import('../fetch/part-lock.js');
-  const unlock = await lockPart(partPathFor(out));
-  try {
-    const landing = `${out}.loom-unverified`;
-    const direct = await fetchFile(url, landing, options);
-    try {
-      await verifyDownload(landing);
-      renameSync(landing, out);
-    } catch (err) {
-      rmSync(landing, { force: true });
-      throw err instanceof LoomError ? err : diskError(err, `placing ${out}`);
-    }
-    return { ...direct, path: out, cache: 'bypass', materialization: undefined, waited: false };
-  } finally {
-    await unlock();
-  }
+  const { fetchFile, fetchFileChecked } = await import('../fetch/fetch-file.js');
+  const direct = verifyDownload
+    ? await fetchFileChecked(url, out, options, verifyDownload)
+    : await fetchFile(url, out, options);
+  return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
 }
 
 /**

@@ -1,6 +1,7 @@
 // A blob's manifest: its sha256 and the sha256 of every fixed-size piece. The lowest layer,
 // so the engine, the peers and the control plane share one type and one piece-size rule.
 import { DEFAULTS } from './defaults.js';
+import { UsageError } from './errors.js';
 
 /** One blob: `pieces[i]` is the hex sha256 of bytes [i * pieceSize, min(size, (i + 1) * pieceSize)). */
 export interface Manifest {
@@ -48,4 +49,15 @@ export function isValidManifest(value: Manifest): boolean {
     value.pieces.length === pieceCount(value.size, value.pieceSize) &&
     value.pieces.every((p) => typeof p === 'string' && HEX64.test(p))
   );
+}
+
+/** Throws UsageError unless `manifest` is valid and agrees with the expected digest and size. */
+export function checkExpectedManifest(manifest: Manifest, sha256: string | undefined, size: number | undefined): void {
+  if (!isValidManifest(manifest)) throw new UsageError('the expected manifest is malformed');
+  if (sha256 !== undefined && manifest.digest !== sha256) {
+    throw new UsageError(`the manifest is of ${manifest.digest}, not of the expected ${sha256}`);
+  }
+  if (size !== undefined && manifest.size !== size) {
+    throw new UsageError(`the manifest says ${manifest.size} bytes, the expected size is ${size}`);
+  }
 }

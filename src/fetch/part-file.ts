@@ -139,6 +139,34 @@ export class PartFile {
   }
 }
 
+/**
+ * fdatasync in the background every `every` bytes written (the download's fsync option): the
+ * disk's work overlaps the network's, so the final flush before the rename has little left.
+ */
+export class BackgroundSync {
+  private unsynced = 0;
+  private running: Promise<void> | undefined;
+
+  constructor(private readonly every: number) {}
+
+  wrote(part: PartFile, length: number): void {
+    this.unsynced += length;
+    if (this.unsynced < this.every || this.running) return;
+    this.unsynced = 0;
+    this.running = part
+      .sync()
+      .catch(() => undefined)
+      .finally(() => {
+        this.running = undefined;
+      });
+  }
+
+  /** The sync in flight, if any (it never rejects). */
+  settled(): Promise<void> | undefined {
+    return this.running;
+  }
+}
+
 async function freeBytes(dir: string): Promise<number | undefined> {
   try {
     const stats = await statfs(dir);

@@ -79,6 +79,39 @@ export class PieceVerifier {
   }
 }
 
+/**
+ * Which sources wrote into each piece not yet settled: a piece that fails its check blames
+ * its one sender (with several, nobody: it is refetched from one source, so a second
+ * failure names it).
+ */
+export class PieceSenders {
+  private readonly byPiece = new Map<number, Set<string>>();
+
+  constructor(private readonly pieceSize: number) {}
+
+  /** Source `sourceId` wrote [at, at + length); returns the pieces it wrote into. */
+  wrote(sourceId: string, at: number, length: number): { first: number; last: number } {
+    const first = Math.floor(at / this.pieceSize);
+    const last = Math.floor((at + length - 1) / this.pieceSize);
+    for (let piece = first; piece <= last; piece++) {
+      let senders = this.byPiece.get(piece);
+      if (!senders) this.byPiece.set(piece, (senders = new Set()));
+      senders.add(sourceId);
+    }
+    return { first, last };
+  }
+
+  /** Who wrote into `piece` since it was last settled. */
+  of(piece: number): string[] {
+    return [...(this.byPiece.get(piece) ?? [])];
+  }
+
+  /** The piece counted or was taken off the disk: its senders are of no more interest. */
+  forget(piece: number): void {
+    this.byPiece.delete(piece);
+  }
+}
+
 export interface LedgerVerdicts {
   verified(index: number): void;
   /** The piece's bytes were taken off the part file's ranges; `senders` wrote them in this run. */
@@ -92,7 +125,7 @@ export interface LedgerVerdicts {
  */
 export class PieceLedger {
   readonly verified = new Set<number>();
-  private readonly contributors = new Map<number, Set<string>>();
+  private readonly senders: PieceSenders;
   private readonly verifier: PieceVerifier;
 
   constructor(
@@ -103,16 +136,17 @@ export class PieceLedger {
     verdicts: LedgerVerdicts,
     resumedVerified: Iterable<number>,
   ) {
+    this.senders = new PieceSenders(manifest.pieceSize);
     for (const index of resumedVerified) if (index < manifest.pieces.length) this.verified.add(index);
     this.verifier = new PieceVerifier(part, manifest, {
       verified: (index) => {
         this.verified.add(index);
-        this.contributors.delete(index);
+        this.senders.forget(index);
         verdicts.verified(index);
       },
       mismatched: (index, actual) => {
-        const senders = [...(this.contributors.get(index) ?? [])];
-        this.contributors.delete(index);
+        const senders = this.senders.of(index);
+        this.senders.forget(index);
         this.onDisk.remove(...pieceRange(manifest, index));
         verdicts.mismatched(index, senders, actual);
       },
@@ -124,14 +158,8 @@ export class PieceLedger {
 
   /** Source `sourceId` wrote [at, at + length). */
   wrote(sourceId: string, at: number, length: number): void {
-    const first = Math.floor(at / this.manifest.pieceSize);
-    const last = Math.floor((at + length - 1) / this.manifest.pieceSize);
-    for (let piece = first; piece <= last; piece++) {
-      let senders = this.contributors.get(piece);
-      if (!senders) this.contributors.set(piece, (senders = new Set()));
-      senders.add(sourceId);
-      this.checkIfComplete(piece);
-    }
+    const { first, last } = this.senders.wrote(sourceId, at, length);
+    for (let piece = first; piece <= last; piece++) this.checkIfComplete(piece);
   }
 
   private checkIfComplete(piece: number): void {

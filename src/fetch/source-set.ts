@@ -1,9 +1,10 @@
 // The sources of one download: each with its own concurrency limit, health and byte count.
 // A source that fails repeatedly, serves bytes that fail verification, or cannot be used
 // is dropped for this download; its work goes to the others. Several sources able to serve
-// a piece: the one with the lowest `preference` that has a free slot takes it.
+// a piece: the one with the lowest `preference` that has a free slot takes it. A source far
+// slower than the others is found here (pace); so is the error when none is left.
 import { setMaxListeners } from 'node:events';
-import { UsageError, type LoomError } from '../core/errors.js';
+import { NoSourceError, StallError, UsageError, type LoomError } from '../core/errors.js';
 import type { Source } from '../sources/source.js';
 
 export interface SourceSlot {
@@ -21,7 +22,7 @@ export interface SourceSlot {
 }
 
 /** How long a source's pace is measured before it is compared with the others. */
-export const PACE_WINDOW_MS = 4_000;
+const PACE_WINDOW_MS = 4_000;
 /** A source this many times slower per connection than the best other is dropped. */
 const FAR_BEHIND = 16;
 
@@ -108,6 +109,9 @@ export class SourceState {
 export class SourceSet {
   private readonly states: SourceState[] = [];
   private readonly droppedList: DroppedSource[] = [];
+  private paceWindowAt = performance.now();
+  /** Since when no source can serve the work left (see unservable). */
+  private unservableSince: number | undefined;
 
   constructor(private readonly downloadSignal: AbortSignal) {}
 
@@ -118,6 +122,7 @@ export class SourceSet {
     }
     const state = new SourceState(slot, this.downloadSignal);
     this.states.push(state);
+    this.unservableSince = undefined;
     return state;
   }
 
@@ -128,6 +133,11 @@ export class SourceSet {
 
   live(): SourceState[] {
     return this.states.filter((s) => !s.dropped);
+  }
+
+  /** The URL errors name: the first origin's, else the first source's. */
+  get primaryUrl(): string {
+    return (this.states.find((s) => s.slot.kind === 'origin') ?? this.states[0]!).slot.source.url;
   }
 
   /** Drops a source for the rest of this download; false when it already was. */
@@ -193,6 +203,66 @@ export class SourceSet {
       state.busyConnectionMs = 0;
     }
     return behind;
+  }
+
+  /**
+   * Called at every progress tick: adds up busy time, and once a pace window has passed,
+   * returns the sources far behind the others (a peer trickling bytes holds up the verified
+   * prefix), each with the error it is dropped with.
+   */
+  pace(): Array<{ state: SourceState; reason: StallError }> {
+    const now = performance.now();
+    for (const state of this.live()) state.accrue();
+    if (now - this.paceWindowAt < PACE_WINDOW_MS) return [];
+    this.paceWindowAt = now;
+    const kbps = (bytesPerSecond: number): string => `${Math.round(bytesPerSecond / 1000)} kB/s`;
+    return this.farBehind().map(({ state, rate, best }) => ({
+      state,
+      reason: new StallError(
+        `${state.id} is far behind the other sources: ${kbps(rate)} per connection, the best ${Number.isFinite(best) ? kbps(best) : 'done in a blink'}`,
+        { url: state.slot.source.url },
+      ),
+    }));
+  }
+
+  /**
+   * Whether the download should give up for want of a source: none is left, or nothing is in
+   * flight or being checked (`busy`: it could put work back or finish) and no source can
+   * serve any piece still `queued`; and that has lasted `waitMs` (a peer's has() may turn
+   * true meanwhile, a source may be added).
+   */
+  unservable(queued: ReadonlyArray<{ piece: number }>, busy: boolean, waitMs: number | (() => number)): boolean {
+    const stuck =
+      this.live().length === 0 || (!busy && queued.length > 0 && queued.every((t) => !this.anyCanServe(t.piece)));
+    if (!stuck) {
+      this.unservableSince = undefined;
+      return false;
+    }
+    const now = performance.now();
+    this.unservableSince ??= now;
+    return now - this.unservableSince >= (typeof waitMs === 'function' ? waitMs() : waitMs);
+  }
+
+  /** Whether every source of this download is a peer (a fleet download under --no-origin). */
+  peersOnly(): boolean {
+    return this.states.every((s) => s.slot.kind === 'peer');
+  }
+
+  /**
+   * The error when no source can serve `where`: the only source's own reason, else a summary.
+   * A lone peer's reason is not the download's: the summary says no source can serve it,
+   * naming the peer.
+   */
+  noSourceError(where: string): LoomError {
+    const only = this.states.length === 1 && !this.peersOnly() ? this.states[0]!.dropped : undefined;
+    if (only) return only;
+    const dropped = this.dropped();
+    const why = dropped.length ? `; dropped: ${dropped.map((d) => `${d.id} (${d.code})`).join(', ')}` : '';
+    return new NoSourceError(`no source can serve ${where} of ${this.primaryUrl}${why}`, {
+      url: this.primaryUrl,
+      cause: this.states.find((s) => s.dropped)?.dropped,
+      hint: 'add a source that has the blob (e.g. the origin), then rerun: verified bytes are kept',
+    });
   }
 
   anyCanServe(piece: number): boolean {

@@ -13,7 +13,7 @@ import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
 import { hfFileSource } from '../sources/hf/index.js';
 import { hubOffline } from '../sources/hf/config.js';
 import { COMMIT_HASH, DEFAULT_REVISION, formatHfRef, parseHfRef } from '../sources/hf/uri.js';
-import { checkGitSha1, verifyGitSha1 } from './verify.js';
+import { checkGitSha1 } from './verify.js';
 
 export interface HfFetchOptions extends FetchOptions, CacheOptions {
   /** false: straight to `out`, bypassing the node cache (--no-cache). Default true. */
@@ -81,17 +81,12 @@ export async function fetchHfFile(
         : undefined,
     });
   } else {
-    const { fetchFile } = await import('../fetch/fetch-file.js');
-    const landing = gitSha1 ? `${out}.loom-incomplete` : out;
-    result = await fetchFile(target.url, landing, fetchOptions);
-    if (gitSha1) {
-      await verifyGitSha1(landing, target.size, gitSha1, { url: target.url, label });
-      try {
-        await rename(landing, out);
-      } catch (err) {
-        throw diskError(err, `placing ${out}`);
-      }
-    }
+    const { fetchFile, fetchFileChecked } = await import('../fetch/fetch-file.js');
+    result = gitSha1
+      ? await fetchFileChecked(target.url, out, fetchOptions, (path) =>
+          checkGitSha1(path, target.size, gitSha1, { url: target.url, label }),
+        )
+      : await fetchFile(target.url, out, fetchOptions);
   }
   // An LFS file's sha256 (X-Linked-Etag) was the download's expected digest; a small file's
   // git blob sha1 was checked above.

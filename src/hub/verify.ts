@@ -2,10 +2,9 @@
 // sha1, sha1("blob <size>\0" + bytes). Through the node cache the check runs on the finished
 // download before it is stored or placed (fetchCached's verifyDownload), so bytes that fail
 // are kept nowhere and a stored copy is never checked again; without the cache it runs on
-// the file before it is renamed into place.
+// the file before it is renamed into place (fetchFileChecked).
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { rm } from 'node:fs/promises';
 import { DigestMismatchError } from '../core/errors.js';
 
 export async function gitBlobSha1OfFile(path: string, size: number): Promise<string> {
@@ -29,19 +28,4 @@ export async function checkGitSha1(
     actual,
     hint: 'nothing was kept; rerun to download it again',
   });
-}
-
-/** The same for a file outside the cache: removed when it fails. */
-export async function verifyGitSha1(
-  file: string,
-  size: number,
-  expected: string,
-  what: { url: string; label: string },
-): Promise<void> {
-  try {
-    await checkGitSha1(file, size, expected, what);
-  } catch (err) {
-    await rm(file, { force: true });
-    throw err;
-  }
 }

@@ -20,6 +20,7 @@ import {
   type FetchOptions,
   type FetchProgress,
 } from '../../src/index.js';
+import { fetchFileChecked } from '../../src/fetch/fetch-file.js';
 import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
 
 const SIZE = 4 * 1024 * 1024 + 12345;
@@ -397,5 +398,38 @@ describe('fetchFile with a leftover journal', () => {
     const result = await fetchFile(slow.url('/shrinks.bin'), out, FAST);
     assert.equal(result.stats.resumedBytes, 0);
     assert.equal(await sha256OfFile(out), small.sha256);
+  });
+});
+
+describe('fetchFileChecked', () => {
+  it('places the file only after the check passed, under the output name', async () => {
+    const server = await origin();
+    server.setFile('/checked.bin', content.bytes);
+    const out = join(dir, 'checked.bin');
+    const seen: string[] = [];
+    const result = await fetchFileChecked(server.url('/checked.bin'), out, FAST, async (path) => {
+      assert.equal(existsSync(out), false, 'nothing at the output while the check runs');
+      seen.push(await sha256OfFile(path));
+    });
+    assert.deepEqual(seen, [content.sha256], 'the check saw the finished file');
+    assert.equal(result.path, out);
+    assert.equal(await sha256OfFile(out), content.sha256);
+    assert.equal(existsSync(`${out}.loom-unverified`), false);
+  });
+
+  it('leaves nothing at the output nor beside it when the check refuses the bytes', async () => {
+    const server = await origin();
+    server.setFile('/refused.bin', content.bytes);
+    const out = join(dir, 'refused.bin');
+    const refusal = new DigestMismatchError('refused by the test', {
+      expected: '0'.repeat(40),
+      actual: '1'.repeat(40),
+    });
+    await assert.rejects(
+      fetchFileChecked(server.url('/refused.bin'), out, FAST, () => Promise.reject(refusal)),
+      (err: unknown) => err === refusal,
+    );
+    const left = (await readdir(dir)).filter((name) => name.startsWith('refused.bin'));
+    assert.deepEqual(left, []);
   });
 });
