@@ -1,7 +1,8 @@
 // A test Hugging Face Hub: the endpoints Loom (and @huggingface/hub) use, as the field notes
 // describe them, on one port, and a separate CDN on a second port. LFS files redirect (302)
 // to the CDN with a signed URL that expires; small files are served by the Hub itself. It
-// can be gated, rate-limited and made to corrupt or slow the CDN's bytes, and it counts
+// can be gated, rate-limited, made to corrupt or slow the CDN's bytes, or to lie (tree
+// entries, next links, resolve headers: treeLie, nextLinkLie, resolveHeaderLies), and it counts
 // every byte each server sends and every Authorization header the CDN receives.
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';

@@ -1,7 +1,9 @@
 // The Hub's HTTP API as Loom uses it: a revision resolved to its commit, the paginated
 // recursive tree listing, and a file's metadata from a HEAD of its resolve URL. Every error
 // answer becomes the typed error its X-Error-Code (or status) names; 429 and 5xx are retried
-// with the wait the Hub asks for (Retry-After), within bounds.
+// with the wait the Hub asks for (Retry-After), within bounds. What the Hub says that later
+// names something on disk (oids, commits, ETags) is checked here, and its pages are followed
+// on its own origin only, never in a circle.
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
