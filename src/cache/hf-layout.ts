@@ -7,12 +7,17 @@
 // A blob appears whole: it is a hard link of the node cache's verified blob, made under a
 // temporary name and renamed into place (the Hub's clients write {etag}.incomplete first).
 // Without the node cache, it is downloaded beside its place and renamed once verified.
-import { existsSync, lstatSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+// Names that come from the Hub (etags, commits) and the user (revisions) are checked before
+// they are joined into a path: none of them may lead out of the repo's folder.
+import { existsSync, lstatSync, readFileSync, readlinkSync, realpathSync, statSync } from 'node:fs';
 import { mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { dirname, join, relative } from 'node:path';
-import { diskError } from '../core/errors.js';
-import type { HfRepoType } from '../sources/hf/uri.js';
+import { dirname, join, relative, sep } from 'node:path';
+import { BadResponseError, CacheError, UsageError, diskError } from '../core/errors.js';
+import { COMMIT_HASH, type HfRepoType } from '../sources/hf/uri.js';
+
+/** A blob's name: the git sha1 (40 hex) or the sha256 (64 hex), lower case, as the Hub gives them. */
+const BLOB_NAME = /^(?:[0-9a-f]{40}|[0-9a-f]{64})$/;
 
 /** HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub (XDG_CACHE_HOME respected). */
 export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -42,11 +47,54 @@ export class HfRepoCache {
   }
 
   blobPath(etag: string): string {
+    // The Hub's listing is checked (api.ts); this keeps any other caller from joining a name
+    // such as ../../secret.txt into blobs/.
+    if (!BLOB_NAME.test(etag)) {
+      throw new BadResponseError(`"${etag.slice(0, 80)}" is not a blob name (a git sha1 or a sha256) in ${this.dir}`);
+    }
     return join(this.dir, 'blobs', etag);
   }
 
   snapshotDir(commit: string): string {
+    if (!COMMIT_HASH.test(commit)) {
+      throw new BadResponseError(`"${commit.slice(0, 80)}" is not a commit hash: no snapshot folder is named by it`);
+    }
     return join(this.dir, 'snapshots', commit);
+  }
+
+  /** refs/{revision}: a branch or tag name, whose parts may not climb out of refs/. */
+  refPath(revision: string): string {
+    const parts = revision.split('/');
+    if (parts.some((p) => p === '' || p === '.' || p === '..' || p.includes('\\') || p.includes('\0'))) {
+      throw new UsageError(`the revision "${revision}" is not a branch, tag or commit name`, {
+        hint: 'a revision has no empty, . or .. parts (git refuses them too)',
+      });
+    }
+    return join(this.dir, 'refs', ...parts);
+  }
+
+  /**
+   * The file a snapshot entry stands for, followed through its symlink. It must be inside the
+   * repo's folder (blobs/, or a plain file in the snapshot): a link that leads elsewhere (left
+   * by a lying Hub before Loom checked blob names, or planted) is not served or hard-linked.
+   */
+  resolvePointer(commit: string, path: string): string {
+    const pointer = this.pointerPath(commit, path);
+    let target: string;
+    let root: string;
+    try {
+      target = realpathSync(pointer);
+      root = realpathSync(this.dir);
+    } catch (err) {
+      throw diskError(err, `reading ${pointer}`);
+    }
+    if (!target.startsWith(root + sep)) {
+      throw new CacheError(`the HF cache's ${pointer} leads out of ${this.dir} (to ${target}): not using it`, {
+        path: pointer,
+        hint: `remove ${this.snapshotDir(commit)} and pull again with network access`,
+      });
+    }
+    return target;
   }
 
   pointerPath(commit: string, path: string): string {
@@ -55,8 +103,11 @@ export class HfRepoCache {
 
   /** The commit refs/{revision} holds, if any. */
   readRef(revision: string): string | undefined {
+    const file = this.refPath(revision);
     try {
-      return readFileSync(join(this.dir, 'refs', ...revision.split('/')), 'utf8').trim() || undefined;
+      const commit = readFileSync(file, 'utf8').trim();
+      // Only a commit hash: the ref's content names the snapshot folder.
+      return COMMIT_HASH.test(commit) ? commit : undefined;
     } catch {
       return undefined;
     }
@@ -65,7 +116,7 @@ export class HfRepoCache {
   /** Records that `revision` names `commit` (nothing for a revision that is the commit itself). */
   async writeRef(revision: string, commit: string): Promise<void> {
     if (revision === commit) return;
-    const file = join(this.dir, 'refs', ...revision.split('/'));
+    const file = this.refPath(revision);
     try {
       if (this.readRef(revision) === commit) return;
       await mkdir(dirname(file), { recursive: true });

@@ -134,6 +134,12 @@ export const DEFAULTS = {
     paceGraceMs: 3_000,
   },
 
+  /**
+   * Pages of a Hub tree listing or an S3 ListObjectsV2 followed at most: 100M keys at S3's
+   * 1,000 a page; only a server that pages for ever gets there.
+   */
+  maxListPages: 100_000,
+
   hub: {
     endpoint: 'https://huggingface.co',
     revision: 'main',

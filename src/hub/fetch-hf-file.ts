@@ -2,7 +2,7 @@
 // revision is resolved by one HEAD; the file is fetched from the commit's URL with the token
 // for the Hub's host only, and verified (sha256 for LFS files by the engine, git sha1 for
 // small ones here). With HF_HUB_OFFLINE the file comes from the HF cache, with no request.
-import { existsSync, realpathSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { link, rename, rm } from 'node:fs/promises';
 import { DigestMismatchError, HubOfflineError, diskError } from '../core/errors.js';
 import { fetchCached, type CacheOptions, type CachedFetchResult } from '../cache/cached-fetch.js';
@@ -100,13 +100,13 @@ async function fromHfCache(uri: string, out: string, env: NodeJS.ProcessEnv): Pr
   const revision = ref.revision ?? DEFAULT_REVISION;
   const repoCache = new HfRepoCache(hubCacheDir(env), ref.repoType, ref.repoId);
   const commit = COMMIT_HASH.test(revision) ? revision : repoCache.readRef(revision);
-  const pointer = commit && ref.path ? repoCache.pointerPath(commit, ref.path) : undefined;
-  if (!pointer || !existsSync(pointer)) {
+  if (!commit || !ref.path || !existsSync(repoCache.pointerPath(commit, ref.path))) {
     throw new HubOfflineError(`HF_HUB_OFFLINE is set and ${formatHfRef(ref)} is not in ${repoCache.hubCache}`, {
       hint: 'fetch it once with network access, or unset HF_HUB_OFFLINE',
     });
   }
-  const blob = realpathSync(pointer);
+  const pointer = repoCache.pointerPath(commit, ref.path);
+  const blob = repoCache.resolvePointer(commit, ref.path);
   const temp = `${out}.loom-${process.pid}`;
   try {
     await rm(temp, { force: true });

@@ -6,7 +6,7 @@
 // across it, small ones fetched whole in the gaps), and are laid out in the standard HF cache
 // (blobs hard-linked from the node cache) or as plain files under --out. The fetch machinery
 // loads only when a file is missing: a second pull asks the Hub sooner and never loads it.
-import { existsSync, realpathSync, statSync } from 'node:fs';
+import { existsSync, statSync } from 'node:fs';
 import { link, mkdir, rm } from 'node:fs/promises';
 import { dirname, resolve, sep } from 'node:path';
 import { HubOfflineError, UsageError, diskError } from '../core/errors.js';
@@ -351,7 +351,7 @@ async function pullOffline(ctx: {
     if (!existsSync(pointer)) {
       throw new HubOfflineError(`HF_HUB_OFFLINE is set and ${path} of ${ref.repoId} is missing from the HF cache`);
     }
-    const blob = realpathSync(pointer);
+    const blob = repoCache.resolvePointer(commit, path);
     const size = statSync(blob).size;
     let location = pointer;
     if (out) {

@@ -6,9 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { DigestMismatchError, UsageError } from '../../src/core/errors.js';
+import { BadResponseError, DigestMismatchError, UsageError } from '../../src/core/errors.js';
 import { fetchS3, pullS3Prefix, s3KeyPath } from '../../src/cli/s3-fetch.js';
-import { staticCredentials, type S3Options } from '../../src/sources/s3/index.js';
+import { listS3Prefix, staticCredentials, type S3Options } from '../../src/sources/s3/index.js';
 import { sha256Of, tempDir } from '../helpers/fixtures.js';
 import { REGION, startS3Store, type S3TestStore } from '../support/s3-store.js';
 
@@ -115,5 +115,46 @@ describe('fetchS3 and pullS3Prefix', () => {
     assert.throws(() => s3KeyPath('/data/out', 'p/', 'p/../../etc/passwd'), UsageError);
     assert.throws(() => s3KeyPath('/data/out', 'p/', 'p/'), UsageError);
     assert.equal(s3KeyPath('/data/out', 'p/', 'p/a/b.bin'), '/data/out/a/b.bin');
+  });
+
+  it(
+    'a listing whose continuation tokens go round (A, B, A, …) fails at once instead of looping for ever',
+    { timeout: 30_000 },
+    async () => {
+      // The store answers page A with token B and every other page with token A.
+      store.front.listLie = (query) => {
+        const next = query.get('continuation-token') === 'A' ? 'B' : 'A';
+        return `<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>${next}</NextContinuationToken><Contents><Key>loop/x</Key><Size>1</Size></Contents></ListBucketResult>`;
+      };
+      const out = join(dir, 'loop');
+      const mark = store.front.requests.length;
+      try {
+        await assert.rejects(pullS3Prefix(`s3://${BUCKET}/loop/`, out, { ...base, s3: s3() }), (err: unknown) => {
+          assert.ok(err instanceof BadResponseError, String(err));
+          assert.match(
+            err.message,
+            /listing of s3:\/\/weights\/loop\/ goes back to a continuation token it gave before/,
+          );
+          return true;
+        });
+      } finally {
+        store.front.listLie = undefined;
+      }
+      const listings = store.front.requests.slice(mark).filter((r) => r.path === `/${BUCKET}`);
+      assert.equal(listings.length, 3, 'no token, A, B; then A again is refused');
+      assert.equal(existsSync(out), false, 'nothing written');
+    },
+  );
+
+  it('a listing that pages for ever through new tokens stops at the page limit', { timeout: 30_000 }, async () => {
+    let n = 0;
+    store.front.listLie = () =>
+      `<ListBucketResult><IsTruncated>true</IsTruncated><NextContinuationToken>t${++n}</NextContinuationToken></ListBucketResult>`;
+    try {
+      await assert.rejects(listS3Prefix(`s3://${BUCKET}/endless/`, { ...s3(), maxPages: 4 }), /goes on past 4 pages/);
+    } finally {
+      store.front.listLie = undefined;
+    }
+    assert.equal(n, 4);
   });
 });

@@ -51,6 +51,11 @@ export class S3Front {
   bodyRate: number | undefined;
   /** Flip the byte at this offset of the object at this path in every GET answer that holds it. */
   corrupt: { path: string; offset: number } | undefined;
+  /**
+   * A lying store: the XML of each ListObjectsV2 answer, given the request's query, instead
+   * of the store's (undefined: the store's own answer).
+   */
+  listLie: ((query: URLSearchParams) => string | undefined) | undefined;
   /** Called for each authenticated request before it is forwarded (tests change the store here). */
   onRequest: ((request: FrontRequest) => Promise<void>) | undefined;
   /** Most distinct objects whose GET bodies were being sent at one moment. */
@@ -112,6 +117,14 @@ export class S3Front {
     if (refusal?.code === 'AuthorizationHeaderMalformed') res.setHeader('x-amz-bucket-region', this.region);
     if (refusal) return this.reply(res, refusal.status, refusal.code, refusal.message);
     await this.onRequest?.(entry);
+    const lie =
+      req.method === 'GET' && url.searchParams.has('list-type') ? this.listLie?.(url.searchParams) : undefined;
+    if (lie !== undefined) {
+      entry.status = 200;
+      res.writeHead(200, { 'content-type': 'application/xml', 'content-length': Buffer.byteLength(lie) });
+      res.end(lie);
+      return;
+    }
 
     const objectPath = decodeURIComponent(url.pathname);
     const uploadId = url.searchParams.get('uploadId');

@@ -1,7 +1,8 @@
 // A test Hugging Face Hub: the endpoints Loom (and @huggingface/hub) use, as the field notes
 // describe them, on one port, and a separate CDN on a second port. LFS files redirect (302)
 // to the CDN with a signed URL that expires; small files are served by the Hub itself. It
-// can be gated, rate-limited and made to corrupt or slow the CDN's bytes, and it counts
+// can be gated, rate-limited, made to corrupt or slow the CDN's bytes, or to lie (tree
+// entries, next links, resolve headers: treeLie, nextLinkLie, resolveHeaderLies), and it counts
 // every byte each server sends and every Authorization header the CDN receives.
 import { createHash, createHmac, randomBytes } from 'node:crypto';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
@@ -105,6 +106,12 @@ export class TestHub {
   readonly corrupt = new Set<string>();
   /** The next this many API requests answer 429 with this Retry-After (seconds). */
   rateLimit = { remaining: 0, retryAfterSeconds: 1 };
+  /** A lying Hub: rewrites each tree page's entries before they are sent. */
+  treeLie: ((entries: HubEntry[]) => unknown[]) | undefined;
+  /** A lying Hub: the `Link: rel="next"` URL of each tree page (given the page's URL); undefined, none. */
+  nextLinkLie: ((page: URL) => string | undefined) | undefined;
+  /** A lying Hub: headers set on every resolve answer over the true ones (X-Repo-Commit, ETag…). */
+  resolveHeaderLies: Record<string, string> | undefined;
   signatureTtlMs: number;
   private readonly secret = randomBytes(16);
   private readonly blobs = new Map<string, StoredFile>();
@@ -314,12 +321,15 @@ export class TestHub {
         const cursor = Number(url.searchParams.get('cursor') ?? 0);
         const pageSize = this.options.pageSize ?? 50;
         const page = listed.slice(cursor, cursor + pageSize);
-        if (cursor + pageSize < listed.length) {
+        if (this.nextLinkLie) {
+          const lie = this.nextLinkLie(url);
+          if (lie !== undefined) res.setHeader('link', `<${lie}>; rel="next"`);
+        } else if (cursor + pageSize < listed.length) {
           const next = new URL(url.href);
           next.searchParams.set('cursor', String(cursor + pageSize));
           res.setHeader('link', `<${next.href}>; rel="next"`);
         }
-        return json(res, page);
+        return json(res, this.treeLie ? this.treeLie(page) : page);
       }
       if (kind === 'paths-info' && req.method === 'POST') {
         const body = JSON.parse((await readBody(req)).toString('utf8')) as { paths?: string[] };
@@ -343,6 +353,7 @@ export class TestHub {
     if (!file) return this.error(res, 404, 'EntryNotFound', `${path} does not exist on "${typed[3]}"`);
     const stored = this.store(file);
     res.setHeader('x-repo-commit', found.commit.sha);
+    const lies = this.resolveHeaderLies ?? {};
     if (stored.lfs) {
       const expires = Date.now() + this.signatureTtlMs;
       const location = `${this.cdnOrigin}/blobs/${stored.sha256}?expires=${expires}&sig=${this.sign(stored.sha256, expires)}`;
@@ -353,13 +364,14 @@ export class TestHub {
           'x-linked-size': String(stored.bytes.length),
           etag: `"${stored.sha1}"`,
           'content-length': 0,
+          ...lies,
         })
         .end();
       return;
     }
     const etag = `"${stored.sha1}"`;
     if (req.headers['if-none-match'] === etag) {
-      res.writeHead(304, { etag }).end();
+      res.writeHead(304, { etag, ...lies }).end();
       return;
     }
     if (req.method === 'GET') this.fileRequest(res);
@@ -368,7 +380,7 @@ export class TestHub {
       bytes = Buffer.from(bytes);
       bytes[0] = bytes[0]! ^ 0xff;
     }
-    this.stats.hubFileBytes += sendBytes(req, res, bytes, etag);
+    this.stats.hubFileBytes += sendBytes(req, res, bytes, etag, lies);
   }
 
   private sign(sha256: string, expires: number): string {
@@ -429,13 +441,19 @@ function rangeOf(req: IncomingMessage, size: number): { start: number; end: numb
 }
 
 /** Writes the head for a (ranged) answer; returns the body slice to send. */
-function head(req: IncomingMessage, res: ServerResponse, bytes: Buffer, etag: string): Buffer | undefined {
+function head(
+  req: IncomingMessage,
+  res: ServerResponse,
+  bytes: Buffer,
+  etag: string,
+  extra: Record<string, string> = {},
+): Buffer | undefined {
   const range = rangeOf(req, bytes.length);
   if (range === 'unsatisfiable') {
     res.writeHead(416, { 'content-range': `bytes */${bytes.length}`, etag }).end();
     return undefined;
   }
-  const common = { etag, 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
+  const common = { etag, 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream', ...extra };
   if (range) {
     res.writeHead(206, {
       ...common,
@@ -448,8 +466,14 @@ function head(req: IncomingMessage, res: ServerResponse, bytes: Buffer, etag: st
   return bytes;
 }
 
-function sendBytes(req: IncomingMessage, res: ServerResponse, bytes: Buffer, etag: string): number {
-  const body = head(req, res, bytes, etag);
+function sendBytes(
+  req: IncomingMessage,
+  res: ServerResponse,
+  bytes: Buffer,
+  etag: string,
+  extra: Record<string, string> = {},
+): number {
+  const body = head(req, res, bytes, etag, extra);
   if (!body) return 0;
   if (req.method === 'HEAD') {
     res.end();

@@ -1,10 +1,13 @@
 // The Hub's HTTP API as Loom uses it: a revision resolved to its commit, the paginated
 // recursive tree listing, and a file's metadata from a HEAD of its resolve URL. Every error
 // answer becomes the typed error its X-Error-Code (or status) names; 429 and 5xx are retried
-// with the wait the Hub asks for (Retry-After), within bounds.
+// with the wait the Hub asks for (Retry-After), within bounds. What the Hub says that later
+// names something on disk (oids, commits, ETags) is checked here, and its pages are followed
+// on its own origin only, never in a circle.
 import type { IncomingMessage, OutgoingHttpHeaders } from 'node:http';
 import { setTimeout as sleep } from 'node:timers/promises';
 import {
+  BadResponseError,
   HttpStatusError,
   HubEntryNotFoundError,
   HubGatedRepoError,
@@ -19,6 +22,7 @@ import {
   RedirectError,
   cancelled,
 } from '../../core/errors.js';
+import { DEFAULTS } from '../../core/defaults.js';
 import { formatWait } from '../../core/units.js';
 import { HttpClient } from '../http-client.js';
 import { formatHfRef, resolveUrl, type HfRef, type HfRepoType } from './uri.js';
@@ -37,6 +41,8 @@ export interface HubApiOptions {
   signal?: AbortSignal;
   /** Told before each wait for a retry (a 429, a 5xx, a cut connection): the wait is not silent. */
   onRetry?: (message: string) => void;
+  /** Pages of a tree listing followed at most. Default DEFAULTS.maxListPages. */
+  maxPages?: number;
 }
 
 /** One entry of the tree API. */
@@ -86,6 +92,46 @@ async function readText(res: IncomingMessage): Promise<string> {
 function header(res: IncomingMessage, name: string): string | undefined {
   const value = res.headers[name];
   return Array.isArray(value) ? value[0] : value;
+}
+
+const GIT_SHA1 = /^[0-9a-f]{40}$/;
+const SHA256 = /^[0-9a-f]{64}$/;
+
+/** A value from the Hub as an error message shows it: quoted, and cut short. */
+function shown(value: unknown): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > 80 ? `${text.slice(0, 77)}...` : text;
+}
+
+const isSize = (value: unknown): value is number =>
+  typeof value === 'number' && Number.isSafeInteger(value) && value >= 0;
+
+/**
+ * Checks a file entry of the tree listing. Its oid (git sha1) and lfs.oid (sha256) become
+ * blob names in the HF cache (`blobs/<etag>`, `.locks/…/<etag>.lock`) and the target of the
+ * snapshot's symlink: a Hub (or a mirror, or a tampered answer) giving `../../secret.txt`
+ * there would link a file from anywhere into the snapshot, or create files outside the cache.
+ * So every oid must be lower-case hex of its exact length, as the Hub gives them, before any
+ * of it reaches the disk.
+ */
+function checkTreeFile(item: TreeEntry, ref: HfRef, url: string): void {
+  const bad = (what: string): BadResponseError =>
+    new BadResponseError(
+      `the Hub's tree listing of ${ref.repoId} gives ${shown(item.path)} ${what}: refusing the listing`,
+      {
+        url,
+        hint: 'nothing was written; check HF_ENDPOINT: it must be a Hugging Face Hub (or a faithful mirror)',
+      },
+    );
+  if (typeof item.oid !== 'string' || !GIT_SHA1.test(item.oid)) {
+    throw bad(`the oid ${shown(item.oid)}, not a git sha1 (40 lower-case hex digits)`);
+  }
+  if (!isSize(item.size)) throw bad(`the size ${shown(item.size)}`);
+  if (item.lfs === undefined || item.lfs === null) return;
+  if (typeof item.lfs !== 'object' || typeof item.lfs.oid !== 'string' || !SHA256.test(item.lfs.oid)) {
+    throw bad(`the lfs.oid ${shown(item.lfs?.oid)}, not a sha256 (64 lower-case hex digits)`);
+  }
+  if (!isSize(item.lfs.size)) throw bad(`the lfs.size ${shown(item.lfs.size)}`);
 }
 
 /** The typed error for a Hub error answer. */
@@ -269,26 +315,64 @@ export class HubApi {
   /** The commit a branch, tag or commit names. */
   async resolveRevision(ref: HfRef, revision: string): Promise<string> {
     const url = `${this.endpoint}/api/${apiType(ref.repoType)}/${ref.repoId}/revision/${encodeURIComponent(revision)}`;
-    const { value } = await this.getJson<{ sha?: unknown }>(url, { ...ref, revision });
-    if (typeof value.sha !== 'string' || !/^[0-9a-f]{40}$/.test(value.sha)) {
+    const { value } = await this.getJson<{ sha?: unknown } | null>(url, { ...ref, revision });
+    // The commit names the snapshot folder and every file's URL: a commit hash, nothing else.
+    if (typeof value?.sha !== 'string' || !GIT_SHA1.test(value.sha)) {
       throw new HttpStatusError(`the Hub gave no commit for ${formatHfRef({ ...ref, revision })}`, { url });
     }
     return value.sha;
   }
 
-  /** Every entry of the repo at `commit`, following the tree API's pages. */
+  /**
+   * Every entry of the repo at `commit`, following the tree API's pages. A next page is
+   * followed only on the endpoint's own origin (scheme, host and port): every request carries
+   * the token, which is for the Hub alone. A page asked for before, or more pages than any
+   * repo has, is a listing that never ends: it fails instead of looping for ever.
+   */
   async listTree(ref: HfRef, commit: string): Promise<TreeEntry[]> {
     const entries: TreeEntry[] = [];
+    const origin = new URL(this.endpoint).origin;
+    const maxPages = this.options.maxPages ?? DEFAULTS.maxListPages;
+    const seen = new Set<string>();
     let url: string | undefined =
       `${this.endpoint}/api/${apiType(ref.repoType)}/${ref.repoId}/tree/${commit}?recursive=true`;
     while (url) {
+      seen.add(url);
       const { value, res } = await this.getJson<unknown>(url, ref);
       if (!Array.isArray(value))
         throw new HttpStatusError(`the Hub's tree listing of ${ref.repoId} is not a list`, { url });
       for (const item of value as TreeEntry[]) {
-        if ((item.type === 'file' || item.type === 'directory') && typeof item.path === 'string') entries.push(item);
+        if (item === null || typeof item !== 'object') continue;
+        if ((item.type === 'file' || item.type === 'directory') && typeof item.path === 'string') {
+          if (item.type === 'file') checkTreeFile(item, ref, url);
+          entries.push(item);
+        }
       }
-      url = nextLink(header(res, 'link'), url);
+      const next = nextLink(header(res, 'link'), url);
+      if (next === undefined) break;
+      const listing = `the Hub's tree listing of ${formatHfRef({ ...ref, revision: commit })}`;
+      if (new URL(next).origin !== origin) {
+        throw new BadResponseError(
+          `${listing} sends its next page to ${new URL(next).origin}, not to ${origin}: not following it`,
+          {
+            url,
+            hint: `the token is sent to ${origin} only; check HF_ENDPOINT (a mirror must page on its own host)`,
+          },
+        );
+      }
+      if (seen.has(next)) {
+        throw new BadResponseError(`${listing} goes back to a page it gave before (${next}): it would never end`, {
+          url,
+          hint: 'the Hub (or the mirror at HF_ENDPOINT) pages wrongly; retry later',
+        });
+      }
+      if (seen.size >= maxPages) {
+        throw new BadResponseError(`${listing} goes on past ${maxPages} pages: not following it further`, {
+          url,
+          hint: 'the Hub (or the mirror at HF_ENDPOINT) pages wrongly; retry later',
+        });
+      }
+      url = next;
     }
     return entries;
   }
@@ -317,8 +401,22 @@ export class HubApi {
           { url, status, hint: 'check HF_ENDPOINT: it must be a Hugging Face Hub' },
         );
       }
+      // Both name things on disk (the blob in the HF cache, the snapshot) and go into URLs:
+      // only the Hub's own forms are taken.
       const clean = normalizeEtag(etag);
-      return { commit, etag: clean, size, lfs: /^[0-9a-f]{64}$/.test(clean) };
+      if (!GIT_SHA1.test(commit) || !(GIT_SHA1.test(clean) || SHA256.test(clean)) || size < 0) {
+        throw new BadResponseError(
+          `the Hub's answer for ${formatHfRef(fileRef)} has ${
+            !GIT_SHA1.test(commit)
+              ? `the X-Repo-Commit ${shown(commit)}, not a commit hash (40 lower-case hex digits)`
+              : size < 0
+                ? `the size ${size}`
+                : `the ETag ${shown(etag)}, neither a git sha1 (40 lower-case hex digits) nor a sha256 (64)`
+          }`,
+          { url, status, hint: 'nothing was downloaded; check HF_ENDPOINT: it must be a Hugging Face Hub' },
+        );
+      }
+      return { commit, etag: clean, size, lfs: SHA256.test(clean) };
     }
   }
 
