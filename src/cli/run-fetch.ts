@@ -9,7 +9,7 @@ import { AbortedError, cancelled, diskError, DiskFullError, EXIT, UsageError } f
 import { formatBytes } from '../core/units.js';
 import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
-import { createCacheRoot } from './cache-root-check.js';
+import { createCacheRoot, createFolders } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { withoutResume } from '../fetch/retry-budget.js';
 import type { FetchOptions } from '../fetch/options.js';
@@ -50,9 +50,19 @@ function forCommandLine(err: unknown): unknown {
   return err;
 }
 
-/** The folder --out goes into must exist and be writable: found out now, not after the download. */
+/**
+ * The folder --out goes into is made if missing (as aria2c, `hf download` and curl
+ * --create-dirs do: `-o models/llama/model.gguf` in a fresh container) and must be writable:
+ * found out now, not after the download.
+ */
 async function checkOutputFolder(out: string): Promise<void> {
   const folder = dirname(resolve(out));
+  try {
+    await createFolders(folder);
+  } catch (err) {
+    const dir = (err as { dir?: string }).dir ?? folder;
+    throw diskError(err, `creating the output folder ${dir}`, dir);
+  }
   try {
     const info = await stat(folder);
     if (!info.isDirectory()) throw Object.assign(new Error(`${folder} is not a directory`), { code: 'ENOTDIR' });

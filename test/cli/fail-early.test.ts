@@ -24,14 +24,30 @@ async function origin(): Promise<OriginServer> {
 }
 
 describe('loom fetch fails before the download', () => {
-  it('reports a missing output folder with exit 5 before any request, with the cache on', async () => {
+  it('creates missing folders of --out, as curl --create-dirs does, and fetches into them', async () => {
     const origin_ = await origin();
     const cacheDir = tempDir('loom-cache-');
-    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', join(dir, 'no', 'such', 'f.bin')], {
+    const out = join(dir, 'no', 'such', 'f.bin');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', out, '--json'], { LOOM_CACHE_DIR: cacheDir });
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(await sha256OfFile(out), content.sha256);
+    const summary = JSON.parse(run.stdout) as { cache: string; materialization: string };
+    assert.equal(summary.cache, 'miss', 'the node cache was used');
+    assert.equal(summary.materialization, 'hardlink');
+  });
+
+  it('reports an output folder that cannot be made with exit 5 before any request, with the cache on', async () => {
+    const origin_ = await origin();
+    const cacheDir = tempDir('loom-cache-');
+    writeFileSync(join(dir, 'a-file'), 'x');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', join(dir, 'a-file', 'sub', 'f.bin')], {
       LOOM_CACHE_DIR: cacheDir,
     });
     assert.equal(run.code, 5, run.stderr);
-    assert.match(run.stderr, /^loom: error: directory does not exist while checking the output folder .*\/no\/such/);
+    assert.match(
+      run.stderr,
+      /^loom: error: a part of the path is not a directory while creating the output folder .*\/a-file\/sub/,
+    );
     assert.doesNotMatch(run.stderr, /cache unusable/);
     assert.equal(origin_.requests.length, 0, 'nothing was asked of the origin');
     assert.deepEqual(readdirSync(join(cacheDir)), [], 'nothing was cached either');
