@@ -135,6 +135,35 @@ describe('loom cache on a bad cache root', () => {
     assert.deepEqual(readdirSync(root), ['mine.txt']);
   });
 
+  it('a root with the layout an agent made and a foreign folder in it, no index.db yet, is still the cache', async () => {
+    // `loom agent` makes blobs/sha256, tmp, locks and hints, not index.db; a pod that then
+    // wrote an outputs/ folder into the root left it refused for good ("not a Loom cache").
+    const origin_ = await origin();
+    const root = tempDir('agent-cache-');
+    for (const name of ['blobs/sha256', 'tmp', 'locks', 'hints', 'outputs'])
+      mkdirSync(join(root, name), { recursive: true });
+    const out = join(root, 'outputs', 'f.bin');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', out, '--cache-dir', root, '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.doesNotMatch(run.stderr, /cache unusable/);
+    assert.equal(await sha256OfFile(out), content.sha256);
+    const summary = JSON.parse(run.stdout) as { cache: string; materialization: string };
+    assert.deepEqual([summary.cache, summary.materialization], ['miss', 'hardlink']);
+    assert.equal(existsSync(join(root, 'blobs', 'sha256', content.sha256)), true);
+  });
+
+  it('a folder that is not a cache is refused with what to do about it', async () => {
+    const root = tempDir('not-a-cache-');
+    mkdirSync(join(root, 'outputs'));
+    mkdirSync(join(root, 'tmp'));
+    const run = await runLoom(['cache', 'ls', '--cache-dir', root]);
+    assert.equal(run.code, 6, run.stderr);
+    assert.match(
+      run.stderr,
+      /holds other files \(outputs\) and no index\.db; .*move that out of it \(outputs go beside/,
+    );
+  });
+
   it("a volume's own root (only lost+found in it) is still a cache root", async () => {
     const root = tempDir('volume-cache-');
     mkdirSync(join(root, 'lost+found'));
