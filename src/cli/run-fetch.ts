@@ -13,7 +13,7 @@ import { createCacheRoot, createFolders } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { withoutResume } from '../fetch/retry-budget.js';
 import type { FetchOptions } from '../fetch/options.js';
-import type { DownloadPlanner } from '../cache/download-planner.js';
+import type { PeerPlanner } from '../peer/peer-download.js';
 import { defaultOutFor, fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
 import { summaryLine, summaryOf } from './fetch-summary.js';
 import { printJson, reportError, say } from './output.js';
@@ -93,8 +93,9 @@ async function cacheUsable(flags: FetchFlags, out: string): Promise<boolean> {
 async function peerPlanner(
   flags: FetchFlags,
   onStatus: (message: string) => void,
+  onWarning: (message: string) => void,
   env: NodeJS.ProcessEnv = process.env,
-): Promise<DownloadPlanner | undefined> {
+): Promise<PeerPlanner | undefined> {
   const controlPlane = flags.controlPlane ?? env.LOOM_CONTROL_PLANE;
   if (!controlPlane) {
     if (flags.origin === false)
@@ -116,6 +117,7 @@ async function peerPlanner(
     useOrigin: flags.origin !== false,
     originConnections: flags.workers,
     onStatus,
+    onWarning,
   });
 }
 
@@ -203,9 +205,17 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       holdYoungGenerationAfter(p.transferredBytes);
     };
     let result: FetchResult | CachedFetchResult;
+    let planner: PeerPlanner | undefined;
     try {
       const onStatus = (message: string): void =>
         mode === 'none' ? say(flags, `loom: ${message}`) : view.status(message);
+      // A control plane that cannot be used (a refused token) is said with --json too: the
+      // fetch succeeds from the origin, and nothing else would show the fleet was bypassed.
+      const onWarning = (message: string): void => {
+        if (flags.quiet) return;
+        if (mode === 'none') process.stderr.write(`loom: warning: ${message}\n`);
+        else view.note(`warning: ${message}`);
+      };
       result = url.startsWith('s3://')
         ? // s3:// (S3 and compatible stores): signed ranged GETs, checked against the object's checksum.
           await fetchS3ForCli(url, out, options)
@@ -220,7 +230,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
                 cacheDir: flags.cacheDir,
                 offline: flags.offline,
                 onStatus,
-                planner: await peerPlanner(flags, onStatus),
+                planner: (planner = await peerPlanner(flags, onStatus, onWarning)),
               })
             : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
       if (stream) {
@@ -230,7 +240,8 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     } finally {
       view.stop();
     }
-    if (flags.json) printJson(summaryOf(result));
+    if (flags.json)
+      printJson({ ...summaryOf(result), ...(planner?.problem && { controlPlaneError: planner.problem }) });
     else say(flags, summaryLine(result, flags.sha256));
     if (registry) {
       await registry.register(out);
