@@ -17,13 +17,14 @@ import { hostname } from 'node:os';
 import {
   ControlPlaneClient,
   heartbeatInterval,
+  type ControlPlaneAnswer,
   type HeartbeatBody,
   type ManifestRecord,
   type ReplicaAnnouncement,
 } from '../control-plane/client.js';
 import { AGENT_SERVER_DEFAULTS, AgentServer, type Readiness } from './agent-server.js';
 import { readCachedManifest } from './cached-manifest.js';
-import { checkHttpUrl, checkNodeId, checkZone } from './node-identity.js';
+import { checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
 import { PartialBlobReader } from './partial-blobs.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -243,40 +244,37 @@ export class Agent {
       }
       return true;
     }
-    return this.failed(answer.status, answer.message);
+    return this.failed(answer);
   }
 
-  private failed(status: number | undefined, message: string): false {
+  private failed(answer: ControlPlaneAnswer): false {
     this.failures++;
     const before = this.readinessNow;
-    if (status === 401 || status === 403) {
-      const hint = this.options.token
-        ? `check that --token-file (or LOOM_TOKEN) holds node ${this.nodeId}'s token (hex HMAC-SHA256 of the cluster secret and "loom-node:${this.nodeId}") or the admin token, and that --node-id is the node it was made for`
-        : `give --token-file FILE (or LOOM_TOKEN) with node ${this.nodeId}'s token (hex HMAC-SHA256 of the cluster secret and "loom-node:${this.nodeId}") or the admin token`;
-      this.readinessNow = {
-        ready: false,
-        code: status === 401 ? 'LOOM_ERR_UNAUTHORIZED' : 'LOOM_ERR_FORBIDDEN',
-        message: `the control plane refused this node's token (HTTP ${status}: ${message}): not registered, so no peer finds this node; ${hint}`,
-      };
-    } else {
-      this.readinessNow = {
-        ready: false,
-        code: status === undefined ? 'LOOM_ERR_NETWORK' : 'LOOM_ERR_BAD_RESPONSE',
-        message: `heartbeat failed: ${message}`,
-      };
-    }
-    // Said once per change (a refusal repeats every retry with the same answer), not forever.
+    const { status } = answer;
+    const refused = status === 401 || status === 403;
+    const code = (answer.body as { error?: { code?: unknown } } | undefined)?.error?.code;
+    this.readinessNow = refused
+      ? {
+          ready: false,
+          code: status === 401 ? 'LOOM_ERR_UNAUTHORIZED' : 'LOOM_ERR_FORBIDDEN',
+          message:
+            `the control plane refused this node's token (HTTP ${status}: ${answer.message}): not registered, ` +
+            `so no peer finds this node; ${tokenHint(this.nodeId, this.options.token !== undefined)}`,
+        }
+      : {
+          ready: false,
+          code: typeof code === 'string' ? code : status === undefined ? 'LOOM_ERR_NETWORK' : 'LOOM_ERR_BAD_RESPONSE',
+          message: `heartbeat failed: ${answer.message}`,
+        };
+    // Said once per change (a refusal repeats at every retry with the same answer), not forever.
     const changed = before.ready || before.code !== this.readinessNow.code;
-    if (this.registered || this.failures === 1 || changed) {
-      const now = this.readinessNow;
-      if (!now.ready)
-        this.log(
-          'warn',
-          now.code === 'LOOM_ERR_UNAUTHORIZED' || now.code === 'LOOM_ERR_FORBIDDEN'
-            ? `${now.message}; /readyz answers 503 until a heartbeat is accepted (retrying)`
-            : `${now.message}; still serving, retrying`,
-        );
-    }
+    if (this.registered || this.failures === 1 || changed)
+      this.log(
+        'warn',
+        refused
+          ? `${this.readinessNow.message}; /readyz answers 503 until a heartbeat is accepted (retrying)`
+          : `${this.readinessNow.message}; still serving, retrying`,
+      );
     this.registered = false;
     return false;
   }

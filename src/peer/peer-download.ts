@@ -11,7 +11,7 @@ import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
 import { ORIGIN_SLOT_ID, Swarm, type SwarmPlan } from './swarm.js';
 import { ClientSwarmControl, isRefusal, type ControlPlaneTrouble } from './swarm-control.js';
-import { checkHttpUrl, checkNodeId, checkZone } from './node-identity.js';
+import { checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export interface PeerFetchOptions {
@@ -216,12 +216,10 @@ export class PeerPlanner implements DownloadPlanner {
   ): { code: string; reason: string; hint: string; error: (message: string) => Error } | undefined {
     if (!trouble || !isRefusal(trouble.status)) return undefined;
     const reason = `the control plane refused this node's token (HTTP ${trouble.status}: ${trouble.message})`;
-    const hint = this.options.token
-      ? `check that --token-file (or LOOM_TOKEN) holds node ${this.nodeId}'s token (hex HMAC-SHA256 of the cluster secret and "loom-node:${this.nodeId}") or the admin token, and that --node-id (or LOOM_NODE_ID) is the node it was made for`
-      : `give --token-file FILE (or LOOM_TOKEN) with node ${this.nodeId}'s token (hex HMAC-SHA256 of the cluster secret and "loom-node:${this.nodeId}") or the admin token`;
+    const hint = tokenHint(this.nodeId, this.options.token !== undefined);
     const ErrorClass = trouble.status === 403 ? ForbiddenError : UnauthorizedError;
     return {
-      code: new ErrorClass('').code,
+      code: trouble.status === 403 ? 'LOOM_ERR_FORBIDDEN' : 'LOOM_ERR_UNAUTHORIZED',
       reason,
       hint,
       error: (message) => new ErrorClass(message, { status: trouble.status, hint }),
