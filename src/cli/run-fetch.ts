@@ -81,9 +81,17 @@ async function cacheUsable(flags: FetchFlags, out: string): Promise<boolean> {
     await createCacheRoot(resolveCacheRoot(flags.cacheDir));
     return true;
   } catch (err) {
-    say(flags, `loom: cache unusable (${(err as Error).message}); downloading straight to ${out}`);
+    warning(flags, `cache unusable (${(err as Error).message}); downloading straight to ${out}`);
     return false;
   }
+}
+
+/**
+ * A line for what succeeded the wrong way (the cache or the fleet bypassed): said with --json
+ * too, where status lines are not, since the exit code cannot show it; -q silences it.
+ */
+function warning(flags: FetchFlags, message: string): void {
+  if (!flags.quiet) process.stderr.write(`loom: warning: ${message}\n`);
 }
 
 /**
@@ -212,8 +220,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       // A control plane that cannot be used (a refused token) is said with --json too: the
       // fetch succeeds from the origin, and nothing else would show the fleet was bypassed.
       const onWarning = (message: string): void => {
-        if (flags.quiet) return;
-        if (mode === 'none') process.stderr.write(`loom: warning: ${message}\n`);
+        if (mode === 'none') warning(flags, message);
         else view.note(`warning: ${message}`);
       };
       result = url.startsWith('s3://')
@@ -230,6 +237,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
                 cacheDir: flags.cacheDir,
                 offline: flags.offline,
                 onStatus,
+                onWarning,
                 planner: (planner = await peerPlanner(flags, onStatus, onWarning)),
               })
             : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);

@@ -135,6 +135,21 @@ describe('loom cache on a bad cache root', () => {
     assert.deepEqual(readdirSync(root), ['mine.txt']);
   });
 
+  it('says a cache it bypasses with --json too (an init container logs stderr, its exit code is 0)', async () => {
+    const origin_ = await origin();
+    const root = tempDir('not-a-cache-');
+    writeFileSync(join(root, 'mine.txt'), 'x\n');
+    const out = join(tempDir(), 'f.bin');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', out, '--cache-dir', root, '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(
+      run.stderr,
+      /^loom: warning: cache unusable \(.* is not a Loom cache: .*\); downloading straight to /m,
+    );
+    assert.equal((JSON.parse(run.stdout) as { cache: string }).cache, 'bypass');
+    assert.equal(await sha256OfFile(out), content.sha256);
+  });
+
   it('a root with the layout an agent made and a foreign folder in it, no index.db yet, is still the cache', async () => {
     // `loom agent` makes blobs/sha256, tmp, locks and hints, not index.db; a pod that then
     // wrote an outputs/ folder into the root left it refused for good ("not a Loom cache").
