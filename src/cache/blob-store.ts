@@ -17,6 +17,7 @@ import {
   writeFileSync,
   type Stats,
 } from 'node:fs';
+import { dirname } from 'node:path';
 import { CacheError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
 import { blobPath, checkCacheRootFolder, type CacheLayout } from './cache-root.js';
@@ -36,9 +37,38 @@ export async function ensureLayout(layout: CacheLayout): Promise<void> {
     });
     for (const dir of [layout.blobs, layout.tmp, layout.locks, layout.hints]) await fsp.mkdir(dir, { recursive: true });
   } catch (err) {
+    const denied = permissionHint(err);
+    if (denied)
+      throw new CacheError(`cache ${layout.root} is not usable: permission denied while creating the cache in it`, {
+        path: layout.root,
+        cause: err,
+        hint: denied,
+      });
     const cause = diskError(err, `creating the cache in ${layout.root}`);
     throw new CacheError(`cache ${layout.root} is not usable: ${cause.message}`, { path: layout.root, cause: err });
   }
+}
+
+/**
+ * For a mkdir refused for permissions: who this process is, who owns the folder it could not
+ * write into, and what to do. A container image that runs as a user (`USER node`) on a
+ * hostPath the kubelet created root-owned crash-looped on "permission denied" alone.
+ */
+function permissionHint(err: unknown): string | undefined {
+  const { code, path } = err as { code?: string; path?: string };
+  if ((code !== 'EACCES' && code !== 'EPERM') || !path || !process.getuid || !process.getgid) return undefined;
+  const folder = dirname(path);
+  const uid = process.getuid();
+  const gid = process.getgid();
+  const owner = statSync(folder, { throwIfNoEntry: false });
+  const owned = owner
+    ? `, owned by uid ${owner.uid} gid ${owner.gid} with mode ${(owner.mode & 0o7777).toString(8).padStart(4, '0')}`
+    : '';
+  return (
+    `this process runs as uid ${uid} gid ${gid} and cannot write into ${folder}${owned}: ` +
+    `make it writable for uid ${uid} (\`chown ${uid}:${gid} ${folder}\`; on Kubernetes, an initContainer running as root ` +
+    `that does it, as deploy/kubernetes/agent-daemonset.yaml shows), or run as a user that can write there`
+  );
 }
 
 export async function hasBlob(layout: CacheLayout, digest: string): Promise<boolean> {

@@ -42,9 +42,22 @@ const LOOM_NAMES = new Set(
 );
 
 /**
+ * The folders ensureLayout makes. A root holding all of them was made by Loom (an agent
+ * makes them before any fetch makes index.db): a folder put in it later (an `outputs/` a
+ * pod wrote into) does not make it someone else's folder. Without this, such a root was
+ * refused for good, since nothing makes index.db in a root that is refused.
+ */
+const LAYOUT = ['blobs/sha256', 'tmp', 'locks', 'hints'];
+
+function hasLayout(root: string): boolean {
+  return LAYOUT.every((dir) => statSync(join(root, dir), { throwIfNoEntry: false })?.isDirectory() === true);
+}
+
+/**
  * Throws a CacheError when `root` is not a folder Loom may make its layout in: a file, or a
- * folder holding other things and no index.db (a mistyped --cache-dir, or `/`, whose tmp/
- * gc would empty). A missing or empty folder, or an existing cache, passes.
+ * folder holding other things and neither index.db nor Loom's layout (a mistyped
+ * --cache-dir, or `/`, whose tmp/ gc would empty). A missing or empty folder, or an existing
+ * cache, passes.
  */
 export function checkCacheRootFolder(root: string): void {
   let entries: string[];
@@ -62,11 +75,13 @@ export function checkCacheRootFolder(root: string): void {
   }
   if (entries.includes('index.db')) return;
   const foreign = entries.filter((name) => !LOOM_NAMES.has(name)).sort();
-  if (foreign.length === 0) return;
+  if (foreign.length === 0 || hasLayout(root)) return;
   const shown = foreign.slice(0, 3).join(', ') + (foreign.length > 3 ? ', …' : '');
   throw new CacheError(`${root} is not a Loom cache: it holds other files (${shown}) and no index.db`, {
     path: root,
-    hint: 'give --cache-dir (or LOOM_CACHE_DIR) an empty or new directory, or an existing Loom cache; Loom writes nothing into this one',
+    hint:
+      `give --cache-dir (or LOOM_CACHE_DIR) an empty or new directory, or an existing Loom cache; Loom writes nothing into this one. ` +
+      `If it is meant to be the cache, move ${foreign.length === 1 ? 'that' : 'those'} out of it (outputs go beside the cache, not in it)`,
   });
 }
 

@@ -33,6 +33,11 @@ export interface CacheOptions {
   revalidateTimeoutMs?: number;
   /** Human status lines (waiting for another process, cache unusable, stale copy served). */
   onStatus?: (message: string) => void;
+  /**
+   * "cache unusable …: downloading straight to OUT": the cache (and the fleet) bypassed, said
+   * even where status lines are not (--json), since the fetch still succeeds. Default: onStatus.
+   */
+  onWarning?: (message: string) => void;
   /** Other nodes to take the bytes from (src/peer/peer-download.ts). Default: none. */
   planner?: DownloadPlanner;
   /**
@@ -69,6 +74,7 @@ export async function fetchCached(
     offline,
     revalidateTimeoutMs,
     onStatus,
+    onWarning,
     planner,
     sha256FromSource,
     verifyDownload,
@@ -78,6 +84,7 @@ export async function fetchCached(
   const started = performance.now();
   const key = cacheKey(url, resolved.headers);
   const status = onStatus ?? (() => undefined);
+  const warn = onWarning ?? status;
   const node = new NodeCache(resolveCacheRoot(cacheDir), status);
   const source = sourceFor(url, sourceOptionsOf(resolved));
   const freshness: FreshnessCheck = {
@@ -139,7 +146,7 @@ export async function fetchCached(
     cache = await node.open();
   } catch (err) {
     source.close();
-    status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
+    warn(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
     return bypass(url, out, fetchOptions, verifyDownload);
   }
 
@@ -290,7 +297,7 @@ export async function fetchCached(
     const sharedFull = fullDiskSharedWithOut(err, cache.root, out);
     if (sharedFull) throw sharedFull;
     if (isCacheSideFailure(err, cache.root)) {
-      status(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
+      warn(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
       return bypass(url, out, fetchOptions, verifyDownload);
     }
     throw err;

@@ -1,6 +1,8 @@
-// Whether a cache root exists, or could be made, without leaving anything behind. Each missing
-// folder is made on its own (never `mkdir -p`: Node's recursive mkdir loops forever under
-// /proc, where a mkdir answers ENOENT), so an impossible root fails at once with its reason.
+// Whether a cache root exists, or could be made, without leaving anything behind; and the
+// missing folders of a path (a cache root, `fetch -o a/b/c.bin`'s folder) made one by one.
+// Each missing folder is made on its own (never `mkdir -p`: Node's recursive mkdir loops
+// forever under /proc, where a mkdir answers ENOENT), so an impossible path fails at once
+// with its reason.
 import { existsSync } from 'node:fs';
 import { mkdir, rmdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -16,21 +18,35 @@ function missingFolders(root: string): string[] {
   return missing;
 }
 
-/** Makes `root` and its missing parents one by one; throws a CacheError saying why it cannot. */
-export async function createCacheRoot(root: string): Promise<string[]> {
+/**
+ * Makes `path` and its missing parents one by one, outermost first; returns the folders it
+ * made. On failure it removes them again and throws the system error with the folder that
+ * could not be made as `dir`.
+ */
+export async function createFolders(path: string): Promise<string[]> {
   const created: string[] = [];
-  for (const dir of missingFolders(root)) {
+  for (const dir of missingFolders(path)) {
     try {
       await mkdir(dir);
       created.push(dir);
     } catch (err) {
       if ((err as { code?: string }).code === 'EEXIST') continue;
       await removeFolders(created);
-      const cause = diskError(err, `creating ${dir}`, dir);
-      throw new CacheError(`cache root ${root} cannot be created: ${cause.message}`, { path: root, cause: err });
+      throw Object.assign(err as Error, { dir });
     }
   }
   return created;
+}
+
+/** Makes `root` and its missing parents one by one; throws a CacheError saying why it cannot. */
+export async function createCacheRoot(root: string): Promise<string[]> {
+  try {
+    return await createFolders(root);
+  } catch (err) {
+    const dir = (err as { dir?: string }).dir ?? root;
+    const cause = diskError(err, `creating ${dir}`, dir);
+    throw new CacheError(`cache root ${root} cannot be created: ${cause.message}`, { path: root, cause: err });
+  }
 }
 
 async function removeFolders(created: string[]): Promise<void> {

@@ -9,11 +9,11 @@ import { AbortedError, cancelled, diskError, DiskFullError, EXIT, UsageError } f
 import { formatBytes } from '../core/units.js';
 import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
-import { createCacheRoot } from './cache-root-check.js';
+import { createCacheRoot, createFolders } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { withoutResume } from '../fetch/retry-budget.js';
 import type { FetchOptions } from '../fetch/options.js';
-import type { DownloadPlanner } from '../cache/download-planner.js';
+import type { PeerPlanner } from '../peer/peer-download.js';
 import { defaultOutFor, fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
 import { summaryLine, summaryOf } from './fetch-summary.js';
 import { printJson, reportError, say } from './output.js';
@@ -50,9 +50,19 @@ function forCommandLine(err: unknown): unknown {
   return err;
 }
 
-/** The folder --out goes into must exist and be writable: found out now, not after the download. */
+/**
+ * The folder --out goes into is made if missing (as aria2c, `hf download` and curl
+ * --create-dirs do: `-o models/llama/model.gguf` in a fresh container) and must be writable:
+ * found out now, not after the download.
+ */
 async function checkOutputFolder(out: string): Promise<void> {
   const folder = dirname(resolve(out));
+  try {
+    await createFolders(folder);
+  } catch (err) {
+    const dir = (err as { dir?: string }).dir ?? folder;
+    throw diskError(err, `creating the output folder ${dir}`, dir);
+  }
   try {
     const info = await stat(folder);
     if (!info.isDirectory()) throw Object.assign(new Error(`${folder} is not a directory`), { code: 'ENOTDIR' });
@@ -71,9 +81,17 @@ async function cacheUsable(flags: FetchFlags, out: string): Promise<boolean> {
     await createCacheRoot(resolveCacheRoot(flags.cacheDir));
     return true;
   } catch (err) {
-    say(flags, `loom: cache unusable (${(err as Error).message}); downloading straight to ${out}`);
+    warning(flags, `cache unusable (${(err as Error).message}); downloading straight to ${out}`);
     return false;
   }
+}
+
+/**
+ * A line for what succeeded the wrong way (the cache or the fleet bypassed): said with --json
+ * too, where status lines are not, since the exit code cannot show it; -q silences it.
+ */
+function warning(flags: FetchFlags, message: string): void {
+  if (!flags.quiet) process.stderr.write(`loom: warning: ${message}\n`);
 }
 
 /**
@@ -83,8 +101,9 @@ async function cacheUsable(flags: FetchFlags, out: string): Promise<boolean> {
 async function peerPlanner(
   flags: FetchFlags,
   onStatus: (message: string) => void,
+  onWarning: (message: string) => void,
   env: NodeJS.ProcessEnv = process.env,
-): Promise<DownloadPlanner | undefined> {
+): Promise<PeerPlanner | undefined> {
   const controlPlane = flags.controlPlane ?? env.LOOM_CONTROL_PLANE;
   if (!controlPlane) {
     if (flags.origin === false)
@@ -106,6 +125,7 @@ async function peerPlanner(
     useOrigin: flags.origin !== false,
     originConnections: flags.workers,
     onStatus,
+    onWarning,
   });
 }
 
@@ -193,9 +213,16 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       holdYoungGenerationAfter(p.transferredBytes);
     };
     let result: FetchResult | CachedFetchResult;
+    let planner: PeerPlanner | undefined;
     try {
       const onStatus = (message: string): void =>
         mode === 'none' ? say(flags, `loom: ${message}`) : view.status(message);
+      // A control plane that cannot be used (a refused token) is said with --json too: the
+      // fetch succeeds from the origin, and nothing else would show the fleet was bypassed.
+      const onWarning = (message: string): void => {
+        if (mode === 'none') warning(flags, message);
+        else view.note(`warning: ${message}`);
+      };
       result = url.startsWith('s3://')
         ? // s3:// (S3 and compatible stores): signed ranged GETs, checked against the object's checksum.
           await fetchS3ForCli(url, out, options)
@@ -210,7 +237,8 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
                 cacheDir: flags.cacheDir,
                 offline: flags.offline,
                 onStatus,
-                planner: await peerPlanner(flags, onStatus),
+                onWarning,
+                planner: (planner = await peerPlanner(flags, onStatus, onWarning)),
               })
             : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
       if (stream) {
@@ -220,7 +248,8 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     } finally {
       view.stop();
     }
-    if (flags.json) printJson(summaryOf(result));
+    if (flags.json)
+      printJson({ ...summaryOf(result), ...(planner?.problem && { controlPlaneError: planner.problem }) });
     else say(flags, summaryLine(result, flags.sha256));
     if (registry) {
       await registry.register(out);

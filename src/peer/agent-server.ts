@@ -1,7 +1,8 @@
 // The node agent's HTTP server: serves blobs of this node's cache to peers, by digest only
 // (`GET|HEAD /v1/blobs/:digest`, one Range), complete blobs from `blobs/sha256/` and the
 // verified pieces of downloads in progress from `tmp/` (see partial-blobs.ts), plus
-// /healthz and /metrics. The contract is docs/design/peers-and-pieces.md.
+// /healthz (the process is up), /readyz (the control plane accepts this node: a refused token
+// must not look healthy) and /metrics. The contract is docs/design/peers-and-pieces.md.
 //
 // Safety: a request names a digest that must be 64 lower-case hex characters before any
 // path is built from it, so nothing outside the cache can be read. A blob being served is
@@ -36,7 +37,12 @@ export interface AgentServerOptions {
   metrics?: AgentMetrics;
   readChunkBytes?: number;
   idleTimeoutMs?: number;
+  /** What /readyz answers: ready, or why not (503). Default: always ready. */
+  readiness?: () => Readiness;
 }
+
+/** Whether the agent does its job for the fleet, and why not (an error code and message). */
+export type Readiness = { ready: true } | { ready: false; code: string; message: string };
 
 const DIGEST = /^[0-9a-f]{64}$/;
 const BLOBS_PREFIX = '/v1/blobs/';
@@ -82,6 +88,7 @@ export class AgentServer {
   private readonly maxUploads: number;
   private readonly chunk: number;
   private readonly tokenHash: Buffer | undefined;
+  private readonly readiness: () => Readiness;
   private inFlight = 0;
   private readonly drained = new Set<() => void>();
   /** Read buffers of `chunk` bytes no upload is using. */
@@ -94,6 +101,7 @@ export class AgentServer {
     this.maxUploads = options.maxUploads ?? AGENT_SERVER_DEFAULTS.maxUploads;
     this.chunk = options.readChunkBytes ?? AGENT_SERVER_DEFAULTS.readChunkBytes;
     this.tokenHash = options.token ? createHash('sha256').update(options.token).digest() : undefined;
+    this.readiness = options.readiness ?? (() => ({ ready: true }));
     this.server = http.createServer({ keepAlive: true }, (req, res) => {
       this.handle(req, res).catch((err: unknown) => this.fail(res, err));
     });
@@ -147,9 +155,15 @@ export class AgentServer {
     const path = (req.url ?? '/').split('?')[0]!;
     const method = req.method ?? 'GET';
     const readOnly = method === 'GET' || method === 'HEAD';
-    if (path === '/healthz' || path === '/metrics') {
+    if (path === '/healthz' || path === '/readyz' || path === '/metrics') {
       if (!readOnly) return this.refuse(req, res, 405, 'LOOM_ERR_VALIDATION', `${method} not allowed`, 'bad_request');
       if (path === '/healthz') return this.json(req, res, 200, { ok: true, uploadsInFlight: this.inFlight });
+      if (path === '/readyz') {
+        const readiness = this.readiness();
+        return readiness.ready
+          ? this.json(req, res, 200, { ok: true })
+          : this.json(req, res, 503, { ok: false, error: { code: readiness.code, message: readiness.message } });
+      }
       const body = await this.metrics.registry.metrics();
       res.writeHead(200, { 'content-type': this.metrics.registry.contentType });
       res.end(method === 'HEAD' ? undefined : body);

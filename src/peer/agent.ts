@@ -8,20 +8,23 @@
 // The cache is diffed against what was last announced on every cycle (a few seconds) and
 // at once when fs.watch sees blobs/ or a pieces file change. A control plane that is down
 // or forgot this node costs nothing but log lines: the agent keeps serving, keeps beating
-// with backoff, and announces everything again once it is heard.
+// with backoff, and announces everything again once it is heard. One that refuses this
+// node's token (401/403) is a misconfiguration a restart cannot fix: said once, clearly, and
+// /readyz answers 503 with the reason until a heartbeat is accepted.
 import { randomUUID } from 'node:crypto';
 import { watch, promises as fsp, type FSWatcher } from 'node:fs';
 import { hostname } from 'node:os';
 import {
   ControlPlaneClient,
   heartbeatInterval,
+  type ControlPlaneAnswer,
   type HeartbeatBody,
   type ManifestRecord,
   type ReplicaAnnouncement,
 } from '../control-plane/client.js';
-import { AGENT_SERVER_DEFAULTS, AgentServer } from './agent-server.js';
+import { AGENT_SERVER_DEFAULTS, AgentServer, type Readiness } from './agent-server.js';
 import { readCachedManifest } from './cached-manifest.js';
-import { checkHttpUrl, checkNodeId, checkZone } from './node-identity.js';
+import { checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
 import { PartialBlobReader } from './partial-blobs.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -94,6 +97,12 @@ export class Agent {
   private readonly partialAnnouncedAt = new Map<string, number>();
   private readonly manifestsPublished = new Set<string>();
   private registered = false;
+  /** Why the node is not registered now (what /readyz answers), or ready. */
+  private readinessNow: Readiness = {
+    ready: false,
+    code: 'LOOM_ERR_NETWORK',
+    message: 'no heartbeat accepted by the control plane yet',
+  };
   /** Whether what an earlier run of this node announced was cleared (see sendHeartbeat). */
   private announceAll = true;
   private lastFullAnnounce = 0;
@@ -116,11 +125,14 @@ export class Agent {
       baseUrl: checkHttpUrl(options.controlPlane, '--control-plane'),
       token: options.token,
       timeoutMs: options.controlPlaneTimeoutMs,
+      // With a per-node token, a call whose path names no node (a manifest) needs the header.
+      nodeId: this.nodeId,
     });
     this.server = new AgentServer({
       cacheRoot: options.cacheRoot,
       token: options.peerToken ?? options.token,
       maxUploads: options.maxUploads,
+      readiness: () => this.readinessNow,
     });
     this.partials = new PartialBlobReader(this.server.layout);
     this.log = options.log ?? ((level, message) => process.stderr.write(`loom: agent: ${level}: ${message}\n`));
@@ -219,6 +231,7 @@ export class Agent {
       const seconds = heartbeatInterval(answer);
       if (seconds !== undefined) this.intervalMs = seconds * 1000;
       this.failures = 0;
+      this.readinessNow = { ready: true };
       // The control plane dropped this node's replicas (a new epoch, a lapsed or unknown
       // node, a restarted control plane): everything is announced again.
       const resync = (answer.body as { resync?: unknown } | undefined)?.resync === true;
@@ -231,13 +244,37 @@ export class Agent {
       }
       return true;
     }
-    return this.failed(answer.message);
+    return this.failed(answer);
   }
 
-  private failed(message: string): false {
+  private failed(answer: ControlPlaneAnswer): false {
     this.failures++;
-    if (this.registered || this.failures === 1)
-      this.log('warn', `heartbeat failed: ${message}; still serving, retrying`);
+    const before = this.readinessNow;
+    const { status } = answer;
+    const refused = status === 401 || status === 403;
+    const code = (answer.body as { error?: { code?: unknown } } | undefined)?.error?.code;
+    this.readinessNow = refused
+      ? {
+          ready: false,
+          code: status === 401 ? 'LOOM_ERR_UNAUTHORIZED' : 'LOOM_ERR_FORBIDDEN',
+          message:
+            `the control plane refused this node's token (HTTP ${status}: ${answer.message}): not registered, ` +
+            `so no peer finds this node; ${tokenHint(this.nodeId, this.options.token !== undefined)}`,
+        }
+      : {
+          ready: false,
+          code: typeof code === 'string' ? code : status === undefined ? 'LOOM_ERR_NETWORK' : 'LOOM_ERR_BAD_RESPONSE',
+          message: `heartbeat failed: ${answer.message}`,
+        };
+    // Said once per change (a refusal repeats at every retry with the same answer), not forever.
+    const changed = before.ready || before.code !== this.readinessNow.code;
+    if (this.registered || this.failures === 1 || changed)
+      this.log(
+        'warn',
+        refused
+          ? `${this.readinessNow.message}; /readyz answers 503 until a heartbeat is accepted (retrying)`
+          : `${this.readinessNow.message}; still serving, retrying`,
+      );
     this.registered = false;
     return false;
   }

@@ -32,3 +32,14 @@ export function checkHttpUrl(value: string, flag: string): string {
     throw new UsageError(`${flag} "${value}" must be an http or https URL`);
   return value.replace(/\/+$/, '');
 }
+
+/**
+ * What to do when the control plane refuses this node's token (401/403): which flag or
+ * variable to give, and which token it must hold. Said by the agent and by `loom fetch`.
+ */
+export function tokenHint(nodeId: string, tokenGiven: boolean): string {
+  const token = `node ${nodeId}'s token (hex HMAC-SHA256 of the cluster secret and "loom-node:${nodeId}") or the admin token`;
+  return tokenGiven
+    ? `check that --token-file (or LOOM_TOKEN) holds ${token}, and that --node-id (or LOOM_NODE_ID) is the node it was made for`
+    : `give --token-file FILE (or LOOM_TOKEN) with ${token}`;
+}

@@ -2,7 +2,7 @@
 // given a control plane. It turns this node's role for the blob (swarm.ts) into the sources
 // the engine downloads from, and checks and publishes what the node ends up holding.
 import { hostname } from 'node:os';
-import { DigestMismatchError, NoSourceError } from '../core/errors.js';
+import { DigestMismatchError, ForbiddenError, NoSourceError, UnauthorizedError } from '../core/errors.js';
 import type { DownloadPlanner, PlannedDownload, VerifiedAgainst } from '../cache/download-planner.js';
 import { sourceBlobId } from '../cache/source-id.js';
 import { sourceKey } from '../cache/source-key.js';
@@ -10,8 +10,8 @@ import { ControlPlaneClient } from '../control-plane/client.js';
 import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
 import { ORIGIN_SLOT_ID, Swarm, type SwarmPlan } from './swarm.js';
-import { ClientSwarmControl } from './swarm-control.js';
-import { checkHttpUrl, checkNodeId, checkZone } from './node-identity.js';
+import { ClientSwarmControl, isRefusal, type ControlPlaneTrouble } from './swarm-control.js';
+import { checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export interface PeerFetchOptions {
@@ -44,6 +44,19 @@ export interface PeerFetchOptions {
   /** How long a follower waits for the leader to publish the digest it checks against. Default 60 s. */
   publishWaitMs?: number;
   onStatus?: (message: string) => void;
+  /**
+   * Said once when the control plane cannot be used (a refused token, no answer) and the
+   * fetch goes to the origin alone: a misconfiguration must be seen. Default: onStatus.
+   */
+  onWarning?: (message: string) => void;
+}
+
+/** Why a fetch with a control plane did without it (the --json `controlPlaneError`). */
+export interface ControlPlaneProblem {
+  code: string;
+  /** The control plane's HTTP status; null when it did not answer. */
+  status: number | null;
+  message: string;
 }
 
 /**
@@ -59,6 +72,8 @@ export function defaultNodeId(env: NodeJS.ProcessEnv = process.env): string {
 export class PeerPlanner implements DownloadPlanner {
   private readonly control: ClientSwarmControl;
   private readonly nodeId: string;
+  /** Set when a plan went to the origin alone because the control plane could not be used. */
+  problem: ControlPlaneProblem | undefined;
 
   constructor(private readonly options: PeerFetchOptions) {
     this.nodeId = checkNodeId(options.nodeId ?? defaultNodeId());
@@ -115,10 +130,21 @@ export class PeerPlanner implements DownloadPlanner {
     };
     if (plan.role === 'origin') {
       await swarm.close();
+      const refused = this.refusal(this.control.trouble);
+      if (refused && !useOrigin) throw refused.error(`${refused.reason} and --no-origin forbids the origin`);
       if (useOrigin) {
-        // Said once, so a mistyped --control-plane does not silently turn every node's fetch
-        // into a whole origin download.
-        options.onStatus?.('the control plane did not answer as one: fetching from the origin alone, without peers');
+        // Said once, so a mistyped --control-plane or a missing token does not silently turn
+        // every node's fetch into a whole origin download.
+        const trouble = this.control.trouble;
+        const message = refused
+          ? `${refused.reason}: fetching from the origin alone, without peers; ${refused.hint}`
+          : `the control plane did not answer as one: fetching from the origin alone, without peers${trouble ? ` (${trouble.message})` : ''}`;
+        this.problem = {
+          code: refused?.code ?? (trouble?.status === undefined ? 'LOOM_ERR_NETWORK' : 'LOOM_ERR_BAD_RESPONSE'),
+          status: trouble?.status ?? null,
+          message,
+        };
+        (options.onWarning ?? options.onStatus)?.(message);
       } else {
         throw new NoSourceError(`no peer holds ${args.url} and --no-origin forbids the origin`, {
           url: args.url,
@@ -187,6 +213,22 @@ export class PeerPlanner implements DownloadPlanner {
         if (result.manifest) await swarm.finished(result.manifest, verifiedAgainst);
       },
       close: () => swarm.close(),
+    };
+  }
+
+  /** A refused token, as a message with what to do; undefined for any other trouble. */
+  private refusal(
+    trouble: ControlPlaneTrouble | undefined,
+  ): { code: string; reason: string; hint: string; error: (message: string) => Error } | undefined {
+    if (!trouble || !isRefusal(trouble.status)) return undefined;
+    const reason = `the control plane refused this node's token (HTTP ${trouble.status}: ${trouble.message})`;
+    const hint = tokenHint(this.nodeId, this.options.token !== undefined);
+    const ErrorClass = trouble.status === 403 ? ForbiddenError : UnauthorizedError;
+    return {
+      code: trouble.status === 403 ? 'LOOM_ERR_FORBIDDEN' : 'LOOM_ERR_UNAUTHORIZED',
+      reason,
+      hint,
+      error: (message) => new ErrorClass(message, { status: trouble.status, hint }),
     };
   }
 }

@@ -1,27 +1,51 @@
 // The control-plane calls a fetching node makes for its swarm (swarm.ts), over
 // ControlPlaneClient. A control plane that does not answer is "nobody knows": every read
-// answers undefined and every write is skipped, so the fetch goes on from the origin.
+// answers undefined and every write is skipped, so the fetch goes on from the origin. Why it
+// could not be used is kept (`trouble`): a 401/403 is a misconfigured token, not an absent
+// control plane, and the fetch says which.
 import type { Manifest } from '../core/manifest.js';
-import type { ControlPlaneClient } from '../control-plane/client.js';
+import type { ControlPlaneAnswer, ControlPlaneClient } from '../control-plane/client.js';
 import type { LeaseAnswer, PeerHolder, PieceRecord, SwarmControl, VerifiedAgainst } from './swarm.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
 
+/** Why the control plane could not be used: its status (none: no answer) and message. */
+export interface ControlPlaneTrouble {
+  status: number | undefined;
+  message: string;
+}
+
+/** Whether an answer refuses this node's credentials (a wrong or missing token). */
+export function isRefusal(status: number | undefined): boolean {
+  return status === 401 || status === 403;
+}
+
 export class ClientSwarmControl implements SwarmControl {
+  /** The first refusal (401/403) of a read or a lease, else the last answer that was unusable. */
+  trouble: ControlPlaneTrouble | undefined;
+
   /** `nodeId`: this node, named as the reporter of bad peers (an open control plane needs it). */
   constructor(
     private readonly client: ControlPlaneClient,
     private readonly nodeId?: string,
   ) {}
 
+  /** Keeps why `answer` cannot be used; a refusal is kept over any later trouble. */
+  private troubled(answer: ControlPlaneAnswer, message = answer.message): void {
+    if (this.trouble && isRefusal(this.trouble.status)) return;
+    this.trouble = { status: answer.status, message };
+  }
+
   async sourceDigest(key: string): Promise<string | undefined> {
     const answer = await this.client.send('GET', `/v1/sources?key=${encodeURIComponent(key)}`);
+    if (isRefusal(answer.status)) this.troubled(answer);
     const digest = (answer.body as { digest?: unknown } | undefined)?.digest;
     return answer.ok && typeof digest === 'string' && HEX64.test(digest) ? digest : undefined;
   }
 
   async manifest(digest: string): Promise<Manifest | undefined> {
     const answer = await this.client.send('GET', `/v1/blobs/${digest}`);
+    if (isRefusal(answer.status)) this.troubled(answer);
     if (!answer.ok) return undefined;
     const body = answer.body as Partial<Manifest> | undefined;
     if (!body || !Array.isArray(body.pieces) || typeof body.size !== 'number' || typeof body.pieceSize !== 'number')
@@ -33,12 +57,20 @@ export class ClientSwarmControl implements SwarmControl {
     const params = new URLSearchParams({ node: query.node, limit: String(query.limit) });
     if (query.zone) params.set('zone', query.zone);
     const answer = await this.client.send('GET', `/v1/blobs/${id}/peers?${params}`);
-    if (answer.status === undefined || answer.status >= 500) return undefined;
+    // A refused token is no control plane for this node: without it, the 401 read as "no
+    // holders" and the fetch went on to a lease it was refused as well.
+    if (answer.status === undefined || answer.status >= 500 || isRefusal(answer.status)) {
+      this.troubled(answer);
+      return undefined;
+    }
     if (!answer.ok) return [];
     // A 2xx without a holder list is not a control plane (a wrong URL: an agent, a web
     // server): treated as none, so the fetch goes on from the origin instead of waiting.
     const peers = (answer.body as { peers?: unknown } | undefined)?.peers;
-    if (!Array.isArray(peers)) return undefined;
+    if (!Array.isArray(peers)) {
+      this.troubled(answer, 'it answered without a holder list');
+      return undefined;
+    }
     return (peers as PeerHolder[]).map((p) => ({
       id: p.id,
       url: p.url,
@@ -49,11 +81,17 @@ export class ClientSwarmControl implements SwarmControl {
 
   async lease(id: string, node: string): Promise<LeaseAnswer | undefined> {
     const answer = await this.client.send('POST', `/v1/blobs/${id}/leases`, { node });
-    if (!answer.ok) return undefined;
+    if (!answer.ok) {
+      this.troubled(answer);
+      return undefined;
+    }
     const body = answer.body as
       { granted?: boolean; token?: string; expiresAt?: number; ttlSeconds?: number; holders?: unknown } | undefined;
     // Not a lease answer: not a control plane (see holders()).
-    if (typeof body?.granted !== 'boolean') return undefined;
+    if (typeof body?.granted !== 'boolean') {
+      this.troubled(answer, 'it answered without a lease');
+      return undefined;
+    }
     if (body.granted === true && typeof body.token === 'string') {
       const ttlMs = typeof body.ttlSeconds === 'number' && body.ttlSeconds > 0 ? body.ttlSeconds * 1000 : 5_000;
       return { granted: true, token: body.token, expiresAt: body.expiresAt ?? 0, ttlMs };

@@ -24,14 +24,30 @@ async function origin(): Promise<OriginServer> {
 }
 
 describe('loom fetch fails before the download', () => {
-  it('reports a missing output folder with exit 5 before any request, with the cache on', async () => {
+  it('creates missing folders of --out, as curl --create-dirs does, and fetches into them', async () => {
     const origin_ = await origin();
     const cacheDir = tempDir('loom-cache-');
-    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', join(dir, 'no', 'such', 'f.bin')], {
+    const out = join(dir, 'no', 'such', 'f.bin');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', out, '--json'], { LOOM_CACHE_DIR: cacheDir });
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(await sha256OfFile(out), content.sha256);
+    const summary = JSON.parse(run.stdout) as { cache: string; materialization: string };
+    assert.equal(summary.cache, 'miss', 'the node cache was used');
+    assert.equal(summary.materialization, 'hardlink');
+  });
+
+  it('reports an output folder that cannot be made with exit 5 before any request, with the cache on', async () => {
+    const origin_ = await origin();
+    const cacheDir = tempDir('loom-cache-');
+    writeFileSync(join(dir, 'a-file'), 'x');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', join(dir, 'a-file', 'sub', 'f.bin')], {
       LOOM_CACHE_DIR: cacheDir,
     });
     assert.equal(run.code, 5, run.stderr);
-    assert.match(run.stderr, /^loom: error: directory does not exist while checking the output folder .*\/no\/such/);
+    assert.match(
+      run.stderr,
+      /^loom: error: a part of the path is not a directory while creating the output folder .*\/a-file\/sub/,
+    );
     assert.doesNotMatch(run.stderr, /cache unusable/);
     assert.equal(origin_.requests.length, 0, 'nothing was asked of the origin');
     assert.deepEqual(readdirSync(join(cacheDir)), [], 'nothing was cached either');
@@ -117,6 +133,50 @@ describe('loom cache on a bad cache root', () => {
     assert.match(run.stderr, /cache unusable \(.* is not a Loom cache: .*\); downloading straight to /);
     assert.equal(await sha256OfFile(out), content.sha256);
     assert.deepEqual(readdirSync(root), ['mine.txt']);
+  });
+
+  it('says a cache it bypasses with --json too (an init container logs stderr, its exit code is 0)', async () => {
+    const origin_ = await origin();
+    const root = tempDir('not-a-cache-');
+    writeFileSync(join(root, 'mine.txt'), 'x\n');
+    const out = join(tempDir(), 'f.bin');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', out, '--cache-dir', root, '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.match(
+      run.stderr,
+      /^loom: warning: cache unusable \(.* is not a Loom cache: .*\); downloading straight to /m,
+    );
+    assert.equal((JSON.parse(run.stdout) as { cache: string }).cache, 'bypass');
+    assert.equal(await sha256OfFile(out), content.sha256);
+  });
+
+  it('a root with the layout an agent made and a foreign folder in it, no index.db yet, is still the cache', async () => {
+    // `loom agent` makes blobs/sha256, tmp, locks and hints, not index.db; a pod that then
+    // wrote an outputs/ folder into the root left it refused for good ("not a Loom cache").
+    const origin_ = await origin();
+    const root = tempDir('agent-cache-');
+    for (const name of ['blobs/sha256', 'tmp', 'locks', 'hints', 'outputs'])
+      mkdirSync(join(root, name), { recursive: true });
+    const out = join(root, 'outputs', 'f.bin');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', out, '--cache-dir', root, '--json']);
+    assert.equal(run.code, 0, run.stderr);
+    assert.doesNotMatch(run.stderr, /cache unusable/);
+    assert.equal(await sha256OfFile(out), content.sha256);
+    const summary = JSON.parse(run.stdout) as { cache: string; materialization: string };
+    assert.deepEqual([summary.cache, summary.materialization], ['miss', 'hardlink']);
+    assert.equal(existsSync(join(root, 'blobs', 'sha256', content.sha256)), true);
+  });
+
+  it('a folder that is not a cache is refused with what to do about it', async () => {
+    const root = tempDir('not-a-cache-');
+    mkdirSync(join(root, 'outputs'));
+    mkdirSync(join(root, 'tmp'));
+    const run = await runLoom(['cache', 'ls', '--cache-dir', root]);
+    assert.equal(run.code, 6, run.stderr);
+    assert.match(
+      run.stderr,
+      /holds other files \(outputs\) and no index\.db; .*move that out of it \(outputs go beside/,
+    );
   });
 
   it("a volume's own root (only lost+found in it) is still a cache root", async () => {

@@ -113,21 +113,25 @@ describe('loom fetch', () => {
     assert.equal(existsSync(`${out}.part`), false);
   });
 
-  it('exits 5 with a clear message for a missing or read-only directory', async () => {
+  it('makes a missing directory; exits 5 with a clear message for a read-only one', async () => {
     const server = await origin();
-    const missing = await runLoom([
+    const out = join(dir, 'no', 'such', 'dir', 'f.bin');
+    const missing = await runLoom(['fetch', server.url('/model.bin'), '--no-cache', '-o', out]);
+    assert.equal(missing.code, 0, missing.stderr);
+    assert.equal(await sha256OfFile(out), content.sha256);
+    const readOnly = mountTmpfs(1024 * 1024, { readOnly: true });
+    const ro = await runLoom(['fetch', server.url('/model.bin'), '--no-cache', '-o', join(readOnly, 'f.bin')]);
+    assert.equal(ro.code, 5);
+    assert.match(ro.stderr, /read-only file system while checking the output folder/);
+    const below = await runLoom([
       'fetch',
       server.url('/model.bin'),
       '--no-cache',
       '-o',
-      join(dir, 'no', 'such', 'dir', 'f.bin'),
+      join(readOnly, 'sub', 'f.bin'),
     ]);
-    assert.equal(missing.code, 5);
-    assert.match(missing.stderr, /directory does not exist/);
-    const readOnly = mountTmpfs(1024 * 1024, { readOnly: true });
-    const ro = await runLoom(['fetch', server.url('/model.bin'), '--no-cache', '-o', join(readOnly, 'f.bin')]);
-    assert.equal(ro.code, 5);
-    assert.match(ro.stderr, /read-only file system/);
+    assert.equal(below.code, 5);
+    assert.match(below.stderr, /read-only file system while creating the output folder .*\/sub/);
   });
 
   it('exits 5 up front when the disk cannot hold the file', async () => {
