@@ -220,6 +220,10 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     } finally {
       view.stop();
     }
+    // With --json the status lines are not printed: a bypassed cache is still said on stderr.
+    const { bypassed } = result as Partial<CachedFetchResult>;
+    if (flags.json && !flags.quiet && bypassed)
+      process.stderr.write(`loom: warning: the cache was bypassed: ${bypassed.reason}\n`);
     if (flags.json) printJson(summaryOf(result));
     else say(flags, summaryLine(result, flags.sha256));
     if (registry) {

@@ -38,6 +38,7 @@ import {
   journalPathFor,
   readJournal,
   removeJournal,
+  type JournalSnapshot,
   type JournalSource,
   type JournalState,
 } from './journal.js';
@@ -167,6 +168,19 @@ export interface BlobDownloadParams extends DownloadOptions {
    * peer's has() turning true, addSource) before failing with NoSourceError. Default 0.
    */
   sourceWaitMs?: number;
+  /** Filled in as the download goes, for a caller that carries on after it fails (DownloadTrail). */
+  trail?: DownloadTrail;
+}
+
+/**
+ * What a download leaves for its caller when it fails: its counters, and the ranges on the
+ * part file when it stopped (every write that completed, whether or not a journal said so
+ * yet). The node cache reads it when its disk fills up, to move those bytes to --out and
+ * report the whole fetch (src/cache/cached-fetch.ts).
+ */
+export interface DownloadTrail {
+  stats: DownloadStats;
+  partial?: JournalSnapshot;
 }
 
 export interface BlobDownloadResult extends DownloadResult {
@@ -214,9 +228,9 @@ export function downloadBlob(params: BlobDownloadParams): Promise<BlobDownloadRe
 export async function downloadToPart(
   source: SourceSlot['source'],
   partPath: string,
-  options: DownloadOptions & { produceManifest?: boolean },
+  options: DownloadOptions & { produceManifest?: boolean; trail?: DownloadTrail },
 ): Promise<BlobDownloadResult> {
-  const stats = emptyStats();
+  const stats = options.trail?.stats ?? emptyStats();
   const params: BlobDownloadParams = {
     ...options,
     sources: [{ id: 'origin', kind: 'origin', source, maxConcurrency: options.workers, preference: 1 }],
@@ -391,6 +405,8 @@ class BlobDownload {
       await Promise.allSettled(this.workers);
       this.hasher?.close();
       await this.journal.settled();
+      // Taken once every write has settled: the most the part holds.
+      if (!succeeded && this.params.trail) this.params.trail.partial = this.journalNow()?.state;
       await this.backgroundSync;
       if (this.part) await this.part.close();
       if (!this.resumable && !succeeded) await rm(this.params.partPath, { force: true });

@@ -16,6 +16,19 @@ export function partPathFor(out: string): string {
 }
 
 export async function fetchFile(url: string, out: string, options: FetchOptions = {}): Promise<FetchResult> {
+  return fetchFileOnto(url, out, options);
+}
+
+/**
+ * fetchFile, with `prepare(part)` run once `part` is locked to this run and before the
+ * download starts: the node cache moves the bytes it already has there (a full cache disk).
+ */
+export async function fetchFileOnto(
+  url: string,
+  out: string,
+  options: FetchOptions,
+  prepare?: (part: string) => Promise<void>,
+): Promise<FetchResult> {
   const resolved = resolveFetchOptions(options);
   const source = sourceFor(url, sourceOptionsOf(resolved));
   // The engine is loaded when a download really starts; a cache hit never needs it.
@@ -29,6 +42,7 @@ export async function fetchFile(url: string, out: string, options: FetchOptions 
   try {
     const unlock = await lockPart(part);
     try {
+      await prepare?.(part);
       const result = await downloadToPart(source, part, resolved);
       await moveIntoPlace(part, out);
       return { ...result, path: out, url: source.url, seconds: (performance.now() - started) / 1000 };
