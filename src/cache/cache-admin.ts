@@ -2,7 +2,8 @@
 // the cache folds the uses recorded in hit hints into the index first, so that LRU order
 // counts hits served without SQLite. The cache's size counts everything it holds on disk:
 // indexed blobs, blobs without an index row (a record lost to a full disk or a crash) and
-// partial downloads in tmp/; gc collects the last two first.
+// partial downloads in tmp/. gc collects the last two whatever the size asked for, once no
+// process owns them: they are reachable from nowhere and may hold a full disk.
 import { readdirSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -165,12 +166,14 @@ export interface GcReport {
 }
 
 /**
- * Brings the cache down to at most `maxBytes`: blobs without an index row first (when no
- * download is running, since one may be between storing its blob and recording it), then
- * partial downloads nobody is running (their source lock free), oldest first, then the
- * least recently used blobs.
+ * Removes what nothing owns, then brings the cache down to at most `maxBytes` (Infinity:
+ * only the first step). Nothing owns blobs without an index row (removed when no download
+ * is running, since one may be between storing its blob and recording it) nor partial
+ * downloads nobody is running (their source lock free; one without a lock of its name,
+ * after a grace period): a fetch whose cache disk filled up, or that was killed, leaves them.
+ * Then the least recently used blobs go, never one in use.
  */
-export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = false): Promise<GcReport> {
+export async function gcCache(cache: CacheHandle, maxBytes = Infinity, dryRun = false): Promise<GcReport> {
   const { takeFreeSourceLock, anySourceLockHeld } = await import('./single-flight.js');
   const blobs = cache.index.blobs();
   const strays = strayFiles(cache);
@@ -188,9 +191,8 @@ export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = fal
     report.freedBytes += size;
     total -= size;
   };
-  if (total > maxBytes && strays.unindexed.length > 0 && !(await anySourceLockHeld(cache.layout))) {
+  if (strays.unindexed.length > 0 && !(await anySourceLockHeld(cache.layout))) {
     for (const blob of strays.unindexed) {
-      if (total <= maxBytes) break;
       if (await blobInUse(cache.layout, blob.digest)) continue;
       if (!dryRun) await rm(blobPath(cache.layout, blob.digest), { force: true });
       report.removedUnindexed.push(blob.digest);
@@ -198,7 +200,6 @@ export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = fal
     }
   }
   for (const partial of strays.partials) {
-    if (total <= maxBytes) break;
     const lock = await takeFreeSourceLock(cache.layout, partial.name);
     if (lock === 'held') continue;
     if (lock === 'no-lock' && Date.now() - partial.mtimeMs < UNLOCKED_PARTIAL_GRACE_MS) continue;

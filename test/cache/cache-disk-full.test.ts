@@ -1,13 +1,15 @@
 // A cache whose disk fills up mid-download while --out is on another file system (a real
 // tmpfs as the cache): the download goes on at --out with the bytes it has, the cache keeps
 // no partial, the result counts the whole fetch, and a later fetch still uses the cache.
+// And what such runs leave (a killed fetch's partial): `loom cache ls` shows it and a plain
+// `loom cache gc` removes it.
 import assert from 'node:assert/strict';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { fetchCached } from '../../src/index.js';
-import { randomContent, runLoom, sha256OfFile, tempDir } from '../helpers/fixtures.js';
+import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
 
@@ -152,5 +154,45 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     ]);
     assert.equal(later.code, 0, later.stderr);
     assert.equal((JSON.parse(later.stdout) as { cache: string }).cache, 'miss');
+  });
+});
+
+describe('what an abandoned download leaves', () => {
+  it("loom cache ls shows a killed fetch's partial, and a plain loom cache gc removes it", async () => {
+    const server = await origin();
+    const cacheDir = join(tempDir(), 'cache');
+    const out = join(dir, 'killed.bin');
+    const child = startLoom(['fetch', server.url('/a.bin'), '-o', out, '--cache-dir', cacheDir, '-w', '2']);
+    const done = collect(child);
+    await waitFor(
+      'bytes in the partial',
+      () => existsSync(join(cacheDir, 'tmp')) && server.bytesServed > 2 * MiB,
+      30_000,
+    );
+    child.kill('SIGKILL');
+    await done;
+    assert.notDeepEqual(partialsIn(cacheDir), []);
+
+    const ls = await runLoom(['cache', 'ls', '--cache-dir', cacheDir]);
+    assert.equal(ls.code, 0, ls.stderr);
+    assert.match(ls.stdout, /^0 blobs, .* in /m);
+    assert.match(
+      ls.stdout,
+      /of which .* in partial downloads \(tmp\/\): loom cache gc removes those no running download owns/,
+    );
+
+    // Whatever size is asked for: nothing owns it.
+    const dry = await runLoom(['cache', 'gc', '--max-size', '1TiB', '--dry-run', '--cache-dir', cacheDir]);
+    assert.equal(dry.code, 0, dry.stderr);
+    assert.match(dry.stderr, /would remove the partial download [0-9a-f]{32}/);
+    assert.notDeepEqual(partialsIn(cacheDir), [], 'a dry run removes nothing');
+
+    const gc = await runLoom(['cache', 'gc', '--cache-dir', cacheDir]);
+    assert.equal(gc.code, 0, gc.stderr);
+    assert.match(gc.stderr, /removed the partial download [0-9a-f]{32} \(no running download owns it\)/);
+    assert.match(gc.stderr, /evicted 0 blobs, removed 1 partial download, .*; 0 B remain/);
+    assert.deepEqual(partialsIn(cacheDir), []);
+    const again = await runLoom(['cache', 'ls', '--cache-dir', cacheDir, '--json']);
+    assert.equal((JSON.parse(again.stdout) as { totalBytes: number }).totalBytes, 0);
   });
 });
