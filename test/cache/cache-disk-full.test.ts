@@ -12,6 +12,8 @@ import { fetchCached } from '../../src/index.js';
 import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
 import { OriginServer, type OriginOptions } from '../support/origin-server.js';
+import { PeerPlanner } from '../../src/peer/peer-download.js';
+import { closersRunAfterAll, startTestControlPlane } from '../peer/peer-fixtures.js';
 
 const MiB = 1024 * 1024;
 /** Two of these do not fit on the cache's disk together; one does, with room for SMALL. */
@@ -20,6 +22,7 @@ const CACHE_DISK = 24 * MiB;
 const SMALL = 4 * MiB;
 const files = { a: randomContent(SIZE), b: randomContent(SIZE), c: randomContent(SMALL) };
 const dir = tempDir();
+const closers = closersRunAfterAll();
 const servers: OriginServer[] = [];
 after(() => Promise.all(servers.map((s) => s.close())));
 
@@ -100,6 +103,28 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     assert.ok(server.bytesServed <= SIZE + 4 * MiB, `origin served ${server.bytesServed} bytes for ${SIZE}`);
     assert.deepEqual(partialsIn(cacheDir), []);
     assert.equal(existsSync(`${out}.part`), false);
+  });
+
+  it('a download planned with peers removes its partial from the cache and restarts at --out', async () => {
+    const cp = (await startTestControlPlane(closers)).url;
+    const disk = mountTmpfs(CACHE_DISK);
+    const cacheDir = join(disk, 'cache');
+    const server = await origin({
+      fault: (ctx) => {
+        if (ctx.index === 6) writeFileSync(join(disk, 'filler'), Buffer.alloc(CACHE_DISK - 6 * MiB));
+        return undefined;
+      },
+    });
+    const out = join(dir, 'planned.bin');
+    const result = await fetchCached(server.url('/a.bin'), out, {
+      ...FLAGS,
+      cacheDir,
+      planner: new PeerPlanner({ controlPlane: cp, nodeId: 'spill', followerWaitMs: 3_000, publishWaitMs: 10_000 }),
+    });
+    assert.equal(result.cache, 'bypass');
+    assert.equal(result.bypassed!.movedBytes, 0);
+    assert.equal(await sha256OfFile(out), files.a.sha256);
+    assert.deepEqual(readdirSync(cacheLayout(cacheDir).tmp), [], 'no partial, no pieces record');
   });
 
   it('loom fetch --json: exit 0 for both, the switch said on stderr and in the JSON', async () => {
