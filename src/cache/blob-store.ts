@@ -1,5 +1,6 @@
 // The blob files: moving a verified download in, and putting a blob at an output path by
 // hard link (instant, whatever the size), else a copy-on-write clone, else a plain copy.
+// A copy Loom placed on another file system and that is unchanged since is kept (copy-stamps.ts).
 // Blobs are read-only: a hard-linked output shares the blob's inode, so writing to it
 // would change the cached bytes for every later user.
 // Placing a blob by link uses synchronous calls: a handful of metadata syscalls that take
@@ -19,6 +20,7 @@ import {
 import { CacheError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
 import { blobPath, checkCacheRootFolder, type CacheLayout } from './cache-root.js';
+import { recordCopy, unchangedCopy } from './copy-stamps.js';
 
 /** How a blob reached the output path. */
 export type Materialization = 'hardlink' | 'reflink' | 'copy';
@@ -80,6 +82,9 @@ export async function materialize(
     const existing = statSync(out, { throwIfNoEntry: false });
     const blob = statSync(source);
     if (existing && existing.ino === blob.ino && existing.dev === blob.dev) return 'hardlink';
+    // A copy (another file system, or a link refused), placed by Loom and unchanged since: kept.
+    const kept = existing ? unchangedCopy(layout, digest, out, existing) : undefined;
+    if (kept) return kept;
     let method: Materialization;
     try {
       linkSync(source, temp);
@@ -90,6 +95,7 @@ export async function materialize(
       method = await cloneOrCopy(source, temp);
     }
     renameSync(temp, out);
+    if (method !== 'hardlink') recordCopy(layout, digest, out, method);
     // After the rename, which changes the ctime of the inode it moves as well.
     if (method === 'hardlink' && onLinked) {
       const after = statSync(source, { throwIfNoEntry: false });

@@ -1,16 +1,20 @@
 // `loom cache` operations on a cache root: list, verify, garbage-collect and remove. Opening
 // the cache folds the uses recorded in hit hints into the index first, so that LRU order
 // counts hits served without SQLite. The cache's size counts everything it holds on disk:
-// indexed blobs, blobs without an index row (a record lost to a full disk or a crash) and
-// partial downloads in tmp/. gc collects the last two whatever the size asked for, once no
-// process owns them: they are reachable from nowhere and may hold a full disk.
+// indexed blobs, blobs without an index row (a record lost to a full disk or a crash),
+// partial downloads in tmp/ and leftovers (a kill -9 between writing a temp file and
+// renaming it, a pieces record whose part is gone). gc collects all but the indexed blobs
+// whatever the size asked for, once no process owns them (they are reachable from nowhere
+// and may hold a full disk), then the LRU blobs down to the size.
 import { readdirSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { CacheError, NotFoundError } from '../core/errors.js';
+import { isProcessAlive } from '../core/processes.js';
 import { blobInUse, ensureLayout, sha256OfFile } from './blob-store.js';
 import { CacheIndex, type BlobEntry } from './cache-index.js';
 import { blobPath, cacheLayout, type CacheLayout } from './cache-root.js';
+import { copiesDir, copyRecordStale } from './copy-stamps.js';
 import { sourceKey, sourceKeyOf } from './source-key.js';
 
 export interface CacheHandle {
@@ -47,6 +51,8 @@ export interface CacheListing {
   unindexedBytes: number;
   /** Downloads in progress or abandoned, in tmp/. */
   partialBytes: number;
+  /** Temp files and records nothing will finish or read once their owner is gone. */
+  leftoverBytes: number;
 }
 
 export function listCache(cache: CacheHandle): CacheListing {
@@ -54,12 +60,14 @@ export function listCache(cache: CacheHandle): CacheListing {
   const strays = strayFiles(cache);
   const unindexedBytes = sum(strays.unindexed);
   const partialBytes = sum(strays.partials);
+  const leftoverBytes = sum(strays.leftovers);
   return {
     root: cache.layout.root,
     blobs,
-    totalBytes: sum(blobs) + unindexedBytes + partialBytes,
+    totalBytes: sum(blobs) + unindexedBytes + partialBytes + leftoverBytes,
     unindexedBytes,
     partialBytes,
+    leftoverBytes,
   };
 }
 
@@ -81,17 +89,38 @@ interface Partial {
   mtimeMs: number;
 }
 
+/**
+ * A file left by a write that did not finish, or a record of something that is over: its
+ * owner is the process holding the lock `locks/source-<lock>.lock` while it writes (a source,
+ * or a planned download's id), or the process whose pid the name carries.
+ */
+interface Leftover {
+  path: string;
+  size: number;
+  mtimeMs: number;
+  /** None: a copy's record whose copy is gone or changed (nothing reads it again). */
+  owner: { lock: string } | { pid: number } | 'none';
+}
+
 /** A blob's file name: its sha256. */
 const BLOB_NAME = /^[0-9a-f]{64}$/;
 /** What Loom names a file in tmp/: a source's key hash (32 hex) or a blob's digest, then suffixes. */
 const PARTIAL_NAME = /^(?:[0-9a-f]{32}|[0-9a-f]{64})\./;
+/** A temp file written then renamed over its name (`<name>.<pid>.tmp`). */
+const TEMP_SUFFIX = /\.(\d+)\.tmp$/;
+/** A failed owner's record being written (single-flight.ts writeFailure), under its source's lock. */
+const FAILURE_TEMP = /^source-([0-9a-f]{32})\.failed\.json\.\d+\.tmp$/;
+/** A copy's record (copy-stamps.ts). */
+const COPY_RECORD = /^[0-9a-f]{32}\.json$/;
+/** The temp files of the records written beside the layout: manifests, copies, hints. */
+const RECORD_TEMP = /^(?:[0-9a-f]{64}|[0-9a-f]{32}|[0-9a-f]{16})\.json\.(\d+)\.tmp$/;
 
 /**
  * Files in the cache the index does not account for. Only names Loom gives count: a
  * --cache-dir pointed at the wrong folder (`/`, whose tmp/ is /tmp) must not have gc
  * delete files that are not Loom's.
  */
-function strayFiles(cache: CacheHandle): { unindexed: UnindexedBlob[]; partials: Partial[] } {
+function strayFiles(cache: CacheHandle): { unindexed: UnindexedBlob[]; partials: Partial[]; leftovers: Leftover[] } {
   const { layout, index } = cache;
   const indexed = new Set(index.blobs().map((b) => b.digest));
   const unindexed: UnindexedBlob[] = [];
@@ -100,19 +129,52 @@ function strayFiles(cache: CacheHandle): { unindexed: UnindexedBlob[]; partials:
     const stats = statSync(join(layout.blobs, digest), { throwIfNoEntry: false });
     if (stats?.isFile()) unindexed.push({ digest, size: stats.size });
   }
-  const partials = new Map<string, Partial>();
+  const groups = new Map<string, Array<{ path: string; size: number; mtimeMs: number }>>();
   for (const file of listDir(layout.tmp)) {
     if (!PARTIAL_NAME.test(file)) continue;
-    const stats = statSync(join(layout.tmp, file), { throwIfNoEntry: false });
+    const path = join(layout.tmp, file);
+    const stats = statSync(path, { throwIfNoEntry: false });
     if (!stats?.isFile()) continue;
     const name = file.split('.')[0]!;
-    const partial = partials.get(name) ?? { name, paths: [], size: 0, mtimeMs: 0 };
-    partial.paths.push(join(layout.tmp, file));
-    partial.size += stats.size;
-    partial.mtimeMs = Math.max(partial.mtimeMs, stats.mtimeMs);
-    partials.set(name, partial);
+    groups.set(name, [...(groups.get(name) ?? []), { path, size: stats.size, mtimeMs: stats.mtimeMs }]);
   }
-  return { unindexed, partials: [...partials.values()].sort((a, b) => a.mtimeMs - b.mtimeMs) };
+  const partials: Partial[] = [];
+  const leftovers: Leftover[] = [];
+  for (const [name, files] of groups) {
+    // Without its part, a download's journal and pieces record describe bytes that are gone
+    // (a kill -9 after the part was stored or discarded, before they were removed); the temp
+    // file of a record is never renamed once its writer is gone.
+    const hasPart = files.some((f) => f.path.endsWith('.part'));
+    const kept = files.filter((f) => hasPart && !TEMP_SUFFIX.test(f.path));
+    for (const f of files) if (!kept.includes(f)) leftovers.push({ ...f, owner: { lock: name } });
+    if (kept.length === 0) continue;
+    partials.push({
+      name,
+      paths: kept.map((f) => f.path),
+      size: sum(kept),
+      mtimeMs: Math.max(...kept.map((f) => f.mtimeMs)),
+    });
+  }
+  for (const file of listDir(layout.locks)) {
+    const failure = FAILURE_TEMP.exec(file);
+    if (failure) pushLeftover(leftovers, join(layout.locks, file), { lock: failure[1]! });
+  }
+  for (const dir of [join(layout.root, 'manifests'), copiesDir(layout), layout.hints]) {
+    for (const file of listDir(dir)) {
+      const temp = RECORD_TEMP.exec(file);
+      if (temp) pushLeftover(leftovers, join(dir, file), { pid: Number(temp[1]) });
+    }
+  }
+  for (const file of listDir(copiesDir(layout))) {
+    const path = join(copiesDir(layout), file);
+    if (COPY_RECORD.test(file) && copyRecordStale(path)) pushLeftover(leftovers, path, 'none');
+  }
+  return { unindexed, partials: partials.sort((a, b) => a.mtimeMs - b.mtimeMs), leftovers };
+}
+
+function pushLeftover(leftovers: Leftover[], path: string, owner: Leftover['owner']): void {
+  const stats = statSync(path, { throwIfNoEntry: false });
+  if (stats?.isFile()) leftovers.push({ path, size: stats.size, mtimeMs: stats.mtimeMs, owner });
 }
 
 function listDir(dir: string): string[] {
@@ -124,9 +186,10 @@ function listDir(dir: string): string[] {
 }
 
 /**
- * A partial without a source lock of its name (one the engine keeps under the blob's
- * digest) is left alone this long after its last write: nothing else says whether a
- * download is still writing it.
+ * A partial (or leftover) without a lock file of its name is left alone this long after its
+ * last write: nothing else says whether a download is still writing it. Every download
+ * holds one now (a source's under its key hash, a planned one under its id: single-flight.ts
+ * holdPartialLock); a planned download of an older Loom did not.
  */
 const UNLOCKED_PARTIAL_GRACE_MS = 60 * 60 * 1000;
 
@@ -134,11 +197,17 @@ export interface VerifyReport {
   checked: number;
   /** Blobs whose bytes no longer match their name, or that are missing; removed. */
   corrupt: string[];
+  /**
+   * For a corrupt blob that other paths hard-link (outputs and HF cache files placed from the
+   * cache): how many. They hold the same damaged bytes, and removing the blob does not mend
+   * them; the user must fetch them again.
+   */
+  corruptLinks: Record<string, number>;
 }
 
 /** Rehashes every blob; removes the ones that do not match (a later fetch downloads them again). */
 export async function verifyCache(cache: CacheHandle, onBlob?: (digest: string) => void): Promise<VerifyReport> {
-  const report: VerifyReport = { checked: 0, corrupt: [] };
+  const report: VerifyReport = { checked: 0, corrupt: [], corruptLinks: {} };
   for (const blob of cache.index.blobs()) {
     onBlob?.(blob.digest);
     report.checked++;
@@ -146,6 +215,8 @@ export async function verifyCache(cache: CacheHandle, onBlob?: (digest: string) 
     const actual = await sha256OfFile(path).catch(() => undefined);
     if (actual !== blob.digest) {
       report.corrupt.push(blob.digest);
+      const otherLinks = (statSync(path, { throwIfNoEntry: false })?.nlink ?? 1) - 1;
+      if (otherLinks > 0) report.corruptLinks[blob.digest] = otherLinks;
       await dropBlob(cache, blob);
     }
   }
@@ -160,6 +231,8 @@ export interface GcReport {
   removedUnindexed: string[];
   /** Abandoned partial downloads removed from tmp/ (their names). */
   removedPartials: string[];
+  /** Leftovers whose owner is gone, removed whatever the size (paths under the cache root). */
+  removedLeftovers: string[];
   freedBytes: number;
   remainingBytes: number;
   dryRun: boolean;
@@ -167,22 +240,23 @@ export interface GcReport {
 
 /**
  * Removes what nothing owns, then brings the cache down to at most `maxBytes` (Infinity:
- * only the first step). Nothing owns blobs without an index row (removed when no download
- * is running, since one may be between storing its blob and recording it) nor partial
- * downloads nobody is running (their source lock free; one without a lock of its name,
- * after a grace period): a fetch whose cache disk filled up, or that was killed, leaves them.
- * Then the least recently used blobs go, never one in use.
+ * only the first step). Nothing owns leftovers whose owner is gone, blobs without an index
+ * row (removed when no download is running, since one may be between storing its blob and
+ * recording it) nor partial downloads nobody is running (their source lock free; one
+ * without a lock of its name, after a grace period): a fetch whose cache disk filled up, or
+ * that was killed, leaves them. Then the least recently used blobs go, never one in use.
  */
 export async function gcCache(cache: CacheHandle, maxBytes = Infinity, dryRun = false): Promise<GcReport> {
   const { takeFreeSourceLock, anySourceLockHeld } = await import('./single-flight.js');
   const blobs = cache.index.blobs();
   const strays = strayFiles(cache);
-  let total = sum(blobs) + sum(strays.unindexed) + sum(strays.partials);
+  let total = sum(blobs) + sum(strays.unindexed) + sum(strays.partials) + sum(strays.leftovers);
   const report: GcReport = {
     evicted: [],
     skippedInUse: [],
     removedUnindexed: [],
     removedPartials: [],
+    removedLeftovers: [],
     freedBytes: 0,
     remainingBytes: total,
     dryRun,
@@ -191,6 +265,28 @@ export async function gcCache(cache: CacheHandle, maxBytes = Infinity, dryRun = 
     report.freedBytes += size;
     total -= size;
   };
+  // Leftovers are nobody's once their owner is gone: collected whatever the size asked for,
+  // each under its owner's lock (taken, so that no download starts writing it meanwhile).
+  for (const leftover of strays.leftovers) {
+    let release: (() => void) | undefined;
+    if (leftover.owner === 'none') {
+      // Nobody's: removed as found.
+    } else if ('lock' in leftover.owner) {
+      const lock = await takeFreeSourceLock(cache.layout, leftover.owner.lock);
+      if (lock === 'held') continue;
+      if (lock === 'no-lock' && Date.now() - leftover.mtimeMs < UNLOCKED_PARTIAL_GRACE_MS) continue;
+      if (typeof lock === 'function') release = lock;
+    } else if (isProcessAlive(leftover.owner.pid)) {
+      continue;
+    }
+    try {
+      if (!dryRun) await rm(leftover.path, { force: true });
+    } finally {
+      release?.();
+    }
+    report.removedLeftovers.push(relative(cache.layout.root, leftover.path));
+    freed(leftover.size);
+  }
   if (strays.unindexed.length > 0 && !(await anySourceLockHeld(cache.layout))) {
     for (const blob of strays.unindexed) {
       if (await blobInUse(cache.layout, blob.digest)) continue;

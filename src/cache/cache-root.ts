@@ -5,6 +5,7 @@
 //   locks/               one lock per source being downloaded
 //   index.db             SQLite: source key -> digest, sizes, validators, use times
 //   hints/               a copy of each index row as a small file, read by the hit fast path
+//   copies/              the stamp of each copy placed on another file system (copy-stamps.ts)
 import { readdirSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -35,7 +36,7 @@ function nonEmpty(value: string, name: string): string {
 const LOOM_NAMES = new Set(
   // lost+found: a cache on a volume of its own (a DaemonSet's dedicated disk) has one at its root.
   // control-plane.db-lock: the control plane's hold on its store (src/control-plane/sqlite-store.ts).
-  ['blobs', 'tmp', 'locks', 'hints', 'manifests', 'lost+found', 'control-plane.db-lock'].concat(
+  ['blobs', 'tmp', 'locks', 'hints', 'manifests', 'copies', 'lost+found', 'control-plane.db-lock'].concat(
     ...['index.db', 'control-plane.db'].map((db) => [db, `${db}-wal`, `${db}-shm`, `${db}-journal`]),
   ),
 );

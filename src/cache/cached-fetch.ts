@@ -448,19 +448,28 @@ async function fetchStraight(
   verifyDownload: ((path: string) => Promise<void>) | undefined,
   prepare: ((part: string) => Promise<void>) | undefined,
 ): Promise<FetchResult> {
-  const { fetchFileOnto } = await import('../fetch/fetch-file.js');
+  const { fetchFileOnto, partPathFor } = await import('../fetch/fetch-file.js');
   if (!verifyDownload) return fetchFileOnto(url, out, options, prepare);
-  // Checked under another name, so that `out` only ever holds bytes that passed.
-  const landing = `${out}.loom-unverified`;
-  const direct = await fetchFileOnto(url, landing, options, prepare);
+  // Checked under another name, so that `out` only ever holds bytes that passed. The lock
+  // of `out`'s own part is held from the download to the rename: the landing's lock ends
+  // with its download, and another run taking it then replaced the landing while this one
+  // checked it, so that this one renamed unchecked bytes to `out`.
+  const { lockPart } = await import('../fetch/part-lock.js');
+  const unlock = await lockPart(partPathFor(out));
   try {
-    await verifyDownload(landing);
-    renameSync(landing, out);
-  } catch (err) {
-    rmSync(landing, { force: true });
-    throw err instanceof LoomError ? err : diskError(err, `placing ${out}`);
+    const landing = `${out}.loom-unverified`;
+    const direct = await fetchFileOnto(url, landing, options, prepare);
+    try {
+      await verifyDownload(landing);
+      renameSync(landing, out);
+    } catch (err) {
+      rmSync(landing, { force: true });
+      throw err instanceof LoomError ? err : diskError(err, `placing ${out}`);
+    }
+    return { ...direct, path: out };
+  } finally {
+    await unlock();
   }
-  return { ...direct, path: out };
 }
 
 /**

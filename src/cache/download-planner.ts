@@ -29,8 +29,8 @@ export interface PlannedDownload {
   id: string;
   expected: { sha256?: string; size?: number; manifest?: Manifest };
   sources: SourceSlot[];
-  /** How long the engine waits for a source that can serve a missing piece. */
-  sourceWaitMs: number;
+  /** How long the engine waits for a source that can serve a missing piece (asked again at each check). */
+  sourceWaitMs: number | (() => number);
   /** A failed download is planned once more (a follower whose leader finished meanwhile). */
   replanOnFailure: boolean;
   /** What the finished blob's digest is checked against (kept with its manifest). */

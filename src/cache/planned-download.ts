@@ -2,6 +2,8 @@
 // bytes go to `tmp/<id>.part`, every verified piece is recorded in `tmp/<id>.pieces.json`
 // so this node's agent serves it to other nodes at once, and the finished blob is checked
 // by the planner before it is adopted under its digest, with its manifest kept beside it.
+// The lock of the id (single-flight.ts holdPartialLock) is held throughout, so gc can tell
+// a running download's files from a killed one's.
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pieceSizeFor } from '../core/manifest.js';
@@ -16,7 +18,10 @@ export async function downloadWithPlan(
   plan: PlannedDownload,
   options: DownloadOptions,
 ): Promise<BlobDownloadResult> {
-  const { startBlobDownload, discardPart } = await import('../fetch/download.js');
+  const [{ startBlobDownload, discardPart }, { holdPartialLock }] = await Promise.all([
+    import('../fetch/download.js'),
+    import('./single-flight.js'),
+  ]);
   const part = partPath(layout, plan.id);
   const manifest = plan.expected.manifest;
   let size = plan.expected.size;
@@ -45,7 +50,10 @@ export async function downloadWithPlan(
     record.flush();
     plan.pieceVerified(index, digest, { size: size!, pieceSize: manifest?.pieceSize ?? pieceSizeFor(size!) });
   };
+  let unlock: (() => void) | undefined;
   try {
+    // Released after the record is removed: while it is held, gc leaves the part and the record.
+    unlock = await holdPartialLock(layout, plan.id, options.signal);
     const handle = startBlobDownload({
       ...options,
       sources: plan.sources,
@@ -85,6 +93,7 @@ export async function downloadWithPlan(
     return result;
   } finally {
     record?.remove();
+    unlock?.();
     await plan.close();
   }
 }

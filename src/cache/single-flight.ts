@@ -167,6 +167,23 @@ export async function takeFreeSourceLock(
   return lock ? () => lock.release() : 'held';
 }
 
+/**
+ * Holds the lock named by a planned download's id (`locks/source-<id>.lock`) while it writes
+ * `tmp/<id>.part` and `tmp/<id>.pieces.json`: gc removes those only when the lock is free
+ * (their process gone, however it ended), and two processes of this node that plan the
+ * same id (two URLs of one blob) take turns instead of writing one part. Resolves to the release.
+ */
+export async function holdPartialLock(layout: CacheLayout, id: string, signal?: AbortSignal): Promise<() => void> {
+  const DatabaseClass = await loadSqlite();
+  const path = sourceLockPath(layout, id);
+  for (;;) {
+    if (signal?.aborted) throw new AbortedError('cancelled while waiting for another download');
+    const lock = tryLock(DatabaseClass, path);
+    if (lock) return () => lock.release();
+    await sleep(200);
+  }
+}
+
 /** True when some process holds the lock of some source: a download is running on this node. */
 export async function anySourceLockHeld(layout: CacheLayout): Promise<boolean> {
   const DatabaseClass = await loadSqlite();

@@ -98,6 +98,7 @@ export function cacheCommand(): Command {
             ...(listing.unindexedBytes > 0
               ? [`${formatBytes(listing.unindexedBytes)} in blobs the index does not list`]
               : []),
+            ...(listing.leftoverBytes > 0 ? [`${formatBytes(listing.leftoverBytes)} in leftovers`] : []),
           ];
           if (strays.length > 0)
             process.stdout.write(
@@ -122,13 +123,21 @@ export function cacheCommand(): Command {
           const report = await verifyCache(handle);
           if (flags.json) printJson({ ok: report.corrupt.length === 0, ...report });
           else {
-            for (const digest of report.corrupt) say(flags, `loom: corrupt blob removed: ${digest}`);
+            for (const digest of report.corrupt) {
+              const links = report.corruptLinks[digest];
+              say(
+                flags,
+                links
+                  ? `loom: corrupt blob removed: ${digest}; ${plural(links, 'other hard link')} (outputs or HF cache files placed from the cache) still hold the damaged bytes: delete them and fetch again`
+                  : `loom: corrupt blob removed: ${digest}`,
+              );
+            }
             say(flags, `loom: ${plural(report.checked, 'blob')} checked, ${report.corrupt.length} corrupt`);
           }
           return report.corrupt.length ? EXIT.integrity : EXIT.ok;
         },
         (root, flags) => {
-          if (flags.json) printJson({ ok: true, exists: false, checked: 0, corrupt: [] });
+          if (flags.json) printJson({ ok: true, exists: false, checked: 0, corrupt: [], corruptLinks: {} });
           else say(flags, `loom: ${nothingCached(root)}: nothing to verify`);
           return EXIT.ok;
         },
@@ -158,6 +167,8 @@ export function cacheCommand(): Command {
               say(flags, `loom: ${removeVerb} ${digest} (a blob the index does not list)`);
             for (const blob of report.evicted) say(flags, `loom: ${verb} ${blob.digest} (${formatBytes(blob.size)})`);
             for (const digest of report.skippedInUse) say(flags, `loom: kept ${digest}: in use`);
+            for (const path of report.removedLeftovers)
+              say(flags, `loom: ${removeVerb} ${path}: left by a process that is gone`);
             const done = [
               `${verb} ${plural(report.evicted.length, 'blob')}`,
               ...(report.removedPartials.length > 0

@@ -165,9 +165,11 @@ export interface BlobDownloadParams extends DownloadOptions {
   pieceDigest?(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined>;
   /**
    * How long a download with work left but no source able to serve it waits for one (a
-   * peer's has() turning true, addSource) before failing with NoSourceError. Default 0.
+   * peer's has() turning true, addSource) before failing with NoSourceError. Default 0. A
+   * function is asked again at each check: the wait can end early once the caller knows no
+   * source will come (the peer everyone waited on is gone).
    */
-  sourceWaitMs?: number;
+  sourceWaitMs?: number | (() => number);
   /** Filled in as the download goes, for a caller that carries on after it fails (DownloadTrail). */
   trail?: DownloadTrail;
 }
@@ -598,8 +600,9 @@ class BlobDownload {
           );
           if (decision.kind === 'fatal') throw decision.error;
           if (decision.kind === 'drop-source') {
-            // The last one's own error says most (a 404, a 416 after the file shrank).
-            if (i === order.length - 1) throw decision.reason;
+            // The last one's own error says most (a 404, a 416 after the file shrank); with
+            // peers only (--no-origin), that no source can serve it (see noSource).
+            if (i === order.length - 1 && !this.peersOnly()) throw decision.reason;
             this.dropSource(state, decision.reason);
             break;
           }
@@ -812,13 +815,22 @@ class BlobDownload {
     }
     const now = performance.now();
     this.unservableSince ??= now;
-    if (now - this.unservableSince >= (this.params.sourceWaitMs ?? 0)) this.fail(this.noSource());
+    const wait = this.params.sourceWaitMs;
+    if (now - this.unservableSince >= (typeof wait === 'function' ? wait() : (wait ?? 0))) this.fail(this.noSource());
   }
 
-  /** The error when no source is left: the only source's own reason, else a summary. */
+  /** Whether every source of this download is a peer (a fleet download under --no-origin). */
+  private peersOnly(): boolean {
+    return this.sources.all.every((s) => s.slot.kind === 'peer');
+  }
+
+  /**
+   * The error when no source is left: the only source's own reason, else a summary. A lone
+   * peer's reason is not the download's: the summary says no source can serve it, naming it.
+   */
   private noSource(): LoomError {
     const all = this.sources.all;
-    const only = all.length === 1 ? all[0]!.dropped : undefined;
+    const only = all.length === 1 && !this.peersOnly() ? all[0]!.dropped : undefined;
     if (only) return only;
     const missing = this.scheduler?.queued()[0];
     const where = missing ? `bytes ${missing.pos}-${missing.end - 1}` : 'the rest';

@@ -2,8 +2,15 @@
 // `<out>.part`, and the first to finish would rename the other's incomplete bytes into
 // place; the lock file beside the part names its owner's pid, so a second run fails at once
 // with the owner's pid, and a lock left by a killed run (its pid gone) is taken over.
+// The lock file appears whole: its owner is written to a file of this process's own and
+// hard-linked to the lock's name (which fails if the name exists). Creating it empty and
+// writing the owner after let a second run started at the same moment read an empty lock,
+// take it for a killed run's and remove it, and both runs then wrote the same part.
+// A killed run's lock is taken over by moving it aside under a name of this process's own,
+// then checking that the file moved is the one judged abandoned (same inode): a run that
+// took it over first and made its own lock meanwhile gets it back.
 import { hostname } from 'node:os';
-import { open, readFile, rm } from 'node:fs/promises';
+import { link, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { OutputBusyError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
 
@@ -14,33 +21,51 @@ export function partLockPathFor(partPath: string): string {
 /** Takes the part file's lock; resolves to its release. */
 export async function lockPart(partPath: string): Promise<() => Promise<void>> {
   const path = partLockPathFor(partPath);
-  const owner = JSON.stringify({ pid: process.pid, host: hostname() });
-  for (let attempt = 0; ; attempt++) {
-    try {
-      const handle = await open(path, 'wx');
-      try {
-        await handle.writeFile(owner);
-      } finally {
-        await handle.close();
-      }
-      return () => rm(path, { force: true });
-    } catch (err) {
-      if ((err as { code?: string }).code !== 'EEXIST' || attempt >= 2)
-        throw diskError(err, `locking ${partPath}`, path);
-    }
-    const holder = await readOwner(path);
-    if (holder && (holder.host !== hostname() || isProcessAlive(holder.pid))) {
-      throw new OutputBusyError(
-        `${partPath} is being written by another download (pid ${holder.pid} on ${holder.host})`,
-        {
-          path: partPath,
-          hint: 'wait for it to finish, or choose another output path',
-        },
-      );
-    }
-    // The owner is gone (or the lock is unreadable): a killed run left it behind.
-    await rm(path, { force: true });
+  const mine = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
+  try {
+    await writeFile(mine, JSON.stringify({ pid: process.pid, host: hostname() }));
+  } catch (err) {
+    throw diskError(err, `locking ${partPath}`, path);
   }
+  try {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        await link(mine, path);
+        return () => rm(path, { force: true });
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'EEXIST' || attempt >= 2)
+          throw diskError(err, `locking ${partPath}`, path);
+      }
+      const held = await stat(path).catch(() => undefined);
+      if (!held) continue;
+      const holder = await readOwner(path);
+      if (holder && (holder.host !== hostname() || isProcessAlive(holder.pid))) {
+        throw new OutputBusyError(
+          `${partPath} is being written by another download (pid ${holder.pid} on ${holder.host})`,
+          {
+            path: partPath,
+            hint: 'wait for it to finish, or choose another output path',
+          },
+        );
+      }
+      // The owner is gone (or the lock is not one Loom wrote): a killed run left it behind.
+      await takeAside(path, held.ino, `${mine}.stale`);
+    }
+  } finally {
+    await rm(mine, { force: true });
+  }
+}
+
+/** Removes the lock at `path` if it is still inode `ino`; puts back one made since by another run. */
+async function takeAside(path: string, ino: number, aside: string): Promise<void> {
+  try {
+    await rename(path, aside);
+  } catch {
+    return; // Gone already: another run took it over.
+  }
+  const moved = await stat(aside).catch(() => undefined);
+  if (moved && moved.ino !== ino) await link(aside, path).catch(() => undefined);
+  await rm(aside, { force: true });
 }
 
 async function readOwner(path: string): Promise<{ pid: number; host: string } | undefined> {

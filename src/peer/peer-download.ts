@@ -46,6 +46,12 @@ export interface PeerFetchOptions {
   onStatus?: (message: string) => void;
 }
 
+/**
+ * How long a node taking pieces from peers waits for one able to serve a missing piece (the
+ * lease holder fetching it), unless the swarm knows no source will come (Swarm.sourceWaitMs).
+ */
+const FOLLOWER_SOURCE_WAIT_MS = 60_000;
+
 export function defaultNodeId(env: NodeJS.ProcessEnv = process.env): string {
   return env.LOOM_NODE_ID ?? hostname();
 }
@@ -134,7 +140,7 @@ export class PeerPlanner implements DownloadPlanner {
       id: plan.id,
       expected: { sha256: plan.digest, size: plan.size, manifest: plan.manifest },
       sources,
-      sourceWaitMs: plan.role === 'leader' ? 0 : 60_000,
+      sourceWaitMs: plan.role === 'leader' ? 0 : () => swarm.sourceWaitMs(FOLLOWER_SOURCE_WAIT_MS),
       replanOnFailure: plan.role === 'follower',
       discardOnFailure: plan.role === 'follower',
       verifiedAgainst,

@@ -51,14 +51,20 @@ export class ClientSwarmControl implements SwarmControl {
     const answer = await this.client.send('POST', `/v1/blobs/${id}/leases`, { node });
     if (!answer.ok) return undefined;
     const body = answer.body as
-      { granted?: boolean; token?: string; expiresAt?: number; ttlSeconds?: number } | undefined;
+      { granted?: boolean; token?: string; expiresAt?: number; ttlSeconds?: number; holders?: unknown } | undefined;
     // Not a lease answer: not a control plane (see holders()).
     if (typeof body?.granted !== 'boolean') return undefined;
     if (body.granted === true && typeof body.token === 'string') {
       const ttlMs = typeof body.ttlSeconds === 'number' && body.ttlSeconds > 0 ? body.ttlSeconds * 1000 : 5_000;
       return { granted: true, token: body.token, expiresAt: body.expiresAt ?? 0, ttlMs };
     }
-    return { granted: false };
+    // Who holds it: a node waiting on the holder stops once that node's agent is dropped.
+    const holders = Array.isArray(body.holders)
+      ? body.holders.flatMap((h: unknown) =>
+          typeof (h as { node?: unknown } | null)?.node === 'string' ? [(h as { node: string }).node] : [],
+        )
+      : undefined;
+    return { granted: false, holders };
   }
 
   /** False only when the control plane says the lease is gone; an unanswered renewal may have held. */

@@ -37,7 +37,10 @@ export interface PeerHolder {
   pieces: number[] | null;
 }
 
-export type LeaseAnswer = { granted: true; token: string; expiresAt: number; ttlMs: number } | { granted: false };
+export type LeaseAnswer =
+  | { granted: true; token: string; expiresAt: number; ttlMs: number }
+  /** `holders`: the nodes that hold it, when the control plane says. */
+  | { granted: false; holders?: string[] };
 
 /** What the swarm needs from the control plane (ControlPlaneClient implements it). */
 export interface SwarmControl {
@@ -190,6 +193,16 @@ export class Swarm {
   /** Since when it has found the lease free at every look (undefined: held at the last one). */
   private leaseFreeSince: number | undefined;
   private closed = false;
+  /**
+   * The lease holder's agent was dropped here while it still holds the lease (its fetch runs
+   * on; its agent is dead, refuses, or sent bad bytes): what it fetches never reaches this
+   * node, so waiting for it is pointless. The origin serves what no live peer holds, or,
+   * under --no-origin, the download fails as soon as nothing can serve the rest.
+   */
+  private holderLost = false;
+  /** The question for the lease's holders after a drop, and whether a drop came meanwhile. */
+  private lookingAtHolder: Promise<void> | undefined;
+  private lookAgain = false;
   /** The announce of pieces verified since the last one, due at most ANNOUNCE_MS after it. */
   private announceTimer: NodeJS.Timeout | undefined;
   /** A question to the control plane for the published digest, shared while it is asked. */
@@ -550,7 +563,9 @@ export class Swarm {
     const holders = await this.control.holders(this.plan.id, this.locateQuery());
     if (!holders) return;
     for (const id of this.track(holders, this.plan.size)) this.addSlot?.(this.slotFor(id));
-    if (this.originAllowed || this.lease || !slow) return;
+    // A node whose lease holder was dropped keeps looking at the lease: if the holder dies, it
+    // takes it over (its own digest then stands, as nobody else will publish one).
+    if ((this.originAllowed && !this.holderLost) || this.lease || !slow) return;
     // The leader done: its blob is complete under the digest it published; take it from there
     // (and from every node that has it by now), never from the origin again.
     this.published ??= await this.publishedDigest();
@@ -574,6 +589,7 @@ export class Swarm {
       // serves it (originHas): a finished holder keeps the origin's egress at nothing here.
       await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
       this.originAllowed = true;
+      this.holderLost = false;
       if (this.originSlot && !this.originAdded) {
         this.originAdded = true;
         this.addSlot?.(this.originSlot);
@@ -725,6 +741,74 @@ export class Swarm {
       // holder while the digest is unknown), so its replica there is the one counted against.
       void this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
     }
+    // A node kept off the origin waits on the lease holder: was it the one dropped?
+    if (!this.lease && !this.originAllowed && !this.holderLost) this.lookAtLeaseHolder();
+  }
+
+  /**
+   * After a drop: asks who holds the blob's lease, and when every holder is a node dropped
+   * here, stops waiting on it (see holderLost). Before, a follower whose only peer was the
+   * lease holder's dead agent waited for the engine's source wait (60 s) while the holder,
+   * still downloading, renewed its lease; then failed, or planned again to the same wait.
+   */
+  private lookAtLeaseHolder(): void {
+    if (this.lookingAtHolder) {
+      // Asked before this drop: the answer may not count it; asked again once in.
+      this.lookAgain = true;
+      return;
+    }
+    this.lookingAtHolder = (async () => {
+      do {
+        this.lookAgain = false;
+        await this.askLeaseHolder();
+      } while (this.lookAgain && !this.closed && !this.lease && !this.originAllowed && !this.holderLost);
+    })().finally(() => (this.lookingAtHolder = undefined));
+  }
+
+  /** One look at the lease's holders (see lookAtLeaseHolder). */
+  private async askLeaseHolder(): Promise<void> {
+    const answer = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
+    if (!answer || this.closed) return;
+    if (answer.granted) {
+      // Nobody holds it (its holder died): a node that may lead takes it over at its next
+      // refresh; one that may not waits as it did for a holder gone.
+      await this.control.releaseLease(this.plan.id, answer.token).catch(() => undefined);
+      return;
+    }
+    const nodes = answer.holders ?? [];
+    if (nodes.length === 0 || !nodes.every((node) => this.nodeDropped(node))) return;
+    this.holderLost = true;
+    const who = nodes.join(', ');
+    if (!this.options.useOrigin) {
+      this.status(
+        `the node fetching this blob from the origin (${who}) cannot serve it here, and --no-origin keeps this node off the origin`,
+      );
+      return;
+    }
+    this.originAllowed = true;
+    this.status(
+      `the node fetching this blob from the origin (${who}) cannot serve it here: what no live peer holds comes from the origin`,
+    );
+    if (this.originSlot && !this.originAdded) {
+      this.originAdded = true;
+      this.addSlot?.(this.originSlot);
+    }
+  }
+
+  /** Whether node `node` can serve nothing here: excluded, or every slot of it dropped. */
+  private nodeDropped(node: string): boolean {
+    if (this.excluded.has(node)) return true;
+    const slots = [...this.peers].filter(([, peer]) => peer.holder.id === node);
+    return slots.length > 0 && slots.every(([slotId]) => this.droppedSlots.has(slotId));
+  }
+
+  /**
+   * How long the download waits for a source able to serve a missing piece (new holders, a
+   * peer's has() turning true): `waitMs`, or nothing once the node it waited on is gone and
+   * it may not use the origin.
+   */
+  sourceWaitMs(waitMs: number): number {
+    return this.holderLost && !this.options.useOrigin ? 0 : waitMs;
   }
 
   /**

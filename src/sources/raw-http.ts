@@ -80,6 +80,8 @@ class RawConnection {
   requests = 0;
   /** Whether any byte of the current request's response has arrived. */
   answered = false;
+  /** Pending after a body until the socket has been read once more (see finishBody). */
+  private settling: Promise<void> | undefined;
 
   constructor(
     private readonly where: string,
@@ -166,6 +168,16 @@ class RawConnection {
       this.scratchUsed = 0;
       if (this.deliver(early)) this.socket.resume();
     });
+  }
+
+  /**
+   * Whether this idle connection may carry the next request: false when the server turned
+   * out to have sent more than the last body (the connection failed meanwhile).
+   */
+  async usable(): Promise<boolean> {
+    if (this.settling) await this.settling;
+    this.settling = undefined;
+    return this.idle;
   }
 
   destroy(): void {
@@ -282,7 +294,14 @@ class RawConnection {
       const length = Math.min(region.length, bytes.length - offset, this.remaining);
       bytes.copy(region, 0, offset, offset + length);
       offset += length;
-      if (this.settle(length) === 'done') return true;
+      if (this.settle(length) === 'done') {
+        // Bytes past the body (more than its Content-Length, read with its end): whatever
+        // they are, they are no answer to a request of ours, and the next response on this
+        // connection could not be told from them. The body is whole; the connection goes.
+        if (offset < bytes.length && this.reusable)
+          this.fail(new NetworkError(`${this.where} sent bytes after the end of a response`));
+        return !this.failure;
+      }
     }
     return this.phase === 'body' ? this.readyForMore() : true;
   }
@@ -332,6 +351,9 @@ class RawConnection {
 
   private finishBody(): void {
     this.phase = 'idle';
+    // Bytes a server sent past the body may still be waiting in the kernel: the connection is
+    // reused only once a read had the chance to take them (they fail it, being out of turn).
+    this.settling = afterNextRead();
     this.sink = undefined;
     const done = this.onBodyDone;
     this.onBodyDone = undefined;
@@ -361,8 +383,21 @@ export class RawHttpClient {
     if (url.protocol !== 'http:') throw new UnsupportedResponse(`raw client reads http:// only, not ${url.protocol}`);
     const text = requestText(url, request.headers);
     if (signal?.aborted) throw cancelled();
-    for (let attempt = 0; ; attempt++) {
+    for (let attempt = 0; ;) {
       const connection = await this.acquire(url, request.stallTimeoutMs, signal);
+      if (connection.requests > 0) {
+        const usable = await connection.usable();
+        if (signal?.aborted) {
+          if (usable) this.put(url.host, connection);
+          else connection.destroy();
+          throw cancelled();
+        }
+        if (!usable) {
+          // Its server sent bytes past its last body: dropped, and the next one is taken.
+          connection.destroy();
+          continue;
+        }
+      }
       const onAbort = (): void => connection.destroy();
       signal?.addEventListener('abort', onAbort, { once: true });
       const release = (): void => signal?.removeEventListener('abort', onAbort);
@@ -376,7 +411,7 @@ export class RawHttpClient {
         // connection, as nothing of this request was answered. The other idle ones, kept
         // as long, are likely closed too.
         const stale = connection.requests > 1 && !connection.answered && !(err instanceof StallError);
-        if (stale && attempt === 0) {
+        if (stale && attempt++ === 0) {
           this.dropIdle(url.host);
           continue;
         }
@@ -499,6 +534,15 @@ export class RawHttpClient {
   close(): void {
     for (const pool of this.pools.values()) for (const connection of pool.idle) connection.destroy();
   }
+}
+
+/**
+ * Resolves once the event loop has gone through a poll phase (two check phases from now):
+ * bytes already in a socket's kernel buffer have then been read, whether the caller runs in
+ * a read callback (the loop reads on in this poll) or after one (the next poll reads).
+ */
+function afterNextRead(): Promise<void> {
+  return new Promise((resolve) => setImmediate(() => setImmediate(resolve)));
 }
 
 /** The request's bytes; a header that could smuggle a second request is refused. */

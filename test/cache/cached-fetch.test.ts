@@ -1,7 +1,17 @@
 // The node cache end to end: hits by hard link, freshness, presigned URLs, single flight
 // across processes, takeover after a kill, and what happens when the cache is unusable.
 import assert from 'node:assert/strict';
-import { chmodSync, closeSync, existsSync, openSync, readdirSync, readlinkSync, statSync, writeSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
@@ -277,6 +287,64 @@ describe('fetchCached', () => {
     assert.equal(await sha256OfFile(join(dir, 'full.bin')), content.sha256);
   });
 
+  it('two fetches to one output with an unusable cache: the output holds the bytes that were checked', async () => {
+    const server = await origin();
+    // A file as the cache root: the cache cannot be used, the downloads go straight to the output.
+    const cacheDir = join(dir, 'cache-is-a-file');
+    writeFileSync(cacheDir, 'not a directory\n');
+    const out = join(dir, 'shared-out.bin');
+    const v2 = randomContent(SIZE);
+    let aChecked: string | undefined;
+    let releaseA!: () => void;
+    let releaseB!: () => void;
+    const aGate = new Promise<void>((r) => (releaseA = r));
+    const bGate = new Promise<void>((r) => (releaseB = r));
+    let aChecking!: () => void;
+    let bChecking!: () => void;
+    const aIsChecking = new Promise<void>((r) => (aChecking = r));
+    const bIsChecking = new Promise<void>((r) => (bChecking = r));
+    // The check of the first run, held while the second run starts (the Hub's git sha1 of a small file).
+    const a = fetchCached(server.url('/model.bin'), out, {
+      ...FAST,
+      cacheDir,
+      verifyDownload: async (path) => {
+        aChecked = await sha256OfFile(path);
+        aChecking();
+        await aGate;
+      },
+    });
+    await aIsChecking;
+    assert.equal(aChecked, content.sha256);
+    // The origin now serves other bytes: what the second run downloads must not reach the
+    // output through the first one's rename.
+    server.setFile('/model.bin', v2.bytes);
+    const b = fetchCached(server.url('/model.bin'), out, {
+      ...FAST,
+      cacheDir,
+      verifyDownload: async () => {
+        bChecking();
+        await bGate;
+      },
+    }).then(
+      (r) => r,
+      (err: unknown) => err as Error & { code?: string },
+    );
+    await Promise.race([bIsChecking, b]);
+    releaseA();
+    const first = await a;
+    releaseB();
+    const second = await b;
+    assert.equal(first.cache, 'bypass');
+    assert.equal(await sha256OfFile(out), content.sha256, 'the output holds what the first run checked');
+    assert.ok(second instanceof Error, 'the second run is refused while the first holds the output');
+    assert.equal(second.code, 'LOOM_ERR_OUTPUT_BUSY', second.message);
+    assert.deepEqual(
+      readdirSync(dir).filter((f) => f.startsWith('shared-out.bin')),
+      ['shared-out.bin'],
+      'nothing left beside the output',
+    );
+  });
+
   it('gc evicts least recently used first and leaves a blob in use', async () => {
     const cacheDir = freshCache();
     const files = [randomContent(1024 * 1024), randomContent(1024 * 1024), randomContent(1024 * 1024)];
@@ -438,7 +506,10 @@ describe('loom fetch and loom cache, several processes', () => {
     closeSync(fd);
     const bad = await runLoom(['cache', 'verify', '--json'], env);
     assert.equal(bad.code, 4);
-    assert.deepEqual((JSON.parse(bad.stdout) as { corrupt: string[] }).corrupt, [content.sha256]);
+    const verdict = JSON.parse(bad.stdout) as { corrupt: string[]; corruptLinks: Record<string, number> };
+    assert.deepEqual(verdict.corrupt, [content.sha256]);
+    // v.bin is a hard link to the blob: it holds the damaged bytes too, and verify says so.
+    assert.deepEqual(verdict.corruptLinks, { [content.sha256]: 1 });
     assert.equal(existsSync(blob), false);
 
     assert.equal((await runLoom(['fetch', server.url('/model.bin'), '-o', join(dir, 'v2.bin'), '-q'], env)).code, 0);

@@ -4,7 +4,7 @@
 // not know about, and an index write refused by a full disk costs neither the download nor
 // a raw SQLite error.
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import {
   closeSync,
   existsSync,
@@ -22,11 +22,13 @@ import { describe, it } from 'node:test';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { hintPath } from '../../src/cache/hit-hints.js';
 import { acquireSourceLock, keyHash } from '../../src/cache/single-flight.js';
+import { sourceBlobId } from '../../src/cache/source-id.js';
 import { lockHolderPid } from '../../src/core/file-lock.js';
 import { fetchCached, gcCache, listCache, openCache, sourceKey } from '../../src/index.js';
 import {
   collect,
   randomContent,
+  REPO_ROOT,
   sha256OfFile,
   sha256Of,
   startLoom,
@@ -192,6 +194,78 @@ describe('a full disk', () => {
       assert.equal(listCache(cache).totalBytes, SIZE);
     } finally {
       cache.close();
+    }
+  });
+
+  it('gc counts what a kill -9 leaves (temp files, a pieces record without its part) and removes it once its owner is gone', async () => {
+    // The first piece (16 MiB) verifies, the rest never comes: the planned download is still
+    // running when the child is killed.
+    const big = randomContent(24 * 1024 * 1024);
+    const server = await origin({
+      fault: (ctx) =>
+        ctx.range && ctx.range.start >= 20 * 1024 * 1024
+          ? { kind: 'hold', until: new Promise(() => undefined) }
+          : undefined,
+    });
+    server.setFile('/big.bin', big.bytes);
+    const cacheDir = freshCache();
+    const layout = cacheLayout(cacheDir);
+    const url = server.url('/big.bin');
+    const id = sourceBlobId(sourceKey(url));
+    const child = spawn(
+      process.execPath,
+      ['--import', 'tsx', join(REPO_ROOT, 'test/cache/leftovers-child.ts'), cacheDir, url],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+        cwd: REPO_ROOT,
+      },
+    );
+    const exited = collect(child);
+    const pid = child.pid!;
+    const failedTemp = `locks/source-${keyHash(sourceKey('http://example.invalid/failed.bin'))}.failed.json.${pid}.tmp`;
+    const manifestTemp = `manifests/${'e'.repeat(64)}.json.${pid}.tmp`;
+    const pieces = `tmp/${id}.pieces.json`;
+    await waitFor('the planned download to record a verified piece', () => existsSync(join(cacheDir, pieces)), 30_000);
+    const leftoverBytes = statSync(join(cacheDir, failedTemp)).size + statSync(join(cacheDir, manifestTemp)).size;
+
+    const cache = await openCache(cacheDir);
+    try {
+      // The planned download holds the lock of its id: gc tells it from a killed one.
+      assert.equal(lockHolderPid(join(layout.locks, `source-${id}.lock`)), pid);
+      assert.equal(listCache(cache).leftoverBytes, leftoverBytes, 'counted');
+      const live = await gcCache(cache, 0);
+      assert.deepEqual([live.removedLeftovers, live.removedPartials], [[], []], 'nothing of a live process');
+      assert.ok(existsSync(join(cacheDir, failedTemp)) && existsSync(join(cacheDir, pieces)));
+
+      child.kill('SIGKILL');
+      await exited;
+      // Its lock free, the killed download is abandoned at once (no hour of grace by mtime).
+      const dry = await gcCache(cache, 0, true);
+      assert.deepEqual(dry.removedPartials, [id]);
+      // The killed download's part, collected (here by hand): its journal and pieces record stay.
+      rmSync(join(layout.tmp, `${id}.part`));
+      const tmpLeft = readdirSync(layout.tmp).sort();
+      assert.ok(tmpLeft.includes(`${id}.pieces.json`), tmpLeft.join(', '));
+      const expected = [failedTemp, manifestTemp, ...tmpLeft.map((f) => `tmp/${f}`)].sort();
+      const listed = listCache(cache);
+      assert.equal(listed.partialBytes, 0, 'nothing resumable is left');
+      assert.equal(listed.totalBytes, listed.leftoverBytes);
+      assert.ok(listed.leftoverBytes > leftoverBytes);
+
+      // Room for everything: leftovers go anyway.
+      const report = await gcCache(cache, 1024 ** 4);
+      assert.deepEqual(report.removedLeftovers.sort(), expected);
+      assert.equal(report.freedBytes, listed.leftoverBytes);
+      assert.deepEqual(readdirSync(layout.tmp), []);
+      assert.deepEqual(readdirSync(join(cacheDir, 'manifests')), []);
+      assert.deepEqual(
+        readdirSync(layout.locks).filter((f) => f.endsWith('.tmp')),
+        [],
+      );
+      assert.equal(listCache(cache).totalBytes, 0);
+    } finally {
+      cache.close();
+      child.kill('SIGKILL');
     }
   });
 

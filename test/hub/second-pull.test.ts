@@ -5,13 +5,25 @@
 // what is on disk after a pull, else the next hit rehashes it; and each process's bytes read
 // (/proc/self/io, written at exit by a preloaded module) must stay below one file's size.
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import {
+  closeSync,
+  existsSync,
+  openSync,
+  readFileSync,
+  readdirSync,
+  rmSync,
+  statSync,
+  utimesSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, before, describe, it } from 'node:test';
 import { blobPath, cacheLayout } from '../../src/cache/cache-root.js';
 import { runLoom, tempDir } from '../helpers/fixtures.js';
+import { mountTmpfs } from '../helpers/tmpfs.js';
 import { TestHub, commitHash, gitBlobSha1, type TestHubFile } from '../support/test-hub.js';
 import { TOKEN } from './fixtures.js';
 
@@ -138,5 +150,54 @@ describe('a second loom pull of an unchanged repo', () => {
       );
     }
     assert.ok(existsSync(join(root, 'hf-b', 'hub', 'models--acme--second', 'blobs', gitBlobSha1(files[2]!.bytes))));
+  });
+
+  it('--out on another file system: a second pull keeps the copies in place; a copy changed since is replaced', async () => {
+    // The node cache is on the test's file system; --out on a tmpfs of its own: copies.
+    const disk = mountTmpfs(64 * MiB);
+    assert.notEqual(statSync(disk).dev, statSync(root).dev);
+    const out = join(disk, 'out');
+    await pull(join(root, 'hf-c'), ['--out', out]);
+    const inodes = () => files.map((f) => statSync(join(out, f.path)).ino);
+    const placed = inodes();
+
+    const second = await pull(join(root, 'hf-c'), ['--out', out]);
+    assert.deepEqual(second.outcomes, ['hit']);
+    assert.equal(second.hubBytes, 0);
+    assert.deepEqual(inodes(), placed, 'no file copied again');
+    assert.ok(second.readBytes < SMALLEST_CHECKED, `the pull read ${second.readBytes} bytes`);
+
+    // A copy written to since (its mtime put back, as a careful editor might) and one touched.
+    const changed = join(out, files[0]!.path);
+    const before = statSync(changed);
+    const fd = openSync(changed, 'r+');
+    writeSync(fd, Buffer.from([files[0]!.bytes[4096]! ^ 0xff]), 0, 1, 4096);
+    closeSync(fd);
+    utimesSync(changed, before.atime, before.mtime);
+    const touched = join(out, files[1]!.path);
+    utimesSync(touched, new Date(), new Date());
+    const third = await pull(join(root, 'hf-c'), ['--out', out]);
+    assert.deepEqual(third.outcomes, ['hit']);
+    const now = inodes();
+    assert.notEqual(now[0], placed[0], 'the changed copy is replaced');
+    assert.notEqual(now[1], placed[1], 'the touched copy is replaced');
+    assert.deepEqual(now.slice(2), placed.slice(2), 'the others are kept');
+    for (const file of files) assert.ok(readFileSync(join(out, file.path)).equals(file.bytes), file.path);
+    assert.deepEqual(
+      readdirSync(out).filter((n) => n.includes('.loom')),
+      [],
+    );
+
+    // One record per copy in the node cache; gc drops the record of a copy that is gone.
+    const copies = join(nodeCache, 'copies');
+    const recordOf = (path: string) => `${createHash('sha256').update(path).digest('hex').slice(0, 32)}.json`;
+    assert.deepEqual(readdirSync(copies).sort(), files.map((f) => recordOf(join(out, f.path))).sort());
+    rmSync(join(out, files[2]!.path));
+    const gc = await runLoom(['cache', 'gc', '--max-size', '1TiB', '--json'], { LOOM_CACHE_DIR: nodeCache });
+    assert.equal(gc.code, 0, gc.stderr);
+    const report = JSON.parse(gc.stdout) as { removedLeftovers: string[]; evicted: unknown[] };
+    assert.deepEqual(report.removedLeftovers, [`copies/${recordOf(join(out, files[2]!.path))}`]);
+    assert.deepEqual(report.evicted, []);
+    assert.equal(readdirSync(copies).length, files.length - 1);
   });
 });

@@ -11,6 +11,7 @@ import { RawHttpClient, UnsupportedResponse } from '../../src/sources/raw-http.j
 import type { BodySink } from '../../src/sources/source.js';
 import { randomContent, sha256Of } from '../helpers/fixtures.js';
 import { unacceptingListener } from '../support/unaccepting-listener.js';
+import { RawOrigin } from '../support/raw-origin.js';
 
 const SIZE = 3 * 1024 * 1024 + 777;
 const content = randomContent(SIZE);
@@ -258,6 +259,50 @@ describe('RawHttpClient', () => {
     assert.equal(sha256Of(sink.bytes()), sha256Of(content.bytes.subarray(100_000, 300_000)));
     assert.equal(origin.openConnections - opened, 1);
   });
+
+  for (const [what, first, second] of [
+    ['a small body that arrives whole with its head', [0, 1000], [1000, 2000]],
+    ['a large body read into the caller regions', [0, 1_500_000], [1_500_000, 1_600_000]],
+  ] as const) {
+    it(`never reads bytes a server sent past ${what} as the next response: the next request goes on a fresh connection`, async () => {
+      // After the first body, the origin sends a whole 206 for the second range, of wrong
+      // bytes: read as the answer to the second request (sent on the same connection),
+      // they would be taken as its body.
+      const [start, end] = second;
+      const smuggled = Buffer.alloc(end - start, 'X');
+      const server = await new RawOrigin(content.bytes, (r) =>
+        r.index === 1
+          ? {
+              kind: 'trailing',
+              bytes: `HTTP/1.1 206 Partial Content\r\nContent-Range: bytes ${start}-${end - 1}/${SIZE}\r\nContent-Length: ${smuggled.length}\r\n\r\n${smuggled.toString('latin1')}`,
+            }
+          : undefined,
+      ).listen();
+      after(() => server.close());
+      const client = new RawHttpClient({ maxConnections: 1 });
+      after(() => client.close());
+      const url = new URL(server.url());
+      const get = ([from, to]: readonly [number, number]) =>
+        client.get({ url, headers: { range: `bytes=${from}-${to - 1}` }, stallTimeoutMs: 5_000 });
+      // Both at once: the second waits for the one connection and is sent as soon as the
+      // first body is read.
+      const a = get(first);
+      const b = get(second);
+      const sinkA = collector(64 * 1024);
+      await (await a).readBody(sinkA);
+      const sinkB = collector(64 * 1024);
+      const resB = await b;
+      await resB.readBody(sinkB);
+      assert.equal(sha256Of(sinkA.bytes()), sha256Of(content.bytes.subarray(...first)));
+      assert.equal(resB.headers['content-range'], `bytes ${start}-${end - 1}/${SIZE}`);
+      assert.equal(sha256Of(sinkB.bytes()), sha256Of(content.bytes.subarray(start, end)), 'the real bytes');
+      assert.deepEqual(
+        server.requests.map((r) => r.connection),
+        [1, 2],
+        'the second request on a fresh connection',
+      );
+    });
+  }
 
   it('reads a head larger than its first scratch buffer (40 KiB of headers), and refuses one over 64 KiB', async () => {
     const body = randomContent(100_000).bytes;
