@@ -147,7 +147,7 @@ export function cacheCommand(): Command {
   cache
     .command('gc')
     .description(
-      'remove partial downloads and unindexed blobs no running download owns; with --max-size, then evict least recently used blobs until the cache is at most that',
+      'remove leftovers, partial downloads and unindexed blobs no running download owns; with --max-size, then evict least recently used blobs until the cache is at most that',
     )
     .option('--max-size <size>', 'size to shrink to, e.g. 200GiB (default: no eviction)')
     .option('--dry-run', 'say what would be evicted, evict nothing')
