@@ -3,8 +3,9 @@
 // counts hits served without SQLite. The cache's size counts everything it holds on disk:
 // indexed blobs, blobs without an index row (a record lost to a full disk or a crash),
 // partial downloads in tmp/ and leftovers (a kill -9 between writing a temp file and
-// renaming it, a pieces record whose part is gone); gc collects leftovers whose owner is
-// gone whatever the size, then the unindexed blobs and partials, then the LRU blobs.
+// renaming it, a pieces record whose part is gone). gc collects all but the indexed blobs
+// whatever the size asked for, once no process owns them (they are reachable from nowhere
+// and may hold a full disk), then the LRU blobs down to the size.
 import { readdirSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join, relative } from 'node:path';
@@ -238,13 +239,14 @@ export interface GcReport {
 }
 
 /**
- * Removes the leftovers whose owner is gone, then brings the cache down to at most
- * `maxBytes`: blobs without an index row first (when no
- * download is running, since one may be between storing its blob and recording it), then
- * partial downloads nobody is running (their source lock free), oldest first, then the
- * least recently used blobs.
+ * Removes what nothing owns, then brings the cache down to at most `maxBytes` (Infinity:
+ * only the first step). Nothing owns leftovers whose owner is gone, blobs without an index
+ * row (removed when no download is running, since one may be between storing its blob and
+ * recording it) nor partial downloads nobody is running (their source lock free; one
+ * without a lock of its name, after a grace period): a fetch whose cache disk filled up, or
+ * that was killed, leaves them. Then the least recently used blobs go, never one in use.
  */
-export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = false): Promise<GcReport> {
+export async function gcCache(cache: CacheHandle, maxBytes = Infinity, dryRun = false): Promise<GcReport> {
   const { takeFreeSourceLock, anySourceLockHeld } = await import('./single-flight.js');
   const blobs = cache.index.blobs();
   const strays = strayFiles(cache);
@@ -285,9 +287,8 @@ export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = fal
     report.removedLeftovers.push(relative(cache.layout.root, leftover.path));
     freed(leftover.size);
   }
-  if (total > maxBytes && strays.unindexed.length > 0 && !(await anySourceLockHeld(cache.layout))) {
+  if (strays.unindexed.length > 0 && !(await anySourceLockHeld(cache.layout))) {
     for (const blob of strays.unindexed) {
-      if (total <= maxBytes) break;
       if (await blobInUse(cache.layout, blob.digest)) continue;
       if (!dryRun) await rm(blobPath(cache.layout, blob.digest), { force: true });
       report.removedUnindexed.push(blob.digest);
@@ -295,7 +296,6 @@ export async function gcCache(cache: CacheHandle, maxBytes: number, dryRun = fal
     }
   }
   for (const partial of strays.partials) {
-    if (total <= maxBytes) break;
     const lock = await takeFreeSourceLock(cache.layout, partial.name);
     if (lock === 'held') continue;
     if (lock === 'no-lock' && Date.now() - partial.mtimeMs < UNLOCKED_PARTIAL_GRACE_MS) continue;

@@ -10,19 +10,21 @@
 import { statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
-import type { BlobDownloadResult, DownloadResult } from '../fetch/download.js';
+import type { BlobDownloadResult, DownloadResult, DownloadTrail } from '../fetch/download.js';
 import type { DownloadPlanner } from './download-planner.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
+import { journalIdentity } from '../fetch/journal.js';
 import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from '../fetch/options.js';
 import { sourceFor } from '../sources/index.js';
 import type { Validator } from '../sources/source.js';
 import type { Materialization } from './blob-store.js';
-import { blobPath, resolveCacheRoot } from './cache-root.js';
+import { blobPath, partPath, resolveCacheRoot } from './cache-root.js';
 import { isFresh, isOriginRefusal, type FreshnessCheck } from './freshness.js';
 import { NodeCache, type CachedCopy, type Claim, type OpenNodeCache } from './node-cache.js';
 import { cacheKey } from './source-key.js';
 import { DEFAULTS } from '../core/defaults.js';
+import { formatBytes } from '../core/units.js';
 
 export interface CacheOptions {
   /** Cache root. Default: LOOM_CACHE_DIR, else $XDG_CACHE_HOME/loom, else ~/.cache/loom. */
@@ -62,6 +64,11 @@ export interface CachedFetchResult extends FetchResult {
   materialization: Materialization | undefined;
   /** True when another process on this node downloaded it while this one waited. */
   waited: boolean;
+  /**
+   * Why the download went straight to the output (cache 'bypass'), and the bytes it had
+   * downloaded into the cache before its disk filled up, moved to the output's part.
+   */
+  bypassed?: { reason: string; movedBytes: number };
 }
 
 export async function fetchCached(
@@ -146,10 +153,13 @@ export async function fetchCached(
     cache = await node.open();
   } catch (err) {
     source.close();
-    warn(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
-    return bypass(url, out, fetchOptions, verifyDownload);
+    const reason = `cache unusable (${(err as Error).message})`;
+    warn(`${reason}; downloading straight to ${out}`);
+    return bypass(url, out, fetchOptions, { verifyDownload, started, reason });
   }
 
+  // Set when the cache's disk fills up under this download (its lock still held: see below).
+  let spill: Spill | undefined;
   const serve = async (copy: CachedCopy, waited: boolean) => hit(copy, await cache.place(copy, out), waited);
   // What another process downloaded while this one waited: the digest asked for, or an error.
   const serveWaited = (entry: CachedCopy) => {
@@ -213,14 +223,16 @@ export async function fetchCached(
 
     let download: DownloadResult | BlobDownloadResult;
     let admitted: CachedCopy;
+    // The part file a download from the origin leaves for admit to store (a planned
+    // download stores its blob itself), and what that download did if it fails.
+    let part: string | undefined;
+    const trail: DownloadTrail = { stats: emptyStats() };
+    let planId: string | undefined;
     // The caller's pin is checked here, not by the engine (which removes bytes that miss it):
     // the download is kept as what the URL serves, for the processes waiting for it.
     const checkPinHere = expected !== undefined && !sha256FromSource;
     try {
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
-      // The part file a download from the origin leaves for admit to store (a planned
-      // download stores its blob itself).
-      let part: string | undefined;
       const fromOrigin = async (): Promise<DownloadResult> => {
         part = lock.part;
         const engineExpects = checkPinHere ? undefined : expected;
@@ -230,9 +242,11 @@ export async function fetchCached(
           journalSha256: checkPinHere ? expected : undefined,
           computeSha256: true,
           signal,
+          trail,
         });
       };
       const plan = planner ? await planner.plan({ url, origin: source, pinned: expected, signal }) : undefined;
+      planId = plan?.id;
       if (plan) {
         const { downloadWithPlan } = await import('./planned-download.js');
         try {
@@ -287,18 +301,39 @@ export async function fetchCached(
       }
     } catch (err) {
       lock.recordFailure(failureReason(err));
+      if (fullCacheDiskOnly(err, cache.root, out)) {
+        if (part !== undefined) {
+          // The download goes on at `out`, with the bytes it has: moved while the lock is
+          // held, so that no waiter takes over the partial meanwhile (bypass releases it).
+          spill = {
+            reason: `cache unusable (${failureReason(err)})`,
+            part,
+            trail,
+            identity: journalIdentity(expected, source.url),
+            release: () => lock.release(),
+          };
+        } else if (planId !== undefined) {
+          // A planned download's bytes are not moved (see README, Known limits); kept, they
+          // would hold the cache's disk full for every later fetch.
+          const { discardPart } = await import('../fetch/download.js');
+          await discardPart(partPath(cache.layout, planId));
+        }
+      }
       throw err;
     } finally {
-      await lock.release();
+      if (!spill) await lock.release();
     }
     const materialization = await cache.place(admitted, out);
     return result({ ...download, cache: 'miss', materialization, waited: false });
   } catch (err) {
     const sharedFull = fullDiskSharedWithOut(err, cache.root, out);
     if (sharedFull) throw sharedFull;
+    if (spill)
+      return bypass(url, out, fetchOptions, { verifyDownload, started, reason: spill.reason, spill, status: warn });
     if (isCacheSideFailure(err, cache.root)) {
-      warn(`cache unusable (${(err as Error).message}); downloading straight to ${out}`);
-      return bypass(url, out, fetchOptions, verifyDownload);
+      const reason = `cache unusable (${(err as Error).message})`;
+      warn(`${reason}; downloading straight to ${out}`);
+      return bypass(url, out, fetchOptions, { verifyDownload, started, reason });
     }
     throw err;
   } finally {
@@ -319,17 +354,118 @@ function sameValidator(a: Validator, b: Validator | undefined): boolean {
   return b !== undefined && a.etag === b.etag && a.lastModified === b.lastModified;
 }
 
+/** A download from the origin that the cache's full disk stopped, to go on at the output. */
+interface Spill {
+  reason: string;
+  /** Its part file in the cache's tmp/. */
+  part: string;
+  trail: DownloadTrail;
+  /** The journal identity the download straight to the output computes. */
+  identity: string;
+  /** Lets the source's lock go (held until the partial is moved). */
+  release(): Promise<void>;
+}
+
+interface BypassContext {
+  verifyDownload: ((path: string) => Promise<void>) | undefined;
+  /** When fetchCached started: the result's time is the whole fetch's, not the bypass's. */
+  started: number;
+  reason: string;
+  spill?: Spill;
+  status?: (message: string) => void;
+}
+
+/**
+ * The download straight to `out`. After a spill the bytes the cache's partial holds are moved
+ * to `out`'s part first (under its lock), so they are not fetched again, and the result
+ * counts both attempts: their time, requests and bytes from the origin.
+ */
 async function bypass(
   url: string,
   out: string,
   options: FetchOptions,
-  verifyDownload: ((path: string) => Promise<void>) | undefined,
+  context: BypassContext,
 ): Promise<CachedFetchResult> {
-  const { fetchFile, fetchFileChecked } = await import('../fetch/fetch-file.js');
-  const direct = verifyDownload
-    ? await fetchFileChecked(url, out, options, verifyDownload)
-    : await fetchFile(url, out, options);
-  return { ...direct, cache: 'bypass', materialization: undefined, waited: false };
+  const { spill, started, reason } = context;
+  let movedBytes = 0;
+  const prepare =
+    spill &&
+    (async (part: string): Promise<void> => {
+      try {
+        const { movePartial } = await import('../fetch/part-move.js');
+        const { discardPart } = await import('../fetch/download.js');
+        const partial = spill.trail.partial;
+        if (partial && partial.ranges.length > 0)
+          movedBytes = await movePartial(spill.part, part, partial, spill.identity);
+        else await discardPart(spill.part);
+      } finally {
+        await spill.release();
+      }
+      context.status?.(
+        movedBytes > 0
+          ? `${reason}; moved the ${formatBytes(movedBytes)} downloaded so far to ${part} and going on straight to ${out}`
+          : `${reason}; downloading straight to ${out}`,
+      );
+    });
+  let direct: FetchResult;
+  try {
+    // Hashed as a download into the cache would be: the summary names the digest either way.
+    direct = await fetchStraight(url, out, { ...options, computeSha256: true }, context.verifyDownload, prepare);
+  } finally {
+    await spill?.release();
+  }
+  const first = spill?.trail.stats;
+  const stats = first
+    ? {
+        ...direct.stats,
+        transferredBytes: first.transferredBytes + direct.stats.transferredBytes,
+        // Only what the first attempt found from an earlier run: the moved bytes are this run's.
+        resumedBytes: first.resumedBytes,
+        requests: first.requests + direct.stats.requests,
+        retries: first.retries + direct.stats.retries,
+        restarts: first.restarts + direct.stats.restarts,
+        splits: first.splits + direct.stats.splits,
+      }
+    : direct.stats;
+  const bySource = (direct as FetchResult & { bytesBySource?: Record<string, number> }).bytesBySource;
+  return {
+    ...direct,
+    ...(bySource && first
+      ? { bytesBySource: { ...bySource, origin: (bySource.origin ?? 0) + first.transferredBytes } }
+      : {}),
+    stats,
+    seconds: (performance.now() - started) / 1000,
+    cache: 'bypass',
+    materialization: undefined,
+    waited: false,
+    bypassed: { reason, movedBytes },
+  };
+}
+
+async function fetchStraight(
+  url: string,
+  out: string,
+  options: FetchOptions,
+  verifyDownload: ((path: string) => Promise<void>) | undefined,
+  prepare: ((part: string) => Promise<void>) | undefined,
+): Promise<FetchResult> {
+  const { fetchFileOnto, fetchFileChecked } = await import('../fetch/fetch-file.js');
+  return verifyDownload
+    ? fetchFileChecked(url, out, options, verifyDownload, prepare)
+    : fetchFileOnto(url, out, options, prepare);
+}
+
+/**
+ * A full disk under the cache only: the output is on another file system, where the
+ * download can go on.
+ */
+function fullCacheDiskOnly(err: unknown, root: string, out: string): boolean {
+  if (!(err instanceof DiskFullError) || !err.path?.startsWith(root)) return false;
+  try {
+    return statSync(root).dev !== statSync(dirname(resolve(out))).dev;
+  } catch {
+    return false;
+  }
 }
 
 /**

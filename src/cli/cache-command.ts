@@ -92,6 +92,18 @@ export function cacheCommand(): Command {
           process.stdout.write(
             `${plural(listing.blobs.length, 'blob')}, ${formatBytes(listing.totalBytes)} in ${listing.root}\n`,
           );
+          // Bytes no blob row accounts for: said, so that a full disk with "0 blobs" is explained.
+          const strays = [
+            ...(listing.partialBytes > 0 ? [`${formatBytes(listing.partialBytes)} in partial downloads (tmp/)`] : []),
+            ...(listing.unindexedBytes > 0
+              ? [`${formatBytes(listing.unindexedBytes)} in blobs the index does not list`]
+              : []),
+            ...(listing.leftoverBytes > 0 ? [`${formatBytes(listing.leftoverBytes)} in leftovers`] : []),
+          ];
+          if (strays.length > 0)
+            process.stdout.write(
+              `of which ${strays.join(' and ')}: loom cache gc removes those no running download owns\n`,
+            );
           return EXIT.ok;
         },
         (root, flags) => {
@@ -134,31 +146,48 @@ export function cacheCommand(): Command {
 
   cache
     .command('gc')
-    .description('evict least recently used blobs until the cache is at most --max-size')
-    .requiredOption('--max-size <size>', 'size to shrink to, e.g. 200GiB')
+    .description(
+      'remove leftovers, partial downloads and unindexed blobs no running download owns; with --max-size, then evict least recently used blobs until the cache is at most that',
+    )
+    .option('--max-size <size>', 'size to shrink to, e.g. 200GiB (default: no eviction)')
     .option('--dry-run', 'say what would be evicted, evict nothing')
     .action(
       withCache(
         async (handle, flags, { gcCache }) => {
-          const opts = flags as CacheFlags & { maxSize: string; dryRun?: boolean };
-          const report = await gcCache(handle, parseSize(opts.maxSize, '--max-size'), opts.dryRun ?? false);
+          const opts = flags as CacheFlags & { maxSize?: string; dryRun?: boolean };
+          const maxBytes = opts.maxSize === undefined ? Infinity : parseSize(opts.maxSize, '--max-size');
+          const report = await gcCache(handle, maxBytes, opts.dryRun ?? false);
           if (flags.json) printJson({ ok: true, ...report });
           else {
             const verb = report.dryRun ? 'would evict' : 'evicted';
+            const removeVerb = report.dryRun ? 'would remove' : 'removed';
+            for (const name of report.removedPartials)
+              say(flags, `loom: ${removeVerb} the partial download ${name} (no running download owns it)`);
+            for (const digest of report.removedUnindexed)
+              say(flags, `loom: ${removeVerb} ${digest} (a blob the index does not list)`);
             for (const blob of report.evicted) say(flags, `loom: ${verb} ${blob.digest} (${formatBytes(blob.size)})`);
             for (const digest of report.skippedInUse) say(flags, `loom: kept ${digest}: in use`);
-            const removed = report.dryRun ? 'would remove' : 'removed';
             for (const path of report.removedLeftovers)
-              say(flags, `loom: ${removed} ${path}: left by a process that is gone`);
+              say(flags, `loom: ${removeVerb} ${path}: left by a process that is gone`);
+            const done = [
+              `${verb} ${plural(report.evicted.length, 'blob')}`,
+              ...(report.removedPartials.length > 0
+                ? [`${removeVerb} ${plural(report.removedPartials.length, 'partial download')}`]
+                : []),
+              ...(report.removedUnindexed.length > 0
+                ? [`${removeVerb} ${plural(report.removedUnindexed.length, 'unindexed blob')}`]
+                : []),
+            ];
             say(
               flags,
-              `loom: ${verb} ${plural(report.evicted.length, 'blob')}, ${formatBytes(report.freedBytes)}; ${formatBytes(report.remainingBytes)} remain`,
+              `loom: ${done.join(', ')}, ${formatBytes(report.freedBytes)}; ${formatBytes(report.remainingBytes)} remain`,
             );
           }
           return EXIT.ok;
         },
         (root, flags) => {
-          parseSize((flags as CacheFlags & { maxSize: string }).maxSize, '--max-size');
+          const { maxSize } = flags as CacheFlags & { maxSize?: string };
+          if (maxSize !== undefined) parseSize(maxSize, '--max-size');
           if (flags.json) printJson({ ok: true, exists: false, evicted: [], freedBytes: 0, remainingBytes: 0 });
           else say(flags, `loom: ${nothingCached(root)}: nothing to evict`);
           return EXIT.ok;

@@ -17,6 +17,8 @@ export function summaryOf(result: FetchResult | CachedFetchResult): Record<strin
     cache: cache?.cache ?? 'off',
     materialization: cache?.materialization ?? null,
     waitedForOtherProcess: cache?.waited ?? false,
+    // Why the download went straight to the output, and the bytes moved there from the cache.
+    cacheBypass: cache?.bypassed ?? null,
     url: result.url,
     path: result.path,
     bytes: result.size,
@@ -57,16 +59,19 @@ function origin(result: FetchResult | CachedFetchResult): string {
   const { requests, retries, resumedBytes } = result.stats;
   const details = [plural(requests, 'request'), ...(retries ? [plural(retries, 'retry', 'retries')] : [])];
   const resumed = resumedBytes > 0 ? `, ${formatBytes(resumedBytes)} resumed from the partial file` : '';
+  const moved = cached?.bypassed?.movedBytes
+    ? `, ${formatBytes(cached.bypassed.movedBytes)} of them downloaded into the cache before its disk filled up`
+    : '';
   const bySource = 'bytesBySource' in result ? (result.bytesBySource as Record<string, number>) : {};
   const peers = Object.entries(bySource).filter(([id, bytes]) => id !== 'origin' && bytes > 0);
   if (peers.length > 0) {
     const peerBytes = peers.reduce((sum, [, bytes]) => sum + bytes, 0);
     return (
       `${formatBytes(peerBytes)} from ${plural(peers.length, 'peer')} and ${formatBytes(bySource.origin ?? 0)} ` +
-      `from the origin (${details.join(', ')})${resumed}`
+      `from the origin (${details.join(', ')})${resumed}${moved}`
     );
   }
-  return `from the origin (${details.join(', ')})${resumed}`;
+  return `from the origin (${details.join(', ')})${resumed}${moved}`;
 }
 
 function digestCheck(result: FetchResult, expected: string | undefined): string {

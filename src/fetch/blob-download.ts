@@ -152,6 +152,8 @@ export class BlobDownload {
       await this.workers?.settled();
       this.checks?.close();
       await this.journal.settled();
+      // Taken once every write has settled: the most the part holds.
+      if (!succeeded && this.params.trail) this.params.trail.partial = this.journalNow()?.state;
       await this.backgroundSync?.settled();
       if (this.part) await this.part.close();
       if (!this.resumable && !succeeded) await rm(this.params.partPath, { force: true });

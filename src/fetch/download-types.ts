@@ -4,6 +4,7 @@
 import type { LoomError } from '../core/errors.js';
 import type { Manifest } from '../core/manifest.js';
 import type { Validator } from '../sources/source.js';
+import type { JournalSnapshot } from './journal.js';
 import type { Preallocation } from './part-file.js';
 import type { RequestSlots } from './request-pool.js';
 import type { RetryOptions } from './retry-policy.js';
@@ -112,6 +113,19 @@ export interface BlobDownloadParams extends DownloadOptions {
    * source will come (the peer everyone waited on is gone).
    */
   sourceWaitMs?: number | (() => number);
+  /** Filled in as the download goes, for a caller that carries on after it fails (DownloadTrail). */
+  trail?: DownloadTrail;
+}
+
+/**
+ * What a download leaves for its caller when it fails: its counters, and the ranges on the
+ * part file when it stopped (every write that completed, whether or not a journal said so
+ * yet). The node cache reads it when its disk fills up, to move those bytes to --out and
+ * report the whole fetch (src/cache/cached-fetch.ts).
+ */
+export interface DownloadTrail {
+  stats: DownloadStats;
+  partial?: JournalSnapshot;
 }
 
 export interface BlobDownloadResult extends DownloadResult {

@@ -15,7 +15,13 @@
 import { rm } from 'node:fs/promises';
 import { SourceChangedError } from '../core/errors.js';
 import { BlobDownload } from './blob-download.js';
-import type { BlobDownloadHandle, BlobDownloadParams, BlobDownloadResult, DownloadOptions } from './download-types.js';
+import type {
+  BlobDownloadHandle,
+  BlobDownloadParams,
+  BlobDownloadResult,
+  DownloadOptions,
+  DownloadTrail,
+} from './download-types.js';
 import { journalPathFor, removeJournal } from './journal.js';
 import type { SourceSlot } from './source-set.js';
 import { emptyStats } from './stats.js';
@@ -27,6 +33,7 @@ export type {
   BlobDownloadResult,
   DownloadOptions,
   DownloadResult,
+  DownloadTrail,
   FetchProgress,
   RetryWait,
 } from './download-types.js';
@@ -52,9 +59,9 @@ export function downloadBlob(params: BlobDownloadParams): Promise<BlobDownloadRe
 export async function downloadToPart(
   source: SourceSlot['source'],
   partPath: string,
-  options: DownloadOptions & { produceManifest?: boolean },
+  options: DownloadOptions & { produceManifest?: boolean; trail?: DownloadTrail },
 ): Promise<BlobDownloadResult> {
-  const stats = emptyStats();
+  const stats = options.trail?.stats ?? emptyStats();
   const params: BlobDownloadParams = {
     ...options,
     sources: [{ id: 'origin', kind: 'origin', source, maxConcurrency: options.workers, preference: 1 }],

@@ -19,6 +19,19 @@ export function partPathFor(out: string): string {
 }
 
 export async function fetchFile(url: string, out: string, options: FetchOptions = {}): Promise<FetchResult> {
+  return fetchFileOnto(url, out, options);
+}
+
+/**
+ * fetchFile, with `prepare(part)` run once `part` is locked to this run and before the
+ * download starts: the node cache moves the bytes it already has there (a full cache disk).
+ */
+export async function fetchFileOnto(
+  url: string,
+  out: string,
+  options: FetchOptions,
+  prepare?: (part: string) => Promise<void>,
+): Promise<FetchResult> {
   const resolved = resolveFetchOptions(options);
   const source = sourceFor(url, sourceOptionsOf(resolved));
   // The engine is loaded when a download really starts; a cache hit never needs it.
@@ -32,6 +45,7 @@ export async function fetchFile(url: string, out: string, options: FetchOptions 
   try {
     const unlock = await lockPart(part);
     try {
+      await prepare?.(part);
       const result = await downloadToPart(source, part, resolved);
       await moveIntoPlace(part, out);
       return { ...result, path: out, url: source.url, seconds: (performance.now() - started) / 1000 };
@@ -56,12 +70,13 @@ export async function fetchFileChecked(
   out: string,
   options: FetchOptions,
   check: (path: string) => Promise<void>,
+  prepare?: (part: string) => Promise<void>,
 ): Promise<FetchResult> {
   const { lockPart } = await import('./part-lock.js');
   const unlock = await lockPart(partPathFor(out));
   try {
     const landing = `${out}.loom-unverified`;
-    const result = await fetchFile(url, landing, options);
+    const result = await fetchFileOnto(url, landing, options, prepare);
     try {
       await check(landing);
       await rename(landing, out);
