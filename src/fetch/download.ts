@@ -163,6 +163,14 @@ export interface BlobDownloadParams extends DownloadOptions {
    */
   pieceDigest?(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined>;
   /**
+   * With pieceDigest and no expected sha256: the file's digest from the digests of all its
+   * pieces, as judged and counted: a digest D when the caller holds a trusted manifest bound
+   * to D that lists exactly these pieces (what a download with that manifest trusts), else
+   * undefined. Given, the prefix hasher digests the pieces only, and the whole file is hashed
+   * (a second pass) only when this answers undefined.
+   */
+  digestFromPieces?(pieces: string[], layout: { size: number; pieceSize: number }): Promise<string | undefined>;
+  /**
    * How long a download with work left but no source able to serve it waits for one (a
    * peer's has() turning true, addSource) before failing with NoSourceError. Default 0.
    */
@@ -543,8 +551,11 @@ class BlobDownload {
     if (!produce && !this.sha256In && !this.params.computeSha256) return undefined;
     const judged = produce && this.params.pieceDigest !== undefined && this.size !== undefined && this.resumable;
     this.judgesPieces = judged && this.manifestIn === undefined && this.pieceSize > 0;
+    // The whole file is hashed at the end instead, only if the caller cannot vouch for it by its pieces.
+    const wholeFile = !(this.judgesPieces && this.params.digestFromPieces && this.sha256In === undefined);
     const pieces: PieceDigests | undefined = produce
       ? {
+          wholeFile,
           pieceSize: this.pieceSize,
           size: this.size,
           onPiece: (index: number, digest: string) => this.pieceCounted(index, digest),
@@ -1013,6 +1024,8 @@ class BlobDownload {
       sha256 = this.manifestIn.digest;
     } else if (this.hasher) {
       sha256 = await this.hasher.digest(size);
+      this.stats.hashedBytes += this.hasher.hashedBytes;
+      if (sha256 === undefined) sha256 = await this.digestFromPieces(part, size);
       if (
         this.params.produceManifest &&
         this.pieceSize > 0 &&
@@ -1053,6 +1066,31 @@ class BlobDownload {
       bytesBySource: this.sources.bytesBySource(),
       droppedSources: this.sources.dropped(),
     };
+  }
+
+  /**
+   * The digest of a file whose pieces only were hashed: vouched for by the caller's trusted
+   * manifest (params.digestFromPieces), else hashed now in a second pass.
+   */
+  private async digestFromPieces(part: PartFile, size: number): Promise<string> {
+    const all =
+      this.producedPieces.length === pieceCount(size, this.pieceSize) &&
+      Array.from(this.producedPieces).every((digest) => digest !== undefined);
+    const vouched = all
+      ? await this.params.digestFromPieces?.([...this.producedPieces], { size, pieceSize: this.pieceSize })
+      : undefined;
+    if (vouched !== undefined) return vouched;
+    const hasher =
+      size >= HASH_THREAD_MIN_SIZE
+        ? new ThreadedPrefixHasher(part.path, undefined, DEFAULTS.hashReadSize)
+        : new PrefixHasher(part, undefined);
+    try {
+      const digest = (await hasher.digest(size))!;
+      this.stats.hashedBytes += hasher.hashedBytes;
+      return digest;
+    } finally {
+      hasher.close();
+    }
   }
 
   /** Waits `delayMs` before `who` tries again, shown to progress displays meanwhile. */
