@@ -47,6 +47,11 @@ export interface PlannedDownload {
    */
   pieceDigest?(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined>;
   /**
+   * With pieceDigest: the blob's digest from all its piece digests, when a trusted manifest
+   * vouches for exactly them (BlobDownloadParams.digestFromPieces); undefined: hash the file.
+   */
+  digestFromPieces?(pieces: string[], layout: { size: number; pieceSize: number }): Promise<string | undefined>;
+  /**
    * A failed download's part is not kept for a resume: it may hold bytes from peers not yet
    * checked, which a rerun from the origin alone (no control plane) would take unchecked.
    */

@@ -69,6 +69,7 @@ export async function downloadWithPlan(
       onPieceVerified: markVerified,
       onSourceDropped: (id, reason) => plan.dropped(id, reason),
       pieceDigest: plan.pieceDigest && ((index, layout) => plan.pieceDigest!(index, layout)),
+      digestFromPieces: plan.digestFromPieces && ((pieces, layout) => plan.digestFromPieces!(pieces, layout)),
     });
     plan.started(handle);
     let result: BlobDownloadResult | undefined;

@@ -41,6 +41,8 @@ export function summaryOf(result: FetchResult | CachedFetchResult): Record<strin
         : Number(result.stats.lastByteToDigestSeconds.toFixed(3)),
     // Bytes past the finished prefix when the last byte arrived: hashed only after it.
     prefixBehindAtLastByte: result.stats.prefixBehindAtLastByte ?? null,
+    // Bytes run through sha256, each hash counted (whole file plus piece digests: twice the file).
+    hashedBytes: result.stats.hashedBytes,
     // Where the bytes came from (origin, each peer by node id) and the sources dropped.
     bytesBySource: 'bytesBySource' in result ? result.bytesBySource : null,
     droppedSources: 'droppedSources' in result ? result.droppedSources : [],

@@ -256,7 +256,7 @@ export class BlobDownload {
     return new PieceChecks(
       this,
       { part, ranges, size, pieceSize, manifest, resumedVerified, resumable },
-      { hooks: this.params, sha256, produce },
+      { hooks: this.params, sha256, pinned: this.sha256In !== undefined, produce },
     );
   }
 
@@ -334,7 +334,8 @@ export class BlobDownload {
   async finish(size: number, finalUrl: string): Promise<BlobDownloadResult> {
     this.size = size;
     const part = this.part!;
-    const { sha256, manifest } = await this.checks!.result(size);
+    const { sha256, manifest, hashedBytes } = await this.checks!.result(size);
+    this.stats.hashedBytes += hashedBytes;
     if (sha256 !== undefined) this.progress.digested(size);
     const expected = this.sha256In;
     if (expected && sha256 !== expected) {

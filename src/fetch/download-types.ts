@@ -107,6 +107,14 @@ export interface BlobDownloadParams extends DownloadOptions {
    */
   pieceDigest?(index: number, layout: { size: number; pieceSize: number }): Promise<string | undefined>;
   /**
+   * With pieceDigest and no expected sha256: the file's digest from the digests of all its
+   * pieces, as judged and counted: a digest D when the caller holds a trusted manifest bound
+   * to D that lists exactly these pieces (what a download with that manifest trusts), else
+   * undefined. Given, the prefix hasher digests the pieces only, and the whole file is hashed
+   * (a second pass) only when this answers undefined.
+   */
+  digestFromPieces?(pieces: string[], layout: { size: number; pieceSize: number }): Promise<string | undefined>;
+  /**
    * How long a download with work left but no source able to serve it waits for one (a
    * peer's has() turning true, addSource) before failing with NoSourceError. Default 0. A
    * function is asked again at each check: the wait can end early once the caller knows no

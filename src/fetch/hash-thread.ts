@@ -7,7 +7,8 @@
 //
 // Pieces judged before they count (see prefix-hasher.ts): the worker keeps a copy of the
 // whole-file hash at each piece start, stops at the piece's end and waits for the verdict
-// the main thread posts; a refusal sends it back to that copy.
+// the main thread posts; a refusal sends it back to that copy. With `wholeFile: false` it
+// digests the pieces only (see prefix-hasher.ts).
 import { Worker } from 'node:worker_threads';
 import type { FinishedPrefixHasher, PieceDigests } from './prefix-hasher.js';
 
@@ -16,13 +17,14 @@ const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const { openSync, readSync, closeSync } = require('node:fs');
-const { path, pieceSize, size, judged, readSize } = workerData;
+const { path, pieceSize, size, judged, readSize, wholeFile } = workerData;
 const fd = openSync(path, 'r');
 const buffer = Buffer.allocUnsafe(readSize);
-let hash = createHash('sha256');
-let checkpoint = judged ? hash.copy() : undefined;
+let hash = wholeFile ? createHash('sha256') : undefined;
+let checkpoint = judged && hash ? hash.copy() : undefined;
 let pieceHash = pieceSize > 0 ? createHash('sha256') : undefined;
 let hashed = 0;
+let hashedBytes = 0;
 let pieceStart = 0;
 let target = 0;
 let waiting = false;
@@ -42,8 +44,9 @@ const pump = () => {
     const read = readSync(fd, buffer, 0, length, hashed);
     if (read === 0) throw new Error('unexpected end of ' + path + ' at ' + hashed);
     const bytes = buffer.subarray(0, read);
-    hash.update(bytes);
+    if (hash) hash.update(bytes);
     if (pieceHash) pieceHash.update(bytes);
+    hashedBytes += read * ((hash ? 1 : 0) + (pieceHash ? 1 : 0));
     hashed += read;
     if (pieceHash && hashed === pieceEnd()) endPiece();
   }
@@ -54,7 +57,7 @@ const pump = () => {
   }
   closeSync(fd);
   digestAt = -1;
-  parentPort.postMessage({ kind: 'digest', digest: hash.digest('hex') });
+  parentPort.postMessage({ kind: 'digest', digest: hash ? hash.digest('hex') : undefined, hashedBytes });
 };
 parentPort.on('message', (message) => {
   try {
@@ -62,9 +65,9 @@ parentPort.on('message', (message) => {
       waiting = false;
       if (message.accept) {
         pieceStart = hashed;
-        checkpoint = hash.copy();
+        if (hash) checkpoint = hash.copy();
       } else {
-        hash = checkpoint.copy();
+        if (checkpoint) hash = checkpoint.copy();
         hashed = pieceStart;
         target = pieceStart;
       }
@@ -81,14 +84,15 @@ parentPort.on('message', (message) => {
 
 type FromWorker =
   | { kind: 'piece'; index: number; digest: string }
-  | { kind: 'digest'; digest: string }
+  | { kind: 'digest'; digest: string | undefined; hashedBytes: number }
   | { kind: 'error'; message: string };
 
 export class ThreadedPrefixHasher implements FinishedPrefixHasher {
   private readonly worker: Worker;
   private target = 0;
+  hashedBytes = 0;
   private failure: Error | undefined;
-  private result: { resolve: (digest: string) => void; reject: (err: Error) => void } | undefined;
+  private result: { resolve: (digest: string | undefined) => void; reject: (err: Error) => void } | undefined;
   private readonly onFailed: ((err: unknown) => void) | undefined;
 
   constructor(path: string, pieces: PieceDigests | undefined, readSize: number) {
@@ -101,14 +105,17 @@ export class ThreadedPrefixHasher implements FinishedPrefixHasher {
         size: pieces?.size ?? -1,
         judged: pieces?.judge !== undefined,
         readSize,
+        wholeFile: pieces?.wholeFile !== false,
       },
     });
     // A hasher left behind by a failed download must not keep the process alive.
     this.worker.unref();
     this.worker.on('message', (message: FromWorker) => {
       if (message.kind === 'piece') this.piece(pieces!, message.index, message.digest);
-      else if (message.kind === 'digest') this.result?.resolve(message.digest);
-      else this.fail(new Error(message.message));
+      else if (message.kind === 'digest') {
+        this.hashedBytes = message.hashedBytes;
+        this.result?.resolve(message.digest);
+      } else this.fail(new Error(message.message));
     });
     this.worker.on('error', (err) => this.fail(err));
   }
@@ -136,9 +143,9 @@ export class ThreadedPrefixHasher implements FinishedPrefixHasher {
     this.worker.postMessage({ kind: 'advance', end: prefixEnd });
   }
 
-  digest(size: number): Promise<string> {
+  digest(size: number): Promise<string | undefined> {
     if (this.failure) return Promise.reject(this.failure);
-    return new Promise<string>((resolve, reject) => {
+    return new Promise<string | undefined>((resolve, reject) => {
       this.result = { resolve, reject };
       this.worker.postMessage({ kind: 'digest', end: size });
     }).finally(() => this.close());

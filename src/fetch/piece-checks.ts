@@ -52,9 +52,11 @@ export interface CheckedFile {
 
 export interface CheckOptions {
   /** The download's: told of each piece that counts, and asked for a judged piece's digest. */
-  hooks: Pick<BlobDownloadParams, 'onPieceVerified' | 'pieceDigest'>;
+  hooks: Pick<BlobDownloadParams, 'onPieceVerified' | 'pieceDigest' | 'digestFromPieces'>;
   /** The whole-file sha256 is needed (expected, or asked for). */
   sha256: boolean;
+  /** The caller expects a sha256 of its own (a pin): the whole file is always hashed then. */
+  pinned: boolean;
   /** Produce the piece digests (a manifest) as the prefix passes them. */
   produce: boolean;
 }
@@ -112,8 +114,11 @@ export class PieceChecks {
     if (!produce && !options.sha256) return;
     const judged = produce && options.hooks.pieceDigest !== undefined && size !== undefined && file.resumable;
     this.judgesPieces = judged && pieceSize > 0;
+    // The whole file is hashed at the end instead, only if the caller cannot vouch for it by its pieces.
+    const wholeFile = !(this.judgesPieces && options.hooks.digestFromPieces && !options.pinned);
     const pieces: PieceDigests | undefined = produce
       ? {
+          wholeFile,
           pieceSize,
           size,
           onPiece: (index: number, digest: string) => this.pieceCounted(index, digest),
@@ -154,14 +159,51 @@ export class PieceChecks {
   }
 
   /** The file's sha256 (when it was needed) and manifest (the trusted one, or the one produced). */
-  async result(size: number): Promise<{ sha256: string | undefined; manifest: Manifest | undefined }> {
+  async result(
+    size: number,
+  ): Promise<{ sha256: string | undefined; manifest: Manifest | undefined; hashedBytes: number }> {
     const { manifest, pieceSize } = this.file;
     // Every piece matched a manifest bound to its digest: the blob is that digest.
-    if (manifest) return { sha256: manifest.digest, manifest };
-    if (!this.hasher) return { sha256: undefined, manifest: undefined };
-    const sha256 = await this.hasher.digest(size);
+    if (manifest) return { sha256: manifest.digest, manifest, hashedBytes: this.hasher?.hashedBytes ?? 0 };
+    if (!this.hasher) return { sha256: undefined, manifest: undefined, hashedBytes: 0 };
+    let sha256 = await this.hasher.digest(size);
+    let hashedBytes = this.hasher.hashedBytes;
+    if (sha256 === undefined) {
+      const second = await this.digestFromPieces(size);
+      sha256 = second.sha256;
+      hashedBytes += second.hashedBytes;
+    }
     const all = this.options.produce && pieceSize > 0 && this.produced.length === pieceCount(size, pieceSize);
-    return { sha256, manifest: all ? { digest: sha256, size, pieceSize, pieces: [...this.produced] } : undefined };
+    return {
+      sha256,
+      manifest: all ? { digest: sha256, size, pieceSize, pieces: [...this.produced] } : undefined,
+      hashedBytes,
+    };
+  }
+
+  /**
+   * The digest of a file whose pieces only were hashed: vouched for by the caller's trusted
+   * manifest (hooks.digestFromPieces), else hashed now in a second pass.
+   */
+  private async digestFromPieces(size: number): Promise<{ sha256: string; hashedBytes: number }> {
+    const { pieceSize, part } = this.file;
+    const all =
+      this.produced.length === pieceCount(size, pieceSize) &&
+      Array.from(this.produced).every((digest) => digest !== undefined);
+    const vouched = all
+      ? await this.options.hooks.digestFromPieces?.([...this.produced], { size, pieceSize })
+      : undefined;
+    if (vouched !== undefined) return { sha256: vouched, hashedBytes: 0 };
+    const hasher =
+      size >= HASH_THREAD_MIN_SIZE
+        ? new ThreadedPrefixHasher(part.path, undefined, DEFAULTS.hashReadSize)
+        : new PrefixHasher(part, undefined);
+    try {
+      const sha256 = (await hasher.digest(size))!;
+      return { sha256, hashedBytes: hasher.hashedBytes };
+    } finally {
+      hasher.close();
+    }
   }
 
   close(): void {

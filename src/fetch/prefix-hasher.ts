@@ -9,6 +9,10 @@
 // the judge answers, and on a refusal goes back to that copy, so bytes that were refused
 // never reach the whole-file digest and every byte is still hashed once.
 //
+// With `wholeFile: false` only the pieces are digested: a follower whose every piece is then
+// found in the manifest bound to the published digest needs no whole-file sha256 (see
+// PieceDigests.wholeFile), and sha256 is most of a follower's hashing CPU, done twice per byte.
+//
 // This one runs on the main thread, for small files and streams of unknown length; large
 // files hash on a worker thread (hash-thread.ts), beside the data path.
 import { createHash, type Hash } from 'node:crypto';
@@ -33,24 +37,34 @@ export interface PieceDigests {
   judge?: (index: number, digest: string) => PieceVerdict;
   /** Reading the file failed (a download waiting for the judged prefix must stop). */
   failed?: (err: unknown) => void;
+  /**
+   * False: digest the pieces only, not the whole file (digest() then resolves to undefined).
+   * The caller derives the file's digest from its piece digests and a trusted manifest, or
+   * hashes the file again. Default true.
+   */
+  wholeFile?: boolean;
 }
 
 /** What the engine asks of a hasher of the finished prefix, on whichever thread. */
 export interface FinishedPrefixHasher {
   /** Tells the hasher that [0, prefixEnd) is on disk; hashing continues in the background. */
   advance(prefixEnd: number): void;
-  /** Hashes up to `size` and returns the hex digest. */
-  digest(size: number): Promise<string>;
+  /** Hashes up to `size` and returns the hex digest (undefined: pieces only, `wholeFile: false`). */
+  digest(size: number): Promise<string | undefined>;
+  /** Bytes run through sha256 so far, every hash counted (whole file and piece: twice); final after digest(). */
+  readonly hashedBytes: number;
   /** Stops hashing (the download failed or is over). */
   close(): void;
 }
 
 export class PrefixHasher implements FinishedPrefixHasher {
-  private hash: Hash = createHash('sha256');
+  /** The whole-file hash; undefined when only pieces are digested. */
+  private hash: Hash | undefined;
   /** The whole-file hash at `pieceStart`, while pieces are judged. */
   private checkpoint: Hash | undefined;
   private pieceHash: Hash | undefined;
   private hashed = 0;
+  hashedBytes = 0;
   private pieceStart = 0;
   private target = 0;
   private running: Promise<void> | undefined;
@@ -63,8 +77,9 @@ export class PrefixHasher implements FinishedPrefixHasher {
     readSize: number = DEFAULTS.hashReadSize,
   ) {
     this.buffer = Buffer.allocUnsafe(readSize);
+    if (!pieces || pieces.wholeFile !== false) this.hash = createHash('sha256');
     if (pieces) this.pieceHash = createHash('sha256');
-    if (pieces?.judge) this.checkpoint = this.hash.copy();
+    if (pieces?.judge) this.checkpoint = this.hash?.copy();
   }
 
   /** Tells the hasher that [0, prefixEnd) is on disk; hashing continues in the background. */
@@ -90,8 +105,9 @@ export class PrefixHasher implements FinishedPrefixHasher {
         const read = await this.file.read(this.buffer, length, this.hashed);
         if (read === 0) throw new Error(`unexpected end of ${this.file.path} at ${this.hashed}`);
         const bytes = this.buffer.subarray(0, read);
-        this.hash.update(bytes);
+        this.hash?.update(bytes);
         this.pieceHash?.update(bytes);
+        this.hashedBytes += read * (Number(this.hash !== undefined) + Number(this.pieceHash !== undefined));
         this.hashed += read;
         if (this.pieces && this.hashed === this.pieceEnd()) await this.endPiece();
       }
@@ -109,26 +125,26 @@ export class PrefixHasher implements FinishedPrefixHasher {
     const verdict = judge ? judge(index, digest) : true;
     if (verdict === true || (verdict !== false && (await verdict))) {
       this.pieceStart = this.hashed;
-      if (this.checkpoint) this.checkpoint = this.hash.copy();
+      if (this.checkpoint) this.checkpoint = this.hash!.copy();
       onPiece(index, digest);
       return;
     }
     // Refused: the piece's bytes are hashed again once their replacement is on disk (the
     // caller took them off the prefix before answering, so advance() starts from here).
-    this.hash = this.checkpoint!.copy();
+    this.hash = this.checkpoint?.copy();
     this.hashed = this.pieceStart;
     this.target = this.pieceStart;
   }
 
-  /** Hashes up to `size` and returns the hex digest. */
-  async digest(size: number): Promise<string> {
+  /** Hashes up to `size` and returns the hex digest (undefined: pieces only). */
+  async digest(size: number): Promise<string | undefined> {
     this.advance(size);
     while (this.running) await this.running;
     if (this.failure) throw this.failure;
     // The last piece is short unless the size is a multiple of the piece size (and it was
     // not ended in the pass because the size was not known).
     if (this.pieces && this.hashed > this.pieceStart) await this.endPiece();
-    return this.hash.digest('hex');
+    return this.hash?.digest('hex');
   }
 
   close(): void {

@@ -22,6 +22,12 @@ export interface DownloadStats {
    * last byte arrived: the prefix hash can reach them only after it. Undefined as above.
    */
   prefixBehindAtLastByte: number | undefined;
+  /**
+   * Bytes run through sha256 (each hash counts: the whole-file digest and the piece digests
+   * of one pass are twice the file). A follower that finds every piece in the trusted
+   * manifest hashes its pieces only: once the file.
+   */
+  hashedBytes: number;
 }
 
 export function emptyStats(): DownloadStats {
@@ -34,5 +40,6 @@ export function emptyStats(): DownloadStats {
     splits: 0,
     lastByteToDigestSeconds: undefined,
     prefixBehindAtLastByte: undefined,
+    hashedBytes: 0,
   };
 }

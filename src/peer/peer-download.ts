@@ -179,12 +179,21 @@ export class PeerPlanner implements DownloadPlanner {
       // (a lease holder takes from peers only pieces with a published digest: a follower that
       // took the lease over, a leader resuming its partial; see Swarm.peerMayServe).
       pieceDigest: plan.manifest ? undefined : (index, layout) => swarm.expectedPiece(index, layout),
+      // A follower whose every piece is in the manifest its leader published for the digest it
+      // published is that digest, as a node that had the manifest from the start trusts it to
+      // be: it hashes its pieces only, not the whole file too (README, "Trust").
+      digestFromPieces:
+        plan.role === 'follower' && !plan.manifest && !args.pinned
+          ? (pieces, layout) =>
+              swarm.digestFromPieces(pieces, layout, options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs)
+          : undefined,
       finished: async (result) => {
         const digest = result.sha256!;
         if (plan.role === 'follower' && !plan.manifest) {
           // Its pieces were checked one by one against the digests the lease holder published
           // as it hashed them; the whole file is too, against the digest the leader (the first
-          // node to fetch it from the origin) publishes, and so is the leader's manifest.
+          // node to fetch it from the origin) publishes, and so is the leader's manifest. (When
+          // digestFromPieces found every piece in that manifest, the digest is the leader's.)
           const trusted = await swarm.trustedDigest(options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs, digest);
           if (trusted === undefined) {
             // Not a bad byte found, only nothing to check against (the control plane went

@@ -16,8 +16,11 @@
 //   matches that digest (asked for again only when a piece needs one this node lacks; the
 //   piece waits meanwhile, neither hashed into the whole-file digest nor served). A peer
 //   whose piece does not match is dropped and reported, and the piece refetched. At the end
-//   the whole file is checked against the digest the leader publishes (or the pinned one)
-//   and the leader's manifest against the digests the pieces were checked with. When the
+//   every piece digest must be in the manifest the leader published for the digest it
+//   published (then the blob is that digest, as a swarm node trusts the manifest, and the
+//   whole file is not hashed too); failing that (or pinned), the whole file is checked
+//   against the digest the leader publishes (or the pinned one) and the leader's manifest
+//   against the digests the pieces were checked with. When the
 //   leader's lease lapses, a follower takes it and becomes the leader: pieces from the
 //   origin need no digest, and it publishes its own.
 // - origin: no control plane, or it does not answer: today's fetch.
@@ -219,6 +222,8 @@ export class Swarm {
   private idleSaid = false;
   private lostSaid = false;
   private renewTimer: NodeJS.Timeout | undefined;
+  /** trustedDigest waited its whole time in vain. */
+  private trustedWaitOver = false;
   plan: SwarmPlan;
 
   constructor(
@@ -532,6 +537,37 @@ export class Swarm {
   }
 
   /**
+   * A follower's digest from its pieces: the digest the lease holder published for the source,
+   * when the manifest the fleet records for it lists exactly `pieces` (every piece this node
+   * counted, peers' pieces checked against the holder's digests and the origin's alike). That
+   * manifest is what a swarm node trusts without hashing the whole file: the lease holder
+   * published it with the source -> digest mapping, both from its one pass over the bytes.
+   * Undefined (the file is then hashed and checked as before): this node holds the lease (it
+   * took it over: its own digest is the one published), nothing published, or any difference.
+   */
+  async digestFromPieces(
+    pieces: string[],
+    layout: { size: number; pieceSize: number },
+    timeoutMs: number,
+  ): Promise<string | undefined> {
+    if (this.lease || this.plan.manifest) return undefined;
+    const digest = await this.trustedDigest(timeoutMs, '').catch(() => undefined);
+    if (!digest) return undefined;
+    const manifest = await this.control.manifest(digest).catch(() => undefined);
+    if (
+      !manifest ||
+      manifest.digest !== digest ||
+      manifest.size !== layout.size ||
+      manifest.pieceSize !== layout.pieceSize ||
+      manifest.pieces.length !== pieces.length ||
+      manifest.pieces.some((d, i) => d !== pieces[i])
+    ) {
+      return undefined;
+    }
+    return digest;
+  }
+
+  /**
    * Why the manifest of `digest` the fleet now records cannot be trusted by this follower:
    * a piece it checked against the lease holder's published digests has another one there.
    */
@@ -835,12 +871,16 @@ export class Swarm {
    */
   async trustedDigest(timeoutMs: number, own: string): Promise<string | undefined> {
     if (this.plan.digest) return this.plan.digest;
-    const deadline = Date.now() + timeoutMs;
+    // Waited out once already (digestFromPieces, then finished): asked once more, not waited for again.
+    const deadline = this.trustedWaitOver ? 0 : Date.now() + timeoutMs;
     for (;;) {
       const digest = await this.control.sourceDigest(this.key);
       if (digest) return digest;
       if (this.lease) return own;
-      if (Date.now() >= deadline) return undefined;
+      if (Date.now() >= deadline) {
+        this.trustedWaitOver = true;
+        return undefined;
+      }
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
