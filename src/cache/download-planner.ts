@@ -27,7 +27,7 @@ export interface DownloadPlanner {
 export interface PlannedDownload {
   /** The name of the download among peers: the digest, or the source's id until it is known. */
   id: string;
-  expected: { sha256?: string; size?: number; manifest?: Manifest };
+  expected: { sha256?: string; size?: number; manifest?: Manifest; pinned?: boolean };
   sources: SourceSlot[];
   /** How long the engine waits for a source that can serve a missing piece (asked again at each check). */
   sourceWaitMs: number | (() => number);

@@ -256,7 +256,13 @@ export class BlobDownload {
     return new PieceChecks(
       this,
       { part, ranges, size, pieceSize, manifest, resumedVerified, resumable },
-      { hooks: this.params, sha256, pinned: this.sha256In !== undefined, produce },
+      {
+        hooks: this.params,
+        sha256,
+        pinned: this.sha256In !== undefined,
+        produce,
+        wholeWithManifest: manifest !== undefined && this.params.expected?.pinned === true,
+      },
     );
   }
 

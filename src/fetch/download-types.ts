@@ -85,8 +85,13 @@ export interface BlobDownloadParams extends DownloadOptions {
   /** At least one; more may be added while running (BlobDownloadHandle.addSource). */
   sources: SourceSlot[];
   partPath: string;
-  /** Known identity: size and digest (pinned, Hub, control plane), optional trusted manifest. */
-  expected?: { sha256?: string; size?: number; manifest?: Manifest };
+  /**
+   * Known identity: size and digest (pinned, Hub, control plane), optional trusted manifest.
+   * `pinned`: the sha256 comes from the user or the source, not from whoever published the
+   * manifest, so the whole file is hashed and checked against it even when every piece
+   * matched the manifest (a manifest forged for that digest cannot pass).
+   */
+  expected?: { sha256?: string; size?: number; manifest?: Manifest; pinned?: boolean };
   /** Produce the manifest (piece digests) as the download goes (cache on, peers). */
   produceManifest: boolean;
   /**

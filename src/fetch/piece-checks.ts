@@ -59,6 +59,8 @@ export interface CheckOptions {
   pinned: boolean;
   /** Produce the piece digests (a manifest) as the prefix passes them. */
   produce: boolean;
+  /** With a manifest: hash the whole file too, for a digest the manifest's publisher did not vouch for. */
+  wholeWithManifest?: boolean;
 }
 
 export class PieceChecks {
@@ -104,6 +106,9 @@ export class PieceChecks {
         },
         file.resumedVerified,
       );
+      // The manifest's pieces say nothing of a digest its publisher made up: a pinned digest
+      // is checked on the whole file, hashed as the prefix lands, as without a manifest.
+      if (options.wholeWithManifest) this.hasher = this.prefixHasher(part, size, undefined, ranges);
       return;
     }
     if (options.hooks.pieceDigest && pieceSize > 0) {
@@ -126,12 +131,22 @@ export class PieceChecks {
           failed: (err: unknown) => host.fail(err),
         }
       : undefined;
+    this.hasher = this.prefixHasher(part, size, pieces, ranges);
+  }
+
+  private prefixHasher(
+    part: PartFile,
+    size: number | undefined,
+    pieces: PieceDigests | undefined,
+    ranges: RangeSet,
+  ): FinishedPrefixHasher {
     // A thread costs ~30 ms to start and ~9 MB: worth it where the hash takes longer.
-    this.hasher =
+    const hasher =
       (size ?? 0) >= HASH_THREAD_MIN_SIZE
         ? new ThreadedPrefixHasher(part.path, pieces, DEFAULTS.hashReadSize)
         : new PrefixHasher(part, pieces);
-    this.hasher.advance(ranges.contiguousPrefix());
+    hasher.advance(ranges.contiguousPrefix());
+    return hasher;
   }
 
   /** Source `sourceId` wrote [at, at + length) (already added to the ranges). */
@@ -163,8 +178,17 @@ export class PieceChecks {
     size: number,
   ): Promise<{ sha256: string | undefined; manifest: Manifest | undefined; hashedBytes: number }> {
     const { manifest, pieceSize } = this.file;
-    // Every piece matched a manifest bound to its digest: the blob is that digest.
-    if (manifest) return { sha256: manifest.digest, manifest, hashedBytes: this.hasher?.hashedBytes ?? 0 };
+    if (manifest) {
+      // Every piece matched a manifest bound to its digest: the blob is that digest, unless the
+      // whole file was hashed too (a pinned digest) and says otherwise.
+      if (!this.hasher) return { sha256: manifest.digest, manifest, hashedBytes: 0 };
+      const sha256 = (await this.hasher.digest(size))!;
+      return {
+        sha256,
+        manifest: sha256 === manifest.digest ? manifest : undefined,
+        hashedBytes: this.hasher.hashedBytes,
+      };
+    }
     if (!this.hasher) return { sha256: undefined, manifest: undefined, hashedBytes: 0 };
     let sha256 = await this.hasher.digest(size);
     let hashedBytes = this.hasher.hashedBytes;

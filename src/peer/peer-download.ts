@@ -164,7 +164,7 @@ export class PeerPlanner implements DownloadPlanner {
     options.onStatus?.(describe(plan.role, peers.length));
     return {
       id: plan.id,
-      expected: { sha256: plan.digest, size: plan.size, manifest: plan.manifest },
+      expected: { sha256: plan.digest, size: plan.size, manifest: plan.manifest, pinned: args.pinned !== undefined },
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : () => swarm.sourceWaitMs(FOLLOWER_SOURCE_WAIT_MS),
       replanOnFailure: plan.role === 'follower',

@@ -269,6 +269,32 @@ describe('downloadBlob', () => {
     assert.equal(server.requests.length, 0);
   });
 
+  it('a manifest forged for a pinned digest cannot pass: the whole file is checked against the pin', async () => {
+    // Another file's pieces, published under the pinned digest (first writer wins on a
+    // control plane): every piece matches the manifest, the file is not the pinned one.
+    const evil = randomContent(SIZE);
+    const forged: Manifest = { ...manifestOf(evil.bytes, PIECE), digest: content.sha256 };
+    const server = await origin(evil.bytes);
+    const part = partPath();
+    const run = (pinned: boolean) =>
+      downloadBlob({
+        ...options,
+        sources: [slot('liar', counted(server))],
+        partPath: part,
+        expected: { sha256: content.sha256, size: SIZE, manifest: forged, pinned },
+        produceManifest: false,
+      });
+    await assert.rejects(
+      run(true),
+      (err: unknown) => err instanceof LoomError && err.code === 'LOOM_ERR_DIGEST_MISMATCH',
+    );
+    assert.equal(existsSync(part), false);
+    // Unpinned (the digest and the manifest from the same publisher), the manifest is the trust.
+    const trusted = await run(false);
+    assert.equal(trusted.sha256, content.sha256);
+    assert.equal(await sha256OfFile(part), evil.sha256);
+  });
+
   it('resumes from the journal of the same digest fetched from another source', async () => {
     const slow = await origin(content.bytes, { rateLimitBytesPerSecond: 2 * MiB });
     const other = await origin();
