@@ -55,8 +55,16 @@ export interface SwarmControl {
   putPieces(id: string, lease: string, record: { size: number; pieceSize: number; pieces: string[] }): Promise<void>;
   /** The piece digests the lease holder published under `id` so far (a prefix), if any; throws without an answer. */
   pieces(id: string): Promise<PieceRecord | undefined>;
-  /** Publishes the manifest and maps the source to its digest (as the lease holder `lease`). */
-  publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst, lease: string | undefined): Promise<void>;
+  /**
+   * Publishes the manifest and, for a node that fetched it from the origin under `lease` (on
+   * blob `lease.id`), maps the source to its digest.
+   */
+  publish(
+    key: string,
+    manifest: Manifest,
+    verifiedAgainst: VerifiedAgainst,
+    lease: { id: string; token: string } | undefined,
+  ): Promise<void>;
   report(digest: string, node: string, reason: string): Promise<void>;
 }
 
@@ -736,8 +744,11 @@ export class Swarm {
     if (this.announceTimer) clearTimeout(this.announceTimer);
     this.announceTimer = undefined;
     this.publishDigests();
+    // The mapping is checked against the piece list published under the lease: sent first.
+    await this.announcing;
     if (this.plan.role !== 'follower' || this.lease) {
-      await this.control.publish(this.key, manifest, verifiedAgainst, this.lease?.token).catch(() => undefined);
+      const lease = this.lease && { id: this.plan.id, token: this.lease.token };
+      await this.control.publish(this.key, manifest, verifiedAgainst, lease).catch(() => undefined);
     }
     this.announce(true, manifest.digest);
     await this.announcing;

@@ -1,0 +1,190 @@
+// What the fleet trusts under per-node credentials (`--cluster-secret`), end to end on
+// loopback: a real control plane (SQLite) with an admin token and a cluster secret, real
+// agents each with its own node token and a shared peer token, a real origin that counts its
+// bytes, and fetchCached with the peer planner, as `loom fetch --control-plane` runs it.
+// - A node cannot point a URL at bytes of its own through a lease on its own digest.
+import assert from 'node:assert/strict';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { fetchCached } from '../../src/cache/cached-fetch.js';
+import { sourceKey } from '../../src/cache/source-key.js';
+import { nodeToken } from '../../src/control-plane/auth.js';
+import { buildControlPlane } from '../../src/control-plane/server.js';
+import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
+import { Agent } from '../../src/peer/agent.js';
+import { PeerPlanner } from '../../src/peer/peer-download.js';
+import { OriginServer } from '../support/origin-server.js';
+import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
+import { closersRunAfterAll, putBlob } from './peer-fixtures.js';
+
+const SECRET = 'cluster-secret-for-trust-tests-0123';
+const ADMIN = 'admin-token-for-trust-tests-01234567';
+const PEER_TOKEN = 'peer-token-for-trust-tests-0123456';
+const SIZE = 20 * 1024 * 1024 + 12345; // two pieces of 16 MiB
+const good = randomContent(SIZE);
+const evil = randomContent(SIZE);
+const closers = closersRunAfterAll();
+// Registered after the closers: agents stop before their caches are removed.
+const dir = tempDir('loom-peer-trust-');
+
+const origin = await new OriginServer().listen();
+closers.push(() => origin.close());
+let files = 0;
+/** A new URL on the origin serving the good bytes (each test its own source key). */
+function newUrl(): string {
+  const path = `/models/m-${++files}.bin`;
+  origin.setFile(path, good.bytes);
+  return origin.url(path);
+}
+
+const admin = { authorization: `Bearer ${ADMIN}` };
+const as = (id: string) => ({ authorization: `Bearer ${nodeToken(SECRET, id)}`, 'x-loom-node': id });
+
+async function securedControlPlane(): Promise<string> {
+  const store = new SqliteStore(':memory:');
+  const app = await buildControlPlane({ store, token: ADMIN, clusterSecret: SECRET, leaseTtlMs: 2_000 });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  closers.push(async () => {
+    await app.close();
+    await store.close();
+  });
+  return url;
+}
+
+async function call(
+  cp: string,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body?: unknown,
+): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(`${cp}${path}`, {
+    method,
+    headers: { ...headers, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? (JSON.parse(text) as unknown) : undefined };
+}
+
+interface Node {
+  id: string;
+  cacheDir: string;
+  agent: Agent;
+  log: string[];
+}
+
+async function startAgent(cp: string, id: string, cacheDir: string, log: string[]): Promise<Agent> {
+  const agent = await Agent.start({
+    controlPlane: cp,
+    cacheRoot: cacheDir,
+    nodeId: id,
+    listen: { host: '127.0.0.1', port: 0 },
+    token: nodeToken(SECRET, id),
+    peerToken: PEER_TOKEN,
+    scanIntervalMs: 200,
+    log: (level, message) => log.push(`${level}: ${message}`),
+  });
+  closers.push(() => agent.stop(0));
+  await waitFor(`${id} registered`, () => agent.isRegistered);
+  return agent;
+}
+
+async function node(cp: string, id: string): Promise<Node> {
+  const cacheDir = join(dir, `${id}-${Math.random().toString(36).slice(2)}`);
+  const log: string[] = [];
+  return { id, cacheDir, log, agent: await startAgent(cp, id, cacheDir, log) };
+}
+
+let outs = 0;
+async function fetchOn(
+  n: Node,
+  cp: string,
+  url: string,
+  extra: { sha256?: string; messages?: string[] } = {},
+): Promise<{ out: string; bytesBySource: Record<string, number> }> {
+  const out = join(dir, `out-${++outs}.bin`);
+  const planner = new PeerPlanner({
+    controlPlane: cp,
+    nodeId: n.id,
+    token: nodeToken(SECRET, n.id),
+    agentToken: PEER_TOKEN,
+    followerWaitMs: 3_000,
+    publishWaitMs: 10_000,
+    onStatus: (m) => extra.messages?.push(m),
+  });
+  const result = await fetchCached(url, out, {
+    cacheDir: n.cacheDir,
+    planner,
+    sha256: extra.sha256,
+    retryBaseDelay: 5,
+    retryMaxDelay: 50,
+    onStatus: (m) => extra.messages?.push(m),
+  });
+  return { out, bytesBySource: (result as unknown as { bytesBySource?: Record<string, number> }).bytesBySource ?? {} };
+}
+
+async function completeHolder(cp: string, digest: string, id: string): Promise<void> {
+  await waitFor(`${id} announced as a complete holder of ${digest.slice(0, 12)}`, async () => {
+    const answer = await call(cp, 'GET', `/v1/blobs/${digest}/peers`, admin);
+    return (answer.body as { peers: Array<{ id: string; complete: boolean }> }).peers.some(
+      (p) => p.id === id && p.complete,
+    );
+  });
+}
+
+const mappedDigest = async (cp: string, url: string): Promise<unknown> =>
+  (await call(cp, 'GET', `/v1/sources?key=${encodeURIComponent(sourceKey(url))}`, admin)).body;
+
+describe('fleet trust with per-node credentials', () => {
+  it('a node cannot map a URL to its own bytes with a lease on its own digest; the victim gets the origin bytes', async () => {
+    const cp = await securedControlPlane();
+    const url = newUrl();
+    const bad = await node(cp, 'evil');
+    await putBlob(bad.cacheDir, evil.bytes);
+    await completeHolder(cp, evil.sha256, 'evil');
+    // What finding 1's attacker did: a lease on its own digest, a manifest of its own, the mapping.
+    const lease = await call(cp, 'POST', `/v1/blobs/${evil.sha256}/leases`, as('evil'), { node: 'evil' });
+    const token = (lease.body as { token: string }).token;
+    const manifest = { size: SIZE, pieceSize: SIZE, pieces: [evil.sha256], verifiedAgainst: 'sha256-pinned' };
+    assert.equal((await call(cp, 'PUT', `/v1/blobs/${evil.sha256}`, as('evil'), manifest)).status, 201);
+    const pieces = { lease: token, size: SIZE, pieceSize: SIZE, pieces: [evil.sha256] };
+    assert.equal((await call(cp, 'PUT', `/v1/sources/${evil.sha256}/pieces`, as('evil'), pieces)).status, 200);
+    const mapping = await call(cp, 'PUT', '/v1/sources', as('evil'), {
+      key: sourceKey(url),
+      digest: evil.sha256,
+      lease: token,
+    });
+    assert.equal(mapping.status, 403, JSON.stringify(mapping.body));
+    assert.equal((await call(cp, 'GET', `/v1/sources?key=${encodeURIComponent(sourceKey(url))}`, admin)).status, 404);
+
+    const victim = await node(cp, 'victim');
+    origin.resetStats();
+    const { out } = await fetchOn(victim, cp, url);
+    assert.equal(await sha256OfFile(out), good.sha256, "the origin's bytes, not the evil node's");
+    assert.equal(origin.bytesServed, SIZE);
+    // The victim led the fetch from the origin under the source's lease: it maps the URL.
+    assert.deepEqual(await mappedDigest(cp, url), { key: sourceKey(url), digest: good.sha256 });
+  });
+
+  it('an honest leader maps the source, pinned or not, and the next node takes it from peers alone', async () => {
+    const cp = await securedControlPlane();
+    const [a, b, c] = [await node(cp, 'a'), await node(cp, 'b'), await node(cp, 'c')];
+    // A pinned fetch leads under the digest's lease, and maps the URL under the source's own.
+    const pinned = newUrl();
+    origin.resetStats();
+    await fetchOn(c, cp, pinned, { sha256: good.sha256 });
+    assert.equal(origin.bytesServed, SIZE);
+    assert.deepEqual(await mappedDigest(cp, pinned), { key: sourceKey(pinned), digest: good.sha256 });
+    // Another URL of the same bytes, not pinned: its own leader, its own mapping.
+    const plain = newUrl();
+    await fetchOn(a, cp, plain);
+    assert.deepEqual(await mappedDigest(cp, plain), { key: sourceKey(plain), digest: good.sha256 });
+    await completeHolder(cp, good.sha256, 'a');
+    origin.resetStats();
+    const { out, bytesBySource } = await fetchOn(b, cp, plain);
+    assert.equal(await sha256OfFile(out), good.sha256);
+    assert.equal(origin.bytesServed, 0);
+    assert.equal((bytesBySource.a ?? 0) + (bytesBySource.c ?? 0), SIZE);
+  });
+});
