@@ -5,7 +5,8 @@
 // Roles:
 // - swarm: the digest and its trusted manifest are known and some node holds pieces: take
 //   pieces from peers (verified one by one against the manifest), the origin only for pieces
-//   no live peer holds.
+//   no live peer holds. A known digest with no manifest but a complete holder is a swarm too,
+//   its whole file checked against the digest at the end (peer-download.ts).
 // - leader: nobody holds it yet and this node won the blob's lease: fetch from the origin,
 //   publish each piece as it is hashed (others take it from this node's agent), and at the
 //   end publish the source -> digest mapping and the manifest (the first node to fetch from
@@ -255,8 +256,11 @@ export class Swarm {
       if (holders === undefined) return this.plan; // no control plane: today's fetch
       if (holders.some(holdsSomething)) {
         // Pieces checked one by one against the manifest (swarm), or the whole file at the
-        // end against the digest the leader publishes (follower).
-        this.plan.role = manifest ? 'swarm' : 'follower';
+        // end against the digest the leader publishes (follower). A known digest whose blob
+        // a node holds complete, with no manifest (fetched without the fleet, an admin
+        // DELETE), has no leader to publish piece digests: waiting for them hung forever.
+        // Its holders serve it as a swarm, the whole file checked against the digest.
+        this.plan.role = manifest || (digest && holders.some((h) => h.complete)) ? 'swarm' : 'follower';
         if (!manifest) {
           // The lease holder publishes the blob's size with its piece digests: known here, it
           // is checked on every peer's answer, the first one too (a --no-origin follower asks
@@ -592,7 +596,13 @@ export class Swarm {
       // The holder may have published and released it between the two questions: finished,
       // not dead. Then the blob is taken from it (next refresh), never from the origin.
       this.published ??= await this.control.sourceDigest(this.key).catch(() => undefined);
-      if (this.published) {
+      // Under a known digest (pinned) the source's mapping says nothing about this holder:
+      // it finished only if the digest's manifest is out (else it died: take over).
+      const finished =
+        this.published !== undefined &&
+        (this.published !== this.plan.id ||
+          (await this.control.manifest(this.plan.id).catch(() => undefined)) !== undefined);
+      if (finished) {
         await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
         return;
       }

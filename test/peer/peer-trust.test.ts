@@ -3,10 +3,15 @@
 // agents each with its own node token and a shared peer token, a real origin that counts its
 // bytes, and fetchCached with the peer planner, as `loom fetch --control-plane` runs it.
 // - A node cannot point a URL at bytes of its own through a lease on its own digest.
+// - A known digest whose manifest is gone (or never was) never hangs a fetch: the holders
+//   serve it, the whole file checked against the digest, bad bytes fetched from the origin;
+//   a pinned follower whose lease holder died takes the lease over though the URL is mapped.
 import assert from 'node:assert/strict';
+import { chmodSync, closeSync, openSync, writeSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
+import { cacheLayout } from '../../src/cache/cache-root.js';
 import { sourceKey } from '../../src/cache/source-key.js';
 import { nodeToken } from '../../src/control-plane/auth.js';
 import { buildControlPlane } from '../../src/control-plane/server.js';
@@ -15,7 +20,8 @@ import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { OriginServer } from '../support/origin-server.js';
 import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
-import { closersRunAfterAll, putBlob } from './peer-fixtures.js';
+import { closersRunAfterAll, putBlob, putPartial, startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+import { ensureLayout } from '../../src/cache/blob-store.js';
 
 const SECRET = 'cluster-secret-for-trust-tests-0123';
 const ADMIN = 'admin-token-for-trust-tests-01234567';
@@ -186,5 +192,128 @@ describe('fleet trust with per-node credentials', () => {
     assert.equal(await sha256OfFile(out), good.sha256);
     assert.equal(origin.bytesServed, 0);
     assert.equal((bytesBySource.a ?? 0) + (bytesBySource.c ?? 0), SIZE);
+  });
+});
+
+/** A fetch without the fleet into `n`'s cache (`loom fetch URL` with no control plane). */
+async function plainFetch(n: Node, url: string): Promise<void> {
+  await fetchCached(url, join(dir, `plain-${++outs}.bin`), { cacheDir: n.cacheDir });
+}
+
+describe('a known digest whose fleet has no manifest for it', () => {
+  it(
+    'a pinned fetch takes a blob fetched without the fleet from its holder, and publishes its manifest',
+    { timeout: 60_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      const [a, b] = [await node(cp, 'a'), await node(cp, 'b')];
+      await plainFetch(a, url);
+      await completeHolder(cp, good.sha256, 'a');
+      assert.equal((await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status, 404);
+
+      origin.resetStats();
+      const messages: string[] = [];
+      const { out, bytesBySource } = await fetchOn(b, cp, url, { sha256: good.sha256, messages });
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, 0, 'every byte from the holder');
+      assert.equal(bytesBySource.a, SIZE);
+      assert.ok(
+        messages.some((m) => /no manifest for it: taking it from 1 peer/.test(m)),
+        messages.join('\n'),
+      );
+      assert.ok(!messages.some((m) => /another node is fetching it from the origin/.test(m)), 'no false status');
+      const manifest = await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin);
+      assert.equal(manifest.status, 200, 'the node that checked the whole file published its manifest');
+      assert.equal((manifest.body as { size: number }).size, SIZE);
+    },
+  );
+
+  it(
+    'after an admin removes the manifest, the mapped URL is taken from its holder again',
+    { timeout: 60_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      const [a, b] = [await node(cp, 'a'), await node(cp, 'b')];
+      await fetchOn(a, cp, url);
+      await completeHolder(cp, good.sha256, 'a');
+      assert.equal((await call(cp, 'DELETE', `/v1/blobs/${good.sha256}`, admin)).status, 204);
+
+      origin.resetStats();
+      const { out, bytesBySource } = await fetchOn(b, cp, url);
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, 0);
+      assert.equal(bytesBySource.a, SIZE);
+      assert.equal((await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status, 200);
+    },
+  );
+
+  it(
+    'bytes from a holder that miss the digest are fetched again from the origin alone',
+    { timeout: 60_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      const [bad, b] = [await node(cp, 'bad'), await node(cp, 'b')];
+      await plainFetch(bad, url);
+      // The holder's blob is damaged in place (a bad disk): it still announces it complete.
+      const blob = join(cacheLayout(bad.cacheDir).blobs, good.sha256);
+      chmodSync(blob, 0o644);
+      const fd = openSync(blob, 'r+');
+      writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 17 * 1024 * 1024);
+      closeSync(fd);
+      await completeHolder(cp, good.sha256, 'bad');
+
+      origin.resetStats();
+      const messages: string[] = [];
+      const { out } = await fetchOn(b, cp, url, { sha256: good.sha256, messages });
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, SIZE, 'one whole copy from the origin');
+      assert.ok(
+        messages.some((m) => /sha256 mismatch .*fetching it from the origin alone/.test(m)),
+        messages.join('\n'),
+      );
+      assert.equal(
+        (await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status,
+        404,
+        'no manifest from bad bytes',
+      );
+    },
+  );
+});
+
+describe('a pinned follower whose lease holder is gone, the URL mapped', () => {
+  it('takes the free lease over and fetches what no peer holds from the origin', { timeout: 60_000 }, async () => {
+    // An open control plane: the mapping is made directly (as an older control plane allowed).
+    const cp = (await startTestControlPlane(closers)).url;
+    const url = newUrl();
+    // A pinned download that died after its first piece: its agent still serves that piece.
+    const deadDir = join(dir, 'dead');
+    await ensureLayout(cacheLayout(deadDir));
+    const partial = putPartial(deadDir, good.bytes, 16 * 1024 * 1024, [0]);
+    // It published its first piece's digest under its lease on the digest, which then lapsed.
+    const lease = await call(cp, 'POST', `/v1/blobs/${good.sha256}/leases`, {}, { node: 'dead' });
+    const token = (lease.body as { token: string }).token;
+    const published = { lease: token, size: SIZE, pieceSize: partial.pieceSize, pieces: partial.pieces.slice(0, 1) };
+    assert.equal((await call(cp, 'PUT', `/v1/sources/${good.sha256}/pieces`, {}, published)).status, 200);
+    await startTestAgent(closers, cp, 'dead', deadDir);
+    await call(cp, 'PUT', '/v1/sources', {}, { key: sourceKey(url), digest: good.sha256 });
+    await waitFor('the partial announced', async () => {
+      const answer = await call(cp, 'GET', `/v1/blobs/${good.sha256}/peers`, {});
+      return (answer.body as { peers: unknown[] }).peers.length === 1;
+    });
+    const b = { id: 'b', cacheDir: join(dir, 'b-open') };
+    origin.resetStats();
+    const out = join(dir, `out-${++outs}.bin`);
+    await fetchCached(url, out, {
+      cacheDir: b.cacheDir,
+      sha256: good.sha256,
+      planner: new PeerPlanner({ controlPlane: cp, nodeId: b.id, followerWaitMs: 3_000, publishWaitMs: 10_000 }),
+      retryBaseDelay: 5,
+      retryMaxDelay: 50,
+    });
+    assert.equal(await sha256OfFile(out), good.sha256);
+    assert.ok(origin.bytesServed < SIZE, `the piece the dead node holds came from it (${origin.bytesServed})`);
   });
 });
