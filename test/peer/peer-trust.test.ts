@@ -6,8 +6,11 @@
 // - A known digest whose manifest is gone (or never was) never hangs a fetch: the holders
 //   serve it, the whole file checked against the digest, bad bytes fetched from the origin;
 //   a pinned follower whose lease holder died takes the lease over though the URL is mapped.
+// - The agent publishes manifests as its node (X-Loom-Node), so a restarted agent restores one.
 import assert from 'node:assert/strict';
 import { chmodSync, closeSync, openSync, writeSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
@@ -283,6 +286,39 @@ describe('a known digest whose fleet has no manifest for it', () => {
   );
 });
 
+/**
+ * A front for control plane `cp` that answers 503 (the store unreachable) to the first
+ * `refusals` manifest writes (PUT /v1/blobs/:digest) and passes everything else through.
+ */
+async function refusingFront(cp: string, refusals: number): Promise<{ url: string; refused: () => number }> {
+  let refused = 0;
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      if (req.method === 'PUT' && /^\/v1\/blobs\/[0-9a-f]{64}$/.test(req.url ?? '') && refused < refusals) {
+        refused++;
+        res.writeHead(503, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ error: { code: 'LOOM_ERR_STORE_UNAVAILABLE', message: 'store unreachable' } }));
+        return;
+      }
+      const headers = Object.fromEntries(
+        Object.entries(req.headers).filter(([name]) => !['host', 'connection', 'content-length'].includes(name)),
+      ) as Record<string, string>;
+      const body = chunks.length > 0 ? Buffer.concat(chunks) : undefined;
+      fetch(`${cp}${req.url}`, { method: req.method, headers, body })
+        .then(async (answer) => {
+          res.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'application/json' });
+          res.end(Buffer.from(await answer.arrayBuffer()));
+        })
+        .catch(() => res.destroy());
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(() => new Promise((resolve) => server.close(resolve)));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, refused: () => refused };
+}
+
 describe('a pinned follower whose lease holder is gone, the URL mapped', () => {
   it('takes the free lease over and fetches what no peer holds from the origin', { timeout: 60_000 }, async () => {
     // An open control plane: the mapping is made directly (as an older control plane allowed).
@@ -315,5 +351,53 @@ describe('a pinned follower whose lease holder is gone, the URL mapped', () => {
     });
     assert.equal(await sha256OfFile(out), good.sha256);
     assert.ok(origin.bytesServed < SIZE, `the piece the dead node holds came from it (${origin.bytesServed})`);
+  });
+});
+
+describe('the agent publishes manifests under per-node credentials', () => {
+  it('a restarted agent publishes the manifest an admin removed', async () => {
+    const cp = await securedControlPlane();
+    const url = newUrl();
+    const a = await node(cp, 'a');
+    await fetchOn(a, cp, url);
+    await completeHolder(cp, good.sha256, 'a');
+    assert.equal((await call(cp, 'DELETE', `/v1/blobs/${good.sha256}`, admin)).status, 204);
+    await a.agent.stop(0);
+    await startAgent(cp, 'a', a.cacheDir, a.log);
+    await waitFor('the manifest published again', async () => {
+      return (await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status === 200;
+    });
+    assert.ok(!a.log.some((line) => /refused the manifest/.test(line)), a.log.join('\n'));
+  });
+
+  it('a manifest the control plane refused is published at the next full announcement', async () => {
+    const cp = await securedControlPlane();
+    const front = await refusingFront(cp, 1);
+    const url = newUrl();
+    const a = await node(cp, 'a');
+    await fetchOn(a, cp, url);
+    await a.agent.stop(0);
+    assert.equal((await call(cp, 'DELETE', `/v1/blobs/${good.sha256}`, admin)).status, 204);
+    const log: string[] = [];
+    const agent = await Agent.start({
+      controlPlane: front.url,
+      cacheRoot: a.cacheDir,
+      nodeId: 'a',
+      listen: { host: '127.0.0.1', port: 0 },
+      token: nodeToken(SECRET, 'a'),
+      peerToken: PEER_TOKEN,
+      scanIntervalMs: 200,
+      reannounceIntervalMs: 300,
+      log: (level, message) => log.push(`${level}: ${message}`),
+    });
+    closers.push(() => agent.stop(0));
+    await waitFor('the manifest published after a refusal', async () => {
+      return (await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status === 200;
+    });
+    assert.equal(front.refused(), 1);
+    assert.ok(
+      log.some((line) => /refused the manifest .*store unreachable/.test(line)),
+      log.join('\n'),
+    );
   });
 });
