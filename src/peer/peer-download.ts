@@ -145,7 +145,8 @@ export class PeerPlanner implements DownloadPlanner {
       sourceWaitMs: plan.role === 'leader' ? 0 : 60_000,
       replanOnFailure: plan.role === 'follower',
       discardOnFailure: plan.role === 'follower' || wholeOnly,
-      originOnFailure: wholeOnly,
+      // Never with --no-origin: then a failure is the fetch's.
+      originOnFailure: wholeOnly && useOrigin,
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),

@@ -110,7 +110,7 @@ async function fetchOn(
   n: Node,
   cp: string,
   url: string,
-  extra: { sha256?: string; messages?: string[] } = {},
+  extra: { sha256?: string; messages?: string[]; useOrigin?: boolean } = {},
 ): Promise<{ out: string; bytesBySource: Record<string, number> }> {
   const out = join(dir, `out-${++outs}.bin`);
   const planner = new PeerPlanner({
@@ -118,6 +118,7 @@ async function fetchOn(
     nodeId: n.id,
     token: nodeToken(SECRET, n.id),
     agentToken: PEER_TOKEN,
+    useOrigin: extra.useOrigin,
     followerWaitMs: 3_000,
     publishWaitMs: 10_000,
     onStatus: (m) => extra.messages?.push(m),
@@ -282,6 +283,14 @@ describe('a known digest whose fleet has no manifest for it', () => {
         404,
         'no manifest from bad bytes',
       );
+
+      // With --no-origin the mismatch is the fetch's failure: the origin is not asked.
+      const c = await node(cp, 'c');
+      origin.resetStats();
+      await assert.rejects(fetchOn(c, cp, url, { sha256: good.sha256, useOrigin: false }), {
+        code: 'LOOM_ERR_DIGEST_MISMATCH',
+      });
+      assert.equal(origin.bytesServed, 0);
     },
   );
 });
