@@ -284,7 +284,9 @@ describe('a known digest whose fleet has no manifest for it', () => {
         'no manifest from bad bytes',
       );
 
-      // With --no-origin the mismatch is the fetch's failure: the origin is not asked.
+      // With --no-origin the mismatch is the fetch's failure: the origin is not asked (b, a
+      // good holder now, leaves, so the damaged one is the only holder).
+      await b.agent.stop(0);
       const c = await node(cp, 'c');
       origin.resetStats();
       await assert.rejects(fetchOn(c, cp, url, { sha256: good.sha256, useOrigin: false }), {
