@@ -252,15 +252,21 @@ export async function fetchCached(
         try {
           download = await downloadWithPlan(cache.layout, plan, { ...resolved, computeSha256: true, signal });
         } catch (err) {
-          // A follower whose leader finished (or vanished) between two looks: ask the fleet
-          // once more; it now knows the blob, or hands this node the lease.
-          if (!plan.replanOnFailure || signal.aborted || (err as LoomError).code === 'LOOM_ERR_DIGEST_MISMATCH')
-            throw err;
-          status(`${(err as Error).message}; asking the fleet again`);
-          const again = await planner!.plan({ url, origin: source, pinned: expected, signal });
-          download = again
-            ? await downloadWithPlan(cache.layout, again, { ...resolved, computeSha256: true, signal })
-            : await fromOrigin();
+          const mismatch = (err as LoomError).code === 'LOOM_ERR_DIGEST_MISMATCH';
+          if (plan.originOnFailure && !signal.aborted) {
+            // Peers' bytes checked only as a whole failed: the origin's are had alone.
+            status(`${(err as Error).message}; fetching it from the origin alone`);
+            download = await fromOrigin();
+          } else {
+            // A follower whose leader finished (or vanished) between two looks: ask the fleet
+            // once more; it now knows the blob, or hands this node the lease.
+            if (!plan.replanOnFailure || signal.aborted || mismatch) throw err;
+            status(`${(err as Error).message}; asking the fleet again`);
+            const again = await planner!.plan({ url, origin: source, pinned: expected, signal });
+            download = again
+              ? await downloadWithPlan(cache.layout, again, { ...resolved, computeSha256: true, signal })
+              : await fromOrigin();
+          }
         }
       } else {
         download = await fromOrigin();

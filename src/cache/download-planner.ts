@@ -57,6 +57,11 @@ export interface PlannedDownload {
    */
   discardOnFailure?: boolean;
   /**
+   * Bytes from peers are checked only as a whole (no manifest): a failed download (a peer sent
+   * bad bytes, or lied about the size) is downloaded again from the origin alone.
+   */
+  originOnFailure?: boolean;
+  /**
    * The bytes are complete: checks them where they could not be checked piece by piece (a
    * follower without a manifest) and publishes what this node now holds. Throws a
    * DigestMismatchError when they cannot be trusted.

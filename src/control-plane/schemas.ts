@@ -125,8 +125,8 @@ export const sourceBody = z.strictObject({
   /** Repoint a key already mapped to another digest (admin, or an open control plane). */
   replace: z.boolean().optional(),
   /**
-   * The token of the writer's lease on the blob (its digest, or the source's id while the
-   * digest was unknown): a node maps a source only as the one that fetched it from the origin.
+   * The token of the writer's lease on the source's id (never the digest's: any node can take
+   * that one): a node maps a source only as the one that fetched it from the origin under it.
    */
   lease: z.string().min(1).max(128).optional(),
 });

@@ -401,21 +401,7 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     Authenticator.requireCredential(caller);
     const key = normaliseKey(body.key);
     if (body.replace) requireAdmin(caller, 'repoint a source');
-    if (caller.kind === 'node') {
-      // A node vouches for a source's digest only as the one that fetched it from the origin
-      // under the blob's lease; otherwise any credentialed node could point a URL at bytes of
-      // its own, with a manifest of its own to check them against.
-      const now = Date.now();
-      const held = body.lease
-        ? ((await store.getLease(sourceBlobId(key), body.lease, now)) ??
-          (await store.getLease(body.digest, body.lease, now)))
-        : undefined;
-      if (!held || held.node !== caller.id) {
-        throw new ForbiddenError(`node ${caller.id} holds no lease on ${key}: it cannot map it to a digest`, {
-          hint: "a source is mapped by the node that fetched it from the origin under the blob's lease, or by an admin",
-        });
-      }
-    }
+    if (caller.kind === 'node') await requireSourceLeaseHolder(caller.id, key, body.digest, body.lease);
     const outcome = await store.putSource(key, body.digest, body.replace ?? false);
     if (outcome === 'conflict') {
       const current = await store.getSource(key);
@@ -425,6 +411,41 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     }
     return reply.send({ key, digest: body.digest, outcome });
   });
+
+  /**
+   * A node vouches for a source's digest only as the holder of the lease on the SOURCE's id
+   * (the one that fetched it from the origin under that lease), and only for a digest whose
+   * manifest holds exactly the piece digests it published under that lease as it hashed
+   * them (what its followers checked pieces against). A lease on the digest itself proves
+   * nothing: any node may take one on a digest of its own, and mapped a URL to its bytes
+   * that way, with a manifest of its own to check them against.
+   */
+  async function requireSourceLeaseHolder(node: string, key: string, digest: string, token: string | undefined) {
+    const id = sourceBlobId(key);
+    const lease = token ? await store.getLease(id, token, Date.now()) : undefined;
+    if (!lease || lease.node !== node) {
+      throw new ForbiddenError(`node ${node} holds no lease on ${key}: it cannot map it to a digest`, {
+        hint: `a source is mapped by the node that fetched it from the origin under the lease on its id (${id}), or by an admin`,
+      });
+    }
+    const [manifest, record] = await Promise.all([store.getManifest(digest), store.getPieces(id)]);
+    const same =
+      manifest !== undefined &&
+      record !== undefined &&
+      record.fencingToken === lease.fencingToken &&
+      record.size === manifest.size &&
+      record.pieceSize === manifest.pieceSize &&
+      record.pieces.length === manifest.pieces.length &&
+      record.pieces.every((piece, i) => piece === manifest.pieces[i]);
+    if (!same) {
+      throw new ForbiddenError(
+        `node ${node} cannot map ${key} to ${digest}: ${manifest ? "the blob's manifest is not the piece list it published under its lease" : 'the blob has no manifest'}`,
+        {
+          hint: 'the lease holder publishes its piece digests (PUT /v1/sources/:id/pieces), then the manifest, then the mapping',
+        },
+      );
+    }
+  }
 
   app.get('/v1/sources', { schema: { querystring: sourceQuery } }, async (request) => {
     const key = normaliseKey(request.query.key);

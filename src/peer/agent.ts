@@ -125,7 +125,8 @@ export class Agent {
       baseUrl: checkHttpUrl(options.controlPlane, '--control-plane'),
       token: options.token,
       timeoutMs: options.controlPlaneTimeoutMs,
-      // With a per-node token, a call whose path names no node (a manifest) needs the header.
+      // With per-node tokens a route that names no node (PUT /v1/blobs/:digest, the manifest)
+      // needs the header: without it the control plane refused every manifest (401).
       nodeId: this.nodeId,
     });
     this.server = new AgentServer({
@@ -372,8 +373,9 @@ export class Agent {
       this.manifestsPublished.add(digest);
       this.log('warn', `the control plane holds a different manifest for ${digest}: ${answer.message}`);
     } else if (answer.status !== undefined) {
-      this.manifestsPublished.add(digest);
-      this.log('warn', `the control plane refused the manifest of ${digest}: ${answer.message}`);
+      // Not recorded as published: tried again with the blob's next announcement (the full
+      // one every reannounceIntervalMs, or after a resync).
+      this.log('warn', `the control plane refused the manifest of ${digest}: ${answer.message}; will retry`);
     }
   }
 

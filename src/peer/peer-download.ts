@@ -161,14 +161,24 @@ export class PeerPlanner implements DownloadPlanner {
     // it, that first request goes to the origin (at most 1 MiB).
     const sources = plan.role === 'leader' ? [originSlot] : useOrigin ? [...peers, originSlot] : peers;
     const verifiedAgainst: VerifiedAgainst = args.pinned ? 'sha256-pinned' : 'first-origin-fetch';
-    options.onStatus?.(describe(plan.role, peers.length));
+    // A known digest, a complete holder, no manifest (the blob was fetched without the fleet,
+    // or an admin removed its manifest): no piece digest will ever be published to check
+    // peers' pieces one by one, so the engine checks the whole file against the digest, and
+    // the manifest this node then computes is published for the next ones. Its size, asked
+    // of a holder, spares the first request to the origin (a wrong one fails the download,
+    // which then goes to the origin alone).
+    const wholeOnly = plan.role === 'swarm' && !plan.manifest;
+    const size = plan.size ?? (wholeOnly ? await sizeFromHolders(peers, options.agentToken) : undefined);
+    options.onStatus?.(describe(plan.role, peers.length, wholeOnly));
     return {
       id: plan.id,
-      expected: { sha256: plan.digest, size: plan.size, manifest: plan.manifest, pinned: args.pinned !== undefined },
+      expected: { sha256: plan.digest, size, manifest: plan.manifest, pinned: args.pinned !== undefined },
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : () => swarm.sourceWaitMs(FOLLOWER_SOURCE_WAIT_MS),
       replanOnFailure: plan.role === 'follower',
-      discardOnFailure: plan.role === 'follower',
+      discardOnFailure: plan.role === 'follower' || wholeOnly,
+      // Never with --no-origin: then a failure is the fetch's.
+      originOnFailure: wholeOnly && useOrigin,
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),
@@ -178,7 +188,7 @@ export class PeerPlanner implements DownloadPlanner {
       // A follower checks each piece a peer sent against the digest the lease holder published
       // (a lease holder takes from peers only pieces with a published digest: a follower that
       // took the lease over, a leader resuming its partial; see Swarm.peerMayServe).
-      pieceDigest: plan.manifest ? undefined : (index, layout) => swarm.expectedPiece(index, layout),
+      pieceDigest: plan.manifest || wholeOnly ? undefined : (index, layout) => swarm.expectedPiece(index, layout),
       // A follower whose every piece is in the manifest its leader published for the digest it
       // published is that digest, as a node that had the manifest from the start trusts it to
       // be: it hashes its pieces only, not the whole file too (README, "Trust").
@@ -242,7 +252,27 @@ export class PeerPlanner implements DownloadPlanner {
   }
 }
 
-function describe(role: string, peers: number): string {
+/** The size of the blob as its first holder that answers a HEAD says (undefined: none did). */
+async function sizeFromHolders(peers: SourceSlot[], token: string | undefined): Promise<number | undefined> {
+  for (const peer of peers) {
+    try {
+      const res = await fetch(peer.source.url, {
+        method: 'HEAD',
+        headers: token ? { authorization: `Bearer ${token}` } : {},
+        signal: AbortSignal.timeout(DEFAULTS.controlPlane.requestTimeoutMs),
+      });
+      const length = Number(res.headers.get('content-length') ?? NaN);
+      if (res.ok && Number.isSafeInteger(length) && length >= 0) return length;
+    } catch {
+      // The next holder, else the engine learns the size from its first request.
+    }
+  }
+  return undefined;
+}
+
+function describe(role: string, peers: number, wholeOnly: boolean): string {
+  if (wholeOnly)
+    return `the fleet has no manifest for it: taking it from ${peers} peer${peers === 1 ? '' : 's'} (the origin only for what no peer holds), the whole file checked against its digest`;
   switch (role) {
     case 'leader':
       return 'no node holds it yet: fetching from the origin for the fleet (pieces are served to peers as they land)';

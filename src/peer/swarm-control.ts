@@ -4,6 +4,7 @@
 // could not be used is kept (`trouble`): a 401/403 is a misconfigured token, not an absent
 // control plane, and the fetch says which.
 import type { Manifest } from '../core/manifest.js';
+import { sourceBlobId } from '../cache/source-id.js';
 import type { ControlPlaneAnswer, ControlPlaneClient } from '../control-plane/client.js';
 import type { LeaseAnswer, PeerHolder, PieceRecord, SwarmControl, VerifiedAgainst } from './swarm.js';
 
@@ -149,12 +150,31 @@ export class ClientSwarmControl implements SwarmControl {
     key: string,
     manifest: Manifest,
     verifiedAgainst: VerifiedAgainst,
-    lease: string | undefined,
+    lease: { id: string; token: string } | undefined,
   ): Promise<void> {
     await this.client.putManifest({ ...manifest, verifiedAgainst });
-    // 409: the source already maps to a digest (another node published first); 403: this node
-    // holds no lease (it took the blob from peers); neither is ours to change.
-    await this.client.send('PUT', '/v1/sources', { key, digest: manifest.digest, ...(lease && { lease }) });
+    // Only a node that fetched the blob from the origin under a lease maps the source, and
+    // only under the lease on the source's id (the control plane refuses one on the digest:
+    // any node can take that). A pinned fetch leads under the digest's lease: it maps the
+    // source if it gets the source's lease too (nobody else fetches the URL from the origin).
+    if (!this.nodeId || !lease) return;
+    const sourceId = sourceBlobId(key);
+    let token = lease.token;
+    if (lease.id !== sourceId) {
+      const own = await this.lease(sourceId, this.nodeId);
+      if (!own?.granted) return;
+      token = own.token;
+    }
+    try {
+      // The piece list the mapping is checked against: what this node hashed under the lease
+      // (a leader has published it piece by piece already; a pinned one under the digest).
+      const { size, pieceSize, pieces } = manifest;
+      await this.client.send('PUT', `/v1/sources/${sourceId}/pieces`, { lease: token, size, pieceSize, pieces });
+      // 409: the source already maps to a digest (another node published first): not ours to change.
+      await this.client.send('PUT', '/v1/sources', { key, digest: manifest.digest, lease: token });
+    } finally {
+      if (token !== lease.token) await this.releaseLease(sourceId, token);
+    }
   }
 
   async report(digest: string, node: string, reason: string): Promise<void> {

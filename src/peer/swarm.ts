@@ -5,7 +5,8 @@
 // Roles:
 // - swarm: the digest and its trusted manifest are known and some node holds pieces: take
 //   pieces from peers (verified one by one against the manifest), the origin only for pieces
-//   no live peer holds.
+//   no live peer holds. A known digest with no manifest but a complete holder is a swarm too,
+//   its whole file checked against the digest at the end (peer-download.ts).
 // - leader: nobody holds it yet and this node won the blob's lease: fetch from the origin,
 //   publish each piece as it is hashed (others take it from this node's agent), and at the
 //   end publish the source -> digest mapping and the manifest (the first node to fetch from
@@ -61,8 +62,16 @@ export interface SwarmControl {
   putPieces(id: string, lease: string, record: { size: number; pieceSize: number; pieces: string[] }): Promise<void>;
   /** The piece digests the lease holder published under `id` so far (a prefix), if any; throws without an answer. */
   pieces(id: string): Promise<PieceRecord | undefined>;
-  /** Publishes the manifest and maps the source to its digest (as the lease holder `lease`). */
-  publish(key: string, manifest: Manifest, verifiedAgainst: VerifiedAgainst, lease: string | undefined): Promise<void>;
+  /**
+   * Publishes the manifest and, for a node that fetched it from the origin under `lease` (on
+   * blob `lease.id`), maps the source to its digest.
+   */
+  publish(
+    key: string,
+    manifest: Manifest,
+    verifiedAgainst: VerifiedAgainst,
+    lease: { id: string; token: string } | undefined,
+  ): Promise<void>;
   report(digest: string, node: string, reason: string): Promise<void>;
 }
 
@@ -265,8 +274,11 @@ export class Swarm {
       if (holders === undefined) return this.plan; // no control plane: today's fetch
       if (holders.some(holdsSomething)) {
         // Pieces checked one by one against the manifest (swarm), or the whole file at the
-        // end against the digest the leader publishes (follower).
-        this.plan.role = manifest ? 'swarm' : 'follower';
+        // end against the digest the leader publishes (follower). A known digest whose blob
+        // a node holds complete, with no manifest (fetched without the fleet, an admin
+        // DELETE), has no leader to publish piece digests: waiting for them hung forever.
+        // Its holders serve it as a swarm, the whole file checked against the digest.
+        this.plan.role = manifest || (digest && holders.some((h) => h.complete)) ? 'swarm' : 'follower';
         if (!manifest) {
           // The lease holder publishes the blob's size with its piece digests: known here, it
           // is checked on every peer's answer, the first one too (a --no-origin follower asks
@@ -636,7 +648,13 @@ export class Swarm {
       // The holder may have published and released it between the two questions: finished,
       // not dead. Then the blob is taken from it (next refresh), never from the origin.
       this.published ??= await this.control.sourceDigest(this.key).catch(() => undefined);
-      if (this.published) {
+      // Under a known digest (pinned) the source's mapping says nothing about this holder:
+      // it finished only if the digest's manifest is out (else it died: take over).
+      const finished =
+        this.published !== undefined &&
+        (this.published !== this.plan.id ||
+          (await this.control.manifest(this.plan.id).catch(() => undefined)) !== undefined);
+      if (finished) {
         await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
         return;
       }
@@ -856,8 +874,11 @@ export class Swarm {
     if (this.announceTimer) clearTimeout(this.announceTimer);
     this.announceTimer = undefined;
     this.publishDigests();
+    // The mapping is checked against the piece list published under the lease: sent first.
+    await this.announcing;
     if (this.plan.role !== 'follower' || this.lease) {
-      await this.control.publish(this.key, manifest, verifiedAgainst, this.lease?.token).catch(() => undefined);
+      const lease = this.lease && { id: this.plan.id, token: this.lease.token };
+      await this.control.publish(this.key, manifest, verifiedAgainst, lease).catch(() => undefined);
     }
     this.announce(true, manifest.digest);
     await this.announcing;

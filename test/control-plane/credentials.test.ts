@@ -119,10 +119,31 @@ for (const factory of factories) {
       await beat(s, 'node-b', {}, as('node-b'));
       const othersLease = { key, digest: D1, lease: lease.token };
       assert.equal((await s.call('PUT', '/v1/sources', othersLease, as('node-b'))).status, 403, "another node's lease");
-      assert.equal(
-        (await s.call('PUT', '/v1/sources', { key, digest: D1, lease: lease.token }, as('node-a'))).status,
-        200,
-      );
+      // The mapping needs the blob's manifest, and it must be the piece list the lease holder
+      // published under the source's lease as it hashed the blob.
+      const mapping = { key, digest: D1, lease: lease.token };
+      const noManifest = await s.call('PUT', '/v1/sources', mapping, as('node-a'));
+      assert.equal(noManifest.status, 403);
+      assert.match(errorOf(noManifest).message, /cannot map .* the blob has no manifest/);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, manifest, as('node-b'))).status, 201);
+      const unpublished = await s.call('PUT', '/v1/sources', mapping, as('node-a'));
+      assert.equal(unpublished.status, 403, 'no piece list published under the lease');
+      assert.match(errorOf(unpublished).message, /not the piece list it published under its lease/);
+      // A lease on the digest itself proves nothing (any node may take one on a digest of its
+      // own): with it, node-b could point the URL at its own bytes and manifest.
+      const digestLease = (await s.call('POST', `/v1/blobs/${D1}/leases`, { node: 'node-b' }, as('node-b'))).body as {
+        token: string;
+      };
+      const ownPieces = { lease: digestLease.token, size: 4, pieceSize: 4, pieces: [PIECE] };
+      assert.equal((await s.call('PUT', `/v1/sources/${D1}/pieces`, ownPieces, as('node-b'))).status, 200);
+      const shortcut = await s.call('PUT', '/v1/sources', { key, digest: D1, lease: digestLease.token }, as('node-b'));
+      assert.equal(shortcut.status, 403, 'a lease on the digest cannot map a source');
+      assert.match(errorOf(shortcut).message, /node node-b holds no lease on/);
+      const pieces = { lease: lease.token, size: 4, pieceSize: 4, pieces: [PIECE] };
+      const published = await s.call('PUT', `/v1/sources/${sourceBlobId(key)}/pieces`, pieces, as('node-a'));
+      assert.equal(published.status, 200);
+      assert.equal((await s.call('PUT', '/v1/sources', mapping, as('node-a'))).status, 200);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D2}`, manifest, as('node-a'))).status, 201);
       const again = { key, digest: D2, lease: lease.token };
       assert.equal((await s.call('PUT', '/v1/sources', again, as('node-a'))).status, 409);
       const repoint = { key, digest: D2, replace: true };

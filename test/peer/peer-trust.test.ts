@@ -1,0 +1,414 @@
+// What the fleet trusts under per-node credentials (`--cluster-secret`), end to end on
+// loopback: a real control plane (SQLite) with an admin token and a cluster secret, real
+// agents each with its own node token and a shared peer token, a real origin that counts its
+// bytes, and fetchCached with the peer planner, as `loom fetch --control-plane` runs it.
+// - A node cannot point a URL at bytes of its own through a lease on its own digest.
+// - A known digest whose manifest is gone (or never was) never hangs a fetch: the holders
+//   serve it, the whole file checked against the digest, bad bytes fetched from the origin;
+//   a pinned follower whose lease holder died takes the lease over though the URL is mapped.
+// - The agent publishes manifests as its node (X-Loom-Node), so a restarted agent restores one.
+import assert from 'node:assert/strict';
+import { chmodSync, closeSync, openSync, writeSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { fetchCached } from '../../src/cache/cached-fetch.js';
+import { cacheLayout } from '../../src/cache/cache-root.js';
+import { sourceKey } from '../../src/cache/source-key.js';
+import { nodeToken } from '../../src/control-plane/auth.js';
+import { buildControlPlane } from '../../src/control-plane/server.js';
+import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
+import { Agent } from '../../src/peer/agent.js';
+import { PeerPlanner } from '../../src/peer/peer-download.js';
+import { OriginServer } from '../support/origin-server.js';
+import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
+import { closersRunAfterAll, putBlob, putPartial, startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+import { ensureLayout } from '../../src/cache/blob-store.js';
+
+const SECRET = 'cluster-secret-for-trust-tests-0123';
+const ADMIN = 'admin-token-for-trust-tests-01234567';
+const PEER_TOKEN = 'peer-token-for-trust-tests-0123456';
+const SIZE = 20 * 1024 * 1024 + 12345; // two pieces of 16 MiB
+const good = randomContent(SIZE);
+const evil = randomContent(SIZE);
+const closers = closersRunAfterAll();
+// Registered after the closers: agents stop before their caches are removed.
+const dir = tempDir('loom-peer-trust-');
+
+const origin = await new OriginServer().listen();
+closers.push(() => origin.close());
+let files = 0;
+/** A new URL on the origin serving the good bytes (each test its own source key). */
+function newUrl(): string {
+  const path = `/models/m-${++files}.bin`;
+  origin.setFile(path, good.bytes);
+  return origin.url(path);
+}
+
+const admin = { authorization: `Bearer ${ADMIN}` };
+const as = (id: string) => ({ authorization: `Bearer ${nodeToken(SECRET, id)}`, 'x-loom-node': id });
+
+async function securedControlPlane(): Promise<string> {
+  const store = new SqliteStore(':memory:');
+  const app = await buildControlPlane({ store, token: ADMIN, clusterSecret: SECRET, leaseTtlMs: 2_000 });
+  const url = await app.listen({ host: '127.0.0.1', port: 0 });
+  closers.push(async () => {
+    await app.close();
+    await store.close();
+  });
+  return url;
+}
+
+async function call(
+  cp: string,
+  method: string,
+  path: string,
+  headers: Record<string, string>,
+  body?: unknown,
+): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(`${cp}${path}`, {
+    method,
+    headers: { ...headers, ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  return { status: res.status, body: text ? (JSON.parse(text) as unknown) : undefined };
+}
+
+interface Node {
+  id: string;
+  cacheDir: string;
+  agent: Agent;
+  log: string[];
+}
+
+async function startAgent(cp: string, id: string, cacheDir: string, log: string[]): Promise<Agent> {
+  const agent = await Agent.start({
+    controlPlane: cp,
+    cacheRoot: cacheDir,
+    nodeId: id,
+    listen: { host: '127.0.0.1', port: 0 },
+    token: nodeToken(SECRET, id),
+    peerToken: PEER_TOKEN,
+    scanIntervalMs: 200,
+    log: (level, message) => log.push(`${level}: ${message}`),
+  });
+  closers.push(() => agent.stop(0));
+  await waitFor(`${id} registered`, () => agent.isRegistered);
+  return agent;
+}
+
+async function node(cp: string, id: string): Promise<Node> {
+  const cacheDir = join(dir, `${id}-${Math.random().toString(36).slice(2)}`);
+  const log: string[] = [];
+  return { id, cacheDir, log, agent: await startAgent(cp, id, cacheDir, log) };
+}
+
+let outs = 0;
+async function fetchOn(
+  n: Node,
+  cp: string,
+  url: string,
+  extra: { sha256?: string; messages?: string[]; useOrigin?: boolean } = {},
+): Promise<{ out: string; bytesBySource: Record<string, number> }> {
+  const out = join(dir, `out-${++outs}.bin`);
+  const planner = new PeerPlanner({
+    controlPlane: cp,
+    nodeId: n.id,
+    token: nodeToken(SECRET, n.id),
+    agentToken: PEER_TOKEN,
+    useOrigin: extra.useOrigin,
+    followerWaitMs: 3_000,
+    publishWaitMs: 10_000,
+    onStatus: (m) => extra.messages?.push(m),
+  });
+  const result = await fetchCached(url, out, {
+    cacheDir: n.cacheDir,
+    planner,
+    sha256: extra.sha256,
+    retryBaseDelay: 5,
+    retryMaxDelay: 50,
+    onStatus: (m) => extra.messages?.push(m),
+  });
+  return { out, bytesBySource: (result as unknown as { bytesBySource?: Record<string, number> }).bytesBySource ?? {} };
+}
+
+async function completeHolder(cp: string, digest: string, id: string): Promise<void> {
+  await waitFor(`${id} announced as a complete holder of ${digest.slice(0, 12)}`, async () => {
+    const answer = await call(cp, 'GET', `/v1/blobs/${digest}/peers`, admin);
+    return (answer.body as { peers: Array<{ id: string; complete: boolean }> }).peers.some(
+      (p) => p.id === id && p.complete,
+    );
+  });
+}
+
+const mappedDigest = async (cp: string, url: string): Promise<unknown> =>
+  (await call(cp, 'GET', `/v1/sources?key=${encodeURIComponent(sourceKey(url))}`, admin)).body;
+
+describe('fleet trust with per-node credentials', () => {
+  it('a node cannot map a URL to its own bytes with a lease on its own digest; the victim gets the origin bytes', async () => {
+    const cp = await securedControlPlane();
+    const url = newUrl();
+    const bad = await node(cp, 'evil');
+    await putBlob(bad.cacheDir, evil.bytes);
+    await completeHolder(cp, evil.sha256, 'evil');
+    // What finding 1's attacker did: a lease on its own digest, a manifest of its own, the mapping.
+    const lease = await call(cp, 'POST', `/v1/blobs/${evil.sha256}/leases`, as('evil'), { node: 'evil' });
+    const token = (lease.body as { token: string }).token;
+    const manifest = { size: SIZE, pieceSize: SIZE, pieces: [evil.sha256], verifiedAgainst: 'sha256-pinned' };
+    assert.equal((await call(cp, 'PUT', `/v1/blobs/${evil.sha256}`, as('evil'), manifest)).status, 201);
+    const pieces = { lease: token, size: SIZE, pieceSize: SIZE, pieces: [evil.sha256] };
+    assert.equal((await call(cp, 'PUT', `/v1/sources/${evil.sha256}/pieces`, as('evil'), pieces)).status, 200);
+    const mapping = await call(cp, 'PUT', '/v1/sources', as('evil'), {
+      key: sourceKey(url),
+      digest: evil.sha256,
+      lease: token,
+    });
+    assert.equal(mapping.status, 403, JSON.stringify(mapping.body));
+    assert.equal((await call(cp, 'GET', `/v1/sources?key=${encodeURIComponent(sourceKey(url))}`, admin)).status, 404);
+
+    const victim = await node(cp, 'victim');
+    origin.resetStats();
+    const { out } = await fetchOn(victim, cp, url);
+    assert.equal(await sha256OfFile(out), good.sha256, "the origin's bytes, not the evil node's");
+    assert.equal(origin.bytesServed, SIZE);
+    // The victim led the fetch from the origin under the source's lease: it maps the URL.
+    assert.deepEqual(await mappedDigest(cp, url), { key: sourceKey(url), digest: good.sha256 });
+  });
+
+  it('an honest leader maps the source, pinned or not, and the next node takes it from peers alone', async () => {
+    const cp = await securedControlPlane();
+    const [a, b, c] = [await node(cp, 'a'), await node(cp, 'b'), await node(cp, 'c')];
+    // A pinned fetch leads under the digest's lease, and maps the URL under the source's own.
+    const pinned = newUrl();
+    origin.resetStats();
+    await fetchOn(c, cp, pinned, { sha256: good.sha256 });
+    assert.equal(origin.bytesServed, SIZE);
+    assert.deepEqual(await mappedDigest(cp, pinned), { key: sourceKey(pinned), digest: good.sha256 });
+    // Another URL of the same bytes, not pinned: its own leader, its own mapping.
+    const plain = newUrl();
+    await fetchOn(a, cp, plain);
+    assert.deepEqual(await mappedDigest(cp, plain), { key: sourceKey(plain), digest: good.sha256 });
+    await completeHolder(cp, good.sha256, 'a');
+    origin.resetStats();
+    const { out, bytesBySource } = await fetchOn(b, cp, plain);
+    assert.equal(await sha256OfFile(out), good.sha256);
+    assert.equal(origin.bytesServed, 0);
+    assert.equal((bytesBySource.a ?? 0) + (bytesBySource.c ?? 0), SIZE);
+  });
+});
+
+/** A fetch without the fleet into `n`'s cache (`loom fetch URL` with no control plane). */
+async function plainFetch(n: Node, url: string): Promise<void> {
+  await fetchCached(url, join(dir, `plain-${++outs}.bin`), { cacheDir: n.cacheDir });
+}
+
+describe('a known digest whose fleet has no manifest for it', () => {
+  it(
+    'a pinned fetch takes a blob fetched without the fleet from its holder, and publishes its manifest',
+    { timeout: 60_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      const [a, b] = [await node(cp, 'a'), await node(cp, 'b')];
+      await plainFetch(a, url);
+      await completeHolder(cp, good.sha256, 'a');
+      assert.equal((await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status, 404);
+
+      origin.resetStats();
+      const messages: string[] = [];
+      const { out, bytesBySource } = await fetchOn(b, cp, url, { sha256: good.sha256, messages });
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, 0, 'every byte from the holder');
+      assert.equal(bytesBySource.a, SIZE);
+      assert.ok(
+        messages.some((m) => /no manifest for it: taking it from 1 peer/.test(m)),
+        messages.join('\n'),
+      );
+      assert.ok(!messages.some((m) => /another node is fetching it from the origin/.test(m)), 'no false status');
+      const manifest = await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin);
+      assert.equal(manifest.status, 200, 'the node that checked the whole file published its manifest');
+      assert.equal((manifest.body as { size: number }).size, SIZE);
+    },
+  );
+
+  it(
+    'after an admin removes the manifest, the mapped URL is taken from its holder again',
+    { timeout: 60_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      const [a, b] = [await node(cp, 'a'), await node(cp, 'b')];
+      await fetchOn(a, cp, url);
+      await completeHolder(cp, good.sha256, 'a');
+      assert.equal((await call(cp, 'DELETE', `/v1/blobs/${good.sha256}`, admin)).status, 204);
+
+      origin.resetStats();
+      const { out, bytesBySource } = await fetchOn(b, cp, url);
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, 0);
+      assert.equal(bytesBySource.a, SIZE);
+      assert.equal((await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status, 200);
+    },
+  );
+
+  it(
+    'bytes from a holder that miss the digest are fetched again from the origin alone',
+    { timeout: 60_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      const [bad, b] = [await node(cp, 'bad'), await node(cp, 'b')];
+      await plainFetch(bad, url);
+      // The holder's blob is damaged in place (a bad disk): it still announces it complete.
+      const blob = join(cacheLayout(bad.cacheDir).blobs, good.sha256);
+      chmodSync(blob, 0o644);
+      const fd = openSync(blob, 'r+');
+      writeSync(fd, Buffer.alloc(4096, 0x5a), 0, 4096, 17 * 1024 * 1024);
+      closeSync(fd);
+      await completeHolder(cp, good.sha256, 'bad');
+
+      origin.resetStats();
+      const messages: string[] = [];
+      const { out } = await fetchOn(b, cp, url, { sha256: good.sha256, messages });
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, SIZE, 'one whole copy from the origin');
+      assert.ok(
+        messages.some((m) => /sha256 mismatch .*fetching it from the origin alone/.test(m)),
+        messages.join('\n'),
+      );
+      assert.equal(
+        (await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status,
+        404,
+        'no manifest from bad bytes',
+      );
+
+      // With --no-origin the mismatch is the fetch's failure: the origin is not asked (b, a
+      // good holder now, leaves, so the damaged one is the only holder).
+      await b.agent.stop(0);
+      const c = await node(cp, 'c');
+      origin.resetStats();
+      await assert.rejects(fetchOn(c, cp, url, { sha256: good.sha256, useOrigin: false }), {
+        code: 'LOOM_ERR_DIGEST_MISMATCH',
+      });
+      assert.equal(origin.bytesServed, 0);
+    },
+  );
+});
+
+/**
+ * A front for control plane `cp` that answers 503 (the store unreachable) to the first
+ * `refusals` manifest writes (PUT /v1/blobs/:digest) and passes everything else through.
+ */
+async function refusingFront(cp: string, refusals: number): Promise<{ url: string; refused: () => number }> {
+  let refused = 0;
+  const server = http.createServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      if (req.method === 'PUT' && /^\/v1\/blobs\/[0-9a-f]{64}$/.test(req.url ?? '') && refused < refusals) {
+        refused++;
+        res.writeHead(503, { 'content-type': 'application/json' });
+        res.end(JSON.stringify({ error: { code: 'LOOM_ERR_STORE_UNAVAILABLE', message: 'store unreachable' } }));
+        return;
+      }
+      const headers = Object.fromEntries(
+        Object.entries(req.headers).filter(([name]) => !['host', 'connection', 'content-length'].includes(name)),
+      ) as Record<string, string>;
+      const body = chunks.length > 0 ? Buffer.concat(chunks) : undefined;
+      fetch(`${cp}${req.url}`, { method: req.method, headers, body })
+        .then(async (answer) => {
+          res.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'application/json' });
+          res.end(Buffer.from(await answer.arrayBuffer()));
+        })
+        .catch(() => res.destroy());
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(() => new Promise((resolve) => server.close(resolve)));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, refused: () => refused };
+}
+
+describe('a pinned follower whose lease holder is gone, the URL mapped', () => {
+  it('takes the free lease over and fetches what no peer holds from the origin', { timeout: 60_000 }, async () => {
+    // An open control plane: the mapping is made directly (as an older control plane allowed).
+    const cp = (await startTestControlPlane(closers)).url;
+    const url = newUrl();
+    // A pinned download that died after its first piece: its agent still serves that piece.
+    const deadDir = join(dir, 'dead');
+    await ensureLayout(cacheLayout(deadDir));
+    const partial = putPartial(deadDir, good.bytes, 16 * 1024 * 1024, [0]);
+    // It published its first piece's digest under its lease on the digest, which then lapsed.
+    const lease = await call(cp, 'POST', `/v1/blobs/${good.sha256}/leases`, {}, { node: 'dead' });
+    const token = (lease.body as { token: string }).token;
+    const published = { lease: token, size: SIZE, pieceSize: partial.pieceSize, pieces: partial.pieces.slice(0, 1) };
+    assert.equal((await call(cp, 'PUT', `/v1/sources/${good.sha256}/pieces`, {}, published)).status, 200);
+    await startTestAgent(closers, cp, 'dead', deadDir);
+    await call(cp, 'PUT', '/v1/sources', {}, { key: sourceKey(url), digest: good.sha256 });
+    await waitFor('the partial announced', async () => {
+      const answer = await call(cp, 'GET', `/v1/blobs/${good.sha256}/peers`, {});
+      return (answer.body as { peers: unknown[] }).peers.length === 1;
+    });
+    const b = { id: 'b', cacheDir: join(dir, 'b-open') };
+    origin.resetStats();
+    const out = join(dir, `out-${++outs}.bin`);
+    await fetchCached(url, out, {
+      cacheDir: b.cacheDir,
+      sha256: good.sha256,
+      planner: new PeerPlanner({ controlPlane: cp, nodeId: b.id, followerWaitMs: 3_000, publishWaitMs: 10_000 }),
+      retryBaseDelay: 5,
+      retryMaxDelay: 50,
+    });
+    assert.equal(await sha256OfFile(out), good.sha256);
+    assert.ok(origin.bytesServed < SIZE, `the piece the dead node holds came from it (${origin.bytesServed})`);
+  });
+});
+
+describe('the agent publishes manifests under per-node credentials', () => {
+  it('a restarted agent publishes the manifest an admin removed', async () => {
+    const cp = await securedControlPlane();
+    const url = newUrl();
+    const a = await node(cp, 'a');
+    await fetchOn(a, cp, url);
+    await completeHolder(cp, good.sha256, 'a');
+    assert.equal((await call(cp, 'DELETE', `/v1/blobs/${good.sha256}`, admin)).status, 204);
+    await a.agent.stop(0);
+    await startAgent(cp, 'a', a.cacheDir, a.log);
+    await waitFor('the manifest published again', async () => {
+      return (await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status === 200;
+    });
+    assert.ok(!a.log.some((line) => /refused the manifest/.test(line)), a.log.join('\n'));
+  });
+
+  it('a manifest the control plane refused is published at the next full announcement', async () => {
+    const cp = await securedControlPlane();
+    const front = await refusingFront(cp, 1);
+    const url = newUrl();
+    const a = await node(cp, 'a');
+    await fetchOn(a, cp, url);
+    await a.agent.stop(0);
+    assert.equal((await call(cp, 'DELETE', `/v1/blobs/${good.sha256}`, admin)).status, 204);
+    const log: string[] = [];
+    const agent = await Agent.start({
+      controlPlane: front.url,
+      cacheRoot: a.cacheDir,
+      nodeId: 'a',
+      listen: { host: '127.0.0.1', port: 0 },
+      token: nodeToken(SECRET, 'a'),
+      peerToken: PEER_TOKEN,
+      scanIntervalMs: 200,
+      reannounceIntervalMs: 300,
+      log: (level, message) => log.push(`${level}: ${message}`),
+    });
+    closers.push(() => agent.stop(0));
+    await waitFor('the manifest published after a refusal', async () => {
+      return (await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status === 200;
+    });
+    assert.equal(front.refused(), 1);
+    assert.ok(
+      log.some((line) => /refused the manifest .*store unreachable/.test(line)),
+      log.join('\n'),
+    );
+  });
+});
