@@ -146,7 +146,13 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       throw new UsageError(`${flags.advertise !== undefined ? '--advertise' : '--legacy-ttl'} goes with --serve`, {
         hint: 'add --serve, or drop it',
       });
+    // `-o "$MODEL_PATH"` with the variable unset: said now, not after the whole download.
+    if (flags.out === '')
+      throw new UsageError('--out is empty', { hint: "give -o a file path, or leave it out for the URL's file name" });
     const toStdout = flags.out === '-';
+    // An empty --cache-dir or LOOM_CACHE_DIR is a mistake to say (exit 2), as for `loom cache`,
+    // not a cache to do without: a fetch would succeed with no cache and no peers.
+    if (!toStdout && flags.cache) resolveCacheRoot(flags.cacheDir);
     let out: string;
     if (toStdout) {
       checkStdoutFlags(flags);

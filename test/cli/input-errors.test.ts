@@ -2,9 +2,13 @@
 // (exit 2) said before any request, and with --json they print the same {"ok":false,…}
 // document every other failure prints.
 import assert from 'node:assert/strict';
-import { after, describe, it } from 'node:test';
+import { readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
-import { randomContent, runLoom } from '../helpers/fixtures.js';
+import { TestHub } from '../support/test-hub.js';
+import { randomContent, runLoom, tempDir } from '../helpers/fixtures.js';
+import { testRepos } from '../hub/fixtures.js';
 
 const content = randomContent(256 * 1024);
 let server: OriginServer | undefined;
@@ -51,5 +55,88 @@ describe('--json on a command line the flag parser refuses', () => {
     const run = await runLoom(['cache', 'gc']);
     assert.equal(run.code, 2);
     assert.equal(run.stdout, '');
+  });
+});
+
+describe('empty paths (an unset shell variable) are usage errors before any request', () => {
+  it('-o "" exits 2 naming --out, fetches nothing and leaves nothing, with or without the cache', async () => {
+    for (const extra of [[], ['--no-cache']]) {
+      const origin_ = await origin();
+      const cwd = tempDir();
+      const cacheDir = tempDir('loom-cache-');
+      const run = await runLoom(
+        ['fetch', origin_.url('/model.bin'), '-o', '', '--json', ...extra],
+        {
+          LOOM_CACHE_DIR: cacheDir,
+        },
+        cwd,
+      );
+      assert.equal(run.code, 2, run.stderr);
+      assert.equal(jsonFailure(run.stdout).code, 'LOOM_ERR_USAGE');
+      assert.match(run.stderr, /^loom: error: --out is empty/);
+      assert.equal(origin_.requests.length, 0, 'nothing was asked of the origin');
+      assert.deepEqual(readdirSync(cwd), [], 'no .part left in the working folder');
+      assert.deepEqual(readdirSync(cacheDir), [], 'nothing cached');
+    }
+  });
+
+  it('an empty LOOM_CACHE_DIR or --cache-dir "" on fetch exits 2 naming it, before any request', async () => {
+    const origin_ = await origin();
+    const cwd = tempDir();
+    const env = await runLoom(['fetch', origin_.url('/model.bin'), '-o', 'x.bin'], { LOOM_CACHE_DIR: '' }, cwd);
+    assert.equal(env.code, 2, env.stderr);
+    assert.match(env.stderr, /^loom: error: LOOM_CACHE_DIR is empty/);
+    const flag = await runLoom(['fetch', origin_.url('/model.bin'), '-o', 'x.bin', '--cache-dir', ''], {}, cwd);
+    assert.equal(flag.code, 2, flag.stderr);
+    assert.match(flag.stderr, /^loom: error: --cache-dir is empty/);
+    assert.equal(origin_.requests.length, 0);
+    assert.deepEqual(readdirSync(cwd), []);
+  });
+
+  it('--no-cache does not need a cache root, so an empty LOOM_CACHE_DIR is no error there', async () => {
+    const origin_ = await origin();
+    const cwd = tempDir();
+    const run = await runLoom(
+      ['fetch', origin_.url('/model.bin'), '-o', 'x.bin', '--no-cache', '-q'],
+      {
+        LOOM_CACHE_DIR: '',
+      },
+      cwd,
+    );
+    assert.equal(run.code, 0, run.stderr);
+    assert.deepEqual(readdirSync(cwd), ['x.bin']);
+  });
+});
+
+describe('loom pull with empty paths', () => {
+  let hub: TestHub;
+  const root = tempDir('loom-hf-empty-');
+  const env = (extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv => ({
+    HF_ENDPOINT: hub.endpoint,
+    HF_HOME: join(root, 'hf-home'),
+    HF_HUB_CACHE: '',
+    HF_TOKEN: '',
+    HF_TOKEN_PATH: '',
+    HF_HUB_OFFLINE: '',
+    ...extra,
+  });
+  before(async () => {
+    hub = await TestHub.start({ repos: testRepos() });
+  });
+  after(() => hub.close());
+
+  it('an empty LOOM_CACHE_DIR, --cache-dir "" or --out "" exits 2 naming it, with nothing downloaded', async () => {
+    const runs = [
+      { args: [], extraEnv: { LOOM_CACHE_DIR: '' }, message: /LOOM_CACHE_DIR is empty/ },
+      { args: ['--cache-dir', ''], extraEnv: {}, message: /--cache-dir is empty/ },
+      { args: ['--out', ''], extraEnv: {}, message: /--out is empty/ },
+    ];
+    for (const { args, extraEnv, message } of runs) {
+      hub.resetStats();
+      const run = await runLoom(['pull', 'acme/tiny-llm', '--json', ...args], env(extraEnv));
+      assert.equal(run.code, 2, run.stderr);
+      assert.match(jsonFailure(run.stdout).message, message);
+      assert.equal(hub.stats.cdnBytes + hub.stats.hubFileBytes, 0, 'nothing transferred');
+    }
   });
 });
