@@ -6,7 +6,7 @@ import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, shownDefault } from '../core/defaults.js';
 import { InvalidUrlError, UsageError } from '../core/errors.js';
-import { parseDuration, parseSize } from '../core/units.js';
+import { DURATION_TOO_LONG, parseDuration, parseSize } from '../core/units.js';
 import type { FetchOptions } from '../fetch/options.js';
 
 export interface FetchFlags {
@@ -88,7 +88,8 @@ function durationArg(positive: boolean) {
     let ms: number;
     try {
       ms = parseDuration(value);
-    } catch {
+    } catch (err) {
+      if (err instanceof UsageError && err.message.endsWith(DURATION_TOO_LONG)) throw new UsageError(DURATION_TOO_LONG);
       throw new UsageError('must be a duration such as 30 (seconds), 500ms, 30s or 2m');
     }
     if (positive && ms < 1) throw new UsageError('must be longer than 0');

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { TestHub } from '../support/test-hub.js';
-import { randomContent, runLoom, tempDir } from '../helpers/fixtures.js';
+import { collect, randomContent, runLoom, startLoom, tempDir } from '../helpers/fixtures.js';
 import { testRepos } from '../hub/fixtures.js';
 
 const content = randomContent(256 * 1024);
@@ -138,5 +138,36 @@ describe('loom pull with empty paths', () => {
       assert.match(jsonFailure(run.stdout).message, message);
       assert.equal(hub.stats.cdnBytes + hub.stats.hubFileBytes, 0, 'nothing transferred');
     }
+  });
+});
+
+describe('durations longer than a timer can wait', () => {
+  it('--stall-timeout 600h (and the other duration flags) exit 2 naming the maximum, before any request', async () => {
+    const origin_ = await origin();
+    for (const flag of ['--stall-timeout', '--retry-base-delay', '--max-retry-after']) {
+      const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', join(tempDir(), 'x.bin'), flag, '600h']);
+      assert.equal(run.code, 2, run.stderr);
+      assert.match(run.stderr, new RegExp(`${flag}.*'600h' is invalid\\. must be at most 596h`));
+      assert.doesNotMatch(run.stderr, /TimeoutOverflowWarning/);
+    }
+    assert.equal(origin_.requests.length, 0);
+  });
+
+  it('loom control-plane --node-ttl 600h exits 2 naming the maximum (it started and ran before)', async () => {
+    const child = startLoom([
+      'control-plane',
+      '--listen',
+      '127.0.0.1:0',
+      '--store',
+      `sqlite:${join(tempDir(), 'cp.db')}`,
+      '--node-ttl',
+      '600h',
+    ]);
+    // A control plane that accepted the flag serves until stopped: stopped here, the test fails on its code.
+    const stop = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    const run = await collect(child);
+    clearTimeout(stop);
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /--node-ttl "600h" must be at most 596h/);
   });
 });
