@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { DEFAULTS, shownDefault } from '../core/defaults.js';
 import { InvalidUrlError, UsageError } from '../core/errors.js';
 import { DURATION_TOO_LONG, parseDuration, parseSize } from '../core/units.js';
+import { checkHeaderText } from '../core/validate.js';
 import type { FetchOptions } from '../fetch/options.js';
 
 export interface FetchFlags {
@@ -115,6 +116,7 @@ function headerArg(value: string): string {
   if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(value.slice(0, at).trim()))
     throw new UsageError("the header name may hold only letters, digits and !#$%&'*+.^_`|~-");
   if (/[\r\n]/.test(value)) throw new UsageError('must be on one line');
+  checkHeaderText(value.slice(at + 1).trim(), 'the header value', { allowTab: true });
   return value;
 }
 

@@ -125,6 +125,21 @@ describe('loom pull with empty paths', () => {
   });
   after(() => hub.close());
 
+  it('a token with a line break in it (HF_TOKEN, --token) exits 2 naming where it came from', async () => {
+    for (const { args, extraEnv, name } of [
+      { args: [], extraEnv: { HF_TOKEN: 'hf_tok\nen' }, name: 'HF_TOKEN' },
+      { args: ['--token', 'hf_tok\ten'], extraEnv: {}, name: '--token' },
+    ]) {
+      hub.resetStats();
+      const run = await runLoom(['pull', 'acme/tiny-llm', '--json', ...args], env(extraEnv));
+      assert.equal(run.code, 2, run.stderr);
+      const error = jsonFailure(run.stdout);
+      assert.equal(error.code, 'LOOM_ERR_USAGE');
+      assert.match(error.message, new RegExp(`^${name} contains a control character`));
+      assert.equal(hub.stats.cdnBytes + hub.stats.hubFileBytes, 0, 'nothing transferred');
+    }
+  });
+
   it('an empty LOOM_CACHE_DIR, --cache-dir "" or --out "" exits 2 naming it, with nothing downloaded', async () => {
     const runs = [
       { args: [], extraEnv: { LOOM_CACHE_DIR: '' }, message: /LOOM_CACHE_DIR is empty/ },
@@ -169,5 +184,34 @@ describe('durations longer than a timer can wait', () => {
     clearTimeout(stop);
     assert.equal(run.code, 2, run.stderr);
     assert.match(run.stderr, /--node-ttl "600h" must be at most 596h/);
+  });
+});
+
+describe('header values and tokens with control characters', () => {
+  it('-H with a control character in its value exits 2 naming the header, before any request', async () => {
+    const origin_ = await origin();
+    const run = await runLoom([
+      'fetch',
+      origin_.url('/model.bin'),
+      '-o',
+      join(tempDir(), 'x.bin'),
+      '-H',
+      'X-Key: a\u0001b',
+      '--json',
+    ]);
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(jsonFailure(run.stdout).message, /the header value contains a control character/);
+    assert.equal(origin_.requests.length, 0);
+  });
+
+  it('LOOM_TOKEN with a line break exits 2 naming it (it was sent to the control plane as it was)', async () => {
+    const origin_ = await origin();
+    const run = await runLoom(
+      ['fetch', origin_.url('/model.bin'), '-o', join(tempDir(), 'x.bin'), '--control-plane', 'http://127.0.0.1:1'],
+      { LOOM_TOKEN: '0123456789abcdef\n0123456789abcdef' },
+    );
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /^loom: error: LOOM_TOKEN contains a control character/m);
+    assert.equal(origin_.requests.length, 0);
   });
 });
