@@ -454,7 +454,19 @@ class BlobDownload {
     } else if (journal) {
       await removeJournal(this.journalPath);
     }
-    await this.part.preallocate(size, this.params.preallocation);
+    try {
+      await this.part.preallocate(size, this.params.preallocation);
+    } catch (err) {
+      // Refused before any byte came (not enough space): a part with nothing to resume from
+      // is removed with its journal, so a failed preflight leaves nothing beside --out.
+      if (this.ranges.size === 0) {
+        await this.journal.discard();
+        await this.part.close();
+        this.part = undefined;
+        await rm(this.params.partPath, { force: true });
+      }
+      throw err;
+    }
     this.journal.save();
     this.startChecks();
 

@@ -2,13 +2,14 @@
 // (exit 2) said before any request, and with --json they print the same {"ok":false,…}
 // document every other failure prints.
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
+import { readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { TestHub } from '../support/test-hub.js';
 import { collect, randomContent, runLoom, startLoom, tempDir } from '../helpers/fixtures.js';
 import { testRepos } from '../hub/fixtures.js';
+import { mountTmpfs } from '../helpers/tmpfs.js';
 
 const content = randomContent(256 * 1024);
 let server: OriginServer | undefined;
@@ -213,5 +214,36 @@ describe('header values and tokens with control characters', () => {
     assert.equal(run.code, 2, run.stderr);
     assert.match(run.stderr, /^loom: error: LOOM_TOKEN contains a control character/m);
     assert.equal(origin_.requests.length, 0);
+  });
+});
+
+describe('a free-space check that fails', () => {
+  it('leaves nothing at the output folder and shows the shortfall in bytes when rounding hides it', async () => {
+    const small = mountTmpfs(1024 * 1024);
+    const origin_ = await origin();
+    // One byte more than is free once the part's lock file took its page: both round alike.
+    writeFileSync(join(small, 'lock'), 'x');
+    const { bavail, bsize } = statfsSync(small);
+    rmSync(join(small, 'lock'));
+    origin_.setFile('/big.bin', randomContent(bavail * bsize + 1).bytes);
+    const run = await runLoom(['fetch', origin_.url('/big.bin'), '-o', join(small, 'p.bin'), '--no-cache']);
+    assert.equal(run.code, 5, run.stderr);
+    assert.match(
+      run.stderr,
+      new RegExp(`not enough space for .*: ${bavail * bsize + 1} bytes needed, ${bavail * bsize} bytes free`),
+    );
+    assert.deepEqual(readdirSync(small), [], 'no .part, .part.journal or lock left behind');
+  });
+
+  it('leaves nothing at the output folder with the cache on another file system', async () => {
+    const small = mountTmpfs(1024 * 1024);
+    const origin_ = await origin();
+    origin_.setFile('/bigger.bin', randomContent(2 * 1024 * 1024).bytes);
+    const run = await runLoom(['fetch', origin_.url('/bigger.bin'), '-o', join(small, 'p.bin')], {
+      LOOM_CACHE_DIR: tempDir('loom-cache-'),
+    });
+    assert.equal(run.code, 5, run.stderr);
+    assert.match(run.stderr, /not enough space|no space left/);
+    assert.deepEqual(readdirSync(small), [], 'no .part, .part.journal or lock left behind');
   });
 });
