@@ -30,11 +30,12 @@ import { isFresh, isOriginRefusal, type FreshnessCheck } from './freshness.js';
 import { NodeCache, type CachedCopy, type Claim, type OpenNodeCache } from './node-cache.js';
 import { cacheKey } from './source-key.js';
 import { DEFAULTS } from '../core/defaults.js';
+import { envFlag } from '../core/validate.js';
 
 export interface CacheOptions {
   /** Cache root. Default: LOOM_CACHE_DIR, else $XDG_CACHE_HOME/loom, else ~/.cache/loom. */
   cacheDir?: string;
-  /** Serve a cached copy without asking the origin. Default: LOOM_OFFLINE=1. */
+  /** Serve a cached copy without asking the origin. Default: LOOM_OFFLINE=1 (or true, yes, on). */
   offline?: boolean;
   /** How long the freshness check may take before the cached copy is served. Default DEFAULTS.cache. */
   revalidateTimeoutMs?: number;
@@ -88,7 +89,7 @@ export async function fetchCached(
   const node = new NodeCache(resolveCacheRoot(cacheDir), status);
   const source = sourceFor(url, sourceOptionsOf(resolved));
   const freshness: FreshnessCheck = {
-    offline: offline ?? process.env.LOOM_OFFLINE === '1',
+    offline: offline ?? envFlag(process.env.LOOM_OFFLINE),
     timeoutMs: revalidateTimeoutMs ?? DEFAULTS.cache.revalidateTimeoutMs,
     status,
     signal: resolved.signal,

@@ -70,6 +70,7 @@ export function agentCommand(): Command {
         const nodeId = flags.nodeId ?? env.LOOM_NODE_ID ?? defaultNodeId();
         const agent = await Agent.start({
           controlPlane,
+          controlPlaneFrom: flags.controlPlane === undefined ? 'LOOM_CONTROL_PLANE' : '--control-plane',
           cacheRoot,
           nodeId,
           listen,

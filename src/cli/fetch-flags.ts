@@ -2,7 +2,7 @@
 // parser (node:util parseArgs) are both built from this table, so they accept the same
 // spellings and check values with the same parsers. Also what the flags turn into: the URL,
 // the output path and the fetch options.
-import { existsSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, shownDefault } from '../core/defaults.js';
 import { InvalidUrlError, UsageError } from '../core/errors.js';
@@ -120,6 +120,23 @@ function headerArg(value: string): string {
   return value;
 }
 
+/**
+ * A CA file is read only for an https URL; one that cannot be read is said at once, whatever
+ * the scheme, not accepted silently (an http URL) and found out on the day the URL is https.
+ */
+export function checkCaCertFiles(files: readonly string[]): void {
+  for (const file of files) {
+    try {
+      if (!statSync(file).isFile()) throw new Error('not a file');
+      accessSync(file, constants.R_OK);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+      throw new UsageError(`cannot read --ca-cert ${file}: ${why}`, { hint: 'give a readable PEM file' });
+    }
+  }
+}
+
 function progressArg(value: string): ProgressMode {
   const mode = PROGRESS_MODES.find((m) => m === value);
   if (!mode) throw new UsageError(`must be one of ${PROGRESS_MODES.join(', ')}`);
@@ -188,7 +205,8 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   },
   {
     flags: '--offline',
-    description: 'use a cached copy without asking the origin whether it changed (also LOOM_OFFLINE=1)',
+    description:
+      'use a cached copy without asking the origin whether it changed (also LOOM_OFFLINE=1, true, yes or on)',
   },
   { flags: '-q, --quiet', description: 'print nothing but errors' },
   {
@@ -285,6 +303,11 @@ export function urlOf(urlArg: string | undefined, flags: FetchFlags): string {
   if (!CLI_SCHEMES.includes(scheme))
     throw new InvalidUrlError(`unsupported URL scheme "${scheme}:" in ${url}`, {
       hint: `loom fetches ${CLI_SCHEMES.map((s) => `${s}://`).join(', ')} URLs`,
+    });
+  // s3://bucket (or a prefix/) names no object: said now, not as a credentials error later.
+  if (scheme === 's3' && /^s3:\/\/[^/]*\/?$|\/$/i.test(url))
+    throw new InvalidUrlError(`${url} names no object: the key is missing`, {
+      hint: 'write s3://bucket/key; a whole prefix is pulled with loom pull s3://bucket/prefix/ --out DIR',
     });
   return url;
 }

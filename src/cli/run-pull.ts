@@ -5,6 +5,7 @@
 import { resolveCacheRoot } from '../cache/cache-root.js';
 import { EXIT, UsageError } from '../core/errors.js';
 import { formatBytes as formatSize, formatRate, formatSeconds, plural } from '../core/units.js';
+import { checkCaCertFiles } from './fetch-flags.js';
 import { printJson, reportError, say } from './output.js';
 import { holdYoungGenerationAfter } from './process-memory.js';
 import type { PullFlags } from './pull-flags.js';
@@ -32,6 +33,7 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
     if (flags.revision !== undefined && repo.includes('@')) {
       throw new UsageError('the revision is given twice (@revision and --revision)');
     }
+    checkCaCertFiles(flags.caCert);
     if (flags.out === '') throw new UsageError('--out is empty', { hint: 'give --out a directory, or leave it out' });
     const line = progressLine(flags);
     view = line;

@@ -55,3 +55,8 @@ export function checkHeaderText(value: string, what: string, { allowTab = false 
     });
   return value;
 }
+
+/** An on/off environment variable: 1, true, yes or on (any case) is on, as HF_HUB_OFFLINE reads it. */
+export function envFlag(value: string | undefined): boolean {
+  return ['1', 'true', 'yes', 'on'].includes((value ?? '').trim().toLowerCase());
+}

@@ -3,8 +3,9 @@
 // place; the lock file beside the part names its owner's pid, so a second run fails at once
 // with the owner's pid, and a lock left by a killed run (its pid gone) is taken over.
 import { hostname } from 'node:os';
-import { open, readFile, rm } from 'node:fs/promises';
-import { OutputBusyError, diskError } from '../core/errors.js';
+import { open, readFile, rm, stat } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { DiskAccessError, OutputBusyError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
 
 export function partLockPathFor(partPath: string): string {
@@ -25,8 +26,15 @@ export async function lockPart(partPath: string): Promise<() => Promise<void>> {
       }
       return () => rm(path, { force: true });
     } catch (err) {
-      if ((err as { code?: string }).code !== 'EEXIST' || attempt >= 2)
-        throw diskError(err, `locking ${partPath}`, path);
+      const code = (err as { code?: string }).code;
+      if (code === 'ENOENT' && (await isDirectory(dirname(path))))
+        // The folder is there and takes no new file (/proc, sysfs): "does not exist" would mislead.
+        throw new DiskAccessError(`cannot create files in ${dirname(path)} while locking ${partPath}`, {
+          path,
+          cause: err,
+          hint: 'that folder exists but its file system takes no new files (a virtual one, such as /proc?); choose another output path',
+        });
+      if (code !== 'EEXIST' || attempt >= 2) throw diskError(err, `locking ${partPath}`, path);
     }
     const holder = await readOwner(path);
     if (holder && (holder.host !== hostname() || isProcessAlive(holder.pid))) {
@@ -52,4 +60,11 @@ async function readOwner(path: string): Promise<{ pid: number; host: string } | 
   } catch {
     return undefined;
   }
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then(
+    (info) => info.isDirectory(),
+    () => false,
+  );
 }

@@ -2,7 +2,7 @@
 // (exit 2) said before any request, and with --json they print the same {"ok":false,…}
 // document every other failure prints.
 import assert from 'node:assert/strict';
-import { readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
@@ -245,5 +245,88 @@ describe('a free-space check that fails', () => {
     assert.equal(run.code, 5, run.stderr);
     assert.match(run.stderr, /not enough space|no space left/);
     assert.deepEqual(readdirSync(small), [], 'no .part, .part.journal or lock left behind');
+  });
+});
+
+describe('smaller input mistakes, each said for what it is', () => {
+  it('LOOM_OFFLINE=true (as HF_HUB_OFFLINE takes it) serves a hit without asking the origin', async () => {
+    const origin_ = await origin();
+    const cacheDir = tempDir('loom-cache-');
+    const first = await runLoom(['fetch', origin_.url('/model.bin'), '-o', join(tempDir(), 'a.bin'), '-q'], {
+      LOOM_CACHE_DIR: cacheDir,
+    });
+    assert.equal(first.code, 0, first.stderr);
+    for (const value of ['true', 'yes', 'ON']) {
+      origin_.resetStats();
+      const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', join(tempDir(), 'b.bin'), '--json'], {
+        LOOM_CACHE_DIR: cacheDir,
+        LOOM_OFFLINE: value,
+      });
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal((JSON.parse(run.stdout) as { cache: string }).cache, 'hit');
+      assert.equal(origin_.requests.length, 0, `LOOM_OFFLINE=${value}: the origin was not asked`);
+    }
+  });
+
+  it('a junk LOOM_CONTROL_PLANE is named as the variable, with the control plane port in the example', async () => {
+    const origin_ = await origin();
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', join(tempDir(), 'x.bin')], {
+      LOOM_CONTROL_PLANE: 'not-a-url',
+    });
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(
+      run.stderr,
+      /^loom: error: LOOM_CONTROL_PLANE "not-a-url" is not a URL; e\.g\. http:\/\/10\.0\.0\.5:7070\n/,
+    );
+  });
+
+  it('-o in a folder that takes no new files (/proc) says so, not that the folder does not exist', async () => {
+    const origin_ = await origin();
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', '/proc/loom-test.bin', '--no-cache']);
+    assert.equal(run.code, 5, run.stderr);
+    assert.match(run.stderr, /cannot create files in \/proc while locking \/proc\/loom-test\.bin\.part/);
+    assert.doesNotMatch(run.stderr, /does not exist/);
+  });
+
+  it('--ca-cert naming a file that cannot be read exits 2, for an http URL too', async () => {
+    const origin_ = await origin();
+    const out = join(tempDir(), 'x.bin');
+    const run = await runLoom(['fetch', origin_.url('/model.bin'), '-o', out, '--ca-cert', '/nonexistent/ca.pem']);
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /cannot read --ca-cert \/nonexistent\/ca\.pem: no such file/);
+    assert.equal(origin_.requests.length, 0);
+    const pull = await runLoom(['pull', 'org/model', '--ca-cert', '/nonexistent/ca.pem']);
+    assert.equal(pull.code, 2, pull.stderr);
+    assert.match(pull.stderr, /cannot read --ca-cert \/nonexistent\/ca\.pem/);
+  });
+
+  it('s3://bucket without a key (or a prefix/) says the key is missing, exit 2', async () => {
+    for (const url of ['s3://some-bucket', 's3://some-bucket/', 's3://some-bucket/models/']) {
+      const run = await runLoom(['fetch', url, '-o', join(tempDir(), 'x.bin')], {
+        AWS_ACCESS_KEY_ID: '',
+        AWS_SECRET_ACCESS_KEY: '',
+        AWS_PROFILE: 'loom-test-none',
+      });
+      assert.equal(run.code, 2, run.stderr);
+      assert.match(run.stderr, new RegExp(`^loom: error: ${url} names no object: the key is missing`));
+    }
+  });
+
+  it('control-plane --store sqlite: in a folder that does not exist exits 2 and creates nothing', async () => {
+    const missing = join(tempDir(), 'no', 'such');
+    const child = startLoom([
+      'control-plane',
+      '--listen',
+      '127.0.0.1:0',
+      '--store',
+      `sqlite:${join(missing, 'cp.db')}`,
+    ]);
+    // A control plane that made the folder serves until stopped: stopped here, the test fails on its code.
+    const stop = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    const run = await collect(child);
+    clearTimeout(stop);
+    assert.equal(run.code, 2, run.stderr);
+    assert.match(run.stderr, /--store sqlite:.*: the folder .*\/no\/such does not exist/);
+    assert.equal(existsSync(join(missing, '..')), false, 'not even its parent was made');
   });
 });

@@ -5,7 +5,7 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULTS } from '../../core/defaults.js';
-import { checkHeaderText } from '../../core/validate.js';
+import { checkHeaderText, envFlag } from '../../core/validate.js';
 
 export const DEFAULT_ENDPOINT = DEFAULTS.hub.endpoint;
 
@@ -43,5 +43,5 @@ export function hubToken(flag?: string, env: NodeJS.ProcessEnv = process.env): s
 
 /** HF_HUB_OFFLINE=1 (or true/yes/on): no request to the Hub at all. */
 export function hubOffline(env: NodeJS.ProcessEnv = process.env): boolean {
-  return ['1', 'true', 'yes', 'on'].includes((env.HF_HUB_OFFLINE ?? '').trim().toLowerCase());
+  return envFlag(env.HF_HUB_OFFLINE);
 }
