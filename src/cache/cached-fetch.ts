@@ -63,7 +63,10 @@ export interface CachedFetchResult extends FetchResult {
   cache: CacheOutcome;
   /** How the blob reached the output path (hits and misses). */
   materialization: Materialization | undefined;
-  /** True when another process on this node downloaded it while this one waited. */
+  /**
+   * True when this process waited for another one on this node downloading it: a hit that
+   * process finished, or a miss this one took over when it died or failed.
+   */
   waited: boolean;
 }
 
@@ -196,10 +199,15 @@ export async function fetchCached(
     const resumedUnvalidated = (done: DownloadResult | BlobDownloadResult) =>
       done.stats.resumedBytes > 0 && !hasValidator(done.validator);
     let lock: Claim | 'done';
+    // Waited for another process, even when it then died or failed and this one took over.
+    let waited = false;
     for (;;) {
       lock = await cache.claim(key, {
         signal: resolved.signal,
-        onWait: () => status('waiting for another process on this node that is downloading it'),
+        onWait: () => {
+          waited = true;
+          status('waiting for another process on this node that is downloading it');
+        },
         onOwnerGone: (pid) =>
           status(`the process that was downloading it (pid ${pid}) is gone; taking over its partial`),
         onOwnerFailed: (pid, message) =>
@@ -293,7 +301,7 @@ export async function fetchCached(
       await lock.release();
     }
     const materialization = await cache.place(admitted, out);
-    return result({ ...download, cache: 'miss', materialization, waited: false });
+    return result({ ...download, cache: 'miss', materialization, waited });
   } catch (err) {
     const sharedFull = fullDiskSharedWithOut(err, cache.root, out);
     if (sharedFull) throw sharedFull;
