@@ -412,7 +412,7 @@ class BlobDownload {
       this.primaryUrl,
       this.params.journalSha256,
     );
-    let journal = await readJournal(this.journalPath, this.identity);
+    let journal = await readJournal(this.journalPath, this.identity, this.manifestIn ? undefined : this.primaryUrl);
     let probed: { state: SourceState; probe: ProbeResult } | undefined;
     // A known size with a known digest needs no probe: every source is only asked for ranges.
     if (knownSize === undefined || (this.sha256In === undefined && this.manifestIn === undefined)) {

@@ -2,12 +2,12 @@
 // (exit 2) said before any request, and with --json they print the same {"ok":false,…}
 // document every other failure prints.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { OriginServer } from '../support/origin-server.js';
 import { TestHub } from '../support/test-hub.js';
-import { collect, randomContent, runLoom, startLoom, tempDir } from '../helpers/fixtures.js';
+import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 import { testRepos } from '../hub/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
 
@@ -328,5 +328,77 @@ describe('smaller input mistakes, each said for what it is', () => {
     assert.equal(run.code, 2, run.stderr);
     assert.match(run.stderr, /--store sqlite:.*: the folder .*\/no\/such does not exist/);
     assert.equal(existsSync(join(missing, '..')), false, 'not even its parent was made');
+  });
+});
+
+describe('a --no-cache rerun with --sha256 added', () => {
+  let slow: OriginServer | undefined;
+  after(() => slow?.close());
+  const big = randomContent(8 * 1024 * 1024);
+
+  /** A --no-cache download stopped by Ctrl-C part way: its .part and journal are kept. */
+  async function interrupted(out: string): Promise<OriginServer> {
+    slow ??= await new OriginServer({ rateLimitBytesPerSecond: 2 * 1024 * 1024 }).listen();
+    slow.setFile('/big.bin', big.bytes);
+    const child = startLoom([
+      'fetch',
+      slow.url('/big.bin'),
+      '-o',
+      out,
+      '--no-cache',
+      '-w',
+      '2',
+      '--chunk-size',
+      '1MiB',
+    ]);
+    const done = collect(child);
+    await waitFor(
+      'a journal with bytes in it',
+      () => {
+        try {
+          const journal = JSON.parse(readFileSync(`${out}.part.journal`, 'utf8')) as { ranges: [number, number][] };
+          return journal.ranges.reduce((sum, [s, e]) => sum + e - s, 0) >= 1024 * 1024;
+        } catch {
+          return false;
+        }
+      },
+      30_000,
+    );
+    child.kill('SIGINT');
+    assert.equal((await done).code, 130);
+    return slow;
+  }
+
+  it('resumes the partial the unpinned run left, and checks it against the pin', async () => {
+    const out = join(tempDir(), 'pinned.bin');
+    const origin_ = await interrupted(out);
+    origin_.resetStats();
+    const run = await runLoom([
+      'fetch',
+      origin_.url('/big.bin'),
+      '-o',
+      out,
+      '--no-cache',
+      '--sha256',
+      big.sha256,
+      '--json',
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    const summary = JSON.parse(run.stdout) as { resumedBytes: number; transferredBytes: number; sha256: string };
+    assert.ok(summary.resumedBytes >= 1024 * 1024, `resumed ${summary.resumedBytes} bytes`);
+    assert.ok(origin_.bytesServed < big.bytes.length, 'the origin sent less than the whole file');
+    assert.equal(summary.sha256, big.sha256);
+    assert.equal(await sha256OfFile(out), big.sha256);
+  });
+
+  it('a resumed partial that misses the pin fails with exit 4 and keeps nothing', async () => {
+    const dir = tempDir();
+    const out = join(dir, 'wrong.bin');
+    const origin_ = await interrupted(out);
+    origin_.resetStats();
+    const run = await runLoom(['fetch', origin_.url('/big.bin'), '-o', out, '--no-cache', '--sha256', '0'.repeat(64)]);
+    assert.equal(run.code, 4, run.stderr);
+    assert.ok(origin_.bytesServed < big.bytes.length, 'the partial was resumed, then checked');
+    assert.deepEqual(readdirSync(dir), [], 'the resumed bytes that miss the pin are not kept');
   });
 });
