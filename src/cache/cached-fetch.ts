@@ -25,11 +25,12 @@ import { NodeCache, type CachedCopy, type Claim, type OpenNodeCache } from './no
 import { cacheKey } from './source-key.js';
 import { DEFAULTS } from '../core/defaults.js';
 import { formatBytes } from '../core/units.js';
+import { envFlag } from '../core/validate.js';
 
 export interface CacheOptions {
   /** Cache root. Default: LOOM_CACHE_DIR, else $XDG_CACHE_HOME/loom, else ~/.cache/loom. */
   cacheDir?: string;
-  /** Serve a cached copy without asking the origin. Default: LOOM_OFFLINE=1. */
+  /** Serve a cached copy without asking the origin. Default: LOOM_OFFLINE=1 (or true, yes, on). */
   offline?: boolean;
   /** How long the freshness check may take before the cached copy is served. Default DEFAULTS.cache. */
   revalidateTimeoutMs?: number;
@@ -62,7 +63,10 @@ export interface CachedFetchResult extends FetchResult {
   cache: CacheOutcome;
   /** How the blob reached the output path (hits and misses). */
   materialization: Materialization | undefined;
-  /** True when another process on this node downloaded it while this one waited. */
+  /**
+   * True when this process waited for another one on this node downloading it: a hit that
+   * process finished, or a miss this one took over when it died or failed.
+   */
   waited: boolean;
   /**
    * Why the download went straight to the output (cache 'bypass'), and the bytes it had
@@ -95,7 +99,7 @@ export async function fetchCached(
   const node = new NodeCache(resolveCacheRoot(cacheDir), status);
   const source = sourceFor(url, sourceOptionsOf(resolved));
   const freshness: FreshnessCheck = {
-    offline: offline ?? process.env.LOOM_OFFLINE === '1',
+    offline: offline ?? envFlag(process.env.LOOM_OFFLINE),
     timeoutMs: revalidateTimeoutMs ?? DEFAULTS.cache.revalidateTimeoutMs,
     status,
     signal: resolved.signal,
@@ -205,10 +209,15 @@ export async function fetchCached(
     const resumedUnvalidated = (done: DownloadResult | BlobDownloadResult) =>
       done.stats.resumedBytes > 0 && !hasValidator(done.validator);
     let lock: Claim | 'done';
+    // Waited for another process, even when it then died or failed and this one took over.
+    let waited = false;
     for (;;) {
       lock = await cache.claim(key, {
         signal: resolved.signal,
-        onWait: () => status('waiting for another process on this node that is downloading it'),
+        onWait: () => {
+          waited = true;
+          status('waiting for another process on this node that is downloading it');
+        },
         onOwnerGone: (pid) =>
           status(`the process that was downloading it (pid ${pid}) is gone; taking over its partial`),
         onOwnerFailed: (pid, message) =>
@@ -330,7 +339,7 @@ export async function fetchCached(
       if (!spill) await lock.release();
     }
     const materialization = await cache.place(admitted, out);
-    return result({ ...download, cache: 'miss', materialization, waited: false });
+    return result({ ...download, cache: 'miss', materialization, waited });
   } catch (err) {
     const sharedFull = fullDiskSharedWithOut(err, cache.root, out);
     if (sharedFull) throw sharedFull;

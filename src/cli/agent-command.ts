@@ -3,6 +3,7 @@
 import { Command } from 'commander';
 import { EXIT, UsageError } from '../core/errors.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
+import { checkHeaderText } from '../core/validate.js';
 import { parseListen, readToken } from './control-plane-command.js';
 import { listenError } from './listen-error.js';
 import { reportError } from './output.js';
@@ -34,7 +35,7 @@ export function tokenFrom(file: string | undefined, variable: string, env: NodeJ
   const token = env[variable]?.trim();
   if (!token) return undefined;
   if (token.length < 16) throw new UsageError(`${variable} is shorter than 16 characters`);
-  return token;
+  return checkHeaderText(token, variable);
 }
 
 export function agentCommand(): Command {
@@ -69,6 +70,7 @@ export function agentCommand(): Command {
         const nodeId = flags.nodeId ?? env.LOOM_NODE_ID ?? defaultNodeId();
         const agent = await Agent.start({
           controlPlane,
+          controlPlaneFrom: flags.controlPlane === undefined ? 'LOOM_CONTROL_PLANE' : '--control-plane',
           cacheRoot,
           nodeId,
           listen,

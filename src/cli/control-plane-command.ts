@@ -4,6 +4,7 @@ import { Command } from 'commander';
 import { EXIT, UsageError } from '../core/errors.js';
 import { parseDuration } from '../core/units.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
+import { checkHeaderText } from '../core/validate.js';
 import { listenError } from './listen-error.js';
 import { reportError } from './output.js';
 import { DEFAULTS, shownDefault } from '../core/defaults.js';
@@ -44,7 +45,7 @@ export function readToken(file: string): string {
     throw new UsageError(`the token in ${file} is shorter than 16 characters`, {
       hint: 'use a long random token, e.g. openssl rand -hex 32',
     });
-  return token;
+  return checkHeaderText(token, `the token in ${file}`);
 }
 
 export function controlPlaneCommand(): Command {

@@ -2,11 +2,12 @@
 // parser (node:util parseArgs) are both built from this table, so they accept the same
 // spellings and check values with the same parsers. Also what the flags turn into: the URL,
 // the output path and the fetch options.
-import { existsSync, statSync } from 'node:fs';
+import { accessSync, constants, existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { DEFAULTS, shownDefault } from '../core/defaults.js';
 import { InvalidUrlError, UsageError } from '../core/errors.js';
-import { parseDuration, parseSize } from '../core/units.js';
+import { DURATION_TOO_LONG, parseDuration, parseSize } from '../core/units.js';
+import { checkHeaderText } from '../core/validate.js';
 import type { FetchOptions } from '../fetch/options.js';
 
 export interface FetchFlags {
@@ -88,7 +89,8 @@ function durationArg(positive: boolean) {
     let ms: number;
     try {
       ms = parseDuration(value);
-    } catch {
+    } catch (err) {
+      if (err instanceof UsageError && err.message.endsWith(DURATION_TOO_LONG)) throw new UsageError(DURATION_TOO_LONG);
       throw new UsageError('must be a duration such as 30 (seconds), 500ms, 30s or 2m');
     }
     if (positive && ms < 1) throw new UsageError('must be longer than 0');
@@ -114,7 +116,25 @@ function headerArg(value: string): string {
   if (!/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(value.slice(0, at).trim()))
     throw new UsageError("the header name may hold only letters, digits and !#$%&'*+.^_`|~-");
   if (/[\r\n]/.test(value)) throw new UsageError('must be on one line');
+  checkHeaderText(value.slice(at + 1).trim(), 'the header value', { allowTab: true });
   return value;
+}
+
+/**
+ * A CA file is read only for an https URL; one that cannot be read is said at once, whatever
+ * the scheme, not accepted silently (an http URL) and found out on the day the URL is https.
+ */
+export function checkCaCertFiles(files: readonly string[]): void {
+  for (const file of files) {
+    try {
+      if (!statSync(file).isFile()) throw new Error('not a file');
+      accessSync(file, constants.R_OK);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      const why = code === 'ENOENT' ? 'no such file' : code === 'EACCES' ? 'permission denied' : (err as Error).message;
+      throw new UsageError(`cannot read --ca-cert ${file}: ${why}`, { hint: 'give a readable PEM file' });
+    }
+  }
 }
 
 function progressArg(value: string): ProgressMode {
@@ -185,7 +205,8 @@ export const FETCH_FLAGS: readonly FlagSpec[] = [
   },
   {
     flags: '--offline',
-    description: 'use a cached copy without asking the origin whether it changed (also LOOM_OFFLINE=1)',
+    description:
+      'use a cached copy without asking the origin whether it changed (also LOOM_OFFLINE=1, true, yes or on)',
   },
   { flags: '-q, --quiet', description: 'print nothing but errors' },
   {
@@ -282,6 +303,11 @@ export function urlOf(urlArg: string | undefined, flags: FetchFlags): string {
   if (!CLI_SCHEMES.includes(scheme))
     throw new InvalidUrlError(`unsupported URL scheme "${scheme}:" in ${url}`, {
       hint: `loom fetches ${CLI_SCHEMES.map((s) => `${s}://`).join(', ')} URLs`,
+    });
+  // s3://bucket (or a prefix/) names no object: said now, not as a credentials error later.
+  if (scheme === 's3' && /^s3:\/\/[^/]*\/?$|\/$/i.test(url))
+    throw new InvalidUrlError(`${url} names no object: the key is missing`, {
+      hint: 'write s3://bucket/key; a whole prefix is pulled with loom pull s3://bucket/prefix/ --out DIR',
     });
   return url;
 }

@@ -1,10 +1,11 @@
 // The whole `loom` command line in commander: every subcommand, with help and usage errors.
 import { Command, CommanderError } from 'commander';
-import { EXIT } from '../core/errors.js';
+import { EXIT, UsageError } from '../core/errors.js';
 import { cacheCommand } from './cache-command.js';
 import { controlPlaneCommand } from './control-plane-command.js';
 import { fetchCommand } from './fetch-command.js';
 import { agentCommand } from './agent-command.js';
+import { printJson } from './output.js';
 import { pullCommand } from './pull-command.js';
 
 export function buildProgram(): Command {
@@ -34,6 +35,15 @@ export function buildProgram(): Command {
   return program;
 }
 
+/**
+ * Whether --json is among the flags (before a `--`). Commander stops at the first bad flag, so
+ * its parsed options cannot say whether a later --json was meant; the words themselves can.
+ */
+export function jsonRequested(args: readonly string[]): boolean {
+  const end = args.indexOf('--');
+  return (end === -1 ? args : args.slice(0, end)).includes('--json');
+}
+
 export async function runProgram(argv: string[]): Promise<number> {
   const program = buildProgram();
   try {
@@ -41,8 +51,13 @@ export async function runProgram(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : EXIT.ok;
   } catch (err) {
     if (err instanceof CommanderError) {
-      // Help and version exit 0; every parse error is a usage error (exit 2).
-      return err.exitCode === 0 ? EXIT.ok : EXIT.usage;
+      // Help and version exit 0; every parse error is a usage error (exit 2). Commander has
+      // already said so on stderr; with --json, stdout gets the document every other failure
+      // prints, so a script reading stdout sees why the command did not run.
+      if (err.exitCode === 0) return EXIT.ok;
+      if (jsonRequested(argv.slice(2)))
+        printJson({ ok: false, error: new UsageError(err.message.replace(/^error: /, '')).toJSON() });
+      return EXIT.usage;
     }
     throw err;
   }

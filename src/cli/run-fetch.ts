@@ -14,7 +14,14 @@ import type { FetchResult } from '../fetch/fetch-file.js';
 import { withoutResume } from '../fetch/retry-budget.js';
 import type { FetchOptions } from '../fetch/options.js';
 import type { PeerPlanner } from '../peer/peer-download.js';
-import { defaultOutFor, fetchOptionsFrom, resolveOut, urlOf, type FetchFlags } from './fetch-flags.js';
+import {
+  checkCaCertFiles,
+  defaultOutFor,
+  fetchOptionsFrom,
+  resolveOut,
+  urlOf,
+  type FetchFlags,
+} from './fetch-flags.js';
 import { summaryLine, summaryOf } from './fetch-summary.js';
 import { printJson, reportError, say } from './output.js';
 import { holdYoungGenerationAfter } from './process-memory.js';
@@ -118,6 +125,7 @@ async function peerPlanner(
   ]);
   return new PeerPlanner({
     controlPlane,
+    controlPlaneFrom: flags.controlPlane === undefined ? 'LOOM_CONTROL_PLANE' : '--control-plane',
     token: tokenFrom(flags.tokenFile, 'LOOM_TOKEN', env),
     agentToken: tokenFrom(flags.peerTokenFile, 'LOOM_PEER_TOKEN', env),
     nodeId: flags.nodeId,
@@ -166,7 +174,14 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       throw new UsageError(`${flags.advertise !== undefined ? '--advertise' : '--legacy-ttl'} goes with --serve`, {
         hint: 'add --serve, or drop it',
       });
+    // `-o "$MODEL_PATH"` with the variable unset: said now, not after the whole download.
+    if (flags.out === '')
+      throw new UsageError('--out is empty', { hint: "give -o a file path, or leave it out for the URL's file name" });
+    checkCaCertFiles(flags.caCert);
     const toStdout = flags.out === '-';
+    // An empty --cache-dir or LOOM_CACHE_DIR is a mistake to say (exit 2), as for `loom cache`,
+    // not a cache to do without: a fetch would succeed with no cache and no peers.
+    if (!toStdout && flags.cache) resolveCacheRoot(flags.cacheDir);
     let out: string;
     if (toStdout) {
       checkStdoutFlags(flags);

@@ -2,8 +2,10 @@
 // files in --out). Prints the snapshot directory on stdout (a script can use it), one line
 // per file on stderr, and one JSON document with --json. Commander is not loaded on this
 // path: a pull whose flags parse cleanly starts without it (pull-flags.ts).
+import { resolveCacheRoot } from '../cache/cache-root.js';
 import { EXIT, UsageError } from '../core/errors.js';
 import { formatBytes as formatSize, formatRate, formatSeconds, plural } from '../core/units.js';
+import { checkCaCertFiles } from './fetch-flags.js';
 import { printJson, reportError, say } from './output.js';
 import { holdYoungGenerationAfter } from './process-memory.js';
 import type { PullFlags } from './pull-flags.js';
@@ -31,9 +33,13 @@ export async function runPull(repo: string, flags: PullFlags): Promise<number> {
     if (flags.revision !== undefined && repo.includes('@')) {
       throw new UsageError('the revision is given twice (@revision and --revision)');
     }
+    checkCaCertFiles(flags.caCert);
+    if (flags.out === '') throw new UsageError('--out is empty', { hint: 'give --out a directory, or leave it out' });
     const line = progressLine(flags);
     view = line;
     if (repo.startsWith('s3://')) return await pullS3(repo, flags, interrupt.signal, line);
+    // An empty --cache-dir or LOOM_CACHE_DIR is an error (exit 2), not a pull without the cache.
+    resolveCacheRoot(flags.cacheDir);
     const { pullRepo } = await import('../hub/pull.js');
     const result = await pullRepo({
       repo,

@@ -18,9 +18,17 @@ export async function openStore(spec: StoreSpec): Promise<RegistryStore> {
   if (value.startsWith('sqlite:')) {
     const path = value.slice('sqlite:'.length);
     if (!path) throw new UsageError('--store sqlite: needs a path, e.g. sqlite:/var/lib/loom/cp.db');
-    const { mkdirSync } = await import('node:fs');
+    const { existsSync, mkdirSync } = await import('node:fs');
     const { dirname } = await import('node:path');
-    if (path !== ':memory:') mkdirSync(dirname(path), { recursive: true });
+    if (path !== ':memory:') {
+      // The default store's folder (under the cache root) is Loom's to make. A --store path's
+      // is not: `sqlite:/nonexistent/x.db`, a typo, run as root, made /nonexistent/ silently.
+      if (spec.store !== undefined && !existsSync(dirname(path)))
+        throw new UsageError(`--store ${value}: the folder ${dirname(path)} does not exist`, {
+          hint: 'create it first, or give a path in a folder that exists',
+        });
+      mkdirSync(dirname(path), { recursive: true });
+    }
     const { SqliteStore } = await import('./sqlite-store.js');
     return new SqliteStore(path);
   }

@@ -43,6 +43,14 @@ export function parseSize(input: string | number, what = 'size'): number {
 const DURATION_UNITS: Record<string, number> = { '': 1000, ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
 /**
+ * The longest duration Loom takes: Node's timers hold a signed 32-bit count of milliseconds,
+ * and a longer delay becomes 1 ms (with a warning), so `--stall-timeout 600h` meant "stall
+ * at once", not "never". Refused, not clamped: every duration ends up in a timer.
+ */
+export const MAX_DURATION_MS = 2 ** 31 - 1;
+export const DURATION_TOO_LONG = 'must be at most 596h (about 24.8 days, the longest a timer can wait)';
+
+/**
  * Milliseconds in a duration. Text is what a person typed: `30s`, `500ms`, `2m`, `1h`, and a
  * bare number is seconds (`5` = 5 s, `0.5` = 500 ms). A JavaScript number is milliseconds.
  */
@@ -50,6 +58,7 @@ export function parseDuration(input: string | number, what = 'duration'): number
   if (typeof input === 'number') {
     if (!Number.isFinite(input) || input < 0)
       throw new UsageError(`${what} must be a non-negative number of milliseconds`);
+    if (input > MAX_DURATION_MS) throw new UsageError(`${what} ${input} ms ${DURATION_TOO_LONG}`);
     return input;
   }
   const match = /^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$/i.exec(input);
@@ -59,7 +68,9 @@ export function parseDuration(input: string | number, what = 'duration'): number
       hint: 'write it like 30 (seconds), 500ms, 30s or 2m',
     });
   }
-  return Math.round(Number(match[1]) * unit);
+  const ms = Math.round(Number(match[1]) * unit);
+  if (ms > MAX_DURATION_MS) throw new UsageError(`${what} "${input}" ${DURATION_TOO_LONG}`);
+  return ms;
 }
 
 /** A size as a flag takes it (the inverse of parseSize): `10MiB`, `512KiB`, `1000`. */

@@ -34,3 +34,29 @@ export function checkKnownKeys(input: object, known: readonly string[], what: st
 export function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
+
+/**
+ * Throws a UsageError naming `what` (a flag, a variable, a file) when `value` cannot go into an
+ * HTTP header: a control character (a newline pasted into HF_TOKEN, `$'tok\nen'`) or one
+ * beyond Latin-1. Node refuses such a header only when the request is made, with a message
+ * naming no flag, and the failure was reported as an internal error. `allowTab`: a header
+ * value may hold a tab; a token may not.
+ */
+export function checkHeaderText(value: string, what: string, { allowTab = false } = {}): string {
+  // eslint-disable-next-line no-control-regex
+  const control = allowTab ? /[\u0000-\u0008\u000a-\u001f\u007f]/ : /[\u0000-\u001f\u007f]/;
+  if (control.test(value))
+    throw new UsageError(`${what} contains a control character (a line break?)`, {
+      hint: 'give it on one line, without control characters',
+    });
+  if (/[^\u0020-\u00ff\t]/.test(value))
+    throw new UsageError(`${what} contains a character an HTTP header cannot carry`, {
+      hint: 'check it was copied whole and unchanged',
+    });
+  return value;
+}
+
+/** An on/off environment variable: 1, true, yes or on (any case) is on, as HF_HUB_OFFLINE reads it. */
+export function envFlag(value: string | undefined): boolean {
+  return ['1', 'true', 'yes', 'on'].includes((value ?? '').trim().toLowerCase());
+}

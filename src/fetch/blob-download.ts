@@ -175,7 +175,11 @@ export class BlobDownload {
       this.sources.primaryUrl,
       this.params.journalSha256,
     );
-    let journal = await readJournal(this.journalPath, this.identity);
+    let journal = await readJournal(
+      this.journalPath,
+      this.identity,
+      this.manifestIn ? undefined : this.sources.primaryUrl,
+    );
     let probed: Probed | undefined;
     // A known size with a known digest needs no probe: every source is only asked for ranges.
     if (knownSize === undefined || (this.sha256In === undefined && this.manifestIn === undefined)) {
@@ -207,7 +211,19 @@ export class BlobDownload {
     } else if (journal) {
       await removeJournal(this.journalPath);
     }
-    await this.part.preallocate(size, this.params.preallocation);
+    try {
+      await this.part.preallocate(size, this.params.preallocation);
+    } catch (err) {
+      // Refused before any byte came (not enough space): a part with nothing to resume from
+      // is removed with its journal, so a failed preflight leaves nothing beside --out.
+      if (this.ranges.size === 0) {
+        await this.journal.discard();
+        await this.part.close();
+        this.part = undefined;
+        await rm(this.params.partPath, { force: true });
+      }
+      throw err;
+    }
     this.journal.save();
     this.checks = this.startChecks(this.part, this.params.produceManifest);
 

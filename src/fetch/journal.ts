@@ -75,16 +75,24 @@ function sameBlob(journal: string, current: string): boolean {
 /**
  * Reads the journal of the blob named `identity` (sameBlob). A missing or unreadable one is
  * absent; so is one left by another blob at the same path, which is deleted (it says nothing
- * about this one).
+ * about this one). `url`: a download the engine checks against a digest (`sha256:`) also
+ * takes the journal an unpinned run of the same URL left (`url:`), as journalMatches allows
+ * it (the same validator): the rerun of a `--no-cache` fetch with `--sha256` added resumes
+ * instead of starting over, and the digest check at the end removes bytes that miss it.
  */
-export async function readJournal(path: string, identity: string): Promise<JournalState | undefined> {
+export async function readJournal(path: string, identity: string, url?: string): Promise<JournalState | undefined> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(await readFile(path, 'utf8'));
   } catch {
     return undefined;
   }
-  if (isJournal(parsed) && sameBlob(parsed.identity, identity)) return parsed;
+  if (!isJournal(parsed)) {
+    await removeJournal(path);
+    return undefined;
+  }
+  if (sameBlob(parsed.identity, identity)) return parsed;
+  if (url !== undefined && identity.startsWith('sha256:') && parsed.identity === `url:${url}`) return parsed;
   await removeJournal(path);
   return undefined;
 }

@@ -47,13 +47,10 @@ export class PartFile {
     const { blocks } = await this.handle.stat();
     const needed = size - Math.min(size, blocks * 512);
     if (free !== undefined && needed > free) {
-      throw new DiskFullError(
-        `not enough space for ${this.path}: ${formatBytes(needed)} needed, ${formatBytes(free)} free`,
-        {
-          path: this.path,
-          hint: 'free space on that file system or choose another --out',
-        },
-      );
+      throw new DiskFullError(`not enough space for ${this.path}: ${shortfall(needed, free)}`, {
+        path: this.path,
+        hint: 'free space on that file system or choose another --out',
+      });
     }
     if (mode === 'fallocate' && size > 0) {
       try {
@@ -165,6 +162,12 @@ export class BackgroundSync {
   settled(): Promise<void> | undefined {
     return this.running;
   }
+}
+
+/** "67.1 MB needed, 12.0 MB free", in bytes when rounding would show the two the same. */
+export function shortfall(needed: number, free: number): string {
+  const [n, f] = [formatBytes(needed), formatBytes(free)];
+  return n === f ? `${needed} bytes needed, ${free} bytes free` : `${n} needed, ${f} free`;
 }
 
 async function freeBytes(dir: string): Promise<number | undefined> {

@@ -11,7 +11,8 @@
 // took it over first and made its own lock meanwhile gets it back.
 import { hostname } from 'node:os';
 import { link, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { OutputBusyError, diskError } from '../core/errors.js';
+import { dirname } from 'node:path';
+import { DiskAccessError, OutputBusyError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
 
 export function partLockPathFor(partPath: string): string {
@@ -25,6 +26,13 @@ export async function lockPart(partPath: string): Promise<() => Promise<void>> {
   try {
     await writeFile(mine, JSON.stringify({ pid: process.pid, host: hostname() }));
   } catch (err) {
+    if ((err as { code?: string }).code === 'ENOENT' && (await isDirectory(dirname(path))))
+      // The folder is there and takes no new file (/proc, sysfs): "does not exist" would mislead.
+      throw new DiskAccessError(`cannot create files in ${dirname(path)} while locking ${partPath}`, {
+        path,
+        cause: err,
+        hint: 'that folder exists but its file system takes no new files (a virtual one, such as /proc?); choose another output path',
+      });
     throw diskError(err, `locking ${partPath}`, path);
   }
   try {
@@ -77,4 +85,11 @@ async function readOwner(path: string): Promise<{ pid: number; host: string } | 
   } catch {
     return undefined;
   }
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  return stat(path).then(
+    (info) => info.isDirectory(),
+    () => false,
+  );
 }

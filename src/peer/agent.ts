@@ -24,7 +24,7 @@ import {
 } from '../control-plane/client.js';
 import { AGENT_SERVER_DEFAULTS, AgentServer, type Readiness } from './agent-server.js';
 import { readCachedManifest } from './cached-manifest.js';
-import { checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
+import { CONTROL_PLANE_EXAMPLE, checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
 import { PartialBlobReader } from './partial-blobs.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -34,6 +34,8 @@ const DIGEST = /^[0-9a-f]{64}$/;
 
 export interface AgentOptions {
   controlPlane: string;
+  /** Where controlPlane came from, as its messages name it (default: --control-plane). */
+  controlPlaneFrom?: string;
   cacheRoot: string;
   nodeId: string;
   listen: { host: string; port: number };
@@ -122,7 +124,7 @@ export class Agent {
     this.nodeId = checkNodeId(options.nodeId);
     checkZone(options.zone);
     this.client = new ControlPlaneClient({
-      baseUrl: checkHttpUrl(options.controlPlane, '--control-plane'),
+      baseUrl: checkHttpUrl(options.controlPlane, options.controlPlaneFrom ?? '--control-plane', CONTROL_PLANE_EXAMPLE),
       token: options.token,
       timeoutMs: options.controlPlaneTimeoutMs,
       // With per-node tokens a route that names no node (PUT /v1/blobs/:digest, the manifest)

@@ -1,6 +1,7 @@
 // What names a node to its fleet, checked the same way by the agent and by a fetch that
 // takes part in the fleet: its id, its zone and the control plane's URL. A bad one is a usage
 // error at once, not a fetch that silently skips its peers.
+import { DEFAULTS } from '../core/defaults.js';
 import { UsageError } from '../core/errors.js';
 
 const NODE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
@@ -20,13 +21,23 @@ export function checkZone(zone: string | undefined): string | undefined {
   return zone;
 }
 
-/** An http(s) URL given to `flag`, without trailing slashes. */
-export function checkHttpUrl(value: string, flag: string): string {
+/** An example control-plane URL for messages: on the port `loom control-plane` listens on by default. */
+export const CONTROL_PLANE_EXAMPLE = `http://10.0.0.5:${DEFAULTS.controlPlane.listen.split(':').pop()!}`;
+
+/**
+ * An http(s) URL given to `flag` (a flag, or the variable it came from), without trailing
+ * slashes. `example` is shown when it is not a URL: an agent's address by default.
+ */
+export function checkHttpUrl(
+  value: string,
+  flag: string,
+  example = `http://10.0.0.5:${DEFAULTS.agent.listen.split(':').pop()!}`,
+): string {
   let url: URL;
   try {
     url = new URL(value);
   } catch {
-    throw new UsageError(`${flag} "${value}" is not a URL`, { hint: 'e.g. http://10.0.0.5:7071' });
+    throw new UsageError(`${flag} "${value}" is not a URL`, { hint: `e.g. ${example}` });
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:')
     throw new UsageError(`${flag} "${value}" must be an http or https URL`);

@@ -11,12 +11,14 @@ import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
 import { ORIGIN_SLOT_ID, Swarm, type SwarmPlan } from './swarm.js';
 import { ClientSwarmControl, isRefusal, type ControlPlaneTrouble } from './swarm-control.js';
-import { checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
+import { CONTROL_PLANE_EXAMPLE, checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export interface PeerFetchOptions {
   /** Base URL of the control plane. */
   controlPlane: string;
+  /** Where controlPlane came from, as its messages name it (default: --control-plane). */
+  controlPlaneFrom?: string;
   /** Bearer token for the control plane: this node's own, or the admin token. */
   token?: string;
   /** This node's id, as its agent registers it. Default: LOOM_NODE_ID, else the host name. */
@@ -78,7 +80,11 @@ export class PeerPlanner implements DownloadPlanner {
   constructor(private readonly options: PeerFetchOptions) {
     this.nodeId = checkNodeId(options.nodeId ?? defaultNodeId());
     checkZone(options.zone);
-    const baseUrl = checkHttpUrl(options.controlPlane, '--control-plane');
+    const baseUrl = checkHttpUrl(
+      options.controlPlane,
+      options.controlPlaneFrom ?? '--control-plane',
+      CONTROL_PLANE_EXAMPLE,
+    );
     this.control = new ClientSwarmControl(
       new ControlPlaneClient({ baseUrl, token: options.token, nodeId: this.nodeId }),
       this.nodeId,

@@ -459,9 +459,10 @@ describe('loom fetch and loom cache, several processes', () => {
   it('a waiter takes over when the downloading process is killed, resuming its partial', async () => {
     const { run, out, servedAfterKill } = await killTheDownloaderOfAWaiter('resume', ['--json']);
     assert.equal(run.code, 0, run.stderr);
-    const summary = JSON.parse(run.stdout) as { cache: string; resumedBytes: number };
+    const summary = JSON.parse(run.stdout) as { cache: string; resumedBytes: number; waitedForOtherProcess: boolean };
     assert.equal(summary.cache, 'miss');
     assert.ok(summary.resumedBytes > 0, 'resumed the dead process partial');
+    assert.equal(summary.waitedForOtherProcess, true, 'it did wait, then took over');
     assert.ok(servedAfterKill < SIZE, 'the waiter fetched less than the whole file');
     assert.equal(await sha256OfFile(out), content.sha256);
   });

@@ -1,7 +1,7 @@
 // What happens around the control plane when things go away: Redis stopping and coming
 // back, a control plane that does not answer, and the `loom control-plane` command itself.
 import assert from 'node:assert/strict';
-import { writeFileSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -77,6 +77,8 @@ describe('control plane availability', () => {
     const port = await freePort();
     const tokenFile = join(dir, 'token');
     writeFileSync(tokenFile, `${'t'.repeat(32)}\n`);
+    // A --store path's folder must exist (only the default store's folder is made).
+    mkdirSync(join(dir, 'cp'), { recursive: true });
     const child = startLoom(
       [
         'control-plane',

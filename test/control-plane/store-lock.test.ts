@@ -5,7 +5,7 @@
 // -9 frees the file for the next process, which serves what was stored.
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
@@ -75,6 +75,8 @@ describe('one control-plane process per SQLite file', () => {
   it('a second process on the file exits 8 saying who holds it; the first keeps serving; after a kill -9 the next one serves what was stored', async () => {
     const dir = tempDir();
     const db = join(dir, 'cp', 'registry.db');
+    // A --store path's folder must exist (only the default store's folder is made).
+    mkdirSync(join(dir, 'cp'));
     const flags = ['--store', `sqlite:${db}`, '--node-ttl', '10m'];
     const first = await startControlPlane(flags);
     assert.equal((await call(first.url, 'PUT', '/v1/nodes/holder', { url: 'http://holder.test:7071' })).status, 200);

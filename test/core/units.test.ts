@@ -26,6 +26,20 @@ describe('units', () => {
     assert.throws(() => parseDuration('soon'), UsageError);
   });
 
+  it("refuses a duration longer than Node's timers can wait (2^31-1 ms), which they would make 1 ms", () => {
+    assert.equal(parseDuration('596h'), 596 * 3_600_000);
+    assert.equal(parseDuration(2 ** 31 - 1), 2 ** 31 - 1);
+    for (const long of ['600h', '2147484s', '2147483648ms'])
+      assert.throws(
+        () => parseDuration(long, '--stall-timeout'),
+        (err) =>
+          err instanceof UsageError &&
+          err.message ===
+            `--stall-timeout "${long}" must be at most 596h (about 24.8 days, the longest a timer can wait)`,
+      );
+    assert.throws(() => parseDuration(2 ** 31, 'stallTimeout'), /stallTimeout 2147483648 ms must be at most 596h/);
+  });
+
   it('prints sizes and rates in one convention, decimal, never rounding a small rate to 0', () => {
     assert.equal(formatBytes(512), '512 B');
     assert.equal(formatBytes(1000), '1.00 kB');

@@ -5,6 +5,7 @@ import { readFileSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { DEFAULTS } from '../../core/defaults.js';
+import { checkHeaderText, envFlag } from '../../core/validate.js';
 
 export const DEFAULT_ENDPOINT = DEFAULTS.hub.endpoint;
 
@@ -31,13 +32,16 @@ function readToken(file: string): string | undefined {
 
 /** The token to send to the Hub, or undefined for anonymous access. */
 export function hubToken(flag?: string, env: NodeJS.ProcessEnv = process.env): string | undefined {
-  if (flag?.trim()) return flag.trim();
-  const fromEnv = (env.HF_TOKEN ?? env.HUGGING_FACE_HUB_TOKEN)?.trim();
-  if (fromEnv) return fromEnv;
-  return readToken(env.HF_TOKEN_PATH || join(hfHome(env), 'token'));
+  if (flag?.trim()) return checkHeaderText(flag.trim(), '--token');
+  const variable = env.HF_TOKEN !== undefined ? 'HF_TOKEN' : 'HUGGING_FACE_HUB_TOKEN';
+  const fromEnv = env[variable]?.trim();
+  if (fromEnv) return checkHeaderText(fromEnv, variable);
+  const file = env.HF_TOKEN_PATH || join(hfHome(env), 'token');
+  const fromFile = readToken(file);
+  return fromFile === undefined ? undefined : checkHeaderText(fromFile, `the token in ${file}`);
 }
 
 /** HF_HUB_OFFLINE=1 (or true/yes/on): no request to the Hub at all. */
 export function hubOffline(env: NodeJS.ProcessEnv = process.env): boolean {
-  return ['1', 'true', 'yes', 'on'].includes((env.HF_HUB_OFFLINE ?? '').trim().toLowerCase());
+  return envFlag(env.HF_HUB_OFFLINE);
 }
