@@ -36,7 +36,7 @@ describe('--json on a command line the flag parser refuses', () => {
     { args: (url) => ['fetch', url, '-o', 'x', '--stall-timeout', '-5', '--json'], message: /stall-timeout/ },
     { args: (url) => [url, '--json', '--bogus'], message: /unknown option '--bogus'/ },
     { args: () => ['pull', 'org/model', '--repo-type', 'widget', '--json'], message: /one of model, dataset, space/ },
-    { args: () => ['cache', 'gc', '--json'], message: /--max-size/ },
+    { args: () => ['cache', 'gc', '--max-size', 'lots', '--json'], message: /--max-size "lots" is not a size/ },
     { args: () => ['cache', 'rm', '--json'], message: /missing required argument/ },
   ];
   for (const { args, message } of cases) {
@@ -53,7 +53,7 @@ describe('--json on a command line the flag parser refuses', () => {
   }
 
   it('prints nothing on stdout without --json', async () => {
-    const run = await runLoom(['cache', 'gc']);
+    const run = await runLoom(['cache', 'gc', '--max-size', 'lots']);
     assert.equal(run.code, 2);
     assert.equal(run.stdout, '');
   });
