@@ -76,6 +76,8 @@ export class PieceChecks {
   private countedEnd = 0;
   /** Pieces waiting for the digest they are judged against. */
   private judging = 0;
+  /** Pieces 0..verifiedPieces-1 all passed the manifest (the whole-file hash of a pin follows them). */
+  private verifiedPieces = 0;
   /** Whether the prefix hasher judges each piece before it counts (options.hooks.pieceDigest). */
   private readonly judgesPieces: boolean = false;
 
@@ -108,7 +110,9 @@ export class PieceChecks {
       );
       // The manifest's pieces say nothing of a digest its publisher made up: a pinned digest
       // is checked on the whole file, hashed as the prefix lands, as without a manifest.
-      if (options.wholeWithManifest) this.hasher = this.prefixHasher(part, size, undefined, ranges);
+      if (options.wholeWithManifest) {
+        this.hasher = this.prefixHasher(part, size, undefined, ranges, this.verifiedPrefix());
+      }
       return;
     }
     if (options.hooks.pieceDigest && pieceSize > 0) {
@@ -139,13 +143,14 @@ export class PieceChecks {
     size: number | undefined,
     pieces: PieceDigests | undefined,
     ranges: RangeSet,
+    prefix = ranges.contiguousPrefix(),
   ): FinishedPrefixHasher {
     // A thread costs ~30 ms to start and ~9 MB: worth it where the hash takes longer.
     const hasher =
       (size ?? 0) >= HASH_THREAD_MIN_SIZE
         ? new ThreadedPrefixHasher(part.path, pieces, DEFAULTS.hashReadSize)
         : new PrefixHasher(part, pieces);
-    hasher.advance(ranges.contiguousPrefix());
+    hasher.advance(prefix);
     return hasher;
   }
 
@@ -153,7 +158,16 @@ export class PieceChecks {
   wrote(sourceId: string, at: number, length: number): void {
     this.ledger?.wrote(sourceId, at, length);
     if (this.judgesPieces) this.senders.wrote(sourceId, at, length);
-    this.hasher?.advance(this.file.ranges.contiguousPrefix());
+    // With a manifest the whole-file hash takes only pieces that passed (a bad one is refetched).
+    if (!this.ledger) this.hasher?.advance(this.file.ranges.contiguousPrefix());
+  }
+
+  /** The end of pieces 0..k-1, all checked against the manifest. */
+  private verifiedPrefix(): number {
+    const manifest = this.file.manifest!;
+    // Pieces are verified for good (a later refusal never unverifies one): the cursor only moves on.
+    while (this.ledger!.verified.has(this.verifiedPieces)) this.verifiedPieces++;
+    return this.verifiedPieces >= manifest.pieces.length ? manifest.size : this.verifiedPieces * manifest.pieceSize;
   }
 
   /** Whether every check has passed, given every byte is on disk. */
@@ -237,6 +251,7 @@ export class PieceChecks {
   /** A piece checked against the manifest counts. */
   private pieceVerified(index: number, digest: string): void {
     this.host.scheduler?.settled(index);
+    if (this.ledger && this.hasher) this.hasher.advance(this.verifiedPrefix());
     this.options.hooks.onPieceVerified?.(index, digest);
     this.host.checkDone();
   }

@@ -269,6 +269,26 @@ describe('downloadBlob', () => {
     assert.equal(server.requests.length, 0);
   });
 
+  it('a pinned digest with a manifest: a bad piece is refetched, not hashed into the whole-file digest', async () => {
+    const corrupt = Buffer.from(content.bytes);
+    for (let i = 0; i < corrupt.length; i += 4096) corrupt[i]! ^= 0xff;
+    const [a, bad] = [await origin(), await origin(corrupt)];
+    const part = partPath();
+    const result = await downloadBlob({
+      ...options,
+      sources: [slot('a', counted(a)), slot('bad', counted(bad))],
+      partPath: part,
+      expected: { sha256: content.sha256, size: SIZE, manifest, pinned: true },
+      produceManifest: false,
+    });
+    assert.equal(await sha256OfFile(part), content.sha256);
+    assert.equal(result.sha256, content.sha256);
+    assert.deepEqual(
+      result.droppedSources.map((d) => [d.id, d.code]),
+      [['bad', 'LOOM_ERR_DIGEST_MISMATCH']],
+    );
+  });
+
   it('a manifest forged for a pinned digest cannot pass: the whole file is checked against the pin', async () => {
     // Another file's pieces, published under the pinned digest (first writer wins on a
     // control plane): every piece matches the manifest, the file is not the pinned one.
