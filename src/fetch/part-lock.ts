@@ -9,8 +9,11 @@
 // A killed run's lock is taken over by moving it aside under a name of this process's own,
 // then checking that the file moved is the one judged abandoned (same inode): a run that
 // took it over first and made its own lock meanwhile gets it back.
+// File systems without hard links (vfat, exFAT, many FUSE mounts such as gcsfuse) get the
+// lock created exclusively in place and the owner written after: the narrow race above
+// comes back there, a download does not fail.
 import { hostname } from 'node:os';
-import { link, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { link, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { DiskAccessError, OutputBusyError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
@@ -23,8 +26,9 @@ export function partLockPathFor(partPath: string): string {
 export async function lockPart(partPath: string): Promise<() => Promise<void>> {
   const path = partLockPathFor(partPath);
   const mine = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
+  const owner = JSON.stringify({ pid: process.pid, host: hostname() });
   try {
-    await writeFile(mine, JSON.stringify({ pid: process.pid, host: hostname() }));
+    await writeFile(mine, owner);
   } catch (err) {
     if ((err as { code?: string }).code === 'ENOENT' && (await isDirectory(dirname(path))))
       // The folder is there and takes no new file (/proc, sysfs): "does not exist" would mislead.
@@ -38,7 +42,7 @@ export async function lockPart(partPath: string): Promise<() => Promise<void>> {
   try {
     for (let attempt = 0; ; attempt++) {
       try {
-        await link(mine, path);
+        await linkOrCreate(mine, path, owner);
         return () => rm(path, { force: true });
       } catch (err) {
         if ((err as { code?: string }).code !== 'EEXIST' || attempt >= 2)
@@ -61,6 +65,23 @@ export async function lockPart(partPath: string): Promise<() => Promise<void>> {
     }
   } finally {
     await rm(mine, { force: true });
+  }
+}
+
+const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
+
+/** Hard-links `mine` to `path`; where the file system has no hard links, creates `path` exclusively. */
+async function linkOrCreate(mine: string, path: string, owner: string): Promise<void> {
+  try {
+    await link(mine, path);
+  } catch (err) {
+    if (!NO_HARD_LINKS.has((err as { code?: string }).code ?? '')) throw err;
+    const handle = await open(path, 'wx');
+    try {
+      await handle.writeFile(owner);
+    } finally {
+      await handle.close();
+    }
   }
 }
 
