@@ -24,7 +24,15 @@ import {
 } from '../control-plane/client.js';
 import { AGENT_SERVER_DEFAULTS, AgentServer, type Readiness } from './agent-server.js';
 import { readCachedManifest } from './cached-manifest.js';
-import { CONTROL_PLANE_EXAMPLE, checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
+import {
+  CONTROL_PLANE_EXAMPLE,
+  checkHttpUrl,
+  checkNodeId,
+  checkZone,
+  isRefusal,
+  refusalCode,
+  tokenHint,
+} from './node-identity.js';
 import { PartialBlobReader } from './partial-blobs.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -254,12 +262,12 @@ export class Agent {
     this.failures++;
     const before = this.readinessNow;
     const { status } = answer;
-    const refused = status === 401 || status === 403;
+    const refused = isRefusal(status);
     const code = (answer.body as { error?: { code?: unknown } } | undefined)?.error?.code;
     this.readinessNow = refused
       ? {
           ready: false,
-          code: status === 401 ? 'LOOM_ERR_UNAUTHORIZED' : 'LOOM_ERR_FORBIDDEN',
+          code: refusalCode(status!),
           message:
             `the control plane refused this node's token (HTTP ${status}: ${answer.message}): not registered, ` +
             `so no peer finds this node; ${tokenHint(this.nodeId, this.options.token !== undefined)}`,
@@ -374,6 +382,10 @@ export class Agent {
     else if (answer.status === 409) {
       this.manifestsPublished.add(digest);
       this.log('warn', `the control plane holds a different manifest for ${digest}: ${answer.message}`);
+    } else if (answer.status !== undefined && !mayHeal(answer.status)) {
+      // A request the control plane will refuse again (malformed, too large): said once.
+      this.manifestsPublished.add(digest);
+      this.log('warn', `the control plane refused the manifest of ${digest}: ${answer.message}`);
     } else if (answer.status !== undefined) {
       // Not recorded as published: tried again with the blob's next announcement (the full
       // one every reannounceIntervalMs, or after a resync).
@@ -399,4 +411,9 @@ export class Agent {
     else this.log('warn', `could not deregister ${this.nodeId}: ${answer.message} (its heartbeat will lapse)`);
     await this.server.close(graceMs);
   }
+}
+
+/** A refusal that may not last: credentials (fixed by an operator), throttling, a server error. */
+function mayHeal(status: number): boolean {
+  return isRefusal(status) || status === 408 || status === 429 || status >= 500;
 }

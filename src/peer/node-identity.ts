@@ -44,6 +44,16 @@ export function checkHttpUrl(
   return value.replace(/\/+$/, '');
 }
 
+/** Whether an answer refuses this node's credentials (a wrong or missing token). */
+export function isRefusal(status: number | undefined): boolean {
+  return status === 401 || status === 403;
+}
+
+/** The error code of a refusal (isRefusal): 403 is forbidden, 401 unauthorized. */
+export function refusalCode(status: number): 'LOOM_ERR_FORBIDDEN' | 'LOOM_ERR_UNAUTHORIZED' {
+  return status === 403 ? 'LOOM_ERR_FORBIDDEN' : 'LOOM_ERR_UNAUTHORIZED';
+}
+
 /**
  * What to do when the control plane refuses this node's token (401/403): which flag or
  * variable to give, and which token it must hold. Said by the agent and by `loom fetch`.

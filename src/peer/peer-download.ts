@@ -10,8 +10,16 @@ import { ControlPlaneClient } from '../control-plane/client.js';
 import type { SourceSlot } from '../fetch/download.js';
 import type { Source } from '../sources/source.js';
 import { ORIGIN_SLOT_ID, Swarm, type SwarmPlan } from './swarm.js';
-import { ClientSwarmControl, isRefusal, type ControlPlaneTrouble } from './swarm-control.js';
-import { CONTROL_PLANE_EXAMPLE, checkHttpUrl, checkNodeId, checkZone, tokenHint } from './node-identity.js';
+import { ClientSwarmControl, type ControlPlaneTrouble } from './swarm-control.js';
+import {
+  CONTROL_PLANE_EXAMPLE,
+  checkHttpUrl,
+  checkNodeId,
+  checkZone,
+  isRefusal,
+  refusalCode,
+  tokenHint,
+} from './node-identity.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export interface PeerFetchOptions {
@@ -250,7 +258,7 @@ export class PeerPlanner implements DownloadPlanner {
     const hint = tokenHint(this.nodeId, this.options.token !== undefined);
     const ErrorClass = trouble.status === 403 ? ForbiddenError : UnauthorizedError;
     return {
-      code: trouble.status === 403 ? 'LOOM_ERR_FORBIDDEN' : 'LOOM_ERR_UNAUTHORIZED',
+      code: refusalCode(trouble.status!),
       reason,
       hint,
       error: (message) => new ErrorClass(message, { status: trouble.status, hint }),
@@ -259,21 +267,33 @@ export class PeerPlanner implements DownloadPlanner {
 }
 
 /** The size of the blob as its first holder that answers a HEAD says (undefined: none did). */
+/**
+ * The blob's size as its holders' agents answer a HEAD, asked of all at once under one
+ * timeout (the first answer wins); undefined when none answers: the engine then learns it
+ * from its first request. node:http, not fetch: a fetch loads undici into every `loom fetch`.
+ */
 async function sizeFromHolders(peers: SourceSlot[], token: string | undefined): Promise<number | undefined> {
-  for (const peer of peers) {
-    try {
-      const res = await fetch(peer.source.url, {
-        method: 'HEAD',
-        headers: token ? { authorization: `Bearer ${token}` } : {},
-        signal: AbortSignal.timeout(DEFAULTS.controlPlane.requestTimeoutMs),
+  const signal = AbortSignal.timeout(DEFAULTS.controlPlane.requestTimeoutMs);
+  const { request: httpRequest } = await import('node:http');
+  const { request: httpsRequest } = await import('node:https');
+  const ask = (url: string): Promise<number> =>
+    new Promise((resolve, reject) => {
+      const request = url.startsWith('https:') ? httpsRequest : httpRequest;
+      const req = request(url, { method: 'HEAD', headers: token ? { authorization: `Bearer ${token}` } : {}, signal });
+      req.on('response', (res) => {
+        res.resume();
+        const length = Number(res.headers['content-length'] ?? NaN);
+        if (res.statusCode === 200 && Number.isSafeInteger(length) && length >= 0) resolve(length);
+        else reject(new Error(`HTTP ${res.statusCode}`));
       });
-      const length = Number(res.headers.get('content-length') ?? NaN);
-      if (res.ok && Number.isSafeInteger(length) && length >= 0) return length;
-    } catch {
-      // The next holder, else the engine learns the size from its first request.
-    }
+      req.on('error', reject);
+      req.end();
+    });
+  try {
+    return await Promise.any(peers.map((peer) => ask(peer.source.url)));
+  } catch {
+    return undefined;
   }
-  return undefined;
 }
 
 function describe(role: string, peers: number, wholeOnly: boolean): string {

@@ -6,6 +6,7 @@
 import type { Manifest } from '../core/manifest.js';
 import { sourceBlobId } from '../cache/source-id.js';
 import type { ControlPlaneAnswer, ControlPlaneClient } from '../control-plane/client.js';
+import { isRefusal } from './node-identity.js';
 import type { LeaseAnswer, PeerHolder, PieceRecord, SwarmControl, VerifiedAgainst } from './swarm.js';
 
 const HEX64 = /^[0-9a-f]{64}$/;
@@ -14,11 +15,6 @@ const HEX64 = /^[0-9a-f]{64}$/;
 export interface ControlPlaneTrouble {
   status: number | undefined;
   message: string;
-}
-
-/** Whether an answer refuses this node's credentials (a wrong or missing token). */
-export function isRefusal(status: number | undefined): boolean {
-  return status === 401 || status === 403;
 }
 
 export class ClientSwarmControl implements SwarmControl {
