@@ -195,12 +195,13 @@ export class PieceChecks {
     if (manifest) {
       // Every piece matched a manifest bound to its digest: the blob is that digest, unless the
       // whole file was hashed too (a pinned digest) and says otherwise.
-      if (!this.hasher) return { sha256: manifest.digest, manifest, hashedBytes: 0 };
+      const checked = this.ledger?.hashedBytes ?? 0;
+      if (!this.hasher) return { sha256: manifest.digest, manifest, hashedBytes: checked };
       const sha256 = (await this.hasher.digest(size))!;
       return {
         sha256,
         manifest: sha256 === manifest.digest ? manifest : undefined,
-        hashedBytes: this.hasher.hashedBytes,
+        hashedBytes: checked + this.hasher.hashedBytes,
       };
     }
     if (!this.hasher) return { sha256: undefined, manifest: undefined, hashedBytes: 0 };

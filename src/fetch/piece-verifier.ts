@@ -20,6 +20,8 @@ export class PieceVerifier {
   private readonly queued = new Set<number>();
   private running: Promise<void> | undefined;
   private readonly buffer: Buffer;
+  /** Bytes hashed checking pieces (a piece checked twice counts twice). */
+  hashedBytes = 0;
 
   constructor(
     private readonly file: PartFile,
@@ -73,6 +75,7 @@ export class PieceVerifier {
       const read = await this.file.read(this.buffer, Math.min(this.buffer.length, end - at), at);
       if (read === 0) throw new Error(`unexpected end of ${this.file.path} at ${at}`);
       hash.update(this.buffer.subarray(0, read));
+      this.hashedBytes += read;
       at += read;
     }
     return hash.digest('hex');
@@ -124,6 +127,11 @@ export interface LedgerVerdicts {
  * a bad one), and when a piece is complete on disk and due for its check.
  */
 export class PieceLedger {
+  /** Bytes hashed checking pieces against the manifest. */
+  get hashedBytes(): number {
+    return this.verifier.hashedBytes;
+  }
+
   readonly verified = new Set<number>();
   private readonly senders: PieceSenders;
   private readonly verifier: PieceVerifier;

@@ -283,6 +283,8 @@ describe('downloadBlob', () => {
     });
     assert.equal(await sha256OfFile(part), content.sha256);
     assert.equal(result.sha256, content.sha256);
+    // Every piece checked against the manifest, and the whole file against the pin: each counted.
+    assert.ok(result.stats.hashedBytes >= 2 * SIZE, `hashedBytes ${result.stats.hashedBytes}`);
     assert.deepEqual(
       result.droppedSources.map((d) => [d.id, d.code]),
       [['bad', 'LOOM_ERR_DIGEST_MISMATCH']],
