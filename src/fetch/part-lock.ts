@@ -1,21 +1,23 @@
 // One download at a time per part file. Two runs to the same output would write the same
 // `<out>.part`, and the first to finish would rename the other's incomplete bytes into
-// place; the lock file beside the part names its owner's pid, so a second run fails at once
-// with the owner's pid, and a lock left by a killed run (its pid gone) is taken over.
-// The lock file appears whole: its owner is written to a file of this process's own and
-// hard-linked to the lock's name (which fails if the name exists). Creating it empty and
-// writing the owner after let a second run started at the same moment read an empty lock,
-// take it for a killed run's and remove it, and both runs then wrote the same part.
-// A killed run's lock is taken over by moving it aside under a name of this process's own,
-// then checking that the file moved is the one judged abandoned (same inode): a run that
-// took it over first and made its own lock meanwhile gets it back.
-// File systems without hard links (vfat, exFAT, many FUSE mounts such as gcsfuse) get the
-// lock created exclusively in place and the owner written after: the narrow race above
-// comes back there, a download does not fail.
+// place; `<out>.part.lock` keeps them apart, so a second run fails at once with
+// LOOM_ERR_OUTPUT_BUSY.
+// The lock is the kernel's (a POSIX record lock, core/file-lock.ts): it is released when its
+// process dies, however it dies, and never taken from a live one. An owner pid written in
+// the file and checked with kill(pid, 0) was wrong both ways in containers: a run in another
+// pid namespace (a second container of the pod, sharing the volume) saw a live owner as dead
+// and took its part over, and a restarted container's run, pid 1 again, saw the dead run's
+// "pid 1" as alive and was refused for ever.
+// The lock file is removed by its holder before it lets the lock go, so nothing is left
+// beside the output. A run that was waiting on the removed file gets its lock, but on a file
+// no longer at that path: after locking, it checks that the kernel lists this process as the
+// holder of the file now at the path, and else starts again.
+import { closeSync, existsSync, openSync, statSync, unlinkSync } from 'node:fs';
+import { readFile, stat, rm } from 'node:fs/promises';
 import { hostname } from 'node:os';
-import { link, open, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { DiskAccessError, OutputBusyError, diskError } from '../core/errors.js';
+import { loadSqlite, lockHolderPid, tryLockFile, type FileLock } from '../core/file-lock.js';
 import { isProcessAlive } from '../core/processes.js';
 
 export function partLockPathFor(partPath: string): string {
@@ -25,10 +27,65 @@ export function partLockPathFor(partPath: string): string {
 /** Takes the part file's lock; resolves to its release. */
 export async function lockPart(partPath: string): Promise<() => Promise<void>> {
   const path = partLockPathFor(partPath);
-  const mine = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}`;
-  const owner = JSON.stringify({ pid: process.pid, host: hostname() });
+  const Sqlite = await loadSqlite();
+  for (let attempt = 0; ; attempt++) {
+    await ensureLockFile(path, partPath);
+    let lock: FileLock | undefined;
+    try {
+      lock = tryLockFile(Sqlite, path);
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'SQLITE_NOTADB' && attempt < 3) {
+        await clearOldLock(path, partPath);
+        continue;
+      }
+      throw diskError(err, `locking ${partPath}`, path);
+    }
+    if (!lock) throw busy(partPath, lockHolderPid(path));
+    if (isOurs(path)) {
+      const held = lock;
+      return () => {
+        // Removed while still held: a run that locks the removed file sees it is not the
+        // one at the path, and starts again.
+        try {
+          unlinkSync(path);
+        } catch {
+          /* gone already */
+        }
+        held.release();
+        return Promise.resolve();
+      };
+    }
+    lock.release();
+    if (attempt >= 5) throw busy(partPath, lockHolderPid(path));
+  }
+}
+
+/** Whether the file now at `path` is the one this process holds the lock on. */
+function isOurs(path: string): boolean {
+  if (!statSync(path, { throwIfNoEntry: false })) return false;
+  const holder = lockHolderPid(path);
+  // No /proc/locks (not Linux): the file is trusted to be the one locked.
+  return holder === undefined || holder === process.pid;
+}
+
+function busy(partPath: string, pid: number | undefined): OutputBusyError {
+  return new OutputBusyError(
+    `${partPath} is being written by another download${pid ? ` (pid ${pid} on ${hostname()})` : ''}`,
+    { path: partPath, hint: 'wait for it to finish, or choose another output path' },
+  );
+}
+
+/**
+ * Creates the empty lock file if it is missing, so that a folder that refuses it gives the
+ * file system's own error (full, read-only, /proc) rather than SQLite's "cannot open". Only
+ * when missing, and synchronously: opening and closing a descriptor of a file this process
+ * holds a lock on would drop that lock.
+ */
+async function ensureLockFile(path: string, partPath: string): Promise<void> {
+  if (existsSync(path)) return;
   try {
-    await writeFile(mine, owner);
+    closeSync(openSync(path, 'a'));
   } catch (err) {
     if ((err as { code?: string }).code === 'ENOENT' && (await isDirectory(dirname(path))))
       // The folder is there and takes no new file (/proc, sysfs): "does not exist" would mislead.
@@ -39,73 +96,22 @@ export async function lockPart(partPath: string): Promise<() => Promise<void>> {
       });
     throw diskError(err, `locking ${partPath}`, path);
   }
-  try {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        await linkOrCreate(mine, path, owner);
-        return () => rm(path, { force: true });
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'EEXIST' || attempt >= 2)
-          throw diskError(err, `locking ${partPath}`, path);
-      }
-      const held = await stat(path).catch(() => undefined);
-      if (!held) continue;
-      const holder = await readOwner(path);
-      if (holder && (holder.host !== hostname() || isProcessAlive(holder.pid))) {
-        throw new OutputBusyError(
-          `${partPath} is being written by another download (pid ${holder.pid} on ${holder.host})`,
-          {
-            path: partPath,
-            hint: 'wait for it to finish, or choose another output path',
-          },
-        );
-      }
-      // The owner is gone (or the lock is not one Loom wrote): a killed run left it behind.
-      await takeAside(path, held.ino, `${mine}.stale`);
-    }
-  } finally {
-    await rm(mine, { force: true });
-  }
 }
 
-const NO_HARD_LINKS = new Set(['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS', 'EMLINK']);
-
-/** Hard-links `mine` to `path`; where the file system has no hard links, creates `path` exclusively. */
-async function linkOrCreate(mine: string, path: string, owner: string): Promise<void> {
+/**
+ * A lock file of an older Loom (JSON naming its owner, not a lock the kernel keeps): removed
+ * unless its owner still runs on this host.
+ */
+async function clearOldLock(path: string, partPath: string): Promise<void> {
+  let owner: { pid?: unknown; host?: unknown } | undefined;
   try {
-    await link(mine, path);
-  } catch (err) {
-    if (!NO_HARD_LINKS.has((err as { code?: string }).code ?? '')) throw err;
-    const handle = await open(path, 'wx');
-    try {
-      await handle.writeFile(owner);
-    } finally {
-      await handle.close();
-    }
-  }
-}
-
-/** Removes the lock at `path` if it is still inode `ino`; puts back one made since by another run. */
-async function takeAside(path: string, ino: number, aside: string): Promise<void> {
-  try {
-    await rename(path, aside);
+    owner = JSON.parse(await readFile(path, 'utf8')) as { pid?: unknown; host?: unknown };
   } catch {
-    return; // Gone already: another run took it over.
+    owner = undefined;
   }
-  const moved = await stat(aside).catch(() => undefined);
-  if (moved && moved.ino !== ino) await link(aside, path).catch(() => undefined);
-  await rm(aside, { force: true });
-}
-
-async function readOwner(path: string): Promise<{ pid: number; host: string } | undefined> {
-  try {
-    const parsed = JSON.parse(await readFile(path, 'utf8')) as { pid?: unknown; host?: unknown };
-    return typeof parsed.pid === 'number' && typeof parsed.host === 'string'
-      ? { pid: parsed.pid, host: parsed.host }
-      : undefined;
-  } catch {
-    return undefined;
-  }
+  if (owner && typeof owner.pid === 'number' && owner.host === hostname() && isProcessAlive(owner.pid))
+    throw busy(partPath, owner.pid);
+  await rm(path, { force: true });
 }
 
 async function isDirectory(path: string): Promise<boolean> {

@@ -1,6 +1,7 @@
 // The lock on `<out>.part` that keeps two runs to the same output apart: taken at the same
 // moment by several processes, exactly one of them gets it, round after round; a lock left
-// by a killed run is taken over.
+// by a killed run is taken over; the lock holds across pid namespaces (two containers of a pod
+// sharing the output's volume), and a run restarted as pid 1 takes over the dead pid 1's.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
@@ -60,6 +61,51 @@ describe('part lock', () => {
     await assert.rejects(lockPart(part), { code: 'LOOM_ERR_OUTPUT_BUSY' });
     await unlock();
     assert.equal(existsSync(partLockPathFor(part)), false);
+    assert.deepEqual(readdirSync(dir), []);
+  });
+
+  // Run in a new pid namespace, as a container's process: it sees none of this machine's pids.
+  const inNamespace = (part: string, mode: 'once' | 'hold') =>
+    spawn(
+      'unshare',
+      [
+        '--pid',
+        '--fork',
+        '--mount-proc',
+        '--kill-child',
+        process.execPath,
+        '--import',
+        'tsx',
+        join(REPO_ROOT, 'test/fetch/part-lock-holder.ts'),
+        part,
+        mode,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], cwd: REPO_ROOT },
+    );
+
+  it('a run in another pid namespace finds a live lock busy (it cannot see the owner pid)', async () => {
+    const part = join(tempDir(), 'x.part');
+    const unlock = await lockPart(part);
+    const run = await collect(inNamespace(part, 'once'));
+    await unlock();
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout.trim(), 'busy');
+  });
+
+  it('a run restarted as pid 1 takes over the lock a killed pid 1 left', async () => {
+    const dir = tempDir();
+    const part = join(dir, 'x.part');
+    const holder = inNamespace(part, 'hold');
+    const holderDone = collect(holder);
+    const first = await new Promise<string>((resolve) =>
+      holder.stdout!.on('data', (chunk: Buffer) => resolve(chunk.toString().trim())),
+    );
+    assert.equal(first, 'got 1');
+    holder.kill('SIGKILL');
+    await holderDone;
+    const again = await collect(inNamespace(part, 'once'));
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(again.stdout.trim(), 'got 1');
     assert.deepEqual(readdirSync(dir), []);
   });
 });
