@@ -164,6 +164,9 @@ export async function fetchCached(
 
   // Set when the cache's disk fills up under this download (its lock still held: see below).
   let spill: Spill | undefined;
+  // Waited for another process, even when it then died or failed and this one took over (or
+  // went straight to --out).
+  let waited = false;
   const serve = async (copy: CachedCopy, waited: boolean) => hit(copy, await cache.place(copy, out), waited);
   // What another process downloaded while this one waited: the digest asked for, or an error.
   const serveWaited = (entry: CachedCopy) => {
@@ -209,8 +212,6 @@ export async function fetchCached(
     const resumedUnvalidated = (done: DownloadResult | BlobDownloadResult) =>
       done.stats.resumedBytes > 0 && !hasValidator(done.validator);
     let lock: Claim | 'done';
-    // Waited for another process, even when it then died or failed and this one took over.
-    let waited = false;
     for (;;) {
       lock = await cache.claim(key, {
         signal: resolved.signal,
@@ -344,11 +345,18 @@ export async function fetchCached(
     const sharedFull = fullDiskSharedWithOut(err, cache.root, out);
     if (sharedFull) throw sharedFull;
     if (spill)
-      return bypass(url, out, fetchOptions, { verifyDownload, started, reason: spill.reason, spill, status: warn });
+      return bypass(url, out, fetchOptions, {
+        verifyDownload,
+        started,
+        reason: spill.reason,
+        spill,
+        status: warn,
+        waited,
+      });
     if (isCacheSideFailure(err, cache.root)) {
       const reason = `cache unusable (${(err as Error).message})`;
       warn(`${reason}; downloading straight to ${out}`);
-      return bypass(url, out, fetchOptions, { verifyDownload, started, reason });
+      return bypass(url, out, fetchOptions, { verifyDownload, started, reason, waited });
     }
     throw err;
   } finally {
@@ -388,6 +396,8 @@ interface BypassContext {
   reason: string;
   spill?: Spill;
   status?: (message: string) => void;
+  /** This process waited for another one's download before it went straight to `out`. */
+  waited?: boolean;
 }
 
 /**
@@ -452,7 +462,7 @@ async function bypass(
     seconds: (performance.now() - started) / 1000,
     cache: 'bypass',
     materialization: undefined,
-    waited: false,
+    waited: context.waited ?? false,
     bypassed: { reason, movedBytes },
   };
 }

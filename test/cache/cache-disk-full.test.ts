@@ -4,7 +4,7 @@
 // And what such runs leave (a killed fetch's partial): `loom cache ls` shows it and a plain
 // `loom cache gc` removes it.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cacheLayout } from '../../src/cache/cache-root.js';
@@ -81,6 +81,31 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     assert.equal(later.cache, 'miss');
     assert.equal(await sha256OfFile(join(dir, 'lib-c.bin')), files.c.sha256);
     assert.ok(existsSync(join(cacheLayout(cacheDir).blobs, files.c.sha256)));
+  });
+
+  it('a process that waited for the download, then went straight to --out, says it waited', async () => {
+    const server = await origin();
+    const tmpfs = mountTmpfs(CACHE_DISK);
+    const cacheDir = join(tmpfs, 'cache');
+    let waiting!: () => void;
+    const waited = new Promise<void>((resolve) => (waiting = resolve));
+    const first = fetchCached(server.url('/a.bin'), join(dir, 'wait-1.bin'), { ...FLAGS, cacheDir });
+    const second = fetchCached(server.url('/a.bin'), join(dir, 'wait-2.bin'), {
+      ...FLAGS,
+      cacheDir,
+      onStatus: (message) => {
+        if (/waiting for another process/.test(message)) waiting();
+      },
+    });
+    await waited;
+    // The disk fills under the first download and stays full: the waiter cannot use it either.
+    const { bavail, bsize } = statfsSync(tmpfs);
+    writeFileSync(join(tmpfs, 'filler'), Buffer.alloc(Math.max(0, bavail * bsize - 64 * 1024)));
+    const [a, b] = await Promise.all([first, second]);
+    for (const out of ['wait-1.bin', 'wait-2.bin']) assert.equal(await sha256OfFile(join(dir, out)), files.a.sha256);
+    assert.equal(b.cache, 'bypass');
+    assert.equal(b.waited, true);
+    assert.equal(a.waited, false);
   });
 
   it('a download pinned with --sha256 resumes the moved bytes at --out too', async () => {
