@@ -57,8 +57,9 @@ export interface PlannedDownload {
    */
   discardOnFailure?: boolean;
   /**
-   * Bytes from peers are checked only as a whole (no manifest): a failed download (a peer sent
-   * bad bytes, or lied about the size) is downloaded again from the origin alone.
+   * Bytes from peers are checked as a whole (no manifest, or a pinned digest whose manifest
+   * may be forged): a failed download (a peer sent bad bytes, lied about the size, or the
+   * manifest listed other bytes) is downloaded again from the origin alone.
    */
   originOnFailure?: boolean;
   /**

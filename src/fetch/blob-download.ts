@@ -369,7 +369,9 @@ export class BlobDownload {
         url,
         expected,
         actual: sha256,
-        hint: 'the origin served other bytes than the digest describes; nothing was kept',
+        hint: this.sources.all.some((s) => s.slot.kind === 'peer' && s.bytes > 0)
+          ? 'some of the bytes came from peers, and the file does not hash to the digest; nothing was kept'
+          : 'the origin served other bytes than the digest describes; nothing was kept',
       });
     }
     if (this.params.fsync) {

@@ -191,8 +191,10 @@ export class PeerPlanner implements DownloadPlanner {
       sourceWaitMs: plan.role === 'leader' ? 0 : () => swarm.sourceWaitMs(FOLLOWER_SOURCE_WAIT_MS),
       replanOnFailure: plan.role === 'follower',
       discardOnFailure: plan.role === 'follower' || wholeOnly,
-      // Never with --no-origin: then a failure is the fetch's.
-      originOnFailure: wholeOnly && useOrigin,
+      // Never with --no-origin: then a failure is the fetch's. A pinned digest with a manifest
+      // is checked on the whole file too: a manifest forged for it fails the download, and
+      // the origin's bytes are then had alone.
+      originOnFailure: (wholeOnly || (plan.manifest !== undefined && args.pinned !== undefined)) && useOrigin,
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),

@@ -8,7 +8,7 @@
 //   a pinned follower whose lease holder died takes the lease over though the URL is mapped.
 // - The agent publishes manifests as its node (X-Loom-Node), so a restarted agent restores one.
 import assert from 'node:assert/strict';
-import { chmodSync, closeSync, openSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
@@ -22,7 +22,8 @@ import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
 import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { OriginServer } from '../support/origin-server.js';
-import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
+import { randomContent, sha256Of, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
+import { openCache } from '../../src/cache/cache-admin.js';
 import { closersRunAfterAll, putBlob, putPartial, startTestAgent, startTestControlPlane } from './peer-fixtures.js';
 import { ensureLayout } from '../../src/cache/blob-store.js';
 
@@ -175,6 +176,34 @@ describe('fleet trust with per-node credentials', () => {
     assert.equal(origin.bytesServed, SIZE);
     // The victim led the fetch from the origin under the source's lease: it maps the URL.
     assert.deepEqual(await mappedDigest(cp, url), { key: sourceKey(url), digest: good.sha256 });
+  });
+
+  it('a manifest forged for a pinned digest costs an origin copy, never the bytes: the whole file is checked', async () => {
+    const cp = await securedControlPlane();
+    const url = newUrl();
+    const bad = await node(cp, 'forger');
+    // The forger holds other bytes under the pinned digest's name and is first to publish a
+    // manifest for that digest listing its own pieces (first writer wins).
+    const blob = join(cacheLayout(bad.cacheDir).blobs, good.sha256);
+    await ensureLayout(cacheLayout(bad.cacheDir));
+    writeFileSync(blob, evil.bytes);
+    const pieceSize = 16 * 1024 * 1024;
+    const pieces = [evil.bytes.subarray(0, pieceSize), evil.bytes.subarray(pieceSize)].map(sha256Of);
+    const forged = { size: SIZE, pieceSize, pieces, verifiedAgainst: 'sha256-pinned' };
+    assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('forger'), forged)).status, 201);
+    const cache = await openCache(bad.cacheDir);
+    try {
+      cache.index.recordFetch(`https://models.example/${good.sha256}`, good.sha256, SIZE, {});
+    } finally {
+      cache.close();
+    }
+    await completeHolder(cp, good.sha256, 'forger');
+
+    const victim = await node(cp, 'pinned-victim');
+    origin.resetStats();
+    const { out } = await fetchOn(victim, cp, url, { sha256: good.sha256 });
+    assert.equal(await sha256OfFile(out), good.sha256, 'the pinned bytes, from the origin');
+    assert.equal(origin.bytesServed, SIZE);
   });
 
   it('an honest leader maps the source, pinned or not, and the next node takes it from peers alone', async () => {
