@@ -182,7 +182,7 @@ export class PeerPlanner implements DownloadPlanner {
     // of a holder, spares the first request to the origin (a wrong one fails the download,
     // which then goes to the origin alone).
     const wholeOnly = plan.role === 'swarm' && !plan.manifest;
-    const size = plan.size ?? (wholeOnly ? await sizeFromHolders(peers, options.agentToken) : undefined);
+    const size = plan.size ?? (wholeOnly ? await sizeFromHolders(peers) : undefined);
     options.onStatus?.(describe(plan.role, peers.length, wholeOnly));
     return {
       id: plan.id,
@@ -268,31 +268,22 @@ export class PeerPlanner implements DownloadPlanner {
   }
 }
 
-/** The size of the blob as its first holder that answers a HEAD says (undefined: none did). */
 /**
- * The blob's size as its holders' agents answer a HEAD, asked of all at once under one
- * timeout (the first answer wins); undefined when none answers: the engine then learns it
- * from its first request. node:http, not fetch: a fetch loads undici into every `loom fetch`.
+ * The blob's size as its holders' agents give it (the Content-Range total of a one-byte
+ * range, through each holder's own PeerSource), asked of all at once under one timeout: the
+ * first answer wins; undefined when none answers, and the engine learns it from its first
+ * request.
  */
-async function sizeFromHolders(peers: SourceSlot[], token: string | undefined): Promise<number | undefined> {
+async function sizeFromHolders(peers: SourceSlot[]): Promise<number | undefined> {
   const signal = AbortSignal.timeout(DEFAULTS.controlPlane.requestTimeoutMs);
-  const { request: httpRequest } = await import('node:http');
-  const { request: httpsRequest } = await import('node:https');
-  const ask = (url: string): Promise<number> =>
-    new Promise((resolve, reject) => {
-      const request = url.startsWith('https:') ? httpsRequest : httpRequest;
-      const req = request(url, { method: 'HEAD', headers: token ? { authorization: `Bearer ${token}` } : {}, signal });
-      req.on('response', (res) => {
-        res.resume();
-        const length = Number(res.headers['content-length'] ?? NaN);
-        if (res.statusCode === 200 && Number.isSafeInteger(length) && length >= 0) resolve(length);
-        else reject(new Error(`HTTP ${res.statusCode}`));
-      });
-      req.on('error', reject);
-      req.end();
-    });
+  const ask = async (peer: SourceSlot): Promise<number> => {
+    const probe = await peer.source.probe([0, 1], signal);
+    probe.body.stream.destroy();
+    if (probe.size === undefined) throw new Error('no size');
+    return probe.size;
+  };
   try {
-    return await Promise.any(peers.map((peer) => ask(peer.source.url)));
+    return await Promise.any(peers.map(ask));
   } catch {
     return undefined;
   }

@@ -3,6 +3,7 @@
 // requests that keep a path exactly as given, and a fleet's parts for peer tests (control
 // plane, agents, a stand-in lease holder).
 import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -19,7 +20,7 @@ import { Agent } from '../../src/peer/agent.js';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { OriginServer } from '../support/origin-server.js';
-import { sha256Of, tempDir, waitFor } from '../helpers/fixtures.js';
+import { collect, sha256Of, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
 
 export async function makeCache(): Promise<string> {
   const root = join(tempDir('loom-agent-'), 'cache');
@@ -229,6 +230,40 @@ export async function startTestControlPlane(closers: Closers): Promise<{ url: st
   };
   closers.push(close);
   return { url, close };
+}
+
+/**
+ * A node's agent as its own `loom agent` process (to be killed with -9 like a node), registered
+ * with the control plane before it returns; `ended` is its exit.
+ */
+export async function startCliAgent(
+  closers: Closers,
+  cp: string,
+  id: string,
+  cacheDir: string,
+): Promise<{ agent: ChildProcess; ended: ReturnType<typeof collect> }> {
+  const agent = startLoom([
+    'agent',
+    '--control-plane',
+    cp,
+    '--listen',
+    '127.0.0.1:0',
+    '--node-id',
+    id,
+    '--cache-dir',
+    cacheDir,
+  ]);
+  const ended = collect(agent);
+  closers.push(() => agent.kill('SIGKILL'));
+  await waitFor(
+    `the ${id} agent registered`,
+    async () => {
+      const res = await fetch(`${cp}/v1/nodes`);
+      return ((await res.json()) as { nodes: Array<{ id: string }> }).nodes.some((n) => n.id === id);
+    },
+    20_000,
+  );
+  return { agent, ended };
 }
 
 /** A node's agent over `cacheDir`, registered with the control plane before it returns. */

@@ -17,8 +17,9 @@ import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';
 import { LoomError } from '../../src/core/errors.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
-import { collect, randomContent, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
+import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 import {
+  startCliAgent,
   startFollowerScene,
   startTestAgent,
   startTestControlPlane,
@@ -76,27 +77,7 @@ async function holderWithPieceZero(name: string): Promise<Scene> {
   const url = origin.url('/models/m.bin');
   const cp = (await startTestControlPlane(closers)).url;
   const cacheDir = join(dir, `${name}-leader`);
-  const agent = startLoom([
-    'agent',
-    '--control-plane',
-    cp,
-    '--listen',
-    '127.0.0.1:0',
-    '--node-id',
-    'leader',
-    '--cache-dir',
-    cacheDir,
-  ]);
-  const agentEnded = collect(agent);
-  closers.push(() => agent.kill('SIGKILL'));
-  await waitFor(
-    'the leader agent registered',
-    async () => {
-      const res = await fetch(`${cp}/v1/nodes`);
-      return ((await res.json()) as { nodes: Array<{ id: string }> }).nodes.some((n) => n.id === 'leader');
-    },
-    20_000,
-  );
+  const { agent, ended: agentEnded } = await startCliAgent(closers, cp, 'leader', cacheDir);
   const out = join(dir, `${name}-leader.bin`);
   const leader = fetchCached(url, out, {
     cacheDir,

@@ -14,7 +14,7 @@ import { sourceKey } from '../../src/cache/source-key.js';
 import { Agent } from '../../src/peer/agent.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { collect, randomContent, sha256OfFile, startLoom, tempDir, waitFor } from '../helpers/fixtures.js';
-import { startTestAgent, startTestControlPlane, waitForFirstPiece } from './peer-fixtures.js';
+import { startCliAgent, startTestAgent, startTestControlPlane, waitForFirstPiece } from './peer-fixtures.js';
 
 const SIZE = 40 * 1024 * 1024 + 777; // three pieces
 const content = randomContent(SIZE);
@@ -48,27 +48,8 @@ async function leaderKilled(wholeNode: boolean): Promise<void> {
   const killed: Array<ReturnType<typeof startLoom>> = [];
   if (wholeNode) {
     // The leader's agent is its own process too, killed with the fetch (the node died).
-    const agent = startLoom([
-      'agent',
-      '--control-plane',
-      cp,
-      '--listen',
-      '127.0.0.1:0',
-      '--node-id',
-      'leader',
-      '--cache-dir',
-      leaderCache,
-    ]);
-    closers.push(() => agent.kill('SIGKILL'));
+    const { agent } = await startCliAgent(closers, cp, 'leader', leaderCache);
     killed.push(agent);
-    await waitFor(
-      'the leader agent registered',
-      async () => {
-        const res = await fetch(`${cp}/v1/nodes`);
-        return ((await res.json()) as { nodes: Array<{ id: string }> }).nodes.some((n) => n.id === 'leader');
-      },
-      20_000,
-    );
   } else {
     await agentFor(cp, 'leader', leaderCache);
   }
