@@ -14,12 +14,12 @@ import type { BlobDownloadResult, DownloadResult, DownloadTrail } from '../fetch
 import type { DownloadPlanner } from './download-planner.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
-import { journalIdentity } from '../fetch/journal.js';
+import { hasValidator, journalIdentity } from '../fetch/journal.js';
 import { resolveFetchOptions, sourceOptionsOf, type FetchOptions } from '../fetch/options.js';
 import { sourceFor } from '../sources/index.js';
 import type { Validator } from '../sources/source.js';
 import type { Materialization } from './blob-store.js';
-import { blobPath, partPath, resolveCacheRoot } from './cache-root.js';
+import { blobPath, resolveCacheRoot } from './cache-root.js';
 import { isFresh, isOriginRefusal, type FreshnessCheck } from './freshness.js';
 import { NodeCache, type CachedCopy, type Claim, type OpenNodeCache } from './node-cache.js';
 import { cacheKey } from './source-key.js';
@@ -204,10 +204,7 @@ export async function fetchCached(
     }
 
     // A miss: load the download engine and the lock (a hit never pays for them).
-    const [{ discardPart, downloadToPart }, { hasValidator }] = await Promise.all([
-      import('../fetch/download.js'),
-      import('../fetch/journal.js'),
-    ]);
+    const { discardPart, downloadToPart } = await import('../fetch/download.js');
     // A download that resumed a partial with no validator to tell it is of the same version.
     const resumedUnvalidated = (done: DownloadResult | BlobDownloadResult) =>
       done.stats.resumedBytes > 0 && !hasValidator(done.validator);
@@ -237,7 +234,6 @@ export async function fetchCached(
     // download stores its blob itself), and what that download did if it fails.
     let part: string | undefined;
     const trail: DownloadTrail = { stats: emptyStats() };
-    let planId: string | undefined;
     // The caller's pin is checked here, not by the engine (which removes bytes that miss it):
     // the download is kept as what the URL serves, for the processes waiting for it.
     const checkPinHere = expected !== undefined && !sha256FromSource;
@@ -256,7 +252,6 @@ export async function fetchCached(
         });
       };
       const plan = planner ? await planner.plan({ url, origin: source, pinned: expected, signal }) : undefined;
-      planId = plan?.id;
       if (plan) {
         const { downloadWithPlan } = await import('./planned-download.js');
         try {
@@ -328,11 +323,6 @@ export async function fetchCached(
             identity: journalIdentity(expected, source.url),
             release: () => lock.release(),
           };
-        } else if (planId !== undefined) {
-          // A planned download's bytes are not moved (see README, Known limits); kept, they
-          // would hold the cache's disk full for every later fetch.
-          const { discardPart } = await import('../fetch/download.js');
-          await discardPart(partPath(cache.layout, planId));
         }
       }
       throw err;
@@ -450,6 +440,7 @@ async function bypass(
         retries: first.retries + direct.stats.retries,
         restarts: first.restarts + direct.stats.restarts,
         splits: first.splits + direct.stats.splits,
+        hashedBytes: first.hashedBytes + direct.stats.hashedBytes,
       }
     : direct.stats;
   const bySource = (direct as FetchResult & { bytesBySource?: Record<string, number> }).bytesBySource;

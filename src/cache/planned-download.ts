@@ -79,9 +79,13 @@ export async function downloadWithPlan(
       await plan.finished(result);
     } catch (err) {
       // Bytes that could not be trusted (or checked: complete, but refused by the planner)
-      // are not kept for a resume either.
+      // are not kept for a resume either; nor, on a full disk, bytes that are not moved to
+      // --out (README, Known limits) and would hold the cache's disk full for every later
+      // fetch. Removed here, under the lock: after it another process may own the part.
+      const code = (err as { code?: string }).code;
       if (
-        (err as { code?: string }).code === 'LOOM_ERR_DIGEST_MISMATCH' ||
+        code === 'LOOM_ERR_DIGEST_MISMATCH' ||
+        code === 'LOOM_ERR_DISK_FULL' ||
         result !== undefined ||
         plan.discardOnFailure
       ) {

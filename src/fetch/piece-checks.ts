@@ -233,10 +233,7 @@ export class PieceChecks {
       ? await this.options.hooks.digestFromPieces?.([...this.produced], { size, pieceSize })
       : undefined;
     if (vouched !== undefined) return { sha256: vouched, hashedBytes: 0 };
-    const hasher =
-      size >= HASH_THREAD_MIN_SIZE
-        ? new ThreadedPrefixHasher(part.path, undefined, DEFAULTS.hashReadSize)
-        : new PrefixHasher(part, undefined);
+    const hasher = this.prefixHasher(part, size, undefined, this.file.ranges, 0);
     try {
       const sha256 = (await hasher.digest(size))!;
       return { sha256, hashedBytes: hasher.hashedBytes };

@@ -75,7 +75,7 @@ export function probeTask(probe: ProbeResult, pieceSize: number): RangeTask {
 }
 
 /** Probes the sources in order of preference (origins first among equals) until one answers. */
-export async function probeSources(host: ProbeHost, range: readonly [number, number]): Promise<Probed> {
+async function probeSources(host: ProbeHost, range: readonly [number, number]): Promise<Probed> {
   const order = [...host.sources.live()].sort(
     (a, b) =>
       Number(b.slot.kind === 'origin') - Number(a.slot.kind === 'origin') || a.slot.preference - b.slot.preference,
