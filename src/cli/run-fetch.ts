@@ -207,7 +207,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
         legacyTtlMs: flags.legacyTtl,
       });
       say(flags, `loom: registry bound to ${registry.address}; it serves once the download is done`);
-      if (registry.warning) say(flags, `loom: warning: ${registry.warning}`);
+      if (registry.warning) warning(flags, registry.warning);
     }
     const mode = resolveProgressMode(flags);
     const view = createProgressView(toStdout ? streamLabel(url) : basename(out), mode);

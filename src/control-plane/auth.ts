@@ -7,6 +7,7 @@
 // Without either, the control plane is open: every caller may do everything.
 import { createHash, createHmac, timingSafeEqual } from 'node:crypto';
 import { ForbiddenError, UnauthorizedError } from '../core/errors.js';
+import { NODE_ID } from '../core/validate.js';
 
 /** The header a node names itself in when it presents its own token. */
 export const NODE_HEADER = 'x-loom-node';
@@ -28,8 +29,6 @@ export interface AuthOptions {
   token?: string;
   clusterSecret?: string;
 }
-
-const NODE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 /** Node tokens' digests kept at most (a fleet's worth); the cache starts again past it. */
 const MAX_CACHED_NODES = 100_000;

@@ -60,3 +60,9 @@ export function checkHeaderText(value: string, what: string, { allowTab = false 
 export function envFlag(value: string | undefined): boolean {
   return ['1', 'true', 'yes', 'on'].includes((value ?? '').trim().toLowerCase());
 }
+
+/**
+ * A node id: what the control plane accepts in a token's name and what an agent or a fetch
+ * may register as, one rule for both sides.
+ */
+export const NODE_ID = /^[A-Za-z0-9._:-]{1,128}$/;

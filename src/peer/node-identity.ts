@@ -3,8 +3,8 @@
 // error at once, not a fetch that silently skips its peers.
 import { DEFAULTS } from '../core/defaults.js';
 import { UsageError } from '../core/errors.js';
+import { NODE_ID } from '../core/validate.js';
 
-const NODE_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const ZONE = /^[A-Za-z0-9._-]{1,64}$/;
 
 export function checkNodeId(nodeId: string): string {

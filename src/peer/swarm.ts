@@ -636,12 +636,8 @@ export class Swarm {
       // "finished", and a dropped slot is never asked again. A peer that holds a piece still
       // serves it (originHas): a finished holder keeps the origin's egress at nothing here.
       await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
-      this.originAllowed = true;
       this.holderLost = false;
-      if (this.originSlot && !this.originAdded) {
-        this.originAdded = true;
-        this.addSlot?.(this.originSlot);
-      }
+      this.allowOrigin();
       return;
     }
     if (lease?.granted) {
@@ -659,14 +655,10 @@ export class Swarm {
         return;
       }
       this.holdLease(lease);
-      this.originAllowed = true;
       // The digests the old holder published: pieces peers hold can still be checked against them.
       if (this.layout) void this.askPieces(this.layout).catch(() => undefined);
       this.status('the node fetching this blob from the origin is gone; this node takes over');
-      if (this.originSlot && !this.originAdded) {
-        this.originAdded = true;
-        this.addSlot?.(this.originSlot);
-      }
+      this.allowOrigin();
     }
   }
 
@@ -678,6 +670,15 @@ export class Swarm {
    * on this node for as long as it holds the lease, so a download stuck on its origin lets
    * the lease lapse and another node leads.
    */
+  /** The origin may serve what no live peer holds: its slot joins the download (once). */
+  private allowOrigin(): void {
+    this.originAllowed = true;
+    if (this.originSlot && !this.originAdded) {
+      this.originAdded = true;
+      this.addSlot?.(this.originSlot);
+    }
+  }
+
   private holdLease(grant: { token: string; ttlMs: number }): void {
     this.lease = { token: grant.token };
     this.lastProgressAt = Date.now();
@@ -839,14 +840,10 @@ export class Swarm {
       );
       return;
     }
-    this.originAllowed = true;
     this.status(
       `the node fetching this blob from the origin (${who}) cannot serve it here: what no live peer holds comes from the origin`,
     );
-    if (this.originSlot && !this.originAdded) {
-      this.originAdded = true;
-      this.addSlot?.(this.originSlot);
-    }
+    this.allowOrigin();
   }
 
   /** Whether node `node` can serve nothing here: excluded, or every slot of it dropped. */
