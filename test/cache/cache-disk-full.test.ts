@@ -90,6 +90,9 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     let waiting!: () => void;
     const waited = new Promise<void>((resolve) => (waiting = resolve));
     const first = fetchCached(server.url('/a.bin'), join(dir, 'wait-1.bin'), { ...FLAGS, cacheDir });
+    // The second starts once the first owns the download: started together, either may win the
+    // lock, and a second that owned it would never say it waited.
+    await waitFor('the first download under way', () => server.bytesServed > 0, 30_000);
     const second = fetchCached(server.url('/a.bin'), join(dir, 'wait-2.bin'), {
       ...FLAGS,
       cacheDir,
@@ -97,7 +100,10 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
         if (/waiting for another process/.test(message)) waiting();
       },
     });
-    await waited;
+    await Promise.race([
+      waited,
+      second.then(() => assert.fail('the second fetch ended without waiting for the first')),
+    ]);
     // The disk fills under the first download and stays full: the waiter cannot use it either.
     const { bavail, bsize } = statfsSync(tmpfs);
     writeFileSync(join(tmpfs, 'filler'), Buffer.alloc(Math.max(0, bavail * bsize - 64 * 1024)));
