@@ -99,6 +99,33 @@ function isSqliteError(err: unknown): err is Error & { code: string } {
   return err instanceof Error && typeof (err as { code?: unknown }).code === 'string' && err.name === 'SqliteError';
 }
 
+const OPEN_TIMEOUT_MS = 10_000;
+
+/**
+ * Opens the index, waiting out another process that is opening it too. SQLite's busy
+ * timeout covers reads and writes but not the switch to WAL: two processes opening a new
+ * cache at once (a fleet's first fetches) can get SQLITE_BUSY at once from that pragma
+ * (seen here about once in 30 such starts), so the open is retried until the same timeout.
+ */
+function openIndex(path: string): Database.Database {
+  const deadline = Date.now() + OPEN_TIMEOUT_MS;
+  for (let attempt = 0; ; attempt++) {
+    const db = new Database(path, { timeout: OPEN_TIMEOUT_MS });
+    try {
+      db.pragma('journal_mode = WAL');
+      db.pragma('synchronous = NORMAL');
+      db.pragma('foreign_keys = ON');
+      db.exec(SCHEMA);
+      return db;
+    } catch (err) {
+      db.close();
+      if (!(isSqliteError(err) && err.code.startsWith('SQLITE_BUSY')) || Date.now() >= deadline) throw err;
+      // A constructor cannot await: a short blocking sleep, as SQLite's own busy handler does.
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, Math.min(5 * 2 ** attempt, 100));
+    }
+  }
+}
+
 export class CacheIndex {
   private readonly db: Database.Database;
 
@@ -108,11 +135,7 @@ export class CacheIndex {
   ) {
     const path = layout.index;
     try {
-      this.db = new Database(path, { timeout: 10_000 });
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('synchronous = NORMAL');
-      this.db.pragma('foreign_keys = ON');
-      this.db.exec(SCHEMA);
+      this.db = openIndex(path);
       this.addMissingColumns();
     } catch (err) {
       throw new CacheError(`cannot open the cache index ${path}: ${(err as Error).message}`, {
