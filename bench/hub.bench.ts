@@ -3,11 +3,12 @@
 // connection. `loom pull` against the Hub's own JS client on its plain path (files one after
 // another, one stream each), both into an HF cache; then a second `loom pull` of the same
 // revision. Every run's snapshot is checked byte for byte against the repo. Rounds
-// (LOOM_BENCH_ROUNDS, default 3) are interleaved; the table gives medians.
-import { randomBytes } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync } from 'node:fs';
+// (LOOM_BENCH_ROUNDS, default 3) are interleaved; the table gives medians. And `hub-offline`:
+// the CPU of an offline pull of a 2,000-file snapshot.
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { TestHub, commitHash, sha256Hex, type TestHubFile } from '../test/support/test-hub.js';
 import { DATA_DIR, LOOM_BIN, MiB, ROOT, mbps, median, printTable, ratio, runChecked } from './lib.js';
 
@@ -174,6 +175,52 @@ async function hubScenario(): Promise<Record<string, unknown>> {
   }
 }
 
+/**
+ * An offline pull (HF_HUB_OFFLINE) of a snapshot of 2,000 small files already in the HF
+ * cache, in this process: the CPU time of each pull (user + system, median of 15), which the
+ * machine's load changes far less than the wall time. Every pointer is resolved and checked
+ * to lead into the repo's folder (hf-layout.ts resolvePointer).
+ */
+async function hubOfflineScenario(): Promise<Record<string, unknown>> {
+  const { pullRepo } = await import('../src/hub/pull.js');
+  const { HfRepoCache } = await import('../src/cache/hf-layout.js');
+  const hubCache = join(DATA_DIR, 'hub-offline-bench');
+  rmSync(hubCache, { recursive: true, force: true });
+  const FILES = 2000;
+  const commit = 'a'.repeat(40);
+  const repo = new HfRepoCache(hubCache, 'model', 'bench/many-files');
+  mkdirSync(join(repo.dir, 'blobs'), { recursive: true });
+  mkdirSync(join(repo.dir, 'refs'), { recursive: true });
+  writeFileSync(join(repo.dir, 'refs', 'main'), commit);
+  for (let i = 0; i < FILES; i++) {
+    const etag = createHash('sha1').update(String(i)).digest('hex');
+    writeFileSync(join(repo.dir, 'blobs', etag), `file ${i}\n`);
+    const pointer = repo.pointerPath(commit, `part-${i % 20}/file-${i}.json`);
+    mkdirSync(dirname(pointer), { recursive: true });
+    symlinkSync(join('..', '..', '..', 'blobs', etag), pointer);
+  }
+  const cpuMs: number[] = [];
+  const wallMs: number[] = [];
+  for (let round = 0; round < 15; round++) {
+    const cpu = process.cpuUsage();
+    const wall = performance.now();
+    const pulled = await pullRepo({ repo: 'bench/many-files', hubCache, offline: true, env: {} });
+    wallMs.push(performance.now() - wall);
+    const used = process.cpuUsage(cpu);
+    cpuMs.push((used.user + used.system) / 1000);
+    if (pulled.files.length !== FILES) throw new Error(`offline pull found ${pulled.files.length} of ${FILES} files`);
+  }
+  rmSync(hubCache, { recursive: true, force: true });
+  const row = {
+    files: FILES,
+    'CPU ms (median)': Math.round(median(cpuMs)),
+    'wall ms (median)': Math.round(median(wallMs)),
+  };
+  printTable('offline pull of 2,000 files (HF_HUB_OFFLINE)', [row]);
+  return { ...row, cpuMs, wallMs, load: loadavg() };
+}
+
 export const hubScenarios = {
   hub: () => hubScenario(),
+  'hub-offline': () => hubOfflineScenario(),
 };

@@ -193,6 +193,14 @@ function listDir(dir: string): string[] {
  */
 const UNLOCKED_PARTIAL_GRACE_MS = 60 * 60 * 1000;
 
+/**
+ * A temp file named by its writer's pid (`*.json.<pid>.tmp`) is left alone this long after
+ * its last write even when that pid is not running here: a process in another pid namespace
+ * (another container sharing the cache) has a pid this one cannot see, and its rename follows
+ * the write within milliseconds. A file this old is abandoned whatever namespace wrote it.
+ */
+export const PID_TEMP_GRACE_MS = 10 * 60 * 1000;
+
 export interface VerifyReport {
   checked: number;
   /** Blobs whose bytes no longer match their name, or that are missing; removed. */
@@ -276,7 +284,7 @@ export async function gcCache(cache: CacheHandle, maxBytes = Infinity, dryRun = 
       if (lock === 'held') continue;
       if (lock === 'no-lock' && Date.now() - leftover.mtimeMs < UNLOCKED_PARTIAL_GRACE_MS) continue;
       if (typeof lock === 'function') release = lock;
-    } else if (isProcessAlive(leftover.owner.pid)) {
+    } else if (isProcessAlive(leftover.owner.pid) || Date.now() - leftover.mtimeMs < PID_TEMP_GRACE_MS) {
       continue;
     }
     try {

@@ -12,6 +12,7 @@ import { dirname, resolve } from 'node:path';
 import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
 import type { BlobDownloadResult, DownloadResult, DownloadTrail } from '../fetch/download.js';
 import type { DownloadPlanner } from './download-planner.js';
+import type { PlanSpill } from './planned-download.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { hasValidator, journalIdentity } from '../fetch/journal.js';
@@ -234,6 +235,8 @@ export async function fetchCached(
     // download stores its blob itself), and what that download did if it fails.
     let part: string | undefined;
     const trail: DownloadTrail = { stats: emptyStats() };
+    // A planned download's verified pieces, kept (under its id's lock) when the disk filled.
+    let planSpill: PlanSpill | undefined;
     // The caller's pin is checked here, not by the engine (which removes bytes that miss it):
     // the download is kept as what the URL serves, for the processes waiting for it.
     const checkPinHere = expected !== undefined && !sha256FromSource;
@@ -254,10 +257,25 @@ export async function fetchCached(
       const plan = planner ? await planner.plan({ url, origin: source, pinned: expected, signal }) : undefined;
       if (plan) {
         const { downloadWithPlan } = await import('./planned-download.js');
+        // The cache's disk full under it: its verified pieces may go on to --out (see the
+        // catch below) as a download from the origin does, if --out's download can resume
+        // them: it names the blob by digest, or knows the origin's validator to compare.
+        const onDiskFull = (taken: PlanSpill): boolean => {
+          if (!expected && !hasValidator(taken.partial.validator)) return false;
+          planSpill = taken;
+          return true;
+        };
         try {
-          download = await downloadWithPlan(cache.layout, plan, { ...resolved, computeSha256: true, signal });
+          download = await downloadWithPlan(
+            cache.layout,
+            plan,
+            { ...resolved, computeSha256: true, signal },
+            onDiskFull,
+          );
         } catch (err) {
           const mismatch = (err as LoomError).code === 'LOOM_ERR_DIGEST_MISMATCH';
+          // Nothing more goes into a full cache: not the origin's bytes, not another plan's.
+          if (planSpill || (err as LoomError).code === 'LOOM_ERR_DISK_FULL') throw err;
           if (plan.originOnFailure && !signal.aborted) {
             // Peers' bytes checked only as a whole failed: the origin's are had alone.
             status(`${(err as Error).message}; fetching it from the origin alone`);
@@ -313,21 +331,33 @@ export async function fetchCached(
     } catch (err) {
       lock.recordFailure(failureReason(err));
       if (fullCacheDiskOnly(err, cache.root, out)) {
+        const reason = `cache unusable (${failureReason(err)})`;
+        const identity = journalIdentity(expected, source.url);
         if (part !== undefined) {
           // The download goes on at `out`, with the bytes it has: moved while the lock is
           // held, so that no waiter takes over the partial meanwhile (bypass releases it).
+          spill = { reason, part, trail, identity, release: () => lock.release() };
+        } else if (planSpill) {
+          // Its verified pieces only; the id's lock too is held until they are moved.
+          const taken = planSpill;
           spill = {
-            reason: `cache unusable (${failureReason(err)})`,
-            part,
-            trail,
-            identity: journalIdentity(expected, source.url),
-            release: () => lock.release(),
+            reason,
+            part: taken.part,
+            trail: { ...taken.trail, partial: taken.partial },
+            identity,
+            release: async () => {
+              await taken.release();
+              await lock.release();
+            },
           };
         }
       }
       throw err;
     } finally {
-      if (!spill) await lock.release();
+      if (!spill) {
+        await planSpill?.release();
+        await lock.release();
+      }
     }
     const materialization = await cache.place(admitted, out);
     return result({ ...download, cache: 'miss', materialization, waited });
@@ -444,11 +474,11 @@ async function bypass(
       }
     : direct.stats;
   const bySource = (direct as FetchResult & { bytesBySource?: Record<string, number> }).bytesBySource;
+  // A planned download's first attempt names its sources (peers and the origin).
+  const firstBySource = spill?.trail.bytesBySource ?? (first && { origin: first.transferredBytes });
   return {
     ...direct,
-    ...(bySource && first
-      ? { bytesBySource: { ...bySource, origin: (bySource.origin ?? 0) + first.transferredBytes } }
-      : {}),
+    ...(bySource && firstBySource ? { bytesBySource: addBySource(bySource, firstBySource) } : {}),
     stats,
     seconds: (performance.now() - started) / 1000,
     cache: 'bypass',
@@ -456,6 +486,12 @@ async function bypass(
     waited: context.waited ?? false,
     bypassed: { reason, movedBytes },
   };
+}
+
+function addBySource(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
+  const sum = { ...a };
+  for (const [id, bytes] of Object.entries(b)) sum[id] = (sum[id] ?? 0) + bytes;
+  return sum;
 }
 
 async function fetchStraight(

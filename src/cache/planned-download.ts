@@ -3,20 +3,43 @@
 // so this node's agent serves it to other nodes at once, and the finished blob is checked
 // by the planner before it is adopted under its digest, with its manifest kept beside it.
 // The lock of the id (single-flight.ts holdPartialLock) is held throughout, so gc can tell
-// a running download's files from a killed one's.
+// a running download's files from a killed one's. When the cache's disk fills up, the
+// verified pieces can be handed to the caller (PlanSpill) to go on at --out, the lock held.
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { pieceSizeFor } from '../core/manifest.js';
-import type { BlobDownloadResult, DownloadOptions } from '../fetch/download.js';
+import { pieceRange, pieceSizeFor } from '../core/manifest.js';
+import type { BlobDownloadResult, DownloadOptions, DownloadTrail } from '../fetch/download.js';
+import type { JournalSnapshot } from '../fetch/journal.js';
+import { RangeSet } from '../fetch/range-set.js';
+import { emptyStats } from '../fetch/stats.js';
 import { adoptBlob } from './blob-store.js';
 import { partPath, type CacheLayout } from './cache-root.js';
 import type { PlannedDownload, VerifiedAgainst } from './download-planner.js';
 import { PartialBlobRecord } from './partial-blob.js';
 
+/**
+ * A planned download the cache's full disk stopped, its verified pieces still in its part
+ * (tmp/<id>.part) under the id's lock: the caller moves them to --out, then calls release.
+ */
+export interface PlanSpill {
+  part: string;
+  /** The verified pieces' bytes (only those: no byte a check did not pass), as a journal says them. */
+  partial: JournalSnapshot;
+  /** The download's counters and the bytes each source sent. */
+  trail: DownloadTrail;
+  /** Removes what is left of the part and its journal, then lets the id's lock go. */
+  release(): Promise<void>;
+}
+
+/**
+ * `onDiskFull`: offered the verified pieces when the cache's disk fills up; true when the
+ * caller takes them (and calls release), false to have them discarded as any other failure's.
+ */
 export async function downloadWithPlan(
   layout: CacheLayout,
   plan: PlannedDownload,
   options: DownloadOptions,
+  onDiskFull?: (spill: PlanSpill) => boolean,
 ): Promise<BlobDownloadResult> {
   const [{ startBlobDownload, discardPart }, { holdPartialLock }] = await Promise.all([
     import('../fetch/download.js'),
@@ -27,9 +50,13 @@ export async function downloadWithPlan(
   let size = plan.expected.size;
   let record: PartialBlobRecord | undefined;
   const pending: Array<[number, string]> = [];
+  // Every piece verified (what the record says, and what a spill may keep).
+  const verified = new Set<number>();
+  const trail: DownloadTrail = { stats: emptyStats() };
   // A piece is announced (the planner tells the control plane) only once the record the
   // agent serves from says so: a peer told of a piece must find it here.
   const markVerified = (index: number, digest: string): void => {
+    verified.add(index);
     // The part is preallocated to the blob's size before any piece lands.
     size ??= sizeOnDisk(part);
     if (record === undefined && size !== undefined) {
@@ -51,6 +78,8 @@ export async function downloadWithPlan(
     plan.pieceVerified(index, digest, { size: size!, pieceSize: manifest?.pieceSize ?? pieceSizeFor(size!) });
   };
   let unlock: (() => void) | undefined;
+  // Set when the caller took the verified pieces: the lock is theirs to let go.
+  let spilled = false;
   try {
     // Released after the record is removed: while it is held, gc leaves the part and the record.
     unlock = await holdPartialLock(layout, plan.id, options.signal);
@@ -58,6 +87,7 @@ export async function downloadWithPlan(
       ...options,
       sources: plan.sources,
       partPath: part,
+      trail,
       expected: plan.expected,
       produceManifest: true,
       sourceWaitMs: plan.sourceWaitMs,
@@ -83,11 +113,29 @@ export async function downloadWithPlan(
       // --out (README, Known limits) and would hold the cache's disk full for every later
       // fetch. Removed here, under the lock: after it another process may own the part.
       const code = (err as { code?: string }).code;
+      if (code === 'LOOM_ERR_DISK_FULL' && result === undefined && onDiskFull) {
+        const partial = verifiedPart(trail.partial, verified);
+        if (partial) {
+          // The record goes first: it must not announce pieces of a part about to move.
+          record?.remove();
+          const release = unlock;
+          spilled = onDiskFull({
+            part,
+            partial,
+            trail,
+            release: async () => {
+              await discardPart(part);
+              release?.();
+            },
+          });
+        }
+      }
       if (
-        code === 'LOOM_ERR_DIGEST_MISMATCH' ||
-        code === 'LOOM_ERR_DISK_FULL' ||
-        result !== undefined ||
-        plan.discardOnFailure
+        !spilled &&
+        (code === 'LOOM_ERR_DIGEST_MISMATCH' ||
+          code === 'LOOM_ERR_DISK_FULL' ||
+          result !== undefined ||
+          plan.discardOnFailure)
       ) {
         await discardPart(part);
       }
@@ -98,9 +146,28 @@ export async function downloadWithPlan(
     return result;
   } finally {
     record?.remove();
-    unlock?.();
+    if (!spilled) unlock?.();
     await plan.close();
   }
+}
+
+/**
+ * What a failed download's part holds of verified pieces: the snapshot with only their
+ * ranges (a piece whose bytes are not all written is not one). Undefined when there is none.
+ */
+function verifiedPart(
+  partial: JournalSnapshot | undefined,
+  verified: ReadonlySet<number>,
+): JournalSnapshot | undefined {
+  if (!partial || verified.size === 0) return undefined;
+  const written = new RangeSet(partial.ranges);
+  const kept = new RangeSet();
+  for (const index of verified) {
+    const [start, end] = pieceRange({ size: partial.size, pieceSize: partial.pieceSize }, index);
+    if (start < end && written.covers(start, end)) kept.add(start, end);
+  }
+  if (kept.size === 0) return undefined;
+  return { ...partial, ranges: kept.toJSON(), verified: partial.verified.filter((i) => verified.has(i)) };
 }
 
 function sizeOnDisk(path: string): number | undefined {

@@ -49,7 +49,8 @@ export async function createCacheRoot(root: string): Promise<string[]> {
   }
 }
 
-async function removeFolders(created: string[]): Promise<void> {
+/** Removes the folders `created` made, innermost first, each only if it is empty. */
+export async function removeFolders(created: string[]): Promise<void> {
   for (const dir of [...created].reverse()) await rmdir(dir).catch(() => undefined);
 }
 

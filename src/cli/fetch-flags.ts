@@ -3,7 +3,6 @@
 // spellings and check values with the same parsers. Also what the flags turn into: the URL,
 // the output path and the fetch options.
 import { accessSync, constants, existsSync, statSync } from 'node:fs';
-import { join } from 'node:path';
 import { DEFAULTS, shownDefault } from '../core/defaults.js';
 import { InvalidUrlError, UsageError } from '../core/errors.js';
 import { DURATION_TOO_LONG, parseDuration, parseSize } from '../core/units.js';
@@ -283,7 +282,8 @@ export function defaultOutFor(url: string): string {
 export function resolveOut(out: string | undefined, url: string): string {
   if (out === undefined) return defaultOutFor(url);
   const isDirectory = out.endsWith('/') || (existsSync(out) && statSync(out).isDirectory());
-  return isDirectory ? join(out, defaultOutFor(url)) : out;
+  // Not join(): it would drop `a/..` that the kernel resolves (see run-fetch checkOutputFolder).
+  return isDirectory ? `${out.replace(/\/+$/, '')}/${defaultOutFor(url)}` : out;
 }
 
 /** The schemes `loom fetch` takes, as its messages list them. */

@@ -4,12 +4,12 @@
 import { constants } from 'node:fs';
 import { access, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { basename, dirname, join, resolve } from 'node:path';
+import { basename, dirname, isAbsolute, join } from 'node:path';
 import { AbortedError, cancelled, diskError, DiskFullError, EXIT, UsageError } from '../core/errors.js';
 import { formatBytes } from '../core/units.js';
 import { fetchCached, type CachedFetchResult } from '../cache/cached-fetch.js';
 import { resolveCacheRoot } from '../cache/cache-root.js';
-import { createCacheRoot, createFolders } from './cache-root-check.js';
+import { createCacheRoot, createFolders, removeFolders } from './cache-root-check.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { withoutResume } from '../fetch/retry-budget.js';
 import type { FetchOptions } from '../fetch/options.js';
@@ -60,23 +60,34 @@ function forCommandLine(err: unknown): unknown {
 /**
  * The folder --out goes into is made if missing (as aria2c, `hf download` and curl
  * --create-dirs do: `-o models/llama/model.gguf` in a fresh container) and must be writable:
- * found out now, not after the download.
+ * found out now, not after the download. The path is taken as written, not normalized, as
+ * the kernel (and curl --create-dirs) read it: `-o a/../b/x.bin` makes `a` and `b` (a `..`
+ * after a symbolic link leads to the link target's parent, not back to where it started).
+ * Returns the folders it made, for a failed fetch to remove.
  */
-async function checkOutputFolder(out: string): Promise<void> {
-  const folder = dirname(resolve(out));
+async function checkOutputFolder(out: string): Promise<string[]> {
+  const folder = dirname(out);
+  let created: string[];
   try {
-    await createFolders(folder);
+    created = await createFolders(folder);
   } catch (err) {
     const dir = (err as { dir?: string }).dir ?? folder;
-    throw diskError(err, `creating the output folder ${dir}`, dir);
+    throw diskError(err, `creating the output folder ${absolute(dir)}`, dir);
   }
   try {
     const info = await stat(folder);
     if (!info.isDirectory()) throw Object.assign(new Error(`${folder} is not a directory`), { code: 'ENOTDIR' });
     await access(folder, constants.W_OK);
   } catch (err) {
-    throw diskError(err, `checking the output folder ${folder}`, folder);
+    await removeFolders(created);
+    throw diskError(err, `checking the output folder ${absolute(folder)}`, folder);
   }
+  return created;
+}
+
+/** `path` from the root, its `..` kept (resolve() would drop them). */
+function absolute(path: string): string {
+  return isAbsolute(path) ? path : `${process.cwd()}/${path}`;
 }
 
 /**
@@ -168,6 +179,8 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
   let registry: ServedRegistry | undefined;
   let stream: StdoutStream | undefined;
   let streamDir: string | undefined;
+  // The output folders this run made: a failed fetch removes those left empty.
+  let createdFolders: string[] = [];
   try {
     const url = urlOf(urlArg, flags);
     if (!flags.serve && (flags.advertise !== undefined || flags.legacyTtl !== undefined))
@@ -196,7 +209,7 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
       stream = new StdoutStream(partPathFor(out));
     } else {
       out = resolveOut(flags.out, url);
-      await checkOutputFolder(out);
+      createdFolders = await checkOutputFolder(out);
     }
     const useCache = !toStdout && flags.cache && (await cacheUsable(flags, out));
     if (flags.serve) {
@@ -280,6 +293,8 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
     return EXIT.ok;
   } catch (err) {
     await stream?.close();
+    // Only empty ones: a part and journal kept for a rerun keep their folder.
+    await removeFolders(createdFolders);
     const code = reportError(forCommandLine(stream ? streamFailure(err, stream, streamDir) : err), flags);
     if (stream && stream.sent > 0)
       process.stderr.write(`loom: stdout got ${formatBytes(stream.sent)} of the file and is incomplete\n`);

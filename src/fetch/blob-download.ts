@@ -153,7 +153,10 @@ export class BlobDownload {
       this.checks?.close();
       await this.journal.settled();
       // Taken once every write has settled: the most the part holds.
-      if (!succeeded && this.params.trail) this.params.trail.partial = this.journalNow()?.state;
+      if (!succeeded && this.params.trail) {
+        this.params.trail.partial = this.journalNow()?.state;
+        this.params.trail.bytesBySource = this.sources.bytesBySource();
+      }
       await this.backgroundSync?.settled();
       if (this.part) await this.part.close();
       if (!this.resumable && !succeeded) await rm(this.params.partPath, { force: true });

@@ -139,6 +139,8 @@ export interface BlobDownloadParams extends DownloadOptions {
 export interface DownloadTrail {
   stats: DownloadStats;
   partial?: JournalSnapshot;
+  /** Body bytes written from each source id (as BlobDownloadResult's). */
+  bytesBySource?: Record<string, number>;
 }
 
 export interface BlobDownloadResult extends DownloadResult {

@@ -42,7 +42,7 @@ export type {
 export function startBlobDownload(params: BlobDownloadParams): BlobDownloadHandle {
   let download: BlobDownload;
   try {
-    download = new BlobDownload(params, emptyStats());
+    download = new BlobDownload(params, params.trail?.stats ?? emptyStats());
   } catch (err) {
     // Bad parameters reject like any other failure of the download.
     return { result: Promise.reject(err as Error), addSource: () => undefined };

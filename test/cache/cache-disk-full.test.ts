@@ -20,7 +20,10 @@ const MiB = 1024 * 1024;
 const SIZE = 16 * MiB + 3;
 const CACHE_DISK = 24 * MiB;
 const SMALL = 4 * MiB;
-const files = { a: randomContent(SIZE), b: randomContent(SIZE), c: randomContent(SMALL) };
+/** Three pieces (16 MiB each, the last shorter), on a disk that holds it with little to spare. */
+const BIG = 40 * MiB + 3;
+const BIG_CACHE_DISK = 48 * MiB;
+const files = { a: randomContent(SIZE), b: randomContent(SIZE), c: randomContent(SMALL), d: randomContent(BIG) };
 const dir = tempDir();
 const closers = closersRunAfterAll();
 const servers: OriginServer[] = [];
@@ -136,7 +139,63 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     assert.equal(existsSync(`${out}.part`), false);
   });
 
-  it('a download planned with peers removes its partial from the cache and restarts at --out', async () => {
+  it('a download planned with peers moves its verified pieces, only those, to --out and goes on there', async () => {
+    const cp = (await startTestControlPlane(closers)).url;
+    const disk = mountTmpfs(BIG_CACHE_DISK);
+    const cacheDir = join(disk, 'cache');
+    const tmp = cacheLayout(cacheDir).tmp;
+    // Ranges past 20 MiB wait until the first piece (16 MiB) is verified (its pieces record
+    // says so), then another program fills the cache's disk: 16-20 MiB are on disk, not verified.
+    let filled: Promise<void> | undefined;
+    const fill = () =>
+      (filled ??= (async () => {
+        await waitFor(
+          'the first piece verified',
+          () => existsSync(tmp) && readdirSync(tmp).some((f) => f.endsWith('.pieces.json')),
+          30_000,
+        );
+        const { bavail, bsize } = statfsSync(disk);
+        writeFileSync(join(disk, 'filler'), Buffer.alloc(Math.max(0, bavail * bsize - 64 * 1024)));
+      })());
+    const server = await origin({
+      rateLimitBytesPerSecond: 16 * MiB,
+      fault: (ctx) =>
+        ctx.path === '/d.bin' && ctx.range && ctx.range.start >= 20 * MiB ? { kind: 'hold', until: fill() } : undefined,
+    });
+    const out = join(dir, 'planned-pieces.bin');
+    const said: string[] = [];
+    const result = await fetchCached(server.url('/d.bin'), out, {
+      ...FLAGS,
+      cacheDir,
+      onStatus: (message) => said.push(message),
+      planner: new PeerPlanner({
+        controlPlane: cp,
+        nodeId: 'spill-pieces',
+        followerWaitMs: 3_000,
+        publishWaitMs: 10_000,
+      }),
+    });
+    assert.equal(result.cache, 'bypass');
+    assert.equal(result.bypassed!.movedBytes, 16 * MiB, 'the verified piece, not the unverified bytes after it');
+    assert.ok(
+      said.some((m) => /moved the 16\.8 MB downloaded so far to .*\.part and going on straight to/.test(m)),
+      said.join('\n'),
+    );
+    assert.equal(await sha256OfFile(out), files.d.sha256);
+    // The piece moved is not fetched again: the first attempt (at most 20 MiB and the 4
+    // requests in flight) and the rest from 16 MiB.
+    assert.ok(server.bytesServed <= BIG + 10 * MiB, `origin served ${server.bytesServed} bytes for ${BIG}`);
+    // No peer here: every byte of both attempts was the origin's.
+    const bySource = (result as { bytesBySource?: Record<string, number> }).bytesBySource!;
+    assert.deepEqual(Object.keys(bySource), ['origin']);
+    assert.ok(bySource.origin! >= BIG, JSON.stringify(bySource));
+    // Both attempts counted: the moved piece's bytes and what came after the move.
+    assert.ok(result.stats.transferredBytes >= BIG, `${result.stats.transferredBytes} bytes transferred`);
+    assert.deepEqual(readdirSync(tmp), [], 'no partial, no pieces record');
+    assert.equal(existsSync(`${out}.part`), false);
+  });
+
+  it('a download planned with peers with no piece verified yet removes its partial and restarts at --out', async () => {
     const cp = (await startTestControlPlane(closers)).url;
     const disk = mountTmpfs(CACHE_DISK);
     const cacheDir = join(disk, 'cache');

@@ -19,6 +19,7 @@ import {
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
+import { PID_TEMP_GRACE_MS } from '../../src/cache/cache-admin.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { hintPath } from '../../src/cache/hit-hints.js';
 import { acquireSourceLock, keyHash } from '../../src/cache/single-flight.js';
@@ -251,6 +252,13 @@ describe('a full disk', () => {
       assert.equal(listed.partialBytes, 0, 'nothing resumable is left');
       assert.equal(listed.totalBytes, listed.leftoverBytes);
       assert.ok(listed.leftoverBytes > leftoverBytes);
+
+      // The manifest's temp file is named by a pid that is gone, but it is young: its writer
+      // could be in another pid namespace, about to rename it. Once old, it is abandoned.
+      const young = await gcCache(cache, 1024 ** 4, true);
+      assert.ok(!young.removedLeftovers.includes(manifestTemp), young.removedLeftovers.join(', '));
+      const old = (Date.now() - PID_TEMP_GRACE_MS - 60_000) / 1000;
+      utimesSync(join(cacheDir, manifestTemp), old, old);
 
       // Room for everything: leftovers go anyway.
       const report = await gcCache(cache, 1024 ** 4);

@@ -1,7 +1,7 @@
 // `loom fetch` as a user runs it: the built binary in a child process, its exit code,
 // its output, and what it leaves on disk (including after kill -9 and Ctrl-C).
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
@@ -132,6 +132,60 @@ describe('loom fetch', () => {
     ]);
     assert.equal(below.code, 5);
     assert.match(below.stderr, /read-only file system while creating the output folder .*\/sub/);
+  });
+
+  it('makes the folders -o a/../b/x.bin names, read as the kernel reads it (as curl --create-dirs)', async () => {
+    const server = await origin();
+    const cwd = tempDir();
+    const run = await runLoom(['fetch', server.url('/model.bin'), '-o', 'a/../b/x.bin', '-q'], {}, cwd);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(await sha256OfFile(join(cwd, 'b', 'x.bin')), content.sha256);
+    assert.deepEqual(readdirSync(cwd).sort(), ['a', 'b']);
+    assert.deepEqual(readdirSync(join(cwd, 'a')), []);
+    // A folder given with a trailing slash keeps its `..` too.
+    const intoFolder = await runLoom(['fetch', server.url('/model.bin'), '-o', 'c/../d/', '-q'], {}, cwd);
+    assert.equal(intoFolder.code, 0, intoFolder.stderr);
+    assert.equal(await sha256OfFile(join(cwd, 'd', 'model.bin')), content.sha256);
+    assert.deepEqual(readdirSync(cwd).sort(), ['a', 'b', 'c', 'd']);
+  });
+
+  it('a failed fetch removes the folders it made for -o, only those, and only when empty', async () => {
+    const server = await origin({
+      fault: (ctx) => (ctx.range && ctx.range.start >= 4 * 1024 * 1024 ? { kind: 'status', status: 500 } : undefined),
+    });
+    const cwd = tempDir();
+    mkdirSync(join(cwd, 'kept'));
+    // A 404, with the cache and without it: nothing is left in the folders it made.
+    for (const flags of [[], ['--no-cache']]) {
+      const missing = await runLoom(
+        ['fetch', server.url('/nope.bin'), '-o', 'kept/new/a/../deeper/x.bin', '-q', ...flags],
+        {},
+        cwd,
+      );
+      assert.equal(missing.code, 3, missing.stderr);
+      assert.deepEqual(readdirSync(cwd), ['kept']);
+      assert.deepEqual(readdirSync(join(cwd, 'kept')), [], flags.join(' '));
+    }
+    // A download that fails half-way straight to --out keeps its part and journal for a
+    // rerun, and so the folder they are in.
+    const half = await runLoom(
+      [
+        'fetch',
+        server.url('/model.bin'),
+        '-o',
+        'kept/half/x.bin',
+        '--no-cache',
+        '--chunk-size',
+        '1MiB',
+        '--retries',
+        '1',
+        '-q',
+      ],
+      {},
+      cwd,
+    );
+    assert.equal(half.code, 3, half.stderr);
+    assert.deepEqual(readdirSync(join(cwd, 'kept', 'half')).sort(), ['x.bin.part', 'x.bin.part.journal']);
   });
 
   it('exits 5 up front when the disk cannot hold the file', async () => {
