@@ -38,6 +38,7 @@ import {
 } from './schemas.js';
 import { zodValidatorCompiler, type ZodTypeProvider } from './zod-provider.js';
 import { DEFAULTS } from '../core/defaults.js';
+import { samePieces } from '../core/manifest.js';
 
 export interface ControlPlaneOptions {
   store: RegistryStore;
@@ -433,10 +434,7 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       manifest !== undefined &&
       record !== undefined &&
       record.fencingToken === lease.fencingToken &&
-      record.size === manifest.size &&
-      record.pieceSize === manifest.pieceSize &&
-      record.pieces.length === manifest.pieces.length &&
-      record.pieces.every((piece, i) => piece === manifest.pieces[i]);
+      samePieces(record, manifest);
     if (!same) {
       throw new ForbiddenError(
         `node ${node} cannot map ${key} to ${digest}: ${manifest ? "the blob's manifest is not the piece list it published under its lease" : 'the blob has no manifest'}`,

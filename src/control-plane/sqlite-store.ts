@@ -18,6 +18,7 @@ import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { StoreLockedError, StoreUnavailableError } from '../core/errors.js';
 import { lockHolderPid, tryLockFile, type FileLock } from '../core/file-lock.js';
+import { sameManifest } from '../core/manifest.js';
 import { rankCandidates } from './locate.js';
 import { PIECES_TTL_MS } from './model.js';
 import type {
@@ -707,14 +708,4 @@ function nodeOf(row: NodeRow): NodeRecord {
 
 function toLease(row: LeaseRow): Lease {
   return { token: row.token, node: row.node_id, fencingToken: row.fencing, expiresAt: row.expires_at };
-}
-
-export function sameManifest(a: Manifest, b: Manifest): boolean {
-  return (
-    a.digest === b.digest &&
-    a.size === b.size &&
-    a.pieceSize === b.pieceSize &&
-    a.pieces.length === b.pieces.length &&
-    a.pieces.every((p, i) => p === b.pieces[i])
-  );
 }

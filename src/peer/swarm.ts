@@ -27,7 +27,7 @@
 // - origin: no control plane, or it does not answer: today's fetch.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cancelled, DigestMismatchError, NoSourceError, type LoomError } from '../core/errors.js';
-import type { Manifest } from '../core/manifest.js';
+import { sameManifest, type Manifest } from '../core/manifest.js';
 import type { Source } from '../sources/source.js';
 import { PeerSource } from './peer-source.js';
 import { DEFAULTS } from '../core/defaults.js';
@@ -566,17 +566,7 @@ export class Swarm {
     const digest = await this.trustedDigest(timeoutMs, '').catch(() => undefined);
     if (!digest) return undefined;
     const manifest = await this.control.manifest(digest).catch(() => undefined);
-    if (
-      !manifest ||
-      manifest.digest !== digest ||
-      manifest.size !== layout.size ||
-      manifest.pieceSize !== layout.pieceSize ||
-      manifest.pieces.length !== pieces.length ||
-      manifest.pieces.some((d, i) => d !== pieces[i])
-    ) {
-      return undefined;
-    }
-    return digest;
+    return manifest && sameManifest(manifest, { digest, ...layout, pieces }) ? digest : undefined;
   }
 
   /**
