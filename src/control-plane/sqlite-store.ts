@@ -27,7 +27,6 @@ import type {
   Lease,
   LeaseGrant,
   LocateQuery,
-  Manifest,
   ManifestWrite,
   NodeRecord,
   PieceRecord,
