@@ -5,11 +5,10 @@
 // The lock of the id (single-flight.ts holdPartialLock) is held throughout, so gc can tell
 // a running download's files from a killed one's.
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { pieceSizeFor } from '../core/manifest.js';
 import type { BlobDownloadResult, DownloadOptions } from '../fetch/download.js';
 import { adoptBlob } from './blob-store.js';
-import { partPath, type CacheLayout } from './cache-root.js';
+import { manifestPath, partPath, type CacheLayout } from './cache-root.js';
 import type { PlannedDownload, VerifiedAgainst } from './download-planner.js';
 import { PartialBlobRecord } from './partial-blob.js';
 
@@ -110,8 +109,8 @@ function sizeOnDisk(path: string): number | undefined {
 
 /** `manifests/<digest>.json`: what the agent publishes with the blob after a restart. */
 function keepManifest(layout: CacheLayout, result: BlobDownloadResult, verifiedAgainst: VerifiedAgainst): void {
-  const dir = join(layout.root, 'manifests');
-  const file = join(dir, `${result.manifest!.digest}.json`);
+  const dir = layout.manifests;
+  const file = manifestPath(layout, result.manifest!.digest);
   const temp = `${file}.${process.pid}.tmp`;
   try {
     mkdirSync(dir, { recursive: true });
