@@ -226,6 +226,14 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
   sweep.unref();
   app.addHook('onClose', async () => clearInterval(sweep));
 
+  // A checkpoint that fails fails no request, but the SQLite WAL then grows until one works:
+  // said once when it starts failing (the thread posts a failure once, not every round) and
+  // once when it works again; loom_cp_store_checkpoint_failing says it meanwhile.
+  store.onCheckpointChange?.((error) => {
+    if (error === undefined) app.log.info('the SQLite store checkpoints its WAL again');
+    else app.log.error({ checkpointError: error }, `the SQLite store cannot checkpoint its WAL (retrying): ${error}`);
+  });
+
   app.get('/healthz', async () => ({ ok: true }));
 
   app.get('/readyz', async (_request, reply) => {
