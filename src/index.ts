@@ -36,7 +36,7 @@ export { resolveCacheRoot } from './cache/cache-root.js';
 export { openCache, listCache, verifyCache, gcCache, removeFromCache } from './cache/cache-admin.js';
 export { buildControlPlane, CONTROL_PLANE_DEFAULTS, type ControlPlaneOptions } from './control-plane/server.js';
 export { openStore } from './control-plane/open-store.js';
-export { ControlPlaneClient, type PeerInfo } from './control-plane/client.js';
+export { ControlPlaneClient } from './control-plane/client.js';
 export type { RegistryStore, NodeRecord, Replica } from './control-plane/model.js';
 export type { StoredManifest, Lease, LeaseGrant } from './control-plane/model.js';
 export { nodeToken, NODE_HEADER } from './control-plane/auth.js';

@@ -20,7 +20,7 @@ import {
 import { dirname } from 'node:path';
 import { CacheError, diskError } from '../core/errors.js';
 import { isProcessAlive } from '../core/processes.js';
-import { blobPath, checkCacheRootFolder, type CacheLayout } from './cache-root.js';
+import { blobPath, checkCacheRootFolder, madeFolders, type CacheLayout } from './cache-root.js';
 import { recordCopy, unchangedCopy } from './copy-stamps.js';
 
 /** How a blob reached the output path. */
@@ -35,7 +35,7 @@ export async function ensureLayout(layout: CacheLayout): Promise<void> {
       if (err.code !== 'EEXIST') throw err;
       return undefined;
     });
-    for (const dir of [layout.blobs, layout.tmp, layout.locks, layout.hints]) await fsp.mkdir(dir, { recursive: true });
+    for (const dir of madeFolders(layout)) await fsp.mkdir(dir, { recursive: true });
   } catch (err) {
     const denied = permissionHint(err);
     if (denied)

@@ -14,7 +14,7 @@ import { isProcessAlive } from '../core/processes.js';
 import { blobInUse, ensureLayout, sha256OfFile } from './blob-store.js';
 import { CacheIndex, type BlobEntry } from './cache-index.js';
 import { blobPath, cacheLayout, type CacheLayout } from './cache-root.js';
-import { copiesDir, copyRecordStale } from './copy-stamps.js';
+import { copyRecordStale } from './copy-stamps.js';
 import { sourceKey, sourceKeyOf } from './source-key.js';
 
 export interface CacheHandle {
@@ -159,15 +159,15 @@ function strayFiles(cache: CacheHandle): { unindexed: UnindexedBlob[]; partials:
     const failure = FAILURE_TEMP.exec(file);
     if (failure) pushLeftover(leftovers, join(layout.locks, file), { lock: failure[1]! });
   }
-  for (const dir of [join(layout.root, 'manifests'), copiesDir(layout), layout.hints]) {
+  for (const dir of [layout.manifests, layout.copies, layout.hints]) {
     for (const file of listDir(dir)) {
+      const path = join(dir, file);
       const temp = RECORD_TEMP.exec(file);
-      if (temp) pushLeftover(leftovers, join(dir, file), { pid: Number(temp[1]) });
+      if (temp) pushLeftover(leftovers, path, { pid: Number(temp[1]) });
+      // A copy's record whose copy is gone or changed: nothing will read it again.
+      else if (dir === layout.copies && COPY_RECORD.test(file) && copyRecordStale(path))
+        pushLeftover(leftovers, path, 'none');
     }
-  }
-  for (const file of listDir(copiesDir(layout))) {
-    const path = join(copiesDir(layout), file);
-    if (COPY_RECORD.test(file) && copyRecordStale(path)) pushLeftover(leftovers, path, 'none');
   }
   return { unindexed, partials: partials.sort((a, b) => a.mtimeMs - b.mtimeMs), leftovers };
 }

@@ -5,7 +5,9 @@
 //   locks/               one lock per source being downloaded
 //   index.db             SQLite: source key -> digest, sizes, validators, use times
 //   hints/               a copy of each index row as a small file, read by the hit fast path
+//   manifests/           a complete blob's manifest, published by the agent (cached-manifest.ts)
 //   copies/              the stamp of each copy placed on another file system (copy-stamps.ts)
+// FOLDERS below is that list, once: the layout, the made-by-Loom test and gc read it.
 import { readdirSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -29,17 +31,19 @@ function nonEmpty(value: string, name: string): string {
 }
 
 /**
- * What a root may hold besides an index: the layout, the control plane's default store, and
- * SQLite's side files. A root holding only these is a cache whose index is not made yet (a
- * crash between the folders and the index), not someone else's folder.
+ * The cache's folders, by their CacheLayout name. ensureLayout makes the first four (MADE);
+ * manifests/ and copies/ are made by their first write.
  */
-const LOOM_NAMES = new Set(
-  // lost+found: a cache on a volume of its own (a DaemonSet's dedicated disk) has one at its root.
-  // control-plane.db-lock: the control plane's hold on its store (src/control-plane/sqlite-store.ts).
-  ['blobs', 'tmp', 'locks', 'hints', 'manifests', 'copies', 'lost+found', 'control-plane.db-lock'].concat(
-    ...['index.db', 'control-plane.db'].map((db) => [db, `${db}-wal`, `${db}-shm`, `${db}-journal`]),
-  ),
-);
+const FOLDERS = {
+  blobs: 'blobs/sha256',
+  tmp: 'tmp',
+  locks: 'locks',
+  hints: 'hints',
+  manifests: 'manifests',
+  copies: 'copies',
+} as const;
+
+type Folder = keyof typeof FOLDERS;
 
 /**
  * The folders ensureLayout makes. A root holding all of them was made by Loom (an agent
@@ -47,10 +51,23 @@ const LOOM_NAMES = new Set(
  * pod wrote into) does not make it someone else's folder. Without this, such a root was
  * refused for good, since nothing makes index.db in a root that is refused.
  */
-const LAYOUT = ['blobs/sha256', 'tmp', 'locks', 'hints'];
+const MADE: readonly Folder[] = ['blobs', 'tmp', 'locks', 'hints'];
+
+/**
+ * What a root may hold besides an index: the layout, the control plane's default store, and
+ * SQLite's side files. A root holding only these is a cache whose index is not made yet (a
+ * crash between the folders and the index), not someone else's folder.
+ */
+const LOOM_NAMES = new Set(
+  // lost+found: a cache on a volume of its own (a DaemonSet's dedicated disk) has one at its root.
+  // control-plane.db-lock: the control plane's hold on its store (src/control-plane/sqlite-store.ts).
+  [...Object.values(FOLDERS).map((dir) => dir.split('/')[0]!), 'lost+found', 'control-plane.db-lock'].concat(
+    ...['index.db', 'control-plane.db'].map((db) => [db, `${db}-wal`, `${db}-shm`, `${db}-journal`]),
+  ),
+);
 
 function hasLayout(root: string): boolean {
-  return LAYOUT.every((dir) => statSync(join(root, dir), { throwIfNoEntry: false })?.isDirectory() === true);
+  return MADE.every((dir) => statSync(join(root, FOLDERS[dir]), { throwIfNoEntry: false })?.isDirectory() === true);
 }
 
 /**
@@ -85,28 +102,28 @@ export function checkCacheRootFolder(root: string): void {
   });
 }
 
-export interface CacheLayout {
-  root: string;
-  blobs: string;
-  tmp: string;
-  locks: string;
-  index: string;
-  hints: string;
-}
+/** The paths of a cache's folders (FOLDERS) and of its index. */
+export type CacheLayout = { root: string; index: string } & Record<Folder, string>;
 
 export function cacheLayout(root: string): CacheLayout {
-  return {
-    root,
-    blobs: join(root, 'blobs', 'sha256'),
-    tmp: join(root, 'tmp'),
-    locks: join(root, 'locks'),
-    index: join(root, 'index.db'),
-    hints: join(root, 'hints'),
-  };
+  const folders = Object.fromEntries(
+    Object.entries(FOLDERS).map(([name, dir]) => [name, join(root, ...dir.split('/'))]),
+  ) as Record<Folder, string>;
+  return { root, index: join(root, 'index.db'), ...folders };
+}
+
+/** The folders ensureLayout makes (MADE), in order. */
+export function madeFolders(layout: CacheLayout): string[] {
+  return MADE.map((dir) => layout[dir]);
 }
 
 export function blobPath(layout: CacheLayout, digest: string): string {
   return join(layout.blobs, digest);
+}
+
+/** `manifests/<digest>.json`: a complete blob's manifest, kept for the agent to publish. */
+export function manifestPath(layout: CacheLayout, digest: string): string {
+  return join(layout.manifests, `${digest}.json`);
 }
 
 /** `tmp/<name>.part`: a download in progress, named by its source's key hash or its blob's digest. */

@@ -501,10 +501,10 @@ async function fetchStraight(
   verifyDownload: ((path: string) => Promise<void>) | undefined,
   prepare: ((part: string) => Promise<void>) | undefined,
 ): Promise<FetchResult> {
-  const { fetchFileOnto, fetchFileChecked } = await import('../fetch/fetch-file.js');
+  const { fetchFile, fetchFileChecked } = await import('../fetch/fetch-file.js');
   return verifyDownload
     ? fetchFileChecked(url, out, options, verifyDownload, prepare)
-    : fetchFileOnto(url, out, options, prepare);
+    : fetchFile(url, out, options, prepare);
 }
 
 /**

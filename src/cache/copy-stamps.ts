@@ -25,13 +25,9 @@ interface CopyRecord {
   stamp: BlobStamp;
 }
 
-export function copiesDir(layout: CacheLayout): string {
-  return join(layout.root, 'copies');
-}
-
 function recordPath(layout: CacheLayout, out: string): string {
   const hash = createHash('sha256').update(resolve(out)).digest('hex').slice(0, 32);
-  return join(copiesDir(layout), `${hash}.json`);
+  return join(layout.copies, `${hash}.json`);
 }
 
 function readRecord(path: string): CopyRecord | undefined {
@@ -89,7 +85,7 @@ export function recordCopy(layout: CacheLayout, digest: string, out: string, met
   try {
     const stats = statSync(out);
     const record: CopyRecord = { path: resolve(out), digest, method, dev: stats.dev, stamp: stampOf(stats) };
-    mkdirSync(copiesDir(layout), { recursive: true });
+    mkdirSync(layout.copies, { recursive: true });
     writeFileSync(temp, JSON.stringify(record));
     renameSync(temp, path);
   } catch {

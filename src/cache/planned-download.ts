@@ -6,14 +6,13 @@
 // a running download's files from a killed one's. When the cache's disk fills up, the
 // verified pieces can be handed to the caller (PlanSpill) to go on at --out, the lock held.
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { pieceRange, pieceSizeFor } from '../core/manifest.js';
 import type { BlobDownloadResult, DownloadOptions, DownloadTrail } from '../fetch/download.js';
 import type { JournalSnapshot } from '../fetch/journal.js';
 import { RangeSet } from '../fetch/range-set.js';
 import { emptyStats } from '../fetch/stats.js';
 import { adoptBlob } from './blob-store.js';
-import { partPath, type CacheLayout } from './cache-root.js';
+import { manifestPath, partPath, type CacheLayout } from './cache-root.js';
 import type { PlannedDownload, VerifiedAgainst } from './download-planner.js';
 import { PartialBlobRecord } from './partial-blob.js';
 
@@ -177,8 +176,8 @@ function sizeOnDisk(path: string): number | undefined {
 
 /** `manifests/<digest>.json`: what the agent publishes with the blob after a restart. */
 function keepManifest(layout: CacheLayout, result: BlobDownloadResult, verifiedAgainst: VerifiedAgainst): void {
-  const dir = join(layout.root, 'manifests');
-  const file = join(dir, `${result.manifest!.digest}.json`);
+  const dir = layout.manifests;
+  const file = manifestPath(layout, result.manifest!.digest);
   const temp = `${file}.${process.pid}.tmp`;
   try {
     mkdirSync(dir, { recursive: true });

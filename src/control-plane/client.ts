@@ -1,6 +1,7 @@
-// The control plane as nodes use it: heartbeats, announcements and locate. A control plane
-// that does not answer within the timeout means "no peers": the fetch goes to the origin,
-// so the control plane can never slow a download down.
+// The control plane as nodes use it: heartbeats, announcements, and send() for the rest (a
+// fetching node's swarm reads through it, swarm-control.ts). A control plane that does not
+// answer within the timeout means "no peers": the fetch goes to the origin, so the control
+// plane can never slow a download down.
 //
 // Over node:http(s) with a keep-alive agent, not the global fetch: a fetching node in a fleet
 // cold start asks the control plane several times a second (bitmaps, announces, digests),
@@ -32,15 +33,6 @@ export interface ControlPlaneClientOptions {
   timeoutMs?: number;
   /** The node this client speaks for, sent as X-Loom-Node (needed with per-node tokens). */
   nodeId?: string;
-}
-
-export interface PeerInfo {
-  id: string;
-  url: string;
-  zone: string | null;
-  complete: boolean;
-  pieces: number[] | null;
-  freeUploadSlots: number;
 }
 
 export interface HeartbeatBody {
@@ -168,21 +160,6 @@ export class ControlPlaneClient {
           ? `no answer within ${this.timeoutMs} ms`
           : `${(err as Error).message}${cause ? ` (${cause})` : ''}`;
       return { status: undefined, ok: false, body: undefined, message };
-    }
-  }
-
-  /** Live holders of a blob, best first; [] when the control plane is down, slow or says no. */
-  async locate(digest: string, query: { node?: string; zone?: string; limit?: number } = {}): Promise<PeerInfo[]> {
-    const params = new URLSearchParams();
-    if (query.node) params.set('node', query.node);
-    if (query.zone) params.set('zone', query.zone);
-    if (query.limit) params.set('limit', String(query.limit));
-    try {
-      const res = await this.call('GET', `/v1/blobs/${digest}/peers?${params}`);
-      if (!res.ok) return [];
-      return (JSON.parse(res.text) as { peers: PeerInfo[] }).peers;
-    } catch {
-      return [];
     }
   }
 

@@ -1,5 +1,6 @@
 // Prometheus metrics of the control plane (prom-client): requests by route and status, a
-// latency histogram, and the live nodes, blobs and replicas the store holds.
+// latency histogram, the live nodes, blobs and replicas the store holds, and whether the
+// SQLite store's WAL checkpoint fails.
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { RegistryStore, StoreCounts } from './model.js';
 
@@ -49,6 +50,16 @@ export class ControlPlaneMetrics {
         async collect() {
           const c = await counts();
           if (c) this.set(c[field]);
+        },
+      });
+    }
+    if (store.onCheckpointChange) {
+      new Gauge({
+        name: 'loom_cp_store_checkpoint_failing',
+        help: "1 while the SQLite store's WAL checkpoint fails (the WAL grows meanwhile), else 0",
+        registers: [this.registry],
+        collect() {
+          this.set(store.checkpointError === undefined ? 0 : 1);
         },
       });
     }

@@ -167,5 +167,12 @@ export interface RegistryStore {
   counts(now: number): Promise<StoreCounts>;
   /** Throws StoreUnavailableError when the store cannot be reached. */
   ping(): Promise<void>;
+  /**
+   * Why the store's WAL checkpoint fails, while it does (SQLite only; absent: no checkpoint of
+   * its own). Requests still work meanwhile, but the WAL grows until a checkpoint works.
+   */
+  readonly checkpointError?: string | undefined;
+  /** Calls `listener` each time checkpointError changes: a new failure, or a checkpoint that works again. */
+  onCheckpointChange?(listener: (error: string | undefined) => void): void;
   close(): Promise<void>;
 }

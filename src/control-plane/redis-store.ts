@@ -39,7 +39,7 @@ import {
   type StoredManifest,
   type SweepPolicy,
 } from './model.js';
-import { sameManifest } from './sqlite-store.js';
+import { sameManifest } from '../core/manifest.js';
 import { DEFAULTS } from '../core/defaults.js';
 
 export interface RedisStoreOptions {

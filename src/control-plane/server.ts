@@ -38,6 +38,7 @@ import {
 } from './schemas.js';
 import { zodValidatorCompiler, type ZodTypeProvider } from './zod-provider.js';
 import { DEFAULTS } from '../core/defaults.js';
+import { samePieces } from '../core/manifest.js';
 
 export interface ControlPlaneOptions {
   store: RegistryStore;
@@ -224,6 +225,14 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
   }, sweepIntervalMs);
   sweep.unref();
   app.addHook('onClose', async () => clearInterval(sweep));
+
+  // A checkpoint that fails fails no request, but the SQLite WAL then grows until one works:
+  // said once when it starts failing (the thread posts a failure once, not every round) and
+  // once when it works again; loom_cp_store_checkpoint_failing says it meanwhile.
+  store.onCheckpointChange?.((error) => {
+    if (error === undefined) app.log.info('the SQLite store checkpoints its WAL again');
+    else app.log.error({ checkpointError: error }, `the SQLite store cannot checkpoint its WAL (retrying): ${error}`);
+  });
 
   app.get('/healthz', async () => ({ ok: true }));
 
@@ -433,10 +442,7 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       manifest !== undefined &&
       record !== undefined &&
       record.fencingToken === lease.fencingToken &&
-      record.size === manifest.size &&
-      record.pieceSize === manifest.pieceSize &&
-      record.pieces.length === manifest.pieces.length &&
-      record.pieces.every((piece, i) => piece === manifest.pieces[i]);
+      samePieces(record, manifest);
     if (!same) {
       throw new ForbiddenError(
         `node ${node} cannot map ${key} to ${digest}: ${manifest ? "the blob's manifest is not the piece list it published under its lease" : 'the blob has no manifest'}`,

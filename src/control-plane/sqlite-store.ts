@@ -18,6 +18,7 @@ import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { StoreLockedError, StoreUnavailableError } from '../core/errors.js';
 import { lockHolderPid, tryLockFile, type FileLock } from '../core/file-lock.js';
+import { sameManifest } from '../core/manifest.js';
 import { rankCandidates } from './locate.js';
 import { PIECES_TTL_MS } from './model.js';
 import type {
@@ -26,7 +27,6 @@ import type {
   Lease,
   LeaseGrant,
   LocateQuery,
-  Manifest,
   ManifestWrite,
   NodeRecord,
   PieceRecord,
@@ -131,7 +131,8 @@ const WAL_SIZE_LIMIT = 64 * 1024 * 1024;
 // Plain CommonJS, evaluated in the worker: the CLI bundle has no separate file to point at.
 // PASSIVE never waits for the store's own connection (nor makes it wait); frames a reader
 // still needs are copied by a later round. Closed by a message, so the last connection to
-// close (this one) checkpoints what is left and removes the WAL.
+// close (this one) checkpoints what is left and removes the WAL. A failure is posted once,
+// not at every round, and so is the first round that works after it.
 const CHECKPOINT_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const Database = require(workerData.module);
@@ -140,6 +141,7 @@ let failed = false;
 const timer = setInterval(() => {
   try {
     db.pragma('wal_checkpoint(PASSIVE)');
+    if (failed) parentPort.postMessage({ kind: 'ok' });
     failed = false;
   } catch (err) {
     if (!failed) parentPort.postMessage({ kind: 'error', message: String(err && err.message ? err.message : err) });
@@ -208,8 +210,9 @@ export class SqliteStore implements RegistryStore {
    * transaction that changes the table commits.
    */
   private readonly nodes = new Map<string, NodeRecord>();
-  /** The checkpoint thread's last failure, if any (it keeps trying). */
+  /** The checkpoint thread's failure while it lasts (it keeps trying; a round that works clears it). */
   checkpointError: string | undefined;
+  private readonly checkpointListeners: Array<(error: string | undefined) => void> = [];
 
   constructor(readonly path: string) {
     // Before anything is read: a second store would copy the nodes table and then miss the
@@ -232,11 +235,11 @@ export class SqliteStore implements RegistryStore {
       });
       // A store nobody closed must not keep the process alive.
       this.checkpointer.unref();
-      this.checkpointer.on('message', (message: { kind: 'error'; message: string }) => {
-        this.checkpointError = message.message;
+      this.checkpointer.on('message', (message: { kind: 'error'; message: string } | { kind: 'ok' }) => {
+        this.setCheckpointError(message.kind === 'error' ? message.message : undefined);
       });
       this.checkpointer.on('error', (err) => {
-        this.checkpointError = err.message;
+        this.setCheckpointError(`the checkpoint thread stopped: ${err.message}`);
       });
     }
     const db = this.db;
@@ -618,6 +621,16 @@ export class SqliteStore implements RegistryStore {
     });
   }
 
+  onCheckpointChange(listener: (error: string | undefined) => void): void {
+    this.checkpointListeners.push(listener);
+  }
+
+  private setCheckpointError(error: string | undefined): void {
+    if (error === this.checkpointError) return;
+    this.checkpointError = error;
+    for (const listener of this.checkpointListeners) listener(error);
+  }
+
   async close(): Promise<void> {
     this.db.close();
     const worker = this.checkpointer;
@@ -707,14 +720,4 @@ function nodeOf(row: NodeRow): NodeRecord {
 
 function toLease(row: LeaseRow): Lease {
   return { token: row.token, node: row.node_id, fencingToken: row.fencing, expiresAt: row.expires_at };
-}
-
-export function sameManifest(a: Manifest, b: Manifest): boolean {
-  return (
-    a.digest === b.digest &&
-    a.size === b.size &&
-    a.pieceSize === b.pieceSize &&
-    a.pieces.length === b.pieces.length &&
-    a.pieces.every((p, i) => p === b.pieces[i])
-  );
 }

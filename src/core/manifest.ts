@@ -35,6 +35,24 @@ export function pieceRange(manifest: Pick<Manifest, 'size' | 'pieceSize'>, index
   return [start, Math.min(manifest.size, start + manifest.pieceSize)];
 }
 
+/** A blob's pieces without its digest: what a lease holder publishes before the digest is known. */
+export type PieceLayout = Pick<Manifest, 'size' | 'pieceSize' | 'pieces'>;
+
+/** Whether two piece lists are the same: size, piece size and every piece digest, in order. */
+export function samePieces(a: PieceLayout, b: PieceLayout): boolean {
+  return (
+    a.size === b.size &&
+    a.pieceSize === b.pieceSize &&
+    a.pieces.length === b.pieces.length &&
+    a.pieces.every((p, i) => p === b.pieces[i])
+  );
+}
+
+/** Whether two manifests are the same: digest and pieces (see samePieces). */
+export function sameManifest(a: Manifest, b: Manifest): boolean {
+  return a.digest === b.digest && samePieces(a, b);
+}
+
 const HEX64 = /^[0-9a-f]{64}$/;
 
 /** Whether a manifest is self-consistent: hex digests, a positive piece size, one digest per piece. */

@@ -18,18 +18,15 @@ export function partPathFor(out: string): string {
   return `${out}.part`;
 }
 
-export async function fetchFile(url: string, out: string, options: FetchOptions = {}): Promise<FetchResult> {
-  return fetchFileOnto(url, out, options);
-}
-
 /**
- * fetchFile, with `prepare(part)` run once `part` is locked to this run and before the
- * download starts: the node cache moves the bytes it already has there (a full cache disk).
+ * Downloads `url` to `out`. `prepare(part)`, when given, runs once `part` is locked to this run
+ * and before the download starts: the node cache moves the bytes it already has there (a
+ * full cache disk).
  */
-export async function fetchFileOnto(
+export async function fetchFile(
   url: string,
   out: string,
-  options: FetchOptions,
+  options: FetchOptions = {},
   prepare?: (part: string) => Promise<void>,
 ): Promise<FetchResult> {
   const resolved = resolveFetchOptions(options);
@@ -76,7 +73,7 @@ export async function fetchFileChecked(
   const unlock = await lockPart(partPathFor(out));
   try {
     const landing = `${out}.loom-unverified`;
-    const result = await fetchFileOnto(url, landing, options, prepare);
+    const result = await fetchFile(url, landing, options, prepare);
     try {
       await check(landing);
       await rename(landing, out);

@@ -5,72 +5,50 @@
 // piece's digest in order. Measured on this machine (README, "Benchmarks"): with the hash on
 // the main thread the digest was ready ~1 s after the last byte of 1 GiB.
 //
-// Pieces judged before they count (see prefix-hasher.ts): the worker keeps a copy of the
-// whole-file hash at each piece start, stops at the piece's end and waits for the verdict
-// the main thread posts; a refusal sends it back to that copy. With `wholeFile: false` it
-// digests the pieces only (see prefix-hasher.ts).
+// Pieces judged before they count (see prefix-hasher.ts): the worker stops at the piece's
+// end and waits for the verdict the main thread posts; a refusal sends it back to the
+// piece's start. The hashing is piece-hashing.ts's, as on the main thread.
 import { Worker } from 'node:worker_threads';
-import type { FinishedPrefixHasher, PieceDigests } from './prefix-hasher.js';
+import { createPieceHashing } from './piece-hashing.js';
+import { pieceHashingOptions, type FinishedPrefixHasher, type PieceDigests } from './prefix-hasher.js';
 
-// Plain CommonJS, evaluated in the worker: the bundle has no separate file to point at.
+// Plain CommonJS, evaluated in the worker: the bundle has no separate file to point at. The
+// hashing itself is createPieceHashing's own source (piece-hashing.ts), the main thread's too.
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads');
 const { createHash } = require('node:crypto');
 const { openSync, readSync, closeSync } = require('node:fs');
-const { path, pieceSize, size, judged, readSize, wholeFile } = workerData;
+const { path, options, readSize } = workerData;
+const hashing = (${createPieceHashing.toString()})(createHash, options);
 const fd = openSync(path, 'r');
 const buffer = Buffer.allocUnsafe(readSize);
-let hash = wholeFile ? createHash('sha256') : undefined;
-let checkpoint = judged && hash ? hash.copy() : undefined;
-let pieceHash = pieceSize > 0 ? createHash('sha256') : undefined;
-let hashed = 0;
-let hashedBytes = 0;
-let pieceStart = 0;
 let target = 0;
 let waiting = false;
 let digestAt = -1;
-const pieceEnd = () => Math.min(pieceStart + pieceSize, size >= 0 ? size : Infinity);
-const endPiece = () => {
-  const digest = pieceHash.digest('hex');
-  pieceHash = createHash('sha256');
-  parentPort.postMessage({ kind: 'piece', index: Math.floor(pieceStart / pieceSize), digest });
-  if (judged) waiting = true;
-  else pieceStart = hashed;
+const ended = (piece) => {
+  if (!piece) return;
+  parentPort.postMessage({ kind: 'piece', index: piece.index, digest: piece.digest });
+  if (options.judged) waiting = true;
 };
 const pump = () => {
-  while (!waiting && hashed < target) {
-    let length = Math.min(buffer.length, target - hashed);
-    if (pieceHash) length = Math.min(length, pieceEnd() - hashed);
-    const read = readSync(fd, buffer, 0, length, hashed);
-    if (read === 0) throw new Error('unexpected end of ' + path + ' at ' + hashed);
-    const bytes = buffer.subarray(0, read);
-    if (hash) hash.update(bytes);
-    if (pieceHash) pieceHash.update(bytes);
-    hashedBytes += read * ((hash ? 1 : 0) + (pieceHash ? 1 : 0));
-    hashed += read;
-    if (pieceHash && hashed === pieceEnd()) endPiece();
+  while (!waiting && hashing.hashed < target) {
+    const read = readSync(fd, buffer, 0, hashing.nextRead(target, buffer.length), hashing.hashed);
+    if (read === 0) throw new Error('unexpected end of ' + path + ' at ' + hashing.hashed);
+    ended(hashing.update(buffer.subarray(0, read)));
   }
-  if (waiting || digestAt < 0 || hashed < digestAt) return;
-  if (pieceHash && hashed > pieceStart) {
-    endPiece();
-    if (waiting) return;
-  }
+  if (waiting || digestAt < 0 || hashing.hashed < digestAt) return;
+  ended(hashing.endPartial());
+  if (waiting) return;
   closeSync(fd);
   digestAt = -1;
-  parentPort.postMessage({ kind: 'digest', digest: hash ? hash.digest('hex') : undefined, hashedBytes });
+  parentPort.postMessage({ kind: 'digest', digest: hashing.digest(), hashedBytes: hashing.hashedBytes });
 };
 parentPort.on('message', (message) => {
   try {
     if (message.kind === 'verdict') {
       waiting = false;
-      if (message.accept) {
-        pieceStart = hashed;
-        if (hash) checkpoint = hash.copy();
-      } else {
-        if (checkpoint) hash = checkpoint.copy();
-        hashed = pieceStart;
-        target = pieceStart;
-      }
+      hashing.settle(message.accept);
+      if (!message.accept) target = hashing.hashed;
     } else {
       target = Math.max(target, message.end);
       if (message.kind === 'digest') digestAt = message.end;
@@ -99,14 +77,7 @@ export class ThreadedPrefixHasher implements FinishedPrefixHasher {
     this.onFailed = pieces?.failed;
     this.worker = new Worker(WORKER_SOURCE, {
       eval: true,
-      workerData: {
-        path,
-        pieceSize: pieces?.pieceSize ?? 0,
-        size: pieces?.size ?? -1,
-        judged: pieces?.judge !== undefined,
-        readSize,
-        wholeFile: pieces?.wholeFile !== false,
-      },
+      workerData: { path, options: pieceHashingOptions(pieces), readSize },
     });
     // A hasher left behind by a failed download must not keep the process alive.
     this.worker.unref();

@@ -14,10 +14,12 @@
 // PieceDigests.wholeFile), and sha256 is most of a follower's hashing CPU, done twice per byte.
 //
 // This one runs on the main thread, for small files and streams of unknown length; large
-// files hash on a worker thread (hash-thread.ts), beside the data path.
-import { createHash, type Hash } from 'node:crypto';
+// files hash on a worker thread (hash-thread.ts), beside the data path. Both run the same
+// hashing (piece-hashing.ts) and differ only in how they read and wait for verdicts.
+import { createHash } from 'node:crypto';
 import { DEFAULTS } from '../core/defaults.js';
 import type { PartFile } from './part-file.js';
+import { createPieceHashing, type EndedPiece, type PieceHashing, type PieceHashingOptions } from './piece-hashing.js';
 
 /** Whether a piece counts: now, or once its check is done. */
 export type PieceVerdict = boolean | Promise<boolean>;
@@ -58,14 +60,7 @@ export interface FinishedPrefixHasher {
 }
 
 export class PrefixHasher implements FinishedPrefixHasher {
-  /** The whole-file hash; undefined when only pieces are digested. */
-  private hash: Hash | undefined;
-  /** The whole-file hash at `pieceStart`, while pieces are judged. */
-  private checkpoint: Hash | undefined;
-  private pieceHash: Hash | undefined;
-  private hashed = 0;
-  hashedBytes = 0;
-  private pieceStart = 0;
+  private readonly hashing: PieceHashing;
   private target = 0;
   private running: Promise<void> | undefined;
   private failure: unknown;
@@ -77,9 +72,11 @@ export class PrefixHasher implements FinishedPrefixHasher {
     readSize: number = DEFAULTS.hashReadSize,
   ) {
     this.buffer = Buffer.allocUnsafe(readSize);
-    if (!pieces || pieces.wholeFile !== false) this.hash = createHash('sha256');
-    if (pieces) this.pieceHash = createHash('sha256');
-    if (pieces?.judge) this.checkpoint = this.hash?.copy();
+    this.hashing = createPieceHashing(createHash, pieceHashingOptions(pieces));
+  }
+
+  get hashedBytes(): number {
+    return this.hashing.hashedBytes;
   }
 
   /** Tells the hasher that [0, prefixEnd) is on disk; hashing continues in the background. */
@@ -91,25 +88,15 @@ export class PrefixHasher implements FinishedPrefixHasher {
     });
   }
 
-  /** Where the piece being hashed ends. */
-  private pieceEnd(): number {
-    const { pieceSize, size } = this.pieces!;
-    return Math.min(this.pieceStart + pieceSize, size ?? Infinity);
-  }
-
   private async run(): Promise<void> {
+    const { hashing } = this;
     try {
-      while (this.hashed < this.target) {
-        let length = Math.min(this.buffer.length, this.target - this.hashed);
-        if (this.pieces) length = Math.min(length, this.pieceEnd() - this.hashed);
-        const read = await this.file.read(this.buffer, length, this.hashed);
-        if (read === 0) throw new Error(`unexpected end of ${this.file.path} at ${this.hashed}`);
-        const bytes = this.buffer.subarray(0, read);
-        this.hash?.update(bytes);
-        this.pieceHash?.update(bytes);
-        this.hashedBytes += read * (Number(this.hash !== undefined) + Number(this.pieceHash !== undefined));
-        this.hashed += read;
-        if (this.pieces && this.hashed === this.pieceEnd()) await this.endPiece();
+      while (hashing.hashed < this.target) {
+        const length = hashing.nextRead(this.target, this.buffer.length);
+        const read = await this.file.read(this.buffer, length, hashing.hashed);
+        if (read === 0) throw new Error(`unexpected end of ${this.file.path} at ${hashing.hashed}`);
+        const ended = hashing.update(this.buffer.subarray(0, read));
+        if (ended) await this.judge(ended);
       }
     } catch (err) {
       this.failure ??= err;
@@ -117,23 +104,15 @@ export class PrefixHasher implements FinishedPrefixHasher {
     }
   }
 
-  private async endPiece(): Promise<void> {
-    const { pieceSize, onPiece, judge } = this.pieces!;
-    const index = Math.floor(this.pieceStart / pieceSize);
-    const digest = this.pieceHash!.digest('hex');
-    this.pieceHash = createHash('sha256');
-    const verdict = judge ? judge(index, digest) : true;
-    if (verdict === true || (verdict !== false && (await verdict))) {
-      this.pieceStart = this.hashed;
-      if (this.checkpoint) this.checkpoint = this.hash!.copy();
-      onPiece(index, digest);
-      return;
-    }
+  /** Counts an ended piece once its verdict says so; refused, its bytes are hashed again. */
+  private async judge({ index, digest }: EndedPiece): Promise<void> {
+    const verdict = this.pieces!.judge ? this.pieces!.judge(index, digest) : true;
+    const accept = verdict === true || (verdict !== false && (await verdict));
+    this.hashing.settle(accept);
+    if (accept) this.pieces!.onPiece(index, digest);
     // Refused: the piece's bytes are hashed again once their replacement is on disk (the
     // caller took them off the prefix before answering, so advance() starts from here).
-    this.hash = this.checkpoint?.copy();
-    this.hashed = this.pieceStart;
-    this.target = this.pieceStart;
+    else this.target = this.hashing.hashed;
   }
 
   /** Hashes up to `size` and returns the hex digest (undefined: pieces only). */
@@ -143,8 +122,9 @@ export class PrefixHasher implements FinishedPrefixHasher {
     if (this.failure) throw this.failure;
     // The last piece is short unless the size is a multiple of the piece size (and it was
     // not ended in the pass because the size was not known).
-    if (this.pieces && this.hashed > this.pieceStart) await this.endPiece();
-    return this.hash?.digest('hex');
+    const last = this.hashing.endPartial();
+    if (last) await this.judge(last);
+    return this.hashing.digest();
   }
 
   close(): void {
@@ -153,4 +133,14 @@ export class PrefixHasher implements FinishedPrefixHasher {
     // more, and a read of the closed part file fails into `failed`, which a failed download
     // ignores.
   }
+}
+
+/** What both hashers (this one and the worker's) hash, for `pieces` (none: the whole file only). */
+export function pieceHashingOptions(pieces: PieceDigests | undefined): PieceHashingOptions {
+  return {
+    pieceSize: pieces?.pieceSize ?? 0,
+    size: pieces?.size,
+    judged: pieces?.judge !== undefined,
+    wholeFile: pieces?.wholeFile !== false,
+  };
 }

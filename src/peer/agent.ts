@@ -30,8 +30,7 @@ import {
   checkNodeId,
   checkZone,
   isRefusal,
-  refusalCode,
-  tokenHint,
+  tokenRefusal,
 } from './node-identity.js';
 import { PartialBlobReader } from './partial-blobs.js';
 import { DEFAULTS } from '../core/defaults.js';
@@ -264,13 +263,14 @@ export class Agent {
     const { status } = answer;
     const refused = isRefusal(status);
     const code = (answer.body as { error?: { code?: unknown } } | undefined)?.error?.code;
-    this.readinessNow = refused
+    const refusal = refused
+      ? tokenRefusal(status!, answer.message, this.nodeId, this.options.token !== undefined)
+      : undefined;
+    this.readinessNow = refusal
       ? {
           ready: false,
-          code: refusalCode(status!),
-          message:
-            `the control plane refused this node's token (HTTP ${status}: ${answer.message}): not registered, ` +
-            `so no peer finds this node; ${tokenHint(this.nodeId, this.options.token !== undefined)}`,
+          code: refusal.code,
+          message: `${refusal.reason}: not registered, so no peer finds this node; ${refusal.hint}`,
         }
       : {
           ready: false,

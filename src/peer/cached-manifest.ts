@@ -4,20 +4,15 @@
 // without one is announced all the same (fetchers then take the manifest from elsewhere).
 // A file that does not describe its own blob is ignored, never published.
 import { promises as fsp } from 'node:fs';
-import { join } from 'node:path';
-import type { CacheLayout } from '../cache/cache-root.js';
+import { manifestPath, type CacheLayout } from '../cache/cache-root.js';
 import type { ManifestRecord } from '../control-plane/client.js';
 import { pieceCount } from '../core/manifest.js';
 
 const DIGEST = /^[0-9a-f]{64}$/;
 const VERIFIED_AGAINST = new Set(['sha256-pinned', 'hub-sha256', 's3-checksum', 'first-origin-fetch']);
 
-export function cachedManifestPath(layout: CacheLayout, digest: string): string {
-  return join(layout.root, 'manifests', `${digest}.json`);
-}
-
 export async function readCachedManifest(layout: CacheLayout, digest: string): Promise<ManifestRecord | undefined> {
-  const text = await fsp.readFile(cachedManifestPath(layout, digest), 'utf8').catch(() => undefined);
+  const text = await fsp.readFile(manifestPath(layout, digest), 'utf8').catch(() => undefined);
   if (text === undefined) return undefined;
   let value: Record<string, unknown>;
   try {

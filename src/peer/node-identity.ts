@@ -49,16 +49,28 @@ export function isRefusal(status: number | undefined): boolean {
   return status === 401 || status === 403;
 }
 
-/** The error code of a refusal (isRefusal): 403 is forbidden, 401 unauthorized. */
-export function refusalCode(status: number): 'LOOM_ERR_FORBIDDEN' | 'LOOM_ERR_UNAUTHORIZED' {
-  return status === 403 ? 'LOOM_ERR_FORBIDDEN' : 'LOOM_ERR_UNAUTHORIZED';
+/**
+ * The control plane's refusal of this node's token (a status isRefusal accepts), as the agent
+ * and `loom fetch` say it: its code (403 forbidden, 401 unauthorized), why, and what to do.
+ */
+export function tokenRefusal(
+  status: number,
+  message: string,
+  nodeId: string,
+  tokenGiven: boolean,
+): { code: 'LOOM_ERR_FORBIDDEN' | 'LOOM_ERR_UNAUTHORIZED'; reason: string; hint: string } {
+  return {
+    code: status === 403 ? 'LOOM_ERR_FORBIDDEN' : 'LOOM_ERR_UNAUTHORIZED',
+    reason: `the control plane refused this node's token (HTTP ${status}: ${message})`,
+    hint: tokenHint(nodeId, tokenGiven),
+  };
 }
 
 /**
  * What to do when the control plane refuses this node's token (401/403): which flag or
  * variable to give, and which token it must hold. Said by the agent and by `loom fetch`.
  */
-export function tokenHint(nodeId: string, tokenGiven: boolean): string {
+function tokenHint(nodeId: string, tokenGiven: boolean): string {
   const token = `node ${nodeId}'s token (hex HMAC-SHA256 of the cluster secret and "loom-node:${nodeId}") or the admin token`;
   return tokenGiven
     ? `check that --token-file (or LOOM_TOKEN) holds ${token}, and that --node-id (or LOOM_NODE_ID) is the node it was made for`

@@ -17,8 +17,7 @@ import {
   checkNodeId,
   checkZone,
   isRefusal,
-  refusalCode,
-  tokenHint,
+  tokenRefusal,
 } from './node-identity.js';
 import { DEFAULTS } from '../core/defaults.js';
 
@@ -256,14 +255,11 @@ export class PeerPlanner implements DownloadPlanner {
     trouble: ControlPlaneTrouble | undefined,
   ): { code: string; reason: string; hint: string; error: (message: string) => Error } | undefined {
     if (!trouble || !isRefusal(trouble.status)) return undefined;
-    const reason = `the control plane refused this node's token (HTTP ${trouble.status}: ${trouble.message})`;
-    const hint = tokenHint(this.nodeId, this.options.token !== undefined);
+    const refusal = tokenRefusal(trouble.status!, trouble.message, this.nodeId, this.options.token !== undefined);
     const ErrorClass = trouble.status === 403 ? ForbiddenError : UnauthorizedError;
     return {
-      code: refusalCode(trouble.status!),
-      reason,
-      hint,
-      error: (message) => new ErrorClass(message, { status: trouble.status, hint }),
+      ...refusal,
+      error: (message) => new ErrorClass(message, { status: trouble.status, hint: refusal.hint }),
     };
   }
 }

@@ -27,7 +27,7 @@
 // - origin: no control plane, or it does not answer: today's fetch.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { cancelled, DigestMismatchError, NoSourceError, type LoomError } from '../core/errors.js';
-import type { Manifest } from '../core/manifest.js';
+import { sameManifest, type Manifest } from '../core/manifest.js';
 import type { Source } from '../sources/source.js';
 import { PeerSource } from './peer-source.js';
 import { DEFAULTS } from '../core/defaults.js';
@@ -489,6 +489,16 @@ export class Swarm {
   }
 
   /**
+   * Whether the blob's lease is free, without leading by it: taken and given back at once
+   * (granted: nobody held it), or who holds it. Undefined without an answer.
+   */
+  private async probeLease(): Promise<LeaseAnswer | undefined> {
+    const answer = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
+    if (answer?.granted) await this.control.releaseLease(this.plan.id, answer.token).catch(() => undefined);
+    return answer;
+  }
+
+  /**
    * For a node that may not lead: whether nobody has held the blob's lease for
    * peers.publishWaitMs, at every look (the lease taken and given back at once, so a node
    * that can lead gets it at its next try). Looked at every SLOW_EVERY refreshes at most.
@@ -498,9 +508,8 @@ export class Swarm {
     const now = Date.now();
     if (now - this.lastLeaseLookAt >= spacing) {
       this.lastLeaseLookAt = now;
-      const lease = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
+      const lease = await this.probeLease();
       if (lease?.granted) {
-        await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
         this.leaseFreeSince ??= now;
       } else if (lease) {
         this.leaseFreeSince = undefined;
@@ -566,17 +575,7 @@ export class Swarm {
     const digest = await this.trustedDigest(timeoutMs, '').catch(() => undefined);
     if (!digest) return undefined;
     const manifest = await this.control.manifest(digest).catch(() => undefined);
-    if (
-      !manifest ||
-      manifest.digest !== digest ||
-      manifest.size !== layout.size ||
-      manifest.pieceSize !== layout.pieceSize ||
-      manifest.pieces.length !== pieces.length ||
-      manifest.pieces.some((d, i) => d !== pieces[i])
-    ) {
-      return undefined;
-    }
-    return digest;
+    return manifest && sameManifest(manifest, { digest, ...layout, pieces }) ? digest : undefined;
   }
 
   /**
@@ -625,8 +624,7 @@ export class Swarm {
     if (!this.options.useOrigin) return;
     // A lease that can be had again means its holder stopped renewing it without publishing:
     // it died. This node takes over and fetches what no live peer holds from the origin.
-    const lease = await this.control.lease(this.plan.id, this.options.nodeId);
-    if (lease?.granted && this.plan.manifest) {
+    if (this.plan.manifest) {
       // A node that knows the manifest (swarm) kept off the origin only while another node
       // fetched the blob from it under the lease. A free lease means nobody does any more (the
       // holder finished, or died): the origin may serve what no live peer holds, each piece
@@ -635,11 +633,13 @@ export class Swarm {
       // download moved on) with no source at all until it failed: the published digest said
       // "finished", and a dropped slot is never asked again. A peer that holds a piece still
       // serves it (originHas): a finished holder keeps the origin's egress at nothing here.
-      await this.control.releaseLease(this.plan.id, lease.token).catch(() => undefined);
-      this.holderLost = false;
-      this.allowOrigin();
+      if ((await this.probeLease())?.granted) {
+        this.holderLost = false;
+        this.allowOrigin();
+      }
       return;
     }
+    const lease = await this.control.lease(this.plan.id, this.options.nodeId);
     if (lease?.granted) {
       // The holder may have published and released it between the two questions: finished,
       // not dead. Then the blob is taken from it (next refresh), never from the origin.
@@ -662,14 +662,6 @@ export class Swarm {
     }
   }
 
-  /**
-   * Holds the lease just granted: renewed every third of its TTL on a timer of its own, so
-   * a renewal never waits behind the holder queries of a slow refresh (on a loaded machine
-   * they took longer than the TTL: the lease lapsed under a live leader, another node took
-   * it and the origin sent a second copy). Renewed only while bytes arrive: the others wait
-   * on this node for as long as it holds the lease, so a download stuck on its origin lets
-   * the lease lapse and another node leads.
-   */
   /** The origin may serve what no live peer holds: its slot joins the download (once). */
   private allowOrigin(): void {
     this.originAllowed = true;
@@ -679,6 +671,14 @@ export class Swarm {
     }
   }
 
+  /**
+   * Holds the lease just granted: renewed every third of its TTL on a timer of its own, so
+   * a renewal never waits behind the holder queries of a slow refresh (on a loaded machine
+   * they took longer than the TTL: the lease lapsed under a live leader, another node took
+   * it and the origin sent a second copy). Renewed only while bytes arrive: the others wait
+   * on this node for as long as it holds the lease, so a download stuck on its origin lets
+   * the lease lapse and another node leads.
+   */
   private holdLease(grant: { token: string; ttlMs: number }): void {
     this.lease = { token: grant.token };
     this.lastProgressAt = Date.now();
@@ -822,14 +822,10 @@ export class Swarm {
 
   /** One look at the lease's holders (see lookAtLeaseHolder). */
   private async askLeaseHolder(): Promise<void> {
-    const answer = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
-    if (!answer || this.closed) return;
-    if (answer.granted) {
-      // Nobody holds it (its holder died): a node that may lead takes it over at its next
-      // refresh; one that may not waits as it did for a holder gone.
-      await this.control.releaseLease(this.plan.id, answer.token).catch(() => undefined);
-      return;
-    }
+    const answer = await this.probeLease();
+    // Granted: nobody holds it (its holder died): a node that may lead takes it over at its
+    // next refresh; one that may not waits as it did for a holder gone.
+    if (!answer || answer.granted || this.closed) return;
     const nodes = answer.holders ?? [];
     if (nodes.length === 0 || !nodes.every((node) => this.nodeDropped(node))) return;
     this.holderLost = true;

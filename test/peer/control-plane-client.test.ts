@@ -9,6 +9,7 @@ import { promisify } from 'node:util';
 import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
 import { buildControlPlane } from '../../src/control-plane/server.js';
 import { ControlPlaneClient, heartbeatInterval, nodeToken } from '../../src/control-plane/client.js';
+import { ClientSwarmControl } from '../../src/peer/swarm-control.js';
 import { freePort } from '../helpers/redis.js';
 import { REPO_ROOT } from '../helpers/fixtures.js';
 
@@ -25,6 +26,8 @@ describe('control plane client: node calls', () => {
       await store.close();
     });
     const client = new ControlPlaneClient({ baseUrl: url });
+    // Holders as a fetching node reads them (its swarm asks through the same client).
+    const holders = async () => (await new ClientSwarmControl(client).holders(D, { node: 'n2', limit: 10 })) ?? [];
 
     const early = await client.announce(D, 'n1', { complete: true });
     assert.equal(early.status, 404, 'a node must beat before it announces');
@@ -36,11 +39,11 @@ describe('control plane client: node calls', () => {
 
     assert.equal((await client.announce(D, 'n1', { complete: false, pieces: [0, 2] })).status, 200);
     assert.deepEqual(
-      (await client.locate(D)).map((p) => [p.id, p.complete, p.pieces]),
+      (await holders()).map((p) => [p.id, p.complete, p.pieces]),
       [['n1', false, [0, 2]]],
     );
     assert.equal((await client.announce(D, 'n1', { complete: true })).status, 200);
-    assert.equal((await client.locate(D))[0]!.complete, true);
+    assert.equal((await holders())[0]!.complete, true);
 
     const manifest = { digest: D, size: 10, pieceSize: 10, pieces: [P], verifiedAgainst: 'sha256-pinned' as const };
     assert.equal((await client.putManifest(manifest)).status, 201);
@@ -49,7 +52,7 @@ describe('control plane client: node calls', () => {
 
     assert.equal((await client.withdraw(D, 'n1')).status, 204);
     assert.equal((await client.withdraw(D, 'n1')).status, 404);
-    assert.deepEqual(await client.locate(D), []);
+    assert.deepEqual(await holders(), []);
 
     assert.equal((await client.deregister('n1')).status, 204);
     assert.equal((await client.deregister('n1')).status, 404);
@@ -85,7 +88,7 @@ describe('control plane client: node calls', () => {
       const statuses = [
         (await client.sendHeartbeat('n1', { url: 'http://n1:7071' })).status,
         (await client.announce('${D}', 'n1', { complete: false, pieces: [0, 1] })).status,
-        (await client.locate('${D}')).map((p) => p.pieces),
+        (await client.send('GET', '/v1/blobs/${D}/peers')).body.peers.map((p) => p.pieces),
         (await client.send('POST', '/v1/blobs/${D}/leases', { node: 'n1' })).body.granted,
       ];
       console.log(JSON.stringify({ statuses, undici: process.moduleLoadList.some((m) => m.includes('undici')) }));

@@ -25,6 +25,7 @@ import {
 import { DEFAULTS } from '../../core/defaults.js';
 import { formatWait } from '../../core/units.js';
 import { HttpClient } from '../http-client.js';
+import { PageGuard } from '../page-guard.js';
 import { formatHfRef, resolveUrl, type HfRef, type HfRepoType } from './uri.js';
 
 export interface HubApiOptions {
@@ -332,12 +333,17 @@ export class HubApi {
   async listTree(ref: HfRef, commit: string): Promise<TreeEntry[]> {
     const entries: TreeEntry[] = [];
     const origin = new URL(this.endpoint).origin;
-    const maxPages = this.options.maxPages ?? DEFAULTS.maxListPages;
-    const seen = new Set<string>();
     let url: string | undefined =
       `${this.endpoint}/api/${apiType(ref.repoType)}/${ref.repoId}/tree/${commit}?recursive=true`;
+    const listing = `the Hub's tree listing of ${formatHfRef({ ...ref, revision: commit })}`;
+    const guard = new PageGuard({
+      maxPages: this.options.maxPages ?? DEFAULTS.maxListPages,
+      listing,
+      named: 'a page',
+      hint: 'the Hub (or the mirror at HF_ENDPOINT) pages wrongly; retry later',
+      first: url,
+    });
     while (url) {
-      seen.add(url);
       const { value, res } = await this.getJson<unknown>(url, ref);
       if (!Array.isArray(value))
         throw new HttpStatusError(`the Hub's tree listing of ${ref.repoId} is not a list`, { url });
@@ -350,7 +356,6 @@ export class HubApi {
       }
       const next = nextLink(header(res, 'link'), url);
       if (next === undefined) break;
-      const listing = `the Hub's tree listing of ${formatHfRef({ ...ref, revision: commit })}`;
       if (new URL(next).origin !== origin) {
         throw new BadResponseError(
           `${listing} sends its next page to ${new URL(next).origin}, not to ${origin}: not following it`,
@@ -360,18 +365,7 @@ export class HubApi {
           },
         );
       }
-      if (seen.has(next)) {
-        throw new BadResponseError(`${listing} goes back to a page it gave before (${next}): it would never end`, {
-          url,
-          hint: 'the Hub (or the mirror at HF_ENDPOINT) pages wrongly; retry later',
-        });
-      }
-      if (seen.size >= maxPages) {
-        throw new BadResponseError(`${listing} goes on past ${maxPages} pages: not following it further`, {
-          url,
-          hint: 'the Hub (or the mirror at HF_ENDPOINT) pages wrongly; retry later',
-        });
-      }
+      guard.follow(next, { shown: next, url });
       url = next;
     }
     return entries;

@@ -1,8 +1,9 @@
 // Every object under an S3 prefix, with ListObjectsV2 followed page by page (continuation
 // tokens), in the store's key order. A token given before (A, B, A, …) or more pages than any
-// bucket has is a listing that never ends: it fails instead of looping for ever.
+// bucket has is a listing that never ends: it fails instead of looping for ever (page-guard.ts).
 import { DEFAULTS } from '../../core/defaults.js';
 import { BadResponseError } from '../../core/errors.js';
+import { PageGuard } from '../page-guard.js';
 import { S3Requester, type S3Options } from './s3-requester.js';
 import { xmlText } from './s3-errors.js';
 import { parseS3Uri } from './s3-uri.js';
@@ -29,11 +30,15 @@ export async function listS3Prefix(uri: string, options: ListS3Options = {}): Pr
   const requester = new S3Requester(options);
   const signal = options.signal ?? new AbortController().signal;
   const entries: S3ObjectEntry[] = [];
-  const maxPages = options.maxPages ?? DEFAULTS.maxListPages;
-  const tokens = new Set<string>();
+  const guard = new PageGuard({
+    maxPages: options.maxPages ?? DEFAULTS.maxListPages,
+    listing: `the listing of s3://${bucket}/${prefix}`,
+    named: 'a continuation token',
+    hint: 'the store pages wrongly; check the endpoint (AWS_ENDPOINT_URL) and retry later',
+  });
   try {
     let token: string | undefined;
-    for (let page = 1; ; page++) {
+    for (;;) {
       const query = new URLSearchParams({ 'list-type': '2', prefix, 'max-keys': String(options.pageSize ?? 1000) });
       if (token) query.set('continuation-token', token);
       const res = await requester.send({ method: 'GET', location: { bucket, key: '' }, query, signal });
@@ -55,21 +60,7 @@ export async function listS3Prefix(uri: string, options: ListS3Options = {}): Pr
       if (!next || next === token) {
         throw new BadResponseError(`s3://${bucket} said the listing goes on but gave no new continuation token`);
       }
-      if (tokens.has(next)) {
-        throw new BadResponseError(
-          `the listing of s3://${bucket}/${prefix} goes back to a continuation token it gave before: it would never end`,
-          { hint: 'the store pages wrongly; check the endpoint (AWS_ENDPOINT_URL) and retry later' },
-        );
-      }
-      if (page >= maxPages) {
-        throw new BadResponseError(
-          `the listing of s3://${bucket}/${prefix} goes on past ${maxPages} pages: not following it further`,
-          {
-            hint: 'the store pages wrongly; check the endpoint (AWS_ENDPOINT_URL) and retry later',
-          },
-        );
-      }
-      tokens.add(next);
+      guard.follow(next);
       token = next;
     }
   } finally {
