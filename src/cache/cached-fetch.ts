@@ -255,7 +255,7 @@ export async function fetchCached(
       if (plan) {
         const { downloadWithPlan } = await import('./planned-download.js');
         try {
-          download = await downloadWithPlan(cache.layout, plan, { ...resolved, computeSha256: true, signal });
+          download = await downloadWithPlan(cache.layout, plan, { ...resolved, computeSha256: true, signal, url });
         } catch (err) {
           const mismatch = (err as LoomError).code === 'LOOM_ERR_DIGEST_MISMATCH';
           if (plan.originOnFailure && !signal.aborted) {
@@ -269,7 +269,7 @@ export async function fetchCached(
             status(`${(err as Error).message}; asking the fleet again`);
             const again = await planner!.plan({ url, origin: source, pinned: expected, signal });
             download = again
-              ? await downloadWithPlan(cache.layout, again, { ...resolved, computeSha256: true, signal })
+              ? await downloadWithPlan(cache.layout, again, { ...resolved, computeSha256: true, signal, url })
               : await fromOrigin();
           }
         }

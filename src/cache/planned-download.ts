@@ -7,7 +7,7 @@
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pieceSizeFor } from '../core/manifest.js';
-import type { BlobDownloadResult, DownloadOptions } from '../fetch/download.js';
+import type { BlobDownloadParams, BlobDownloadResult, DownloadOptions } from '../fetch/download.js';
 import { adoptBlob } from './blob-store.js';
 import { partPath, type CacheLayout } from './cache-root.js';
 import type { PlannedDownload, VerifiedAgainst } from './download-planner.js';
@@ -16,7 +16,7 @@ import { PartialBlobRecord } from './partial-blob.js';
 export async function downloadWithPlan(
   layout: CacheLayout,
   plan: PlannedDownload,
-  options: DownloadOptions,
+  options: DownloadOptions & Pick<BlobDownloadParams, 'url'>,
 ): Promise<BlobDownloadResult> {
   const [{ startBlobDownload, discardPart }, { holdPartialLock }] = await Promise.all([
     import('../fetch/download.js'),
