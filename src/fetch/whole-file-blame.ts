@@ -27,7 +27,7 @@ export function wholeFileBlame(writers: readonly Writer[], resumedBytes = 0): Wh
   const peers = writers.filter((w) => w.peer && w.bytes > 0);
   const origin = writers.filter((w) => !w.peer).reduce((sum, w) => sum + w.bytes, 0);
   const fromOrigin = origin > 0 ? `, ${origin} from the origin` : '';
-  if (peers.length === 0) return { culprit: undefined, said: 'no peer sent any of them' };
+  if (peers.length === 0) return { culprit: undefined, said: 'every byte came from the origin, none from a peer' };
   if (peers.length === 1 && resumedBytes === 0) {
     const [peer] = peers;
     return {

@@ -846,13 +846,16 @@ export class Swarm {
   /** One look at the lease's holders (see lookAtLeaseHolder). */
   private async askLeaseHolder(): Promise<void> {
     const answer = await this.control.lease(this.plan.id, this.options.nodeId).catch(() => undefined);
-    if (!answer || this.closed) return;
+    if (!answer) return;
     if (answer.granted) {
       // Nobody holds it (its holder died): a node that may lead takes it over at its next
-      // refresh; one that may not waits as it did for a holder gone.
+      // refresh; one that may not waits as it did for a holder gone. Given back even when the
+      // download ended meanwhile (a peer blamed at its end): kept, it would hold every other
+      // node off the origin for a lease's TTL.
       await this.control.releaseLease(this.plan.id, answer.token).catch(() => undefined);
       return;
     }
+    if (this.closed) return;
     const nodes = answer.holders ?? [];
     if (nodes.length === 0 || !nodes.every((node) => this.nodeDropped(node))) return;
     this.holderLost = true;
