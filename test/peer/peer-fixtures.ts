@@ -1,7 +1,7 @@
 // Fixtures for the agent's tests: a node cache with complete blobs and downloads in progress
 // (the .part file and its pieces.json, written the way the cache writes them), raw HTTP
 // requests that keep a path exactly as given, and a fleet's parts for peer tests (control
-// plane, agents, a stand-in lease holder).
+// plane, agents, a stand-in lease holder, a front that logs or answers control-plane requests).
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
