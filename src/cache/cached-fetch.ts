@@ -269,7 +269,7 @@ export async function fetchCached(
           download = await downloadWithPlan(
             cache.layout,
             plan,
-            { ...resolved, computeSha256: true, signal },
+            { ...resolved, computeSha256: true, signal, url },
             onDiskFull,
           );
         } catch (err) {
@@ -287,7 +287,7 @@ export async function fetchCached(
             status(`${(err as Error).message}; asking the fleet again`);
             const again = await planner!.plan({ url, origin: source, pinned: expected, signal });
             download = again
-              ? await downloadWithPlan(cache.layout, again, { ...resolved, computeSha256: true, signal })
+              ? await downloadWithPlan(cache.layout, again, { ...resolved, computeSha256: true, signal, url })
               : await fromOrigin();
           }
         }

@@ -7,7 +7,7 @@
 // verified pieces can be handed to the caller (PlanSpill) to go on at --out, the lock held.
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { pieceRange, pieceSizeFor } from '../core/manifest.js';
-import type { BlobDownloadResult, DownloadOptions, DownloadTrail } from '../fetch/download.js';
+import type { BlobDownloadParams, BlobDownloadResult, DownloadOptions, DownloadTrail } from '../fetch/download.js';
 import type { JournalSnapshot } from '../fetch/journal.js';
 import { RangeSet } from '../fetch/range-set.js';
 import { emptyStats } from '../fetch/stats.js';
@@ -37,7 +37,7 @@ export interface PlanSpill {
 export async function downloadWithPlan(
   layout: CacheLayout,
   plan: PlannedDownload,
-  options: DownloadOptions,
+  options: DownloadOptions & Pick<BlobDownloadParams, 'url'>,
   onDiskFull?: (spill: PlanSpill) => boolean,
 ): Promise<BlobDownloadResult> {
   const [{ startBlobDownload, discardPart }, { holdPartialLock }] = await Promise.all([

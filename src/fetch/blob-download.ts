@@ -38,6 +38,7 @@ import { slabPoolFor, type SlabPool } from './slab-pool.js';
 import { SourceSet, type SourceSlot, type SourceState } from './source-set.js';
 import { SourceWorkers } from './source-worker.js';
 import type { DownloadStats } from './stats.js';
+import { wholeFileBlame } from './whole-file-blame.js';
 import { streamWhole } from './whole-stream.js';
 
 const PROGRESS_INTERVAL_MS = 100;
@@ -97,7 +98,7 @@ export class BlobDownload {
     setMaxListeners(0, this.controller.signal);
     // Each worker waiting for a pool slot listens on it: a pull's 16 workers exceed Node's 10.
     setMaxListeners(0, this.endedController.signal);
-    this.sources = new SourceSet(this.controller.signal);
+    this.sources = new SourceSet(this.controller.signal, params.url);
     if (params.sources.length === 0) throw new UsageError('a download needs at least one source');
     for (const slot of params.sources) this.sources.add(slot);
     const total = params.sources.reduce((sum, s) => sum + s.maxConcurrency, 0);
@@ -367,15 +368,25 @@ export class BlobDownload {
       await this.journal.discard();
       await part.close();
       await rm(this.params.partPath, { force: true });
-      const url = this.sources.primaryUrl;
-      throw new DigestMismatchError(`sha256 mismatch for ${url}: expected ${expected}, got ${sha256}`, {
-        url,
-        expected,
-        actual: sha256,
-        hint: this.sources.all.some((s) => s.slot.kind === 'peer' && s.bytes > 0)
-          ? 'some of the bytes came from peers, and the file does not hash to the digest; nothing was kept'
-          : 'the origin served other bytes than the digest describes; nothing was kept',
-      });
+      const url = this.sources.shownUrl;
+      const writers = this.sources.all.map((s) => ({ id: s.id, peer: s.slot.kind === 'peer', bytes: s.bytes }));
+      const blame = wholeFileBlame(writers, this.stats.resumedBytes);
+      const fromPeers = writers.some((w) => w.peer && w.bytes > 0);
+      const error = new DigestMismatchError(
+        `sha256 mismatch for ${url}: expected ${expected}, got ${sha256}${fromPeers ? `: ${blame.said}` : ''}`,
+        {
+          url,
+          expected,
+          actual: sha256,
+          hint: fromPeers
+            ? 'nothing was kept'
+            : 'the origin served other bytes than the digest describes; nothing was kept',
+        },
+      );
+      // As a peer that sent a bad piece: its caller (the fleet) reports it and asks it no more.
+      const culprit = this.sources.all.find((s) => s.id === blame.culprit);
+      if (culprit && this.sources.drop(culprit, error)) this.params.onSourceDropped?.(culprit.id, error);
+      throw error;
     }
     if (this.params.fsync) {
       await this.backgroundSync?.settled();

@@ -84,6 +84,12 @@ export interface DownloadOptions {
 export interface BlobDownloadParams extends DownloadOptions {
   /** At least one; more may be added while running (BlobDownloadHandle.addSource). */
   sources: SourceSlot[];
+  /**
+   * What the download is of, as the caller's user named it: its errors name this URL. A
+   * download from peers alone (`--no-origin`) has no origin source to name, and a peer's blob
+   * URL is not what the user asked for. Default: the origin source's URL, else the first one's.
+   */
+  url?: string;
   partPath: string;
   /**
    * Known identity: size and digest (pinned, Hub, control plane), optional trusted manifest.

@@ -113,7 +113,11 @@ export class SourceSet {
   /** Since when no source can serve the work left (see unservable). */
   private unservableSince: number | undefined;
 
-  constructor(private readonly downloadSignal: AbortSignal) {}
+  /** `asked`: the URL errors name (BlobDownloadParams.url); default primaryUrl. */
+  constructor(
+    private readonly downloadSignal: AbortSignal,
+    private readonly asked?: string,
+  ) {}
 
   add(slot: SourceSlot): SourceState {
     if (this.states.some((s) => s.id === slot.id)) throw new UsageError(`source id "${slot.id}" given twice`);
@@ -135,9 +139,14 @@ export class SourceSet {
     return this.states.filter((s) => !s.dropped);
   }
 
-  /** The URL errors name: the first origin's, else the first source's. */
+  /** The URL that identifies the download (its journal): the first origin's, else the first source's. */
   get primaryUrl(): string {
     return (this.states.find((s) => s.slot.kind === 'origin') ?? this.states[0]!).slot.source.url;
+  }
+
+  /** The URL errors name: the one the user asked for, when the caller says, else primaryUrl. */
+  get shownUrl(): string {
+    return this.asked ?? this.primaryUrl;
   }
 
   /** Drops a source for the rest of this download; false when it already was. */
@@ -258,8 +267,8 @@ export class SourceSet {
     if (only) return only;
     const dropped = this.dropped();
     const why = dropped.length ? `; dropped: ${dropped.map((d) => `${d.id} (${d.code})`).join(', ')}` : '';
-    return new NoSourceError(`no source can serve ${where} of ${this.primaryUrl}${why}`, {
-      url: this.primaryUrl,
+    return new NoSourceError(`no source can serve ${where} of ${this.shownUrl}${why}`, {
+      url: this.shownUrl,
       cause: this.states.find((s) => s.dropped)?.dropped,
       hint: 'add a source that has the blob (e.g. the origin), then rerun: verified bytes are kept',
     });

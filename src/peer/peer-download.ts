@@ -8,6 +8,7 @@ import { sourceBlobId } from '../cache/source-id.js';
 import { sourceKey } from '../cache/source-key.js';
 import { ControlPlaneClient } from '../control-plane/client.js';
 import type { SourceSlot } from '../fetch/download.js';
+import { wholeFileBlame } from '../fetch/whole-file-blame.js';
 import type { Source } from '../sources/source.js';
 import { ORIGIN_SLOT_ID, Swarm, type SwarmPlan } from './swarm.js';
 import { ClientSwarmControl, type ControlPlaneTrouble } from './swarm-control.js';
@@ -183,6 +184,18 @@ export class PeerPlanner implements DownloadPlanner {
     const wholeOnly = plan.role === 'swarm' && !plan.manifest;
     const size = plan.size ?? (wholeOnly ? await sizeFromHolders(peers) : undefined);
     options.onStatus?.(describe(plan.role, peers.length, wholeOnly));
+    const publishWaitMs = options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs;
+    // The digest a follower's bytes must have (its own, `own`, once it holds the lease). None
+    // published in time is not a bad byte found, only nothing to check against (the control
+    // plane went away, the leader never published): the fetch is planned again.
+    const trustedDigest = async (own: string): Promise<string> => {
+      const trusted = await swarm.trustedDigest(publishWaitMs, own);
+      if (trusted !== undefined) return trusted;
+      throw new NoSourceError(
+        `no node published the digest of ${args.url} to check the bytes taken from peers against: nothing was kept`,
+        { url: args.url, hint: 'rerun: the fetch then takes it from the origin or checks every piece' },
+      );
+    };
     return {
       id: plan.id,
       expected: { sha256: plan.digest, size, manifest: plan.manifest, pinned: args.pinned !== undefined },
@@ -209,32 +222,28 @@ export class PeerPlanner implements DownloadPlanner {
       // be: it hashes its pieces only, not the whole file too (README, "Trust").
       digestFromPieces:
         plan.role === 'follower' && !plan.manifest && !args.pinned
-          ? (pieces, layout) =>
-              swarm.digestFromPieces(pieces, layout, options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs)
+          ? (pieces, layout) => swarm.digestFromPieces(pieces, layout, () => trustedDigest(''))
           : undefined,
       finished: async (result) => {
         const digest = result.sha256!;
-        if (plan.role === 'follower' && !plan.manifest) {
+        // When digestFromPieces found every piece in the leader's manifest, the digest is the
+        // leader's and its checks are done: nothing is asked again.
+        if (plan.role === 'follower' && !plan.manifest && !swarm.vouchedFor(digest)) {
           // Its pieces were checked one by one against the digests the lease holder published
           // as it hashed them; the whole file is too, against the digest the leader (the first
-          // node to fetch it from the origin) publishes, and so is the leader's manifest. (When
-          // digestFromPieces found every piece in that manifest, the digest is the leader's.)
-          const trusted = await swarm.trustedDigest(options.publishWaitMs ?? DEFAULTS.peers.publishWaitMs, digest);
-          if (trusted === undefined) {
-            // Not a bad byte found, only nothing to check against (the control plane went
-            // away, the leader never published): the fetch is planned again, from the origin.
-            throw new NoSourceError(
-              `no node published the digest of ${args.url} to check the bytes taken from peers against: nothing was kept`,
-              { url: args.url, hint: 'rerun: the fetch then takes it from the origin or checks every piece' },
-            );
-          }
+          // node to fetch it from the origin) publishes, and so is the leader's manifest.
+          const trusted = await trustedDigest(digest);
           if (trusted !== digest) {
-            throw new DigestMismatchError(
-              trusted
-                ? `the bytes taken from peers hash to ${digest}, the fleet's record says ${trusted}: nothing was kept`
-                : `no node published the digest of ${args.url} to check the bytes taken from peers against: nothing was kept`,
+            const blame = wholeFileBlame(
+              Object.entries(result.bytesBySource).map(([id, bytes]) => ({ id, peer: id !== ORIGIN_SLOT_ID, bytes })),
+              result.stats.resumedBytes,
+            );
+            const error = new DigestMismatchError(
+              `the bytes taken from peers hash to ${digest}, the fleet's record says ${trusted}: ${blame.said}; nothing was kept`,
               { url: args.url, expected: trusted, actual: digest, hint: 'rerun: the fetch then checks every piece' },
             );
+            if (blame.culprit !== undefined) swarm.dropped(blame.culprit, error);
+            throw error;
           }
           const disagreement = await swarm.disagreement(trusted);
           if (disagreement) {

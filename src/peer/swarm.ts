@@ -231,8 +231,13 @@ export class Swarm {
   private idleSaid = false;
   private lostSaid = false;
   private renewTimer: NodeJS.Timeout | undefined;
-  /** trustedDigest waited its whole time in vain. */
-  private trustedWaitOver = false;
+  /**
+   * The leader's digest, once digestFromPieces found this node's pieces in its manifest: the
+   * blob is that digest, and the end of the download asks the control plane nothing more.
+   */
+  private vouched: string | undefined;
+  /** Reports of bad peers in flight: close() waits for them, so none is lost at exit. */
+  private reporting: Promise<void> = Promise.resolve();
   plan: SwarmPlan;
 
   constructor(
@@ -564,18 +569,38 @@ export class Swarm {
    * manifest is what a swarm node trusts without hashing the whole file: the lease holder
    * published it with the source -> digest mapping, both from its one pass over the bytes.
    * Undefined (the file is then hashed and checked as before): this node holds the lease (it
-   * took it over: its own digest is the one published), nothing published, or any difference.
+   * took it over: its own digest is the one published), or any difference. `trusted` gives
+   * the leader's digest, and fails the fetch when none is published in time (hashing the file
+   * first would change nothing). A match is kept (vouchedFor): the follower's end asks the
+   * control plane nothing more (it asked for the digest and the manifest again before).
    */
   async digestFromPieces(
     pieces: string[],
     layout: { size: number; pieceSize: number },
-    timeoutMs: number,
+    trusted: () => Promise<string>,
   ): Promise<string | undefined> {
     if (this.lease || this.plan.manifest) return undefined;
-    const digest = await this.trustedDigest(timeoutMs, '').catch(() => undefined);
+    const digest = await trusted();
+    // Empty: this node took the lease over meanwhile (its own digest stands: hashed).
     if (!digest) return undefined;
     const manifest = await this.control.manifest(digest).catch(() => undefined);
-    return manifest && sameManifest(manifest, { digest, ...layout, pieces }) ? digest : undefined;
+    if (
+      !manifest ||
+      !sameManifest(manifest, { digest, ...layout, pieces }) ||
+      // What disagreement() would find, from the manifest in hand: a piece first checked
+      // against another digest the holder published (then refetched) leaves it to the
+      // whole-file check and its clear failure.
+      this.disagreesWith(manifest) !== undefined
+    ) {
+      return undefined;
+    }
+    this.vouched = digest;
+    return digest;
+  }
+
+  /** Whether digestFromPieces made the blob `digest`: its checks are done, none is asked again. */
+  vouchedFor(digest: string): boolean {
+    return this.vouched === digest;
   }
 
   /**
@@ -585,10 +610,13 @@ export class Swarm {
   async disagreement(digest: string): Promise<string | undefined> {
     if (this.checked.size === 0) return undefined;
     const manifest = await this.control.manifest(digest).catch(() => undefined);
-    if (!manifest) return undefined;
+    return manifest && this.disagreesWith(manifest);
+  }
+
+  private disagreesWith(manifest: Manifest): string | undefined {
     for (const [index, checkedWith] of this.checked) {
       if (manifest.pieces[index] !== checkedWith) {
-        return `piece ${index} was checked against ${checkedWith}, the manifest of ${digest} says ${manifest.pieces[index] ?? 'nothing'}`;
+        return `piece ${index} was checked against ${checkedWith}, the manifest of ${manifest.digest} says ${manifest.pieces[index] ?? 'nothing'}`;
       }
     }
     return undefined;
@@ -794,7 +822,8 @@ export class Swarm {
       this.excluded.add(node);
       // Under the name it serves the blob by here (the digest, or the source id for a partial
       // holder while the digest is unknown), so its replica there is the one counted against.
-      void this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
+      const report = this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
+      this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
     }
     // A node kept off the origin waits on the lease holder: was it the one dropped?
     if (!this.lease && !this.originAllowed && !this.holderLost) this.lookAtLeaseHolder();
@@ -822,6 +851,8 @@ export class Swarm {
 
   /** One look at the lease's holders (see lookAtLeaseHolder). */
   private async askLeaseHolder(): Promise<void> {
+    // probeLease gives a granted lease back even when the download ended meanwhile (a peer
+    // blamed at its end): kept, it would hold every other node off the origin for a lease's TTL.
     const answer = await this.probeLease();
     // Granted: nobody holds it (its holder died): a node that may lead takes it over at its
     // next refresh; one that may not waits as it did for a holder gone.
@@ -885,16 +916,14 @@ export class Swarm {
    */
   async trustedDigest(timeoutMs: number, own: string): Promise<string | undefined> {
     if (this.plan.digest) return this.plan.digest;
-    // Waited out once already (digestFromPieces, then finished): asked once more, not waited for again.
-    const deadline = this.trustedWaitOver ? 0 : Date.now() + timeoutMs;
+    // Once answered it is not asked again (publishedDigest keeps it): a node cannot change
+    // a source's mapping (409).
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
-      const digest = await this.control.sourceDigest(this.key);
+      const digest = await this.publishedDigest();
       if (digest) return digest;
       if (this.lease) return own;
-      if (Date.now() >= deadline) {
-        this.trustedWaitOver = true;
-        return undefined;
-      }
+      if (Date.now() >= deadline) return undefined;
       await new Promise((resolve) => setTimeout(resolve, 200));
     }
   }
@@ -908,6 +937,7 @@ export class Swarm {
     if (this.renewTimer) clearInterval(this.renewTimer);
     this.renewTimer = undefined;
     await this.announcing;
+    await this.reporting;
     if (this.lease) await this.control.releaseLease(this.plan.id, this.lease.token).catch(() => undefined);
     for (const peer of this.peers.values()) peer.source.close();
   }

@@ -1,12 +1,13 @@
 // Fixtures for the agent's tests: a node cache with complete blobs and downloads in progress
 // (the .part file and its pieces.json, written the way the cache writes them), raw HTTP
 // requests that keep a path exactly as given, and a fleet's parts for peer tests (control
-// plane, agents, a stand-in lease holder).
+// plane, agents, a stand-in lease holder, a front that logs or answers control-plane requests).
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { chmodSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { after } from 'node:test';
 import { ensureLayout } from '../../src/cache/blob-store.js';
@@ -329,4 +330,42 @@ export function peerFetcher(
       retryMaxDelay: 50,
     }).then(() => out);
   };
+}
+
+/**
+ * A front for control plane `cp`: logs each request as `METHOD path` and passes it through,
+ * unless `answer` answers it itself (status and JSON body). Stopped by `closers`.
+ */
+export async function controlPlaneFront(
+  cp: string,
+  closers: Closers,
+  answer: (method: string, path: string) => { status: number; body: unknown } | undefined = () => undefined,
+): Promise<{ url: string; log: string[] }> {
+  const log: string[] = [];
+  const server = http.createServer((req, res) => {
+    log.push(`${req.method} ${req.url}`);
+    const chunks: Buffer[] = [];
+    req.on('data', (c: Buffer) => chunks.push(c));
+    req.on('end', () => {
+      const own = answer(req.method ?? 'GET', req.url ?? '/');
+      if (own) {
+        res.writeHead(own.status, { 'content-type': 'application/json' });
+        res.end(JSON.stringify(own.body));
+        return;
+      }
+      const headers = Object.fromEntries(
+        Object.entries(req.headers).filter(([name]) => !['host', 'connection', 'content-length'].includes(name)),
+      ) as Record<string, string>;
+      const body = chunks.length > 0 ? Buffer.concat(chunks) : undefined;
+      fetch(`${cp}${req.url}`, { method: req.method, headers, body })
+        .then(async (passed) => {
+          res.writeHead(passed.status, { 'content-type': passed.headers.get('content-type') ?? 'application/json' });
+          res.end(Buffer.from(await passed.arrayBuffer()));
+        })
+        .catch(() => res.destroy());
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  closers.push(() => new Promise((resolve) => server.close(resolve)));
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, log };
 }

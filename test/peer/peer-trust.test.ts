@@ -9,8 +9,6 @@
 // - The agent publishes manifests as its node (X-Loom-Node), so a restarted agent restores one.
 import assert from 'node:assert/strict';
 import { chmodSync, closeSync, openSync, writeFileSync, writeSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fetchCached } from '../../src/cache/cached-fetch.js';
@@ -24,7 +22,14 @@ import { PeerPlanner } from '../../src/peer/peer-download.js';
 import { OriginServer } from '../support/origin-server.js';
 import { randomContent, sha256Of, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 import { openCache } from '../../src/cache/cache-admin.js';
-import { closersRunAfterAll, putBlob, putPartial, startTestAgent, startTestControlPlane } from './peer-fixtures.js';
+import {
+  closersRunAfterAll,
+  controlPlaneFront,
+  putBlob,
+  putPartial,
+  startTestAgent,
+  startTestControlPlane,
+} from './peer-fixtures.js';
 import { ensureLayout } from '../../src/cache/blob-store.js';
 
 const SECRET = 'cluster-secret-for-trust-tests-0123';
@@ -332,31 +337,12 @@ describe('a known digest whose fleet has no manifest for it', () => {
  */
 async function refusingFront(cp: string, refusals: number): Promise<{ url: string; refused: () => number }> {
   let refused = 0;
-  const server = http.createServer((req, res) => {
-    const chunks: Buffer[] = [];
-    req.on('data', (c: Buffer) => chunks.push(c));
-    req.on('end', () => {
-      if (req.method === 'PUT' && /^\/v1\/blobs\/[0-9a-f]{64}$/.test(req.url ?? '') && refused < refusals) {
-        refused++;
-        res.writeHead(503, { 'content-type': 'application/json' });
-        res.end(JSON.stringify({ error: { code: 'LOOM_ERR_STORE_UNAVAILABLE', message: 'store unreachable' } }));
-        return;
-      }
-      const headers = Object.fromEntries(
-        Object.entries(req.headers).filter(([name]) => !['host', 'connection', 'content-length'].includes(name)),
-      ) as Record<string, string>;
-      const body = chunks.length > 0 ? Buffer.concat(chunks) : undefined;
-      fetch(`${cp}${req.url}`, { method: req.method, headers, body })
-        .then(async (answer) => {
-          res.writeHead(answer.status, { 'content-type': answer.headers.get('content-type') ?? 'application/json' });
-          res.end(Buffer.from(await answer.arrayBuffer()));
-        })
-        .catch(() => res.destroy());
-    });
+  const front = await controlPlaneFront(cp, closers, (method, path) => {
+    if (method !== 'PUT' || !/^\/v1\/blobs\/[0-9a-f]{64}$/.test(path) || refused >= refusals) return undefined;
+    refused++;
+    return { status: 503, body: { error: { code: 'LOOM_ERR_STORE_UNAVAILABLE', message: 'store unreachable' } } };
   });
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-  closers.push(() => new Promise((resolve) => server.close(resolve)));
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, refused: () => refused };
+  return { url: front.url, refused: () => refused };
 }
 
 describe('a pinned follower whose lease holder is gone, the URL mapped', () => {
