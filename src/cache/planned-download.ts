@@ -6,6 +6,7 @@
 // a running download's files from a killed one's.
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { LoomError } from '../core/errors.js';
 import { pieceSizeFor } from '../core/manifest.js';
 import type { BlobDownloadResult, DownloadOptions } from '../fetch/download.js';
 import { adoptBlob } from './blob-store.js';
@@ -83,6 +84,7 @@ export async function downloadWithPlan(
       // --out (README, Known limits) and would hold the cache's disk full for every later
       // fetch. Removed here, under the lock: after it another process may own the part.
       const code = (err as { code?: string }).code;
+      if (result === undefined && code === 'LOOM_ERR_DIGEST_MISMATCH') await refuted(plan, err);
       if (
         code === 'LOOM_ERR_DIGEST_MISMATCH' ||
         code === 'LOOM_ERR_DISK_FULL' ||
@@ -103,13 +105,30 @@ export async function downloadWithPlan(
   }
 }
 
+/**
+ * The engine's whole-file mismatch under a pin with a manifest (its `expected` is the pin, not
+ * a piece's digest): every piece passed the manifest, so the manifest is not the pin's.
+ */
+async function refuted(plan: PlannedDownload, err: unknown): Promise<void> {
+  const { sha256, manifest, pinned } = plan.expected;
+  if (!manifest || !pinned || !(err instanceof LoomError) || err.expected !== sha256) return;
+  const { actual } = err;
+  if (actual === undefined || actual === sha256) return;
+  // Telling the fleet is a courtesy: it never changes what this fetch does next.
+  await plan.manifestRefuted?.(actual).catch(() => undefined);
+}
+
 function sizeOnDisk(path: string): number | undefined {
   const size = statSync(path, { throwIfNoEntry: false })?.size;
   return size === undefined || size === 0 ? undefined : size;
 }
 
 /** `manifests/<digest>.json`: what the agent publishes with the blob after a restart. */
-function keepManifest(layout: CacheLayout, result: BlobDownloadResult, verifiedAgainst: VerifiedAgainst): void {
+export function keepManifest(
+  layout: CacheLayout,
+  result: Pick<BlobDownloadResult, 'manifest'>,
+  verifiedAgainst: VerifiedAgainst,
+): void {
   const dir = join(layout.root, 'manifests');
   const file = join(dir, `${result.manifest!.digest}.json`);
   const temp = `${file}.${process.pid}.tmp`;

@@ -129,6 +129,12 @@ export interface RegistryStore {
   putManifest(manifest: StoredManifest): Promise<ManifestWrite>;
   getManifest(digest: string): Promise<StoredManifest | undefined>;
   deleteManifest(digest: string): Promise<boolean>;
+  /**
+   * Deletes the manifest of `manifest.digest` only if it is still this one (same size,
+   * piece size and pieces): a report decided against a manifest never drops the one
+   * published after it.
+   */
+  deleteManifestIf(manifest: Manifest): Promise<boolean>;
   /** Records a replica under the node's current epoch; false when the node is not live. */
   putReplica(replica: Replica, now: number): Promise<boolean>;
   removeReplica(digest: string, nodeId: string): Promise<boolean>;

@@ -38,6 +38,7 @@ import {
 } from './schemas.js';
 import { zodValidatorCompiler, type ZodTypeProvider } from './zod-provider.js';
 import { DEFAULTS } from '../core/defaults.js';
+import { manifestFingerprint } from '../core/manifest.js';
 
 export interface ControlPlaneOptions {
   store: RegistryStore;
@@ -520,10 +521,30 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     } else {
       throw new ValidationError('invalid body.reporter: required unless the caller authenticates as a node');
     }
-    const reports = await store.report(body.digest, body.node, reporter, Date.now(), reportWindowMs);
+    const now = Date.now();
+    if (body.kind === 'manifest') {
+      // A manifest is proved wrong by any node with a pin, so the same rule as a replica's
+      // (distinct reporters within the window, README "Choices"): one lying node cannot drop
+      // a good manifest and race to publish one of its own in its place. Its reports are
+      // counted with the replicas' under a name no node can have ('/' is not in a node id),
+      // against this very piece list: a manifest published after the drop starts at zero.
+      const fingerprint = body.manifest!;
+      const reports = await store.report(body.digest, `manifest/${fingerprint}`, reporter, now, reportWindowMs);
+      let dropped = false;
+      if (reports >= reportThreshold) {
+        const current = await store.getManifest(body.digest);
+        if (current && manifestFingerprint(current) === fingerprint) dropped = await store.deleteManifestIf(current);
+        if (dropped) request.log.warn({ digest: body.digest, reports }, 'manifest dropped: reported by distinct nodes');
+      }
+      return reply
+        .status(202)
+        .send({ digest: body.digest, kind: body.kind, manifest: fingerprint, reporter, reports, dropped });
+    }
+    const node = body.node!;
+    const reports = await store.report(body.digest, node, reporter, now, reportWindowMs);
     return reply
       .status(202)
-      .send({ digest: body.digest, node: body.node, reporter, reports, quarantined: reports >= reportThreshold });
+      .send({ digest: body.digest, kind: body.kind, node, reporter, reports, quarantined: reports >= reportThreshold });
   });
 
   // The original tool's API, kept for its users' scripts: a node comes back as registered.

@@ -369,6 +369,11 @@ export class SqliteStore implements RegistryStore {
         this.sql.putSource.run(key, digest, Date.now());
         return existing === undefined ? 'created' : 'replaced';
       }),
+      deleteManifestIf: db.transaction((manifest: Manifest): boolean => {
+        const existing = this.manifestOf(manifest.digest);
+        if (!existing || !sameManifest(existing, manifest)) return false;
+        return this.sql.deleteManifest.run(manifest.digest).changes > 0;
+      }),
       report: db.transaction((digest: string, nodeId: string, reporter: string, now: number, windowMs: number) => {
         this.sql.report.run(digest, nodeId, reporter, now);
         return (this.sql.reportCount.get(digest, nodeId, now - windowMs) as { n: number }).n;
@@ -452,6 +457,10 @@ export class SqliteStore implements RegistryStore {
 
   deleteManifest(digest: string): Promise<boolean> {
     return this.run(() => this.sql.deleteManifest.run(digest).changes > 0);
+  }
+
+  deleteManifestIf(manifest: Manifest): Promise<boolean> {
+    return this.run(() => this.tx.deleteManifestIf(manifest));
   }
 
   private manifestOf(digest: string): StoredManifest | undefined {
