@@ -172,6 +172,18 @@ async function forger(cp: string): Promise<Node> {
   return bad;
 }
 
+/** Reports the control plane answered 202, of either kind (its Prometheus counter). */
+async function reportsMade(cp: string): Promise<number> {
+  const text = await (await fetch(`${cp}/metrics`)).text();
+  const line = text
+    .split('\n')
+    .find(
+      (l) =>
+        l.startsWith('loom_cp_http_requests_total{') && l.includes('route="/v1/reports"') && l.includes('status="202"'),
+    );
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
 /** The piece list of the fleet's manifest for the good digest; undefined when it has none. */
 async function fleetPieces(cp: string): Promise<string[] | undefined> {
   const answer = await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin);
@@ -249,6 +261,10 @@ describe('fleet trust with per-node credentials', () => {
       }
       const manifest = await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin);
       assert.equal((manifest.body as { verifiedAgainst: string }).verifiedAgainst, 'sha256-pinned');
+      // The forged manifest failed the honest holders' pieces too (v1's in v2's and v3's
+      // fetches): those reports were held until the pin vouched for the manifest, and then
+      // forgotten. Only the three manifest reports were made.
+      assert.equal(await reportsMade(cp), 3);
 
       const next = await node(cp, 'v4');
       origin.resetStats();
