@@ -148,6 +148,8 @@ export interface RegistryStore {
   getPieces(id: string): Promise<PieceRecord | undefined>;
   /** Records a report against a replica; returns how many distinct reporters it has in the window. */
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number>;
+  /** The distinct reporters of `nodeId` under `digest` whose last report is newer than `since`. */
+  reporters(digest: string, nodeId: string, since: number): Promise<string[]>;
   /**
    * Grants `node` a lease: its own live one again (renewed), or a new one under `newToken`
    * with the next fencing token when fewer than `slots` live leases are held.

@@ -746,6 +746,14 @@ export class RedisStore implements RegistryStore {
     });
   }
 
+  reporters(digest: string, nodeId: string, since: number): Promise<string[]> {
+    return this.run(async () => {
+      const members = await this.client.zRangeByScore(this.blobKey(digest, 'reports'), `(${since}`, '+inf');
+      const prefix = `${nodeId}\n`;
+      return members.flatMap((m) => (m.startsWith(prefix) ? [m.slice(prefix.length)] : [])).sort();
+    });
+  }
+
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number> {
     return this.run(async () =>
       Number(

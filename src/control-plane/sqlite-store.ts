@@ -291,6 +291,9 @@ export class SqliteStore implements RegistryStore {
          ON CONFLICT(digest, node_id, reporter) DO UPDATE SET at = excluded.at`,
       ),
       reportCount: db.prepare('SELECT count(*) AS n FROM reports WHERE digest = ? AND node_id = ? AND at > ?'),
+      reporters: db
+        .prepare('SELECT reporter FROM reports WHERE digest = ? AND node_id = ? AND at > ? ORDER BY reporter')
+        .pluck(true),
       liveLeases: db.prepare(
         'SELECT token, node_id, fencing, expires_at FROM leases WHERE digest = ? AND expires_at > ? ORDER BY fencing',
       ),
@@ -545,6 +548,10 @@ export class SqliteStore implements RegistryStore {
 
   getSource(key: string): Promise<string | undefined> {
     return this.run(() => (this.sql.getSource.get(key) as { digest: string } | undefined)?.digest);
+  }
+
+  reporters(digest: string, nodeId: string, since: number): Promise<string[]> {
+    return this.run(() => this.sql.reporters.all(digest, nodeId, since) as string[]);
   }
 
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number> {

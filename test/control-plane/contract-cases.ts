@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
 import { manifestFingerprint } from '../../src/core/manifest.js';
+import { nodeToken } from '../../src/control-plane/auth.js';
 import { beat, D1, D2, errorOf, peerIds, PIECE, service, type StoreFactory } from './harness.js';
 
 export const manifestOf = (size: number, pieceSize: number, extra: Record<string, unknown> = {}) => ({
@@ -256,6 +257,39 @@ export function contractSuite(factory: StoreFactory): void {
       await beat(s, 'holder');
       await s.call('PUT', `/v1/blobs/${D1}/replicas/holder`, { complete: true });
       assert.deepEqual(await peerIds(s, D1), ['holder']);
+    });
+
+    it('after a manifest is dropped on reports, only its reporters publish the next one until the reports age out', async () => {
+      const SECRET = 'contract-secret-0123456789abcdef';
+      const admin = { authorization: 'Bearer contract-admin-token-0123456789' };
+      const s = await service(factory, {
+        token: admin.authorization.slice(7),
+        clusterSecret: SECRET,
+        reportWindowMs: 1_500,
+      });
+      const as = (id: string) => ({ authorization: `Bearer ${nodeToken(SECRET, id)}`, 'x-loom-node': id });
+      const forged = manifestOf(8, 4, { verifiedAgainst: 'sha256-pinned' });
+      const good = { ...forged, pieces: [D2, D2] };
+      const other = { ...forged, pieces: [PIECE, D2] };
+      const put = (id: string, manifest: unknown) => s.call('PUT', `/v1/blobs/${D1}`, manifest, as(id));
+      assert.equal((await put('forger', forged)).status, 201);
+      for (const reporter of ['r1', 'r2', 'r3']) {
+        const body = { digest: D1, kind: 'manifest', manifest: manifestFingerprint(forged) };
+        assert.equal((await s.call('POST', '/v1/reports', body, as(reporter))).status, 202);
+      }
+      assert.equal((await s.call('GET', `/v1/blobs/${D1}`, undefined, admin)).status, 404, 'dropped');
+      // The forger (not a reporter) cannot race the reporters with another list, nor its own again.
+      for (const manifest of [other, forged]) {
+        const res = await put('forger', manifest);
+        assert.equal(res.status, 409, JSON.stringify(res.body));
+        assert.match(errorOf(res).message, /dropped on nodes' reports/);
+      }
+      assert.equal((await put('r2', good)).status, 201, "a reporter publishes the pinned bytes' manifest");
+      assert.equal((await put('r1', good)).status, 200, 'the same one again: unchanged');
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}`, undefined, admin)).status, 204);
+      assert.equal((await put('forger', other)).status, 409, 'still within the window');
+      await sleep(1_600);
+      assert.equal((await put('forger', other)).status, 201, 'the reports aged out: first writer wins again');
     });
 
     it('drops the replicas a node recorded under an older epoch when it beats with a new one', async () => {
