@@ -23,7 +23,14 @@ export {
   type ActiveFile,
   type FileQueueOptions,
 } from './fetch/file-queue.js';
-export { pieceSizeFor, pieceCount, pieceRange, isValidManifest, type Manifest } from './core/manifest.js';
+export {
+  pieceSizeFor,
+  pieceCount,
+  pieceRange,
+  isValidManifest,
+  manifestFingerprint,
+  type Manifest,
+} from './core/manifest.js';
 export { sourceFor, type SourceOptions } from './sources/index.js';
 export type { Source, RangeBody, ProbeResult, ProbeExpectation, Validator } from './sources/source.js';
 export type { DownloadStats } from './fetch/stats.js';

@@ -11,8 +11,9 @@ import { statSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
 import type { BlobDownloadResult, DownloadResult, DownloadTrail } from '../fetch/download.js';
-import type { DownloadPlanner } from './download-planner.js';
+import type { DownloadPlanner, PlannedDownload } from './download-planner.js';
 import type { PlanSpill } from './planned-download.js';
+import type { Manifest } from '../core/manifest.js';
 import { emptyStats, type DownloadStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { hasValidator, journalIdentity } from '../fetch/journal.js';
@@ -237,12 +238,15 @@ export async function fetchCached(
     const trail: DownloadTrail = { stats: emptyStats() };
     // A planned download's verified pieces, kept (under its id's lock) when the disk filled.
     let planSpill: PlanSpill | undefined;
+    // The origin's bytes after a failed plan, once checked against the pin: their manifest
+    // goes to the fleet (a forged one for the pin is dropped once enough nodes report it).
+    let verifiedManifest: { plan: PlannedDownload; manifest: Manifest } | undefined;
     // The caller's pin is checked here, not by the engine (which removes bytes that miss it):
     // the download is kept as what the URL serves, for the processes waiting for it.
     const checkPinHere = expected !== undefined && !sha256FromSource;
     try {
       const signal = resolved.signal ? AbortSignal.any([resolved.signal, lock.lost]) : lock.lost;
-      const fromOrigin = async (): Promise<DownloadResult> => {
+      const fromOrigin = async (produceManifest = false): Promise<DownloadResult | BlobDownloadResult> => {
         part = lock.part;
         const engineExpects = checkPinHere ? undefined : expected;
         return downloadToPart(source, part, {
@@ -250,6 +254,7 @@ export async function fetchCached(
           expectedSha256: engineExpects,
           journalSha256: checkPinHere ? expected : undefined,
           computeSha256: true,
+          produceManifest,
           signal,
           trail,
         });
@@ -279,7 +284,9 @@ export async function fetchCached(
           if (plan.originOnFailure && !signal.aborted) {
             // Peers' bytes checked only as a whole failed: the origin's are had alone.
             status(`${(err as Error).message}; fetching it from the origin alone`);
-            download = await fromOrigin();
+            download = await fromOrigin(expected !== undefined && plan.originVerified !== undefined);
+            const manifest = 'manifest' in download ? download.manifest : undefined;
+            if (manifest && manifest.digest === expected) verifiedManifest = { plan, manifest };
           } else {
             // A follower whose leader finished (or vanished) between two looks: ask the fleet
             // once more; it now knows the blob, or hands this node the lease.
@@ -358,6 +365,11 @@ export async function fetchCached(
         await planSpill?.release();
         await lock.release();
       }
+    }
+    if (verifiedManifest && admitted.digest === expected) {
+      const { keepManifest } = await import('./planned-download.js');
+      keepManifest(cache.layout, verifiedManifest, verifiedManifest.plan.verifiedAgainst);
+      await verifiedManifest.plan.originVerified?.(verifiedManifest.manifest);
     }
     const materialization = await cache.place(admitted, out);
     return result({ ...download, cache: 'miss', materialization, waited });

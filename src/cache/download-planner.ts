@@ -68,5 +68,17 @@ export interface PlannedDownload {
    * DigestMismatchError when they cannot be trusted.
    */
   finished(result: BlobDownloadResult): Promise<void>;
+  /**
+   * With a manifest and a pinned digest: every piece matched the manifest and the whole file
+   * hashed to `actual`, not the pin. The manifest lists other bytes than the digest's (it was
+   * forged, or published by mistake): the planner tells the fleet. Called before `close`.
+   */
+  manifestRefuted?(actual: string): Promise<void>;
+  /**
+   * After a failed plan with `originOnFailure`: the origin's bytes, checked against the pin,
+   * and their manifest. The planner publishes it, so the fleet has a good one (in place of a
+   * forged one, once that is dropped). Called after `close`.
+   */
+  originVerified?(manifest: Manifest): Promise<void>;
   close(): Promise<void>;
 }

@@ -6,6 +6,7 @@
 // a running download's files from a killed one's. When the cache's disk fills up, the
 // verified pieces can be handed to the caller (PlanSpill) to go on at --out, the lock held.
 import { mkdirSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { LoomError } from '../core/errors.js';
 import { pieceRange, pieceSizeFor } from '../core/manifest.js';
 import type { BlobDownloadParams, BlobDownloadResult, DownloadOptions, DownloadTrail } from '../fetch/download.js';
 import type { JournalSnapshot } from '../fetch/journal.js';
@@ -129,6 +130,7 @@ export async function downloadWithPlan(
           });
         }
       }
+      if (result === undefined && code === 'LOOM_ERR_DIGEST_MISMATCH') await refuted(plan, err);
       if (
         !spilled &&
         (code === 'LOOM_ERR_DIGEST_MISMATCH' ||
@@ -169,13 +171,30 @@ function verifiedPart(
   return { ...partial, ranges: kept.toJSON(), verified: partial.verified.filter((i) => verified.has(i)) };
 }
 
+/**
+ * The engine's whole-file mismatch under a pin with a manifest (its `expected` is the pin, not
+ * a piece's digest): every piece passed the manifest, so the manifest is not the pin's.
+ */
+async function refuted(plan: PlannedDownload, err: unknown): Promise<void> {
+  const { sha256, manifest, pinned } = plan.expected;
+  if (!manifest || !pinned || !(err instanceof LoomError) || err.expected !== sha256) return;
+  const { actual } = err;
+  if (actual === undefined || actual === sha256) return;
+  // Telling the fleet is a courtesy: it never changes what this fetch does next.
+  await plan.manifestRefuted?.(actual).catch(() => undefined);
+}
+
 function sizeOnDisk(path: string): number | undefined {
   const size = statSync(path, { throwIfNoEntry: false })?.size;
   return size === undefined || size === 0 ? undefined : size;
 }
 
 /** `manifests/<digest>.json`: what the agent publishes with the blob after a restart. */
-function keepManifest(layout: CacheLayout, result: BlobDownloadResult, verifiedAgainst: VerifiedAgainst): void {
+export function keepManifest(
+  layout: CacheLayout,
+  result: Pick<BlobDownloadResult, 'manifest'>,
+  verifiedAgainst: VerifiedAgainst,
+): void {
   const dir = layout.manifests;
   const file = manifestPath(layout, result.manifest!.digest);
   const temp = `${file}.${process.pid}.tmp`;

@@ -129,6 +129,12 @@ export interface RegistryStore {
   putManifest(manifest: StoredManifest): Promise<ManifestWrite>;
   getManifest(digest: string): Promise<StoredManifest | undefined>;
   deleteManifest(digest: string): Promise<boolean>;
+  /**
+   * Deletes the manifest of `manifest.digest` only if it is still this one (same size,
+   * piece size and pieces): a report decided against a manifest never drops the one
+   * published after it.
+   */
+  deleteManifestIf(manifest: Manifest): Promise<boolean>;
   /** Records a replica under the node's current epoch; false when the node is not live. */
   putReplica(replica: Replica, now: number): Promise<boolean>;
   removeReplica(digest: string, nodeId: string): Promise<boolean>;
@@ -142,6 +148,8 @@ export interface RegistryStore {
   getPieces(id: string): Promise<PieceRecord | undefined>;
   /** Records a report against a replica; returns how many distinct reporters it has in the window. */
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number>;
+  /** The distinct reporters of `nodeId` under `digest` whose last report is newer than `since`. */
+  reporters(digest: string, nodeId: string, since: number): Promise<string[]>;
   /**
    * Grants `node` a lease: its own live one again (renewed), or a new one under `newToken`
    * with the next fencing token when fewer than `slots` live leases are held.

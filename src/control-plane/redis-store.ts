@@ -27,6 +27,7 @@ import {
   type Lease,
   type LeaseGrant,
   type LocateQuery,
+  type Manifest,
   type ManifestWrite,
   type NodeRecord,
   PIECES_TTL_MS,
@@ -248,6 +249,15 @@ if not v then return 2 end
 if tonumber(string.match(v, '^(%d+):')) <= tonumber(ARGV[2]) then
   redis.call('HDEL', KEYS[1], ARGV[1])
   redis.call('HDEL', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+`;
+
+/** Compare and delete. KEYS: a key. ARGV: the value it must hold. Returns 1 when deleted. */
+const DELETE_IF = `
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
   return 1
 end
 return 0
@@ -597,6 +607,19 @@ export class RedisStore implements RegistryStore {
     });
   }
 
+  deleteManifestIf(manifest: Manifest): Promise<boolean> {
+    return this.run(async () => {
+      const key = this.blobKey(manifest.digest, 'manifest');
+      const value = await this.client.get(key);
+      if (typeof value !== 'string' || !sameManifest(JSON.parse(value) as StoredManifest, manifest)) return false;
+      // Deleted only if the record read is still there: a manifest published since stays.
+      if (Number(await this.eval(DELETE_IF, [key], [value])) !== 1) return false;
+      // The blobs set lives in a slot of its own (a cluster): removed after, as deleteManifest does.
+      await this.client.sRem(this.blobsKey(), manifest.digest);
+      return true;
+    });
+  }
+
   putReplica(replica: Replica, now: number): Promise<boolean> {
     return this.run(async () => {
       const { digest, nodeId } = replica;
@@ -720,6 +743,14 @@ export class RedisStore implements RegistryStore {
     return this.run(async () => {
       const value = await this.client.hGet(this.blobKey(id, 'source-pieces'), 'record');
       return typeof value === 'string' ? (JSON.parse(value) as PieceRecord) : undefined;
+    });
+  }
+
+  reporters(digest: string, nodeId: string, since: number): Promise<string[]> {
+    return this.run(async () => {
+      const members = await this.client.zRangeByScore(this.blobKey(digest, 'reports'), `(${since}`, '+inf');
+      const prefix = `${nodeId}\n`;
+      return members.flatMap((m) => (m.startsWith(prefix) ? [m.slice(prefix.length)] : [])).sort();
     });
   }
 

@@ -145,13 +145,31 @@ export const piecesBody = z
     path: ['pieces'],
   });
 
-export const reportBody = z.strictObject({
-  digest,
-  node: nodeId,
-  /** Only from an admin or an open control plane; a node reports as itself. */
-  reporter: nodeId.optional(),
-  reason: printable(512).optional(),
-});
+export const REPORT_KINDS = ['replica', 'manifest'] as const;
+
+/**
+ * A report against a replica (`node` served bad or no data), or against the manifest of
+ * `digest` (`manifest`: its fingerprint, core/manifest.ts manifestFingerprint): the reporter
+ * took bytes that matched every piece of it and the whole file missed the pinned digest.
+ */
+export const reportBody = z
+  .strictObject({
+    digest,
+    kind: z.enum(REPORT_KINDS, { message: `must be one of ${REPORT_KINDS.join(', ')}` }).default('replica'),
+    node: nodeId.optional(),
+    manifest: digest.optional(),
+    /** Only from an admin or an open control plane; a node reports as itself. */
+    reporter: nodeId.optional(),
+    reason: printable(512).optional(),
+  })
+  .superRefine((report, ctx) => {
+    const [needed, other] =
+      report.kind === 'manifest' ? (['manifest', 'node'] as const) : (['node', 'manifest'] as const);
+    if (report[needed] === undefined)
+      ctx.addIssue({ code: 'custom', path: [needed], message: `required in a ${report.kind} report` });
+    else if (report[other] !== undefined)
+      ctx.addIssue({ code: 'custom', path: [other], message: `not part of a ${report.kind} report` });
+  });
 
 export const MAX_LEASE_SLOTS = 64;
 

@@ -38,7 +38,7 @@ import {
 } from './schemas.js';
 import { zodValidatorCompiler, type ZodTypeProvider } from './zod-provider.js';
 import { DEFAULTS } from '../core/defaults.js';
-import { samePieces } from '../core/manifest.js';
+import { manifestFingerprint, samePieces } from '../core/manifest.js';
 
 export interface ControlPlaneOptions {
   store: RegistryStore;
@@ -106,6 +106,12 @@ declare module 'fastify' {
     caller: Caller;
   }
 }
+
+// Manifest reports are kept with the replicas' (same window, same sweep) under names no node
+// can have ('/' is not in a node id): the reporters of a piece list, by its fingerprint, and
+// the fingerprints dropped (as the "reporters" of DROPPED_MANIFESTS).
+const manifestReportsOf = (fingerprint: string) => `manifest/${fingerprint}`;
+const DROPPED_MANIFESTS = 'manifest/dropped';
 
 /** The pseudo-blob the original tool's model names map to. */
 function legacyDigest(model: string): string {
@@ -276,6 +282,8 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     async (request, reply) => {
       Authenticator.requireCredential(request.caller);
       const { digest } = request.params;
+      if (request.caller.kind === 'node' && !(await store.getManifest(digest)))
+        await requireReporterAfterDrop(request.caller.id, digest);
       const outcome = await store.putManifest({ digest, ...request.body });
       if (outcome === 'conflict') {
         throw new ConflictError(`blob ${digest} already has a different manifest (first writer wins)`, {
@@ -285,6 +293,24 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       return reply.status(outcome === 'created' ? 201 : 200).send({ digest, outcome });
     },
   );
+
+  /**
+   * For the report window after a manifest was dropped on reports, only a node that reported
+   * it publishes the next one: those nodes are fetching the pinned bytes from the origin, and
+   * any other (the forger first) could otherwise race them with a forged list of its own.
+   */
+  async function requireReporterAfterDrop(node: string, digest: string): Promise<void> {
+    const since = Date.now() - reportWindowMs;
+    const dropped = await store.reporters(digest, DROPPED_MANIFESTS, since);
+    if (dropped.length === 0) return;
+    for (const fingerprint of dropped) {
+      if ((await store.reporters(digest, manifestReportsOf(fingerprint), since)).includes(node)) return;
+    }
+    throw new ConflictError(
+      `the manifest of ${digest} was dropped on nodes' reports: until the reports age out, only those nodes publish the next one`,
+      { hint: 'an admin may publish one at any time' },
+    );
+  }
 
   app.get('/v1/blobs/:digest', { schema: { params: digestParams } }, async (request) => {
     const { digest } = request.params;
@@ -526,10 +552,33 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     } else {
       throw new ValidationError('invalid body.reporter: required unless the caller authenticates as a node');
     }
-    const reports = await store.report(body.digest, body.node, reporter, Date.now(), reportWindowMs);
+    const now = Date.now();
+    if (body.kind === 'manifest') {
+      // A manifest is proved wrong by any node with a pin, so the same rule as a replica's
+      // (distinct reporters within the window, README "Choices"): one lying node cannot drop
+      // a good manifest and race to publish one of its own in its place. Its reports are
+      // counted against this very piece list: a manifest published after the drop starts at zero.
+      const fingerprint = body.manifest!;
+      const reports = await store.report(body.digest, manifestReportsOf(fingerprint), reporter, now, reportWindowMs);
+      let dropped = false;
+      if (reports >= reportThreshold) {
+        const current = await store.getManifest(body.digest);
+        if (current && manifestFingerprint(current) === fingerprint) dropped = await store.deleteManifestIf(current);
+        if (dropped) {
+          // Kept, like the reports, for the window: who may publish the next one (see above).
+          await store.report(body.digest, DROPPED_MANIFESTS, fingerprint, now, reportWindowMs);
+          request.log.warn({ digest: body.digest, reports }, 'manifest dropped: reported by distinct nodes');
+        }
+      }
+      return reply
+        .status(202)
+        .send({ digest: body.digest, kind: body.kind, manifest: fingerprint, reporter, reports, dropped });
+    }
+    const node = body.node!;
+    const reports = await store.report(body.digest, node, reporter, now, reportWindowMs);
     return reply
       .status(202)
-      .send({ digest: body.digest, node: body.node, reporter, reports, quarantined: reports >= reportThreshold });
+      .send({ digest: body.digest, kind: body.kind, node, reporter, reports, quarantined: reports >= reportThreshold });
   });
 
   // The original tool's API, kept for its users' scripts: a node comes back as registered.

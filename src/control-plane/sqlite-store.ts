@@ -18,7 +18,7 @@ import { Worker } from 'node:worker_threads';
 import Database from 'better-sqlite3';
 import { StoreLockedError, StoreUnavailableError } from '../core/errors.js';
 import { lockHolderPid, tryLockFile, type FileLock } from '../core/file-lock.js';
-import { sameManifest } from '../core/manifest.js';
+import { sameManifest, type Manifest } from '../core/manifest.js';
 import { rankCandidates } from './locate.js';
 import { PIECES_TTL_MS } from './model.js';
 import type {
@@ -294,6 +294,9 @@ export class SqliteStore implements RegistryStore {
          ON CONFLICT(digest, node_id, reporter) DO UPDATE SET at = excluded.at`,
       ),
       reportCount: db.prepare('SELECT count(*) AS n FROM reports WHERE digest = ? AND node_id = ? AND at > ?'),
+      reporters: db
+        .prepare('SELECT reporter FROM reports WHERE digest = ? AND node_id = ? AND at > ? ORDER BY reporter')
+        .pluck(true),
       liveLeases: db.prepare(
         'SELECT token, node_id, fencing, expires_at FROM leases WHERE digest = ? AND expires_at > ? ORDER BY fencing',
       ),
@@ -371,6 +374,11 @@ export class SqliteStore implements RegistryStore {
         if (existing !== undefined && !replace) return 'conflict';
         this.sql.putSource.run(key, digest, Date.now());
         return existing === undefined ? 'created' : 'replaced';
+      }),
+      deleteManifestIf: db.transaction((manifest: Manifest): boolean => {
+        const existing = this.manifestOf(manifest.digest);
+        if (!existing || !sameManifest(existing, manifest)) return false;
+        return this.sql.deleteManifest.run(manifest.digest).changes > 0;
       }),
       report: db.transaction((digest: string, nodeId: string, reporter: string, now: number, windowMs: number) => {
         this.sql.report.run(digest, nodeId, reporter, now);
@@ -457,6 +465,10 @@ export class SqliteStore implements RegistryStore {
     return this.run(() => this.sql.deleteManifest.run(digest).changes > 0);
   }
 
+  deleteManifestIf(manifest: Manifest): Promise<boolean> {
+    return this.run(() => this.tx.deleteManifestIf(manifest));
+  }
+
   private manifestOf(digest: string): StoredManifest | undefined {
     const row = this.sql.getManifest.get(digest) as ManifestRow | undefined;
     return (
@@ -539,6 +551,10 @@ export class SqliteStore implements RegistryStore {
 
   getSource(key: string): Promise<string | undefined> {
     return this.run(() => (this.sql.getSource.get(key) as { digest: string } | undefined)?.digest);
+  }
+
+  reporters(digest: string, nodeId: string, since: number): Promise<string[]> {
+    return this.run(() => this.sql.reporters.all(digest, nodeId, since) as string[]);
   }
 
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number> {

@@ -1,5 +1,6 @@
 // A blob's manifest: its sha256 and the sha256 of every fixed-size piece. The lowest layer,
 // so the engine, the peers and the control plane share one type and one piece-size rule.
+import { createHash } from 'node:crypto';
 import { DEFAULTS } from './defaults.js';
 import { UsageError } from './errors.js';
 
@@ -78,4 +79,15 @@ export function checkExpectedManifest(manifest: Manifest, sha256: string | undef
   if (size !== undefined && manifest.size !== size) {
     throw new UsageError(`the manifest says ${manifest.size} bytes, the expected size is ${size}`);
   }
+}
+
+/**
+ * Names one piece list among the manifests published for a digest over time: a report
+ * against a manifest (a node proved it wrong) counts only against that very list, never
+ * against one published after it was dropped.
+ */
+export function manifestFingerprint(manifest: Pick<Manifest, 'size' | 'pieceSize' | 'pieces'>): string {
+  return createHash('sha256')
+    .update(`loom-manifest:${manifest.size}:${manifest.pieceSize}:${manifest.pieces.join(',')}`)
+    .digest('hex');
 }

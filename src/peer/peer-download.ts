@@ -255,6 +255,22 @@ export class PeerPlanner implements DownloadPlanner {
         }
         if (result.manifest) await swarm.finished(result.manifest, verifiedAgainst);
       },
+      // The pinned digest's manifest was proved wrong here: reported, so that once enough
+      // nodes have, the control plane drops it and the next fetches do not pay for it.
+      manifestRefuted: async (actual) => {
+        const manifest = plan.manifest!;
+        options.onStatus?.(
+          `the fleet's manifest of ${manifest.digest} lists the pieces of other bytes (they hash to ${actual}): reported to the control plane`,
+        );
+        await this.control.reportManifest(
+          manifest,
+          `every piece matched the manifest, the whole file hashes to ${actual}, not the pinned ${manifest.digest}`,
+        );
+      },
+      // The origin's bytes, checked against the pin: their manifest in place of the refuted
+      // one (a 409 while that one is still held). No source mapping: that needs a lease.
+      originVerified: (manifest) =>
+        this.control.publish(key, manifest, verifiedAgainst, undefined).catch(() => undefined),
       close: () => swarm.close(),
     };
   }

@@ -3,7 +3,7 @@
 // answers undefined and every write is skipped, so the fetch goes on from the origin. Why it
 // could not be used is kept (`trouble`): a 401/403 is a misconfigured token, not an absent
 // control plane, and the fetch says which.
-import type { Manifest } from '../core/manifest.js';
+import { manifestFingerprint, type Manifest } from '../core/manifest.js';
 import { sourceBlobId } from '../cache/source-id.js';
 import type { ControlPlaneAnswer, ControlPlaneClient } from '../control-plane/client.js';
 import { isRefusal } from './node-identity.js';
@@ -171,6 +171,21 @@ export class ClientSwarmControl implements SwarmControl {
     } finally {
       if (token !== lease.token) await this.releaseLease(sourceId, token);
     }
+  }
+
+  /**
+   * Reports the fleet's manifest of `digest` as wrong: bytes matching every one of its pieces
+   * hash to another digest. The control plane drops it once enough distinct nodes say so.
+   */
+  async reportManifest(manifest: Manifest, reason: string): Promise<void> {
+    const reporter = this.nodeId && { reporter: this.nodeId };
+    await this.client.send('POST', '/v1/reports', {
+      digest: manifest.digest,
+      kind: 'manifest',
+      manifest: manifestFingerprint(manifest),
+      reason: reason.slice(0, 500),
+      ...reporter,
+    });
   }
 
   async report(digest: string, node: string, reason: string): Promise<void> {

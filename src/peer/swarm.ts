@@ -177,6 +177,14 @@ export class Swarm {
   private readonly excluded = new Set<string>();
   /** Slots the engine dropped (their node may still serve under another name). */
   private readonly droppedSlots = new Set<string>();
+  /**
+   * Reports held back while a pinned download checks pieces against a manifest the pin has
+   * not vouched for yet: a forged one fails every honest holder's pieces. Sent once the
+   * whole file matched the pin (finished), forgotten when it did not (the manifest lied).
+   */
+  private readonly heldReports: Array<[blob: string, node: string, reason: string]> = [];
+  /** The digest the user or the source vouched for, if any. */
+  private pinned: string | undefined;
   private lease: { token: string } | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
   private refreshes = 0;
@@ -259,6 +267,7 @@ export class Swarm {
    * `signal` (Ctrl-C) ends a wait for another node's first piece with a cancellation.
    */
   async prepare(pinned: string | undefined, signal?: AbortSignal): Promise<SwarmPlan> {
+    this.pinned = pinned;
     let digest = pinned ?? (await this.control.sourceDigest(this.key));
     let manifest = digest ? await this.control.manifest(digest) : undefined;
     this.plan = { role: 'origin', id: digest ?? this.sourceId, digest, manifest, size: manifest?.size };
@@ -822,8 +831,12 @@ export class Swarm {
       this.excluded.add(node);
       // Under the name it serves the blob by here (the digest, or the source id for a partial
       // holder while the digest is unknown), so its replica there is the one counted against.
-      const report = this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
-      this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
+      if (this.pinned !== undefined && this.plan.manifest) {
+        this.heldReports.push([peer.source.blob, node, reason.message]);
+      } else {
+        const report = this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
+        this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
+      }
     }
     // A node kept off the origin waits on the lease holder: was it the one dropped?
     if (!this.lease && !this.originAllowed && !this.holderLost) this.lookAtLeaseHolder();
@@ -895,6 +908,11 @@ export class Swarm {
    * against (a follower waits for the leader's).
    */
   async finished(manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
+    // The whole file matched the pin: the manifest the dropped peers failed was the pin's.
+    for (const [blob, node, reason] of this.heldReports.splice(0)) {
+      const report = this.control.report(blob, node, reason).catch(() => undefined);
+      this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
+    }
     if (this.announceTimer) clearTimeout(this.announceTimer);
     this.announceTimer = undefined;
     this.publishDigests();

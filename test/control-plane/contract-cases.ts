@@ -4,6 +4,8 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
+import { manifestFingerprint } from '../../src/core/manifest.js';
+import { nodeToken } from '../../src/control-plane/auth.js';
 import { beat, D1, D2, errorOf, peerIds, PIECE, service, type StoreFactory } from './harness.js';
 
 export const manifestOf = (size: number, pieceSize: number, extra: Record<string, unknown> = {}) => ({
@@ -202,6 +204,94 @@ export function contractSuite(factory: StoreFactory): void {
       assert.deepEqual((await ids()).sort(), ['bad', 'good']);
     });
 
+    it('drops a manifest reported by enough distinct nodes, and only that manifest', async () => {
+      const s = await service(factory);
+      const forged = manifestOf(8, 4, { verifiedAgainst: 'sha256-pinned' });
+      const good = { ...forged, pieces: [D2, D2] };
+      const report = (reporter: string, manifest = manifestFingerprint(forged)) =>
+        s.call('POST', '/v1/reports', {
+          digest: D1,
+          kind: 'manifest',
+          manifest,
+          reporter,
+          reason: 'whole file differs',
+        });
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, forged)).status, 201);
+      // One reporter, however often, is one report: the manifest stays.
+      for (let i = 0; i < 3; i++) {
+        const res = await report('liar');
+        assert.equal(res.status, 202, JSON.stringify(res.body));
+        assert.deepEqual(res.body, {
+          digest: D1,
+          kind: 'manifest',
+          manifest: manifestFingerprint(forged),
+          reporter: 'liar',
+          reports: 1,
+          dropped: false,
+        });
+      }
+      // Reports against another piece list count for nothing against this one.
+      for (const reporter of ['x1', 'x2', 'x3'])
+        assert.equal(((await report(reporter, manifestFingerprint(good))).body as { dropped: boolean }).dropped, false);
+      assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...forged });
+      assert.equal(((await report('r2')).body as { reports: number }).reports, 2);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, good)).status, 409, 'still held below the threshold');
+      const third = await report('r3');
+      assert.deepEqual(
+        [(third.body as { reports: number }).reports, (third.body as { dropped: boolean }).dropped],
+        [3, true],
+      );
+      assert.equal((await s.call('GET', `/v1/blobs/${D1}`)).status, 404);
+      // The node that fetched the pinned bytes publishes the good manifest in its place.
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, good)).status, 201);
+      assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...good });
+      // A late report against the dropped one never drops its successor.
+      assert.equal(((await report('r4')).body as { dropped: boolean }).dropped, false);
+      assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...good });
+      // The forged list published again is dropped by the next report: its reports still count.
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}`)).status, 204);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, forged)).status, 201);
+      assert.equal(((await report('r5')).body as { dropped: boolean }).dropped, true);
+      assert.equal((await s.call('GET', `/v1/blobs/${D1}`)).status, 404);
+      // Replica reports are their own: the manifest's reports quarantine no node.
+      await beat(s, 'holder');
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/holder`, { complete: true });
+      assert.deepEqual(await peerIds(s, D1), ['holder']);
+    });
+
+    it('after a manifest is dropped on reports, only its reporters publish the next one until the reports age out', async () => {
+      const SECRET = 'contract-secret-0123456789abcdef';
+      const admin = { authorization: 'Bearer contract-admin-token-0123456789' };
+      const s = await service(factory, {
+        token: admin.authorization.slice(7),
+        clusterSecret: SECRET,
+        reportWindowMs: 1_500,
+      });
+      const as = (id: string) => ({ authorization: `Bearer ${nodeToken(SECRET, id)}`, 'x-loom-node': id });
+      const forged = manifestOf(8, 4, { verifiedAgainst: 'sha256-pinned' });
+      const good = { ...forged, pieces: [D2, D2] };
+      const other = { ...forged, pieces: [PIECE, D2] };
+      const put = (id: string, manifest: unknown) => s.call('PUT', `/v1/blobs/${D1}`, manifest, as(id));
+      assert.equal((await put('forger', forged)).status, 201);
+      for (const reporter of ['r1', 'r2', 'r3']) {
+        const body = { digest: D1, kind: 'manifest', manifest: manifestFingerprint(forged) };
+        assert.equal((await s.call('POST', '/v1/reports', body, as(reporter))).status, 202);
+      }
+      assert.equal((await s.call('GET', `/v1/blobs/${D1}`, undefined, admin)).status, 404, 'dropped');
+      // The forger (not a reporter) cannot race the reporters with another list, nor its own again.
+      for (const manifest of [other, forged]) {
+        const res = await put('forger', manifest);
+        assert.equal(res.status, 409, JSON.stringify(res.body));
+        assert.match(errorOf(res).message, /dropped on nodes' reports/);
+      }
+      assert.equal((await put('r2', good)).status, 201, "a reporter publishes the pinned bytes' manifest");
+      assert.equal((await put('r1', good)).status, 200, 'the same one again: unchanged');
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}`, undefined, admin)).status, 204);
+      assert.equal((await put('forger', other)).status, 409, 'still within the window');
+      await sleep(1_600);
+      assert.equal((await put('forger', other)).status, 201, 'the reports aged out: first writer wins again');
+    });
+
     it('drops the replicas a node recorded under an older epoch when it beats with a new one', async () => {
       const s = await service(factory);
       await beat(s, 'booted', { epoch: 'boot-1' });
@@ -335,6 +425,33 @@ export function contractSuite(factory: StoreFactory): void {
         ['GET', `/v1/blobs/${D1}/peers?node=a%20b`, undefined, /invalid query\.node/],
         ['GET', '/v1/sources', undefined, /invalid query\.key/],
         ['POST', '/v1/reports', { digest: D1, node: 'x' }, /invalid body\.reporter/],
+        ['POST', '/v1/reports', { digest: D1, reporter: 'y' }, /invalid body\.node: required in a replica report/],
+        ['POST', '/v1/reports', { digest: D1, kind: 'manifest', reporter: 'y' }, /invalid body\.manifest: required/],
+        [
+          'POST',
+          '/v1/reports',
+          { digest: D1, kind: 'manifest', manifest: 'zz', reporter: 'y' },
+          /invalid body\.manifest/,
+        ],
+        [
+          'POST',
+          '/v1/reports',
+          { digest: D1, kind: 'manifest', manifest: D2, node: 'x', reporter: 'y' },
+          /invalid body\.node: not part of a manifest report/,
+        ],
+        [
+          'POST',
+          '/v1/reports',
+          { digest: D1, node: 'x', manifest: D2, reporter: 'y' },
+          /invalid body\.manifest: not part/,
+        ],
+        ['POST', '/v1/reports', { digest: D1, kind: 'blob', manifest: D2, reporter: 'y' }, /invalid body\.kind/],
+        [
+          'POST',
+          '/v1/reports',
+          { digest: 'nope', kind: 'manifest', manifest: D2, reporter: 'y' },
+          /invalid body\.digest/,
+        ],
         ['POST', '/register', { node: 'x' }, /invalid body\.model/],
         ['PUT', '/v1/nodes/ok', { url: `http://x:1/${'p'.repeat(70 * 1024)}` }, /larger than 65536 bytes/],
       ];

@@ -15,6 +15,7 @@ import { fetchCached } from '../../src/cache/cached-fetch.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { sourceKey } from '../../src/cache/source-key.js';
 import { nodeToken } from '../../src/control-plane/auth.js';
+import { manifestFingerprint } from '../../src/core/manifest.js';
 import { buildControlPlane } from '../../src/control-plane/server.js';
 import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
 import { Agent } from '../../src/peer/agent.js';
@@ -152,6 +153,48 @@ async function completeHolder(cp: string, digest: string, id: string): Promise<v
 const mappedDigest = async (cp: string, url: string): Promise<unknown> =>
   (await call(cp, 'GET', `/v1/sources?key=${encodeURIComponent(sourceKey(url))}`, admin)).body;
 
+const PIECE_SIZE = 16 * 1024 * 1024;
+const piecesOf = (bytes: Buffer): string[] => [bytes.subarray(0, PIECE_SIZE), bytes.subarray(PIECE_SIZE)].map(sha256Of);
+
+/**
+ * A forger: it holds other bytes under the good digest's name and is first to publish a
+ * manifest for that digest listing its own pieces (first writer wins).
+ */
+async function forger(cp: string): Promise<Node> {
+  const bad = await node(cp, 'forger');
+  const blob = join(cacheLayout(bad.cacheDir).blobs, good.sha256);
+  await ensureLayout(cacheLayout(bad.cacheDir));
+  writeFileSync(blob, evil.bytes);
+  const forged = { size: SIZE, pieceSize: PIECE_SIZE, pieces: piecesOf(evil.bytes), verifiedAgainst: 'sha256-pinned' };
+  assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('forger'), forged)).status, 201);
+  const cache = await openCache(bad.cacheDir);
+  try {
+    cache.index.recordFetch(`https://models.example/${good.sha256}`, good.sha256, SIZE, {});
+  } finally {
+    cache.close();
+  }
+  await completeHolder(cp, good.sha256, 'forger');
+  return bad;
+}
+
+/** Reports the control plane answered 202, of either kind (its Prometheus counter). */
+async function reportsMade(cp: string): Promise<number> {
+  const text = await (await fetch(`${cp}/metrics`)).text();
+  const line = text
+    .split('\n')
+    .find(
+      (l) =>
+        l.startsWith('loom_cp_http_requests_total{') && l.includes('route="/v1/reports"') && l.includes('status="202"'),
+    );
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(' ') + 1));
+}
+
+/** The piece list of the fleet's manifest for the good digest; undefined when it has none. */
+async function fleetPieces(cp: string): Promise<string[] | undefined> {
+  const answer = await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin);
+  return answer.status === 200 ? (answer.body as { pieces: string[] }).pieces : undefined;
+}
+
 describe('fleet trust with per-node credentials', () => {
   it('a node cannot map a URL to its own bytes with a lease on its own digest; the victim gets the origin bytes', async () => {
     const cp = await securedControlPlane();
@@ -186,29 +229,93 @@ describe('fleet trust with per-node credentials', () => {
   it('a manifest forged for a pinned digest costs an origin copy, never the bytes: the whole file is checked', async () => {
     const cp = await securedControlPlane();
     const url = newUrl();
-    const bad = await node(cp, 'forger');
-    // The forger holds other bytes under the pinned digest's name and is first to publish a
-    // manifest for that digest listing its own pieces (first writer wins).
-    const blob = join(cacheLayout(bad.cacheDir).blobs, good.sha256);
-    await ensureLayout(cacheLayout(bad.cacheDir));
-    writeFileSync(blob, evil.bytes);
-    const pieceSize = 16 * 1024 * 1024;
-    const pieces = [evil.bytes.subarray(0, pieceSize), evil.bytes.subarray(pieceSize)].map(sha256Of);
-    const forged = { size: SIZE, pieceSize, pieces, verifiedAgainst: 'sha256-pinned' };
-    assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('forger'), forged)).status, 201);
-    const cache = await openCache(bad.cacheDir);
-    try {
-      cache.index.recordFetch(`https://models.example/${good.sha256}`, good.sha256, SIZE, {});
-    } finally {
-      cache.close();
-    }
-    await completeHolder(cp, good.sha256, 'forger');
+    await forger(cp);
 
     const victim = await node(cp, 'pinned-victim');
     origin.resetStats();
     const { out } = await fetchOn(victim, cp, url, { sha256: good.sha256 });
     assert.equal(await sha256OfFile(out), good.sha256, 'the pinned bytes, from the origin');
     assert.equal(origin.bytesServed, SIZE);
+  });
+
+  it(
+    'a forged manifest proved wrong by 3 pinned nodes is dropped for theirs; the 4th fetch takes the good bytes from peers',
+    { timeout: 120_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      await forger(cp);
+      const forged = piecesOf(evil.bytes);
+      for (const [i, id] of ['v1', 'v2', 'v3'].entries()) {
+        const victim = await node(cp, id);
+        origin.resetStats();
+        const messages: string[] = [];
+        const { out } = await fetchOn(victim, cp, url, { sha256: good.sha256, messages });
+        assert.equal(await sha256OfFile(out), good.sha256);
+        assert.equal(origin.bytesServed, SIZE, `${id}: a whole origin copy after the forged bytes`);
+        assert.ok(
+          messages.some((m) =>
+            /the fleet's manifest of [0-9a-f]{64} lists the pieces of other bytes.*reported/.test(m),
+          ),
+          messages.join('\n'),
+        );
+        // Below the threshold the forged manifest stays (its publisher's word against two
+        // nodes'); the third report drops it, and that node's own manifest takes its place.
+        assert.deepEqual(await fleetPieces(cp), i < 2 ? forged : piecesOf(good.bytes), `after ${id}`);
+        await completeHolder(cp, good.sha256, id);
+      }
+      const manifest = await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin);
+      assert.equal((manifest.body as { verifiedAgainst: string }).verifiedAgainst, 'sha256-pinned');
+      // The forged manifest failed the honest holders' pieces too (v1's in v2's and v3's
+      // fetches): those reports were held until the pin vouched for the manifest, and then
+      // forgotten. Only the three manifest reports were made.
+      assert.equal(await reportsMade(cp), 3);
+
+      const next = await node(cp, 'v4');
+      origin.resetStats();
+      const { out, bytesBySource } = await fetchOn(next, cp, url, { sha256: good.sha256 });
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, 0, 'no origin copy: the fleet has a good manifest again');
+      assert.ok(
+        (bytesBySource.v1 ?? 0) + (bytesBySource.v2 ?? 0) + (bytesBySource.v3 ?? 0) >= SIZE,
+        JSON.stringify(bytesBySource),
+      );
+    },
+  );
+
+  it('one lying node cannot drop a good manifest: it counts once, and only as itself', async () => {
+    const cp = await securedControlPlane();
+    const url = newUrl();
+    const a = await node(cp, 'a');
+    await fetchOn(a, cp, url, { sha256: good.sha256 });
+    await completeHolder(cp, good.sha256, 'a');
+    const honest = piecesOf(good.bytes);
+    assert.deepEqual(await fleetPieces(cp), honest);
+    const fingerprint = manifestFingerprint({ size: SIZE, pieceSize: PIECE_SIZE, pieces: honest });
+    const report = (reporter?: string) =>
+      call(cp, 'POST', '/v1/reports', as('liar'), {
+        digest: good.sha256,
+        kind: 'manifest',
+        manifest: fingerprint,
+        ...(reporter !== undefined && { reporter }),
+      });
+    for (let i = 0; i < 5; i++) {
+      const answer = await report();
+      assert.equal(answer.status, 202, JSON.stringify(answer.body));
+      assert.deepEqual(
+        [(answer.body as { reports: number }).reports, (answer.body as { dropped: boolean }).dropped],
+        [1, false],
+      );
+    }
+    for (const other of ['x1', 'x2']) assert.equal((await report(other)).status, 403, 'a node reports only as itself');
+    assert.deepEqual(await fleetPieces(cp), honest, 'the good manifest stays');
+
+    const b = await node(cp, 'b');
+    origin.resetStats();
+    const { out, bytesBySource } = await fetchOn(b, cp, url, { sha256: good.sha256 });
+    assert.equal(await sha256OfFile(out), good.sha256);
+    assert.equal(origin.bytesServed, 0);
+    assert.equal(bytesBySource.a, SIZE);
   });
 
   it('an honest leader maps the source, pinned or not, and the next node takes it from peers alone', async () => {
@@ -312,15 +419,14 @@ describe('a known digest whose fleet has no manifest for it', () => {
         messages.some((m) => /sha256 mismatch .*fetching it from the origin alone/.test(m)),
         messages.join('\n'),
       );
-      assert.equal(
-        (await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin)).status,
-        404,
-        'no manifest from bad bytes',
-      );
+      // No manifest from the bad bytes: the one the origin's bytes gave, checked against the pin.
+      assert.deepEqual(await fleetPieces(cp), piecesOf(good.bytes));
 
       // With --no-origin the mismatch is the fetch's failure: the origin is not asked (b, a
-      // good holder now, leaves, so the damaged one is the only holder).
+      // good holder now, leaves, so the damaged one is the only holder; the manifest is
+      // removed, so the whole file is what is checked again).
       await b.agent.stop(0);
+      assert.equal((await call(cp, 'DELETE', `/v1/blobs/${good.sha256}`, admin)).status, 204);
       const c = await node(cp, 'c');
       origin.resetStats();
       await assert.rejects(fetchOn(c, cp, url, { sha256: good.sha256, useOrigin: false }), {
