@@ -188,6 +188,39 @@ describe('loom fetch', () => {
     assert.deepEqual(readdirSync(join(cwd, 'kept', 'half')).sort(), ['x.bin.part', 'x.bin.part.journal']);
   });
 
+  it('a failed fetch leaves the folders it made when another fetch is writing into them', async () => {
+    // Two fetches into one new folder (a pod pulling a model's files in parallel): the first
+    // makes models/llama, the second finds it there; the first then fails.
+    let releaseMissing!: () => void;
+    let releaseModel!: () => void;
+    const missingHeld = new Promise<void>((resolve) => (releaseMissing = resolve));
+    const modelHeld = new Promise<void>((resolve) => (releaseModel = resolve));
+    const server = await origin({
+      fault: (ctx) =>
+        ctx.path === '/nope.bin'
+          ? { kind: 'hold', until: missingHeld }
+          : ctx.index === 2
+            ? { kind: 'hold', until: modelHeld }
+            : undefined,
+    });
+    const cwd = tempDir();
+    const failing = collect(
+      startLoom(['fetch', server.url('/nope.bin'), '-o', 'models/llama/nope.bin', '-q'], {}, cwd),
+    );
+    await waitFor('the first fetch asking', () => server.requests.some((r) => r.path === '/nope.bin'), 30_000);
+    const writing = collect(
+      startLoom(['fetch', server.url('/model.bin'), '-o', 'models/llama/model.bin', '-q'], {}, cwd),
+    );
+    await waitFor('the second fetch asking', () => server.requests.some((r) => r.path === '/model.bin'), 30_000);
+    releaseMissing();
+    const failed = await failing;
+    assert.equal(failed.code, 3, failed.stderr);
+    releaseModel();
+    const wrote = await writing;
+    assert.equal(wrote.code, 0, wrote.stderr);
+    assert.equal(await sha256OfFile(join(cwd, 'models', 'llama', 'model.bin')), content.sha256);
+  });
+
   it('exits 5 up front when the disk cannot hold the file', async () => {
     const server = await origin();
     const small = mountTmpfs(4 * 1024 * 1024);
