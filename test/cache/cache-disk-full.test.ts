@@ -4,7 +4,7 @@
 // And what such runs leave (a killed fetch's partial): `loom cache ls` shows it and a plain
 // `loom cache gc` removes it.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statfsSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cacheLayout } from '../../src/cache/cache-root.js';
@@ -215,6 +215,50 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     assert.equal(result.bypassed!.movedBytes, 0);
     assert.equal(await sha256OfFile(out), files.a.sha256);
     assert.deepEqual(readdirSync(cacheLayout(cacheDir).tmp), [], 'no partial, no pieces record');
+  });
+
+  it('loom fetch -o link/../out/x.bin: the output disk is the one the kernel writes to, not the one resolve() names', async () => {
+    const disk = mountTmpfs(CACHE_DISK);
+    const cacheDir = join(disk, 'cache');
+    const filler = join(disk, 'filler');
+    const server = await origin({
+      fault: (ctx) => {
+        if (ctx.index === 6) writeFileSync(filler, Buffer.alloc(CACHE_DISK - 6 * MiB));
+        return undefined;
+      },
+    });
+    // The run's folder is on the cache's disk, and so is its out/; `link` leads to another
+    // disk, where the kernel makes and writes link/../out/x.bin.
+    const cwd = join(disk, 'work');
+    mkdirSync(join(cwd, 'out'), { recursive: true });
+    const elsewhere = join(dir, 'elsewhere');
+    mkdirSync(join(elsewhere, 'inner'), { recursive: true });
+    symlinkSync(join(elsewhere, 'inner'), join(cwd, 'link'));
+    const run = await runLoom(
+      [
+        'fetch',
+        server.url('/a.bin'),
+        '-o',
+        'link/../out/x.bin',
+        '--cache-dir',
+        cacheDir,
+        '-w',
+        '4',
+        '--chunk-size',
+        '1MiB',
+        '--max-request-size',
+        '1MiB',
+        '--json',
+      ],
+      {},
+      cwd,
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const doc = JSON.parse(run.stdout) as { cache: string; cacheBypass: { movedBytes: number } | null };
+    assert.equal(doc.cache, 'bypass');
+    assert.ok(doc.cacheBypass && doc.cacheBypass.movedBytes > 0, JSON.stringify(doc));
+    assert.equal(await sha256OfFile(join(elsewhere, 'out', 'x.bin')), files.a.sha256);
+    assert.deepEqual(readdirSync(join(cwd, 'out')), []);
   });
 
   it('loom fetch --json: exit 0 for both, the switch said on stderr and in the JSON', async () => {
