@@ -37,7 +37,22 @@ async function origin(options: OriginOptions = {}): Promise<OriginServer> {
   return server;
 }
 
+/** An origin during whose download another program fills the cache's disk (at `filler`) once a few MiB are down. */
+function originFilling(filler: string): Promise<OriginServer> {
+  return origin({
+    fault: (ctx) => {
+      if (ctx.index === 6) writeFileSync(filler, Buffer.alloc(CACHE_DISK - 6 * MiB));
+      return undefined;
+    },
+  });
+}
+
 const FLAGS = { workers: 4, chunkSize: '1MiB', maxRequestSize: '1MiB', retryBaseDelay: 5 } as const;
+
+/** FLAGS on the command line, with --json. */
+function cliFlags(cacheDir: string): string[] {
+  return ['--cache-dir', cacheDir, '-w', '4', '--chunk-size', '1MiB', '--max-request-size', '1MiB', '--json'];
+}
 
 /** Loom's files in the cache's tmp/: partial downloads and their journals. */
 function partialsIn(cacheDir: string): string[] {
@@ -121,13 +136,7 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     const disk = mountTmpfs(CACHE_DISK);
     const cacheDir = join(disk, 'cache');
     const filler = join(disk, 'filler');
-    const server = await origin({
-      // Another program fills the cache's disk once a few MiB are down.
-      fault: (ctx) => {
-        if (ctx.index === 6) writeFileSync(filler, Buffer.alloc(CACHE_DISK - 6 * MiB));
-        return undefined;
-      },
-    });
+    const server = await originFilling(filler);
     const out = join(dir, 'pinned.bin');
     const result = await fetchCached(server.url('/a.bin'), out, { ...FLAGS, cacheDir, sha256: files.a.sha256 });
     assert.equal(result.cache, 'bypass');
@@ -221,12 +230,7 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     const disk = mountTmpfs(CACHE_DISK);
     const cacheDir = join(disk, 'cache');
     const filler = join(disk, 'filler');
-    const server = await origin({
-      fault: (ctx) => {
-        if (ctx.index === 6) writeFileSync(filler, Buffer.alloc(CACHE_DISK - 6 * MiB));
-        return undefined;
-      },
-    });
+    const server = await originFilling(filler);
     // The run's folder is on the cache's disk, and so is its out/; `link` leads to another
     // disk, where the kernel makes and writes link/../out/x.bin.
     const cwd = join(disk, 'work');
@@ -235,21 +239,7 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     mkdirSync(join(elsewhere, 'inner'), { recursive: true });
     symlinkSync(join(elsewhere, 'inner'), join(cwd, 'link'));
     const run = await runLoom(
-      [
-        'fetch',
-        server.url('/a.bin'),
-        '-o',
-        'link/../out/x.bin',
-        '--cache-dir',
-        cacheDir,
-        '-w',
-        '4',
-        '--chunk-size',
-        '1MiB',
-        '--max-request-size',
-        '1MiB',
-        '--json',
-      ],
+      ['fetch', server.url('/a.bin'), '-o', 'link/../out/x.bin', ...cliFlags(cacheDir)],
       {},
       cwd,
     );
@@ -265,21 +255,7 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     const server = await origin();
     const cacheDir = join(mountTmpfs(CACHE_DISK), 'cache');
     const fetch = (name: 'a' | 'b') =>
-      runLoom([
-        'fetch',
-        server.url(`/${name}.bin`),
-        '-o',
-        join(dir, `cli-${name}.bin`),
-        '--cache-dir',
-        cacheDir,
-        '-w',
-        '4',
-        '--chunk-size',
-        '1MiB',
-        '--max-request-size',
-        '1MiB',
-        '--json',
-      ]);
+      runLoom(['fetch', server.url(`/${name}.bin`), '-o', join(dir, `cli-${name}.bin`), ...cliFlags(cacheDir)]);
     const [a, b] = await Promise.all([fetch('a'), fetch('b')]);
     const docs = [a, b].map((r) => {
       assert.equal(r.code, 0, r.stderr);
