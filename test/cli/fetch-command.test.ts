@@ -1,7 +1,7 @@
 // `loom fetch` as a user runs it: the built binary in a child process, its exit code,
 // its output, and what it leaves on disk (including after kill -9 and Ctrl-C).
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
@@ -147,6 +147,34 @@ describe('loom fetch', () => {
     assert.equal(intoFolder.code, 0, intoFolder.stderr);
     assert.equal(await sha256OfFile(join(cwd, 'd', 'model.bin')), content.sha256);
     assert.deepEqual(readdirSync(cwd).sort(), ['a', 'b', 'c', 'd']);
+  });
+
+  it('a copy placed at -o link/../out/x.bin keeps its record through gc, and is kept by the next fetch', async () => {
+    const server = await origin();
+    const cwd = tempDir();
+    const cacheDir = join(tempDir(), 'cache');
+    // `link` leads to another file system: the output is a copy, with a record in copies/.
+    const other = mountTmpfs(4 * SIZE);
+    mkdirSync(join(other, 'inner'));
+    symlinkSync(join(other, 'inner'), join(cwd, 'link'));
+    const fetch = () =>
+      runLoom(
+        ['fetch', server.url('/model.bin'), '-o', 'link/../out/x.bin', '--cache-dir', cacheDir, '--json'],
+        {},
+        cwd,
+      );
+    const first = await fetch();
+    assert.equal(first.code, 0, first.stderr);
+    const placed = join(other, 'out', 'x.bin');
+    assert.equal(await sha256OfFile(placed), content.sha256);
+    const { ino } = statSync(placed);
+    const gc = await runLoom(['cache', 'gc', '--cache-dir', cacheDir]);
+    assert.equal(gc.code, 0, gc.stderr);
+    assert.equal(readdirSync(join(cacheDir, 'copies')).length, 1, 'the copy is there: its record stays');
+    const second = await fetch();
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal((JSON.parse(second.stdout) as { cache: string }).cache, 'hit');
+    assert.equal(statSync(placed).ino, ino, 'the copy in place was kept, not copied again');
   });
 
   it('a failed fetch removes the folders it made for -o, only those, and only when empty', async () => {
