@@ -108,7 +108,7 @@ export function controlPlaneCommand(): Command {
           leaseTtlMs: duration(flags.leaseTtl, '--lease-ttl'),
           legacyTtlMs: duration(flags.legacyTtl, '--legacy-ttl'),
         };
-        const [{ openStore }, { buildControlPlane }] = await Promise.all([
+        const [{ openStore }, { buildControlPlane, checkpointMessage }] = await Promise.all([
           import('../control-plane/open-store.js'),
           import('../control-plane/server.js'),
         ]);
@@ -117,6 +117,12 @@ export function controlPlaneCommand(): Command {
           defaultDir: resolveCacheRoot(flags.cacheDir),
           redisPrefix: flags.redisPrefix,
         });
+        // With --log the server logs it; without, nothing else would say it (but /metrics):
+        // the WAL grows on a full disk until a checkpoint works again.
+        if (!flags.log)
+          store.onCheckpointChange?.((error) =>
+            process.stderr.write(`loom: ${error === undefined ? '' : 'warning: '}${checkpointMessage(error)}\n`),
+          );
         let app: Awaited<ReturnType<typeof buildControlPlane>> | undefined;
         let address: string;
         try {
