@@ -67,7 +67,9 @@ describe('control plane availability', () => {
     const started = performance.now();
     assert.deepEqual(await client.locate(D1), []);
     const elapsed = performance.now() - started;
-    assert.ok(elapsed < 2_000, `gave up after ${Math.round(elapsed)} ms`);
+    // Bounded by the 300 ms timeout, not by the silent server (which never answers); the bound
+    // leaves room for a loaded machine's stalls.
+    assert.ok(elapsed < 10_000, `gave up after ${Math.round(elapsed)} ms`);
     const refused = new ControlPlaneClient({ baseUrl: `http://127.0.0.1:${await freePort()}` });
     assert.deepEqual(await refused.locate(D1), []);
     assert.equal(await refused.heartbeat('n1', { url: 'http://n1:1' }), undefined);

@@ -79,11 +79,15 @@ export function runLoom(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: strin
   return collect(startLoom(args, env, cwd));
 }
 
-/** Polls `check` every 50 ms until it yields a value (not undefined, not false) or `timeoutMs` passes. */
+/**
+ * Polls `check` every 50 ms until it yields a value (not undefined, not false) or `timeoutMs`
+ * passes. The default is generous: it only bounds a failure, and a loaded CI machine may take
+ * seconds to start a process or to run an agent's next scan.
+ */
 export async function waitFor<T>(
   what: string,
   check: () => T | undefined | false | Promise<T | undefined | false>,
-  timeoutMs = 10_000,
+  timeoutMs = 30_000,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
