@@ -13,9 +13,10 @@
 // recorded under, and locate answers only with replicas whose `reg` is their node's
 // current one. Replicas of an older registration are invisible at once and deleted after.
 //
-// Locate is one script on the blob's slot (a random sample of holders, quarantine and the
-// asker left out there), one pipelined read of the sampled nodes' records, a ranking of
-// that bounded sample, and a read of piece lists for the partial holders returned only.
+// Locate is one pipelined read on the blob's slot (a random sample of holders and the
+// blob's reports, picked and filtered here), the sampled nodes' records from this process's
+// copy (read and kept on a miss; kept right by pub/sub, see nodeCache), a ranking of that
+// bounded sample, and a read of piece lists for the partial holders returned only.
 import { createHash, randomBytes } from 'node:crypto';
 import { createClient, createCluster, type RedisClientType, type RedisClusterType } from 'redis';
 import { StoreUnavailableError, UsageError } from '../core/errors.js';
@@ -192,66 +193,6 @@ const UNINDEX_LAPSED = `
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 1
-`;
-
-/**
- * Locate's sample. KEYS: complete, partial, reports. ARGV: sample size, asker, partial
- * cutoff, report cutoff, report threshold (0 = no quarantine), limit, '1' = partial holders
- * only, the asker's zone, how many to pick. From a random sample of each kind it picks
- * holders in the asker's zone first, then others; the caller ranks those by their nodes'
- * load. Complete holders first; partial ones (updated after the cutoff) only when fewer
- * than `limit` complete ones were picked. Returns {'1' if partial holders were sampled,
- * else '0', node, reg, 'c' or updatedAt, …}.
- */
-const LOCATE_SAMPLE = `
-local sample = tonumber(ARGV[1])
-local asker = ARGV[2]
-local threshold = tonumber(ARGV[5])
-local zone = ARGV[8]
-local want = tonumber(ARGV[9])
-local banned = {}
-if threshold > 0 then
-  local counts = {}
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[4], '+inf')) do
-    local node = string.match(m, '^([^\\n]*)')
-    counts[node] = (counts[node] or 0) + 1
-    if counts[node] >= threshold then banned[node] = true end
-  end
-end
-local out = {'0'}
--- entries: node -> "updatedAt:reg:zone"; appends up to want picks, same zone first.
-local function pick(entries, kind, cutoff)
-  local near, far = {}, {}
-  for i = 1, #entries, 2 do
-    local node = entries[i]
-    local at, reg, z = string.match(entries[i + 1], '^(%d+):(%x+):(.*)$')
-    if node ~= asker and not banned[node] and (cutoff == nil or tonumber(at) > cutoff) then
-      local list = far
-      if z == zone and zone ~= '' then list = near end
-      table.insert(list, {node, reg, kind == 'c' and 'c' or at})
-    end
-  end
-  local n = 0
-  for _, list in ipairs({near, far}) do
-    for _, e in ipairs(list) do
-      if n >= want then return n end
-      table.insert(out, e[1])
-      table.insert(out, e[2])
-      table.insert(out, e[3])
-      n = n + 1
-    end
-  end
-  return n
-end
-local found = 0
-if ARGV[7] ~= '1' then
-  found = pick(redis.call('HRANDFIELD', KEYS[1], sample, 'WITHVALUES'), 'c', nil)
-end
-if found < tonumber(ARGV[6]) then
-  out[1] = '1'
-  pick(redis.call('HRANDFIELD', KEYS[2], sample, 'WITHVALUES'), 'p', tonumber(ARGV[3]))
-end
-return out
 `;
 
 /**
@@ -759,21 +700,7 @@ export class RedisStore implements RegistryStore {
     return this.run(async () => {
       const sample = Math.max(MIN_SAMPLE, 4 * query.limit);
       const sampleOf = async (partialOnly: boolean): Promise<{ candidates: Candidate[]; withPartial: boolean }> => {
-        const reply = (await this.eval(
-          LOCATE_SAMPLE,
-          [this.blobKey(digest, 'complete'), this.blobKey(digest, 'partial'), this.blobKey(digest, 'reports')],
-          [
-            sample,
-            query.asker ?? '',
-            query.now - query.partialTtlMs,
-            query.now - (query.quarantine?.windowMs ?? 0),
-            query.quarantine?.threshold ?? 0,
-            query.limit,
-            partialOnly ? '1' : '0',
-            query.zone ?? '',
-            PICK_FACTOR * query.limit,
-          ],
-        )) as string[];
+        const reply = await this.sampleHolders(digest, query, sample, partialOnly);
         const ids: string[] = [];
         for (let i = 1; i < reply.length; i += 3) ids.push(reply[i]!);
         const live = await this.cachedLiveRecords(ids, query.now);
@@ -815,6 +742,81 @@ export class RedisStore implements RegistryStore {
       }
       return ranked;
     });
+  }
+
+  /**
+   * Locate's sample: from a random sample of each kind of holder (HRANDFIELD), holders in
+   * the asker's zone first, then others, PICK_FACTOR x limit of them; the caller ranks those
+   * by their nodes' load. Complete holders first; partial ones (updated after the cutoff)
+   * only when fewer than `limit` complete ones were picked. Quarantined holders and the
+   * asker are left out. Picked here rather than in a script: handing the sample to Lua
+   * cost redis-server more than the sample itself. Returns {'1' if partial holders were
+   * sampled, else '0', node, reg, 'c' or updatedAt, …}.
+   */
+  private async sampleHolders(
+    digest: string,
+    query: LocateQuery,
+    sample: number,
+    partialOnly: boolean,
+  ): Promise<string[]> {
+    const threshold = query.quarantine?.threshold ?? 0;
+    const [reports, complete] = await Promise.all([
+      threshold > 0
+        ? this.client.zRangeByScore(
+            this.blobKey(digest, 'reports'),
+            `(${query.now - query.quarantine!.windowMs}`,
+            '+inf',
+          )
+        : [],
+      partialOnly ? [] : this.client.hRandFieldCountWithValues(this.blobKey(digest, 'complete'), sample),
+    ]);
+    let banned: Set<string> | undefined;
+    if (reports.length) {
+      const counts = new Map<string, number>();
+      for (const member of reports) {
+        const newline = member.indexOf('\n');
+        const node = newline < 0 ? member : member.slice(0, newline);
+        const n = (counts.get(node) ?? 0) + 1;
+        counts.set(node, n);
+        if (n >= threshold) (banned ??= new Set()).add(node);
+      }
+    }
+    const out = ['0'];
+    const want = PICK_FACTOR * query.limit;
+    const asker = query.asker;
+    // A zone is [A-Za-z0-9._-]: a value "updatedAt:reg:zone" ends with ':' + zone exactly
+    // when the holder is in it.
+    const suffix = query.zone ? `:${query.zone}` : undefined;
+    const pick = (entries: Array<{ field: string; value: string }>, kind: 'c' | 'p', cutoff: number): number => {
+      const near: Array<{ field: string; value: string }> = [];
+      const far: Array<{ field: string; value: string }> = [];
+      for (const entry of entries) {
+        if (entry.field === asker || banned?.has(entry.field)) continue;
+        if (kind === 'p' && Number(entry.value.slice(0, entry.value.indexOf(':'))) <= cutoff) continue;
+        (suffix !== undefined && entry.value.endsWith(suffix) ? near : far).push(entry);
+      }
+      let n = 0;
+      for (const list of [near, far]) {
+        for (const { field, value } of list) {
+          if (n >= want) return n;
+          const colon = value.indexOf(':');
+          out.push(
+            field,
+            value.slice(colon + 1, value.indexOf(':', colon + 1)),
+            kind === 'c' ? 'c' : value.slice(0, colon),
+          );
+          n++;
+        }
+      }
+      return n;
+    };
+    const found = pick(complete, 'c', 0);
+    if (found < query.limit) {
+      out[0] = '1';
+      const partial = await this.client.hRandFieldCountWithValues(this.blobKey(digest, 'partial'), sample);
+      pick(partial, 'p', query.now - query.partialTtlMs);
+    }
+    return out;
   }
 
   putSource(key: string, digest: string, replace: boolean): Promise<SourceWrite> {
