@@ -125,6 +125,10 @@ export async function materialize(
       method = await cloneOrCopy(source, temp);
     }
     renameSync(temp, out);
+    // Gone unless another process placed the same blob at `out` between the look above and the
+    // rename: renaming a link over a link to the same file does nothing (POSIX), leaving it.
+    // Removed before the stat below, as it changes the blob's ctime.
+    rmSync(temp, { force: true });
     if (method !== 'hardlink') recordCopy(layout, digest, out, method);
     // After the rename, which changes the ctime of the inode it moves as well.
     if (method === 'hardlink' && onLinked) {

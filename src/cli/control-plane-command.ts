@@ -22,6 +22,7 @@ interface ControlPlaneFlags {
   leaseTtl?: string;
   partialTtl?: string;
   redisPrefix?: string;
+  redisNodeCache?: string;
   cacheDir?: string;
   log?: boolean;
 }
@@ -79,6 +80,10 @@ export function controlPlaneCommand(): Command {
       'expire /register registrations after this long unless repeated (default: never, as the original tool)',
     )
     .option('--redis-prefix <prefix>', `prefix of every Redis key (default: ${DEFAULTS.controlPlane.redisPrefix})`)
+    .option(
+      '--redis-node-cache <duration>',
+      `with Redis: how long a node's record is reused for locate, the age of its load in an answer at most; 0 = read it every time (default: ${shown('redisNodeCacheMs')})`,
+    )
     .option('--cache-dir <dir>', 'cache root, where the default SQLite store lives')
     .option('--log', 'log every request (JSON, pino)')
     .action(async (flags: ControlPlaneFlags) => {
@@ -108,6 +113,9 @@ export function controlPlaneCommand(): Command {
           leaseTtlMs: duration(flags.leaseTtl, '--lease-ttl'),
           legacyTtlMs: duration(flags.legacyTtl, '--legacy-ttl'),
         };
+        // 0 is allowed: it turns the copy off (every locate reads its nodes' records).
+        const redisNodeCacheMs =
+          flags.redisNodeCache === undefined ? undefined : parseDuration(flags.redisNodeCache, '--redis-node-cache');
         const [{ openStore }, { buildControlPlane, checkpointMessage }] = await Promise.all([
           import('../control-plane/open-store.js'),
           import('../control-plane/server.js'),
@@ -116,6 +124,7 @@ export function controlPlaneCommand(): Command {
           store: flags.store,
           defaultDir: resolveCacheRoot(flags.cacheDir),
           redisPrefix: flags.redisPrefix,
+          redisNodeCacheMs,
         });
         // With --log the server logs it; without, nothing else would say it (but /metrics):
         // the WAL grows on a full disk until a checkpoint works again.

@@ -11,6 +11,8 @@ export interface StoreSpec {
   defaultDir: string;
   /** Key prefix for Redis. Default `loom`. */
   redisPrefix?: string;
+  /** How long a Redis store reuses a node record for locate (RedisStoreOptions.nodeCacheMs). */
+  redisNodeCacheMs?: number;
 }
 
 export async function openStore(spec: StoreSpec): Promise<RegistryStore> {
@@ -34,7 +36,7 @@ export async function openStore(spec: StoreSpec): Promise<RegistryStore> {
   }
   if (/^rediss?(\+cluster)?:\/\//.test(value)) {
     const { RedisStore } = await import('./redis-store.js');
-    return new RedisStore({ url: value, prefix: spec.redisPrefix });
+    return new RedisStore({ url: value, prefix: spec.redisPrefix, nodeCacheMs: spec.redisNodeCacheMs });
   }
   throw new UsageError(`unknown store "${value}"`, {
     hint: 'use sqlite:PATH, redis://HOST:PORT/DB or redis+cluster://HOST:PORT[,HOST:PORT…]',

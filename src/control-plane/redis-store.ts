@@ -13,9 +13,10 @@
 // recorded under, and locate answers only with replicas whose `reg` is their node's
 // current one. Replicas of an older registration are invisible at once and deleted after.
 //
-// Locate is one script on the blob's slot (a random sample of holders, quarantine and the
-// asker left out there), one pipelined read of the sampled nodes' records, a ranking of
-// that bounded sample, and a read of piece lists for the partial holders returned only.
+// Locate is one pipelined read on the blob's slot (a random sample of holders and the
+// blob's reports, picked and filtered here), the sampled nodes' records from this process's
+// copy (read and kept on a miss; kept right by pub/sub, see nodeCache), a ranking of that
+// bounded sample, and a read of piece lists for the partial holders returned only.
 import { createHash, randomBytes } from 'node:crypto';
 import { createClient, createCluster, type RedisClientType, type RedisClusterType } from 'redis';
 import { StoreUnavailableError, UsageError } from '../core/errors.js';
@@ -52,6 +53,12 @@ export interface RedisStoreOptions {
   url: string;
   /** Prefix of every key. Default `loom`. */
   prefix?: string;
+  /**
+   * How long this process reuses a node record it read for locate (0 = never). Removals,
+   * new registrations and a new URL or zone reach every replica's copy through pub/sub
+   * at once; only a node's load (free upload slots) may be this old. Default 2 s.
+   */
+  nodeCacheMs?: number;
 }
 
 /** A store operation that takes longer is answered with 503 (a hung Redis is a down Redis). */
@@ -74,6 +81,9 @@ const INDEX_SHARDS = 16;
 
 const NODE_FIELDS = ['url', 'zone', 'slots', 'expiresAt', 'epoch', 'reg'];
 
+/** Node records kept for locate at most; past it the copy starts again (a fleet is ~10,000). */
+const NODE_CACHE_MAX = 100_000;
+
 /** Each script's SHA1, computed once. */
 const SCRIPT_SHAS = new Map<string, string>();
 
@@ -81,10 +91,13 @@ const SCRIPT_SHAS = new Map<string, string>();
  * Heartbeat. KEYS: node record, node holdings. ARGV: url, expiresAt, px (0 = no expiry),
  * now, epoch ('' = keep), zone, free slots, a new registration id. A node that is new,
  * lapsed or comes with a new epoch starts a registration: a new `reg`, its holdings handed
- * back for deletion. Returns {resync (0/1), reg, digest, old reg, digest, old reg, …}.
+ * back for deletion. Returns {resync (0/1), reg, moved (0/1: a new URL or zone), epoch,
+ * digest, old reg, digest, old reg, …}.
  */
 const HEARTBEAT = `
-local old = redis.call('HMGET', KEYS[1], 'expiresAt', 'epoch', 'reg')
+local old = redis.call('HMGET', KEYS[1], 'expiresAt', 'epoch', 'reg', 'url', 'zone')
+local moved = 0
+if old[4] ~= ARGV[1] or (old[5] or '') ~= ARGV[6] then moved = 1 end
 local epoch = ARGV[5]
 local resync = 0
 if not old[1] or not old[3] or tonumber(old[1]) <= tonumber(ARGV[4]) then
@@ -100,9 +113,13 @@ if resync == 1 then
   local held = redis.call('HGETALL', KEYS[2])
   redis.call('DEL', KEYS[2])
   table.insert(reply, reg)
+  table.insert(reply, moved)
+  table.insert(reply, epoch)
   for i = 1, #held do table.insert(reply, held[i]) end
 else
   table.insert(reply, reg)
+  table.insert(reply, moved)
+  table.insert(reply, epoch)
 end
 redis.call('HSET', KEYS[1], 'url', ARGV[1], 'zone', ARGV[6], 'slots', ARGV[7], 'expiresAt', ARGV[2], 'epoch', epoch, 'reg', reg)
 if ARGV[3] ~= '0' then redis.call('PEXPIRE', KEYS[1], ARGV[3]) else redis.call('PERSIST', KEYS[1]) end
@@ -177,66 +194,6 @@ const UNINDEX_LAPSED = `
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score and tonumber(score) <= tonumber(ARGV[2]) then redis.call('ZREM', KEYS[1], ARGV[1]) end
 return 1
-`;
-
-/**
- * Locate's sample. KEYS: complete, partial, reports. ARGV: sample size, asker, partial
- * cutoff, report cutoff, report threshold (0 = no quarantine), limit, '1' = partial holders
- * only, the asker's zone, how many to pick. From a random sample of each kind it picks
- * holders in the asker's zone first, then others; the caller ranks those by their nodes'
- * load. Complete holders first; partial ones (updated after the cutoff) only when fewer
- * than `limit` complete ones were picked. Returns {'1' if partial holders were sampled,
- * else '0', node, reg, 'c' or updatedAt, …}.
- */
-const LOCATE_SAMPLE = `
-local sample = tonumber(ARGV[1])
-local asker = ARGV[2]
-local threshold = tonumber(ARGV[5])
-local zone = ARGV[8]
-local want = tonumber(ARGV[9])
-local banned = {}
-if threshold > 0 then
-  local counts = {}
-  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '(' .. ARGV[4], '+inf')) do
-    local node = string.match(m, '^([^\\n]*)')
-    counts[node] = (counts[node] or 0) + 1
-    if counts[node] >= threshold then banned[node] = true end
-  end
-end
-local out = {'0'}
--- entries: node -> "updatedAt:reg:zone"; appends up to want picks, same zone first.
-local function pick(entries, kind, cutoff)
-  local near, far = {}, {}
-  for i = 1, #entries, 2 do
-    local node = entries[i]
-    local at, reg, z = string.match(entries[i + 1], '^(%d+):(%x+):(.*)$')
-    if node ~= asker and not banned[node] and (cutoff == nil or tonumber(at) > cutoff) then
-      local list = far
-      if z == zone and zone ~= '' then list = near end
-      table.insert(list, {node, reg, kind == 'c' and 'c' or at})
-    end
-  end
-  local n = 0
-  for _, list in ipairs({near, far}) do
-    for _, e in ipairs(list) do
-      if n >= want then return n end
-      table.insert(out, e[1])
-      table.insert(out, e[2])
-      table.insert(out, e[3])
-      n = n + 1
-    end
-  end
-  return n
-end
-local found = 0
-if ARGV[7] ~= '1' then
-  found = pick(redis.call('HRANDFIELD', KEYS[1], sample, 'WITHVALUES'), 'c', nil)
-end
-if found < tonumber(ARGV[6]) then
-  out[1] = '1'
-  pick(redis.call('HRANDFIELD', KEYS[2], sample, 'WITHVALUES'), 'p', tonumber(ARGV[3]))
-end
-return out
 `;
 
 /**
@@ -348,6 +305,23 @@ return 'created'
 
 type Redis = RedisClientType | RedisClusterType;
 
+/** A live node as locate needs it: its record and the registration its replicas must carry. */
+interface LiveNode {
+  node: NodeRecord;
+  reg: string;
+}
+
+/**
+ * This process's copy of a node record: `live` undefined marks one dropped by an
+ * invalidation (a read that started before it must not bring the old record back). `seq`
+ * orders copies against invalidations; `until` is when the copy is read again.
+ */
+interface CachedNode {
+  live: LiveNode | undefined;
+  seq: number;
+  until: number;
+}
+
 /** A node's replica as a heartbeat, deregistration or sweep hands it back: delete it where it is still that registration's. */
 interface Holding {
   digest: string;
@@ -371,6 +345,20 @@ export class RedisStore implements RegistryStore {
   private readonly client: Redis;
   private readonly prefix: string;
   private lastError: string | undefined;
+  /**
+   * Node records locate read, so that a locate is one read of the blob's keys instead of
+   * that and a read per picked holder (16 of its 17 commands, ~20 % of this process's CPU
+   * per locate under fleet load). Trusted only while `subscriber` is connected: it hears
+   * every replica's removals, re-registrations and moves (see publishNodeChange).
+   */
+  private readonly nodeCache = new Map<string, CachedNode>();
+  private readonly nodeCacheMs: number;
+  /** Counts invalidations: a copy is written only if none came since its read started. */
+  private nodeSeq = 0;
+  private readonly subscriber: Redis | undefined;
+  private subscribed = false;
+  /** Tells this process's own messages apart (it has applied them already). */
+  private readonly instance = randomBytes(8).toString('hex');
 
   constructor(private readonly options: RedisStoreOptions) {
     this.prefix = options.prefix ?? DEFAULTS.controlPlane.redisPrefix;
@@ -401,6 +389,30 @@ export class RedisStore implements RegistryStore {
     this.client.connect().catch((err: Error) => {
       this.lastError = err.message;
     });
+    this.nodeCacheMs = options.nodeCacheMs ?? DEFAULTS.controlPlane.redisNodeCacheMs;
+    if (this.nodeCacheMs > 0) {
+      const subscriber = this.client.duplicate() as Redis;
+      this.subscriber = subscriber;
+      subscriber.on('error', (err: Error) => {
+        this.lastError = err.message;
+      });
+      // Messages sent while it was away are lost: every copy is read again.
+      subscriber.on('ready', () => this.nodeCache.clear());
+      subscriber
+        .connect()
+        .then(() =>
+          subscriber.subscribe(this.nodeChangesChannel(), (message: string) => {
+            const space = message.indexOf(' ');
+            if (message.slice(0, space) !== this.instance) this.forgetNode(message.slice(space + 1));
+          }),
+        )
+        .then(() => {
+          this.subscribed = true;
+        })
+        .catch((err: Error) => {
+          this.lastError = err.message;
+        });
+    }
   }
 
   /** Whether this store talks to a Redis Cluster. */
@@ -439,6 +451,9 @@ export class RedisStore implements RegistryStore {
   /** Partial replicas by last update ("digest\nnode"), so the sweep finds the stale ones. */
   private partialsKey(): string {
     return this.key('{blobs}', 'partials');
+  }
+  private nodeChangesChannel(): string {
+    return this.key('node-changes');
   }
   private sourceKey(key: string): string {
     const hash = createHash('sha256').update(key).digest('hex').slice(0, 40);
@@ -510,9 +525,33 @@ export class RedisStore implements RegistryStore {
         this.client.zAdd(this.indexKeyOf(node.id), { score: node.expiresAt, value: node.id }),
       ]);
       const resync = Number(reply[0]) === 1;
-      if (resync) await this.dropHoldings(node.id, pairs(reply.slice(2).map(String)));
+      const reg = String(reply[1]);
+      // This replica's copy is the new record at once; the others drop theirs when the
+      // registration or the address changed (their replicas' regs or URL are wrong now).
+      this.keepNode({ node: { ...node, epoch: String(reply[3]) || undefined }, reg }, ++this.nodeSeq, now);
+      if (resync || Number(reply[2]) === 1) await this.publishNodeChange(node.id);
+      if (resync) await this.dropHoldings(node.id, pairs(reply.slice(4).map(String)));
       return { resync };
     });
+  }
+
+  /** Tells the other replicas to read a node's record again (their copies are dropped). */
+  private async publishNodeChange(id: string): Promise<void> {
+    if (this.nodeCacheMs > 0) await this.client.publish(this.nodeChangesChannel(), `${this.instance} ${id}`);
+  }
+
+  /** Drops this process's copy of a node's record, and any read of it under way. */
+  private forgetNode(id: string): void {
+    this.nodeCache.set(id, { live: undefined, seq: ++this.nodeSeq, until: 0 });
+  }
+
+  /** Keeps a copy of a node's record read (or written) at `seq`, unless an invalidation came since. */
+  private keepNode(live: LiveNode, seq: number, now: number): void {
+    if (this.nodeCacheMs <= 0) return;
+    const current = this.nodeCache.get(live.node.id);
+    if (current && current.seq > seq) return;
+    if (!current && this.nodeCache.size >= NODE_CACHE_MAX) this.nodeCache.clear();
+    this.nodeCache.set(live.node.id, { live, seq, until: now + this.nodeCacheMs });
   }
 
   /** Deletes replicas a node's ended registration left on its blobs (those it still holds under it). */
@@ -527,19 +566,22 @@ export class RedisStore implements RegistryStore {
 
   removeNode(id: string): Promise<boolean> {
     return this.run(async () => {
+      this.forgetNode(id);
       const [reply] = await Promise.all([
         this.eval(END_NODE, [this.recordKey(id), this.holdsKey(id)], ['']) as Promise<Array<string | number>>,
         this.client.zRem(this.indexKeyOf(id), id),
       ]);
-      await this.dropHoldings(id, pairs(reply.slice(1).map(String)));
+      // Again: a heartbeat answered while the record was deleted may have kept a copy.
+      this.forgetNode(id);
+      await Promise.all([this.publishNodeChange(id), this.dropHoldings(id, pairs(reply.slice(1).map(String)))]);
       return Number(reply[0]) > 0;
     });
   }
 
   /** Node records for `ids` that are still live, read in one pipeline (per cluster node). */
-  private async liveRecords(ids: string[], now: number): Promise<Map<string, { node: NodeRecord; reg: string }>> {
+  private async liveRecords(ids: string[], now: number): Promise<Map<string, LiveNode>> {
     const rows = await Promise.all(ids.map((id) => this.client.hmGet(this.recordKey(id), NODE_FIELDS)));
-    const live = new Map<string, { node: NodeRecord; reg: string }>();
+    const live = new Map<string, LiveNode>();
     rows.forEach((row, i) => {
       const [url, zone, slots, expiresAt, epoch, reg] = row as Array<string | null>;
       if (!url || !expiresAt || !reg || Number(expiresAt) <= now) return;
@@ -556,6 +598,30 @@ export class RedisStore implements RegistryStore {
         reg,
       });
     });
+    return live;
+  }
+
+  /**
+   * liveRecords through this process's copies: those not yet due for a read and not past
+   * their node's expiry (a lapse needs no message), while the subscriber that drops them
+   * is connected; the rest read in one pipeline and kept.
+   */
+  private async cachedLiveRecords(ids: string[], now: number): Promise<Map<string, LiveNode>> {
+    if (!this.subscribed || !this.subscriber?.isReady) return this.liveRecords(ids, now);
+    const live = new Map<string, LiveNode>();
+    const missing: string[] = [];
+    for (const id of ids) {
+      const cached = this.nodeCache.get(id);
+      if (cached?.live && cached.until > now && cached.live.node.expiresAt > now) live.set(id, cached.live);
+      else missing.push(id);
+    }
+    if (missing.length) {
+      const seq = this.nodeSeq;
+      for (const [id, record] of await this.liveRecords(missing, now)) {
+        live.set(id, record);
+        this.keepNode(record, seq, now);
+      }
+    }
     return live;
   }
 
@@ -657,24 +723,10 @@ export class RedisStore implements RegistryStore {
     return this.run(async () => {
       const sample = Math.max(MIN_SAMPLE, 4 * query.limit);
       const sampleOf = async (partialOnly: boolean): Promise<{ candidates: Candidate[]; withPartial: boolean }> => {
-        const reply = (await this.eval(
-          LOCATE_SAMPLE,
-          [this.blobKey(digest, 'complete'), this.blobKey(digest, 'partial'), this.blobKey(digest, 'reports')],
-          [
-            sample,
-            query.asker ?? '',
-            query.now - query.partialTtlMs,
-            query.now - (query.quarantine?.windowMs ?? 0),
-            query.quarantine?.threshold ?? 0,
-            query.limit,
-            partialOnly ? '1' : '0',
-            query.zone ?? '',
-            PICK_FACTOR * query.limit,
-          ],
-        )) as string[];
+        const reply = await this.sampleHolders(digest, query, sample, partialOnly);
         const ids: string[] = [];
         for (let i = 1; i < reply.length; i += 3) ids.push(reply[i]!);
-        const live = await this.liveRecords(ids, query.now);
+        const live = await this.cachedLiveRecords(ids, query.now);
         const candidates: Candidate[] = [];
         for (let i = 1; i < reply.length; i += 3) {
           const record = live.get(reply[i]!);
@@ -713,6 +765,81 @@ export class RedisStore implements RegistryStore {
       }
       return ranked;
     });
+  }
+
+  /**
+   * Locate's sample: from a random sample of each kind of holder (HRANDFIELD), holders in
+   * the asker's zone first, then others, PICK_FACTOR x limit of them; the caller ranks those
+   * by their nodes' load. Complete holders first; partial ones (updated after the cutoff)
+   * only when fewer than `limit` complete ones were picked. Quarantined holders and the
+   * asker are left out. Picked here rather than in a script: handing the sample to Lua
+   * cost redis-server more than the sample itself. Returns {'1' if partial holders were
+   * sampled, else '0', node, reg, 'c' or updatedAt, …}.
+   */
+  private async sampleHolders(
+    digest: string,
+    query: LocateQuery,
+    sample: number,
+    partialOnly: boolean,
+  ): Promise<string[]> {
+    const threshold = query.quarantine?.threshold ?? 0;
+    const [reports, complete] = await Promise.all([
+      threshold > 0
+        ? this.client.zRangeByScore(
+            this.blobKey(digest, 'reports'),
+            `(${query.now - query.quarantine!.windowMs}`,
+            '+inf',
+          )
+        : [],
+      partialOnly ? [] : this.client.hRandFieldCountWithValues(this.blobKey(digest, 'complete'), sample),
+    ]);
+    let banned: Set<string> | undefined;
+    if (reports.length) {
+      const counts = new Map<string, number>();
+      for (const member of reports) {
+        const newline = member.indexOf('\n');
+        const node = newline < 0 ? member : member.slice(0, newline);
+        const n = (counts.get(node) ?? 0) + 1;
+        counts.set(node, n);
+        if (n >= threshold) (banned ??= new Set()).add(node);
+      }
+    }
+    const out = ['0'];
+    const want = PICK_FACTOR * query.limit;
+    const asker = query.asker;
+    // A zone is [A-Za-z0-9._-]: a value "updatedAt:reg:zone" ends with ':' + zone exactly
+    // when the holder is in it.
+    const suffix = query.zone ? `:${query.zone}` : undefined;
+    const pick = (entries: Array<{ field: string; value: string }>, kind: 'c' | 'p', cutoff: number): number => {
+      const near: Array<{ field: string; value: string }> = [];
+      const far: Array<{ field: string; value: string }> = [];
+      for (const entry of entries) {
+        if (entry.field === asker || banned?.has(entry.field)) continue;
+        if (kind === 'p' && Number(entry.value.slice(0, entry.value.indexOf(':'))) <= cutoff) continue;
+        (suffix !== undefined && entry.value.endsWith(suffix) ? near : far).push(entry);
+      }
+      let n = 0;
+      for (const list of [near, far]) {
+        for (const { field, value } of list) {
+          if (n >= want) return n;
+          const colon = value.indexOf(':');
+          out.push(
+            field,
+            value.slice(colon + 1, value.indexOf(':', colon + 1)),
+            kind === 'c' ? 'c' : value.slice(0, colon),
+          );
+          n++;
+        }
+      }
+      return n;
+    };
+    const found = pick(complete, 'c', 0);
+    if (found < query.limit) {
+      out[0] = '1';
+      const partial = await this.client.hRandFieldCountWithValues(this.blobKey(digest, 'partial'), sample);
+      pick(partial, 'p', query.now - query.partialTtlMs);
+    }
+    return out;
   }
 
   putSource(key: string, digest: string, replace: boolean): Promise<SourceWrite> {
@@ -894,6 +1021,9 @@ export class RedisStore implements RegistryStore {
   }
 
   async close(): Promise<void> {
+    const subscriber = this.subscriber;
+    if (subscriber?.isOpen) await subscriber.close().catch(() => undefined);
+    else subscriber?.destroy();
     if (this.client.isOpen) await this.client.close().catch(() => undefined);
     else this.client.destroy();
   }

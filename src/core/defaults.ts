@@ -68,6 +68,11 @@ export const DEFAULTS = {
     redisPrefix: 'loom',
     /** A Redis command not answered within this is a store failure (503). */
     redisTimeoutMs: 2_000,
+    /**
+     * How long a control plane on Redis reuses a node record for locate: the age of a
+     * node's load in an answer at most (removals and re-registrations are sent at once).
+     */
+    redisNodeCacheMs: 2_000,
     /** A client's (agent's, fetch's) request to the control plane. */
     requestTimeoutMs: 2_000,
   },

@@ -113,8 +113,10 @@ async function fromHfCache(uri: string, out: string, env: NodeJS.ProcessEnv): Pr
     await link(blob, temp);
     await rename(temp, out);
   } catch (err) {
-    await rm(temp, { force: true });
     throw diskError(err, `linking ${out}`);
+  } finally {
+    // Renaming a link over another link to the same file (a rerun) does nothing (POSIX), leaving it.
+    await rm(temp, { force: true });
   }
   const { statSync } = await import('node:fs');
   const size = statSync(out).size;

@@ -3,7 +3,7 @@
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after } from 'node:test';
-import { OriginServer, type OriginOptions } from '../support/origin-server.js';
+import { OriginServer, type Fault, type OriginOptions } from '../support/origin-server.js';
 
 export interface CacheTestBed {
   /** A new origin serving `bytes` at `path` (/model.bin by default). */
@@ -30,4 +30,23 @@ export function cacheTestBed(bytes: Buffer, dir: string, defaults: OriginOptions
       return cacheDir;
     },
   };
+}
+
+export interface OriginGate {
+  /** An origin's fault hook: every request is held until `open()`. */
+  fault: () => Fault;
+  open(): void;
+}
+
+/**
+ * Holds an origin's answers until the test opens it. A downloader takes the source lock before
+ * its first request, so it cannot finish before processes started after it have said they wait,
+ * however long a loaded machine takes to start them (a rate cap alone only makes that likely).
+ */
+export function originGate(): OriginGate {
+  let open!: () => void;
+  const opened = new Promise<void>((resolve) => (open = resolve));
+  // Never left shut: a test that fails before opening it must not hold its downloader forever.
+  after(() => open());
+  return { fault: () => ({ kind: 'hold', until: opened }), open: () => open() };
 }

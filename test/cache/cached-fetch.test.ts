@@ -14,7 +14,7 @@ import {
 } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { withBlobInUse } from '../../src/cache/blob-store.js';
 import { cacheLayout } from '../../src/cache/cache-root.js';
 import { lockHolderPid } from '../../src/core/file-lock.js';
@@ -23,7 +23,8 @@ import { collect, randomContent, runLoom, sha256OfFile, startLoom, tempDir, wait
 import { mountTmpfs } from '../helpers/tmpfs.js';
 import { cacheTestBed } from './cache-fixtures.js';
 
-const SIZE = 6 * 1024 * 1024 + 7;
+const MiB = 1024 * 1024;
+const SIZE = 6 * MiB + 7;
 const content = randomContent(SIZE);
 const dir = tempDir();
 const { origin, freshCache } = cacheTestBed(content.bytes, dir);
@@ -403,34 +404,53 @@ describe('loom fetch and loom cache, several processes', () => {
    * same URL with `waiterFlags`, kills the first mid-download and returns what the second did.
    */
   async function killTheDownloaderOfAWaiter(name: string, waiterFlags: string[]) {
-    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    // Past its first 2 MiB the downloader's requests are held until it is killed: at 2 MiB/s it
+    // would be done in 3 s, before a loaded machine got the waiter waiting, which would then
+    // find a finished download instead of a dead owner.
+    let releaseTheRest!: () => void;
+    const theRest = new Promise<void>((resolve) => (releaseTheRest = resolve));
+    after(releaseTheRest);
+    const server = await origin({
+      rateLimitBytesPerSecond: 1024 * 1024,
+      fault: (ctx) => (ctx.range && ctx.range.start >= 2 * MiB ? { kind: 'hold', until: theRest } : undefined),
+    });
     const cacheDir = freshCache();
     const env = { LOOM_CACHE_DIR: cacheDir };
     const fetch = (out: string) => ['fetch', server.url('/model.bin'), '-o', out, '-w', '2', '--chunk-size', '1MiB'];
     const downloader = startLoom([...fetch(join(dir, `${name}-1.bin`)), '-q'], env);
     const downloaded = collect(downloader);
-    await waitFor('the downloader to hold the source lock', () =>
-      readdirSync(join(cacheDir, 'locks')).some((f) => lockHolderPid(join(cacheDir, 'locks', f)) === downloader.pid),
+    await waitFor(
+      'the downloader to hold the source lock',
+      () =>
+        readdirSync(join(cacheDir, 'locks')).some((f) => lockHolderPid(join(cacheDir, 'locks', f)) === downloader.pid),
+      30_000,
     );
     const out = join(dir, `${name}-2.bin`);
     const waiterProcess = startLoom([...fetch(out), ...waiterFlags], env);
     const waiter = collect(waiterProcess);
     let waiterSaid = '';
     waiterProcess.stderr?.on('data', (d: Buffer) => (waiterSaid += d.toString()));
-    // It says so (unless --json keeps it quiet); else it has the index open, a moment before it waits.
+    // It says so, unless --json keeps it quiet: then it has the index open, a moment before it
+    // first finds the lock held. That moment is given generously (the downloader is held, so it
+    // costs only time): killed before the waiter's first look, the owner is found gone without
+    // the waiter having waited.
+    const quiet = waiterFlags.includes('--json');
     const indexOpen = () =>
       readdirSync(`/proc/${waiterProcess.pid}/fd`).some(
         (fd) => readlinkSync(`/proc/${waiterProcess.pid}/fd/${fd}`) === join(cacheDir, 'index.db'),
       );
     await waitFor(
       'the waiter to wait',
-      () => waiterSaid.includes('waiting for another process') || indexOpen(),
+      () => (quiet ? indexOpen() : waiterSaid.includes('waiting for another process')),
       30_000,
     );
-    await sleep(500);
+    await waitFor('the downloader to have its first 2 MiB', () => server.bytesServed >= 2 * MiB, 30_000);
+    await sleep(quiet ? 3_000 : 500);
     downloader.kill('SIGKILL');
-    await downloaded;
+    assert.equal((await downloaded).signal, 'SIGKILL', 'the downloader was still downloading');
     const servedBeforeKill = server.bytesServed;
+    // The waiter's requests from here on are answered.
+    releaseTheRest();
     const run = await waiter;
     return {
       run,

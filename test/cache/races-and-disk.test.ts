@@ -38,7 +38,7 @@ import {
   type RunResult,
 } from '../helpers/fixtures.js';
 import { mountTmpfs } from '../helpers/tmpfs.js';
-import { cacheTestBed } from './cache-fixtures.js';
+import { cacheTestBed, originGate } from './cache-fixtures.js';
 
 const SIZE = 6 * 1024 * 1024 + 5;
 const content = randomContent(SIZE);
@@ -64,7 +64,9 @@ async function holdsTheLock(cacheDir: string, pid: number | undefined): Promise<
 
 describe('processes racing for one source', () => {
   it('a stopped downloader keeps its lock: the waiter takes its blob afterwards, the origin serves it once', async () => {
-    const server = await origin({ rateLimitBytesPerSecond: 512 * 1024 });
+    // The downloader's answers held until the waiter waits: it cannot be done first.
+    const gate = originGate();
+    const server = await origin({ rateLimitBytesPerSecond: 512 * 1024, fault: gate.fault });
     const cacheDir = freshCache();
     const env = { LOOM_CACHE_DIR: cacheDir };
     const url = server.url('/model.bin');
@@ -72,6 +74,8 @@ describe('processes racing for one source', () => {
     await holdsTheLock(cacheDir, downloader.child.pid);
     const waiter = fetchProcess(url, join(dir, 'stop-2.bin'), env);
     await waitFor('the waiter to wait', () => waiter.said().includes('waiting for another process'), 30_000);
+    gate.open();
+    await waitFor('the download under way', () => server.bytesServed > 0, 30_000);
     // Longer than any heartbeat's staleness: a live owner's lock is never taken over.
     downloader.child.kill('SIGSTOP');
     await sleep(7_000);
@@ -127,7 +131,9 @@ describe('processes racing for one source', () => {
   });
 
   it('a waiter pinned to another digest fails with a mismatch; one pinned to the right digest takes the blob', async () => {
-    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024 });
+    // The downloader's answers held until the pinned waiter waits: it cannot be done first.
+    const gate = originGate();
+    const server = await origin({ rateLimitBytesPerSecond: 1024 * 1024, fault: gate.fault });
     const cacheDir = freshCache();
     const env = { LOOM_CACHE_DIR: cacheDir };
     const url = server.url('/model.bin');
@@ -136,6 +142,7 @@ describe('processes racing for one source', () => {
     const wrong = fetchProcess(url, join(dir, 'pin-wrong.bin'), env, ['--sha256', 'e'.repeat(64)]);
     const right = fetchProcess(url, join(dir, 'pin-right.bin'), env, ['--sha256', content.sha256, '--json']);
     await waitFor('the pinned waiter to wait', () => wrong.said().includes('waiting for another process'), 30_000);
+    gate.open();
     const [zero, bad, good] = await Promise.all([downloader.done, wrong.done, right.done]);
     assert.equal(zero.code, 0, zero.stderr);
     assert.equal(bad.code, 4, bad.stderr);

@@ -22,7 +22,7 @@ import {
   waitFor,
   type RunResult,
 } from '../helpers/fixtures.js';
-import { cacheTestBed } from './cache-fixtures.js';
+import { cacheTestBed, originGate } from './cache-fixtures.js';
 
 const SIZE = 6 * 1024 * 1024 + 5;
 const content = randomContent(SIZE);
@@ -57,17 +57,20 @@ async function holdsTheLock(cacheDir: string, pid: number | undefined): Promise<
   );
 }
 
-async function waiting(...waiters: Fetching[]): Promise<void> {
+/** Waits until every waiter says it waits, then lets the owner's origin answer (see originGate). */
+async function waiting(gate: { open(): void }, ...waiters: Fetching[]): Promise<void> {
   for (const w of waiters) {
     await waitFor('a waiter to wait', () => w.said().includes('waiting for another process'), 30_000);
   }
+  gate.open();
 }
 
 const notGone = /is gone|taking over/;
 
 describe('single flight with pinned digests', () => {
   it('an owner pinned to a wrong digest: its download is kept for the waiters, the origin serves it once', async () => {
-    const server = await origin();
+    const gate = originGate();
+    const server = await origin({ fault: gate.fault });
     const cacheDir = freshCache();
     const url = server.url('/model.bin');
     const owner = fetchProcess(url, 'owner-wrong', cacheDir, ['--sha256', WRONG]);
@@ -76,7 +79,7 @@ describe('single flight with pinned digests', () => {
     const samePin = fetchProcess(url, 'waiter-same-wrong', cacheDir, ['--sha256', WRONG]);
     const otherPin = fetchProcess(url, 'waiter-other-wrong', cacheDir, ['--sha256', OTHER_WRONG]);
     const right = fetchProcess(url, 'waiter-right', cacheDir, ['--sha256', content.sha256]);
-    await waiting(unpinned, samePin, otherPin, right);
+    await waiting(gate, unpinned, samePin, otherPin, right);
     const [o, u, s, x, r] = await Promise.all([owner, unpinned, samePin, otherPin, right].map((p) => p.done));
 
     // The owner: its pin missed, nothing at its output, both digests named.
@@ -120,14 +123,15 @@ describe('single flight with pinned digests', () => {
   });
 
   it('an unpinned owner: a waiter pinned wrong fails at once naming both digests, one pinned right takes it', async () => {
-    const server = await origin();
+    const gate = originGate();
+    const server = await origin({ fault: gate.fault });
     const cacheDir = freshCache();
     const url = server.url('/model.bin');
     const owner = fetchProcess(url, 'owner-unpinned', cacheDir);
     await holdsTheLock(cacheDir, owner.child.pid);
     const wrong = fetchProcess(url, 'unpinned-owner-waiter-wrong', cacheDir, ['--sha256', WRONG]);
     const right = fetchProcess(url, 'unpinned-owner-waiter-right', cacheDir, ['--sha256', content.sha256]);
-    await waiting(wrong, right);
+    await waiting(gate, wrong, right);
     const [o, w, r] = await Promise.all([owner.done, wrong.done, right.done]);
     assert.equal(o.code, 0, o.stderr);
     assert.equal(await sha256OfFile(owner.out), content.sha256);
@@ -157,18 +161,20 @@ describe('single flight with pinned digests', () => {
 
   it('an owner that fails is said to have failed, not to be gone; the waiter then downloads it itself', async () => {
     let refuseOwner = false;
+    const gate = originGate();
     const server = await origin({
       // The owner's requests carry a header of their own (not a credential: the same cache
       // key); once the waiter waits, the origin refuses them.
       fault: (ctx) =>
-        refuseOwner && ctx.headers['x-test-role'] === 'owner' ? { kind: 'status', status: 404 } : undefined,
+        refuseOwner && ctx.headers['x-test-role'] === 'owner' ? { kind: 'status', status: 404 } : gate.fault(),
     });
     const cacheDir = freshCache();
     const url = server.url('/model.bin');
     const owner = fetchProcess(url, 'failing-owner', cacheDir, ['-H', 'X-Test-Role: owner']);
     await holdsTheLock(cacheDir, owner.child.pid);
     const waiter = fetchProcess(url, 'after-failure', cacheDir);
-    await waiting(waiter);
+    await waiting(gate, waiter);
+    // Set before the owner's next request arrives: what the gate held is answered, the rest refused.
     refuseOwner = true;
     const [o, w] = await Promise.all([owner.done, waiter.done]);
     assert.notEqual(o.code, 0, 'the owner failed');
@@ -183,13 +189,14 @@ describe('single flight with pinned digests', () => {
   });
 
   it('an owner stopped with Ctrl-C is said to be cancelled, not gone; the waiter resumes its partial', async () => {
-    const server = await origin();
+    const gate = originGate();
+    const server = await origin({ fault: gate.fault });
     const cacheDir = freshCache();
     const url = server.url('/model.bin');
     const owner = fetchProcess(url, 'cancelled-owner', cacheDir);
     await holdsTheLock(cacheDir, owner.child.pid);
     const waiter = fetchProcess(url, 'after-cancel', cacheDir);
-    await waiting(waiter);
+    await waiting(gate, waiter);
     await waitFor('the owner to have 2 MiB', () => server.bytesServed >= 2 * 1024 * 1024, 30_000);
     owner.child.kill('SIGINT');
     const [o, w] = await Promise.all([owner.done, waiter.done]);
@@ -238,14 +245,15 @@ describe('single flight with pinned digests', () => {
     [[], ['--sha256', content.sha256], 'unpinned owner, pinned waiter'],
   ] as const) {
     it(`an owner killed -9 mid-download is taken over and its partial resumed (${what})`, async () => {
-      const server = await origin();
+      const gate = originGate();
+      const server = await origin({ fault: gate.fault });
       const cacheDir = freshCache();
       const url = server.url('/model.bin');
       const name = what.replace(/\W+/g, '-');
       const owner = fetchProcess(url, `killed-${name}`, cacheDir, [...ownerFlags]);
       await holdsTheLock(cacheDir, owner.child.pid);
       const waiter = fetchProcess(url, `takes-over-${name}`, cacheDir, [...waiterFlags]);
-      await waiting(waiter);
+      await waiting(gate, waiter);
       // Past the first journal (written every 500 ms, and per 1/32 of the file).
       await waitFor('the owner to have 3 MiB', () => server.bytesServed >= 3 * 1024 * 1024, 30_000);
       owner.child.kill('SIGKILL');

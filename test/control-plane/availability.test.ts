@@ -69,7 +69,9 @@ describe('control plane availability', () => {
     // undefined: no control plane, so the fetch goes to the origin (as with none answering).
     assert.equal(await new ClientSwarmControl(client).holders(D1, { node: 'n1', limit: 10 }), undefined);
     const elapsed = performance.now() - started;
-    assert.ok(elapsed < 2_000, `gave up after ${Math.round(elapsed)} ms`);
+    // Bounded by the 300 ms timeout, not by the silent server (which never answers); the bound
+    // leaves room for a loaded machine's stalls.
+    assert.ok(elapsed < 10_000, `gave up after ${Math.round(elapsed)} ms`);
     const refused = new ControlPlaneClient({ baseUrl: `http://127.0.0.1:${await freePort()}` });
     assert.equal(await new ClientSwarmControl(refused).holders(D1, { node: 'n1', limit: 10 }), undefined);
     assert.equal(await refused.heartbeat('n1', { url: 'http://n1:1' }), undefined);

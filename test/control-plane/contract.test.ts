@@ -8,6 +8,7 @@ import { describe, it } from 'node:test';
 import { createClient } from 'redis';
 import { RedisStore } from '../../src/control-plane/redis-store.js';
 import { SqliteStore } from '../../src/control-plane/sqlite-store.js';
+import { waitFor } from '../helpers/fixtures.js';
 import { REDIS_URL } from '../helpers/redis.js';
 import { beat, D1, D2, dir, factories, peerIds, PIECE, prefix, ready, startService, stopService } from './harness.js';
 import { contractSuite, manifestOf } from './contract-cases.js';
@@ -120,10 +121,12 @@ describe('control plane persistence and replicas', () => {
 describe('control plane housekeeping', () => {
   it('deletes lapsed nodes, their replicas, stale partials and old reports on a timer, with no request', async () => {
     const path = join(dir, 'sweep.db');
+    // TTLs a loaded machine's stalls fit in before the first count; the rows' removal is then
+    // waited for (polling the file, no request), not assumed done within half a second.
     const s = await startService(new SqliteStore(path), {
-      nodeTtlMs: 2_500,
-      partialTtlMs: 2_000,
-      reportWindowMs: 2_500,
+      nodeTtlMs: 5_000,
+      partialTtlMs: 4_000,
+      reportWindowMs: 5_000,
       sweepIntervalMs: 100,
     });
     await beat(s, 'gone');
@@ -133,8 +136,12 @@ describe('control plane housekeeping', () => {
     try {
       const count = (table: string) => (db.prepare(`SELECT count(*) AS n FROM ${table}`).get() as { n: number }).n;
       assert.deepEqual([count('nodes'), count('replicas'), count('reports')], [1, 1, 1]);
-      await sleep(3_000);
-      assert.deepEqual([count('nodes'), count('replicas'), count('reports')], [0, 0, 0]);
+      await sleep(5_000);
+      await waitFor(
+        'the sweep to delete the rows',
+        () => count('nodes') + count('replicas') + count('reports') === 0,
+        30_000,
+      );
     } finally {
       db.close();
     }
@@ -142,9 +149,10 @@ describe('control plane housekeeping', () => {
 
   it('drops the replicas of lapsed nodes and stale partial replicas from Redis on a timer, with no request', async () => {
     const tagged = `${prefix}-sweep`;
+    // As above: TTLs a loaded machine's stalls fit in, and the sweep's removals waited for.
     const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }), {
-      nodeTtlMs: 2_500,
-      partialTtlMs: 2_000,
+      nodeTtlMs: 5_000,
+      partialTtlMs: 4_000,
       sweepIntervalMs: 100,
     });
     await ready(s.store);
@@ -164,8 +172,8 @@ describe('control plane housekeeping', () => {
         (await shardless()).filter((k) => !k.endsWith(':rec')),
         [`${tagged}:{${D1}}:complete`, `${tagged}:{node:gone}:holds`, `${tagged}:{nodes:N}:index`],
       );
-      await sleep(3_000);
-      assert.deepEqual(await keys(), []);
+      await sleep(5_000);
+      await waitFor('the sweep to drop every key', async () => (await keys()).length === 0, 30_000);
 
       // A live node's partial replica that is no longer updated goes; the node stays.
       const keep = setInterval(() => void beat(s, 'stays'), 300);
@@ -173,8 +181,17 @@ describe('control plane housekeeping', () => {
         await beat(s, 'stays');
         await s.call('PUT', `/v1/blobs/${D2}/replicas/stays`, { complete: false, pieces: [0] });
         assert.ok((await keys()).includes(`${tagged}:{${D2}}:partial`));
-        await sleep(3_000);
-        assert.deepEqual(await shardless(), [`${tagged}:{node:stays}:rec`, `${tagged}:{nodes:N}:index`]);
+        await sleep(4_000);
+        const left = [`${tagged}:{node:stays}:rec`, `${tagged}:{nodes:N}:index`];
+        const now = await waitFor(
+          'the sweep to drop the stale partial',
+          async () => {
+            const found = await shardless();
+            return found.some((k) => k.endsWith(':partial')) ? false : found;
+          },
+          30_000,
+        );
+        assert.deepEqual(now, left);
       } finally {
         clearInterval(keep);
       }

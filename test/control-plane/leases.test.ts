@@ -66,16 +66,18 @@ for (const factory of factories) {
     });
 
     it('lets a lease lapse after its TTL, unless renewed, and hands it on with a larger fencing token', async () => {
-      const s = await service(factory, { leaseTtlMs: 1_500 });
+      // Renewed every 600 ms under a 4 s TTL: a renewal a loaded machine delays by 3 s still
+      // comes in time (under 1.5 s, one delayed by a second lapsed the lease).
+      const s = await service(factory, { leaseTtlMs: 4_000 });
       const a = granted(await take(s, 'node-a'));
-      for (let i = 0; i < 3; i++) {
+      for (let i = 0; i < 8; i++) {
         await sleep(600);
         const renewed = await s.call('PUT', `/v1/blobs/${D1}/leases/${a.token}`);
         assert.equal(renewed.status, 200);
         assert.equal((renewed.body as Granted).fencingToken, a.fencingToken);
       }
       assert.equal(((await take(s, 'node-b')) as Refused).granted, false, 'renewed past its first TTL');
-      await sleep(1_800);
+      await sleep(4_300);
       const b = granted(await take(s, 'node-b'));
       assert.ok(b.fencingToken > a.fencingToken, `${b.fencingToken} > ${a.fencingToken}`);
       const late: Reply = await s.call('PUT', `/v1/blobs/${D1}/leases/${a.token}`);

@@ -55,13 +55,15 @@ for (const factory of factories) {
     });
 
     it('lets registrations expire when an expiry is set, and a new /register renews them', async () => {
-      const s = await service(factory, { legacyTtlMs: 1_000 });
+      // node1 lapses once the expiry has passed, however slow the machine; node2, renewed half
+      // way, stays unless the second half is stalled by 2 s (by 400 ms with an expiry of 1 s).
+      const s = await service(factory, { legacyTtlMs: 4_000 });
       const res = await s.call('POST', '/register', { node: 'node1', model: 'm' });
-      assert.equal((res.body as { ttlSeconds: number }).ttlSeconds, 1);
+      assert.equal((res.body as { ttlSeconds: number }).ttlSeconds, 4);
       await s.call('POST', '/register', { node: 'node2', model: 'm' });
-      await sleep(600);
+      await sleep(2_100);
       await s.call('POST', '/register', { node: 'node2', model: 'm' });
-      await sleep(600);
+      await sleep(2_100);
       assert.deepEqual(await nodesOf(s, 'm'), ['node2']);
     });
 

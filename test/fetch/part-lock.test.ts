@@ -36,15 +36,18 @@ describe('part lock', () => {
     );
     const results = await Promise.all(children);
     for (const r of results) assert.equal(r.code, 0, r.stderr);
-    const owners = new Map<number, number>();
+    // Two processes getting one round's lock in turn is no fault (a child a loaded machine
+    // starts late finds it free again); two holding it at once is.
+    const owned = new Set<number>();
+    const shared: number[] = [];
     for (const line of results.flatMap((r) => r.stdout.trim().split('\n'))) {
       const [round, outcome] = line.split(' ');
-      if (outcome === 'got') owners.set(Number(round), (owners.get(Number(round)) ?? 0) + 1);
+      if (outcome === 'got' || outcome === 'shared') owned.add(Number(round));
+      if (outcome === 'shared') shared.push(Number(round));
     }
-    const shared = [...owners].filter(([, count]) => count > 1).map(([round]) => round);
-    assert.deepEqual(shared, [], 'rounds in which more than one process held the lock');
+    assert.deepEqual(shared, [], 'rounds in which more than one process held the lock at once');
     // Some process got it in every round (a process that starts late finds it free).
-    assert.equal(owners.size, rounds);
+    assert.equal(owned.size, rounds);
     // Nothing left beside the parts: no lock, no owner file.
     assert.deepEqual(readdirSync(dir), []);
   });

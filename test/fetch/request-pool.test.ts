@@ -92,11 +92,12 @@ describe('downloads sharing a RequestPool', () => {
     const wasThrottled = new Promise<void>((resolve) => (throttled = resolve));
     const server = await new OriginServer({
       fault: (ctx) => {
-        // The big file's second request (the first after its probe) is told to wait 2 s.
+        // The big file's second request (the first after its probe) is told to wait 5 s: the
+        // small file's request must come meanwhile, which a loaded machine may delay by seconds.
         if (ctx.path !== '/big.bin' || throttledAt !== undefined || ctx.index < 2) return undefined;
         throttledAt = performance.now();
         setImmediate(throttled);
-        return { kind: 'status', status: 503, headers: { 'retry-after': '2' } };
+        return { kind: 'status', status: 503, headers: { 'retry-after': '5' } };
       },
     }).listen();
     server.setFile('/big.bin', big.bytes);

@@ -43,13 +43,26 @@ function testCacheDir(): string {
   return defaultCacheDir;
 }
 
+/** `loom` processes of this test file still running. */
+const running = new Set<ChildProcess>();
+// A test that failed while a process it started still ran (a waiter whose owner never came, a
+// fetch from a server that never answers) must not leave it behind: its pipes would keep the
+// test file's process alive until the runner's timeout, long after the failure. Registered as
+// this module loads, at a test file's top level, so it runs once all the file's tests are done.
+after(() => {
+  for (const child of running) child.kill('SIGKILL');
+});
+
 /** Starts `loom ARGS`; the caller may kill it. */
 export function startLoom(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: string): ChildProcess {
-  return spawn(process.execPath, [LOOM_BIN, ...args], {
+  const child = spawn(process.execPath, [LOOM_BIN, ...args], {
     env: { ...process.env, LOOM_CACHE_DIR: testCacheDir(), ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
     cwd,
   });
+  running.add(child);
+  child.once('exit', () => running.delete(child));
+  return child;
 }
 
 export function collect(child: ChildProcess): Promise<RunResult> {
@@ -66,11 +79,15 @@ export function runLoom(args: string[], env: NodeJS.ProcessEnv = {}, cwd?: strin
   return collect(startLoom(args, env, cwd));
 }
 
-/** Polls `check` every 50 ms until it yields a value (not undefined, not false) or `timeoutMs` passes. */
+/**
+ * Polls `check` every 50 ms until it yields a value (not undefined, not false) or `timeoutMs`
+ * passes. The default is generous: it only bounds a failure, and a loaded CI machine may take
+ * seconds to start a process or to run an agent's next scan.
+ */
 export async function waitFor<T>(
   what: string,
   check: () => T | undefined | false | Promise<T | undefined | false>,
-  timeoutMs = 10_000,
+  timeoutMs = 30_000,
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {

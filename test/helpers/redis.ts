@@ -22,7 +22,9 @@ export async function startRedisServer(port: number, extra: string[] = []): Prom
     },
   );
   const { connect } = await import('node:net');
-  for (let i = 0; i < 100; i++) {
+  // A deadline, not a count of tries: a loaded machine may take seconds to start it.
+  const deadline = Date.now() + 30_000;
+  while (Date.now() < deadline) {
     const up = await new Promise<boolean>((resolve) => {
       const socket = connect(port, '127.0.0.1', () => {
         socket.end();
@@ -94,11 +96,12 @@ export async function startRedisCluster(masters = 3): Promise<RedisCluster> {
       '0',
       '--cluster-yes',
     ]);
+    const deadline = Date.now() + 60_000;
     for (const port of ports) {
-      for (let i = 0; ; i++) {
+      for (;;) {
         const { stdout } = await run('redis-cli', ['-p', String(port), 'cluster', 'info']);
         if (stdout.includes('cluster_state:ok')) break;
-        if (i === 200) throw new Error(`the Redis Cluster on port ${port} never became ok:\n${stdout}`);
+        if (Date.now() > deadline) throw new Error(`the Redis Cluster on port ${port} never became ok:\n${stdout}`);
         await sleep(50);
       }
     }

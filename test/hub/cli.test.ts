@@ -2,7 +2,7 @@
 // Hub: the token found where the hf CLI keeps it, the snapshot path on stdout, the Hub's
 // errors as one line and a documented exit code, HF_HUB_OFFLINE served from the HF cache.
 import assert from 'node:assert/strict';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { EXIT } from '../../src/core/errors.js';
@@ -160,6 +160,19 @@ describe('loom pull and loom fetch hf:// (CLI)', () => {
     });
     assert.equal(fetch.code, 0, fetch.stderr);
     assert.ok(readFileSync(one).equals(mainFiles[3]!.bytes));
+    // Again, onto the link the first run left: renaming a link over a link to the same file
+    // does nothing (POSIX), which must not leave the temporary link behind.
+    const again = await runLoom(['fetch', 'hf://acme/tiny-llm/config.json', '-o', one], {
+      ...env(),
+      HF_HUB_OFFLINE: '1',
+    });
+    assert.equal(again.code, 0, again.stderr);
+    assert.ok(readFileSync(one).equals(mainFiles[3]!.bytes));
+    assert.deepEqual(
+      readdirSync(root).filter((f) => f.includes('.loom-')),
+      [],
+      'no temporary link left',
+    );
     assert.deepEqual(hub.stats.hubRequests, {});
     const missing = await runLoom(['pull', 'acme/corpus', '--repo-type', 'dataset'], { ...env(), HF_HUB_OFFLINE: '1' });
     assert.equal(missing.code, EXIT.network);

@@ -188,6 +188,30 @@ describe('loom pull (library) against a test Hub', () => {
     assert.deepEqual(readdirSync(out), []);
   });
 
+  it('offline pulls of one repo to one --out at once all succeed, each file whole', async () => {
+    // Several jobs of a node starting from the same HF cache (a pod's containers, a retried job):
+    // each file was removed then linked into place, and a second pull linking between the
+    // first's removal and its link failed with EEXIST.
+    const dir = fresh('hf-offline-race');
+    await pullRepo({ ...base(), repo: 'acme/tiny-llm', hubCache: dir });
+    const out = fresh('out-offline-race');
+    const pulls = await Promise.allSettled(
+      [0, 1, 2, 3].map(() =>
+        pullRepo({ ...base(), repo: 'acme/tiny-llm', hubCache: dir, out, env: { HF_HUB_OFFLINE: '1' } }),
+      ),
+    );
+    assert.deepEqual(
+      pulls.filter((p) => p.status === 'rejected').map((p) => String((p as PromiseRejectedResult).reason)),
+      [],
+    );
+    for (const file of mainFiles) assert.equal(sha256Of(readFileSync(join(out, file.path))), sha256Of(file.bytes));
+    assert.deepEqual(
+      readdirSync(out, { recursive: true }).filter((f) => String(f).includes('.loom-')),
+      [],
+      'no temporary link left',
+    );
+  });
+
   it('says a repo with no files has none (not that the filters matched nothing)', async () => {
     const empty = await TestHub.start({
       repos: [{ id: 'acme/empty', commits: [{ sha: commitHash('empty'), files: [] }] }],

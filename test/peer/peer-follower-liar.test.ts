@@ -17,7 +17,7 @@ import { sourceBlobId } from '../../src/cache/source-id.js';
 import { sourceKey } from '../../src/cache/source-key.js';
 import { LoomError } from '../../src/core/errors.js';
 import { PeerPlanner } from '../../src/peer/peer-download.js';
-import { randomContent, sha256OfFile, tempDir } from '../helpers/fixtures.js';
+import { randomContent, sha256OfFile, tempDir, waitFor } from '../helpers/fixtures.js';
 import {
   closersRunAfterAll,
   controlPlaneRequest as send,
@@ -54,8 +54,19 @@ describe('a follower served a bad piece by a peer while the leader is still fetc
     'drops and reports the peer, takes the piece again, and ends with the exact bytes',
     { timeout: 120_000 },
     async () => {
+      // The leader's requests for piece 1 are held until the follower asks the liar for it: a
+      // leader done first (or holding piece 1 when the follower plans) would serve the follower
+      // everything, and the liar nothing, on a machine slow enough to delay the follower.
+      let letLeaderHavePiece1!: () => void;
+      const leaderMayHavePiece1 = new Promise<void>((resolve) => (letLeaderHavePiece1 = resolve));
+      closers.push(letLeaderHavePiece1);
+      const inPiece1 = (range: { start: number; end: number } | undefined): boolean =>
+        range !== undefined && range.start < 2 * PIECE && range.end > PIECE;
       // 16 connections at 512 KiB/s: the leader needs about 8 s for the file.
-      const origin = await new OriginServer({ rateLimitBytesPerSecond: 512 * 1024 }).listen();
+      const origin = await new OriginServer({
+        rateLimitBytesPerSecond: 512 * 1024,
+        fault: (ctx) => (inPiece1(ctx.range) ? { kind: 'hold', until: leaderMayHavePiece1 } : undefined),
+      }).listen();
       closers.push(() => origin.close());
       origin.setFile('/models/m.bin', content.bytes);
       const url = origin.url('/models/m.bin');
@@ -71,7 +82,13 @@ describe('a follower served a bad piece by a peer while the leader is still fetc
       // The liar: a fake agent holding every piece under the source id, piece 1 with a flipped byte.
       const bad = Buffer.from(content.bytes);
       bad[PIECE + 4321] ^= 0xff;
-      const liar = await new OriginServer().listen();
+      let liarAskedForPiece1 = false;
+      const liar = await new OriginServer({
+        fault: (ctx) => {
+          if (inPiece1(ctx.range)) liarAskedForPiece1 = true;
+          return undefined;
+        },
+      }).listen();
       closers.push(() => liar.close());
       liar.setFile(`/v1/blobs/${blobId}`, bad);
       const announceLiar = async (): Promise<void> => {
@@ -84,7 +101,14 @@ describe('a follower served a bad piece by a peer while the leader is still fetc
       closers.push(() => clearInterval(keepFresh));
 
       const statuses: string[] = [];
-      const follower = await fetchAs(cp, 'follower', url, (m) => statuses.push(m));
+      const following = fetchAs(cp, 'follower', url, (m) => statuses.push(m));
+      following.catch(() => undefined);
+      try {
+        await waitFor('the follower asking the liar for piece 1', () => liarAskedForPiece1, 60_000);
+      } finally {
+        letLeaderHavePiece1();
+      }
+      const follower = await following;
       const fromLeader = await leader;
       clearInterval(keepFresh);
 
@@ -108,7 +132,13 @@ describe('a follower served a bad piece by a peer while the leader is still fetc
       const report = await send(cp, 'POST', '/v1/reports', { digest: blobId, node: 'liar', reporter: 'test' });
       assert.equal(((await report.json()) as { reports: number }).reports, 2);
       // The origin sent one copy to the leader and at most the follower's first request (1 MiB).
-      assert.ok(origin.bytesServed <= SIZE + MiB, `the origin sent ${origin.bytesServed} bytes`);
+      const leaderTook = (fromLeader as unknown as { bytesBySource: Record<string, number> }).bytesBySource;
+      assert.equal(leaderTook.origin, SIZE, JSON.stringify(leaderTook));
+      assert.ok((result.bytesBySource.origin ?? 0) <= MiB, JSON.stringify(result.bytesBySource));
+      // And what the leader's held requests for piece 1 sent past where it split them (it
+      // splits a request that has not answered yet, and the origin counts what it wrote
+      // before the cut-short request was closed).
+      assert.ok(origin.bytesServed <= SIZE + MiB + 4 * MiB, `the origin sent ${origin.bytesServed} bytes`);
     },
   );
 
