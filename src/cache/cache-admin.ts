@@ -10,7 +10,6 @@ import { readdirSync, statSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { CacheError, NotFoundError } from '../core/errors.js';
-import { isProcessAlive } from '../core/processes.js';
 import { blobInUse, ensureLayout, sha256OfFile } from './blob-store.js';
 import { CacheIndex, type BlobEntry } from './cache-index.js';
 import { blobPath, cacheLayout, type CacheLayout } from './cache-root.js';
@@ -195,9 +194,12 @@ const UNLOCKED_PARTIAL_GRACE_MS = 60 * 60 * 1000;
 
 /**
  * A temp file named by its writer's pid (`*.json.<pid>.tmp`) is left alone this long after
- * its last write even when that pid is not running here: a process in another pid namespace
- * (another container sharing the cache) has a pid this one cannot see, and its rename follows
- * the write within milliseconds. A file this old is abandoned whatever namespace wrote it.
+ * its last write, and abandoned after it, whatever its pid: its rename follows the write
+ * within milliseconds. The pid says nothing here: a writer in another pid namespace (another
+ * container sharing the cache) has a pid this one cannot see, and a dead writer's pid may be
+ * running here (pid 1: an agent as its container's first process, killed and restarted),
+ * which kept its file for ever. A file dated this far in the future is abandoned too: a
+ * clock set back (or a restored cache) does not make it young for that long.
  */
 export const PID_TEMP_GRACE_MS = 10 * 60 * 1000;
 
@@ -284,7 +286,7 @@ export async function gcCache(cache: CacheHandle, maxBytes = Infinity, dryRun = 
       if (lock === 'held') continue;
       if (lock === 'no-lock' && Date.now() - leftover.mtimeMs < UNLOCKED_PARTIAL_GRACE_MS) continue;
       if (typeof lock === 'function') release = lock;
-    } else if (isProcessAlive(leftover.owner.pid) || Date.now() - leftover.mtimeMs < PID_TEMP_GRACE_MS) {
+    } else if (Math.abs(Date.now() - leftover.mtimeMs) < PID_TEMP_GRACE_MS) {
       continue;
     }
     try {

@@ -126,6 +126,22 @@ function openIndex(path: string): Database.Database {
   }
 }
 
+/**
+ * What to do about an index that does not open, by SQLite's reason. "Check that it is
+ * writable" for all of them sent users after permissions when another process held the
+ * index, or when the file was damaged (which no later fetch mends: each bypasses the cache).
+ */
+function openHint(err: unknown, path: string): string {
+  const code = isSqliteError(err) ? err.code : '';
+  if (code === 'SQLITE_FULL')
+    return 'the disk holding the cache is full: free space or run loom cache gc --max-size SIZE';
+  if (code.startsWith('SQLITE_BUSY'))
+    return `another process kept the index locked for ${OPEN_TIMEOUT_MS / 1000} s (a loom process stopped mid-write?): fuser ${path} names it`;
+  if (code === 'SQLITE_NOTADB' || code.startsWith('SQLITE_CORRUPT'))
+    return `the index is damaged: remove ${path} (the blobs stay; loom cache gc then removes those no longer indexed)`;
+  return 'check that the cache directory is writable (--cache-dir, LOOM_CACHE_DIR)';
+}
+
 export class CacheIndex {
   private readonly db: Database.Database;
 
@@ -141,10 +157,7 @@ export class CacheIndex {
       throw new CacheError(`cannot open the cache index ${path}: ${(err as Error).message}`, {
         path,
         cause: err,
-        hint:
-          isSqliteError(err) && err.code === 'SQLITE_FULL'
-            ? 'the disk holding the cache is full: free space or run loom cache gc --max-size SIZE'
-            : 'check that the cache directory is writable (--cache-dir, LOOM_CACHE_DIR)',
+        hint: openHint(err, path),
       });
     }
   }

@@ -8,7 +8,7 @@
 // A hit is served from its hint file when it can be; SQLite and the engine load only when
 // the hint cannot answer.
 import { statSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
+import { dirname } from 'node:path';
 import { CacheError, DigestMismatchError, DiskAccessError, DiskFullError, LoomError } from '../core/errors.js';
 import type { BlobDownloadResult, DownloadResult, DownloadTrail } from '../fetch/download.js';
 import type { DownloadPlanner, PlannedDownload } from './download-planner.js';
@@ -520,16 +520,26 @@ async function fetchStraight(
 }
 
 /**
+ * Whether a full disk under the cache is also the output's: true, false, or undefined when
+ * the error is not the cache's full disk or either folder cannot be read. The output's
+ * folder is stat'ed as written, as the kernel reads it: resolve() would drop `a/..` where
+ * `a` is a symbolic link, and name a folder on another disk (or none).
+ */
+function cacheFullDiskHoldsOut(err: unknown, root: string, out: string): boolean | undefined {
+  if (!(err instanceof DiskFullError) || !err.path?.startsWith(root)) return undefined;
+  try {
+    return statSync(root).dev === statSync(dirname(out)).dev;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * A full disk under the cache only: the output is on another file system, where the
  * download can go on.
  */
 function fullCacheDiskOnly(err: unknown, root: string, out: string): boolean {
-  if (!(err instanceof DiskFullError) || !err.path?.startsWith(root)) return false;
-  try {
-    return statSync(root).dev !== statSync(dirname(resolve(out))).dev;
-  } catch {
-    return false;
-  }
+  return cacheFullDiskHoldsOut(err, root, out) === false;
 }
 
 /**
@@ -537,15 +547,11 @@ function fullCacheDiskOnly(err: unknown, root: string, out: string): boolean {
  * would fail the same way after fetching the same bytes again, so the error is final.
  */
 function fullDiskSharedWithOut(err: unknown, root: string, out: string): DiskFullError | undefined {
-  if (!(err instanceof DiskFullError) || !err.path?.startsWith(root)) return undefined;
-  try {
-    if (statSync(root).dev !== statSync(dirname(resolve(out))).dev) return undefined;
-  } catch {
-    return undefined;
-  }
-  return new DiskFullError(`the file system holding both the cache ${root} and ${out} is full (${err.message})`, {
-    path: err.path,
-    cause: err,
+  if (cacheFullDiskHoldsOut(err, root, out) !== true) return undefined;
+  const full = err as DiskFullError;
+  return new DiskFullError(`the file system holding both the cache ${root} and ${out} is full (${full.message})`, {
+    path: full.path,
+    cause: full,
   });
 }
 

@@ -9,8 +9,17 @@
 // such a copy no longer matches, and is replaced. Records are best effort: without one, the
 // blob is copied again, as before.
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, type Stats } from 'node:fs';
-import { join, resolve } from 'node:path';
+import {
+  mkdirSync,
+  readFileSync,
+  realpathSync,
+  renameSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  type Stats,
+} from 'node:fs';
+import { basename, dirname, join, resolve } from 'node:path';
 import { isBlobStamp, stampOf, type BlobStamp } from './blob-identity.js';
 import type { CacheLayout } from './cache-root.js';
 
@@ -25,8 +34,21 @@ interface CopyRecord {
   stamp: BlobStamp;
 }
 
+/**
+ * Where `out` is, from the root, as the kernel finds it: its folder's real path and its name.
+ * Not resolve(out): `-o link/../out/x.bin` is written where `link` leads, and resolve() names
+ * another file (or none), which gc then judges gone and removes the record of.
+ */
+function copyPath(out: string): string {
+  try {
+    return join(realpathSync.native(dirname(out)), basename(out));
+  } catch {
+    return resolve(out);
+  }
+}
+
 function recordPath(layout: CacheLayout, out: string): string {
-  const hash = createHash('sha256').update(resolve(out)).digest('hex').slice(0, 32);
+  const hash = createHash('sha256').update(copyPath(out)).digest('hex').slice(0, 32);
   return join(layout.copies, `${hash}.json`);
 }
 
@@ -53,7 +75,7 @@ export function unchangedCopy(
   existing: Stats,
 ): CopyMethod | undefined {
   const record = readRecord(recordPath(layout, out));
-  if (!record || record.digest !== digest || record.path !== resolve(out)) return undefined;
+  if (!record || record.digest !== digest || record.path !== copyPath(out)) return undefined;
   return unchangedRecord(record, existing);
 }
 
@@ -84,7 +106,7 @@ export function recordCopy(layout: CacheLayout, digest: string, out: string, met
   const temp = `${path}.${process.pid}.tmp`;
   try {
     const stats = statSync(out);
-    const record: CopyRecord = { path: resolve(out), digest, method, dev: stats.dev, stamp: stampOf(stats) };
+    const record: CopyRecord = { path: copyPath(out), digest, method, dev: stats.dev, stamp: stampOf(stats) };
     mkdirSync(layout.copies, { recursive: true });
     writeFileSync(temp, JSON.stringify(record));
     renameSync(temp, path);

@@ -116,7 +116,7 @@ export function controlPlaneCommand(): Command {
         // 0 is allowed: it turns the copy off (every locate reads its nodes' records).
         const redisNodeCacheMs =
           flags.redisNodeCache === undefined ? undefined : parseDuration(flags.redisNodeCache, '--redis-node-cache');
-        const [{ openStore }, { buildControlPlane }] = await Promise.all([
+        const [{ openStore }, { buildControlPlane, checkpointMessage }] = await Promise.all([
           import('../control-plane/open-store.js'),
           import('../control-plane/server.js'),
         ]);
@@ -126,6 +126,12 @@ export function controlPlaneCommand(): Command {
           redisPrefix: flags.redisPrefix,
           redisNodeCacheMs,
         });
+        // With --log the server logs it; without, nothing else would say it (but /metrics):
+        // the WAL grows on a full disk until a checkpoint works again.
+        if (!flags.log)
+          store.onCheckpointChange?.((error) =>
+            process.stderr.write(`loom: ${error === undefined ? '' : 'warning: '}${checkpointMessage(error)}\n`),
+          );
         let app: Awaited<ReturnType<typeof buildControlPlane>> | undefined;
         let address: string;
         try {

@@ -85,6 +85,13 @@ async function checkOutputFolder(out: string): Promise<string[]> {
   return created;
 }
 
+async function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
+}
+
 /** `path` from the root, its `..` kept (resolve() would drop them). */
 function absolute(path: string): string {
   return isAbsolute(path) ? path : `${process.cwd()}/${path}`;
@@ -251,24 +258,37 @@ export async function runFetch(urlArg: string | undefined, flags: FetchFlags): P
         if (mode === 'none') warning(flags, message);
         else view.note(`warning: ${message}`);
       };
-      result = url.startsWith('s3://')
-        ? // s3:// (S3 and compatible stores): signed ranged GETs, checked against the object's checksum.
-          await fetchS3ForCli(url, out, options)
-        : url.startsWith('hf://')
-          ? // hf:// (the Hub): resolved to its commit, fetched and verified by src/hub/fetch-hf-file.ts.
-            await (
-              await import('../hub/fetch-hf-file.js')
-            ).fetchHfFile(url, out, { ...options, cache: useCache, cacheDir: flags.cacheDir, onStatus })
-          : useCache
-            ? await fetchCached(url, out, {
-                ...options,
-                cacheDir: flags.cacheDir,
-                offline: flags.offline,
-                onStatus,
-                onWarning,
-                planner: (planner = await peerPlanner(flags, onStatus, onWarning)),
-              })
-            : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
+      if (useCache && !url.startsWith('s3://') && !url.startsWith('hf://'))
+        planner = await peerPlanner(flags, onStatus, onWarning);
+      const fetchOnce = async (): Promise<FetchResult | CachedFetchResult> =>
+        url.startsWith('s3://')
+          ? // s3:// (S3 and compatible stores): signed ranged GETs, checked against the object's checksum.
+            await fetchS3ForCli(url, out, options)
+          : url.startsWith('hf://')
+            ? // hf:// (the Hub): resolved to its commit, fetched and verified by src/hub/fetch-hf-file.ts.
+              await (
+                await import('../hub/fetch-hf-file.js')
+              ).fetchHfFile(url, out, { ...options, cache: useCache, cacheDir: flags.cacheDir, onStatus })
+            : useCache
+              ? await fetchCached(url, out, {
+                  ...options,
+                  cacheDir: flags.cacheDir,
+                  offline: flags.offline,
+                  onStatus,
+                  onWarning,
+                  planner,
+                })
+              : await (await import('../fetch/fetch-file.js')).fetchFile(url, out, options);
+      result = await fetchOnce().catch(async (err: unknown) => {
+        // The output folder was there when checked and is gone: another `loom fetch` made it
+        // and, failing, removed it as empty before this run wrote into it (parallel fetches
+        // into one new folder). Made again and fetched once more: the bytes already in the
+        // cache or in a kept part are not had again.
+        if (stream || signal.aborted || (await exists(dirname(out)))) throw err;
+        createdFolders = [...createdFolders, ...(await checkOutputFolder(out))];
+        onStatus(`the output folder ${absolute(dirname(out))} was removed meanwhile; made again`);
+        return fetchOnce();
+      });
       if (stream) {
         await stream.finish(result.path, result.size);
         result = { ...result, path: '-' };

@@ -136,6 +136,13 @@ function claimedNode(request: FastifyRequest): string | undefined {
   return undefined;
 }
 
+/** What the control plane says when its SQLite store's checkpoint starts failing (`error`) or works again. */
+export function checkpointMessage(error: string | undefined): string {
+  return error === undefined
+    ? 'the SQLite store checkpoints its WAL again'
+    : `the SQLite store cannot checkpoint its WAL (retrying): ${error}`;
+}
+
 export async function buildControlPlane(options: ControlPlaneOptions): Promise<FastifyInstance> {
   const { store } = options;
   const ttlMs = options.nodeTtlMs ?? CONTROL_PLANE_DEFAULTS.nodeTtlMs;
@@ -236,8 +243,8 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
   // said once when it starts failing (the thread posts a failure once, not every round) and
   // once when it works again; loom_cp_store_checkpoint_failing says it meanwhile.
   store.onCheckpointChange?.((error) => {
-    if (error === undefined) app.log.info('the SQLite store checkpoints its WAL again');
-    else app.log.error({ checkpointError: error }, `the SQLite store cannot checkpoint its WAL (retrying): ${error}`);
+    if (error === undefined) app.log.info(checkpointMessage(error));
+    else app.log.error({ checkpointError: error }, checkpointMessage(error));
   });
 
   app.get('/healthz', async () => ({ ok: true }));

@@ -4,7 +4,7 @@
 // And what such runs leave (a killed fetch's partial): `loom cache ls` shows it and a plain
 // `loom cache gc` removes it.
 import assert from 'node:assert/strict';
-import { existsSync, readdirSync, statfsSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, statfsSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { cacheLayout } from '../../src/cache/cache-root.js';
@@ -37,7 +37,22 @@ async function origin(options: OriginOptions = {}): Promise<OriginServer> {
   return server;
 }
 
+/** An origin during whose download another program fills the cache's disk (at `filler`) once a few MiB are down. */
+function originFilling(filler: string): Promise<OriginServer> {
+  return origin({
+    fault: (ctx) => {
+      if (ctx.index === 6) writeFileSync(filler, Buffer.alloc(CACHE_DISK - 6 * MiB));
+      return undefined;
+    },
+  });
+}
+
 const FLAGS = { workers: 4, chunkSize: '1MiB', maxRequestSize: '1MiB', retryBaseDelay: 5 } as const;
+
+/** FLAGS on the command line, with --json. */
+function cliFlags(cacheDir: string): string[] {
+  return ['--cache-dir', cacheDir, '-w', '4', '--chunk-size', '1MiB', '--max-request-size', '1MiB', '--json'];
+}
 
 /** Loom's files in the cache's tmp/: partial downloads and their journals. */
 function partialsIn(cacheDir: string): string[] {
@@ -121,13 +136,7 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     const disk = mountTmpfs(CACHE_DISK);
     const cacheDir = join(disk, 'cache');
     const filler = join(disk, 'filler');
-    const server = await origin({
-      // Another program fills the cache's disk once a few MiB are down.
-      fault: (ctx) => {
-        if (ctx.index === 6) writeFileSync(filler, Buffer.alloc(CACHE_DISK - 6 * MiB));
-        return undefined;
-      },
-    });
+    const server = await originFilling(filler);
     const out = join(dir, 'pinned.bin');
     const result = await fetchCached(server.url('/a.bin'), out, { ...FLAGS, cacheDir, sha256: files.a.sha256 });
     assert.equal(result.cache, 'bypass');
@@ -217,25 +226,36 @@ describe('a cache disk that fills up mid-download, --out elsewhere', () => {
     assert.deepEqual(readdirSync(cacheLayout(cacheDir).tmp), [], 'no partial, no pieces record');
   });
 
+  it('loom fetch -o link/../out/x.bin: the output disk is the one the kernel writes to, not the one resolve() names', async () => {
+    const disk = mountTmpfs(CACHE_DISK);
+    const cacheDir = join(disk, 'cache');
+    const filler = join(disk, 'filler');
+    const server = await originFilling(filler);
+    // The run's folder is on the cache's disk, and so is its out/; `link` leads to another
+    // disk, where the kernel makes and writes link/../out/x.bin.
+    const cwd = join(disk, 'work');
+    mkdirSync(join(cwd, 'out'), { recursive: true });
+    const elsewhere = join(dir, 'elsewhere');
+    mkdirSync(join(elsewhere, 'inner'), { recursive: true });
+    symlinkSync(join(elsewhere, 'inner'), join(cwd, 'link'));
+    const run = await runLoom(
+      ['fetch', server.url('/a.bin'), '-o', 'link/../out/x.bin', ...cliFlags(cacheDir)],
+      {},
+      cwd,
+    );
+    assert.equal(run.code, 0, run.stderr);
+    const doc = JSON.parse(run.stdout) as { cache: string; cacheBypass: { movedBytes: number } | null };
+    assert.equal(doc.cache, 'bypass');
+    assert.ok(doc.cacheBypass && doc.cacheBypass.movedBytes > 0, JSON.stringify(doc));
+    assert.equal(await sha256OfFile(join(elsewhere, 'out', 'x.bin')), files.a.sha256);
+    assert.deepEqual(readdirSync(join(cwd, 'out')), []);
+  });
+
   it('loom fetch --json: exit 0 for both, the switch said on stderr and in the JSON', async () => {
     const server = await origin();
     const cacheDir = join(mountTmpfs(CACHE_DISK), 'cache');
     const fetch = (name: 'a' | 'b') =>
-      runLoom([
-        'fetch',
-        server.url(`/${name}.bin`),
-        '-o',
-        join(dir, `cli-${name}.bin`),
-        '--cache-dir',
-        cacheDir,
-        '-w',
-        '4',
-        '--chunk-size',
-        '1MiB',
-        '--max-request-size',
-        '1MiB',
-        '--json',
-      ]);
+      runLoom(['fetch', server.url(`/${name}.bin`), '-o', join(dir, `cli-${name}.bin`), ...cliFlags(cacheDir)]);
     const [a, b] = await Promise.all([fetch('a'), fetch('b')]);
     const docs = [a, b].map((r) => {
       assert.equal(r.code, 0, r.stderr);

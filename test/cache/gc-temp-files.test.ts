@@ -1,7 +1,8 @@
 // gc and the temp files of records named by their writer's pid (`*.json.<pid>.tmp` in hints/,
 // copies/, manifests/): a writer in another pid namespace (another container sharing the
 // cache) has a pid this process cannot see, so a pid that is not running here does not make a
-// young temp file abandoned; one older than the grace period is, whatever wrote it.
+// young temp file abandoned; one older than the grace period is, whatever wrote it, and
+// whatever pid runs here (pid 1 always does).
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
@@ -81,6 +82,35 @@ describe('gc and temp files named by a pid', () => {
       assert.deepEqual(report.removedLeftovers, [temp.slice(cacheDir.length + 1)]);
       assert.equal(report.freedBytes, '{"half":'.length);
       assert.equal(existsSync(temp), false);
+    } finally {
+      cache.close();
+    }
+  });
+
+  it('removes an old one whose pid runs here (pid 1), and one dated far in the future', async () => {
+    const cacheDir = tempDir();
+    const cache = await openCache(cacheDir);
+    try {
+      const layout = cacheLayout(cacheDir);
+      // An agent as its container's first process, killed between write and rename: pid 1
+      // runs here (and again in its restarted container) for ever.
+      const fromPid1 = `${hintPath(layout, sourceKey('http://example.invalid/a.bin'))}.1.tmp`;
+      const fromTheFuture = `${hintPath(layout, sourceKey('http://example.invalid/b.bin'))}.${deadPidHere()}.tmp`;
+      for (const [path, at] of [
+        [fromPid1, Date.now() - PID_TEMP_GRACE_MS - 60_000],
+        [fromTheFuture, Date.now() + 24 * 60 * 60 * 1000],
+      ] as const) {
+        writeFileSync(path, '{"half":');
+        utimesSync(path, at / 1000, at / 1000);
+      }
+      assert.ok(isProcessAlive(1));
+      const report = await gcCache(cache, 0);
+      assert.deepEqual(
+        report.removedLeftovers.sort(),
+        [fromPid1, fromTheFuture].map((p) => p.slice(cacheDir.length + 1)).sort(),
+      );
+      assert.equal(existsSync(fromPid1), false);
+      assert.equal(existsSync(fromTheFuture), false);
     } finally {
       cache.close();
     }

@@ -1,7 +1,7 @@
 // `loom fetch` as a user runs it: the built binary in a child process, its exit code,
 // its output, and what it leaves on disk (including after kill -9 and Ctrl-C).
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, it } from 'node:test';
@@ -149,6 +149,34 @@ describe('loom fetch', () => {
     assert.deepEqual(readdirSync(cwd).sort(), ['a', 'b', 'c', 'd']);
   });
 
+  it('a copy placed at -o link/../out/x.bin keeps its record through gc, and is kept by the next fetch', async () => {
+    const server = await origin();
+    const cwd = tempDir();
+    const cacheDir = join(tempDir(), 'cache');
+    // `link` leads to another file system: the output is a copy, with a record in copies/.
+    const other = mountTmpfs(4 * SIZE);
+    mkdirSync(join(other, 'inner'));
+    symlinkSync(join(other, 'inner'), join(cwd, 'link'));
+    const fetch = () =>
+      runLoom(
+        ['fetch', server.url('/model.bin'), '-o', 'link/../out/x.bin', '--cache-dir', cacheDir, '--json'],
+        {},
+        cwd,
+      );
+    const first = await fetch();
+    assert.equal(first.code, 0, first.stderr);
+    const placed = join(other, 'out', 'x.bin');
+    assert.equal(await sha256OfFile(placed), content.sha256);
+    const { ino } = statSync(placed);
+    const gc = await runLoom(['cache', 'gc', '--cache-dir', cacheDir]);
+    assert.equal(gc.code, 0, gc.stderr);
+    assert.equal(readdirSync(join(cacheDir, 'copies')).length, 1, 'the copy is there: its record stays');
+    const second = await fetch();
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal((JSON.parse(second.stdout) as { cache: string }).cache, 'hit');
+    assert.equal(statSync(placed).ino, ino, 'the copy in place was kept, not copied again');
+  });
+
   it('a failed fetch removes the folders it made for -o, only those, and only when empty', async () => {
     const server = await origin({
       fault: (ctx) => (ctx.range && ctx.range.start >= 4 * 1024 * 1024 ? { kind: 'status', status: 500 } : undefined),
@@ -186,6 +214,39 @@ describe('loom fetch', () => {
     );
     assert.equal(half.code, 3, half.stderr);
     assert.deepEqual(readdirSync(join(cwd, 'kept', 'half')).sort(), ['x.bin.part', 'x.bin.part.journal']);
+  });
+
+  it('a failed fetch leaves the folders it made when another fetch is writing into them', async () => {
+    // Two fetches into one new folder (a pod pulling a model's files in parallel): the first
+    // makes models/llama, the second finds it there; the first then fails.
+    let releaseMissing!: () => void;
+    let releaseModel!: () => void;
+    const missingHeld = new Promise<void>((resolve) => (releaseMissing = resolve));
+    const modelHeld = new Promise<void>((resolve) => (releaseModel = resolve));
+    const server = await origin({
+      fault: (ctx) =>
+        ctx.path === '/nope.bin'
+          ? { kind: 'hold', until: missingHeld }
+          : ctx.index === 2
+            ? { kind: 'hold', until: modelHeld }
+            : undefined,
+    });
+    const cwd = tempDir();
+    const failing = collect(
+      startLoom(['fetch', server.url('/nope.bin'), '-o', 'models/llama/nope.bin', '-q'], {}, cwd),
+    );
+    await waitFor('the first fetch asking', () => server.requests.some((r) => r.path === '/nope.bin'), 30_000);
+    const writing = collect(
+      startLoom(['fetch', server.url('/model.bin'), '-o', 'models/llama/model.bin', '-q'], {}, cwd),
+    );
+    await waitFor('the second fetch asking', () => server.requests.some((r) => r.path === '/model.bin'), 30_000);
+    releaseMissing();
+    const failed = await failing;
+    assert.equal(failed.code, 3, failed.stderr);
+    releaseModel();
+    const wrote = await writing;
+    assert.equal(wrote.code, 0, wrote.stderr);
+    assert.equal(await sha256OfFile(join(cwd, 'models', 'llama', 'model.bin')), content.sha256);
   });
 
   it('exits 5 up front when the disk cannot hold the file', async () => {

@@ -63,63 +63,76 @@ describe('SQLite store checkpoints', () => {
     assert.equal(nodes.find((n) => n.id === 'node-321')?.url, 'http://10.0.1.65:7071');
   });
 
-  it('says once, in the log and on /metrics, that a checkpoint fails, and again once it works', async () => {
-    // A real failure: the control plane's file-size limit (RLIMIT_FSIZE, set on the running
-    // process with prlimit) is lowered to the database file's size, so the checkpoint that
-    // must grow the file gets EFBIG; the WAL's writes stay below it and requests still work.
-    mkdirSync(join(dir, 'fsize'), { recursive: true });
-    const path = join(dir, 'fsize', 'registry.db');
-    const port = await freePort();
-    const child = startLoom(['control-plane', '--listen', `127.0.0.1:${port}`, '--store', `sqlite:${path}`, '--log']);
-    const run = collect(child);
-    after(() => child.kill('SIGKILL'));
-    const base = `http://127.0.0.1:${port}`;
-    await waitFor('listening', async () => ((await fetch(`${base}/healthz`)).ok ? true : undefined), 30_000);
-    const beat = async (id: string, url: string) => {
-      const res = await fetch(`${base}/v1/nodes/${id}`, {
-        method: 'PUT',
-        headers: { 'content-type': 'application/json' },
-        body: JSON.stringify({ url }),
-      });
-      assert.equal(res.status, 200, await res.text());
-    };
-    const failing = async () =>
-      /^loom_cp_store_checkpoint_failing (\d)$/m.exec(await (await fetch(`${base}/metrics`)).text())?.[1];
-    // pino's JSON lines on stdout, as they come.
-    let stdout = '';
-    child.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
-    const logLines = () => stdout.split('\n').filter((line) => line.includes('checkpoint'));
+  for (const log of [true, false])
+    it(`says once, ${log ? 'in the --log log' : 'on stderr without --log'} and on /metrics, that a checkpoint fails, and again once it works`, async () => {
+      // A real failure: the control plane's file-size limit (RLIMIT_FSIZE, set on the running
+      // process with prlimit) is lowered to the database file's size, so the checkpoint that
+      // must grow the file gets EFBIG; the WAL's writes stay below it and requests still work.
+      mkdirSync(join(dir, `fsize-${log}`), { recursive: true });
+      const path = join(dir, `fsize-${log}`, 'registry.db');
+      const port = await freePort();
+      const child = startLoom([
+        'control-plane',
+        '--listen',
+        `127.0.0.1:${port}`,
+        '--store',
+        `sqlite:${path}`,
+        ...(log ? ['--log'] : []),
+      ]);
+      const run = collect(child);
+      after(() => child.kill('SIGKILL'));
+      const base = `http://127.0.0.1:${port}`;
+      await waitFor('listening', async () => ((await fetch(`${base}/healthz`)).ok ? true : undefined), 30_000);
+      const beat = async (id: string, url: string) => {
+        const res = await fetch(`${base}/v1/nodes/${id}`, {
+          method: 'PUT',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ url }),
+        });
+        assert.equal(res.status, 200, await res.text());
+      };
+      const failing = async () =>
+        /^loom_cp_store_checkpoint_failing (\d)$/m.exec(await (await fetch(`${base}/metrics`)).text())?.[1];
+      // pino's JSON lines on stdout with --log, else loom's lines on stderr, as they come.
+      let said = '';
+      (log ? child.stdout! : child.stderr!).on('data', (d: Buffer) => (said += d.toString()));
+      const logLines = () => said.split('\n').filter((line) => line.includes('checkpoint'));
 
-    // A database file of some size, every write of it checkpointed (the WAL then starts over).
-    const padding = 'x'.repeat(900);
-    for (let i = 0; i < 600; i++) await beat(`before-${i}`, `http://before-${i}.example:7071/${padding}`);
-    const lastBefore = `http://before-599.example:7071/${padding}`;
-    await waitFor('the checkpoint of the first writes', () => inDatabaseFile(path, lastBefore), 30_000);
-    assert.equal(await failing(), '0');
+      // A database file of some size, every write of it checkpointed (the WAL then starts over).
+      const padding = 'x'.repeat(900);
+      for (let i = 0; i < 600; i++) await beat(`before-${i}`, `http://before-${i}.example:7071/${padding}`);
+      const lastBefore = `http://before-599.example:7071/${padding}`;
+      await waitFor('the checkpoint of the first writes', () => inDatabaseFile(path, lastBefore), 30_000);
+      assert.equal(await failing(), '0');
 
-    const size = statSync(path).size;
-    execFileSync('prlimit', ['--pid', String(child.pid), `--fsize=${size}:`]);
-    // New pages: the database file must grow past the limit to take them.
-    for (let i = 0; i < 20; i++) await beat(`after-${i}`, `http://after-${i}.example:7071/${padding}`);
-    await waitFor('the failing gauge', async () => (await failing()) === '1', 30_000);
-    const errors = await waitFor('the error line', () => (logLines().length > 0 ? logLines() : undefined));
-    assert.equal(errors.length, 1, errors.join('\n'));
-    assert.match(errors[0]!, /"level":50/);
-    assert.match(errors[0]!, /the SQLite store cannot checkpoint its WAL \(retrying\): .*(full|disk I\/O error)/);
-    assert.equal(statSync(path).size, size, 'nothing was written past the limit');
+      const size = statSync(path).size;
+      execFileSync('prlimit', ['--pid', String(child.pid), `--fsize=${size}:`]);
+      // New pages: the database file must grow past the limit to take them.
+      for (let i = 0; i < 20; i++) await beat(`after-${i}`, `http://after-${i}.example:7071/${padding}`);
+      await waitFor('the failing gauge', async () => (await failing()) === '1', 30_000);
+      const errors = await waitFor('the error line', () => (logLines().length > 0 ? logLines() : undefined));
+      assert.equal(errors.length, 1, errors.join('\n'));
+      assert.match(errors[0]!, log ? /"level":50/ : /^loom: warning: /);
+      assert.match(errors[0]!, /the SQLite store cannot checkpoint its WAL \(retrying\): .*(full|disk I\/O error)/);
+      assert.equal(statSync(path).size, size, 'nothing was written past the limit');
 
-    execFileSync('prlimit', ['--pid', String(child.pid), '--fsize=unlimited:']);
-    await waitFor('the failing gauge back at 0', async () => (await failing()) === '0', 30_000);
-    const lines = logLines();
-    assert.equal(
-      lines.length,
-      2,
-      `one error while it failed (every 250 ms), one line when it worked:\n${lines.join('\n')}`,
-    );
-    assert.match(lines[1]!, /"level":30.*the SQLite store checkpoints its WAL again/);
-    await waitFor('the later writes in the database file', () => inDatabaseFile(path, 'after-19.example'), 30_000);
+      execFileSync('prlimit', ['--pid', String(child.pid), '--fsize=unlimited:']);
+      await waitFor('the failing gauge back at 0', async () => (await failing()) === '0', 30_000);
+      const lines = logLines();
+      assert.equal(
+        lines.length,
+        2,
+        `one error while it failed (every 250 ms), one line when it worked:\n${lines.join('\n')}`,
+      );
+      assert.match(
+        lines[1]!,
+        log
+          ? /"level":30.*the SQLite store checkpoints its WAL again/
+          : /^loom: the SQLite store checkpoints its WAL again$/,
+      );
+      await waitFor('the later writes in the database file', () => inDatabaseFile(path, 'after-19.example'), 30_000);
 
-    child.kill('SIGTERM');
-    assert.equal((await run).code, 0);
-  });
+      child.kill('SIGTERM');
+      assert.equal((await run).code, 0);
+    });
 });
