@@ -110,12 +110,15 @@ const OPEN_TIMEOUT_MS = 10_000;
 function openIndex(path: string): Database.Database {
   const deadline = Date.now() + OPEN_TIMEOUT_MS;
   for (let attempt = 0; ; attempt++) {
-    const db = new Database(path, { timeout: OPEN_TIMEOUT_MS });
+    // Each try waits only for what is left of the one timeout, so that the open as a whole
+    // gives up after it, not after one more timeout per try.
+    const db = new Database(path, { timeout: Math.max(1, deadline - Date.now()) });
     try {
       db.pragma('journal_mode = WAL');
       db.pragma('synchronous = NORMAL');
       db.pragma('foreign_keys = ON');
       db.exec(SCHEMA);
+      db.pragma(`busy_timeout = ${OPEN_TIMEOUT_MS}`);
       return db;
     } catch (err) {
       db.close();
