@@ -292,6 +292,41 @@ export function contractSuite(factory: StoreFactory): void {
       assert.equal((await put('forger', other)).status, 201, 'the reports aged out: first writer wins again');
     });
 
+    it("a manifest's publisher reporting it counts for nothing: not toward its drop, nor as one who may publish next", async () => {
+      const SECRET = 'contract-secret-0123456789abcdef';
+      const admin = { authorization: 'Bearer contract-admin-token-0123456789' };
+      const s = await service(factory, { token: admin.authorization.slice(7), clusterSecret: SECRET });
+      const as = (id: string) => ({ authorization: `Bearer ${nodeToken(SECRET, id)}`, 'x-loom-node': id });
+      const forged = manifestOf(8, 4, { verifiedAgainst: 'sha256-pinned' });
+      const second = { ...forged, pieces: [PIECE, D2] };
+      const report = (id: string) =>
+        s.call('POST', '/v1/reports', { digest: D1, kind: 'manifest', manifest: manifestFingerprint(forged) }, as(id));
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, forged, as('forger'))).status, 201);
+      const own = await report('forger');
+      assert.equal(own.status, 202);
+      assert.equal((own.body as { reports: number }).reports, 0, "the publisher's own report is not counted");
+      for (const reporter of ['r1', 'r2'])
+        assert.equal(((await report(reporter)).body as { dropped: boolean }).dropped, false);
+      assert.equal(
+        (await s.call('GET', `/v1/blobs/${D1}`, undefined, admin)).status,
+        200,
+        'two honest reports keep it',
+      );
+      const third = await report('r3');
+      assert.deepEqual(
+        [(third.body as { reports: number }).reports, (third.body as { dropped: boolean }).dropped],
+        [3, true],
+      );
+      // Its report made before the drop, and one made after, make it no reporter: it cannot
+      // race the honest reporters (fetching from the origin) with a second forged list.
+      await report('forger');
+      const res = await s.call('PUT', `/v1/blobs/${D1}`, second, as('forger'));
+      assert.equal(res.status, 409, JSON.stringify(res.body));
+      assert.match(errorOf(res).message, /dropped on nodes' reports/);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, second, as('r1'))).status, 201, 'a reporter publishes');
+      assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`, undefined, admin)).body, { digest: D1, ...second });
+    });
+
     it('drops the replicas a node recorded under an older epoch when it beats with a new one', async () => {
       const s = await service(factory);
       await beat(s, 'booted', { epoch: 'boot-1' });
