@@ -185,6 +185,8 @@ export class Swarm {
   private readonly heldReports: Array<[blob: string, node: string, reason: string]> = [];
   /** The digest the user or the source vouched for, if any. */
   private pinned: string | undefined;
+  /** The origin's piece failed the manifest of the pinned digest (see dropped). */
+  private originRefuted = false;
   private lease: { token: string } | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
   private refreshes = 0;
@@ -819,6 +821,13 @@ export class Swarm {
 
   /** A peer served bytes that failed verification: never asked again here, and reported. */
   dropped(slotId: string, reason: LoomError): void {
+    if (slotId === ORIGIN_SLOT_ID && reason.code === 'LOOM_ERR_DIGEST_MISMATCH' && this.pinned && this.plan.manifest) {
+      // The origin's bytes fail the pinned digest's manifest: the manifest is forged (then
+      // no holder's pieces match it either) or the origin changed. No new holder settles
+      // that; the fetch from the origin alone, checked whole against the pin, does.
+      this.originRefuted = true;
+      return;
+    }
     const peer = this.peers.get(slotId);
     if (!peer || this.droppedSlots.has(slotId)) return;
     this.droppedSlots.add(slotId);
@@ -899,6 +908,7 @@ export class Swarm {
    * it may not use the origin.
    */
   sourceWaitMs(waitMs: number): number {
+    if (this.originRefuted) return 0;
     return this.holderLost && !this.options.useOrigin ? 0 : waitMs;
   }
 

@@ -283,6 +283,42 @@ describe('fleet trust with per-node credentials', () => {
     },
   );
 
+  it(
+    'a forged manifest with no bytes behind it is proved wrong by the origin copies it costs: 3 pinned nodes drop it',
+    // Each fetch met honest holders the manifest fails, and the origin too: it waited the
+    // follower's 60 s for a holder that might match before (no new one ever can).
+    { timeout: 60_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      // The forger publishes a piece list for the good digest and serves nothing: no node's
+      // pieces ever all match it, only the origin's whole file (which passes the pin) refutes it.
+      await node(cp, 'forger');
+      const forged = piecesOf(evil.bytes);
+      const manifest = { size: SIZE, pieceSize: PIECE_SIZE, pieces: forged, verifiedAgainst: 'sha256-pinned' };
+      assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('forger'), manifest)).status, 201);
+      for (const [i, id] of ['w1', 'w2', 'w3'].entries()) {
+        const victim = await node(cp, id);
+        const messages: string[] = [];
+        const { out } = await fetchOn(victim, cp, url, { sha256: good.sha256, messages });
+        assert.equal(await sha256OfFile(out), good.sha256);
+        assert.ok(
+          messages.some((m) =>
+            /the fleet's manifest of [0-9a-f]{64} lists the pieces of other bytes.*reported/.test(m),
+          ),
+          messages.join('\n'),
+        );
+        assert.deepEqual(await fleetPieces(cp), i < 2 ? forged : piecesOf(good.bytes), `after ${id}`);
+        await completeHolder(cp, good.sha256, id);
+      }
+      const next = await node(cp, 'w4');
+      origin.resetStats();
+      const { out } = await fetchOn(next, cp, url, { sha256: good.sha256 });
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, 0, 'no origin copy: the fleet has a good manifest again');
+    },
+  );
+
   it('one lying node cannot drop a good manifest: it counts once, and only as itself', async () => {
     const cp = await securedControlPlane();
     const url = newUrl();
