@@ -248,7 +248,8 @@ export class PeerPlanner implements DownloadPlanner {
           if (trusted !== digest) {
             const blame = wholeFileBlame(
               Object.entries(result.bytesBySource).map(([id, bytes]) => ({ id, peer: id !== ORIGIN_SLOT_ID, bytes })),
-              result.stats.resumedBytes,
+              // A follower checked every piece, the origin's too, against the lease holder's digests.
+              { resumedBytes: result.stats.resumedBytes, piecesChecked: true },
             );
             const error = new DigestMismatchError(
               `the bytes taken from peers hash to ${digest}, the fleet's record says ${trusted}: ${blame.said}; nothing was kept`,
