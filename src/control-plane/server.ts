@@ -570,9 +570,22 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       // a good manifest and race to publish one of its own in its place. Its reports are
       // counted against this very piece list: a manifest published after the drop starts at zero.
       const fingerprint = body.manifest!;
-      await store.report(body.digest, manifestReportsOf(fingerprint), reporter, now, reportWindowMs);
       const current = await store.getManifest(body.digest);
       const isCurrent = current !== undefined && manifestFingerprint(current) === fingerprint;
+      // Recorded only against the manifest the blob has, or one dropped within the window (a
+      // late reporter may then publish the next one): any other fingerprint (an unknown digest,
+      // a list never published) proves nothing, and each one was a row or a Redis member
+      // kept for the window, read by every locate of the digest.
+      if (
+        !isCurrent &&
+        !(await store.reporters(body.digest, DROPPED_MANIFESTS, now - reportWindowMs)).includes(fingerprint)
+      ) {
+        throw new ConflictError(
+          `manifest ${fingerprint} is not the manifest of blob ${body.digest} (nor one dropped within the report window): nothing recorded`,
+          { hint: 'report the fingerprint (manifestFingerprint) of the manifest GET /v1/blobs/:digest returned' },
+        );
+      }
+      await store.report(body.digest, manifestReportsOf(fingerprint), reporter, now, reportWindowMs);
       // Its publisher's own reports are not counted: a forger reporting its own list would
       // otherwise need one honest reporter fewer to drop it, and become one who may publish next.
       const publisher = isCurrent ? current.publisher : undefined;

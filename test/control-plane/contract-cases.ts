@@ -230,9 +230,21 @@ export function contractSuite(factory: StoreFactory): void {
           dropped: false,
         });
       }
-      // Reports against another piece list count for nothing against this one.
-      for (const reporter of ['x1', 'x2', 'x3'])
-        assert.equal(((await report(reporter, manifestFingerprint(good))).body as { dropped: boolean }).dropped, false);
+      // Reports against another piece list are not recorded (409): not against this one, and
+      // not held for a list published later (3 of them would drop it on its first report).
+      for (const reporter of ['x1', 'x2', 'x3']) {
+        const other = await report(reporter, manifestFingerprint(good));
+        assert.equal(other.status, 409, JSON.stringify(other.body));
+        assert.match(errorOf(other).message, /is not the manifest of blob [0-9a-f]{64}.*nothing recorded/);
+      }
+      // Nor for a digest without a manifest: each would be kept for the window.
+      const unknown = await s.call('POST', '/v1/reports', {
+        digest: D2,
+        kind: 'manifest',
+        manifest: manifestFingerprint(forged),
+        reporter: 'x4',
+      });
+      assert.equal(unknown.status, 409, JSON.stringify(unknown.body));
       assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...forged });
       assert.equal(((await report('r2')).body as { reports: number }).reports, 2);
       assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, good)).status, 409, 'still held below the threshold');
@@ -245,6 +257,12 @@ export function contractSuite(factory: StoreFactory): void {
       // The node that fetched the pinned bytes publishes the good manifest in its place.
       assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, good)).status, 201);
       assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...good });
+      // x1-x3's earlier reports of it were not kept: one report does not drop it.
+      const first = await report('x5', manifestFingerprint(good));
+      assert.deepEqual(
+        [(first.body as { reports: number }).reports, (first.body as { dropped: boolean }).dropped],
+        [1, false],
+      );
       // A late report against the dropped one never drops its successor.
       assert.equal(((await report('r4')).body as { dropped: boolean }).dropped, false);
       assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...good });
