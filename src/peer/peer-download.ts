@@ -210,15 +210,24 @@ export class PeerPlanner implements DownloadPlanner {
     };
     return {
       id: plan.id,
-      expected: { sha256: plan.digest, size, manifest: plan.manifest, pinned: args.pinned !== undefined },
+      // A manifest's digest is "pinned" for the engine (the whole file is checked against it)
+      // when it is the user's or the URL's mapping: the manifest is first-writer-wins and, once
+      // nodes' reports drop one, its successor may come from any node that reported it, not
+      // from the node that mapped the URL: its pieces then say nothing of the mapped digest.
+      expected: {
+        sha256: plan.digest,
+        size,
+        manifest: plan.manifest,
+        pinned: args.pinned !== undefined || plan.manifest !== undefined,
+      },
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : () => swarm.sourceWaitMs(FOLLOWER_SOURCE_WAIT_MS),
       replanOnFailure: plan.role === 'follower',
       discardOnFailure: plan.role === 'follower' || wholeOnly,
-      // Never with --no-origin: then a failure is the fetch's. A pinned digest with a manifest
-      // is checked on the whole file too: a manifest forged for it fails the download, and
-      // the origin's bytes are then had alone.
-      originOnFailure: (wholeOnly || (plan.manifest !== undefined && args.pinned !== undefined)) && useOrigin,
+      // Never with --no-origin: then a failure is the fetch's. A digest with a manifest, pinned
+      // or mapped, is checked on the whole file too: a manifest forged for it fails the
+      // download, and the origin's bytes are then had alone.
+      originOnFailure: (wholeOnly || plan.manifest !== undefined) && useOrigin,
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),
@@ -273,7 +282,7 @@ export class PeerPlanner implements DownloadPlanner {
       manifestRefuted: (actual) =>
         reportManifest(
           `they hash to ${actual}`,
-          `every piece matched the manifest, the whole file hashes to ${actual}, not the pinned ${plan.manifest!.digest}`,
+          `every piece matched the manifest, the whole file hashes to ${actual}, not ${plan.manifest!.digest}`,
         ),
       // The origin's bytes, checked against the pin: their manifest in place of the refuted
       // one (a 409 while that one is still held). No source mapping: that needs a lease.

@@ -319,6 +319,39 @@ describe('fleet trust with per-node credentials', () => {
     },
   );
 
+  it(
+    "colluders that drop a mapped URL's good manifest and publish their own cannot make an unpinned fetch take their bytes",
+    { timeout: 90_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      // An honest leader maps the URL to the good digest, with its manifest.
+      const a = await node(cp, 'a');
+      await fetchOn(a, cp, url);
+      assert.deepEqual(await mappedDigest(cp, url), { key: sourceKey(url), digest: good.sha256 });
+      await completeHolder(cp, good.sha256, 'a');
+      // Three colluding credentials report the good manifest: dropped. The forger is one of
+      // its reporters, so it may publish the next one: the pieces of its own bytes.
+      const fingerprint = manifestFingerprint({ size: SIZE, pieceSize: PIECE_SIZE, pieces: piecesOf(good.bytes) });
+      for (const id of ['forger', 'c2', 'c3']) {
+        const body = { digest: good.sha256, kind: 'manifest', manifest: fingerprint };
+        assert.equal((await call(cp, 'POST', '/v1/reports', as(id), body)).status, 202);
+      }
+      assert.equal(await fleetPieces(cp), undefined, 'dropped');
+      await forger(cp);
+      assert.deepEqual(await fleetPieces(cp), piecesOf(evil.bytes));
+
+      // Not pinned: the digest is the mapping's, the manifest the forger's. Its pieces match
+      // the forger's bytes; the whole file is checked against the mapped digest all the same.
+      const victim = await node(cp, 'victim');
+      const { out } = await fetchOn(victim, cp, url);
+      assert.equal(await sha256OfFile(out), good.sha256, "the mapped digest's bytes, never the forger's");
+      // The colluders' 3 reports and the victim's of the forged manifest; none of the honest
+      // holder a, whose pieces failed the forged list (held until the whole file vouched).
+      assert.equal(await reportsMade(cp), 4);
+    },
+  );
+
   it('one lying node cannot drop a good manifest: it counts once, and only as itself', async () => {
     const cp = await securedControlPlane();
     const url = newUrl();
