@@ -27,6 +27,8 @@ export type { Manifest };
 /** A manifest as the control plane keeps it: with what its publisher checked it against. */
 export interface StoredManifest extends Manifest {
   verifiedAgainst: VerifiedAgainst;
+  /** The node that published it (absent: an admin, an open control plane, or a record from before). */
+  publisher?: string | undefined;
 }
 
 /** That a node holds a blob, wholly or in part. */

@@ -112,6 +112,9 @@ declare module 'fastify' {
 // the fingerprints dropped (as the "reporters" of DROPPED_MANIFESTS).
 const manifestReportsOf = (fingerprint: string) => `manifest/${fingerprint}`;
 const DROPPED_MANIFESTS = 'manifest/dropped';
+// The node that published a dropped piece list (its one "reporter"), for the same window: a
+// forger that reports its own list is no reporter of it (see requireReporterAfterDrop).
+const manifestPublisherOf = (fingerprint: string) => `manifest-publisher/${fingerprint}`;
 
 /** The pseudo-blob the original tool's model names map to. */
 function legacyDigest(model: string): string {
@@ -291,7 +294,9 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       const { digest } = request.params;
       if (request.caller.kind === 'node' && !(await store.getManifest(digest)))
         await requireReporterAfterDrop(request.caller.id, digest);
-      const outcome = await store.putManifest({ digest, ...request.body });
+      // Who published it, kept with it: that node's reports never count against it.
+      const publisher = request.caller.kind === 'node' ? { publisher: request.caller.id } : {};
+      const outcome = await store.putManifest({ digest, ...request.body, ...publisher });
       if (outcome === 'conflict') {
         throw new ConflictError(`blob ${digest} already has a different manifest (first writer wins)`, {
           hint: 'an admin removes a bad manifest with DELETE /v1/blobs/:digest',
@@ -311,6 +316,9 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
     const dropped = await store.reporters(digest, DROPPED_MANIFESTS, since);
     if (dropped.length === 0) return;
     for (const fingerprint of dropped) {
+      // Its publisher may report it too (a forger doing so would then race the honest
+      // reporters with a second forged list): it never counts as one of its reporters.
+      if ((await store.reporters(digest, manifestPublisherOf(fingerprint), since)).includes(node)) continue;
       if ((await store.reporters(digest, manifestReportsOf(fingerprint), since)).includes(node)) return;
     }
     throw new ConflictError(
@@ -321,8 +329,11 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
 
   app.get('/v1/blobs/:digest', { schema: { params: digestParams } }, async (request) => {
     const { digest } = request.params;
-    const manifest = await store.getManifest(digest);
-    if (!manifest) throw new NotFoundError(`no manifest for blob ${digest}`);
+    const stored = await store.getManifest(digest);
+    if (!stored) throw new NotFoundError(`no manifest for blob ${digest}`);
+    // Who published it is the control plane's to weigh reports by, not part of the manifest.
+    const manifest = { ...stored };
+    delete manifest.publisher;
     return manifest;
   });
 
@@ -566,14 +577,35 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
       // a good manifest and race to publish one of its own in its place. Its reports are
       // counted against this very piece list: a manifest published after the drop starts at zero.
       const fingerprint = body.manifest!;
-      const reports = await store.report(body.digest, manifestReportsOf(fingerprint), reporter, now, reportWindowMs);
+      const current = await store.getManifest(body.digest);
+      const isCurrent = current !== undefined && manifestFingerprint(current) === fingerprint;
+      // Recorded only against the manifest the blob has, or one dropped within the window (a
+      // late reporter may then publish the next one): any other fingerprint (an unknown digest,
+      // a list never published) proves nothing, and each one was a row or a Redis member
+      // kept for the window, read by every locate of the digest.
+      if (
+        !isCurrent &&
+        !(await store.reporters(body.digest, DROPPED_MANIFESTS, now - reportWindowMs)).includes(fingerprint)
+      ) {
+        throw new ConflictError(
+          `manifest ${fingerprint} is not the manifest of blob ${body.digest} (nor one dropped within the report window): nothing recorded`,
+          { hint: 'report the fingerprint (manifestFingerprint) of the manifest GET /v1/blobs/:digest returned' },
+        );
+      }
+      await store.report(body.digest, manifestReportsOf(fingerprint), reporter, now, reportWindowMs);
+      // Its publisher's own reports are not counted: a forger reporting its own list would
+      // otherwise need one honest reporter fewer to drop it, and become one who may publish next.
+      const publisher = isCurrent ? current.publisher : undefined;
+      const reporters = await store.reporters(body.digest, manifestReportsOf(fingerprint), now - reportWindowMs);
+      const reports = reporters.filter((r) => r !== publisher).length;
       let dropped = false;
-      if (reports >= reportThreshold) {
-        const current = await store.getManifest(body.digest);
-        if (current && manifestFingerprint(current) === fingerprint) dropped = await store.deleteManifestIf(current);
+      if (isCurrent && reports >= reportThreshold) {
+        dropped = await store.deleteManifestIf(current);
         if (dropped) {
           // Kept, like the reports, for the window: who may publish the next one (see above).
           await store.report(body.digest, DROPPED_MANIFESTS, fingerprint, now, reportWindowMs);
+          if (publisher !== undefined)
+            await store.report(body.digest, manifestPublisherOf(fingerprint), publisher, now, reportWindowMs);
           request.log.warn({ digest: body.digest, reports }, 'manifest dropped: reported by distinct nodes');
         }
       }

@@ -55,7 +55,8 @@ CREATE TABLE IF NOT EXISTS manifests (
   size INTEGER NOT NULL,
   piece_size INTEGER NOT NULL,
   pieces TEXT NOT NULL,
-  verified_against TEXT
+  verified_against TEXT,
+  publisher TEXT
 );
 CREATE TABLE IF NOT EXISTS replicas (
   digest TEXT NOT NULL,
@@ -109,6 +110,7 @@ const ADDED_COLUMNS: Array<[table: string, column: string, type: string]> = [
   ['replicas', 'epoch', 'TEXT'],
   ['manifests', 'verified_against', 'TEXT'],
   ['replicas', 'rnd', 'INTEGER NOT NULL DEFAULT 0'],
+  ['manifests', 'publisher', 'TEXT'],
 ];
 
 /**
@@ -187,6 +189,7 @@ interface ManifestRow {
   piece_size: number;
   pieces: string;
   verified_against: string | null;
+  publisher: string | null;
 }
 
 interface LeaseRow {
@@ -259,7 +262,7 @@ export class SqliteStore implements RegistryStore {
       ),
       getManifest: db.prepare('SELECT * FROM manifests WHERE digest = ?'),
       insertManifest: db.prepare(
-        'INSERT INTO manifests (digest, size, piece_size, pieces, verified_against) VALUES (?, ?, ?, ?, ?)',
+        'INSERT INTO manifests (digest, size, piece_size, pieces, verified_against, publisher) VALUES (?, ?, ?, ?, ?, ?)',
       ),
       deleteManifest: db.prepare('DELETE FROM manifests WHERE digest = ?'),
       // The replica takes the node's epoch, and is written only while the node is live.
@@ -365,6 +368,7 @@ export class SqliteStore implements RegistryStore {
           manifest.pieceSize,
           JSON.stringify(manifest.pieces),
           manifest.verifiedAgainst,
+          manifest.publisher ?? null,
         );
         return 'created';
       }),
@@ -479,6 +483,7 @@ export class SqliteStore implements RegistryStore {
         pieces: JSON.parse(row.pieces) as string[],
         // Written before the field existed: nothing says what it was checked against.
         verifiedAgainst: (row.verified_against ?? 'first-origin-fetch') as VerifiedAgainst,
+        ...(row.publisher !== null ? { publisher: row.publisher } : {}),
       }
     );
   }

@@ -370,7 +370,11 @@ export class BlobDownload {
       await rm(this.params.partPath, { force: true });
       const url = this.sources.shownUrl;
       const writers = this.sources.all.map((s) => ({ id: s.id, peer: s.slot.kind === 'peer', bytes: s.bytes }));
-      const blame = wholeFileBlame(writers, this.stats.resumedBytes);
+      // Without a manifest nothing checked the origin's bytes either: they may be the wrong ones.
+      const blame = wholeFileBlame(writers, {
+        resumedBytes: this.stats.resumedBytes,
+        piecesChecked: this.manifestIn !== undefined,
+      });
       const fromPeers = writers.some((w) => w.peer && w.bytes > 0);
       const error = new DigestMismatchError(
         `sha256 mismatch for ${url}: expected ${expected}, got ${sha256}${fromPeers ? `: ${blame.said}` : ''}`,

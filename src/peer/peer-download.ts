@@ -21,6 +21,7 @@ import {
   tokenRefusal,
 } from './node-identity.js';
 import { DEFAULTS } from '../core/defaults.js';
+import { samePieces, type Manifest } from '../core/manifest.js';
 
 export interface PeerFetchOptions {
   /** Base URL of the control plane. */
@@ -196,17 +197,37 @@ export class PeerPlanner implements DownloadPlanner {
         { url: args.url, hint: 'rerun: the fetch then takes it from the origin or checks every piece' },
       );
     };
+    // Once per fetch: the engine's whole-file check and the origin's copy may both refute it.
+    let manifestReported = false;
+    const reportManifest = async (said: string, reason: string): Promise<void> => {
+      const manifest = plan.manifest!;
+      if (manifestReported) return;
+      manifestReported = true;
+      options.onStatus?.(
+        `the fleet's manifest of ${manifest.digest} lists the pieces of other bytes (${said}): reported to the control plane`,
+      );
+      await this.control.reportManifest(manifest, reason);
+    };
     return {
       id: plan.id,
-      expected: { sha256: plan.digest, size, manifest: plan.manifest, pinned: args.pinned !== undefined },
+      // A manifest's digest is "pinned" for the engine (the whole file is checked against it)
+      // when it is the user's or the URL's mapping: the manifest is first-writer-wins and, once
+      // nodes' reports drop one, its successor may come from any node that reported it, not
+      // from the node that mapped the URL: its pieces then say nothing of the mapped digest.
+      expected: {
+        sha256: plan.digest,
+        size,
+        manifest: plan.manifest,
+        pinned: args.pinned !== undefined || plan.manifest !== undefined,
+      },
       sources,
       sourceWaitMs: plan.role === 'leader' ? 0 : () => swarm.sourceWaitMs(FOLLOWER_SOURCE_WAIT_MS),
       replanOnFailure: plan.role === 'follower',
       discardOnFailure: plan.role === 'follower' || wholeOnly,
-      // Never with --no-origin: then a failure is the fetch's. A pinned digest with a manifest
-      // is checked on the whole file too: a manifest forged for it fails the download, and
-      // the origin's bytes are then had alone.
-      originOnFailure: (wholeOnly || (plan.manifest !== undefined && args.pinned !== undefined)) && useOrigin,
+      // Never with --no-origin: then a failure is the fetch's. A digest with a manifest, pinned
+      // or mapped, is checked on the whole file too: a manifest forged for it fails the
+      // download, and the origin's bytes are then had alone.
+      originOnFailure: (wholeOnly || plan.manifest !== undefined) && useOrigin,
       verifiedAgainst,
       started: (handle) =>
         swarm.start((slot) => handle.addSource(slot), useOrigin ? originSlot : undefined, sources.includes(originSlot)),
@@ -236,7 +257,8 @@ export class PeerPlanner implements DownloadPlanner {
           if (trusted !== digest) {
             const blame = wholeFileBlame(
               Object.entries(result.bytesBySource).map(([id, bytes]) => ({ id, peer: id !== ORIGIN_SLOT_ID, bytes })),
-              result.stats.resumedBytes,
+              // A follower checked every piece, the origin's too, against the lease holder's digests.
+              { resumedBytes: result.stats.resumedBytes, piecesChecked: true },
             );
             const error = new DigestMismatchError(
               `the bytes taken from peers hash to ${digest}, the fleet's record says ${trusted}: ${blame.said}; nothing was kept`,
@@ -257,20 +279,26 @@ export class PeerPlanner implements DownloadPlanner {
       },
       // The pinned digest's manifest was proved wrong here: reported, so that once enough
       // nodes have, the control plane drops it and the next fetches do not pay for it.
-      manifestRefuted: async (actual) => {
-        const manifest = plan.manifest!;
-        options.onStatus?.(
-          `the fleet's manifest of ${manifest.digest} lists the pieces of other bytes (they hash to ${actual}): reported to the control plane`,
-        );
-        await this.control.reportManifest(
-          manifest,
-          `every piece matched the manifest, the whole file hashes to ${actual}, not the pinned ${manifest.digest}`,
-        );
-      },
+      manifestRefuted: (actual) =>
+        reportManifest(
+          `they hash to ${actual}`,
+          `every piece matched the manifest, the whole file hashes to ${actual}, not ${plan.manifest!.digest}`,
+        ),
       // The origin's bytes, checked against the pin: their manifest in place of the refuted
       // one (a 409 while that one is still held). No source mapping: that needs a lease.
-      originVerified: (manifest) =>
-        this.control.publish(key, manifest, verifiedAgainst, undefined).catch(() => undefined),
+      originVerified: async (manifest) => {
+        // A fleet manifest no pieces ever matched (its forger serves nothing, or the bytes
+        // came from honest holders and the origin) is proved wrong here too: the pinned bytes
+        // have other pieces. Unreported, it stayed for good, and every pinned fetch paid for it.
+        const fleet = plan.manifest;
+        if (fleet && refutedBy(fleet, manifest)) {
+          await reportManifest(
+            "the origin's bytes, which match the pin, have other pieces",
+            `the origin's bytes match the pinned ${manifest.digest} and have other pieces than the manifest`,
+          ).catch(() => undefined);
+        }
+        await this.control.publish(key, manifest, verifiedAgainst, undefined).catch(() => undefined);
+      },
       close: () => swarm.close(),
     };
   }
@@ -321,4 +349,14 @@ function describe(role: string, peers: number, wholeOnly: boolean): string {
     default:
       return `fetching from ${peers} peer${peers === 1 ? '' : 's'}, the origin only for pieces no peer holds`;
   }
+}
+
+/**
+ * Whether the manifest of bytes that matched the pin proves the fleet's manifest of that
+ * digest wrong: another size, or other pieces at the same piece size (at another piece size
+ * the two lists cannot be compared).
+ */
+function refutedBy(fleet: Manifest, pinned: Manifest): boolean {
+  if (fleet.size !== pinned.size) return true;
+  return fleet.pieceSize === pinned.pieceSize && !samePieces(fleet, pinned);
 }

@@ -178,13 +178,14 @@ export class Swarm {
   /** Slots the engine dropped (their node may still serve under another name). */
   private readonly droppedSlots = new Set<string>();
   /**
-   * Reports held back while a pinned download checks pieces against a manifest the pin has
-   * not vouched for yet: a forged one fails every honest holder's pieces. Sent once the
-   * whole file matched the pin (finished), forgotten when it did not (the manifest lied).
+   * Reports held back while a download checks pieces against a manifest its digest (a pin,
+   * or the URL's mapping) has not vouched for yet: a forged one fails every honest holder's
+   * pieces. Sent once the whole file matched the digest (finished), forgotten when it did
+   * not (the manifest lied).
    */
   private readonly heldReports: Array<[blob: string, node: string, reason: string]> = [];
-  /** The digest the user or the source vouched for, if any. */
-  private pinned: string | undefined;
+  /** The origin's piece failed the digest's manifest (see dropped). */
+  private originRefuted = false;
   private lease: { token: string } | undefined;
   private refreshTimer: NodeJS.Timeout | undefined;
   private refreshes = 0;
@@ -267,7 +268,6 @@ export class Swarm {
    * `signal` (Ctrl-C) ends a wait for another node's first piece with a cancellation.
    */
   async prepare(pinned: string | undefined, signal?: AbortSignal): Promise<SwarmPlan> {
-    this.pinned = pinned;
     let digest = pinned ?? (await this.control.sourceDigest(this.key));
     let manifest = digest ? await this.control.manifest(digest) : undefined;
     this.plan = { role: 'origin', id: digest ?? this.sourceId, digest, manifest, size: manifest?.size };
@@ -819,6 +819,13 @@ export class Swarm {
 
   /** A peer served bytes that failed verification: never asked again here, and reported. */
   dropped(slotId: string, reason: LoomError): void {
+    if (slotId === ORIGIN_SLOT_ID && reason.code === 'LOOM_ERR_DIGEST_MISMATCH' && this.plan.manifest) {
+      // The origin's bytes fail the digest's manifest: the manifest is forged (then
+      // no holder's pieces match it either) or the origin changed. No new holder settles
+      // that; the fetch from the origin alone, checked whole against the pin, does.
+      this.originRefuted = true;
+      return;
+    }
     const peer = this.peers.get(slotId);
     if (!peer || this.droppedSlots.has(slotId)) return;
     this.droppedSlots.add(slotId);
@@ -831,7 +838,9 @@ export class Swarm {
       this.excluded.add(node);
       // Under the name it serves the blob by here (the digest, or the source id for a partial
       // holder while the digest is unknown), so its replica there is the one counted against.
-      if (this.pinned !== undefined && this.plan.manifest) {
+      // Held with any manifest: its digest (pinned, or the URL's mapping) is checked on the
+      // whole file, and a manifest published by another node may be the one that lies.
+      if (this.plan.manifest) {
         this.heldReports.push([peer.source.blob, node, reason.message]);
       } else {
         const report = this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
@@ -899,6 +908,7 @@ export class Swarm {
    * it may not use the origin.
    */
   sourceWaitMs(waitMs: number): number {
+    if (this.originRefuted) return 0;
     return this.holderLost && !this.options.useOrigin ? 0 : waitMs;
   }
 

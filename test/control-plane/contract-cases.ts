@@ -237,9 +237,21 @@ export function contractSuite(factory: StoreFactory): void {
           dropped: false,
         });
       }
-      // Reports against another piece list count for nothing against this one.
-      for (const reporter of ['x1', 'x2', 'x3'])
-        assert.equal(((await report(reporter, manifestFingerprint(good))).body as { dropped: boolean }).dropped, false);
+      // Reports against another piece list are not recorded (409): not against this one, and
+      // not held for a list published later (3 of them would drop it on its first report).
+      for (const reporter of ['x1', 'x2', 'x3']) {
+        const other = await report(reporter, manifestFingerprint(good));
+        assert.equal(other.status, 409, JSON.stringify(other.body));
+        assert.match(errorOf(other).message, /is not the manifest of blob [0-9a-f]{64}.*nothing recorded/);
+      }
+      // Nor for a digest without a manifest: each would be kept for the window.
+      const unknown = await s.call('POST', '/v1/reports', {
+        digest: D2,
+        kind: 'manifest',
+        manifest: manifestFingerprint(forged),
+        reporter: 'x4',
+      });
+      assert.equal(unknown.status, 409, JSON.stringify(unknown.body));
       assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...forged });
       assert.equal(((await report('r2')).body as { reports: number }).reports, 2);
       assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, good)).status, 409, 'still held below the threshold');
@@ -252,6 +264,12 @@ export function contractSuite(factory: StoreFactory): void {
       // The node that fetched the pinned bytes publishes the good manifest in its place.
       assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, good)).status, 201);
       assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...good });
+      // x1-x3's earlier reports of it were not kept: one report does not drop it.
+      const first = await report('x5', manifestFingerprint(good));
+      assert.deepEqual(
+        [(first.body as { reports: number }).reports, (first.body as { dropped: boolean }).dropped],
+        [1, false],
+      );
       // A late report against the dropped one never drops its successor.
       assert.equal(((await report('r4')).body as { dropped: boolean }).dropped, false);
       assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`)).body, { digest: D1, ...good });
@@ -297,6 +315,41 @@ export function contractSuite(factory: StoreFactory): void {
       assert.equal((await put('forger', other)).status, 409, 'still within the window');
       await sleep(1_600);
       assert.equal((await put('forger', other)).status, 201, 'the reports aged out: first writer wins again');
+    });
+
+    it("a manifest's publisher reporting it counts for nothing: not toward its drop, nor as one who may publish next", async () => {
+      const SECRET = 'contract-secret-0123456789abcdef';
+      const admin = { authorization: 'Bearer contract-admin-token-0123456789' };
+      const s = await service(factory, { token: admin.authorization.slice(7), clusterSecret: SECRET });
+      const as = (id: string) => ({ authorization: `Bearer ${nodeToken(SECRET, id)}`, 'x-loom-node': id });
+      const forged = manifestOf(8, 4, { verifiedAgainst: 'sha256-pinned' });
+      const second = { ...forged, pieces: [PIECE, D2] };
+      const report = (id: string) =>
+        s.call('POST', '/v1/reports', { digest: D1, kind: 'manifest', manifest: manifestFingerprint(forged) }, as(id));
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, forged, as('forger'))).status, 201);
+      const own = await report('forger');
+      assert.equal(own.status, 202);
+      assert.equal((own.body as { reports: number }).reports, 0, "the publisher's own report is not counted");
+      for (const reporter of ['r1', 'r2'])
+        assert.equal(((await report(reporter)).body as { dropped: boolean }).dropped, false);
+      assert.equal(
+        (await s.call('GET', `/v1/blobs/${D1}`, undefined, admin)).status,
+        200,
+        'two honest reports keep it',
+      );
+      const third = await report('r3');
+      assert.deepEqual(
+        [(third.body as { reports: number }).reports, (third.body as { dropped: boolean }).dropped],
+        [3, true],
+      );
+      // Its report made before the drop, and one made after, make it no reporter: it cannot
+      // race the honest reporters (fetching from the origin) with a second forged list.
+      await report('forger');
+      const res = await s.call('PUT', `/v1/blobs/${D1}`, second, as('forger'));
+      assert.equal(res.status, 409, JSON.stringify(res.body));
+      assert.match(errorOf(res).message, /dropped on nodes' reports/);
+      assert.equal((await s.call('PUT', `/v1/blobs/${D1}`, second, as('r1'))).status, 201, 'a reporter publishes');
+      assert.deepEqual((await s.call('GET', `/v1/blobs/${D1}`, undefined, admin)).body, { digest: D1, ...second });
     });
 
     it('drops the replicas a node recorded under an older epoch when it beats with a new one', async () => {

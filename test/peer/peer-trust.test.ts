@@ -195,6 +195,32 @@ async function fleetPieces(cp: string): Promise<string[] | undefined> {
   return answer.status === 200 ? (answer.body as { pieces: string[] }).pieces : undefined;
 }
 
+/**
+ * Pinned fetches on new nodes `ids` while the fleet has a forged manifest of the good digest:
+ * each gets the good bytes and reports the manifest; the third report drops it for that
+ * node's manifest of the pinned bytes. Each then holds the blob. Returns each fetch's origin bytes.
+ */
+async function pinnedFetchesDropIt(cp: string, url: string, ids: string[]): Promise<number[]> {
+  const originBytes: number[] = [];
+  for (const [i, id] of ids.entries()) {
+    const victim = await node(cp, id);
+    origin.resetStats();
+    const messages: string[] = [];
+    const { out } = await fetchOn(victim, cp, url, { sha256: good.sha256, messages });
+    assert.equal(await sha256OfFile(out), good.sha256);
+    originBytes.push(origin.bytesServed);
+    assert.ok(
+      messages.some((m) => /the fleet's manifest of [0-9a-f]{64} lists the pieces of other bytes.*reported/.test(m)),
+      messages.join('\n'),
+    );
+    // Below the threshold the forged manifest stays (its publisher's word against two
+    // nodes'); the third report drops it, and that node's own manifest takes its place.
+    assert.deepEqual(await fleetPieces(cp), i < 2 ? piecesOf(evil.bytes) : piecesOf(good.bytes), `after ${id}`);
+    await completeHolder(cp, good.sha256, id);
+  }
+  return originBytes;
+}
+
 describe('fleet trust with per-node credentials', () => {
   it('a node cannot map a URL to its own bytes with a lease on its own digest; the victim gets the origin bytes', async () => {
     const cp = await securedControlPlane();
@@ -245,25 +271,8 @@ describe('fleet trust with per-node credentials', () => {
       const cp = await securedControlPlane();
       const url = newUrl();
       await forger(cp);
-      const forged = piecesOf(evil.bytes);
-      for (const [i, id] of ['v1', 'v2', 'v3'].entries()) {
-        const victim = await node(cp, id);
-        origin.resetStats();
-        const messages: string[] = [];
-        const { out } = await fetchOn(victim, cp, url, { sha256: good.sha256, messages });
-        assert.equal(await sha256OfFile(out), good.sha256);
-        assert.equal(origin.bytesServed, SIZE, `${id}: a whole origin copy after the forged bytes`);
-        assert.ok(
-          messages.some((m) =>
-            /the fleet's manifest of [0-9a-f]{64} lists the pieces of other bytes.*reported/.test(m),
-          ),
-          messages.join('\n'),
-        );
-        // Below the threshold the forged manifest stays (its publisher's word against two
-        // nodes'); the third report drops it, and that node's own manifest takes its place.
-        assert.deepEqual(await fleetPieces(cp), i < 2 ? forged : piecesOf(good.bytes), `after ${id}`);
-        await completeHolder(cp, good.sha256, id);
-      }
+      const originBytes = await pinnedFetchesDropIt(cp, url, ['v1', 'v2', 'v3']);
+      assert.deepEqual(originBytes, [SIZE, SIZE, SIZE], 'a whole origin copy after the forged bytes');
       const manifest = await call(cp, 'GET', `/v1/blobs/${good.sha256}`, admin);
       assert.equal((manifest.body as { verifiedAgainst: string }).verifiedAgainst, 'sha256-pinned');
       // The forged manifest failed the honest holders' pieces too (v1's in v2's and v3's
@@ -280,6 +289,66 @@ describe('fleet trust with per-node credentials', () => {
         (bytesBySource.v1 ?? 0) + (bytesBySource.v2 ?? 0) + (bytesBySource.v3 ?? 0) >= SIZE,
         JSON.stringify(bytesBySource),
       );
+    },
+  );
+
+  it(
+    'a forged manifest with no bytes behind it is proved wrong by the origin copies it costs: 3 pinned nodes drop it',
+    // Each fetch met honest holders the manifest fails, and the origin too: it waited the
+    // follower's 60 s for a holder that might match before (no new one ever can).
+    { timeout: 60_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      // The forger publishes a piece list for the good digest and serves nothing: no node's
+      // pieces ever all match it, only the origin's whole file (which passes the pin) refutes it.
+      await node(cp, 'forger');
+      const manifest = {
+        size: SIZE,
+        pieceSize: PIECE_SIZE,
+        pieces: piecesOf(evil.bytes),
+        verifiedAgainst: 'sha256-pinned',
+      };
+      assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('forger'), manifest)).status, 201);
+      await pinnedFetchesDropIt(cp, url, ['w1', 'w2', 'w3']);
+      const next = await node(cp, 'w4');
+      origin.resetStats();
+      const { out } = await fetchOn(next, cp, url, { sha256: good.sha256 });
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.equal(origin.bytesServed, 0, 'no origin copy: the fleet has a good manifest again');
+    },
+  );
+
+  it(
+    "colluders that drop a mapped URL's good manifest and publish their own cannot make an unpinned fetch take their bytes",
+    { timeout: 90_000 },
+    async () => {
+      const cp = await securedControlPlane();
+      const url = newUrl();
+      // An honest leader maps the URL to the good digest, with its manifest.
+      const a = await node(cp, 'a');
+      await fetchOn(a, cp, url);
+      assert.deepEqual(await mappedDigest(cp, url), { key: sourceKey(url), digest: good.sha256 });
+      await completeHolder(cp, good.sha256, 'a');
+      // Three colluding credentials report the good manifest: dropped. The forger is one of
+      // its reporters, so it may publish the next one: the pieces of its own bytes.
+      const fingerprint = manifestFingerprint({ size: SIZE, pieceSize: PIECE_SIZE, pieces: piecesOf(good.bytes) });
+      for (const id of ['forger', 'c2', 'c3']) {
+        const body = { digest: good.sha256, kind: 'manifest', manifest: fingerprint };
+        assert.equal((await call(cp, 'POST', '/v1/reports', as(id), body)).status, 202);
+      }
+      assert.equal(await fleetPieces(cp), undefined, 'dropped');
+      await forger(cp);
+      assert.deepEqual(await fleetPieces(cp), piecesOf(evil.bytes));
+
+      // Not pinned: the digest is the mapping's, the manifest the forger's. Its pieces match
+      // the forger's bytes; the whole file is checked against the mapped digest all the same.
+      const victim = await node(cp, 'victim');
+      const { out } = await fetchOn(victim, cp, url);
+      assert.equal(await sha256OfFile(out), good.sha256, "the mapped digest's bytes, never the forger's");
+      // The colluders' 3 reports and the victim's of the forged manifest; none of the honest
+      // holder a, whose pieces failed the forged list (held until the whole file vouched).
+      assert.equal(await reportsMade(cp), 4);
     },
   );
 
