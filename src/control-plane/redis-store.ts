@@ -239,6 +239,32 @@ return n
 `;
 
 /**
+ * A report against a replica, recorded only if the node holds one (complete or partial hash)
+ * or was reported within the window. KEYS: the blob's reports, complete, partial. ARGV as
+ * REPORT's. Returns how many distinct reporters the node has within the window, or -1 (and
+ * nothing written) for a node that holds no replica.
+ */
+const REPORT_REPLICA = `
+local now = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local prefix = ARGV[4] .. '\\n'
+local function reported()
+  local n = 0
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - window), '+inf')) do
+    if string.sub(m, 1, #prefix) == prefix then n = n + 1 end
+  end
+  return n
+end
+if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 and redis.call('HEXISTS', KEYS[3], ARGV[4]) == 0 and reported() == 0 then
+  return -1
+end
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+redis.call('PEXPIRE', KEYS[1], window)
+return reported()
+`;
+
+/**
  * Lease grant. KEYS: leases hash (token -> "fencing:expiresAt:node"), fencing counter.
  * ARGV: node, slots, ttl, now, new token. Returns {'granted', token, value} or
  * {'held', token, value, ...}.
@@ -887,6 +913,25 @@ export class RedisStore implements RegistryStore {
         await this.eval(REPORT, [this.blobKey(digest, 'reports')], [`${nodeId}\n${reporter}`, now, windowMs, nodeId]),
       ),
     );
+  }
+
+  reportReplica(
+    digest: string,
+    nodeId: string,
+    reporter: string,
+    now: number,
+    windowMs: number,
+  ): Promise<number | undefined> {
+    return this.run(async () => {
+      const n = Number(
+        await this.eval(
+          REPORT_REPLICA,
+          [this.blobKey(digest, 'reports'), this.blobKey(digest, 'complete'), this.blobKey(digest, 'partial')],
+          [`${nodeId}\n${reporter}`, now, windowMs, nodeId],
+        ),
+      );
+      return n < 0 ? undefined : n;
+    });
   }
 
   acquireLease(
