@@ -221,30 +221,12 @@ return 0
 `;
 
 /**
- * A report. KEYS: the blob's reports. ARGV: "node\nreporter", now, window, node. Returns
- * how many distinct reporters the node has within the window.
+ * A report. KEYS: the blob's reports, and for a replica report its complete and partial
+ * hashes. ARGV: "node\nreporter", now, window, node. With the hashes, recorded only if the
+ * node holds a replica (is a field of either) or was reported within the window; otherwise
+ * -1 and nothing written. Returns how many distinct reporters the node has within the window.
  */
 const REPORT = `
-local now = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-redis.call('ZADD', KEYS[1], now, ARGV[1])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
-redis.call('PEXPIRE', KEYS[1], window)
-local n = 0
-local prefix = ARGV[4] .. '\\n'
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - window), '+inf')) do
-  if string.sub(m, 1, #prefix) == prefix then n = n + 1 end
-end
-return n
-`;
-
-/**
- * A report against a replica, recorded only if the node holds one (complete or partial hash)
- * or was reported within the window. KEYS: the blob's reports, complete, partial. ARGV as
- * REPORT's. Returns how many distinct reporters the node has within the window, or -1 (and
- * nothing written) for a node that holds no replica.
- */
-const REPORT_REPLICA = `
 local now = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
 local prefix = ARGV[4] .. '\\n'
@@ -255,7 +237,8 @@ local function reported()
   end
   return n
 end
-if redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 and redis.call('HEXISTS', KEYS[3], ARGV[4]) == 0 and reported() == 0 then
+if #KEYS == 3 and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 and redis.call('HEXISTS', KEYS[3], ARGV[4]) == 0
+    and reported() == 0 then
   return -1
 end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
@@ -925,7 +908,7 @@ export class RedisStore implements RegistryStore {
     return this.run(async () => {
       const n = Number(
         await this.eval(
-          REPORT_REPLICA,
+          REPORT,
           [this.blobKey(digest, 'reports'), this.blobKey(digest, 'complete'), this.blobKey(digest, 'partial')],
           [`${nodeId}\n${reporter}`, now, windowMs, nodeId],
         ),
