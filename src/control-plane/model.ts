@@ -150,6 +150,21 @@ export interface RegistryStore {
   getPieces(id: string): Promise<PieceRecord | undefined>;
   /** Records a report against a replica; returns how many distinct reporters it has in the window. */
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number>;
+  /**
+   * Records a report against a replica only if `nodeId` holds one of `digest` (complete or
+   * partial) or was already reported under it within the window (so it held one then: a
+   * holder that dropped its copy after serving bad bytes still collects its reports). Returns
+   * how many distinct reporters it has in the window, or undefined, with nothing stored, for
+   * a node that holds no replica: a made-up id would otherwise be kept for the window and read
+   * by every locate of the digest.
+   */
+  reportReplica(
+    digest: string,
+    nodeId: string,
+    reporter: string,
+    now: number,
+    windowMs: number,
+  ): Promise<number | undefined>;
   /** The distinct reporters of `nodeId` under `digest` whose last report is newer than `since`. */
   reporters(digest: string, nodeId: string, since: number): Promise<string[]>;
   /**

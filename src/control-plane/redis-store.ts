@@ -221,21 +221,30 @@ return 0
 `;
 
 /**
- * A report. KEYS: the blob's reports. ARGV: "node\nreporter", now, window, node. Returns
- * how many distinct reporters the node has within the window.
+ * A report. KEYS: the blob's reports, and for a replica report its complete and partial
+ * hashes. ARGV: "node\nreporter", now, window, node. With the hashes, recorded only if the
+ * node holds a replica (is a field of either) or was reported within the window; otherwise
+ * -1 and nothing written. Returns how many distinct reporters the node has within the window.
  */
 const REPORT = `
 local now = tonumber(ARGV[2])
 local window = tonumber(ARGV[3])
+local prefix = ARGV[4] .. '\\n'
+local function reported()
+  local n = 0
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - window), '+inf')) do
+    if string.sub(m, 1, #prefix) == prefix then n = n + 1 end
+  end
+  return n
+end
+if #KEYS == 3 and redis.call('HEXISTS', KEYS[2], ARGV[4]) == 0 and redis.call('HEXISTS', KEYS[3], ARGV[4]) == 0
+    and reported() == 0 then
+  return -1
+end
 redis.call('ZADD', KEYS[1], now, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
 redis.call('PEXPIRE', KEYS[1], window)
-local n = 0
-local prefix = ARGV[4] .. '\\n'
-for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. (now - window), '+inf')) do
-  if string.sub(m, 1, #prefix) == prefix then n = n + 1 end
-end
-return n
+return reported()
 `;
 
 /**
@@ -887,6 +896,25 @@ export class RedisStore implements RegistryStore {
         await this.eval(REPORT, [this.blobKey(digest, 'reports')], [`${nodeId}\n${reporter}`, now, windowMs, nodeId]),
       ),
     );
+  }
+
+  reportReplica(
+    digest: string,
+    nodeId: string,
+    reporter: string,
+    now: number,
+    windowMs: number,
+  ): Promise<number | undefined> {
+    return this.run(async () => {
+      const n = Number(
+        await this.eval(
+          REPORT,
+          [this.blobKey(digest, 'reports'), this.blobKey(digest, 'complete'), this.blobKey(digest, 'partial')],
+          [`${nodeId}\n${reporter}`, now, windowMs, nodeId],
+        ),
+      );
+      return n < 0 ? undefined : n;
+    });
   }
 
   acquireLease(

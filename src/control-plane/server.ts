@@ -614,7 +614,15 @@ export async function buildControlPlane(options: ControlPlaneOptions): Promise<F
         .send({ digest: body.digest, kind: body.kind, manifest: fingerprint, reporter, reports, dropped });
     }
     const node = body.node!;
-    const reports = await store.report(body.digest, node, reporter, now, reportWindowMs);
+    // Counted only against a node that holds a replica of the digest (or was reported under it
+    // within the window): a report naming any other id proves nothing, and each made-up id was
+    // a row or a Redis member kept for the window, read by every locate of the digest.
+    const reports = await store.reportReplica(body.digest, node, reporter, now, reportWindowMs);
+    if (reports === undefined)
+      throw new ConflictError(
+        `node ${node} holds no replica of blob ${body.digest} (nor was reported under it within the report window): nothing recorded`,
+        { hint: 'report a node that GET /v1/blobs/:digest/locate returned for this digest' },
+      );
     return reply
       .status(202)
       .send({ digest: body.digest, kind: body.kind, node, reporter, reports, quarantined: reports >= reportThreshold });

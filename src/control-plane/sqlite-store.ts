@@ -297,6 +297,7 @@ export class SqliteStore implements RegistryStore {
          ON CONFLICT(digest, node_id, reporter) DO UPDATE SET at = excluded.at`,
       ),
       reportCount: db.prepare('SELECT count(*) AS n FROM reports WHERE digest = ? AND node_id = ? AND at > ?'),
+      holdsReplica: db.prepare('SELECT 1 FROM replicas WHERE digest = ? AND node_id = ?').pluck(true),
       reporters: db
         .prepare('SELECT reporter FROM reports WHERE digest = ? AND node_id = ? AND at > ? ORDER BY reporter')
         .pluck(true),
@@ -388,6 +389,16 @@ export class SqliteStore implements RegistryStore {
         this.sql.report.run(digest, nodeId, reporter, now);
         return (this.sql.reportCount.get(digest, nodeId, now - windowMs) as { n: number }).n;
       }),
+      reportReplica: db.transaction(
+        (digest: string, nodeId: string, reporter: string, now: number, windowMs: number): number | undefined => {
+          const held =
+            this.sql.holdsReplica.get(digest, nodeId) !== undefined ||
+            (this.sql.reportCount.get(digest, nodeId, now - windowMs) as { n: number }).n > 0;
+          if (!held) return undefined;
+          this.sql.report.run(digest, nodeId, reporter, now);
+          return (this.sql.reportCount.get(digest, nodeId, now - windowMs) as { n: number }).n;
+        },
+      ),
       acquireLease: db.transaction(
         (digest: string, node: string, slots: number, ttlMs: number, now: number, newToken: string): LeaseGrant => {
           this.sql.deleteLapsedLeases.run(digest, now);
@@ -564,6 +575,16 @@ export class SqliteStore implements RegistryStore {
 
   report(digest: string, nodeId: string, reporter: string, now: number, windowMs: number): Promise<number> {
     return this.run(() => this.tx.report(digest, nodeId, reporter, now, windowMs));
+  }
+
+  reportReplica(
+    digest: string,
+    nodeId: string,
+    reporter: string,
+    now: number,
+    windowMs: number,
+  ): Promise<number | undefined> {
+    return this.run(() => this.tx.reportReplica(digest, nodeId, reporter, now, windowMs));
   }
 
   putPieces(id: string, record: PieceRecord): Promise<PiecesWrite> {

@@ -211,6 +211,54 @@ export function contractSuite(factory: StoreFactory): void {
       assert.deepEqual((await ids()).sort(), ['bad', 'good']);
     });
 
+    it('refuses a replica report naming a node with no replica of the digest, and stores nothing', async () => {
+      const s = await service(factory);
+      await beat(s, 'holder');
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/holder`, { complete: true });
+      await beat(s, 'elsewhere');
+      await s.call('PUT', `/v1/blobs/${D2}/replicas/elsewhere`, { complete: true });
+      const report = (node: string, reporter: string) =>
+        s.call('POST', '/v1/reports', { digest: D1, node, reporter, reason: 'piece digest mismatch' });
+      // Made-up ids, a live node holding another blob only: each from three reporters, the quarantine threshold.
+      for (const node of ['ghost-1', 'ghost-2', 'elsewhere']) {
+        for (const reporter of ['r1', 'r2', 'r3']) {
+          const res = await report(node, reporter);
+          assert.equal(res.status, 409, `${node} by ${reporter}: ${JSON.stringify(res.body)}`);
+          assert.equal(errorOf(res).code, 'LOOM_ERR_CONFLICT');
+          assert.match(
+            errorOf(res).message,
+            new RegExp(`node ${node} holds no replica of blob ${D1}.*nothing recorded`),
+          );
+        }
+        assert.deepEqual(await s.store.reporters(D1, node, 0), [], `nothing stored against ${node}`);
+      }
+      // Nothing was counted: the holder's first report is its first, and the other blob's holder is still located.
+      const first = await report('holder', 'r1');
+      assert.equal(first.status, 202);
+      assert.deepEqual(first.body, {
+        digest: D1,
+        kind: 'replica',
+        node: 'holder',
+        reporter: 'r1',
+        reports: 1,
+        quarantined: false,
+      });
+      assert.deepEqual(await peerIds(s, D2), ['elsewhere']);
+      // The holder drops its copy (as a node does with bad bytes): reported within the window, it still collects reports.
+      assert.equal((await s.call('DELETE', `/v1/blobs/${D1}/replicas/holder`)).status, 204);
+      assert.equal(((await report('holder', 'r2')).body as { reports: number }).reports, 2);
+      await s.call('PUT', `/v1/blobs/${D1}/replicas/holder`, { complete: true });
+      assert.deepEqual(await peerIds(s, D1), ['holder']);
+      const third = await report('holder', 'r3');
+      assert.equal(third.status, 202);
+      assert.deepEqual(
+        [(third.body as { reports: number }).reports, (third.body as { quarantined: boolean }).quarantined],
+        [3, true],
+      );
+      assert.deepEqual(await peerIds(s, D1), [], 'a real holder reported by three nodes is quarantined');
+      assert.deepEqual(await s.store.reporters(D1, 'holder', 0), ['r1', 'r2', 'r3']);
+    });
+
     it('drops a manifest reported by enough distinct nodes, and only that manifest', async () => {
       const s = await service(factory);
       const forged = manifestOf(8, 4, { verifiedAgainst: 'sha256-pinned' });

@@ -95,6 +95,28 @@ describe('control plane persistence and replicas', () => {
     }
   });
 
+  it("keeps no member of a blob's reports set for a node that holds no replica of it", async () => {
+    const tagged = `${prefix}-ghosts`;
+    const s = await startService(new RedisStore({ url: REDIS_URL, prefix: tagged }));
+    await ready(s.store);
+    await beat(s, 'holder');
+    await s.call('PUT', `/v1/blobs/${D1}/replicas/holder`, { complete: true });
+    const client = createClient({ url: REDIS_URL });
+    await client.connect();
+    try {
+      const reportsKey = `${tagged}:{${D1}}:reports`;
+      for (let i = 0; i < 50; i++) {
+        const res = await s.call('POST', '/v1/reports', { digest: D1, node: `ghost-${i}`, reporter: 'r1' });
+        assert.equal(res.status, 409);
+      }
+      assert.equal(await client.zCard(reportsKey), 0, 'no member per made-up node');
+      assert.equal((await s.call('POST', '/v1/reports', { digest: D1, node: 'holder', reporter: 'r1' })).status, 202);
+      assert.deepEqual(await client.zRange(reportsKey, 0, -1), ['holder\nr1']);
+    } finally {
+      await client.close();
+    }
+  });
+
   it('gives the same answers from two services on one Redis', async () => {
     const shared = `${prefix}-shared`;
     const a = await startService(new RedisStore({ url: REDIS_URL, prefix: shared }));
