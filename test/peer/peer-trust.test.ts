@@ -161,19 +161,34 @@ const piecesOf = (bytes: Buffer): string[] => [bytes.subarray(0, PIECE_SIZE), by
  * manifest for that digest listing its own pieces (first writer wins).
  */
 async function forger(cp: string): Promise<Node> {
-  const bad = await node(cp, 'forger');
+  return evilHolder(cp, 'forger', true);
+}
+
+/**
+ * Node `id` holding other bytes under the good digest's name, announced as a complete holder;
+ * with `forge`, first to publish a manifest for that digest listing its own pieces.
+ */
+async function evilHolder(cp: string, id: string, forge: boolean): Promise<Node> {
+  const bad = await node(cp, id);
   const blob = join(cacheLayout(bad.cacheDir).blobs, good.sha256);
   await ensureLayout(cacheLayout(bad.cacheDir));
   writeFileSync(blob, evil.bytes);
-  const forged = { size: SIZE, pieceSize: PIECE_SIZE, pieces: piecesOf(evil.bytes), verifiedAgainst: 'sha256-pinned' };
-  assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('forger'), forged)).status, 201);
+  if (forge) {
+    const forged = {
+      size: SIZE,
+      pieceSize: PIECE_SIZE,
+      pieces: piecesOf(evil.bytes),
+      verifiedAgainst: 'sha256-pinned',
+    };
+    assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as(id), forged)).status, 201);
+  }
   const cache = await openCache(bad.cacheDir);
   try {
     cache.index.recordFetch(`https://models.example/${good.sha256}`, good.sha256, SIZE, {});
   } finally {
     cache.close();
   }
-  await completeHolder(cp, good.sha256, 'forger');
+  await completeHolder(cp, good.sha256, id);
   return bad;
 }
 
@@ -636,16 +651,7 @@ describe('a pinned fetch that falls back to the origin alone after a liar was ca
         verifiedAgainst: 'sha256-pinned',
       };
       assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('honest'), manifest)).status, 201);
-      const liar = await node(cp, 'liar');
-      await ensureLayout(cacheLayout(liar.cacheDir));
-      writeFileSync(join(cacheLayout(liar.cacheDir).blobs, good.sha256), evil.bytes);
-      const cache = await openCache(liar.cacheDir);
-      try {
-        cache.index.recordFetch(`https://models.example/${good.sha256}`, good.sha256, SIZE, {});
-      } finally {
-        cache.close();
-      }
-      await completeHolder(cp, good.sha256, 'liar');
+      await evilHolder(cp, 'liar', false);
       assert.equal(await reportsMade(cp), 0);
 
       const victim = await node(cp, 'victim');
