@@ -297,6 +297,9 @@ export class PeerPlanner implements DownloadPlanner {
             `the origin's bytes match the pinned ${manifest.digest} and have other pieces than the manifest`,
           ).catch(() => undefined);
         }
+        // The very pieces of the fleet's manifest: peers' pieces were checked against the pin's
+        // manifest, so the ones that failed it served bad bytes (whatever failed the download).
+        if (fleet && samePieces(fleet, manifest)) await swarm.manifestConfirmed();
         await this.control.publish(key, manifest, verifiedAgainst, undefined).catch(() => undefined);
       },
       close: () => swarm.close(),

@@ -180,8 +180,9 @@ export class Swarm {
   /**
    * Reports held back while a download checks pieces against a manifest its digest (a pin,
    * or the URL's mapping) has not vouched for yet: a forged one fails every honest holder's
-   * pieces. Sent once the whole file matched the digest (finished), forgotten when it did
-   * not (the manifest lied).
+   * pieces. Sent once the whole file matched the digest (finished), or once the origin's
+   * copy, fetched alone after a failure, matched it with the manifest's pieces
+   * (manifestConfirmed); forgotten otherwise (the manifest lied, or nothing proved it).
    */
   private readonly heldReports: Array<[blob: string, node: string, reason: string]> = [];
   /** The origin's piece failed the digest's manifest (see dropped). */
@@ -919,10 +920,7 @@ export class Swarm {
    */
   async finished(manifest: Manifest, verifiedAgainst: VerifiedAgainst): Promise<void> {
     // The whole file matched the pin: the manifest the dropped peers failed was the pin's.
-    for (const [blob, node, reason] of this.heldReports.splice(0)) {
-      const report = this.control.report(blob, node, reason).catch(() => undefined);
-      this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
-    }
+    this.releaseHeldReports();
     if (this.announceTimer) clearTimeout(this.announceTimer);
     this.announceTimer = undefined;
     this.publishDigests();
@@ -934,6 +932,24 @@ export class Swarm {
     }
     this.announce(true, manifest.digest);
     await this.announcing;
+  }
+
+  /**
+   * After the download failed and the origin's bytes, fetched alone, matched the pin with the
+   * very pieces of the manifest the dropped peers failed: that manifest was right, so they
+   * served bad bytes. Sends the held reports (callable after close) and waits for them.
+   */
+  async manifestConfirmed(): Promise<void> {
+    this.releaseHeldReports();
+    await this.reporting;
+  }
+
+  /** Sends the reports held while the manifest was unproven (see heldReports). */
+  private releaseHeldReports(): void {
+    for (const [blob, node, reason] of this.heldReports.splice(0)) {
+      const report = this.control.report(blob, node, reason).catch(() => undefined);
+      this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
+    }
   }
 
   /**

@@ -161,19 +161,34 @@ const piecesOf = (bytes: Buffer): string[] => [bytes.subarray(0, PIECE_SIZE), by
  * manifest for that digest listing its own pieces (first writer wins).
  */
 async function forger(cp: string): Promise<Node> {
-  const bad = await node(cp, 'forger');
+  return evilHolder(cp, 'forger', true);
+}
+
+/**
+ * Node `id` holding other bytes under the good digest's name, announced as a complete holder;
+ * with `forge`, first to publish a manifest for that digest listing its own pieces.
+ */
+async function evilHolder(cp: string, id: string, forge: boolean): Promise<Node> {
+  const bad = await node(cp, id);
   const blob = join(cacheLayout(bad.cacheDir).blobs, good.sha256);
   await ensureLayout(cacheLayout(bad.cacheDir));
   writeFileSync(blob, evil.bytes);
-  const forged = { size: SIZE, pieceSize: PIECE_SIZE, pieces: piecesOf(evil.bytes), verifiedAgainst: 'sha256-pinned' };
-  assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('forger'), forged)).status, 201);
+  if (forge) {
+    const forged = {
+      size: SIZE,
+      pieceSize: PIECE_SIZE,
+      pieces: piecesOf(evil.bytes),
+      verifiedAgainst: 'sha256-pinned',
+    };
+    assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as(id), forged)).status, 201);
+  }
   const cache = await openCache(bad.cacheDir);
   try {
     cache.index.recordFetch(`https://models.example/${good.sha256}`, good.sha256, SIZE, {});
   } finally {
     cache.close();
   }
-  await completeHolder(cp, good.sha256, 'forger');
+  await completeHolder(cp, good.sha256, id);
   return bad;
 }
 
@@ -601,4 +616,61 @@ describe('the agent publishes manifests under per-node credentials', () => {
       log.join('\n'),
     );
   });
+});
+
+describe('a pinned fetch that falls back to the origin alone after a liar was caught', () => {
+  // With both its sources dropped, the plan fails at the engine's 60 s source wait.
+  it(
+    "reports the liar once the origin's copy proves the manifest its pieces failed",
+    { timeout: 150_000 },
+    async () => {
+      // Its own origin: the first request of the victim's planned download (made once the
+      // liar is dropped: a live holder's pieces are never asked of the origin) answers 404,
+      // which fails the plan; the fetch from the origin alone that follows is served. A correct
+      // manifest's failed pieces imply nothing of the whole file: only another failure (no
+      // source left, as here; peers gone, an error) makes such a fetch fall back.
+      let failNext = false;
+      const flaky = await new OriginServer({
+        fault: () => {
+          if (!failNext) return undefined;
+          failNext = false;
+          return { kind: 'status', status: 404 };
+        },
+      }).listen();
+      closers.push(() => flaky.close());
+      flaky.setFile('/models/flaky.bin', good.bytes);
+      const url = flaky.url('/models/flaky.bin');
+      const cp = await securedControlPlane();
+      // The good manifest, published by an honest node; the only holder is a liar serving
+      // other bytes under the good digest.
+      await node(cp, 'honest');
+      const manifest = {
+        size: SIZE,
+        pieceSize: PIECE_SIZE,
+        pieces: piecesOf(good.bytes),
+        verifiedAgainst: 'sha256-pinned',
+      };
+      assert.equal((await call(cp, 'PUT', `/v1/blobs/${good.sha256}`, as('honest'), manifest)).status, 201);
+      await evilHolder(cp, 'liar', false);
+      assert.equal(await reportsMade(cp), 0);
+
+      const victim = await node(cp, 'victim');
+      const messages: string[] = [];
+      failNext = true;
+      flaky.resetStats();
+      const { out } = await fetchOn(victim, cp, url, { sha256: good.sha256, messages });
+      assert.equal(await sha256OfFile(out), good.sha256);
+      assert.ok(
+        messages.some((m) => /fetching it from the origin alone/.test(m)),
+        `the plan failed and fell back:\n${messages.join('\n')}`,
+      );
+      assert.ok(
+        messages.some((m) => /peer .* dropped: .*/.test(m)),
+        `the liar was caught first:\n${messages.join('\n')}`,
+      );
+      // The liar's held report, sent once the origin's copy matched the pin with the manifest's pieces.
+      assert.equal(await reportsMade(cp), 1, messages.join('\n'));
+      assert.deepEqual(await fleetPieces(cp), piecesOf(good.bytes), 'the good manifest stays');
+    },
+  );
 });
