@@ -10,7 +10,7 @@
 // Names that come from the Hub (etags, commits) and the user (revisions) are checked before
 // they are joined into a path: none of them may lead out of the repo's folder.
 import { existsSync, lstatSync, readFileSync, readlinkSync, realpathSync, statSync } from 'node:fs';
-import { mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
+import { link, mkdir, readdir, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { dirname, join, relative, sep } from 'node:path';
 import { BadResponseError, CacheError, UsageError, diskError } from '../core/errors.js';
@@ -25,6 +25,28 @@ export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HUGGINGFACE_HUB_CACHE) return env.HUGGINGFACE_HUB_CACHE;
   if (env.HF_HOME) return join(env.HF_HOME, 'hub');
   return join(env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'huggingface', 'hub');
+}
+
+/** Numbers the temporary links of linkBlobTo, apart within this process (pids tell processes apart). */
+let blobLinks = 0;
+
+/**
+ * Puts a hard link of an HF cache blob at `dest` (its folder must exist), replacing
+ * whatever is there atomically (offline fetches and pulls). Linked under a name of its own
+ * and renamed over `dest`: removing `dest` and then linking failed with EEXIST when another
+ * process linked it in between (several jobs of a node starting from one HF cache).
+ */
+export async function linkBlobTo(blob: string, dest: string): Promise<void> {
+  const temp = `${dest}.loom-${process.pid}-${++blobLinks}`;
+  try {
+    await link(blob, temp);
+    await rename(temp, dest);
+  } catch (err) {
+    throw diskError(err, `linking ${dest}`);
+  } finally {
+    // Renaming a link over another link to the same file (a rerun) does nothing (POSIX), leaving it.
+    await rm(temp, { force: true });
+  }
 }
 
 /** `models--org--name`, `datasets--org--name`. */

@@ -3,10 +3,9 @@
 // for the Hub's host only, and verified (sha256 for LFS files by the engine, git sha1 for
 // small ones here). With HF_HUB_OFFLINE the file comes from the HF cache, with no request.
 import { existsSync } from 'node:fs';
-import { link, rename, rm } from 'node:fs/promises';
-import { DigestMismatchError, HubOfflineError, diskError } from '../core/errors.js';
+import { DigestMismatchError, HubOfflineError } from '../core/errors.js';
 import { fetchCached, type CacheOptions, type CachedFetchResult } from '../cache/cached-fetch.js';
-import { HfRepoCache, hubCacheDir } from '../cache/hf-layout.js';
+import { HfRepoCache, hubCacheDir, linkBlobTo } from '../cache/hf-layout.js';
 import { emptyStats } from '../fetch/stats.js';
 import type { FetchResult } from '../fetch/fetch-file.js';
 import { resolveFetchOptions, type FetchOptions } from '../fetch/options.js';
@@ -107,17 +106,7 @@ async function fromHfCache(uri: string, out: string, env: NodeJS.ProcessEnv): Pr
   }
   const pointer = repoCache.pointerPath(commit, ref.path);
   const blob = repoCache.resolvePointer(commit, ref.path);
-  const temp = `${out}.loom-${process.pid}`;
-  try {
-    await rm(temp, { force: true });
-    await link(blob, temp);
-    await rename(temp, out);
-  } catch (err) {
-    throw diskError(err, `linking ${out}`);
-  } finally {
-    // Renaming a link over another link to the same file (a rerun) does nothing (POSIX), leaving it.
-    await rm(temp, { force: true });
-  }
+  await linkBlobTo(blob, out);
   const { statSync } = await import('node:fs');
   const size = statSync(out).size;
   const etag = blob.split('/').pop()!;

@@ -7,11 +7,11 @@
 // (blobs hard-linked from the node cache) or as plain files under --out. The fetch machinery
 // loads only when a file is missing: a second pull asks the Hub sooner and never loads it.
 import { existsSync, statSync } from 'node:fs';
-import { link, mkdir, rename, rm } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname, resolve, sep } from 'node:path';
 import { HubOfflineError, UsageError, diskError } from '../core/errors.js';
 import type { CacheOutcome } from '../cache/cached-fetch.js';
-import { HfRepoCache, hubCacheDir } from '../cache/hf-layout.js';
+import { HfRepoCache, hubCacheDir, linkBlobTo } from '../cache/hf-layout.js';
 import { DEFAULTS } from '../core/defaults.js';
 import type { QueueProgress } from '../fetch/file-queue.js';
 import type { FetchOptions } from '../fetch/options.js';
@@ -325,9 +325,6 @@ async function finishPull(
   };
 }
 
-/** Numbers the temporary links of offline pulls, apart within this process (pids tell processes apart). */
-let offlineLinks = 0;
-
 /** HF_HUB_OFFLINE: the revision and its files from the HF cache, no request at all. */
 async function pullOffline(ctx: {
   ref: HfRef;
@@ -359,20 +356,10 @@ async function pullOffline(ctx: {
     let location = pointer;
     if (out) {
       location = safeJoin(out, path);
-      // Linked under a name of its own and renamed over whatever is there: removing the file
-      // and then linking it failed with EEXIST when another pull to the same --out linked it
-      // in between (several jobs of a node starting from one HF cache).
-      const temp = `${location}.loom-${process.pid}-${++offlineLinks}`;
-      try {
-        await mkdir(dirname(location), { recursive: true });
-        await link(blob, temp);
-        await rename(temp, location);
-      } catch (err) {
+      await mkdir(dirname(location), { recursive: true }).catch((err: unknown) => {
         throw diskError(err, `linking ${location}`);
-      } finally {
-        // Renaming a link over another link to the same file does nothing (POSIX), leaving it.
-        await rm(temp, { force: true });
-      }
+      });
+      await linkBlobTo(blob, location);
     }
     const etag = blob.split(sep).pop()!;
     files.push({ path, size, etag, lfs: etag.length === 64, outcome: 'present', transferredBytes: 0, location });
