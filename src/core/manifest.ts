@@ -86,7 +86,7 @@ export function checkExpectedManifest(manifest: Manifest, sha256: string | undef
  * against a manifest (a node proved it wrong) counts only against that very list, never
  * against one published after it was dropped.
  */
-export function manifestFingerprint(manifest: Pick<Manifest, 'size' | 'pieceSize' | 'pieces'>): string {
+export function manifestFingerprint(manifest: PieceLayout): string {
   return createHash('sha256')
     .update(`loom-manifest:${manifest.size}:${manifest.pieceSize}:${manifest.pieces.join(',')}`)
     .digest('hex');

@@ -178,23 +178,19 @@ export class ClientSwarmControl implements SwarmControl {
    * hash to another digest. The control plane drops it once enough distinct nodes say so.
    */
   async reportManifest(manifest: Manifest, reason: string): Promise<void> {
-    const reporter = this.nodeId && { reporter: this.nodeId };
-    await this.client.send('POST', '/v1/reports', {
-      digest: manifest.digest,
-      kind: 'manifest',
-      manifest: manifestFingerprint(manifest),
-      reason: reason.slice(0, 500),
-      ...reporter,
-    });
+    await this.sendReport(
+      { digest: manifest.digest, kind: 'manifest', manifest: manifestFingerprint(manifest) },
+      reason,
+    );
   }
 
   async report(digest: string, node: string, reason: string): Promise<void> {
+    await this.sendReport({ digest, node }, reason);
+  }
+
+  /** POSTs a report (either kind), its reason cut to 500 characters, naming this node as reporter. */
+  private async sendReport(fields: Record<string, string>, reason: string): Promise<void> {
     const reporter = this.nodeId && { reporter: this.nodeId };
-    await this.client.send('POST', '/v1/reports', {
-      digest,
-      node,
-      reason: reason.slice(0, 500),
-      ...reporter,
-    });
+    await this.client.send('POST', '/v1/reports', { ...fields, reason: reason.slice(0, 500), ...reporter });
   }
 }

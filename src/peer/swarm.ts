@@ -844,8 +844,7 @@ export class Swarm {
       if (this.plan.manifest) {
         this.heldReports.push([peer.source.blob, node, reason.message]);
       } else {
-        const report = this.control.report(peer.source.blob, node, reason.message).catch(() => undefined);
-        this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
+        this.report(peer.source.blob, node, reason.message);
       }
     }
     // A node kept off the origin waits on the lease holder: was it the one dropped?
@@ -946,10 +945,13 @@ export class Swarm {
 
   /** Sends the reports held while the manifest was unproven (see heldReports). */
   private releaseHeldReports(): void {
-    for (const [blob, node, reason] of this.heldReports.splice(0)) {
-      const report = this.control.report(blob, node, reason).catch(() => undefined);
-      this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
-    }
+    for (const [blob, node, reason] of this.heldReports.splice(0)) this.report(blob, node, reason);
+  }
+
+  /** Reports a bad peer to the control plane, tracked in `reporting` so close() waits for it. */
+  private report(blob: string, node: string, reason: string): void {
+    const report = this.control.report(blob, node, reason).catch(() => undefined);
+    this.reporting = Promise.all([this.reporting, report]).then(() => undefined);
   }
 
   /**
