@@ -331,6 +331,13 @@ interface CachedNode {
   until: number;
 }
 
+/** A holder locate's sample picked: its node, the registration its replica carries, updatedAt if partial. */
+interface HolderPick {
+  id: string;
+  reg: string;
+  updatedAt: number | undefined;
+}
+
 /** A node's replica as a heartbeat, deregistration or sweep hands it back: delete it where it is still that registration's. */
 interface Holding {
   digest: string;
@@ -732,29 +739,24 @@ export class RedisStore implements RegistryStore {
     return this.run(async () => {
       const sample = Math.max(MIN_SAMPLE, 4 * query.limit);
       const sampleOf = async (partialOnly: boolean): Promise<{ candidates: Candidate[]; withPartial: boolean }> => {
-        const reply = await this.sampleHolders(digest, query, sample, partialOnly);
-        const ids: string[] = [];
-        for (let i = 1; i < reply.length; i += 3) ids.push(reply[i]!);
-        const live = await this.cachedLiveRecords(ids, query.now);
+        const { picks, withPartial } = await this.sampleHolders(digest, query, sample, partialOnly);
+        const live = await this.cachedLiveRecords(
+          picks.map((pick) => pick.id),
+          query.now,
+        );
         const candidates: Candidate[] = [];
-        for (let i = 1; i < reply.length; i += 3) {
-          const record = live.get(reply[i]!);
+        for (const pick of picks) {
+          const record = live.get(pick.id);
           // A replica of an ended registration is not the node's any more.
-          if (!record || record.reg !== reply[i + 1]) continue;
+          if (!record || record.reg !== pick.reg) continue;
           const { node } = record;
-          const complete = reply[i + 2] === 'c';
+          const complete = pick.updatedAt === undefined;
           candidates.push({
             node,
-            replica: {
-              digest,
-              nodeId: node.id,
-              complete,
-              pieces: undefined,
-              updatedAt: complete ? 0 : Number(reply[i + 2]),
-            },
+            replica: { digest, nodeId: node.id, complete, pieces: undefined, updatedAt: pick.updatedAt ?? 0 },
           });
         }
-        return { candidates, withPartial: reply[0] === '1' };
+        return { candidates, withPartial };
       };
       const { candidates, withPartial } = await sampleOf(false);
       // The sample left partial holders out because it found `limit` complete ones; some
@@ -782,15 +784,15 @@ export class RedisStore implements RegistryStore {
    * by their nodes' load. Complete holders first; partial ones (updated after the cutoff)
    * only when fewer than `limit` complete ones were picked. Quarantined holders and the
    * asker are left out. Picked here rather than in a script: handing the sample to Lua
-   * cost redis-server more than the sample itself. Returns {'1' if partial holders were
-   * sampled, else '0', node, reg, 'c' or updatedAt, …}.
+   * cost redis-server more than the sample itself. Returns the picks (updatedAt only for a
+   * partial holder) and whether partial holders were sampled.
    */
   private async sampleHolders(
     digest: string,
     query: LocateQuery,
     sample: number,
     partialOnly: boolean,
-  ): Promise<string[]> {
+  ): Promise<{ picks: HolderPick[]; withPartial: boolean }> {
     const threshold = query.quarantine?.threshold ?? 0;
     const [reports, complete] = await Promise.all([
       threshold > 0
@@ -813,7 +815,7 @@ export class RedisStore implements RegistryStore {
         if (n >= threshold) (banned ??= new Set()).add(node);
       }
     }
-    const out = ['0'];
+    const picks: HolderPick[] = [];
     const want = PICK_FACTOR * query.limit;
     const asker = query.asker;
     // A zone is [A-Za-z0-9._-]: a value "updatedAt:reg:zone" ends with ':' + zone exactly
@@ -832,23 +834,22 @@ export class RedisStore implements RegistryStore {
         for (const { field, value } of list) {
           if (n >= want) return n;
           const colon = value.indexOf(':');
-          out.push(
-            field,
-            value.slice(colon + 1, value.indexOf(':', colon + 1)),
-            kind === 'c' ? 'c' : value.slice(0, colon),
-          );
+          picks.push({
+            id: field,
+            reg: value.slice(colon + 1, value.indexOf(':', colon + 1)),
+            updatedAt: kind === 'c' ? undefined : Number(value.slice(0, colon)),
+          });
           n++;
         }
       }
       return n;
     };
-    const found = pick(complete, 'c', 0);
-    if (found < query.limit) {
-      out[0] = '1';
+    const withPartial = pick(complete, 'c', 0) < query.limit;
+    if (withPartial) {
       const partial = await this.client.hRandFieldCountWithValues(this.blobKey(digest, 'partial'), sample);
       pick(partial, 'p', query.now - query.partialTtlMs);
     }
-    return out;
+    return { picks, withPartial };
   }
 
   putSource(key: string, digest: string, replace: boolean): Promise<SourceWrite> {

@@ -340,6 +340,13 @@ export class SqliteStore implements RegistryStore {
       ping: db.prepare('SELECT 1'),
     };
     for (const row of this.sql.allNodes.all() as NodeRow[]) this.nodes.set(row.id, nodeOf(row));
+    // Shared by report and reportReplica (which checks first that the node held a replica).
+    const reportsSince = (digest: string, nodeId: string, since: number): number =>
+      (this.sql.reportCount.get(digest, nodeId, since) as { n: number }).n;
+    const recordReport = (digest: string, nodeId: string, reporter: string, now: number, windowMs: number): number => {
+      this.sql.report.run(digest, nodeId, reporter, now);
+      return reportsSince(digest, nodeId, now - windowMs);
+    };
     this.tx = {
       heartbeat: db.transaction((node: NodeRecord, now: number): HeartbeatOutcome & { epoch: string | undefined } => {
         const old = this.sql.nodeState.get(node.id) as { epoch: string | null; expires_at: number } | undefined;
@@ -385,19 +392,12 @@ export class SqliteStore implements RegistryStore {
         if (!existing || !sameManifest(existing, manifest)) return false;
         return this.sql.deleteManifest.run(manifest.digest).changes > 0;
       }),
-      report: db.transaction((digest: string, nodeId: string, reporter: string, now: number, windowMs: number) => {
-        this.sql.report.run(digest, nodeId, reporter, now);
-        return (this.sql.reportCount.get(digest, nodeId, now - windowMs) as { n: number }).n;
-      }),
+      report: db.transaction(recordReport),
       reportReplica: db.transaction(
-        (digest: string, nodeId: string, reporter: string, now: number, windowMs: number): number | undefined => {
-          const held =
-            this.sql.holdsReplica.get(digest, nodeId) !== undefined ||
-            (this.sql.reportCount.get(digest, nodeId, now - windowMs) as { n: number }).n > 0;
-          if (!held) return undefined;
-          this.sql.report.run(digest, nodeId, reporter, now);
-          return (this.sql.reportCount.get(digest, nodeId, now - windowMs) as { n: number }).n;
-        },
+        (digest: string, nodeId: string, reporter: string, now: number, windowMs: number): number | undefined =>
+          this.sql.holdsReplica.get(digest, nodeId) !== undefined || reportsSince(digest, nodeId, now - windowMs) > 0
+            ? recordReport(digest, nodeId, reporter, now, windowMs)
+            : undefined,
       ),
       acquireLease: db.transaction(
         (digest: string, node: string, slots: number, ttlMs: number, now: number, newToken: string): LeaseGrant => {
